@@ -1,0 +1,64 @@
+"""Wiring of inference: `predictions.requests` → champion (ONNX) → `predictions.results`; follows
+`models.lifecycle` and swaps models between batches."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+from faststream.kafka.annotations import KafkaMessage
+from redis.asyncio import Redis
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.contracts import DeadLetter, PredictionResult
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.lifecycle import LifecycleFollower
+from driftloop.metrics import timed_batch
+from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.spec import load_specs
+from driftloop_inference.adapters import ModelHolder, OnlineFeatures
+from driftloop_inference.handlers import SERVICE, InferenceHandler
+from driftloop_inference.settings import InferenceSettings
+
+
+def create_app(settings: InferenceSettings) -> AsgiFastStream:
+    broker = make_broker(settings, SERVICE)
+    topics = settings.topics
+    specs = load_specs(settings.models_dir)
+    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
+    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), Bus(broker), topics)
+    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
+    readiness = Readiness()
+
+    @batch_subscriber(broker, settings, topics.predictions_requests, group_id=settings.group_id)
+    async def on_prediction_requests(message: KafkaMessage) -> None:
+        records = records_of(message)
+        with timed_batch(SERVICE, topics.predictions_requests, len(records)):
+            await handler.handle(records)
+
+    broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
+    broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
+
+    async def start() -> None:
+        await ensure_topics(
+            settings,
+            [topics.predictions_requests, topics.predictions_results, topics.models_lifecycle,
+             topics.events_dlq],
+        )
+        await follower.start()  # champions are loaded before the first request is consumed
+        readiness.detail["serving"] = {m: s.version for m, s in holder.serving.items()}
+
+    async def stop() -> None:
+        await follower.stop()
+        await redis.aclose()
+
+    return build_app(SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop])
+
+
+def main() -> None:
+    settings = InferenceSettings()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Inference use case: a batch of requests → one result each (errors included) → `predictions.results`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import orjson
+from aiokafka import ConsumerRecord
+from prometheus_client import Counter
+
+from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult, parse
+from driftloop.features import decode_stored
+from driftloop.kafka import Bus, dead_letter
+from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.settings import Topics
+from driftloop.spec import ModelSpec
+from driftloop_inference.adapters import ModelHolder, OnlineFeatures
+from driftloop_inference.domain import error_result, score
+
+SERVICE = "inference"
+
+PREDICTIONS = Counter(
+    "driftloop_predictions_total",
+    "Results published, by model, serving version and outcome (ok or error).",
+    ["model", "version", "outcome"],
+)
+
+
+def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
+    """(request_id, model) from a request too broken to parse, when they can still be read."""
+    try:
+        data = orjson.loads(raw or b"")
+    except orjson.JSONDecodeError:
+        return None
+    if isinstance(data, dict) and isinstance(data.get("request_id"), str) and data["request_id"]:
+        model = data.get("model")
+        return data["request_id"][:256], model[:64] if isinstance(model, str) else ""
+    return None
+
+
+class InferenceHandler:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        holder: ModelHolder,
+        online: OnlineFeatures,
+        bus: Bus,
+        topics: Topics,
+    ) -> None:
+        self.specs = specs
+        self.holder = holder
+        self.online = online
+        self.bus = bus
+        self.topics = topics
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        serving = self.holder.serving  # one consistent set of models for the whole batch
+        requests: list[PredictionRequest] = []
+        early: list[PredictionResult] = []
+        dead = []
+        for record in records:
+            try:
+                requests.append(parse(PredictionRequest, record.value))
+            except InvalidInput as exc:
+                salvaged = _salvage_id(record.value)
+                if salvaged is None:
+                    dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
+                else:
+                    early.append(error_result(salvaged[0], salvaged[1], str(exc)))
+        requests = await self._complete(requests)
+        results = early + score(requests, self.specs, serving)
+        await self.bus.publish(self.topics.predictions_results, results)
+        await self.bus.publish(self.topics.events_dlq, dead)
+        for letter in dead:
+            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
+        for result in results:
+            outcome = "error" if result.error else "ok"
+            PREDICTIONS.labels(result.model if result.model in self.specs else "_unknown",
+                               str(result.model_version), outcome).inc()
+        count(SERVICE, self.topics.predictions_requests, "ok", len(results))
+        count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
+
+    async def _complete(self, requests: list[PredictionRequest]) -> list[PredictionRequest]:
+        """Fill in stored entity features (request values win) with one round trip."""
+        wanted = [
+            (i, r) for i, r in enumerate(requests) if r.entity_id and r.model in self.specs
+        ]
+        if not wanted:
+            return requests
+        stored = await self.online.fetch([(r.model, r.entity_id or "") for _, r in wanted])
+        out = list(requests)
+        for (i, request), values in zip(wanted, stored, strict=True):
+            if values is not None:
+                merged = {**decode_stored(self.specs[request.model], values), **request.features}
+                out[i] = request.model_copy(update={"features": merged})
+        return out

@@ -1,0 +1,67 @@
+"""Wiring of the monitor: requests + results + feedback → join → quality, drift, `events.raw`
+(labelled rows for training), `monitor.drift` and `training.requests`."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+from faststream.kafka.annotations import KafkaMessage
+from redis.asyncio import Redis
+
+from driftloop.contracts import DriftDetected, Observation, TrainModel
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.lifecycle import LifecycleFollower
+from driftloop.metrics import timed_batch
+from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.spec import load_specs
+from driftloop_monitor.adapters import JoinStore
+from driftloop_monitor.handlers import SERVICE, Monitor
+from driftloop_monitor.settings import MonitorSettings
+
+
+def create_app(settings: MonitorSettings) -> AsgiFastStream:
+    broker = make_broker(settings, SERVICE)
+    topics = settings.topics
+    redis = Redis.from_url(settings.redis_url)
+    monitor = Monitor(
+        load_specs(settings.models_dir),
+        JoinStore(redis, settings.join_ttl_s),
+        Bus(broker),
+        topics,
+        settings.quality_window,
+    )
+    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle)
+    traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
+
+    @batch_subscriber(broker, settings, *traffic, group_id=settings.group_id)
+    async def on_prediction_traffic(message: KafkaMessage) -> None:
+        records = records_of(message)
+        with timed_batch(SERVICE, "predictions", len(records)):
+            await monitor.handle(records)
+
+    broker.publisher(topics.events_raw, title="to_events_raw", schema=Observation)
+    broker.publisher(topics.monitor_drift, title="to_monitor_drift", schema=DriftDetected)
+    broker.publisher(topics.training_requests, title="to_training_requests", schema=TrainModel)
+
+    async def start() -> None:
+        await ensure_topics(
+            settings,
+            [*traffic, topics.events_raw, topics.monitor_drift, topics.training_requests,
+             topics.models_lifecycle, topics.events_dlq],
+        )
+        await follower.start()
+
+    async def stop() -> None:
+        await follower.stop()
+        await redis.aclose()
+
+    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+
+
+def main() -> None:
+    settings = MonitorSettings()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,12 @@
+"""Settings of the monitor service (env vars `DRIFTLOOP_*`)."""
+
+from pydantic import Field
+
+from driftloop.settings import ServiceSettings
+
+
+class MonitorSettings(ServiceSettings):
+    group_id: str = Field(default="monitor", description="Consumer group on the prediction topics.")
+    http_port: int = 8006
+    join_ttl_s: int = Field(default=3600, description="How long a request waits for its feedback.")
+    quality_window: int = Field(default=1000, description="Labelled samples in the rolling accuracy.")

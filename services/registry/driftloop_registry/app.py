@@ -1,0 +1,90 @@
+"""Wiring of the registry: `models.trained` → gate → `models.lifecycle`; read-only JSON API."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qs
+
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka.annotations import KafkaMessage
+from redis.asyncio import Redis
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.contracts import DeadLetter, ModelPromoted
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.runtime import Readiness, build_app, configure_logging, json_response, serve
+from driftloop.spec import load_specs
+from driftloop_registry.adapters import RegistryRepository
+from driftloop_registry.handlers import SERVICE, Registry
+from driftloop_registry.settings import RegistrySettings
+
+
+def _query(scope: Any) -> dict[str, str]:
+    parsed = parse_qs(scope.get("query_string", b"").decode("utf-8", "replace"))
+    return {k: v[0] for k, v in parsed.items()}
+
+
+def create_app(settings: RegistrySettings) -> AsgiFastStream:
+    broker = make_broker(settings, SERVICE)
+    topics = settings.topics
+    redis = Redis.from_url(settings.redis_url)
+    registry = Registry(
+        load_specs(settings.models_dir),
+        RegistryRepository(redis),
+        ArtifactStore(settings.artifacts_dir),
+        Bus(broker),
+        topics,
+    )
+
+    @batch_subscriber(broker, settings, topics.models_trained, group_id=settings.group_id)
+    async def on_model_trained(message: KafkaMessage) -> None:
+        await registry.handle(records_of(message))
+
+    broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelPromoted)
+    broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
+
+    @get(description="Models with their aliases and version counts.")
+    async def models(scope: Any) -> AsgiResponse:
+        return json_response(await registry.list_models())
+
+    @get(description="Versions of `?model=`, oldest first.")
+    async def versions(scope: Any) -> AsgiResponse:
+        model = _query(scope).get("model", "")
+        return json_response(await registry.list_versions(model))
+
+    @get(description="Model card (full lineage) of `?model=&version=`.")
+    async def card(scope: Any) -> AsgiResponse:
+        query = _query(scope)
+        try:
+            version = int(query.get("version", ""))
+        except ValueError:
+            return json_response({"error": "version must be an integer"}, 400)
+        record = await registry.card(query.get("model", ""), version)
+        return json_response(record, 200) if record else json_response({"error": "not found"}, 404)
+
+    async def start() -> None:
+        await ensure_topics(
+            settings, [topics.models_trained, topics.models_lifecycle, topics.events_dlq]
+        )
+
+    async def stop() -> None:
+        await redis.aclose()
+
+    return build_app(
+        SERVICE,
+        broker,
+        Readiness(),
+        on_startup=[start],
+        on_shutdown=[stop],
+        routes=[("/v1/models", models), ("/v1/versions", versions), ("/v1/card", card)],
+    )
+
+
+def main() -> None:
+    settings = RegistrySettings()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

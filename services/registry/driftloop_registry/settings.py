@@ -1,0 +1,10 @@
+"""Settings of the registry service (env vars `DRIFTLOOP_*`)."""
+
+from pydantic import Field
+
+from driftloop.settings import ServiceSettings
+
+
+class RegistrySettings(ServiceSettings):
+    group_id: str = Field(default="registry", description="Consumer group on `models.trained`.")
+    http_port: int = 8004

@@ -1,0 +1,74 @@
+"""Wiring of the training service: `features.computed` → training store; `training.requests` →
+train → `models.trained`; follows `models.lifecycle` to know each champion."""
+
+from __future__ import annotations
+
+from faststream.asgi import AsgiFastStream
+from faststream.kafka.annotations import KafkaMessage
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.contracts import DeadLetter, ModelTrained
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.lifecycle import LifecycleFollower
+from driftloop.metrics import timed_batch
+from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.spec import load_specs
+from driftloop.store import RowStore
+from driftloop_training.handlers import SERVICE, Trainer
+from driftloop_training.settings import TrainingSettings
+
+
+def create_app(settings: TrainingSettings) -> AsgiFastStream:
+    broker = make_broker(settings, SERVICE)
+    topics = settings.topics
+    store = RowStore(settings.training_dir)
+    trainer = Trainer(
+        load_specs(settings.models_dir),
+        store,
+        ArtifactStore(settings.artifacts_dir),
+        Bus(broker),
+        topics,
+    )
+    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
+
+    @batch_subscriber(broker, settings, topics.features_computed, group_id=settings.store_group_id)
+    async def on_features_computed(message: KafkaMessage) -> None:
+        records = records_of(message)
+        with timed_batch(SERVICE, topics.features_computed, len(records)):
+            await trainer.store_rows(records)
+
+    @batch_subscriber(broker, settings, topics.training_requests, group_id=settings.group_id)
+    async def on_train_model(message: KafkaMessage) -> None:
+        await trainer.handle_commands(records_of(message))
+
+    broker.publisher(topics.models_trained, title="to_models_trained", schema=ModelTrained)
+    broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
+
+    async def start() -> None:
+        await ensure_topics(
+            settings,
+            [
+                topics.features_computed,
+                topics.training_requests,
+                topics.models_trained,
+                topics.models_lifecycle,
+                topics.events_dlq,
+            ],
+        )
+        await follower.start()
+
+    async def stop() -> None:
+        await follower.stop()
+        store.close()
+
+    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+
+
+def main() -> None:
+    settings = TrainingSettings()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), settings)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,286 @@
+"""Training use cases: keep the training store, follow champions, train candidates on command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from importlib.metadata import version
+
+import numpy as np
+from aiokafka import ConsumerRecord
+from pydantic import ValidationError
+
+from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
+from driftloop.contracts import (
+    DatasetRef,
+    FeatureRow,
+    InvalidInput,
+    Label,
+    ModelPromoted,
+    ModelRejected,
+    ModelRolledBack,
+    ModelTrained,
+    TrainModel,
+    parse,
+)
+from driftloop.features import FeatureSet
+from driftloop.kafka import Bus, dead_letter
+from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.settings import Topics
+from driftloop.spec import ModelSpec
+from driftloop.store import RowStore
+from driftloop_training import domain
+from driftloop_training.adapters import convert
+from prometheus_client import Counter, Histogram
+
+SERVICE = "training"
+AUTOMATIC = {"drift"}
+log = logging.getLogger(__name__)
+
+RUNS = Counter(
+    "driftloop_training_runs_total",
+    "Training commands by model and outcome (trained, coalesced, cooldown, insufficient_data, failed).",
+    ["model", "outcome"],
+)
+RUN_SECONDS = Histogram(
+    "driftloop_training_duration_seconds",
+    "Seconds from command to ModelTrained, by model.",
+    ["model"],
+    buckets=(0.5, 1, 2, 5, 10, 20, 60, 120, 300),
+)
+
+
+@dataclass(frozen=True)
+class Champion:
+    version: int
+    event: ModelPromoted | ModelRolledBack
+
+
+@dataclass(frozen=True)
+class Fitted:
+    classes: list[Label]
+    onnx: bytes
+    proba_sklearn: np.ndarray
+    proba_onnx: np.ndarray
+    params: dict[str, object]
+    fit_s: float
+    convert_s: float
+
+
+class TrainingFailed(RuntimeError):
+    """A command that cannot produce a candidate; `outcome` names why."""
+
+    def __init__(self, outcome: str, detail: str) -> None:
+        super().__init__(detail)
+        self.outcome = outcome
+
+
+class Trainer:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        store: RowStore,
+        artifacts: ArtifactStore,
+        bus: Bus,
+        topics: Topics,
+    ) -> None:
+        self.specs = specs
+        self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
+        self.store = store
+        self.artifacts = artifacts
+        self.bus = bus
+        self.topics = topics
+        self.champions: dict[str, Champion] = {}
+        self.last_automatic_run: dict[str, float] = {}
+
+    # ------------------------------------------------------------------ training store
+
+    async def store_rows(self, records: Sequence[ConsumerRecord]) -> None:
+        """Append labelled feature rows to the training store (idempotent by event id)."""
+        by_model: dict[str, list[tuple]] = {}
+        dead = []
+        for record in records:
+            try:
+                row = parse(FeatureRow, record.value)
+                if row.model not in self.specs:
+                    raise InvalidInput("unknown_model", f"{row.model!r:.80}")
+            except InvalidInput as exc:
+                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
+                continue
+            if row.label is not None:
+                by_model.setdefault(row.model, []).append(
+                    (row.event_id, row.event_time, record.value)
+                )
+        for model, rows in by_model.items():
+            self.store.append(model, rows)
+        await self.bus.publish(self.topics.events_dlq, dead)
+        for letter in dead:
+            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
+        count(SERVICE, self.topics.features_computed, "ok", sum(map(len, by_model.values())))
+
+    # ------------------------------------------------------------------ champions
+
+    async def on_lifecycle(self, event: ModelPromoted | ModelRejected | ModelRolledBack) -> None:
+        if isinstance(event, ModelPromoted | ModelRolledBack):
+            self.champions[event.model] = Champion(event.version, event)
+
+    # ------------------------------------------------------------------ commands
+
+    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> None:
+        """Train each model at most once per batch: later commands for a model coalesce."""
+        latest: dict[str, TrainModel] = {}
+        dead = []
+        for record in records:
+            try:
+                command = parse(TrainModel, record.value)
+                if command.model not in self.specs:
+                    raise InvalidInput("unknown_model", f"{command.model!r:.80}")
+            except InvalidInput as exc:
+                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
+                continue
+            if command.model in latest:
+                RUNS.labels(command.model, "coalesced").inc()
+            latest[command.model] = command
+        await self.bus.publish(self.topics.events_dlq, dead)
+        for command in latest.values():
+            trained = await self.run(command)
+            if trained is not None:
+                await self.bus.publish(self.topics.models_trained, [trained])
+
+    async def run(self, command: TrainModel) -> ModelTrained | None:
+        """Train a candidate for a command, or log and count why not."""
+        spec = self.specs[command.model]
+        automatic = command.reason in AUTOMATIC
+        last = self.last_automatic_run.get(command.model)
+        if (
+            automatic
+            and last is not None
+            and time.monotonic() - last < spec.training.cooldown_s
+        ):
+            RUNS.labels(command.model, "cooldown").inc()
+            log.info("skipping %s for %s: in cooldown", command.command_id, command.model)
+            return None
+        started = time.perf_counter()
+        try:
+            trained = await self._train(spec, command)
+        except TrainingFailed as exc:
+            RUNS.labels(command.model, exc.outcome).inc()
+            log.warning("training %s for %s failed: %s", command.command_id, command.model, exc)
+            return None
+        if automatic:  # the cooldown spaces out automatic runs; people may always train
+            self.last_automatic_run[command.model] = time.monotonic()
+        RUNS.labels(command.model, "trained").inc()
+        RUN_SECONDS.labels(command.model).observe(time.perf_counter() - started)
+        return trained
+
+    async def _wait_for_rows(self, spec: ModelSpec, command: TrainModel) -> None:
+        wanted = max(command.min_rows or 0, spec.training.min_rows)
+        deadline = time.monotonic() + spec.training.wait_for_rows_s
+        while (have := self.store.count(spec.name, command.since)) < wanted:
+            if time.monotonic() >= deadline:
+                raise TrainingFailed("insufficient_data", f"{have} rows, {wanted} needed")
+            await asyncio.sleep(0.25)
+
+    def _load(self, spec: ModelSpec, command: TrainModel) -> tuple[list[FeatureRow], np.ndarray]:
+        last_n = min(command.last_n or spec.training.window_rows, spec.training.window_rows)
+        feature_set = self.feature_sets[spec.name]
+        rows: list[FeatureRow] = []
+        for body in self.store.window(spec.name, command.since, last_n):
+            try:
+                row = FeatureRow.model_validate_json(body)
+            except ValidationError:
+                continue
+            if row.label is not None and all(n in row.features for n in feature_set.names):
+                rows.append(row)
+        return rows, feature_set.from_named(r.features for r in rows)
+
+    def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label], cut: int) -> Fitted:
+        estimator = domain.build_estimator(spec.algorithm, spec.training.seed)
+        t0 = time.perf_counter()
+        estimator.fit(X[:cut], y[:cut])
+        t1 = time.perf_counter()
+        onnx = convert(estimator, X.shape[1])
+        t2 = time.perf_counter()
+        classes = [c.item() if hasattr(c, "item") else c for c in estimator.classes_]
+        names = self.feature_sets[spec.name].names
+        proba_onnx = OnnxClassifier(onnx, classes, names).predict_proba(X[cut:])
+        return Fitted(
+            classes=classes,
+            onnx=onnx,
+            proba_sklearn=estimator.predict_proba(X[cut:]),
+            proba_onnx=proba_onnx,
+            params={k: v for k, v in estimator.get_params().items() if _plain(v)},
+            fit_s=t1 - t0,
+            convert_s=t2 - t1,
+        )
+
+    def _champion_metrics(
+        self, spec: ModelSpec, X_holdout: np.ndarray, y_holdout: list[Label], classes: list[Label]
+    ) -> tuple[int | None, dict[str, float] | None]:
+        champion = self.champions.get(spec.name)
+        if champion is None:
+            return None, None
+        event = champion.event
+        if event.feature_names != self.feature_sets[spec.name].names:
+            log.info("champion v%s has other features; not compared", champion.version)
+            return champion.version, None
+        try:
+            model = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
+        except (ArtifactIntegrityError, Exception) as exc:  # a broken champion must not block training
+            log.warning("champion v%s unusable for evaluation: %s", champion.version, exc)
+            return champion.version, None
+        proba = domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
+        return champion.version, domain.metrics(y_holdout, proba, classes)
+
+    async def _train(self, spec: ModelSpec, command: TrainModel) -> ModelTrained:
+        await self._wait_for_rows(spec, command)
+        rows, X = await asyncio.to_thread(self._load, spec, command)
+        if len(rows) < spec.training.min_rows:
+            raise TrainingFailed("insufficient_data", f"{len(rows)} usable rows")
+        y = [r.label for r in rows if r.label is not None]
+        cut = domain.holdout_start(len(rows), spec.training.holdout_fraction)
+        if len(set(map(str, y[:cut]))) < 2:
+            raise TrainingFailed("insufficient_data", "fewer than two classes in the training rows")
+        try:
+            fitted = await asyncio.to_thread(self._fit, spec, X, y, cut)
+        except Exception as exc:
+            raise TrainingFailed("failed", f"fit or conversion failed: {exc}") from exc
+        t0 = time.perf_counter()
+        candidate = domain.metrics(y[cut:], fitted.proba_onnx, fitted.classes)
+        champion_version, champion = self._champion_metrics(spec, X[cut:], y[cut:], fitted.classes)
+        evaluate_s = time.perf_counter() - t0
+        artifact = self.artifacts.put(fitted.onnx)
+        return ModelTrained(
+            run_id=f"{spec.name}-{command.command_id}",
+            command_id=command.command_id,
+            reason=command.reason,
+            model=spec.name,
+            algorithm=spec.algorithm.name,
+            params=fitted.params,
+            classes=fitted.classes,
+            feature_names=self.feature_sets[spec.name].names,
+            artifact=artifact,
+            metric=spec.gate.metric,
+            candidate_metrics=candidate,
+            champion_version=champion_version,
+            champion_metrics=champion,
+            parity_max_abs_diff=float(np.abs(fitted.proba_onnx - fitted.proba_sklearn).max()),
+            dataset=DatasetRef(
+                rows=len(rows),
+                train_rows=cut,
+                holdout_rows=len(rows) - cut,
+                first_event_time=rows[0].event_time,
+                last_event_time=rows[-1].event_time,
+                sha256=domain.dataset_hash(rows),
+            ),
+            reference_stats=domain.reference_stats(X[:cut], self.feature_sets[spec.name].names),
+            code_version=version("driftloop"),
+            durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
+        )
+
+
+def _plain(value: object) -> bool:
+    return value is None or isinstance(value, bool | int | float | str)

@@ -1,0 +1,301 @@
+"""Every message that crosses a driftloop topic, as a frozen pydantic model.
+
+Producers emit exactly these models; consumers ignore unknown fields, so a new optional field never
+breaks an old consumer. `schemas/` is generated from this module (`make schemas`).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, TypeVar
+
+import orjson
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+SCHEMA_VERSION = 1
+
+FeatureValue = float | int | str | None
+Label = int | float | str
+
+
+def utcnow() -> datetime:
+    """The current time, timezone-aware in UTC."""
+    return datetime.now(UTC)
+
+
+MAX_MESSAGE_BYTES = 1_000_000
+M = TypeVar("M", bound=BaseModel)
+
+
+class InvalidInput(ValueError):
+    """Input that breaks a contract or a spec; `reason` is machine-readable."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+def parse(model: type[M], raw: bytes | None) -> M:
+    """Decode JSON bytes into a contract; raises `InvalidInput` with a machine-readable reason."""
+    if raw is None or len(raw) > MAX_MESSAGE_BYTES:
+        size = 0 if raw is None else len(raw)
+        raise InvalidInput("bad_size", f"message of {size} bytes (empty or over the limit)")
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput("malformed_json", str(exc)) from exc
+    if not isinstance(data, dict):
+        raise InvalidInput("invalid_schema", f"expected a JSON object, got {type(data).__name__}")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput("invalid_schema", _short(exc)) from exc
+
+
+def _short(exc: ValidationError) -> str:
+    return "; ".join(
+        f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]
+    )
+
+
+class Message(BaseModel):
+    """Base of every contract: immutable, tolerant of unknown fields, versioned."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    schema_version: int = Field(
+        default=SCHEMA_VERSION, description="Version of this message's schema."
+    )
+
+
+# ---------------------------------------------------------------- application-facing contracts
+
+
+class Observation(Message):
+    """An observation sent by an application or `driftloop replay` to `events.raw`."""
+
+    event_id: str = Field(min_length=1, max_length=256, description="Unique id; duplicates are dropped.")
+    model: str = Field(description="Name of the model spec this observation belongs to.")
+    features: dict[str, FeatureValue] = Field(description="Raw feature values by name.")
+    label: Label | None = Field(default=None, description="Ground truth, when known.")
+    event_time: datetime | None = Field(
+        default=None, description="When the observation happened (ISO-8601); ingest time if absent."
+    )
+    entity_id: str | None = Field(
+        default=None, description="Entity the observation is about, for the online store."
+    )
+
+
+class PredictionRequest(Message):
+    """An application's request on `predictions.requests`."""
+
+    request_id: str = Field(min_length=1, max_length=256, description="Correlates the result.")
+    model: str = Field(description="Name of the model to ask.")
+    features: dict[str, FeatureValue] = Field(
+        default_factory=dict, description="Raw feature values by name."
+    )
+    entity_id: str | None = Field(
+        default=None, description="Entity whose stored features complete the request."
+    )
+
+
+class PredictionResult(Message):
+    """Inference's answer on `predictions.results`: one per request."""
+
+    request_id: str = Field(description="The request's id.")
+    model: str = Field(description="Name of the model asked.")
+    model_version: int = Field(description="Version that served the request; 0 when none did.")
+    prediction: Label | None = Field(default=None, description="Predicted class or value.")
+    probabilities: dict[str, float] | None = Field(
+        default=None, description="Class probabilities by class label."
+    )
+    error: str | None = Field(default=None, description="Why the request could not be served.")
+
+
+class Feedback(Message):
+    """Ground truth for an earlier request, on `predictions.feedback`."""
+
+    request_id: str = Field(min_length=1, max_length=256, description="The request's id.")
+    model: str = Field(description="Name of the model asked.")
+    label: Label = Field(description="The true label.")
+
+
+# ---------------------------------------------------------------- platform-internal contracts
+
+
+class DeadLetter(Message):
+    """A rejected input on `events.dlq`, with everything needed to inspect or replay it."""
+
+    service: str = Field(description="Service that rejected the input.")
+    reason: str = Field(description="Machine-readable reason, e.g. `malformed_json`.")
+    detail: str = Field(description="Human-readable explanation.")
+    source_topic: str = Field(description="Topic the input was read from.")
+    source_partition: int = Field(description="Partition the input was read from.")
+    source_offset: int = Field(description="Offset of the input in its partition.")
+    original: str = Field(
+        description="The original message bytes, base64-encoded (the first 64 KiB of larger ones)."
+    )
+    original_size: int = Field(default=0, description="Size of the original message in bytes.")
+    rejected_at: datetime = Field(default_factory=utcnow, description="When it was rejected.")
+
+
+class FeatureRow(Message):
+    """A computed feature vector on `features.computed`, labelled when the label is known."""
+
+    event_id: str = Field(description="Id of the observation the row was computed from.")
+    model: str = Field(description="Model spec whose feature definitions were applied.")
+    entity_id: str | None = Field(default=None, description="Entity, when known.")
+    event_time: datetime = Field(description="When the observation happened.")
+    features: dict[str, float] = Field(description="Computed features by output name.")
+    label: Label | None = Field(default=None, description="Ground truth, when known.")
+
+
+class TrainModel(Message):
+    """Command on `training.requests`: train a candidate for a model."""
+
+    command_id: str = Field(description="Unique id; a redelivered command is trained once.")
+    model: str = Field(description="Model to train.")
+    reason: str = Field(default="manual", description="Why: `manual`, `bootstrap`, `drift`, ...")
+    since: datetime | None = Field(
+        default=None, description="Train only on rows at or after this event time."
+    )
+    last_n: int | None = Field(default=None, ge=1, description="Train on at most the newest N rows.")
+    min_rows: int | None = Field(
+        default=None, ge=1, description="Wait (bounded) until the window holds this many rows."
+    )
+    requested_at: datetime = Field(default_factory=utcnow, description="When it was requested.")
+
+
+class ArtifactRef(Message):
+    """Where a model artifact lives and how to check it."""
+
+    uri: str = Field(description="Location in the artifact store.")
+    sha256: str = Field(description="Hex sha256 of the artifact bytes.")
+    size_bytes: int = Field(description="Artifact size in bytes.")
+    format: Literal["onnx"] = Field(default="onnx", description="Artifact format.")
+
+
+class FeatureStats(Message):
+    """Training reference statistics of one feature, for covariate-drift tests."""
+
+    mean: float = Field(description="Mean.")
+    std: float = Field(description="Standard deviation.")
+    min: float = Field(description="Minimum.")
+    max: float = Field(description="Maximum.")
+    quantiles: list[float] = Field(description="Deciles 0.1 .. 0.9.")
+
+
+class DatasetRef(Message):
+    """The exact rows a model was trained and evaluated on."""
+
+    rows: int = Field(description="Rows in the window.")
+    train_rows: int = Field(description="Rows used for fitting.")
+    holdout_rows: int = Field(description="Newest rows held out for evaluation.")
+    first_event_time: datetime = Field(description="Oldest row's event time.")
+    last_event_time: datetime = Field(description="Newest row's event time.")
+    sha256: str = Field(description="Hash of the window's event ids and labels, in order.")
+
+
+class ModelTrained(Message):
+    """Event on `models.trained`: a candidate was fitted, converted and evaluated."""
+
+    run_id: str = Field(description="Unique id of this training run.")
+    command_id: str = Field(description="The TrainModel command that caused it.")
+    reason: str = Field(description="The command's reason.")
+    model: str = Field(description="Model name.")
+    algorithm: str = Field(description="Algorithm name from the spec.")
+    params: dict[str, Any] = Field(description="Hyper-parameters used.")
+    classes: list[Label] = Field(description="Class labels, in probability-column order.")
+    feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
+    artifact: ArtifactRef = Field(description="The ONNX artifact.")
+    metric: str = Field(description="Name of the gate metric.")
+    candidate_metrics: dict[str, float] = Field(description="Candidate's metrics on the holdout.")
+    champion_version: int | None = Field(
+        default=None, description="Champion evaluated on the same holdout, if any."
+    )
+    champion_metrics: dict[str, float] | None = Field(
+        default=None, description="Champion's metrics on the same holdout."
+    )
+    parity_max_abs_diff: float = Field(description="Max |p_onnx - p_sklearn| on the holdout.")
+    dataset: DatasetRef = Field(description="Rows used.")
+    reference_stats: dict[str, FeatureStats] = Field(description="Per-feature training statistics.")
+    code_version: str = Field(description="driftloop version that trained it.")
+    durations_s: dict[str, float] = Field(description="Seconds per phase: fit, convert, evaluate.")
+    trained_at: datetime = Field(default_factory=utcnow, description="When training finished.")
+
+
+class _Lifecycle(Message):
+    model: str = Field(description="Model name.")
+    version: int = Field(description="Version the event is about.")
+    at: datetime = Field(default_factory=utcnow, description="When it happened.")
+
+
+class ModelPromoted(_Lifecycle):
+    """The version became champion and should serve."""
+
+    event: Literal["ModelPromoted"] = Field(default="ModelPromoted", description="Event type.")
+    artifact: ArtifactRef = Field(description="Artifact to serve.")
+    classes: list[Label] = Field(description="Class labels, in probability-column order.")
+    feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
+    previous_version: int | None = Field(default=None, description="Champion it replaced.")
+    reason: str = Field(description="Why it was promoted.")
+
+
+class ModelRejected(_Lifecycle):
+    """The version failed the promotion gate (or its artifact check)."""
+
+    event: Literal["ModelRejected"] = Field(default="ModelRejected", description="Event type.")
+    reason: str = Field(description="Why it was rejected.")
+
+
+class ModelRolledBack(_Lifecycle):
+    """The champion was rolled back to an earlier version, which should serve."""
+
+    event: Literal["ModelRolledBack"] = Field(default="ModelRolledBack", description="Event type.")
+    artifact: ArtifactRef = Field(description="Artifact to serve.")
+    classes: list[Label] = Field(description="Class labels, in probability-column order.")
+    feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
+    previous_version: int | None = Field(default=None, description="Champion it replaced.")
+    reason: str = Field(description="Why it was rolled back.")
+
+
+LifecycleEvent = Annotated[
+    ModelPromoted | ModelRejected | ModelRolledBack, Field(discriminator="event")
+]
+LIFECYCLE = TypeAdapter(LifecycleEvent)
+
+
+class DriftDetected(Message):
+    """Event on `monitor.drift`: a detector fired for a model's champion."""
+
+    model: str = Field(description="Model name.")
+    version: int = Field(description="Champion version being monitored.")
+    detector: str = Field(description="Detector that fired, e.g. `adwin`.")
+    kind: Literal["concept", "covariate"] = Field(description="What drifted.")
+    samples_seen: int = Field(description="Labelled samples of this version seen when it fired.")
+    change_point_sample: int = Field(description="Estimated first sample after the change.")
+    change_point_time: datetime = Field(description="Event time of that sample.")
+    detected_request_id: str = Field(description="Request whose feedback triggered detection.")
+    error_rate_before: float = Field(description="Error rate before the change point.")
+    error_rate_after: float = Field(description="Error rate after the change point.")
+    at: datetime = Field(default_factory=utcnow, description="When it fired.")
+
+
+CONTRACTS: dict[str, type[Message]] = {
+    m.__name__: m
+    for m in (
+        Observation,
+        PredictionRequest,
+        PredictionResult,
+        Feedback,
+        DeadLetter,
+        FeatureRow,
+        TrainModel,
+        ModelTrained,
+        ModelPromoted,
+        ModelRejected,
+        ModelRolledBack,
+        DriftDetected,
+    )
+}

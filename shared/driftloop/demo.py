@@ -1,0 +1,340 @@
+"""The closed-loop demo, played as an application would: it replays history, asks for predictions,
+sends ground truth back late, and watches the platform detect drift, retrain, gate and swap models.
+
+Everything it learns about the platform comes from topics (`predictions.results`,
+`models.lifecycle`, `monitor.drift`); it never calls a service directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer
+
+from driftloop import datasets
+from driftloop.client import make_producer, send_all, tail_from_end
+from driftloop.contracts import (
+    LIFECYCLE,
+    DriftDetected,
+    Feedback,
+    ModelPromoted,
+    Observation,
+    PredictionRequest,
+    PredictionResult,
+    TrainModel,
+    utcnow,
+)
+from driftloop.settings import Topics
+
+log = logging.getLogger("driftloop.demo")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    model: str = "sea"
+    history: int = 5_000
+    before: int = 5_000
+    max_after: int = 30_000
+    recovery_window: int = 2_000
+    rate_per_s: float = 1_000.0
+    feedback_delay_s: float = 0.5
+    variant_before: int = 0
+    variant_after: int = 3
+    noise: float = 0.1
+    seed: int = 42
+    timeout_s: float = 300.0
+
+
+@dataclass
+class Served:
+    index: int
+    version: int
+    correct: bool
+
+
+@dataclass
+class Timeline:
+    started: float = field(default_factory=time.monotonic)
+    marks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, name: str) -> None:
+        self.marks.setdefault(name, time.monotonic() - self.started)
+
+
+class Watcher:
+    """Reads what the platform says: results, lifecycle events, drift events."""
+
+    def __init__(self, consumers: dict[str, AIOKafkaConsumer], topics: Topics) -> None:
+        self.consumers = consumers
+        self.topics = topics
+        self.results: dict[str, PredictionResult] = {}
+        self.promotions: list[ModelPromoted] = []
+        self.drifts: list[DriftDetected] = []
+        self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
+
+    async def _read(self, name: str) -> None:
+        async for record in self.consumers[name]:
+            raw = record.value or b""
+            if name == "results":
+                result = PredictionResult.model_validate_json(raw)
+                self.results[result.request_id] = result
+            elif name == "lifecycle":
+                event = LIFECYCLE.validate_json(raw)
+                if isinstance(event, ModelPromoted):
+                    self.promotions.append(event)
+            else:
+                self.drifts.append(DriftDetected.model_validate_json(raw))
+
+    async def close(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for consumer in self.consumers.values():
+            await consumer.stop()
+
+
+async def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def _progress(text: str) -> None:
+    print(f"  {text}", flush=True)
+
+
+async def run(bootstrap: str, scenario: Scenario, out_dir: Path, topics: Topics | None = None) -> dict[str, Any]:
+    """Play the scenario against a running stack; return the summary (also written to out_dir)."""
+    topics = topics or Topics()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    timeline = Timeline()
+    watcher = Watcher(
+        {
+            "results": await tail_from_end(bootstrap, topics.predictions_results),
+            "lifecycle": await tail_from_end(bootstrap, topics.models_lifecycle),
+            "drift": await tail_from_end(bootstrap, topics.monitor_drift),
+        },
+        topics,
+    )
+    producer = make_producer(bootstrap)
+    await producer.start()
+    try:
+        return await _play(bootstrap, scenario, out_dir, topics, timeline, watcher, producer)
+    finally:
+        await producer.stop()
+        await watcher.close()
+
+
+async def _play(bootstrap: str, s: Scenario, out_dir: Path, topics: Topics, timeline: Timeline,
+                watcher: Watcher, producer: Any) -> dict[str, Any]:
+    run_id = uuid.uuid4().hex[:8]
+    history = datasets.sea(s.variant_before, s.seed, s.noise)
+    print(f"[1/4] replaying {s.history} labelled observations of concept {s.variant_before} "
+          f"to {topics.events_raw}", flush=True)
+    observations = (
+        Observation(event_id=f"{run_id}-h{i}", model=s.model, features=x, label=y)
+        for i, (x, y) in enumerate(itertools.islice(history, s.history))
+    )
+    sent = 0
+    for chunk in iter(lambda: list(itertools.islice(observations, 1000)), []):
+        sent += await send_all(producer, topics.events_raw, chunk, key_of=lambda o: o.event_id)
+        _progress(f"history {sent}/{s.history}")
+
+    print("[2/4] asking for the first model (TrainModel on training.requests)", flush=True)
+    await send_all(producer, topics.training_requests, [TrainModel(
+        command_id=f"{run_id}-bootstrap", model=s.model, reason="bootstrap", min_rows=s.history)])
+    await _wait(lambda: any(p.model == s.model for p in watcher.promotions), s.timeout_s,
+                "the first promotion")
+    first = next(p for p in watcher.promotions if p.model == s.model)
+    timeline.mark("first_promotion")
+    _progress(f"v{first.version} promoted: {first.reason}")
+
+    print(f"[3/4] serving {s.before} requests of concept {s.variant_before}, then concept "
+          f"{s.variant_after} until the loop closes (at {s.rate_per_s:.0f} req/s, feedback after "
+          f"{s.feedback_delay_s}s)", flush=True)
+    stream = datasets.abrupt(
+        datasets.sea(s.variant_before, s.seed + 1, s.noise),
+        datasets.sea(s.variant_after, s.seed + 2, s.noise),
+        s.before,
+    )
+    served = await _traffic(s, topics, timeline, watcher, producer, stream, run_id, first.version)
+
+    print("[4/4] summary", flush=True)
+    summary = _summarise(s, timeline, watcher, served, first.version, run_id)
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    _plot(s, served, summary, out_dir / "demo.png")
+    return summary
+
+
+async def _traffic(s: Scenario, topics: Topics, timeline: Timeline, watcher: Watcher,
+                   producer: Any, stream: Iterator[tuple[dict[str, Any], Any]], run_id: str,
+                   first_version: int) -> list[Served]:
+    truth: dict[str, tuple[int, Any]] = {}
+    feedback_due: deque[tuple[float, str]] = deque()
+    served: list[Served] = []
+    seen: set[str] = set()
+    index = 0
+    tick = 0.05
+    started = time.monotonic()
+    last_report = started
+
+    def recovered() -> bool:
+        newer = [r for r in served if r.index >= s.before and r.version > first_version]
+        return len(newer) >= s.recovery_window
+
+    while True:
+        now = time.monotonic()
+        if index >= s.before:
+            timeline.mark("drift_onset")
+        due = int((now - started) * s.rate_per_s) - index
+        stop_sending = recovered() or index >= s.before + s.max_after
+        if due > 0 and not stop_sending:
+            requests = []
+            for x, y in itertools.islice(stream, due):
+                request_id = f"{run_id}-r{index}"
+                truth[request_id] = (index, y)
+                requests.append(PredictionRequest(request_id=request_id, model=s.model, features=x))
+                feedback_due.append((now + s.feedback_delay_s, request_id))
+                index += 1
+            await send_all(producer, topics.predictions_requests, requests, key_of=lambda r: r.request_id)
+        feedback = []
+        while feedback_due and feedback_due[0][0] <= now:
+            _, request_id = feedback_due.popleft()
+            feedback.append(Feedback(request_id=request_id, model=s.model, label=truth[request_id][1]))
+        await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
+        for request_id in [r for r in watcher.results if r not in seen and r in truth]:
+            seen.add(request_id)
+            result = watcher.results[request_id]
+            i, y = truth[request_id]
+            served.append(Served(i, result.model_version, str(result.prediction) == str(y)))
+            if i >= s.before and result.model_version > first_version:
+                timeline.mark("new_version_serving")
+        if watcher.drifts:
+            timeline.mark("drift_detected")
+        if now - last_report >= 2.0:
+            last_report = now
+            window = served[-500:]
+            accuracy = sum(r.correct for r in window) / max(1, len(window))
+            versions = sorted({r.version for r in window})
+            _progress(f"sent {index:>6}  answered {len(served):>6}  rolling accuracy "
+                      f"{accuracy:.3f}  serving v{versions}  drift events {len(watcher.drifts)}")
+        if stop_sending and not feedback_due and len(seen) >= index:
+            break
+        if now - started > s.timeout_s:
+            raise TimeoutError(f"the loop did not close within {s.timeout_s:.0f}s")
+        await asyncio.sleep(tick)
+    served.sort(key=lambda r: r.index)
+    return served
+
+
+def _accuracy(rows: list[Served]) -> float | None:
+    return round(sum(r.correct for r in rows) / len(rows), 4) if rows else None
+
+
+def _summarise(s: Scenario, timeline: Timeline, watcher: Watcher, served: list[Served],
+               first_version: int, run_id: str) -> dict[str, Any]:
+    detection = watcher.drifts[0] if watcher.drifts else None
+    detected_at = None
+    if detection is not None and detection.detected_request_id.startswith(f"{run_id}-r"):
+        detected_at = int(detection.detected_request_id.rsplit("-r", 1)[1])
+    after_promotions = [p for p in watcher.promotions if p.version > first_version]
+    new_version = after_promotions[0].version if after_promotions else None
+    first_new = next((r.index for r in served if new_version and r.version >= new_version), None)
+    before = [r for r in served if s.before - s.recovery_window <= r.index < s.before]
+    drifted = [r for r in served if r.index >= s.before and r.version == first_version]
+    recovered = [r for r in served if new_version and r.version == new_version][-s.recovery_window:]
+    marks = timeline.marks
+    seconds = {
+        "to_first_promotion": marks.get("first_promotion"),
+        "onset_to_detection": _diff(marks, "drift_detected", "drift_onset"),
+        "onset_to_new_version_serving": _diff(marks, "new_version_serving", "drift_onset"),
+        "total": round(time.monotonic() - timeline.started, 2),
+    }
+    summary = {
+        "model": s.model,
+        "scenario": asdict(s),
+        "drift_onset_request": s.before,
+        "detection_request": detected_at,
+        "detection_delay_samples": None if detected_at is None else detected_at - s.before,
+        "estimated_change_point_sample": detection.change_point_sample if detection else None,
+        "versions": {
+            "initial": first_version,
+            "after_drift": new_version,
+            "promotions": [{"version": p.version, "reason": p.reason} for p in watcher.promotions],
+        },
+        "first_request_served_by_new_version": first_new,
+        "accuracy": {
+            "before_drift": _accuracy(before),
+            "after_drift_old_model": _accuracy(drifted),
+            "after_recovery": _accuracy(recovered),
+        },
+        "requests": len(served),
+        "wall_seconds": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
+    }
+    acc = summary["accuracy"]
+    closed = (
+        detection is not None
+        and new_version is not None
+        and acc["before_drift"] is not None
+        and acc["after_recovery"] is not None
+        and acc["after_recovery"] >= acc["before_drift"] - 0.05
+    )
+    summary["loop_closed"] = closed
+    return summary
+
+
+def _diff(marks: dict[str, float], later: str, earlier: str) -> float | None:
+    if later in marks and earlier in marks:
+        return marks[later] - marks[earlier]
+    return None
+
+
+def _plot(s: Scenario, served: list[Served], summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    window = 250
+    xs, ys = [], []
+    recent: deque[int] = deque(maxlen=window)
+    for r in served:
+        recent.append(int(r.correct))
+        if len(recent) == window:
+            xs.append(r.index)
+            ys.append(sum(recent) / window)
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.plot(xs, ys, color="#1f77b4", lw=1.4, label=f"rolling accuracy ({window} requests)")
+    ax.axvline(s.before, color="#d62728", ls="--", label="drift onset")
+    if summary["detection_request"] is not None:
+        ax.axvline(summary["detection_request"], color="#ff7f0e", ls=":", lw=2,
+                   label="drift detected (monitor)")
+    if summary["first_request_served_by_new_version"] is not None:
+        ax.axvline(summary["first_request_served_by_new_version"], color="#2ca02c", ls="-.",
+                   lw=2, label=f"v{summary['versions']['after_drift']} serving (retrained, promoted)")
+    acc = summary["accuracy"]
+    ax.set_title(
+        f"driftloop demo: SEA {s.variant_before}→{s.variant_after}; accuracy "
+        f"{acc['before_drift']} before, {acc['after_drift_old_model']} drifted, "
+        f"{acc['after_recovery']} recovered"
+    )
+    ax.set_xlabel("request index")
+    ax.set_ylabel("accuracy")
+    ax.set_ylim(0.5, 1.0)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

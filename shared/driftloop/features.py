@@ -1,0 +1,121 @@
+"""Feature definitions: one code path turns raw values into model inputs, for training and serving.
+
+`FeatureSet.row` is the only encoder; `FeatureSet.matrix` stacks its rows, so a training row and a
+serving row built from the same raw values are identical by construction (tests check it too).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from driftloop.contracts import InvalidInput
+from driftloop.spec import FeatureSpec, ModelSpec
+
+UNKNOWN = "__unknown__"
+
+
+def _check_one(spec: FeatureSpec, value: Any) -> float | str:
+    if spec.type == "numeric":
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise InvalidInput("wrong_type", f"{spec.name} must be a number, got {value!r:.80}")
+        number = float(value)
+        if not math.isfinite(number):
+            raise InvalidInput("not_finite", f"{spec.name} is {number}")
+        if (spec.min is not None and number < spec.min and spec.transform != "clip") or (
+            spec.max is not None and number > spec.max and spec.transform != "clip"
+        ):
+            raise InvalidInput(
+                "out_of_range", f"{spec.name}={number} outside [{spec.min}, {spec.max}]"
+            )
+        if spec.transform == "log1p" and number <= -1:
+            raise InvalidInput("out_of_range", f"{spec.name}={number} is not > -1 for log1p")
+        return number
+    if not isinstance(value, str):
+        raise InvalidInput("wrong_type", f"{spec.name} must be a string, got {value!r:.80}")
+    return value
+
+
+def check_features(spec: ModelSpec, features: Mapping[str, Any]) -> dict[str, float | str]:
+    """Validated raw values by feature name, defaults filled in; raises `InvalidInput`."""
+    clean: dict[str, float | str] = {}
+    for feature in spec.features:
+        value = features.get(feature.name)
+        if value is None:
+            if feature.default is not None:
+                value = feature.default
+            elif feature.required:
+                raise InvalidInput("missing_feature", f"{feature.name} is required")
+            else:
+                value = 0.0 if feature.type == "numeric" else UNKNOWN
+        clean[feature.name] = _check_one(feature, value)
+    return clean
+
+
+class FeatureSet:
+    """The encoder of one model spec: raw values in, a float vector out."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.names: list[str] = []
+        for feature in spec.features:
+            if feature.type == "numeric":
+                self.names.append(feature.name)
+            else:
+                assert feature.categories is not None
+                self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
+
+    def row(self, clean: Mapping[str, float | str]) -> list[float]:
+        """Encode one validated row (from `check_features`)."""
+        out: list[float] = []
+        for feature in self.spec.features:
+            value = clean[feature.name]
+            if feature.type == "numeric":
+                number = float(value)
+                if feature.transform == "log1p":
+                    number = math.log1p(number)
+                elif feature.transform == "clip":
+                    assert feature.min is not None and feature.max is not None
+                    number = min(max(number, feature.min), feature.max)
+                out.append(number)
+            else:
+                assert feature.categories is not None
+                known = value in feature.categories
+                out += [1.0 if value == c else 0.0 for c in feature.categories]
+                out.append(0.0 if known else 1.0)
+        return out
+
+    def named(self, clean: Mapping[str, float | str]) -> dict[str, float]:
+        """Encode one validated row as {output name: value}."""
+        return dict(zip(self.names, self.row(clean), strict=True))
+
+    def matrix(self, rows: Iterable[Mapping[str, float | str]]) -> np.ndarray:
+        """Encode many validated rows into a float32 matrix, one row per input."""
+        encoded = [self.row(r) for r in rows]
+        if not encoded:
+            return np.zeros((0, len(self.names)), dtype=np.float32)
+        return np.asarray(encoded, dtype=np.float32)
+
+    def from_named(self, rows: Iterable[Mapping[str, float]]) -> np.ndarray:
+        """Stack already-encoded named rows (as in `features.computed`) in this set's column order."""
+        return np.asarray([[r[n] for n in self.names] for r in rows], dtype=np.float32).reshape(
+            -1, len(self.names)
+        )
+
+
+def decode_stored(spec: ModelSpec, stored: Mapping[str, str]) -> dict[str, float | str]:
+    """Raw values read back from the online store (strings) in the spec's types; unknown keys dropped."""
+    out: dict[str, float | str] = {}
+    for feature in spec.features:
+        if feature.name in stored:
+            value = stored[feature.name]
+            out[feature.name] = float(value) if feature.type == "numeric" else value
+    return out
+
+
+def online_key(model: str, entity_id: str) -> str:
+    """Redis key of an entity's latest raw features in the online store."""
+    return f"online:{model}:{entity_id}"

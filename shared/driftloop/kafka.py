@@ -1,0 +1,152 @@
+"""The one Kafka client factory: FastStream brokers, batch subscribers, topic admin, dead letters."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+from faststream import AckPolicy
+from faststream.kafka import KafkaBroker
+from faststream.kafka.prometheus import KafkaPrometheusMiddleware
+from prometheus_client import REGISTRY
+from pydantic import BaseModel
+
+from driftloop.contracts import DeadLetter
+from driftloop.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_BYTES = 512 * 1024
+DEAD_LETTER_KEEP_BYTES = 64 * 1024
+
+
+def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
+    """A FastStream Kafka broker with driftloop's defaults (acks=all, no idempotence, metrics)."""
+    return KafkaBroker(
+        settings.kafka_bootstrap,
+        client_id=f"driftloop-{service}",
+        # tansu (the embedded broker) has no InitProducerId; consumers are idempotent instead.
+        enable_idempotence=False,
+        acks="all",
+        linger_ms=2,
+        max_batch_size=MAX_BATCH_BYTES + 64 * 1024,
+        logger=logging.getLogger(f"driftloop.{service}.broker"),
+        log_level=logging.DEBUG,
+        middlewares=[KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service)],
+    )
+
+
+def batch_subscriber(
+    broker: KafkaBroker,
+    settings: ServiceSettings,
+    *topics: str,
+    group_id: str,
+    title: str | None = None,
+) -> Any:
+    """Subscribe to topics in batches, committing only after the handler returns (at-least-once)."""
+    return broker.subscriber(
+        *topics,
+        group_id=group_id,
+        batch=True,
+        max_records=settings.kafka_max_records,
+        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+        batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
+        auto_offset_reset="earliest",
+        ack_policy=AckPolicy.ACK,
+        title=title,
+    )
+
+
+def records_of(message: Any) -> tuple[ConsumerRecord, ...]:
+    """The raw consumer records behind a FastStream Kafka message (batch or single)."""
+    raw = message.raw_message
+    return tuple(raw) if isinstance(raw, tuple | list) else (raw,)
+
+
+def encode(model: BaseModel) -> bytes:
+    """Serialise a contract to JSON bytes, exactly as the model dumps it."""
+    return orjson.dumps(model.model_dump(mode="json"))
+
+
+def dead_letter(service: str, record: ConsumerRecord, reason: str, detail: str) -> DeadLetter:
+    """A dead-letter record for a rejected input, keeping its original bytes (up to 64 KiB)."""
+    value = record.value or b""
+    return DeadLetter(
+        service=service,
+        reason=reason,
+        detail=detail[:2000],
+        source_topic=record.topic,
+        source_partition=record.partition,
+        source_offset=record.offset,
+        original=base64.b64encode(value[:DEAD_LETTER_KEEP_BYTES]).decode("ascii"),
+        original_size=len(value),
+    )
+
+
+async def publish_all(broker: KafkaBroker, topic: str, messages: Sequence[BaseModel]) -> None:
+    """Publish contracts to one topic in size-bounded batches; wait for the broker's acks."""
+    chunk: list[bytes] = []
+    size = 0
+    for message in messages:
+        body = encode(message)
+        if chunk and size + len(body) > MAX_BATCH_BYTES:
+            await broker.publish_batch(*chunk, topic=topic)
+            chunk, size = [], 0
+        chunk.append(body)
+        size += len(body) + 64
+    if chunk:
+        await broker.publish_batch(*chunk, topic=topic)
+
+
+async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None:
+    """Create topics that do not exist yet; existing ones are left as they are."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [n for n in dict.fromkeys(names) if n not in existing]
+        if missing:
+            try:
+                await admin.create_topics(
+                    [
+                        NewTopic(n, settings.topics.partitions(n, settings.kafka_partitions), 1)
+                        for n in missing
+                    ]
+                )
+            except TopicAlreadyExistsError:
+                pass
+            log.info("created topics %s", missing)
+    finally:
+        await admin.close()
+
+
+async def read_from_start(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    """A group-less consumer positioned at the start of every partition of `topic`."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
+    )
+    await consumer.start()
+    partitions = consumer.partitions_for_topic(topic)
+    if partitions is None:
+        await consumer.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic) or {0}
+    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
+    await consumer.seek_to_beginning(*assigned)
+    return consumer
+
+
+class Bus:
+    """The publishing port handlers get injected: publish contracts to a topic, acknowledged."""
+
+    def __init__(self, broker: KafkaBroker) -> None:
+        self.broker = broker
+
+    async def publish(self, topic: str, messages: Sequence[BaseModel]) -> None:
+        await publish_all(self.broker, topic, messages)

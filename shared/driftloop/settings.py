@@ -1,0 +1,55 @@
+"""The one settings base: every service builds one frozen settings object from `DRIFTLOOP_*` env vars."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Topics(BaseModel):
+    """Topic names; override one with e.g. `DRIFTLOOP_TOPICS__EVENTS_RAW=my.raw`."""
+
+    model_config = ConfigDict(frozen=True)
+
+    events_raw: str = "events.raw"
+    events_validated: str = "events.validated"
+    events_dlq: str = "events.dlq"
+    features_computed: str = "features.computed"
+    predictions_requests: str = "predictions.requests"
+    predictions_results: str = "predictions.results"
+    predictions_feedback: str = "predictions.feedback"
+    training_requests: str = "training.requests"
+    models_trained: str = "models.trained"
+    models_lifecycle: str = "models.lifecycle"
+    monitor_drift: str = "monitor.drift"
+
+    def all(self) -> list[str]:
+        return list(self.model_dump().values())
+
+    def partitions(self, name: str, default: int) -> int:
+        """Control topics keep one partition so their events stay in order; data topics scale."""
+        control = {self.training_requests, self.models_trained, self.models_lifecycle}
+        return 1 if name in control or name == self.monitor_drift else default
+
+
+class ServiceSettings(BaseSettings):
+    """What every service needs; a service subclasses it to add its own fields."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="DRIFTLOOP_", env_nested_delimiter="__", frozen=True, extra="ignore"
+    )
+
+    kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
+    kafka_partitions: int = Field(default=3, description="Partitions for topics this service creates.")
+    kafka_fetch_max_wait_ms: int = Field(default=20, description="Consumer fetch wait (latency/CPU).")
+    kafka_max_records: int = Field(default=500, description="Max records per consumed batch.")
+    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+    topics: Topics = Field(default_factory=Topics)
+    models_dir: Path = Field(default=Path("models"), description="Directory of model spec files.")
+    artifacts_dir: Path = Field(default=Path("var/artifacts"), description="Artifact store root.")
+    data_dir: Path = Field(default=Path("var/data"), description="Service-local durable data.")
+    http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics and /healthz.")
+    http_port: int = Field(default=8000, description="Port of /metrics, /healthz, /readyz.")
+    log_level: str = Field(default="INFO", description="Python logging level.")

@@ -1,0 +1,143 @@
+"""Model specs: a model is declared in one YAML file, never coded.
+
+A spec names the raw features and how to validate them, the label and its classes, the algorithm,
+the training window, the promotion gate and the drift detector. Every service loads the same specs.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+ALGORITHMS = (
+    "logistic_regression",
+    "random_forest",
+    "gradient_boosting",
+    "hist_gradient_boosting",
+)
+
+
+class SpecModel(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class FeatureSpec(SpecModel):
+    name: str = Field(description="Raw feature name, as sent by applications.")
+    type: Literal["numeric", "categorical"] = Field(description="Value type.")
+    required: bool = Field(default=True, description="Reject input without it.")
+    default: float | str | None = Field(default=None, description="Value used when absent.")
+    min: float | None = Field(default=None, description="Smallest valid value (numeric).")
+    max: float | None = Field(default=None, description="Largest valid value (numeric).")
+    categories: list[str] | None = Field(
+        default=None, description="Known categories (categorical); others go to an unknown bucket."
+    )
+    transform: Literal["none", "log1p", "clip"] = Field(
+        default="none", description="Numeric transform applied identically in training and serving."
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> FeatureSpec:
+        if self.type == "categorical" and not self.categories:
+            raise ValueError(f"categorical feature {self.name!r} needs categories")
+        if self.transform == "clip" and (self.min is None or self.max is None):
+            raise ValueError(f"feature {self.name!r}: clip needs min and max")
+        return self
+
+
+class LabelSpec(SpecModel):
+    name: str = Field(default="label", description="Name of the label column in data files.")
+    classes: list[int | str] = Field(min_length=2, description="Class labels.")
+
+
+class AlgorithmSpec(SpecModel):
+    name: Literal[
+        "logistic_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting"
+    ] = Field(description="scikit-learn estimator.")
+    params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters.")
+
+
+class TrainingSpec(SpecModel):
+    window_rows: int = Field(default=20_000, ge=10, description="Train on at most the newest N rows.")
+    min_rows: int = Field(default=500, ge=10, description="Refuse to train on fewer rows.")
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9, description="Newest share held out.")
+    seed: int = Field(default=0, description="Random seed for the estimator.")
+    parity_tolerance: float = Field(default=1e-3, gt=0, description="Max |p_onnx - p_sklearn|.")
+    wait_for_rows_s: float = Field(default=120.0, ge=0, description="Max wait for min_rows to arrive.")
+    cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between automatic runs.")
+
+
+class GateSpec(SpecModel):
+    metric: Literal["accuracy", "balanced_accuracy", "log_loss"] = Field(default="accuracy")
+    floor: float = Field(default=0.5, description="Candidate must reach this (log_loss: stay below).")
+    max_regression: float = Field(
+        default=0.01, ge=0, description="Candidate may trail the champion by at most this."
+    )
+    auto_promote: bool = Field(default=True, description="Promote blessed candidates at once.")
+
+
+class DriftSpec(SpecModel):
+    detector: Literal["adwin", "page_hinkley", "kswin"] = Field(default="adwin")
+    params: dict[str, Any] = Field(default_factory=dict, description="River detector parameters.")
+    warmup_samples: int = Field(default=200, ge=0, description="Ignore a new champion's first N.")
+    retrain_min_rows: int = Field(
+        default=1_500, ge=10, description="Post-change rows the retrain waits for."
+    )
+    cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
+
+
+class ModelSpec(SpecModel):
+    name: str = Field(description="Model name: lowercase letters, digits, `_` and `-`.")
+    description: str = Field(default="", description="What the model predicts.")
+    features: list[FeatureSpec] = Field(min_length=1)
+    label: LabelSpec
+    algorithm: AlgorithmSpec
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    gate: GateSpec = Field(default_factory=GateSpec)
+    drift: DriftSpec = Field(default_factory=DriftSpec)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not MODEL_NAME.match(value):
+            raise ValueError(f"model name {value!r} must match {MODEL_NAME.pattern}")
+        return value
+
+    @model_validator(mode="after")
+    def _unique_features(self) -> ModelSpec:
+        names = [f.name for f in self.features]
+        if len(set(names)) != len(names):
+            raise ValueError("feature names must be unique")
+        return self
+
+    def label_of(self, value: Any) -> int | str | None:
+        """The spec's class equal to `value` (accepting 1 for "1", True for 1), or None."""
+        for cls in self.label.classes:
+            if value == cls or str(value) == str(cls) or (
+                isinstance(value, bool) and int(value) == cls
+            ):
+                return cls
+        return None
+
+
+def load_spec(path: Path) -> ModelSpec:
+    """Parse and validate one spec file (YAML, safe loader)."""
+    with path.open(encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    return ModelSpec.model_validate(data)
+
+
+def load_specs(directory: Path) -> dict[str, ModelSpec]:
+    """All specs in a directory by model name; a duplicate name is an error."""
+    specs: dict[str, ModelSpec] = {}
+    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        spec = load_spec(path)
+        if spec.name in specs:
+            raise ValueError(f"model {spec.name!r} is declared twice (second in {path})")
+        specs[spec.name] = spec
+    return specs
