@@ -38,9 +38,10 @@ class InvalidInput(ValueError):
 
 def parse(model: type[M], raw: bytes | None) -> M:
     """Decode JSON bytes into a contract; raises `InvalidInput` with a machine-readable reason."""
-    if raw is None or len(raw) > MAX_MESSAGE_BYTES:
-        size = 0 if raw is None else len(raw)
-        raise InvalidInput("bad_size", f"message of {size} bytes (empty or over the limit)")
+    if not raw:
+        raise InvalidInput("empty", "message has no body")
+    if len(raw) > MAX_MESSAGE_BYTES:
+        raise InvalidInput("oversized", f"{len(raw)} bytes is over the {MAX_MESSAGE_BYTES} limit")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:

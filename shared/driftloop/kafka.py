@@ -47,9 +47,14 @@ def batch_subscriber(
     settings: ServiceSettings,
     *topics: str,
     group_id: str,
-    title: str | None = None,
+    consumes: type[BaseModel] | tuple[type[BaseModel], ...],
 ) -> Any:
-    """Subscribe to topics in batches, committing only after the handler returns (at-least-once)."""
+    """Subscribe to topics in batches, committing only after the handler returns (at-least-once).
+
+    The handler gets raw records, so a malformed one is dead-lettered instead of failing the batch.
+    """
+    kinds = consumes if isinstance(consumes, tuple) else (consumes,)
+    names = ", ".join(f"`{k.__name__}` (schemas/json/{k.__name__}.json)" for k in kinds)
     return broker.subscriber(
         *topics,
         group_id=group_id,
@@ -59,7 +64,10 @@ def batch_subscriber(
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         auto_offset_reset="earliest",
         ack_policy=AckPolicy.ACK,
-        title=title,
+        description=(
+            f"Batches of {names}; invalid records are dead-lettered, the rest handled, "
+            "then offsets committed."
+        ),
     )
 
 

@@ -6,7 +6,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
-from driftloop.contracts import DeadLetter, FeatureRow
+from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
 from driftloop.metrics import timed_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
@@ -24,7 +24,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
         load_specs(settings.models_dir), OnlineStore(redis, settings.online_ttl_s), Bus(broker), topics
     )
 
-    @batch_subscriber(broker, settings, topics.events_validated, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, topics.events_validated, group_id=settings.group_id, consumes=Observation)
     async def on_events_validated(message: KafkaMessage) -> None:
         records = records_of(message)
         with timed_batch(SERVICE, topics.events_validated, len(records)):

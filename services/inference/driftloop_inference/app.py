@@ -8,7 +8,7 @@ from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, PredictionResult
+from driftloop.contracts import DeadLetter, PredictionRequest, PredictionResult
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.metrics import timed_batch
@@ -29,7 +29,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
     readiness = Readiness()
 
-    @batch_subscriber(broker, settings, topics.predictions_requests, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, topics.predictions_requests, group_id=settings.group_id, consumes=PredictionRequest)
     async def on_prediction_requests(message: KafkaMessage) -> None:
         records = records_of(message)
         with timed_batch(SERVICE, topics.predictions_requests, len(records)):

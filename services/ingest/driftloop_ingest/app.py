@@ -29,7 +29,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
         timedelta(seconds=settings.max_future_s),
     )
 
-    @batch_subscriber(broker, settings, topics.events_raw, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, topics.events_raw, group_id=settings.group_id, consumes=Observation)
     async def on_events_raw(message: KafkaMessage) -> None:
         records = records_of(message)
         with timed_batch(SERVICE, topics.events_raw, len(records)):

@@ -7,7 +7,14 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
-from driftloop.contracts import DriftDetected, Observation, TrainModel
+from driftloop.contracts import (
+    DriftDetected,
+    Feedback,
+    Observation,
+    PredictionRequest,
+    PredictionResult,
+    TrainModel,
+)
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.metrics import timed_batch
@@ -32,7 +39,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle)
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
 
-    @batch_subscriber(broker, settings, *traffic, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, *traffic, group_id=settings.group_id, consumes=(PredictionRequest, PredictionResult, Feedback))
     async def on_prediction_traffic(message: KafkaMessage) -> None:
         records = records_of(message)
         with timed_batch(SERVICE, "predictions", len(records)):

@@ -10,7 +10,7 @@ from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, ModelPromoted
+from driftloop.contracts import DeadLetter, ModelPromoted, ModelTrained
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
 from driftloop.runtime import Readiness, build_app, configure_logging, json_response, serve
 from driftloop.spec import load_specs
@@ -36,7 +36,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         topics,
     )
 
-    @batch_subscriber(broker, settings, topics.models_trained, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, topics.models_trained, group_id=settings.group_id, consumes=ModelTrained)
     async def on_model_trained(message: KafkaMessage) -> None:
         await registry.handle(records_of(message))
 

@@ -7,7 +7,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, ModelTrained
+from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.metrics import timed_batch
@@ -31,13 +31,14 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
     )
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
 
-    @batch_subscriber(broker, settings, topics.features_computed, group_id=settings.store_group_id)
+    @batch_subscriber(broker, settings, topics.features_computed, group_id=settings.store_group_id, consumes=FeatureRow)
     async def on_features_computed(message: KafkaMessage) -> None:
         records = records_of(message)
         with timed_batch(SERVICE, topics.features_computed, len(records)):
             await trainer.store_rows(records)
 
-    @batch_subscriber(broker, settings, topics.training_requests, group_id=settings.group_id)
+    @batch_subscriber(broker, settings, topics.training_requests, group_id=settings.group_id, consumes=TrainModel
+    )
     async def on_train_model(message: KafkaMessage) -> None:
         await trainer.handle_commands(records_of(message))
 

@@ -1,0 +1,70 @@
+# driftloop — `make help` lists the targets. Quickstart: `make demo`, then `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+UV := $(shell command -v uv 2>/dev/null || echo "$(PYTHON) -m uv")
+VENV := .venv
+BIN := $(VENV)/bin
+APT_PACKAGES := redis-server prometheus docker-compose
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas lint format clean
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
+
+install: system-deps $(VENV)/.installed ## install everything: system packages (apt) and the uv workspace
+
+system-deps: ## apt-get install redis-server, prometheus, docker-compose where missing
+	@missing=""; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
+	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing system packages:$$missing"; \
+		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: uv.lock pyproject.toml shared/pyproject.toml $(wildcard services/*/pyproject.toml)
+	@command -v uv >/dev/null 2>&1 || $(PYTHON) -m uv --version >/dev/null 2>&1 || $(PYTHON) -m pip install --quiet uv
+	$(UV) sync --frozen
+	@touch $@
+
+demo: install ## run the closed-loop drift demo on the embedded local stack (summary + plot)
+	$(BIN)/driftloop demo
+
+test: install ## run every test: unit, integration (real broker + redis), end-to-end loop
+	$(BIN)/pytest
+
+test-unit: install ## unit tests only (no I/O)
+	$(BIN)/pytest tests/unit
+
+test-integration: install ## integration tests against a real broker and redis-server
+	$(BIN)/pytest tests/integration
+
+test-e2e: install ## the whole loop through real processes
+	$(BIN)/pytest tests/e2e
+
+up: install ## start the local stack (broker, redis, prometheus, six services) in .driftloop/
+	$(BIN)/driftloop up
+
+down: ## stop the local stack started by `make up`
+	@[ -x $(BIN)/driftloop ] && $(BIN)/driftloop down || true
+
+status: ## processes of the local stack and the champion per model
+	$(BIN)/driftloop status
+
+schemas: install ## regenerate schemas/ (JSON Schema per message, AsyncAPI per service)
+	$(BIN)/python -m driftloop.schemas schemas
+
+lint: install ## ruff (lint + format check) and mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy shared/driftloop services
+
+format: install ## apply ruff's formatting and safe fixes
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean: down ## remove the local stack's run directory and demo output
+	rm -rf .driftloop var

@@ -1,0 +1,31 @@
+"""Test helpers: small real data and a real ONNX model built through the training code."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+from driftloop import datasets
+from driftloop.features import FeatureSet, check_features
+from driftloop.spec import AlgorithmSpec, ModelSpec
+from driftloop_training.adapters import convert
+from driftloop_training.domain import build_estimator
+
+
+def sea_rows(n: int, variant: int = 0, seed: int = 1) -> list[tuple[dict, int]]:
+    return list(itertools.islice(datasets.sea(variant, seed), n))
+
+
+def sea_onnx(spec: ModelSpec, n: int = 600, algorithm: str = "logistic_regression",
+             variant: int = 0, shuffle_labels: bool = False) -> tuple[bytes, list, list[str]]:
+    """Fit `algorithm` on SEA rows and convert it: (onnx bytes, classes, feature names)."""
+    rows = sea_rows(n, variant)
+    feature_set = FeatureSet(spec)
+    X = feature_set.matrix(check_features(spec, x) for x, _ in rows)
+    y = np.array([label for _, label in rows])
+    if shuffle_labels:
+        y = np.random.default_rng(0).permutation(y)
+    estimator = build_estimator(AlgorithmSpec(name=algorithm), seed=0)
+    estimator.fit(X, y)
+    return convert(estimator, X.shape[1]), [int(c) for c in estimator.classes_], feature_set.names

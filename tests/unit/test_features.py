@@ -1,0 +1,91 @@
+"""One feature definition for training and serving: identical input gives identical vectors."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from driftloop.contracts import InvalidInput, Observation, utcnow
+from driftloop.features import FeatureSet, check_features, decode_stored
+from driftloop.spec import ModelSpec
+from driftloop_feature.domain import compute_row
+
+MIXED = ModelSpec.model_validate({
+    "name": "mixed",
+    "features": [
+        {"name": "amount", "type": "numeric", "min": 0, "max": 1e6, "transform": "log1p"},
+        {"name": "score", "type": "numeric", "min": 0, "max": 1, "transform": "clip"},
+        {"name": "colour", "type": "categorical", "categories": ["red", "blue"]},
+        {"name": "age", "type": "numeric", "required": False, "default": 30},
+    ],
+    "label": {"classes": ["no", "yes"]},
+    "algorithm": {"name": "random_forest"},
+})
+
+
+def _training_vector(spec, raw):
+    feature_set = FeatureSet(spec)
+    observation = Observation(event_id="e", model=spec.name, features=raw, event_time=utcnow())
+    _, row = compute_row(spec, feature_set, observation)
+    return feature_set.from_named([row.features])[0]
+
+
+def _serving_vector(spec, raw):
+    return FeatureSet(spec).matrix([check_features(spec, raw)])[0]
+
+
+@given(
+    amount=st.floats(0, 1e6),
+    score=st.floats(-5, 5),
+    colour=st.sampled_from(["red", "blue", "green", ""]),
+    age=st.one_of(st.none(), st.integers(0, 120)),
+)
+def test_training_and_serving_vectors_are_identical(amount, score, colour, age):
+    raw = {"amount": amount, "score": score, "colour": colour, "age": age}
+    np.testing.assert_array_equal(_training_vector(MIXED, raw), _serving_vector(MIXED, raw))
+
+
+def test_encoding_applies_transforms_and_an_unknown_bucket():
+    feature_set = FeatureSet(MIXED)
+    assert feature_set.names == [
+        "amount", "score", "colour=red", "colour=blue", "colour=__unknown__", "age"
+    ]
+    row = feature_set.row(check_features(MIXED, {"amount": math.e - 1, "score": 3, "colour": "pink"}))
+    assert row == pytest.approx([1.0, 1.0, 0.0, 0.0, 1.0, 30.0])
+
+
+@pytest.mark.parametrize(
+    ("raw", "reason"),
+    [
+        ({"score": 0.5, "colour": "red"}, "missing_feature"),
+        ({"amount": "10", "score": 0.5, "colour": "red"}, "wrong_type"),
+        ({"amount": True, "score": 0.5, "colour": "red"}, "wrong_type"),
+        ({"amount": -1, "score": 0.5, "colour": "red"}, "out_of_range"),
+        ({"amount": float("inf"), "score": 0.5, "colour": "red"}, "not_finite"),
+        ({"amount": 1, "score": 0.5, "colour": 3}, "wrong_type"),
+    ],
+)
+def test_invalid_values_are_refused_with_a_reason(raw, reason):
+    with pytest.raises(InvalidInput) as caught:
+        check_features(MIXED, raw)
+    assert caught.value.reason == reason
+
+
+@given(st.dictionaries(st.sampled_from(["amount", "score", "colour", "age", "x"]),
+                       st.one_of(st.none(), st.booleans(), st.floats(), st.integers(),
+                                 st.text(max_size=20))))
+def test_any_input_is_either_encoded_or_refused(raw):
+    try:
+        clean = check_features(MIXED, raw)
+    except InvalidInput as exc:
+        assert exc.reason
+        return
+    vector = FeatureSet(MIXED).row(clean)
+    assert all(math.isfinite(v) for v in vector)
+
+
+def test_values_read_back_from_the_online_store_keep_their_types():
+    stored = {"amount": "12.5", "colour": "red", "_event_time": "x"}
+    assert decode_stored(MIXED, stored) == {"amount": 12.5, "colour": "red"}
