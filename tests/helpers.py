@@ -29,3 +29,25 @@ def sea_onnx(spec: ModelSpec, n: int = 600, algorithm: str = "logistic_regressio
     estimator = build_estimator(AlgorithmSpec(name=algorithm), seed=0)
     estimator.fit(X, y)
     return convert(estimator, X.shape[1]), [int(c) for c in estimator.classes_], feature_set.names
+
+
+async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: float = 20.0) -> list:
+    """Read `topic` from its start until `count` messages parse as `model_cls` (or time out)."""
+    import asyncio
+    import time
+
+    from driftloop.kafka import read_from_start
+
+    parse = getattr(model_cls, "model_validate_json", None) or model_cls.validate_json
+    consumer = await read_from_start(bootstrap, topic)
+    found = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(found) < count and time.monotonic() < deadline:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                found += [parse(r.value) for r in records]
+            await asyncio.sleep(0)
+    finally:
+        await consumer.stop()
+    return found

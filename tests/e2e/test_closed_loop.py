@@ -1,0 +1,58 @@
+"""The whole loop through real processes: broker, redis-server, Prometheus and the six services of
+the local stack; a short SEA scenario with an abrupt drift must be detected, retrained, gated,
+promoted and recovered from."""
+
+import shutil
+
+import httpx
+import pytest
+
+from driftloop import demo, localstack
+from driftloop.client import PredictionClient
+from tests.conftest import ROOT, wait_for
+
+
+@pytest.fixture
+def stack(tmp_path):
+    running = localstack.up(tmp_path / "run", ROOT / "models")
+    yield running
+    localstack.down(tmp_path / "run")
+
+
+@pytest.mark.slow
+async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
+    scenario = demo.Scenario(history=3000, before=3000, max_after=15_000, recovery_window=1000,
+                             rate_per_s=800, timeout_s=240)
+    summary = await demo.run(stack.bootstrap, scenario, tmp_path / "out")
+
+    assert summary["loop_closed"], summary
+    assert summary["detection_delay_samples"] > 0, "detected before the drift happened"
+    versions = summary["versions"]
+    assert versions["after_drift"] > versions["initial"]
+    accuracy = summary["accuracy"]
+    assert accuracy["after_drift_old_model"] < accuracy["before_drift"] - 0.03
+    assert accuracy["after_recovery"] > accuracy["after_drift_old_model"]
+    assert (tmp_path / "out" / "demo.png").stat().st_size > 10_000
+
+    async with PredictionClient(stack.bootstrap, timeout_s=10) as client:
+        result = await client.predict("sea", {"x0": 9.5, "x1": 9.5, "x2": 0.0})
+    assert result.error is None and result.model_version == versions["after_drift"]
+
+    cards = httpx.get(f"{stack.url('registry')}/v1/versions", params={"model": "sea"}).json()
+    assert [c["status"] for c in cards][-1] == "champion"
+    assert cards[-1]["reason"] == "drift"
+
+    metrics = httpx.get(f"{stack.url('monitor')}/metrics").text
+    assert 'driftloop_monitor_drift_detections_total{detector="adwin",kind="concept",model="sea"}' in metrics
+
+    if shutil.which("prometheus"):
+        prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/query"
+
+        def scraped_all() -> bool:
+            try:
+                body = httpx.get(prometheus, params={"query": "sum(driftloop_service_up)"}).json()
+                return float(body["data"]["result"][0]["value"][1]) == len(localstack.SERVICES)
+            except (httpx.HTTPError, IndexError, KeyError):
+                return False
+
+        await wait_for(scraped_all, timeout=30, what="Prometheus to scrape all six services")
