@@ -2,13 +2,17 @@
 the local stack; a short SEA scenario with an abrupt drift must be detected, retrained, gated,
 promoted and recovered from."""
 
+import json
 import shutil
 
 import httpx
 import pytest
 
 from driftloop import demo, localstack
-from driftloop.client import PredictionClient
+from driftloop.client import PredictionClient, make_producer
+from driftloop.contracts import DeadLetter
+from driftloop.settings import Topics
+from tests.helpers import collect
 from tests.conftest import ROOT, wait_for
 
 
@@ -38,6 +42,15 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
         result = await client.predict("sea", {"x0": 9.5, "x1": 9.5, "x2": 0.0})
     assert result.error is None and result.model_version == versions["after_drift"]
 
+    producer = make_producer(stack.bootstrap)
+    await producer.start()
+    try:
+        await producer.send_and_wait(Topics().predictions_requests, b"\x00 not a request")
+    finally:
+        await producer.stop()
+    dead = await collect(stack.bootstrap, Topics().events_dlq, DeadLetter, 1)
+    assert dead[0].service == "inference" and dead[0].reason == "malformed_json"
+
     cards = httpx.get(f"{stack.url('registry')}/v1/versions", params={"model": "sea"}).json()
     assert [c["status"] for c in cards][-1] == "champion"
     assert cards[-1]["reason"] == "drift"
@@ -56,3 +69,14 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
                 return False
 
         await wait_for(scraped_all, timeout=30, what="Prometheus to scrape all six services")
+        dashboard = json.loads(
+            (ROOT / "infra" / "grafana" / "dashboards" / "driftloop-overview.json").read_text()
+        )
+        for panel in dashboard["panels"]:
+            for target in panel["targets"]:
+
+                def has_data(expr: str = target["expr"]) -> bool:
+                    body = httpx.get(prometheus, params={"query": expr}).json()
+                    return body["status"] == "success" and bool(body["data"]["result"])
+
+                await wait_for(has_data, timeout=40, what=f"data for panel {panel['title']!r}")
