@@ -35,8 +35,7 @@ def generate(out: Path) -> list[Path]:
         app_module = importlib.import_module(f"driftloop_{service}.app")
         settings_module = importlib.import_module(f"driftloop_{service}.settings")
         settings_cls = next(
-            v for k, v in vars(settings_module).items()
-            if k.endswith("Settings") and k != "ServiceSettings"
+            v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
         )
         app = app_module.create_app(settings_cls(models_dir=ROOT / "models"))
         spec = AsyncAPI(

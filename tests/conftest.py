@@ -54,8 +54,19 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir)],
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -77,7 +88,7 @@ def sea_spec() -> ModelSpec:
     return load_spec(ROOT / "models" / "sea.yaml")
 
 
-async def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:  # noqa: ANN001
+async def wait_for(condition, timeout: float = 20.0, what: str = "condition") -> None:
     """Poll `condition()` until true, failing the test after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():

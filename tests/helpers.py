@@ -17,8 +17,13 @@ def sea_rows(n: int, variant: int = 0, seed: int = 1) -> list[tuple[dict, int]]:
     return list(itertools.islice(datasets.sea(variant, seed), n))
 
 
-def sea_onnx(spec: ModelSpec, n: int = 600, algorithm: str = "logistic_regression",
-             variant: int = 0, shuffle_labels: bool = False) -> tuple[bytes, list, list[str]]:
+def sea_onnx(
+    spec: ModelSpec,
+    n: int = 600,
+    algorithm: str = "logistic_regression",
+    variant: int = 0,
+    shuffle_labels: bool = False,
+) -> tuple[bytes, list, list[str]]:
     """Fit `algorithm` on SEA rows and convert it: (onnx bytes, classes, feature names)."""
     rows = sea_rows(n, variant)
     feature_set = FeatureSet(spec)

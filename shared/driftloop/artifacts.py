@@ -71,9 +71,7 @@ class OnnxClassifier:
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1
-        self.session = ort.InferenceSession(
-            data, sess_options=options, providers=["CPUExecutionProvider"]
-        )
+        self.session = ort.InferenceSession(data, sess_options=options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
         outputs = [o.name for o in self.session.get_outputs()]
         self.proba_name = "probabilities" if "probabilities" in outputs else outputs[-1]

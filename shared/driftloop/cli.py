@@ -52,15 +52,16 @@ def cmd_down(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    state = localstack.status(args.run_dir)
-    for name, text in state["processes"].items():  # type: ignore[union-attr]
+    for name, text in localstack.status(args.run_dir).items():
         print(f"  {name:<11} {text}")
     try:
         models = _registry(args, "/v1/models")
         for row in models:
             champion = row["aliases"].get("champion")
-            print(f"  model {row['model']}: champion {'v' + str(champion) if champion else 'none'}"
-                  f", {row['versions']} version(s)")
+            print(
+                f"  model {row['model']}: champion {'v' + str(champion) if champion else 'none'}"
+                f", {row['versions']} version(s)"
+            )
     except (httpx.HTTPError, localstack.StackError) as exc:
         print(f"  registry unavailable: {exc}")
     return 0
@@ -79,8 +80,10 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"{row['model']}: aliases {row['aliases']}, {row['versions']} version(s)")
             for version in _registry(args, "/v1/versions", model=row["model"]):
                 metrics = ", ".join(f"{k} {v:.4f}" for k, v in version["metrics"].items())
-                print(f"  v{version['version']:<3} {version['status']:<17} {version['reason']:<9} "
-                      f"rows {version['rows']:<6} {metrics}")
+                print(
+                    f"  v{version['version']:<3} {version['status']:<17} {version['reason']:<9} "
+                    f"rows {version['rows']:<6} {metrics}"
+                )
     else:
         print(json.dumps(_registry(args, "/v1/card", model=args.model, version=args.version), indent=2))
     return 0
@@ -91,8 +94,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         producer = make_producer(_bootstrap(args))
         await producer.start()
         try:
-            command = TrainModel(command_id=uuid.uuid4().hex, model=args.model, reason="manual",
-                                 last_n=args.last_n)
+            command = TrainModel(
+                command_id=uuid.uuid4().hex, model=args.model, reason="manual", last_n=args.last_n
+            )
             await send_all(producer, Topics().training_requests, [command])
             print(f"sent TrainModel {command.command_id} for {args.model}")
         finally:
@@ -207,10 +211,18 @@ def _s(value: float | None) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
-    parser.add_argument("--run-dir", type=Path, default=DEFAULT_RUN_DIR,
-                        help="where the local stack keeps logs, pids and data (default .driftloop)")
-    parser.add_argument("--models-dir", type=Path, default=DEFAULT_MODELS_DIR,
-                        help="directory of model spec files (default models)")
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=DEFAULT_RUN_DIR,
+        help="where the local stack keeps logs, pids and data (default .driftloop)",
+    )
+    parser.add_argument(
+        "--models-dir",
+        type=Path,
+        default=DEFAULT_MODELS_DIR,
+        help="directory of model spec files (default models)",
+    )
     parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local stack's)")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("up", help="start the local stack").set_defaults(func=cmd_up)

@@ -21,9 +21,7 @@ from driftloop.settings import Topics
 
 def make_producer(bootstrap: str) -> AIOKafkaProducer:
     """An application producer: acks=all, batched, no idempotence (not on the embedded broker)."""
-    return AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5
-    )
+    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
 
 
 async def send_all(
@@ -40,8 +38,7 @@ async def send_all(
 
 async def tail_from_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A group-less consumer positioned at the current end of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                fetch_max_wait_ms=20)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
     if not partitions:
@@ -118,15 +115,20 @@ class PredictionClient:
         for request in requests:
             self._waiting[request.request_id] = loop.create_future()
             futures.append(self._waiting[request.request_id])
-        await send_all(self._producer, self.topics.predictions_requests, requests,
-                       key_of=lambda r: r.request_id)
+        await send_all(
+            self._producer,
+            self.topics.predictions_requests,
+            requests,
+            key_of=lambda r: r.request_id,
+        )
         try:
             return list(await asyncio.wait_for(asyncio.gather(*futures), self.timeout_s))
         finally:
             for request in requests:
                 self._waiting.pop(request.request_id, None)
 
-    async def predict(self, model: str, features: Mapping[str, Any],
-                      entity_id: str | None = None) -> PredictionResult:
+    async def predict(
+        self, model: str, features: Mapping[str, Any], entity_id: str | None = None
+    ) -> PredictionResult:
         """The result for one feature row."""
         return (await self.predict_many(model, [features], [entity_id]))[0]

@@ -65,9 +65,7 @@ class Message(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="ignore")
 
-    schema_version: int = Field(
-        default=SCHEMA_VERSION, description="Version of this message's schema."
-    )
+    schema_version: int = Field(default=SCHEMA_VERSION, description="Version of this message's schema.")
 
 
 # ---------------------------------------------------------------- application-facing contracts
@@ -93,9 +91,7 @@ class PredictionRequest(Message):
 
     request_id: str = Field(min_length=1, max_length=256, description="Correlates the result.")
     model: str = Field(description="Name of the model to ask.")
-    features: dict[str, FeatureValue] = Field(
-        default_factory=dict, description="Raw feature values by name."
-    )
+    features: dict[str, FeatureValue] = Field(default_factory=dict, description="Raw feature values by name.")
     entity_id: str | None = Field(
         default=None, description="Entity whose stored features complete the request."
     )
@@ -261,9 +257,7 @@ class ModelRolledBack(_Lifecycle):
     reason: str = Field(description="Why it was rolled back.")
 
 
-LifecycleEvent = Annotated[
-    ModelPromoted | ModelRejected | ModelRolledBack, Field(discriminator="event")
-]
+LifecycleEvent = Annotated[ModelPromoted | ModelRejected | ModelRolledBack, Field(discriminator="event")]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
 
 

@@ -32,7 +32,6 @@ from driftloop.contracts import (
     PredictionRequest,
     PredictionResult,
     TrainModel,
-    utcnow,
 )
 from driftloop.settings import Topics
 
@@ -115,7 +114,9 @@ def _progress(text: str) -> None:
     print(f"  {text}", flush=True)
 
 
-async def run(bootstrap: str, scenario: Scenario, out_dir: Path, topics: Topics | None = None) -> dict[str, Any]:
+async def run(
+    bootstrap: str, scenario: Scenario, out_dir: Path, topics: Topics | None = None
+) -> dict[str, Any]:
     """Play the scenario against a running stack; return the summary (also written to out_dir)."""
     topics = topics or Topics()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -137,12 +138,22 @@ async def run(bootstrap: str, scenario: Scenario, out_dir: Path, topics: Topics 
         await watcher.close()
 
 
-async def _play(bootstrap: str, s: Scenario, out_dir: Path, topics: Topics, timeline: Timeline,
-                watcher: Watcher, producer: Any) -> dict[str, Any]:
+async def _play(
+    bootstrap: str,
+    s: Scenario,
+    out_dir: Path,
+    topics: Topics,
+    timeline: Timeline,
+    watcher: Watcher,
+    producer: Any,
+) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
     history = datasets.sea(s.variant_before, s.seed, s.noise)
-    print(f"[1/4] replaying {s.history} labelled observations of concept {s.variant_before} "
-          f"to {topics.events_raw}", flush=True)
+    print(
+        f"[1/4] replaying {s.history} labelled observations of concept {s.variant_before} "
+        f"to {topics.events_raw}",
+        flush=True,
+    )
     observations = (
         Observation(event_id=f"{run_id}-h{i}", model=s.model, features=x, label=y)
         for i, (x, y) in enumerate(itertools.islice(history, s.history))
@@ -153,17 +164,33 @@ async def _play(bootstrap: str, s: Scenario, out_dir: Path, topics: Topics, time
         _progress(f"history {sent}/{s.history}")
 
     print("[2/4] asking for the first model (TrainModel on training.requests)", flush=True)
-    await send_all(producer, topics.training_requests, [TrainModel(
-        command_id=f"{run_id}-bootstrap", model=s.model, reason="bootstrap", min_rows=s.history)])
-    await _wait(lambda: any(p.model == s.model for p in watcher.promotions), s.timeout_s,
-                "the first promotion")
+    await send_all(
+        producer,
+        topics.training_requests,
+        [
+            TrainModel(
+                command_id=f"{run_id}-bootstrap",
+                model=s.model,
+                reason="bootstrap",
+                min_rows=s.history,
+            )
+        ],
+    )
+    await _wait(
+        lambda: any(p.model == s.model for p in watcher.promotions),
+        s.timeout_s,
+        "the first promotion",
+    )
     first = next(p for p in watcher.promotions if p.model == s.model)
     timeline.mark("first_promotion")
     _progress(f"v{first.version} promoted: {first.reason}")
 
-    print(f"[3/4] serving {s.before} requests of concept {s.variant_before}, then concept "
-          f"{s.variant_after} until the loop closes (at {s.rate_per_s:.0f} req/s, feedback after "
-          f"{s.feedback_delay_s}s)", flush=True)
+    print(
+        f"[3/4] serving {s.before} requests of concept {s.variant_before}, then concept "
+        f"{s.variant_after} until the loop closes (at {s.rate_per_s:.0f} req/s, feedback after "
+        f"{s.feedback_delay_s}s)",
+        flush=True,
+    )
     stream = datasets.abrupt(
         datasets.sea(s.variant_before, s.seed + 1, s.noise),
         datasets.sea(s.variant_after, s.seed + 2, s.noise),
@@ -178,9 +205,16 @@ async def _play(bootstrap: str, s: Scenario, out_dir: Path, topics: Topics, time
     return summary
 
 
-async def _traffic(s: Scenario, topics: Topics, timeline: Timeline, watcher: Watcher,
-                   producer: Any, stream: Iterator[tuple[dict[str, Any], Any]], run_id: str,
-                   first_version: int) -> list[Served]:
+async def _traffic(
+    s: Scenario,
+    topics: Topics,
+    timeline: Timeline,
+    watcher: Watcher,
+    producer: Any,
+    stream: Iterator[tuple[dict[str, Any], Any]],
+    run_id: str,
+    first_version: int,
+) -> list[Served]:
     truth: dict[str, tuple[int, Any]] = {}
     feedback_due: deque[tuple[float, str]] = deque()
     served: list[Served] = []
@@ -228,8 +262,10 @@ async def _traffic(s: Scenario, topics: Topics, timeline: Timeline, watcher: Wat
             window = served[-500:]
             accuracy = sum(r.correct for r in window) / max(1, len(window))
             versions = sorted({r.version for r in window})
-            _progress(f"sent {index:>6}  answered {len(served):>6}  rolling accuracy "
-                      f"{accuracy:.3f}  serving v{versions}  drift events {len(watcher.drifts)}")
+            _progress(
+                f"sent {index:>6}  answered {len(served):>6}  rolling accuracy "
+                f"{accuracy:.3f}  serving v{versions}  drift events {len(watcher.drifts)}"
+            )
         if stop_sending and not feedback_due and len(seen) >= index:
             break
         if now - started > s.timeout_s:
@@ -243,8 +279,14 @@ def _accuracy(rows: list[Served]) -> float | None:
     return round(sum(r.correct for r in rows) / len(rows), 4) if rows else None
 
 
-def _summarise(s: Scenario, timeline: Timeline, watcher: Watcher, served: list[Served],
-               first_version: int, run_id: str) -> dict[str, Any]:
+def _summarise(
+    s: Scenario,
+    timeline: Timeline,
+    watcher: Watcher,
+    served: list[Served],
+    first_version: int,
+    run_id: str,
+) -> dict[str, Any]:
     detection = watcher.drifts[0] if watcher.drifts else None
     detected_at = None
     if detection is not None and detection.detected_request_id.startswith(f"{run_id}-r"):
@@ -254,7 +296,7 @@ def _summarise(s: Scenario, timeline: Timeline, watcher: Watcher, served: list[S
     first_new = next((r.index for r in served if new_version and r.version >= new_version), None)
     before = [r for r in served if s.before - s.recovery_window <= r.index < s.before]
     drifted = [r for r in served if r.index >= s.before and r.version == first_version]
-    recovered = [r for r in served if new_version and r.version == new_version][-s.recovery_window:]
+    recovered = [r for r in served if new_version and r.version == new_version][-s.recovery_window :]
     marks = timeline.marks
     seconds = {
         "to_first_promotion": marks.get("first_promotion"),
@@ -262,7 +304,8 @@ def _summarise(s: Scenario, timeline: Timeline, watcher: Watcher, served: list[S
         "onset_to_new_version_serving": _diff(marks, "new_version_serving", "drift_onset"),
         "total": round(time.monotonic() - timeline.started, 2),
     }
-    summary = {
+    accuracy_before, accuracy_recovered = _accuracy(before), _accuracy(recovered)
+    summary: dict[str, Any] = {
         "model": s.model,
         "scenario": asdict(s),
         "drift_onset_request": s.before,
@@ -276,22 +319,20 @@ def _summarise(s: Scenario, timeline: Timeline, watcher: Watcher, served: list[S
         },
         "first_request_served_by_new_version": first_new,
         "accuracy": {
-            "before_drift": _accuracy(before),
+            "before_drift": accuracy_before,
             "after_drift_old_model": _accuracy(drifted),
-            "after_recovery": _accuracy(recovered),
+            "after_recovery": accuracy_recovered,
         },
         "requests": len(served),
         "wall_seconds": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
     }
-    acc = summary["accuracy"]
-    closed = (
+    summary["loop_closed"] = (
         detection is not None
         and new_version is not None
-        and acc["before_drift"] is not None
-        and acc["after_recovery"] is not None
-        and acc["after_recovery"] >= acc["before_drift"] - 0.05
+        and accuracy_before is not None
+        and accuracy_recovered is not None
+        and accuracy_recovered >= accuracy_before - 0.05
     )
-    summary["loop_closed"] = closed
     return summary
 
 
@@ -319,11 +360,21 @@ def _plot(s: Scenario, served: list[Served], summary: dict[str, Any], path: Path
     ax.plot(xs, ys, color="#1f77b4", lw=1.4, label=f"rolling accuracy ({window} requests)")
     ax.axvline(s.before, color="#d62728", ls="--", label="drift onset")
     if summary["detection_request"] is not None:
-        ax.axvline(summary["detection_request"], color="#ff7f0e", ls=":", lw=2,
-                   label="drift detected (monitor)")
+        ax.axvline(
+            summary["detection_request"],
+            color="#ff7f0e",
+            ls=":",
+            lw=2,
+            label="drift detected (monitor)",
+        )
     if summary["first_request_served_by_new_version"] is not None:
-        ax.axvline(summary["first_request_served_by_new_version"], color="#2ca02c", ls="-.",
-                   lw=2, label=f"v{summary['versions']['after_drift']} serving (retrained, promoted)")
+        ax.axvline(
+            summary["first_request_served_by_new_version"],
+            color="#2ca02c",
+            ls="-.",
+            lw=2,
+            label=f"v{summary['versions']['after_drift']} serving (retrained, promoted)",
+        )
     acc = summary["accuracy"]
     ax.set_title(
         f"driftloop demo: SEA {s.variant_before}→{s.variant_after}; accuracy "

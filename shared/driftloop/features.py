@@ -28,9 +28,7 @@ def _check_one(spec: FeatureSpec, value: Any) -> float | str:
         if (spec.min is not None and number < spec.min and spec.transform != "clip") or (
             spec.max is not None and number > spec.max and spec.transform != "clip"
         ):
-            raise InvalidInput(
-                "out_of_range", f"{spec.name}={number} outside [{spec.min}, {spec.max}]"
-            )
+            raise InvalidInput("out_of_range", f"{spec.name}={number} outside [{spec.min}, {spec.max}]")
         if spec.transform == "log1p" and number <= -1:
             raise InvalidInput("out_of_range", f"{spec.name}={number} is not > -1 for log1p")
         return number

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 import orjson
@@ -18,11 +20,13 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from driftloop.contracts import DeadLetter
+from driftloop.metrics import count, timed_batch
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_BYTES = 512 * 1024
+RETRY_BACKOFF_S = 1.0
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
 
 
@@ -51,7 +55,8 @@ def batch_subscriber(
 ) -> Any:
     """Subscribe to topics in batches, committing only after the handler returns (at-least-once).
 
-    The handler gets raw records, so a malformed one is dead-lettered instead of failing the batch.
+    The handler gets raw records, so a malformed one is dead-lettered instead of failing the batch;
+    an exception (an infrastructure fault) rewinds the batch, which is then delivered again.
     """
     kinds = consumes if isinstance(consumes, tuple) else (consumes,)
     names = ", ".join(f"`{k.__name__}` (schemas/json/{k.__name__}.json)" for k in kinds)
@@ -63,12 +68,30 @@ def batch_subscriber(
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         auto_offset_reset="earliest",
-        ack_policy=AckPolicy.ACK,
+        ack_policy=AckPolicy.NACK_ON_ERROR,
         description=(
             f"Batches of {names}; invalid records are dead-lettered, the rest handled, "
             "then offsets committed."
         ),
     )
+
+
+async def run_batch(
+    service: str,
+    topic: str,
+    message: Any,
+    handle: Callable[[Sequence[ConsumerRecord]], Awaitable[None]],
+) -> None:
+    """Handle one consumed batch, timed; on a fault, back off before the batch is redelivered."""
+    records = records_of(message)
+    with timed_batch(service, topic, len(records)):
+        try:
+            await handle(records)
+        except Exception:
+            count(service, topic, "error", len(records))
+            log.exception("%s: batch of %d from %s failed; redelivering", service, len(records), topic)
+            await asyncio.sleep(RETRY_BACKOFF_S)
+            raise
 
 
 def records_of(message: Any) -> tuple[ConsumerRecord, ...]:
@@ -120,15 +143,13 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
         existing = set(await admin.list_topics())
         missing = [n for n in dict.fromkeys(names) if n not in existing]
         if missing:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
                         NewTopic(n, settings.topics.partitions(n, settings.kafka_partitions), 1)
                         for n in missing
                     ]
                 )
-            except TopicAlreadyExistsError:
-                pass
             log.info("created topics %s", missing)
     finally:
         await admin.close()
@@ -136,9 +157,7 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
 
 async def read_from_start(bootstrap: str, topic: str) -> AIOKafkaConsumer:
     """A group-less consumer positioned at the start of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50
-    )
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
     if partitions is None:

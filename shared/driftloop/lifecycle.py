@@ -51,6 +51,7 @@ class LifecycleFollower:
         self._consumer = await read_from_start(self.bootstrap, self.topic)
         partitions = list(self._consumer.assignment())
         end = await self._consumer.end_offsets(partitions)
+
         async def behind() -> bool:
             assert self._consumer is not None
             return any([await self._consumer.position(tp) < end[tp] for tp in partitions])

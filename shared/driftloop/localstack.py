@@ -5,6 +5,7 @@ services as plain processes, with logs, pids and ports under one run directory. 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -146,10 +147,7 @@ def _prometheus_config(stack: Stack) -> Path:
         "scrape_configs:",
         "  - job_name: driftloop",
         "    static_configs:",
-        *[
-            f"      - {{targets: ['127.0.0.1:{stack.ports[s]}'], labels: {{service: {s}}}}}"
-            for s in SERVICES
-        ],
+        *[f"      - {{targets: ['127.0.0.1:{stack.ports[s]}'], labels: {{service: {s}}}}}" for s in SERVICES],
     ]
     path = stack.run_dir / "prometheus.yml"
     path.write_text("\n".join(lines) + "\n")
@@ -177,29 +175,63 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
     stack.save()
     try:
         kafka = f"tcp://127.0.0.1:{ports['kafka']}"
-        _spawn(stack, "broker", [broker_binary(), "broker", "--listener-url", kafka,
-                                  "--advertised-listener-url", kafka])
+        _spawn(
+            stack,
+            "broker",
+            [
+                broker_binary(),
+                "broker",
+                "--listener-url",
+                kafka,
+                "--advertised-listener-url",
+                kafka,
+            ],
+        )
         redis_dir = run_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
         redis = shutil.which("redis-server")
         if redis is None:
             raise StackError("redis-server is not installed (apt-get install -y redis-server)")
-        _spawn(stack, "redis", [redis, "--port", str(ports["redis"]), "--bind", "127.0.0.1",
-                                "--save", "", "--appendonly", "yes", "--dir", str(redis_dir)])
+        _spawn(
+            stack,
+            "redis",
+            [
+                redis,
+                "--port",
+                str(ports["redis"]),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "yes",
+                "--dir",
+                str(redis_dir),
+            ],
+        )
         _wait_tcp(ports["kafka"], 20, "broker")
         _wait_tcp(ports["redis"], 20, "redis")
         settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
         asyncio.run(ensure_topics(settings, settings.topics.all()))
         for service in SERVICES:
-            _spawn(stack, service, [sys.executable, "-m", f"driftloop_{service}.app"],
-                   service_env(stack, service, models_dir))
+            _spawn(
+                stack,
+                service,
+                [sys.executable, "-m", f"driftloop_{service}.app"],
+                service_env(stack, service, models_dir),
+            )
         prometheus = shutil.which("prometheus")
         if prometheus:
-            _spawn(stack, "prometheus", [
-                prometheus, f"--config.file={_prometheus_config(stack)}",
-                f"--storage.tsdb.path={run_dir / 'prometheus'}",
-                f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
-            ])
+            _spawn(
+                stack,
+                "prometheus",
+                [
+                    prometheus,
+                    f"--config.file={_prometheus_config(stack)}",
+                    f"--storage.tsdb.path={run_dir / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{ports['prometheus']}",
+                ],
+            )
         else:
             log.warning("prometheus not installed: metrics are still on each service's /metrics")
         wait_ready(stack, timeout)
@@ -218,9 +250,7 @@ def wait_ready(stack: Stack, timeout: float) -> None:
             for service in sorted(pending):
                 pid = stack.pids.get(service)
                 if pid is not None and not _alive(pid):
-                    raise StackError(
-                        f"{service} exited at start-up; see {stack.run_dir}/logs/{service}.log"
-                    )
+                    raise StackError(f"{service} exited at start-up; see {stack.run_dir}/logs/{service}.log")
                 try:
                     if client.get(f"{stack.url(service)}/readyz").status_code == 200:
                         pending.discard(service)
@@ -242,29 +272,24 @@ def down(run_dir: Path, grace: float = 12.0) -> list[str]:
     for group in (order[:6], order[6:]):  # services first, so they drain against live infra
         live = {n: stack.pids[n] for n in group if n in stack.pids and _alive(stack.pids[n])}
         for pid in live.values():
-            try:
+            with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
-            except OSError:
-                pass
         deadline = time.monotonic() + grace
         while time.monotonic() < deadline and any(_alive(p) for p in live.values()):
             time.sleep(0.1)
         for name, pid in live.items():
             if _alive(pid):
-                try:
+                with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
-                except OSError:
-                    pass
             stopped.append(name)
     stack.pids = {}
     stack.save()
     return stopped
 
 
-def status(run_dir: Path) -> dict[str, object]:
-    """Processes, readiness and ports of the stack in `run_dir`."""
+def status(run_dir: Path) -> dict[str, str]:
+    """State of each process of the stack in `run_dir`: ready, running, stopped, ..."""
     stack = Stack.load(run_dir.resolve())
-    out: dict[str, object] = {"ports": stack.ports, "processes": {}}
     processes: dict[str, str] = {}
     with httpx.Client(timeout=2.0) as client:
         for name, pid in stack.pids.items():
@@ -276,6 +301,4 @@ def status(run_dir: Path) -> dict[str, object]:
                 except httpx.HTTPError:
                     state = "not answering"
             processes[name] = f"{state} (pid {pid})"
-    out["processes"] = processes
-    return out
-
+    return processes

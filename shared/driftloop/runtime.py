@@ -29,9 +29,7 @@ def configure_logging(level: str) -> None:
 
 def json_response(body: Any, status: int = 200) -> AsgiResponse:
     """A JSON HTTP response."""
-    return AsgiResponse(
-        orjson.dumps(body), status, headers={"content-type": "application/json"}
-    )
+    return AsgiResponse(orjson.dumps(body), status, headers={"content-type": "application/json"})
 
 
 class Readiness:

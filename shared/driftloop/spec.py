@@ -56,9 +56,9 @@ class LabelSpec(SpecModel):
 
 
 class AlgorithmSpec(SpecModel):
-    name: Literal[
-        "logistic_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting"
-    ] = Field(description="scikit-learn estimator.")
+    name: Literal["logistic_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting"] = (
+        Field(description="scikit-learn estimator.")
+    )
     params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters.")
 
 
@@ -85,9 +85,7 @@ class DriftSpec(SpecModel):
     detector: Literal["adwin", "page_hinkley", "kswin"] = Field(default="adwin")
     params: dict[str, Any] = Field(default_factory=dict, description="River detector parameters.")
     warmup_samples: int = Field(default=200, ge=0, description="Ignore a new champion's first N.")
-    retrain_min_rows: int = Field(
-        default=1_500, ge=10, description="Post-change rows the retrain waits for."
-    )
+    retrain_min_rows: int = Field(default=1_500, ge=10, description="Post-change rows the retrain waits for.")
     cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
 
 
@@ -118,9 +116,7 @@ class ModelSpec(SpecModel):
     def label_of(self, value: Any) -> int | str | None:
         """The spec's class equal to `value` (accepting 1 for "1", True for 1), or None."""
         for cls in self.label.classes:
-            if value == cls or str(value) == str(cls) or (
-                isinstance(value, bool) and int(value) == cls
-            ):
+            if value == cls or str(value) == str(cls) or (isinstance(value, bool) and int(value) == cls):
                 return cls
         return None
 

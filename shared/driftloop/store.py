@@ -84,9 +84,7 @@ class RowStore:
         sql = "SELECT COUNT(*) FROM rows WHERE event_time >= ?"
         return int(conn.execute(sql, (_iso(since),)).fetchone()[0])
 
-    def window(
-        self, model: str, since: datetime | None = None, last_n: int | None = None
-    ) -> list[bytes]:
+    def window(self, model: str, since: datetime | None = None, last_n: int | None = None) -> list[bytes]:
         """Bodies in event-time order: rows at or after `since`, at most the newest `last_n`."""
         conn = self._conn(model)
         where, args = ("WHERE event_time >= ?", [_iso(since)]) if since else ("", [])

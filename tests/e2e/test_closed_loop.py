@@ -12,8 +12,8 @@ from driftloop import demo, localstack
 from driftloop.client import PredictionClient, make_producer
 from driftloop.contracts import DeadLetter
 from driftloop.settings import Topics
-from tests.helpers import collect
 from tests.conftest import ROOT, wait_for
+from tests.helpers import collect
 
 
 @pytest.fixture
@@ -25,8 +25,14 @@ def stack(tmp_path):
 
 @pytest.mark.slow
 async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
-    scenario = demo.Scenario(history=3000, before=3000, max_after=15_000, recovery_window=1000,
-                             rate_per_s=800, timeout_s=240)
+    scenario = demo.Scenario(
+        history=3000,
+        before=3000,
+        max_after=15_000,
+        recovery_window=1000,
+        rate_per_s=800,
+        timeout_s=240,
+    )
     summary = await demo.run(stack.bootstrap, scenario, tmp_path / "out")
 
     assert summary["loop_closed"], summary
@@ -48,8 +54,12 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
         await producer.send_and_wait(Topics().predictions_requests, b"\x00 not a request")
     finally:
         await producer.stop()
-    dead = await collect(stack.bootstrap, Topics().events_dlq, DeadLetter, 1)
-    assert dead[0].service == "inference" and dead[0].reason == "malformed_json"
+    dead = await collect(stack.bootstrap, Topics().events_dlq, DeadLetter, 2)
+    # both consumers of the request topic reject it, each with its own record
+    assert {(d.service, d.reason) for d in dead} == {
+        ("inference", "malformed_json"),
+        ("monitor", "malformed_json"),
+    }
 
     cards = httpx.get(f"{stack.url('registry')}/v1/versions", params={"model": "sea"}).json()
     assert [c["status"] for c in cards][-1] == "champion"

@@ -18,13 +18,22 @@ from tests.helpers import collect
 
 
 async def test_observations_flow_to_features_and_stores(kafka_bootstrap, redis_url, topics, tmp_path):
-    common = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "topics": topics,
-              "models_dir": ROOT / "models"}
+    common = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+        "topics": topics,
+        "models_dir": ROOT / "models",
+    }
     ingest = ingest_app(IngestSettings(**common, offline_dir=tmp_path / "offline"))
     feature = feature_app(FeatureSettings(**common))
     good = [
-        {"event_id": f"e{i}", "model": "sea", "features": {"x0": i % 10, "x1": 1, "x2": 2},
-         "label": i % 2, "entity_id": f"user-{i % 3}"}
+        {
+            "event_id": f"e{i}",
+            "model": "sea",
+            "features": {"x0": i % 10, "x1": 1, "x2": 2},
+            "label": i % 2,
+            "entity_id": f"user-{i % 3}",
+        }
         for i in range(50)
     ]
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)

@@ -22,16 +22,25 @@ def _tool(name: str) -> str:
     return path
 
 
-def _compose(grafana_password: str | None, tmp_path) -> subprocess.CompletedProcess:  # noqa: ANN001
+def _compose(grafana_password: str | None, tmp_path) -> subprocess.CompletedProcess:
     empty_env_file = tmp_path / "empty.env"  # ignore a developer's own .env
     empty_env_file.write_text("")
     env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
     if grafana_password is not None:
         env["GRAFANA_ADMIN_PASSWORD"] = grafana_password
     return subprocess.run(
-        [_tool("docker-compose"), "--env-file", str(empty_env_file), "-f", str(ROOT / "docker-compose.yml"),
-         "config"],
-        capture_output=True, text=True, cwd=ROOT, env=env,
+        [
+            _tool("docker-compose"),
+            "--env-file",
+            str(empty_env_file),
+            "-f",
+            str(ROOT / "docker-compose.yml"),
+            "config",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env=env,
     )
 
 
@@ -57,8 +66,9 @@ def test_compose_names_every_service_with_a_real_target_entry_point_and_settings
         module, func = project["project"]["scripts"][f"driftloop-{service}"].split(":")
         assert callable(getattr(importlib.import_module(module), func))
         settings_module = importlib.import_module(f"driftloop_{service}.settings")
-        settings_cls = next(v for k, v in vars(settings_module).items()
-                            if k.endswith("Settings") and k != "ServiceSettings")
+        settings_cls = next(
+            v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
+        )
         for variable in entry["environment"]:
             field = variable.removeprefix("DRIFTLOOP_").lower().split("__")[0]
             assert field in settings_cls.model_fields, f"{service}: {variable} is not a setting"
@@ -69,6 +79,7 @@ def test_compose_names_every_service_with_a_real_target_entry_point_and_settings
 def test_prometheus_alert_rules_are_valid():
     result = subprocess.run(
         [_tool("promtool"), "check", "rules", str(ROOT / "infra" / "prometheus" / "alerts.yml")],
-        capture_output=True, text=True,
+        capture_output=True,
+        text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr

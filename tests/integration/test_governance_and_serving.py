@@ -20,21 +20,42 @@ T = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _trained(run_id, artifact, classes, names, accuracy, champion=None):
     return ModelTrained(
-        run_id=run_id, command_id=run_id, reason="manual", model="sea",
-        algorithm="logistic_regression", params={}, classes=classes, feature_names=names,
-        artifact=artifact, metric="accuracy", candidate_metrics={"accuracy": accuracy},
+        run_id=run_id,
+        command_id=run_id,
+        reason="manual",
+        model="sea",
+        algorithm="logistic_regression",
+        params={},
+        classes=classes,
+        feature_names=names,
+        artifact=artifact,
+        metric="accuracy",
+        candidate_metrics={"accuracy": accuracy},
         champion_version=1 if champion else None,
         champion_metrics={"accuracy": champion} if champion else None,
         parity_max_abs_diff=1e-7,
-        dataset=DatasetRef(rows=600, train_rows=480, holdout_rows=120, first_event_time=T,
-                           last_event_time=T, sha256="h"),
-        reference_stats={}, code_version="test", durations_s={},
+        dataset=DatasetRef(
+            rows=600,
+            train_rows=480,
+            holdout_rows=120,
+            first_event_time=T,
+            last_event_time=T,
+            sha256="h",
+        ),
+        reference_stats={},
+        code_version="test",
+        durations_s={},
     )
 
 
 async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, topics, tmp_path, sea_spec):
-    common = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "topics": topics,
-              "models_dir": ROOT / "models", "artifacts_dir": tmp_path / "artifacts"}
+    common = {
+        "kafka_bootstrap": kafka_bootstrap,
+        "redis_url": redis_url,
+        "topics": topics,
+        "models_dir": ROOT / "models",
+        "artifacts_dir": tmp_path / "artifacts",
+    }
     store = ArtifactStore(tmp_path / "artifacts")
     onnx, classes, names = sea_onnx(sea_spec)
     good = store.put(onnx)
@@ -47,7 +68,11 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
     lying = ArtifactRef(uri=good.uri, sha256="0" * 64, size_bytes=good.size_bytes)
 
     publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
-    async with registry_app(RegistrySettings(**common)), inference_app(InferenceSettings(**common)), publisher:
+    async with (
+        registry_app(RegistrySettings(**common)),
+        inference_app(InferenceSettings(**common)),
+        publisher,
+    ):
         await publisher.start()
         bus = Bus(publisher)
         await bus.publish(topics.models_trained, [_trained("run-1", good, classes, names, 0.88)])
@@ -59,16 +84,22 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
             assert {r.model_version for r in results} == {1}
             assert all(r.prediction == 1 for r in results)
 
-            await bus.publish(topics.models_trained, [
-                _trained("run-2", worse, classes, names, 0.52, champion=0.88),  # below floor
-                _trained("run-3", tampered, classes, names, 0.90, champion=0.88),  # bytes changed
-                _trained("run-4", lying, classes, names, 0.90, champion=0.88),  # wrong sha256
-                _trained("run-1", good, classes, names, 0.88),  # redelivery of run-1
-            ])
+            await bus.publish(
+                topics.models_trained,
+                [
+                    _trained("run-2", worse, classes, names, 0.52, champion=0.88),  # below floor
+                    _trained("run-3", tampered, classes, names, 0.90, champion=0.88),  # bytes changed
+                    _trained("run-4", lying, classes, names, 0.90, champion=0.88),  # wrong sha256
+                    _trained("run-1", good, classes, names, 0.88),  # redelivery of run-1
+                ],
+            )
             events = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 5)
             assert [(e.event, e.version) for e in events] == [
-                ("ModelPromoted", 1), ("ModelRejected", 2), ("ModelRejected", 3),
-                ("ModelRejected", 4), ("ModelPromoted", 1),
+                ("ModelPromoted", 1),
+                ("ModelRejected", 2),
+                ("ModelRejected", 3),
+                ("ModelRejected", 4),
+                ("ModelPromoted", 1),
             ]
             assert "floor" in events[1].reason and "sha256" in events[2].reason
             results = await client.predict_many("sea", [{"x0": 1, "x1": 1, "x2": 0}] * 5)

@@ -29,8 +29,7 @@ async def test_large_batches_are_published_completely(kafka_bootstrap, topics):
     await ensure_topics(settings, [topics.events_raw])
     broker: KafkaBroker = make_broker(settings, "test")
     messages = [
-        Observation(event_id=f"e{i}", model="sea", features={"x0": i, "pad": "p" * 300})
-        for i in range(3000)
+        Observation(event_id=f"e{i}", model="sea", features={"x0": i, "pad": "p" * 300}) for i in range(3000)
     ]
     async with broker:
         await broker.start()

@@ -12,17 +12,19 @@ from driftloop.features import FeatureSet, check_features, decode_stored
 from driftloop.spec import ModelSpec
 from driftloop_feature.domain import compute_row
 
-MIXED = ModelSpec.model_validate({
-    "name": "mixed",
-    "features": [
-        {"name": "amount", "type": "numeric", "min": 0, "max": 1e6, "transform": "log1p"},
-        {"name": "score", "type": "numeric", "min": 0, "max": 1, "transform": "clip"},
-        {"name": "colour", "type": "categorical", "categories": ["red", "blue"]},
-        {"name": "age", "type": "numeric", "required": False, "default": 30},
-    ],
-    "label": {"classes": ["no", "yes"]},
-    "algorithm": {"name": "random_forest"},
-})
+MIXED = ModelSpec.model_validate(
+    {
+        "name": "mixed",
+        "features": [
+            {"name": "amount", "type": "numeric", "min": 0, "max": 1e6, "transform": "log1p"},
+            {"name": "score", "type": "numeric", "min": 0, "max": 1, "transform": "clip"},
+            {"name": "colour", "type": "categorical", "categories": ["red", "blue"]},
+            {"name": "age", "type": "numeric", "required": False, "default": 30},
+        ],
+        "label": {"classes": ["no", "yes"]},
+        "algorithm": {"name": "random_forest"},
+    }
+)
 
 
 def _training_vector(spec, raw):
@@ -50,7 +52,12 @@ def test_training_and_serving_vectors_are_identical(amount, score, colour, age):
 def test_encoding_applies_transforms_and_an_unknown_bucket():
     feature_set = FeatureSet(MIXED)
     assert feature_set.names == [
-        "amount", "score", "colour=red", "colour=blue", "colour=__unknown__", "age"
+        "amount",
+        "score",
+        "colour=red",
+        "colour=blue",
+        "colour=__unknown__",
+        "age",
     ]
     row = feature_set.row(check_features(MIXED, {"amount": math.e - 1, "score": 3, "colour": "pink"}))
     assert row == pytest.approx([1.0, 1.0, 0.0, 0.0, 1.0, 30.0])
@@ -73,9 +80,12 @@ def test_invalid_values_are_refused_with_a_reason(raw, reason):
     assert caught.value.reason == reason
 
 
-@given(st.dictionaries(st.sampled_from(["amount", "score", "colour", "age", "x"]),
-                       st.one_of(st.none(), st.booleans(), st.floats(), st.integers(),
-                                 st.text(max_size=20))))
+@given(
+    st.dictionaries(
+        st.sampled_from(["amount", "score", "colour", "age", "x"]),
+        st.one_of(st.none(), st.booleans(), st.floats(), st.integers(), st.text(max_size=20)),
+    )
+)
 def test_any_input_is_either_encoded_or_refused(raw):
     try:
         clean = check_features(MIXED, raw)

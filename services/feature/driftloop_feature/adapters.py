@@ -25,6 +25,7 @@ class OnlineStore:
             for clean, row in with_entity:
                 assert row.entity_id is not None
                 key = online_key(row.model, row.entity_id)
-                pipe.hset(key, mapping={**clean, "_event_time": row.event_time.isoformat()})
+                mapping: dict[str, str | float] = {**clean, "_event_time": row.event_time.isoformat()}
+                pipe.hset(key, mapping=mapping)  # type: ignore[arg-type]
                 pipe.expire(key, self.ttl_s)
             await pipe.execute()

@@ -7,8 +7,7 @@ from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
-from driftloop.metrics import timed_batch
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
 from driftloop.spec import load_specs
 from driftloop_feature.adapters import OnlineStore
@@ -21,14 +20,17 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     topics = settings.topics
     redis = Redis.from_url(settings.redis_url)
     handler = FeatureHandler(
-        load_specs(settings.models_dir), OnlineStore(redis, settings.online_ttl_s), Bus(broker), topics
+        load_specs(settings.models_dir),
+        OnlineStore(redis, settings.online_ttl_s),
+        Bus(broker),
+        topics,
     )
 
-    @batch_subscriber(broker, settings, topics.events_validated, group_id=settings.group_id, consumes=Observation)
+    @batch_subscriber(
+        broker, settings, topics.events_validated, group_id=settings.group_id, consumes=Observation
+    )
     async def on_events_validated(message: KafkaMessage) -> None:
-        records = records_of(message)
-        with timed_batch(SERVICE, topics.events_validated, len(records)):
-            await handler.handle(records)
+        await run_batch(SERVICE, topics.events_validated, message, handler.handle)
 
     broker.publisher(topics.features_computed, title="to_features_computed", schema=FeatureRow)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -42,9 +44,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     async def close_redis() -> None:
         await redis.aclose()
 
-    return build_app(
-        SERVICE, broker, Readiness(), on_startup=[create_topics], on_shutdown=[close_redis]
-    )
+    return build_app(SERVICE, broker, Readiness(), on_startup=[create_topics], on_shutdown=[close_redis])
 
 
 def main() -> None:

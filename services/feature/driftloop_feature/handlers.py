@@ -19,9 +19,7 @@ SERVICE = "feature"
 
 
 class FeatureHandler:
-    def __init__(
-        self, specs: Mapping[str, ModelSpec], online: OnlineStore, bus: Bus, topics: Topics
-    ) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec], online: OnlineStore, bus: Bus, topics: Topics) -> None:
         self.specs = specs
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         self.online = online

@@ -6,6 +6,7 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
+from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
@@ -15,7 +16,6 @@ from driftloop.features import FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import ServingModel
-from prometheus_client import Counter
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,4 @@ class OnlineFeatures:
         except (RedisError, TimeoutError, OSError) as exc:
             log.warning("online store unavailable: %s", exc)
             return [None] * len(keys)
-        return [
-            {k.decode(): v.decode() for k, v in row.items()} if row else None for row in found
-        ]
+        return [{k.decode(): v.decode() for k, v in row.items()} if row else None for row in found]

@@ -9,9 +9,8 @@ from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, PredictionRequest, PredictionResult
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.metrics import timed_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
 from driftloop.spec import load_specs
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -29,11 +28,15 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
     readiness = Readiness()
 
-    @batch_subscriber(broker, settings, topics.predictions_requests, group_id=settings.group_id, consumes=PredictionRequest)
+    @batch_subscriber(
+        broker,
+        settings,
+        topics.predictions_requests,
+        group_id=settings.group_id,
+        consumes=PredictionRequest,
+    )
     async def on_prediction_requests(message: KafkaMessage) -> None:
-        records = records_of(message)
-        with timed_batch(SERVICE, topics.predictions_requests, len(records)):
-            await handler.handle(records)
+        await run_batch(SERVICE, topics.predictions_requests, message, handler.handle)
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -41,8 +44,12 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     async def start() -> None:
         await ensure_topics(
             settings,
-            [topics.predictions_requests, topics.predictions_results, topics.models_lifecycle,
-             topics.events_dlq],
+            [
+                topics.predictions_requests,
+                topics.predictions_results,
+                topics.models_lifecycle,
+                topics.events_dlq,
+            ],
         )
         await follower.start()  # champions are loaded before the first request is consumed
         readiness.detail["serving"] = {m: s.version for m, s in holder.serving.items()}

@@ -75,16 +75,17 @@ class InferenceHandler:
             DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
         for result in results:
             outcome = "error" if result.error else "ok"
-            PREDICTIONS.labels(result.model if result.model in self.specs else "_unknown",
-                               str(result.model_version), outcome).inc()
+            PREDICTIONS.labels(
+                result.model if result.model in self.specs else "_unknown",
+                str(result.model_version),
+                outcome,
+            ).inc()
         count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
 
     async def _complete(self, requests: list[PredictionRequest]) -> list[PredictionRequest]:
         """Fill in stored entity features (request values win) with one round trip."""
-        wanted = [
-            (i, r) for i, r in enumerate(requests) if r.entity_id and r.model in self.specs
-        ]
+        wanted = [(i, r) for i, r in enumerate(requests) if r.entity_id and r.model in self.specs]
         if not wanted:
             return requests
         stored = await self.online.fetch([(r.model, r.entity_id or "") for _, r in wanted])

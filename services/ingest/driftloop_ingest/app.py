@@ -8,8 +8,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.contracts import DeadLetter, Observation
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
-from driftloop.metrics import timed_batch
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
@@ -31,9 +30,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
 
     @batch_subscriber(broker, settings, topics.events_raw, group_id=settings.group_id, consumes=Observation)
     async def on_events_raw(message: KafkaMessage) -> None:
-        records = records_of(message)
-        with timed_batch(SERVICE, topics.events_raw, len(records)):
-            await handler.handle(records)
+        await run_batch(SERVICE, topics.events_raw, message, handler.handle)
 
     broker.publisher(topics.events_validated, title="to_events_validated", schema=Observation)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -47,9 +44,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
     async def close_store() -> None:
         store.close()
 
-    return build_app(
-        SERVICE, broker, Readiness(), on_startup=[create_topics], on_shutdown=[close_store]
-    )
+    return build_app(SERVICE, broker, Readiness(), on_startup=[create_topics], on_shutdown=[close_store])
 
 
 def main() -> None:

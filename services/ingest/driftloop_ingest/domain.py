@@ -37,6 +37,4 @@ def validate_observation(
     event_time = as_utc(observation.event_time) if observation.event_time else now
     if event_time > now + max_future:
         raise InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
-    return observation.model_copy(
-        update={"features": features, "label": label, "event_time": event_time}
-    )
+    return observation.model_copy(update={"features": features, "label": label, "event_time": event_time})

@@ -15,9 +15,8 @@ from driftloop.contracts import (
     PredictionResult,
     TrainModel,
 )
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.metrics import timed_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
 from driftloop.spec import load_specs
 from driftloop_monitor.adapters import JoinStore
@@ -39,11 +38,15 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle)
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
 
-    @batch_subscriber(broker, settings, *traffic, group_id=settings.group_id, consumes=(PredictionRequest, PredictionResult, Feedback))
+    @batch_subscriber(
+        broker,
+        settings,
+        *traffic,
+        group_id=settings.group_id,
+        consumes=(PredictionRequest, PredictionResult, Feedback),
+    )
     async def on_prediction_traffic(message: KafkaMessage) -> None:
-        records = records_of(message)
-        with timed_batch(SERVICE, "predictions", len(records)):
-            await monitor.handle(records)
+        await run_batch(SERVICE, "predictions", message, monitor.handle)
 
     broker.publisher(topics.events_raw, title="to_events_raw", schema=Observation)
     broker.publisher(topics.monitor_drift, title="to_monitor_drift", schema=DriftDetected)
@@ -52,8 +55,14 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     async def start() -> None:
         await ensure_topics(
             settings,
-            [*traffic, topics.events_raw, topics.monitor_drift, topics.training_requests,
-             topics.models_lifecycle, topics.events_dlq],
+            [
+                *traffic,
+                topics.events_raw,
+                topics.monitor_drift,
+                topics.training_requests,
+                topics.models_lifecycle,
+                topics.events_dlq,
+            ],
         )
         await follower.start()
 

@@ -7,13 +7,18 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 import numpy as np
 from river import drift
 
 from driftloop.spec import DriftSpec
 
-_DETECTORS = {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}
+_DETECTORS: dict[str, Any] = {
+    "adwin": drift.ADWIN,
+    "page_hinkley": drift.PageHinkley,
+    "kswin": drift.KSWIN,
+}
 
 
 def estimate_change_point(errors: Sequence[float]) -> int:
@@ -79,7 +84,7 @@ class ConceptDriftMonitor:
         if not self.detector.drift_detected or self.cooling_down(clock):
             return None
         self.last_fired = clock
-        errors = list(self.errors)[-min(len(self.errors), self.samples_seen - self.spec.warmup_samples):]
+        errors = list(self.errors)[-min(len(self.errors), self.samples_seen - self.spec.warmup_samples) :]
         split = estimate_change_point(errors)
         offset = len(self.errors) - len(errors)
         before, after = errors[:split], errors[split:]

@@ -39,12 +39,8 @@ LABELLED = Counter(
     "Predictions joined with ground truth, by model, version and outcome (correct, wrong).",
     ["model", "version", "outcome"],
 )
-ACCURACY = Gauge(
-    "driftloop_monitor_accuracy", "Rolling accuracy by model and version.", ["model", "version"]
-)
-LOG_LOSS = Gauge(
-    "driftloop_monitor_log_loss", "Rolling log loss by model and version.", ["model", "version"]
-)
+ACCURACY = Gauge("driftloop_monitor_accuracy", "Rolling accuracy by model and version.", ["model", "version"])
+LOG_LOSS = Gauge("driftloop_monitor_log_loss", "Rolling log loss by model and version.", ["model", "version"])
 PREDICTED = Counter(
     "driftloop_monitor_predictions_total",
     "Results seen, by model, version and predicted class.",
@@ -72,8 +68,14 @@ DRIFT_STATE = Gauge(
 
 
 class Monitor:
-    def __init__(self, specs: Mapping[str, ModelSpec], joins: JoinStore, bus: Bus, topics: Topics,
-                 quality_window: int) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        joins: JoinStore,
+        bus: Bus,
+        topics: Topics,
+        quality_window: int,
+    ) -> None:
         self.specs = specs
         self.joins = joins
         self.bus = bus
@@ -111,8 +113,10 @@ class Monitor:
         feedback = parse(Feedback, record.value)
         if feedback.model not in self.specs:
             raise InvalidInput("unknown_model", f"{feedback.model!r:.80}")
-        return feedback.request_id, "feedback", orjson.dumps(
-            {"label": feedback.label, "ts": record.timestamp}
+        return (
+            feedback.request_id,
+            "feedback",
+            orjson.dumps({"label": feedback.label, "ts": record.timestamp}),
         )
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
@@ -203,8 +207,12 @@ class Monitor:
                 self._set_state(result.model, 2)
                 log.warning(
                     "drift on %s v%s after %s samples; change point ~%s (error %.3f -> %.3f)",
-                    result.model, version, detection.samples_seen, detection.change_point_sample,
-                    detection.error_rate_before, detection.error_rate_after,
+                    result.model,
+                    version,
+                    detection.samples_seen,
+                    detection.change_point_sample,
+                    detection.error_rate_before,
+                    detection.error_rate_after,
                 )
         return observation, detected
 

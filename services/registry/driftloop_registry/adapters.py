@@ -8,6 +8,10 @@ import orjson
 from redis.asyncio import Redis
 
 
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
 class RegistryRepository:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
@@ -40,7 +44,7 @@ class RegistryRepository:
 
     async def aliases(self, model: str) -> dict[str, int]:
         raw = await self.redis.hgetall(f"registry:{model}:aliases")
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     async def models(self) -> list[str]:
-        return sorted(m.decode() for m in await self.redis.smembers("registry:models"))
+        return sorted(_text(m) for m in await self.redis.smembers("registry:models"))

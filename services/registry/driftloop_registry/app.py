@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, ModelPromoted, ModelTrained
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, json_response, serve
 from driftloop.spec import load_specs
 from driftloop_registry.adapters import RegistryRepository
@@ -36,9 +36,11 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         topics,
     )
 
-    @batch_subscriber(broker, settings, topics.models_trained, group_id=settings.group_id, consumes=ModelTrained)
+    @batch_subscriber(
+        broker, settings, topics.models_trained, group_id=settings.group_id, consumes=ModelTrained
+    )
     async def on_model_trained(message: KafkaMessage) -> None:
-        await registry.handle(records_of(message))
+        await run_batch(SERVICE, topics.models_trained, message, registry.handle)
 
     broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelPromoted)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -63,9 +65,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         return json_response(record, 200) if record else json_response({"error": "not found"}, 404)
 
     async def start() -> None:
-        await ensure_topics(
-            settings, [topics.models_trained, topics.models_lifecycle, topics.events_dlq]
-        )
+        await ensure_topics(settings, [topics.models_trained, topics.models_lifecycle, topics.events_dlq])
 
     async def stop() -> None:
         await redis.aclose()

@@ -67,10 +67,10 @@ class Registry:
         """Version, gate and announce a candidate. A redelivered run re-announces its decision."""
         known = await self.repo.version_of_run(trained.model, trained.run_id)
         if known is not None:
-            record = await self.repo.get_version(trained.model, known)
-            if record and record.get("event"):
+            existing = await self.repo.get_version(trained.model, known)
+            if existing and existing.get("event"):
                 await self.bus.publish(
-                    self.topics.models_lifecycle, [LIFECYCLE.validate_python(record["event"])]
+                    self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["event"])]
                 )
             return
         spec = self.specs[trained.model]
@@ -86,7 +86,10 @@ class Registry:
 
         event: ModelPromoted | ModelRejected | None
         if not blessed:
-            status, event = "rejected", ModelRejected(model=trained.model, version=version, reason=reason)
+            status, event = (
+                "rejected",
+                ModelRejected(model=trained.model, version=version, reason=reason),
+            )
         elif spec.gate.auto_promote:
             status = "champion"
             event = ModelPromoted(

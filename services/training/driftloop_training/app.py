@@ -8,9 +8,8 @@ from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, records_of
+from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.metrics import timed_batch
 from driftloop.runtime import Readiness, build_app, configure_logging, serve
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
@@ -31,16 +30,21 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
     )
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
 
-    @batch_subscriber(broker, settings, topics.features_computed, group_id=settings.store_group_id, consumes=FeatureRow)
+    @batch_subscriber(
+        broker,
+        settings,
+        topics.features_computed,
+        group_id=settings.store_group_id,
+        consumes=FeatureRow,
+    )
     async def on_features_computed(message: KafkaMessage) -> None:
-        records = records_of(message)
-        with timed_batch(SERVICE, topics.features_computed, len(records)):
-            await trainer.store_rows(records)
+        await run_batch(SERVICE, topics.features_computed, message, trainer.store_rows)
 
-    @batch_subscriber(broker, settings, topics.training_requests, group_id=settings.group_id, consumes=TrainModel
+    @batch_subscriber(
+        broker, settings, topics.training_requests, group_id=settings.group_id, consumes=TrainModel
     )
     async def on_train_model(message: KafkaMessage) -> None:
-        await trainer.handle_commands(records_of(message))
+        await run_batch(SERVICE, topics.training_requests, message, trainer.handle_commands)
 
     broker.publisher(topics.models_trained, title="to_models_trained", schema=ModelTrained)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)

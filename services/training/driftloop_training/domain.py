@@ -49,13 +49,13 @@ def metrics(y_true: Sequence[Label], proba: np.ndarray, classes: Sequence[Label]
     return {
         "accuracy": float(accuracy_score(truth, predicted)),
         "balanced_accuracy": float(balanced_accuracy_score(truth, predicted)),
-        "log_loss": float(log_loss(truth, clipped / clipped.sum(axis=1, keepdims=True), labels=list(classes))),
+        "log_loss": float(
+            log_loss(truth, clipped / clipped.sum(axis=1, keepdims=True), labels=list(classes))
+        ),
     }
 
 
-def align_columns(
-    proba: np.ndarray, source: Sequence[Label], target: Sequence[Label]
-) -> np.ndarray:
+def align_columns(proba: np.ndarray, source: Sequence[Label], target: Sequence[Label]) -> np.ndarray:
     """Reorder probability columns from `source` class order to `target` order (0 where absent)."""
     out = np.zeros((proba.shape[0], len(target)), dtype=np.float64)
     position = {str(c): i for i, c in enumerate(source)}

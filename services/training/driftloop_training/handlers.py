@@ -11,6 +11,7 @@ from importlib.metadata import version
 
 import numpy as np
 from aiokafka import ConsumerRecord
+from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
@@ -34,7 +35,6 @@ from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
 from driftloop_training import domain
 from driftloop_training.adapters import convert
-from prometheus_client import Counter, Histogram
 
 SERVICE = "training"
 AUTOMATIC = {"drift"}
@@ -111,9 +111,7 @@ class Trainer:
                 dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
                 continue
             if row.label is not None:
-                by_model.setdefault(row.model, []).append(
-                    (row.event_id, row.event_time, record.value)
-                )
+                by_model.setdefault(row.model, []).append((row.event_id, row.event_time, record.value))
         for model, rows in by_model.items():
             self.store.append(model, rows)
         await self.bus.publish(self.topics.events_dlq, dead)
@@ -155,11 +153,7 @@ class Trainer:
         spec = self.specs[command.model]
         automatic = command.reason in AUTOMATIC
         last = self.last_automatic_run.get(command.model)
-        if (
-            automatic
-            and last is not None
-            and time.monotonic() - last < spec.training.cooldown_s
-        ):
+        if automatic and last is not None and time.monotonic() - last < spec.training.cooldown_s:
             RUNS.labels(command.model, "cooldown").inc()
             log.info("skipping %s for %s: in cooldown", command.command_id, command.model)
             return None
@@ -229,7 +223,10 @@ class Trainer:
             return champion.version, None
         try:
             model = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
-        except (ArtifactIntegrityError, Exception) as exc:  # a broken champion must not block training
+        except (
+            ArtifactIntegrityError,
+            Exception,
+        ) as exc:  # a broken champion must not block training
             log.warning("champion v%s unusable for evaluation: %s", champion.version, exc)
             return champion.version, None
         proba = domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
