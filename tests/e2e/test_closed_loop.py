@@ -4,6 +4,8 @@ promoted and recovered from."""
 
 import json
 import shutil
+import subprocess
+import sys
 
 import httpx
 import pytest
@@ -67,6 +69,24 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
 
     metrics = httpx.get(f"{stack.url('monitor')}/metrics").text
     assert 'driftloop_monitor_drift_detections_total{detector="adwin",kind="concept",model="sea"}' in metrics
+
+    cli = [sys.executable, "-m", "driftloop.cli", "--run-dir", str(stack.run_dir)]
+
+    def driftloop(*args: str) -> str:
+        done = subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    status = driftloop("status")
+    assert all(f"{s:<11} ready" in status for s in localstack.SERVICES), status
+    assert f"model sea: champion v{versions['after_drift']}" in status
+    listing = driftloop("models", "list")
+    assert f"v{versions['after_drift']}" in listing and "champion" in listing
+    card = json.loads(driftloop("models", "show", "sea", str(versions["after_drift"])))
+    assert card["trained"]["dataset"]["rows"] >= 2000 and card["trained"]["reason"] == "drift"
+    predicted = json.loads(driftloop("predict", "sea", "x0=1", "x1=1", "x2=5"))
+    assert predicted["prediction"] == 0 and predicted["model_version"] == versions["after_drift"]
+    assert "200 messages" in driftloop("replay", "sea", "--n", "200")
 
     if shutil.which("prometheus"):
         prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/query"
