@@ -6,6 +6,7 @@ breaks an old consumer. `schemas/` is generated from this module (`make schemas`
 
 from __future__ import annotations
 
+from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -36,8 +37,11 @@ class InvalidInput(ValueError):
         self.detail = detail
 
 
-def parse(model: type[M], raw: bytes | None) -> M:
-    """Decode JSON bytes into a contract; raises `InvalidInput` with a machine-readable reason."""
+def parse(model: type[M], raw: bytes | None, known_models: Container[str] | None = None) -> M:
+    """Decode JSON bytes into a contract; raises `InvalidInput` with a machine-readable reason.
+
+    With `known_models`, a message whose `model` field names none of them is refused too.
+    """
     if not raw:
         raise InvalidInput("empty", "message has no body")
     if len(raw) > MAX_MESSAGE_BYTES:
@@ -49,9 +53,13 @@ def parse(model: type[M], raw: bytes | None) -> M:
     if not isinstance(data, dict):
         raise InvalidInput("invalid_schema", f"expected a JSON object, got {type(data).__name__}")
     try:
-        return model.model_validate(data)
+        message = model.model_validate(data)
     except ValidationError as exc:
         raise InvalidInput("invalid_schema", _short(exc)) from exc
+    name = getattr(message, "model", None)
+    if known_models is not None and name not in known_models:
+        raise InvalidInput("unknown_model", f"no spec for model {name!r:.80}")
+    return message
 
 
 def _short(exc: ValidationError) -> str:
@@ -225,36 +233,33 @@ class ModelTrained(Message):
 class _Lifecycle(Message):
     model: str = Field(description="Model name.")
     version: int = Field(description="Version the event is about.")
+    reason: str = Field(description="Why it happened.")
     at: datetime = Field(default_factory=utcnow, description="When it happened.")
 
 
-class ModelPromoted(_Lifecycle):
-    """The version became champion and should serve."""
-
-    event: Literal["ModelPromoted"] = Field(default="ModelPromoted", description="Event type.")
+class _ServeVersion(_Lifecycle):
     artifact: ArtifactRef = Field(description="Artifact to serve.")
     classes: list[Label] = Field(description="Class labels, in probability-column order.")
     feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
     previous_version: int | None = Field(default=None, description="Champion it replaced.")
-    reason: str = Field(description="Why it was promoted.")
+
+
+class ModelPromoted(_ServeVersion):
+    """The version became champion and should serve."""
+
+    event: Literal["ModelPromoted"] = Field(default="ModelPromoted", description="Event type.")
+
+
+class ModelRolledBack(_ServeVersion):
+    """The champion was rolled back to an earlier version, which should serve."""
+
+    event: Literal["ModelRolledBack"] = Field(default="ModelRolledBack", description="Event type.")
 
 
 class ModelRejected(_Lifecycle):
     """The version failed the promotion gate (or its artifact check)."""
 
     event: Literal["ModelRejected"] = Field(default="ModelRejected", description="Event type.")
-    reason: str = Field(description="Why it was rejected.")
-
-
-class ModelRolledBack(_Lifecycle):
-    """The champion was rolled back to an earlier version, which should serve."""
-
-    event: Literal["ModelRolledBack"] = Field(default="ModelRolledBack", description="Event type.")
-    artifact: ArtifactRef = Field(description="Artifact to serve.")
-    classes: list[Label] = Field(description="Class labels, in probability-column order.")
-    feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
-    previous_version: int | None = Field(default=None, description="Champion it replaced.")
-    reason: str = Field(description="Why it was rolled back.")
 
 
 LifecycleEvent = Annotated[ModelPromoted | ModelRejected | ModelRolledBack, Field(discriminator="event")]

@@ -7,7 +7,7 @@ import base64
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -19,11 +19,12 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
-from driftloop.contracts import DeadLetter
-from driftloop.metrics import count, timed_batch
+from driftloop.contracts import DeadLetter, InvalidInput
+from driftloop.metrics import DEAD_LETTERS, count, timed_batch
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 MAX_BATCH_BYTES = 512 * 1024
 RETRY_BACKOFF_S = 1.0
@@ -100,6 +101,20 @@ def records_of(message: Any) -> tuple[ConsumerRecord, ...]:
     return tuple(raw) if isinstance(raw, tuple | list) else (raw,)
 
 
+def triage(
+    service: str, records: Sequence[ConsumerRecord], parse: Callable[[ConsumerRecord], T]
+) -> tuple[list[T], list[DeadLetter]]:
+    """Parse every record; each one that raises `InvalidInput` becomes a dead letter instead."""
+    parsed: list[T] = []
+    dead: list[DeadLetter] = []
+    for record in records:
+        try:
+            parsed.append(parse(record))
+        except InvalidInput as exc:
+            dead.append(dead_letter(service, record, exc.reason, exc.detail))
+    return parsed, dead
+
+
 def encode(model: BaseModel) -> bytes:
     """Serialise a contract to JSON bytes, exactly as the model dumps it."""
     return orjson.dumps(model.model_dump(mode="json"))
@@ -170,10 +185,18 @@ async def read_from_start(bootstrap: str, topic: str) -> AIOKafkaConsumer:
 
 
 class Bus:
-    """The publishing port handlers get injected: publish contracts to a topic, acknowledged."""
+    """The publishing port handlers get injected: contracts to topics, rejects to the DLQ."""
 
-    def __init__(self, broker: KafkaBroker) -> None:
+    def __init__(self, broker: KafkaBroker, service: str, dlq_topic: str) -> None:
         self.broker = broker
+        self.service = service
+        self.dlq_topic = dlq_topic
 
     async def publish(self, topic: str, messages: Sequence[BaseModel]) -> None:
         await publish_all(self.broker, topic, messages)
+
+    async def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Publish dead letters and count them by reason."""
+        await publish_all(self.broker, self.dlq_topic, letters)
+        for letter in letters:
+            DEAD_LETTERS.labels(self.service, letter.reason).inc()

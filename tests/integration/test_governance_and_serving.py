@@ -74,7 +74,7 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
         publisher,
     ):
         await publisher.start()
-        bus = Bus(publisher)
+        bus = Bus(publisher, "test", topics.events_dlq)
         await bus.publish(topics.models_trained, [_trained("run-1", good, classes, names, 0.88)])
         (event,) = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 1)
         assert event.event == "ModelPromoted" and event.version == 1

@@ -33,6 +33,6 @@ async def test_large_batches_are_published_completely(kafka_bootstrap, topics):
     ]
     async with broker:
         await broker.start()
-        await Bus(broker).publish(topics.events_raw, messages)
+        await Bus(broker, "test", topics.events_dlq).publish(topics.events_raw, messages)
     got = await collect(kafka_bootstrap, topics.events_raw, Observation, 3000)
     assert sorted(o.event_id for o in got) == sorted(m.event_id for m in messages)

@@ -8,7 +8,7 @@ from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
-from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.handlers import SERVICE, FeatureHandler
@@ -22,7 +22,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     handler = FeatureHandler(
         load_specs(settings.models_dir),
         OnlineStore(redis, settings.online_ttl_s),
-        Bus(broker),
+        Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )
 
@@ -48,9 +48,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = FeatureSettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(FeatureSettings, create_app)
 
 
 if __name__ == "__main__":

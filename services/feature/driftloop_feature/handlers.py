@@ -6,10 +6,10 @@ from collections.abc import Mapping, Sequence
 
 from aiokafka import ConsumerRecord
 
-from driftloop.contracts import DeadLetter, FeatureRow, InvalidInput, Observation, parse
+from driftloop.contracts import FeatureRow, InvalidInput, Observation, parse
 from driftloop.features import FeatureSet
-from driftloop.kafka import Bus, dead_letter
-from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.kafka import Bus, triage
+from driftloop.metrics import count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_feature.adapters import OnlineStore
@@ -26,22 +26,17 @@ class FeatureHandler:
         self.bus = bus
         self.topics = topics
 
+    def _row(self, record: ConsumerRecord) -> tuple[dict[str, float | str], FeatureRow]:
+        observation = parse(Observation, record.value, self.specs)
+        spec = self.specs[observation.model]
+        if observation.event_time is None:
+            raise InvalidInput("missing_event_time", "validated observations carry their time")
+        return compute_row(spec, self.feature_sets[spec.name], observation)
+
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        rows: list[tuple[dict[str, float | str], FeatureRow]] = []
-        dead: list[DeadLetter] = []
-        for record in records:
-            try:
-                observation = parse(Observation, record.value)
-                spec = self.specs.get(observation.model)
-                if spec is None or observation.event_time is None:
-                    raise InvalidInput("unknown_model", f"{observation.model!r:.80} or no time")
-                rows.append(compute_row(spec, self.feature_sets[spec.name], observation))
-            except InvalidInput as exc:
-                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
+        rows, dead = triage(SERVICE, records, self._row)
         await self.online.write(rows)
         await self.bus.publish(self.topics.features_computed, [row for _, row in rows])
-        await self.bus.publish(self.topics.events_dlq, dead)
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
+        await self.bus.dead_letters(dead)
         count(SERVICE, self.topics.events_validated, "ok", len(rows))
         count(SERVICE, self.topics.events_validated, "rejected", len(dead))

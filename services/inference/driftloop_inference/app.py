@@ -11,7 +11,7 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, PredictionRequest, PredictionResult
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
 from driftloop_inference.handlers import SERVICE, InferenceHandler
@@ -24,7 +24,9 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     specs = load_specs(settings.models_dir)
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
-    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), Bus(broker), topics)
+    handler = InferenceHandler(
+        specs, holder, OnlineFeatures(redis), Bus(broker, SERVICE, topics.events_dlq), topics
+    )
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
     readiness = Readiness()
 
@@ -62,9 +64,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = InferenceSettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(InferenceSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,8 @@ from prometheus_client import Counter
 
 from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult, parse
 from driftloop.features import decode_stored
-from driftloop.kafka import Bus, dead_letter
-from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.kafka import Bus, triage
+from driftloop.metrics import count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -38,6 +38,17 @@ def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
     return None
 
 
+def _request_or_error(record: ConsumerRecord) -> PredictionRequest | PredictionResult:
+    """The request; or, for an invalid one that still names its id, an error result for it."""
+    try:
+        return parse(PredictionRequest, record.value)
+    except InvalidInput as exc:
+        salvaged = _salvage_id(record.value)
+        if salvaged is None:
+            raise
+        return error_result(salvaged[0], salvaged[1], str(exc))
+
+
 class InferenceHandler:
     def __init__(
         self,
@@ -55,24 +66,12 @@ class InferenceHandler:
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         serving = self.holder.serving  # one consistent set of models for the whole batch
-        requests: list[PredictionRequest] = []
-        early: list[PredictionResult] = []
-        dead = []
-        for record in records:
-            try:
-                requests.append(parse(PredictionRequest, record.value))
-            except InvalidInput as exc:
-                salvaged = _salvage_id(record.value)
-                if salvaged is None:
-                    dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
-                else:
-                    early.append(error_result(salvaged[0], salvaged[1], str(exc)))
-        requests = await self._complete(requests)
+        parsed, dead = triage(SERVICE, records, _request_or_error)
+        early = [p for p in parsed if isinstance(p, PredictionResult)]
+        requests = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
         results = early + score(requests, self.specs, serving)
         await self.bus.publish(self.topics.predictions_results, results)
-        await self.bus.publish(self.topics.events_dlq, dead)
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
+        await self.bus.dead_letters(dead)
         for result in results:
             outcome = "error" if result.error else "ok"
             PREDICTIONS.labels(

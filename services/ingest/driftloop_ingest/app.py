@@ -9,7 +9,7 @@ from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.contracts import DeadLetter, Observation
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
-from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
 from driftloop_ingest.handlers import SERVICE, IngestHandler
@@ -23,7 +23,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
     handler = IngestHandler(
         load_specs(settings.models_dir),
         store,
-        Bus(broker),
+        Bus(broker, SERVICE, topics.events_dlq),
         topics,
         timedelta(seconds=settings.max_future_s),
     )
@@ -48,9 +48,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = IngestSettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(IngestSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -8,9 +8,9 @@ from datetime import timedelta
 
 from aiokafka import ConsumerRecord
 
-from driftloop.contracts import DeadLetter, InvalidInput, Observation, utcnow
-from driftloop.kafka import Bus, dead_letter, encode
-from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.contracts import Observation, utcnow
+from driftloop.kafka import Bus, encode, triage
+from driftloop.metrics import count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
@@ -42,39 +42,24 @@ class IngestHandler:
         republishes (downstream is idempotent by event id) instead of losing it.
         """
         now = utcnow()
-        valid: dict[str, Observation] = {}
-        dead: list[DeadLetter] = []
-        duplicates = 0
-        for record in records:
-            try:
-                obs = validate_observation(record.value, self.specs, now, self.max_future)
-            except InvalidInput as exc:
-                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
-                continue
-            key = f"{obs.model}\0{obs.event_id}"
-            if key in valid:
-                duplicates += 1
-                continue
-            valid[key] = obs
-        by_model: dict[str, list[Observation]] = {}
-        for obs in valid.values():
-            by_model.setdefault(obs.model, []).append(obs)
-        fresh: list[Observation] = []
+        parsed, dead = triage(
+            SERVICE, records, lambda r: validate_observation(r.value, self.specs, now, self.max_future)
+        )
+        by_model: dict[str, dict[str, Observation]] = {}
+        for obs in parsed:  # the first of several copies in one batch wins
+            by_model.setdefault(obs.model, {}).setdefault(obs.event_id, obs)
+        fresh: dict[str, list[Observation]] = {}
         for model, observations in by_model.items():
-            seen = self.store.known(model, [o.event_id for o in observations])
-            duplicates += len(seen)
-            fresh += [o for o in observations if o.event_id not in seen]
+            seen = self.store.known(model, list(observations))
+            fresh[model] = [o for eid, o in observations.items() if eid not in seen]
+        published = [o for observations in fresh.values() for o in observations]
+        duplicates = len(parsed) - len(published)
 
-        await self.bus.publish(self.topics.events_validated, fresh)
-        await self.bus.publish(self.topics.events_dlq, dead)
-        for model, observations in by_model.items():
-            self.store.append(
-                model,
-                [(o.event_id, o.event_time, encode(o)) for o in observations if o.event_time],
-            )
+        await self.bus.publish(self.topics.events_validated, published)
+        await self.bus.dead_letters(dead)
+        for model, new in fresh.items():
+            self.store.append(model, [(o.event_id, o.event_time, encode(o)) for o in new if o.event_time])
 
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
-        count(SERVICE, self.topics.events_raw, "ok", len(fresh))
+        count(SERVICE, self.topics.events_raw, "ok", len(published))
         count(SERVICE, self.topics.events_raw, "rejected", len(dead))
         count(SERVICE, self.topics.events_raw, "duplicate", duplicates)

@@ -17,7 +17,7 @@ from driftloop.contracts import (
 )
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
@@ -31,7 +31,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     monitor = Monitor(
         load_specs(settings.models_dir),
         JoinStore(redis, settings.join_ttl_s),
-        Bus(broker),
+        Bus(broker, SERVICE, topics.events_dlq),
         topics,
         settings.quality_window,
     )
@@ -74,9 +74,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = MonitorSettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(MonitorSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ from prometheus_client import Counter, Gauge, Histogram
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
-    InvalidInput,
     ModelPromoted,
     ModelRejected,
     ModelRolledBack,
@@ -24,8 +23,8 @@ from driftloop.contracts import (
     TrainModel,
     parse,
 )
-from driftloop.kafka import Bus, dead_letter, encode
-from driftloop.metrics import DEAD_LETTERS, MODEL_VERSION, count
+from driftloop.kafka import Bus, encode, triage
+from driftloop.metrics import MODEL_VERSION, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_monitor.adapters import JoinStore
@@ -99,7 +98,8 @@ class Monitor:
             MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
             self._set_state(event.model, 1)
 
-    def _part(self, record: ConsumerRecord) -> tuple[str, str, bytes] | None:
+    def _part(self, record: ConsumerRecord) -> tuple[str, str, bytes]:
+        """(request_id, part name, body) of a request, result or feedback record."""
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
@@ -110,9 +110,7 @@ class Monitor:
             if result.error is None:
                 PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)).inc()
             return result.request_id, "result", encode(result)
-        feedback = parse(Feedback, record.value)
-        if feedback.model not in self.specs:
-            raise InvalidInput("unknown_model", f"{feedback.model!r:.80}")
+        feedback = parse(Feedback, record.value, self.specs)
         return (
             feedback.request_id,
             "feedback",
@@ -120,15 +118,7 @@ class Monitor:
         )
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        parts, dead = [], []
-        for record in records:
-            try:
-                part = self._part(record)
-            except InvalidInput as exc:
-                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
-                continue
-            if part is not None:
-                parts.append(part)
+        parts, dead = triage(SERVICE, records, self._part)
         complete = await self.joins.put(parts)
         observations: list[Observation] = []
         drift_events: list[DriftDetected] = []
@@ -147,10 +137,8 @@ class Monitor:
         await self.bus.publish(self.topics.events_raw, observations)
         await self.bus.publish(self.topics.monitor_drift, drift_events)
         await self.bus.publish(self.topics.training_requests, commands)
-        await self.bus.publish(self.topics.events_dlq, dead)
+        await self.bus.dead_letters(dead)
         await self.joins.mark_done(list(complete))
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
         count(SERVICE, "predictions", "ok", len(parts))
         count(SERVICE, "predictions", "rejected", len(dead))
 

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, ModelPromoted, ModelTrained
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
-from driftloop.runtime import Readiness, build_app, configure_logging, json_response, serve
+from driftloop.runtime import Readiness, build_app, json_response, run_service
 from driftloop.spec import load_specs
 from driftloop_registry.adapters import RegistryRepository
 from driftloop_registry.handlers import SERVICE, Registry
@@ -32,7 +32,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         load_specs(settings.models_dir),
         RegistryRepository(redis),
         ArtifactStore(settings.artifacts_dir),
-        Bus(broker),
+        Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )
 
@@ -81,9 +81,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = RegistrySettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(RegistrySettings, create_app)
 
 
 if __name__ == "__main__":

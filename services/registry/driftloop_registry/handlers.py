@@ -12,14 +12,13 @@ from prometheus_client import Counter
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore
 from driftloop.contracts import (
     LIFECYCLE,
-    InvalidInput,
     ModelPromoted,
     ModelRejected,
     ModelTrained,
     parse,
 )
-from driftloop.kafka import Bus, dead_letter
-from driftloop.metrics import DEAD_LETTERS, MODEL_VERSION
+from driftloop.kafka import Bus, triage
+from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_registry.adapters import RegistryRepository
@@ -51,16 +50,9 @@ class Registry:
         self.topics = topics
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        for record in records:
-            try:
-                trained = parse(ModelTrained, record.value)
-                if trained.model not in self.specs:
-                    raise InvalidInput("unknown_model", f"{trained.model!r:.80}")
-            except InvalidInput as exc:
-                letter = dead_letter(SERVICE, record, exc.reason, exc.detail)
-                await self.bus.publish(self.topics.events_dlq, [letter])
-                DEAD_LETTERS.labels(SERVICE, exc.reason).inc()
-                continue
+        candidates, dead = triage(SERVICE, records, lambda r: parse(ModelTrained, r.value, self.specs))
+        await self.bus.dead_letters(dead)
+        for trained in candidates:
             await self.register(trained)
 
     async def register(self, trained: ModelTrained) -> None:

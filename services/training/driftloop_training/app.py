@@ -10,7 +10,7 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.runtime import Readiness, build_app, configure_logging, serve
+from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
 from driftloop_training.handlers import SERVICE, Trainer
@@ -25,7 +25,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         load_specs(settings.models_dir),
         store,
         ArtifactStore(settings.artifacts_dir),
-        Bus(broker),
+        Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
@@ -70,9 +70,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
 
 
 def main() -> None:
-    settings = TrainingSettings()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+    run_service(TrainingSettings, create_app)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from importlib.metadata import version
 
 import numpy as np
@@ -18,7 +19,6 @@ from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClass
 from driftloop.contracts import (
     DatasetRef,
     FeatureRow,
-    InvalidInput,
     Label,
     ModelPromoted,
     ModelRejected,
@@ -28,8 +28,8 @@ from driftloop.contracts import (
     parse,
 )
 from driftloop.features import FeatureSet
-from driftloop.kafka import Bus, dead_letter
-from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.kafka import Bus, triage
+from driftloop.metrics import count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
@@ -100,23 +100,14 @@ class Trainer:
 
     async def store_rows(self, records: Sequence[ConsumerRecord]) -> None:
         """Append labelled feature rows to the training store (idempotent by event id)."""
-        by_model: dict[str, list[tuple]] = {}
-        dead = []
-        for record in records:
-            try:
-                row = parse(FeatureRow, record.value)
-                if row.model not in self.specs:
-                    raise InvalidInput("unknown_model", f"{row.model!r:.80}")
-            except InvalidInput as exc:
-                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
-                continue
-            if row.label is not None:
-                by_model.setdefault(row.model, []).append((row.event_id, row.event_time, record.value))
+        parsed, dead = triage(SERVICE, records, lambda r: (parse(FeatureRow, r.value, self.specs), r.value))
+        by_model: dict[str, list[tuple[str, datetime, bytes]]] = {}
+        for row, body in parsed:
+            if row.label is not None and body is not None:
+                by_model.setdefault(row.model, []).append((row.event_id, row.event_time, body))
         for model, rows in by_model.items():
             self.store.append(model, rows)
-        await self.bus.publish(self.topics.events_dlq, dead)
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
+        await self.bus.dead_letters(dead)
         count(SERVICE, self.topics.features_computed, "ok", sum(map(len, by_model.values())))
 
     # ------------------------------------------------------------------ champions
@@ -129,20 +120,13 @@ class Trainer:
 
     async def handle_commands(self, records: Sequence[ConsumerRecord]) -> None:
         """Train each model at most once per batch: later commands for a model coalesce."""
+        commands, dead = triage(SERVICE, records, lambda r: parse(TrainModel, r.value, self.specs))
+        await self.bus.dead_letters(dead)
         latest: dict[str, TrainModel] = {}
-        dead = []
-        for record in records:
-            try:
-                command = parse(TrainModel, record.value)
-                if command.model not in self.specs:
-                    raise InvalidInput("unknown_model", f"{command.model!r:.80}")
-            except InvalidInput as exc:
-                dead.append(dead_letter(SERVICE, record, exc.reason, exc.detail))
-                continue
+        for command in commands:
             if command.model in latest:
                 RUNS.labels(command.model, "coalesced").inc()
             latest[command.model] = command
-        await self.bus.publish(self.topics.events_dlq, dead)
         for command in latest.values():
             trained = await self.run(command)
             if trained is not None:
