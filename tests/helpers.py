@@ -36,8 +36,10 @@ def sea_onnx(
     return convert(estimator, X.shape[1]), [int(c) for c in estimator.classes_], feature_set.names
 
 
-async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: float = 20.0) -> list:
-    """Read `topic` from its start until `count` messages parse as `model_cls` (or time out)."""
+async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: float = 20.0,
+                  until=None) -> list:  # fmt: skip
+    """Read `topic` from its start until `count` messages parse as `model_cls`, one satisfies
+    `until`, or the timeout passes."""
     import asyncio
     import time
 
@@ -48,7 +50,11 @@ async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: fl
     found = []
     deadline = time.monotonic() + timeout
     try:
-        while len(found) < count and time.monotonic() < deadline:
+        while (
+            len(found) < count
+            and time.monotonic() < deadline
+            and not (until and any(until(m) for m in found))
+        ):
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
                 found += [parse(r.value) for r in records]
@@ -56,3 +62,47 @@ async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: fl
     finally:
         await consumer.stop()
     return found
+
+
+def model_trained(
+    run_id="run",
+    artifact=None,
+    classes=(0, 1),
+    names=("x0",),
+    accuracy=0.85,
+    champion=None,
+    parity=1e-7,
+    model="sea",
+):
+    """A `ModelTrained` event with the given gate inputs and placeholder lineage."""
+    from datetime import UTC, datetime
+
+    from driftloop.contracts import ArtifactRef, DatasetRef, ModelTrained
+
+    moment = datetime(2026, 1, 1, tzinfo=UTC)
+    return ModelTrained(
+        run_id=run_id, command_id=run_id, reason="manual", model=model,
+        algorithm="logistic_regression", params={}, classes=list(classes), feature_names=list(names),
+        artifact=artifact or ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1),
+        metric="accuracy", candidate_metrics={"accuracy": accuracy},
+        champion_version=1 if champion is not None else None,
+        champion_metrics={"accuracy": champion} if champion is not None else None,
+        parity_max_abs_diff=parity,
+        dataset=DatasetRef(version="d", last_n=600, max_seq=600, rows=600, train_rows=480,
+                           holdout_rows=120, first_event_time=moment, last_event_time=moment,
+                           sha256="d" * 64),
+        reference_stats={}, code_version="test", durations_s={},
+    )  # fmt: skip
+
+
+async def served_versions(client, model: str, rows, expected: set[int], timeout: float = 15.0) -> set[int]:
+    """Versions that serve `rows`, polled until they equal `expected` (or the timeout passes)."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        versions = {r.model_version for r in await client.predict_many(model, rows)}
+        if versions == expected or time.monotonic() > deadline:
+            return versions
+        await asyncio.sleep(0.1)

@@ -16,8 +16,20 @@ from typing import Any
 import httpx
 
 from driftloop import datasets, localstack
-from driftloop.client import PredictionClient, make_producer, send_all
-from driftloop.contracts import Observation, PredictionRequest, TrainModel
+from driftloop.client import PredictionClient, make_producer, send_all, tail_from_end
+from driftloop.contracts import (
+    LIFECYCLE,
+    ApproveModel,
+    LifecycleEvent,
+    ModelCommandRefused,
+    Observation,
+    PredictionRequest,
+    PromoteModel,
+    RegistryCommand,
+    RollbackModel,
+    TagModel,
+    TrainModel,
+)
 from driftloop.settings import Topics
 
 DEFAULT_RUN_DIR = Path(os.environ.get("DRIFTLOOP_RUN_DIR", ".driftloop"))
@@ -74,19 +86,84 @@ def _registry(args: argparse.Namespace, path: str, **params: Any) -> Any:
     return response.json()
 
 
-def cmd_models(args: argparse.Namespace) -> int:
-    if args.action == "list":
-        for row in _registry(args, "/v1/models"):
-            print(f"{row['model']}: aliases {row['aliases']}, {row['versions']} version(s)")
-            for version in _registry(args, "/v1/versions", model=row["model"]):
-                metrics = ", ".join(f"{k} {v:.4f}" for k, v in version["metrics"].items())
-                print(
-                    f"  v{version['version']:<3} {version['status']:<17} {version['reason']:<9} "
-                    f"rows {version['rows']:<6} {metrics}"
-                )
+def cmd_models_list(args: argparse.Namespace) -> int:
+    for row in _registry(args, "/v1/models"):
+        print(f"{row['model']}: aliases {row['aliases']}, {row['versions']} version(s)")
+        for version in _registry(args, "/v1/versions", model=row["model"]):
+            metrics = ", ".join(f"{k} {v:.4f}" for k, v in version["metrics"].items())
+            tags = " ".join(f"{k}={v}" for k, v in version["tags"].items())
+            print(
+                f"  v{version['version']:<3} {version['status']:<10} {version['reason']:<9} "
+                f"rows {version['rows']:<6} {metrics} {tags}".rstrip()
+            )
+    return 0
+
+
+def cmd_models_show(args: argparse.Namespace) -> int:
+    if args.markdown:
+        stack = localstack.Stack.load(args.run_dir)
+        response = httpx.get(
+            f"{stack.url('registry')}/v1/card",
+            params={"model": args.model, "version": args.version, "format": "md"},
+            timeout=5,
+        )
+        response.raise_for_status()
+        print(response.text, end="")
     else:
         print(json.dumps(_registry(args, "/v1/card", model=args.model, version=args.version), indent=2))
     return 0
+
+
+def _registry_command(args: argparse.Namespace, command: RegistryCommand) -> int:
+    """Send a registry command and wait for the lifecycle event that answers it."""
+    topics = Topics()
+
+    async def send() -> LifecycleEvent:
+        bootstrap = _bootstrap(args)
+        consumer = await tail_from_end(bootstrap, topics.models_lifecycle)
+        producer = make_producer(bootstrap)
+        await producer.start()
+        try:
+            await send_all(producer, topics.models_commands, [command])
+            async with asyncio.timeout(args.timeout):
+                async for record in consumer:
+                    event = LIFECYCLE.validate_json(record.value or b"")
+                    if event.command_id == command.command_id:
+                        return event
+        finally:
+            await producer.stop()
+            await consumer.stop()
+        raise TimeoutError
+
+    try:
+        event = asyncio.run(send())
+    except TimeoutError:
+        print(f"no answer from the registry within {args.timeout:.0f}s", file=sys.stderr)
+        return 1
+    print(f"{event.event} {event.model} v{event.version}: {event.reason}")
+    return 1 if isinstance(event, ModelCommandRefused) else 0
+
+
+def cmd_models_promote(args: argparse.Namespace) -> int:
+    kind = ApproveModel if args.command_name == "approve" else PromoteModel
+    return _registry_command(
+        args, kind(command_id=uuid.uuid4().hex, model=args.model, version=args.version, reason=args.reason)
+    )
+
+
+def cmd_models_rollback(args: argparse.Namespace) -> int:
+    command = RollbackModel(
+        command_id=uuid.uuid4().hex, model=args.model, to_version=args.to, reason=args.reason
+    )
+    return _registry_command(args, command)
+
+
+def cmd_models_tag(args: argparse.Namespace) -> int:
+    tags = dict(kv.split("=", 1) for kv in args.tags)
+    command = TagModel(
+        command_id=uuid.uuid4().hex, model=args.model, version=args.version, tags=tags, reason=args.reason
+    )
+    return _registry_command(args, command)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -244,11 +321,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--last-n", type=int, default=None)
     train.set_defaults(func=cmd_train)
 
-    models = sub.add_parser("models", help="versions, aliases and cards from the registry")
-    models.add_argument("action", choices=["list", "show"])
-    models.add_argument("model", nargs="?")
-    models.add_argument("version", nargs="?", type=int)
-    models.set_defaults(func=cmd_models)
+    models = sub.add_parser("models", help="the registry: versions, cards, promote, rollback, tags")
+    registry = models.add_subparsers(dest="command_name", required=True)
+    registry.add_parser("list", help="models, aliases and versions").set_defaults(func=cmd_models_list)
+    show = registry.add_parser("show", help="a version's model card")
+    show.add_argument("model")
+    show.add_argument("version", type=int)
+    show.add_argument("--markdown", action="store_true", help="the Markdown card instead of JSON")
+    show.set_defaults(func=cmd_models_show)
+    for name, helptext in (("promote", "make a version champion (it must have passed the gate)"),
+                           ("approve", "promote the version awaiting approval")):  # fmt: skip
+        change = registry.add_parser(name, help=helptext)
+        change.add_argument("model")
+        change.add_argument("version", type=int)
+        change.set_defaults(func=cmd_models_promote)
+    rollback = registry.add_parser("rollback", help="put the previous (or a given) champion back")
+    rollback.add_argument("model")
+    rollback.add_argument("--to", type=int, default=None, help="version to restore")
+    rollback.set_defaults(func=cmd_models_rollback)
+    tag = registry.add_parser("tag", help="set free tags on a version (key= removes a tag)")
+    tag.add_argument("model")
+    tag.add_argument("version", type=int)
+    tag.add_argument("tags", nargs="+", metavar="key=value")
+    tag.set_defaults(func=cmd_models_tag)
+    for sub_parser in registry.choices.values():
+        sub_parser.add_argument("--reason", default="operator", help="recorded in the audit trail")
+        sub_parser.add_argument("--timeout", type=float, default=30.0)
 
     predict = sub.add_parser("predict", help="send one prediction request and print its result")
     predict.add_argument("model")

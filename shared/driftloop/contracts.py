@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Container
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
@@ -25,7 +25,7 @@ def utcnow() -> datetime:
 
 
 MAX_MESSAGE_BYTES = 1_000_000
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M")
 
 
 class InvalidInput(ValueError):
@@ -37,7 +37,9 @@ class InvalidInput(ValueError):
         self.detail = detail
 
 
-def parse(model: type[M], raw: bytes | None, known_models: Container[str] | None = None) -> M:
+def parse(
+    model: type[M] | TypeAdapter[M], raw: bytes | None, known_models: Container[str] | None = None
+) -> M:
     """Decode JSON bytes into a contract; raises `InvalidInput` with a machine-readable reason.
 
     With `known_models`, a message whose `model` field names none of them is refused too.
@@ -53,7 +55,10 @@ def parse(model: type[M], raw: bytes | None, known_models: Container[str] | None
     if not isinstance(data, dict):
         raise InvalidInput("invalid_schema", f"expected a JSON object, got {type(data).__name__}")
     try:
-        message = model.model_validate(data)
+        if isinstance(model, TypeAdapter):
+            message = model.validate_python(data)
+        else:
+            message = cast(M, cast(type[BaseModel], model).model_validate(data))
     except ValidationError as exc:
         raise InvalidInput("invalid_schema", _short(exc)) from exc
     name = getattr(message, "model", None)
@@ -165,6 +170,10 @@ class TrainModel(Message):
     since: datetime | None = Field(
         default=None, description="Train only on rows at or after this event time."
     )
+    until: datetime | None = Field(default=None, description="Train only on rows before this event time.")
+    dataset_version: str | None = Field(
+        default=None, description="Train on exactly this stored dataset version (overrides the window)."
+    )
     last_n: int | None = Field(default=None, ge=1, description="Train on at most the newest N rows.")
     min_rows: int | None = Field(
         default=None, ge=1, description="Wait (bounded) until the window holds this many rows."
@@ -192,8 +201,17 @@ class FeatureStats(Message):
 
 
 class DatasetRef(Message):
-    """The exact rows a model was trained and evaluated on."""
+    """A dataset version: the exact rows a model was trained and evaluated on, and how to re-read them.
 
+    The training store is append-only and numbers rows in arrival order, so the same window read
+    with the same `max_seq` always yields the same rows; `sha256` proves it.
+    """
+
+    version: str = Field(description="Dataset version id (a prefix of `sha256`).")
+    since: datetime | None = Field(default=None, description="Window start (inclusive), if any.")
+    until: datetime | None = Field(default=None, description="Window end (exclusive), if any.")
+    last_n: int = Field(description="At most this many newest rows.")
+    max_seq: int = Field(description="Only rows stored up to this sequence number.")
     rows: int = Field(description="Rows in the window.")
     train_rows: int = Field(description="Rows used for fitting.")
     holdout_rows: int = Field(description="Newest rows held out for evaluation.")
@@ -234,6 +252,7 @@ class _Lifecycle(Message):
     model: str = Field(description="Model name.")
     version: int = Field(description="Version the event is about.")
     reason: str = Field(description="Why it happened.")
+    command_id: str | None = Field(default=None, description="The command that caused it, if any.")
     at: datetime = Field(default_factory=utcnow, description="When it happened.")
 
 
@@ -262,8 +281,81 @@ class ModelRejected(_Lifecycle):
     event: Literal["ModelRejected"] = Field(default="ModelRejected", description="Event type.")
 
 
-LifecycleEvent = Annotated[ModelPromoted | ModelRejected | ModelRolledBack, Field(discriminator="event")]
+class ModelAwaitingApproval(_Lifecycle):
+    """The version passed the gate; the spec asks for approval, so it is the challenger meanwhile."""
+
+    event: Literal["ModelAwaitingApproval"] = Field(
+        default="ModelAwaitingApproval", description="Event type."
+    )
+
+
+class ModelTagged(_Lifecycle):
+    """Free tags of the version were set (an empty value removes a tag)."""
+
+    event: Literal["ModelTagged"] = Field(default="ModelTagged", description="Event type.")
+    tags: dict[str, str] = Field(description="The version's tags after the change.")
+
+
+class ModelCommandRefused(_Lifecycle):
+    """A registry command could not be carried out; nothing changed."""
+
+    event: Literal["ModelCommandRefused"] = Field(default="ModelCommandRefused", description="Event type.")
+
+
+LifecycleEvent = Annotated[
+    ModelPromoted
+    | ModelRejected
+    | ModelRolledBack
+    | ModelAwaitingApproval
+    | ModelTagged
+    | ModelCommandRefused,
+    Field(discriminator="event"),
+]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
+
+
+class _RegistryCommand(Message):
+    command_id: str = Field(min_length=1, max_length=128, description="Unique id; carried out once.")
+    model: str = Field(description="Model name.")
+    reason: str = Field(default="operator", description="Why, for the audit trail.")
+    requested_at: datetime = Field(default_factory=utcnow, description="When it was requested.")
+
+
+class PromoteModel(_RegistryCommand):
+    """Command on `models.commands`: make a registered version champion, bypassing the gate."""
+
+    command: Literal["PromoteModel"] = Field(default="PromoteModel", description="Command type.")
+    version: int = Field(ge=1, description="Version to promote.")
+
+
+class ApproveModel(_RegistryCommand):
+    """Command on `models.commands`: promote a version that passed the gate and awaits approval."""
+
+    command: Literal["ApproveModel"] = Field(default="ApproveModel", description="Command type.")
+    version: int = Field(ge=1, description="Version to approve.")
+
+
+class RollbackModel(_RegistryCommand):
+    """Command on `models.commands`: put an earlier champion back in service."""
+
+    command: Literal["RollbackModel"] = Field(default="RollbackModel", description="Command type.")
+    to_version: int | None = Field(
+        default=None, ge=1, description="Version to restore; the previous champion when absent."
+    )
+
+
+class TagModel(_RegistryCommand):
+    """Command on `models.commands`: set free tags on a version (an empty value removes one)."""
+
+    command: Literal["TagModel"] = Field(default="TagModel", description="Command type.")
+    version: int = Field(ge=1, description="Version to tag.")
+    tags: dict[str, str] = Field(description="Tags to set.")
+
+
+RegistryCommand = Annotated[
+    PromoteModel | ApproveModel | RollbackModel | TagModel, Field(discriminator="command")
+]
+REGISTRY_COMMAND = TypeAdapter(RegistryCommand)
 
 
 class DriftDetected(Message):
@@ -296,6 +388,13 @@ CONTRACTS: dict[str, type[Message]] = {
         ModelPromoted,
         ModelRejected,
         ModelRolledBack,
+        ModelAwaitingApproval,
+        ModelTagged,
+        ModelCommandRefused,
+        PromoteModel,
+        ApproveModel,
+        RollbackModel,
+        TagModel,
         DriftDetected,
     )
 }

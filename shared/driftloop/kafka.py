@@ -69,6 +69,8 @@ def batch_subscriber(
         fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
         batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
         auto_offset_reset="earliest",
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         ack_policy=AckPolicy.NACK_ON_ERROR,
         description=(
             f"Batches of {names}; invalid records are dead-lettered, the rest handled, "

@@ -13,12 +13,12 @@ from collections.abc import Awaitable, Callable
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
-from driftloop.contracts import LIFECYCLE, ModelPromoted, ModelRejected, ModelRolledBack
+from driftloop.contracts import LIFECYCLE, LifecycleEvent
 from driftloop.kafka import read_from_start
 
 log = logging.getLogger(__name__)
 
-LifecycleHandler = Callable[[ModelPromoted | ModelRejected | ModelRolledBack], Awaitable[None]]
+LifecycleHandler = Callable[[LifecycleEvent], Awaitable[None]]
 
 
 class LifecycleFollower:

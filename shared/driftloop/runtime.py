@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import subprocess
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cache
+from importlib.metadata import version
+from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
@@ -16,6 +21,22 @@ from driftloop.metrics import UP
 from driftloop.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+
+
+@cache
+def code_version() -> str:
+    """`DRIFTLOOP_CODE_VERSION`, else the package version plus the git commit when there is one."""
+    if explicit := os.environ.get("DRIFTLOOP_CODE_VERSION"):
+        return explicit
+    base = version("driftloop")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"],
+            capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent, check=True,
+        ).stdout.strip()  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return base
+    return f"{base}+g{commit}" if commit else base
 
 
 def configure_logging(level: str) -> None:

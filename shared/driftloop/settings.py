@@ -23,6 +23,7 @@ class Topics(BaseModel):
     training_requests: str = "training.requests"
     models_trained: str = "models.trained"
     models_lifecycle: str = "models.lifecycle"
+    models_commands: str = "models.commands"
     monitor_drift: str = "monitor.drift"
 
     def all(self) -> list[str]:
@@ -30,7 +31,12 @@ class Topics(BaseModel):
 
     def partitions(self, name: str, default: int) -> int:
         """Control topics keep one partition so their events stay in order; data topics scale."""
-        control = {self.training_requests, self.models_trained, self.models_lifecycle}
+        control = {
+            self.training_requests,
+            self.models_trained,
+            self.models_lifecycle,
+            self.models_commands,
+        }
         return 1 if name in control or name == self.monitor_drift else default
 
 
@@ -45,6 +51,10 @@ class ServiceSettings(BaseSettings):
     kafka_partitions: int = Field(default=3, description="Partitions for topics this service creates.")
     kafka_fetch_max_wait_ms: int = Field(default=20, description="Consumer fetch wait (latency/CPU).")
     kafka_max_records: int = Field(default=500, description="Max records per consumed batch.")
+    kafka_session_timeout_ms: int = Field(
+        default=6000, description="Consumer-group session timeout (Kafka's minimum is 6000)."
+    )
+    kafka_heartbeat_interval_ms: int = Field(default=1000, description="Consumer-group heartbeat.")
     redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
     topics: Topics = Field(default_factory=Topics)
     models_dir: Path = Field(default=Path("models"), description="Directory of model spec files.")

@@ -55,11 +55,22 @@ class LabelSpec(SpecModel):
     classes: list[int | str] = Field(min_length=2, description="Class labels.")
 
 
+class SearchSpec(SpecModel):
+    param_distributions: dict[str, list[Any]] = Field(
+        min_length=1, description="Candidate values per estimator parameter."
+    )
+    n_candidates: int = Field(default=8, ge=2, description="Candidates sampled (the budget).")
+    cv: int = Field(default=3, ge=2, description="Time-ordered folds (TimeSeriesSplit).")
+
+
 class AlgorithmSpec(SpecModel):
     name: Literal["logistic_regression", "random_forest", "gradient_boosting", "hist_gradient_boosting"] = (
         Field(description="scikit-learn estimator.")
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters.")
+    search: SearchSpec | None = Field(
+        default=None, description="Successive-halving random search over these parameters."
+    )
 
 
 class TrainingSpec(SpecModel):

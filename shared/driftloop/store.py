@@ -30,6 +30,21 @@ def _iso(t: datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
+def _where(since: datetime | None, until: datetime | None, max_seq: int | None) -> tuple[str, list[object]]:
+    clauses: list[str] = []
+    args: list[object] = []
+    if since is not None:
+        clauses.append("event_time >= ?")
+        args.append(_iso(since))
+    if until is not None:
+        clauses.append("event_time < ?")
+        args.append(_iso(until))
+    if max_seq is not None:
+        clauses.append("seq <= ?")
+        args.append(max_seq)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
 class RowStore:
     """Rows of JSON bodies per model, ordered by event time, deduplicated by event id."""
 
@@ -76,21 +91,29 @@ class RowStore:
             )
             return conn.total_changes - before
 
-    def count(self, model: str, since: datetime | None = None) -> int:
-        """Rows of a model, optionally only those at or after `since`."""
-        conn = self._conn(model)
-        if since is None:
-            return int(conn.execute("SELECT COUNT(*) FROM rows").fetchone()[0])
-        sql = "SELECT COUNT(*) FROM rows WHERE event_time >= ?"
-        return int(conn.execute(sql, (_iso(since),)).fetchone()[0])
+    def count(self, model: str, since: datetime | None = None, until: datetime | None = None) -> int:
+        """Rows of a model with event time in [since, until)."""
+        where, args = _where(since, until, None)
+        return int(self._conn(model).execute(f"SELECT COUNT(*) FROM rows {where}", args).fetchone()[0])
 
-    def window(self, model: str, since: datetime | None = None, last_n: int | None = None) -> list[bytes]:
-        """Bodies in event-time order: rows at or after `since`, at most the newest `last_n`."""
-        conn = self._conn(model)
-        where, args = ("WHERE event_time >= ?", [_iso(since)]) if since else ("", [])
+    def max_seq(self, model: str) -> int:
+        """Sequence number of the newest stored row (0 when empty)."""
+        return int(self._conn(model).execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0])
+
+    def window(
+        self,
+        model: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        last_n: int | None = None,
+        max_seq: int | None = None,
+    ) -> list[bytes]:
+        """Bodies in event-time order: rows in [since, until) stored up to `max_seq`, at most the
+        newest `last_n`. The same arguments always return the same rows (the store only appends)."""
+        where, args = _where(since, until, max_seq)
         limit = f"LIMIT {int(last_n)}" if last_n else ""
         sql = f"SELECT body FROM rows {where} ORDER BY event_time DESC, seq DESC {limit}"
-        return [r[0] for r in conn.execute(sql, args)][::-1]
+        return [r[0] for r in self._conn(model).execute(sql, args)][::-1]
 
     def close(self) -> None:
         with self._lock:

@@ -15,7 +15,7 @@ from driftloop.client import PredictionClient, make_producer
 from driftloop.contracts import DeadLetter
 from driftloop.settings import Topics
 from tests.conftest import ROOT, wait_for
-from tests.helpers import collect
+from tests.helpers import collect, served_versions
 
 
 @pytest.fixture
@@ -87,6 +87,14 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
     predicted = json.loads(driftloop("predict", "sea", "x0=1", "x1=1", "x2=5"))
     assert predicted["prediction"] == 0 and predicted["model_version"] == versions["after_drift"]
     assert "200 messages" in driftloop("replay", "sea", "--n", "200")
+
+    assert "ModelTagged" in driftloop("models", "tag", "sea", str(versions["initial"]), "note=pre-drift")
+    assert "ModelRolledBack" in driftloop("models", "rollback", "sea", "--reason", "e2e")
+    async with PredictionClient(stack.bootstrap, timeout_s=10) as client:
+        probe = [{"x0": 1.0, "x1": 1.0, "x2": 5.0}] * 3
+        assert await served_versions(client, "sea", probe, {versions["initial"]}) == {versions["initial"]}
+    markdown = driftloop("models", "show", "sea", str(versions["initial"]), "--markdown")
+    assert "Status:** champion" in markdown and "note=pre-drift" in markdown
 
     if shutil.which("prometheus"):
         prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/query"

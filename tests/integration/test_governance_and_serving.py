@@ -1,11 +1,9 @@
 """registry + inference on a real broker and redis-server: gate, promotion, rejection, integrity,
 zero-loss swap between batches, redelivery."""
 
-from datetime import UTC, datetime
-
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import PredictionClient
-from driftloop.contracts import LIFECYCLE, ArtifactRef, DatasetRef, ModelTrained
+from driftloop.contracts import LIFECYCLE, ArtifactRef
 from driftloop.kafka import Bus, make_broker
 from driftloop.settings import ServiceSettings
 from driftloop_inference.app import create_app as inference_app
@@ -13,39 +11,11 @@ from driftloop_inference.settings import InferenceSettings
 from driftloop_registry.app import create_app as registry_app
 from driftloop_registry.settings import RegistrySettings
 from tests.conftest import ROOT
-from tests.helpers import collect, sea_onnx
-
-T = datetime(2026, 1, 1, tzinfo=UTC)
+from tests.helpers import collect, model_trained, sea_onnx, served_versions
 
 
 def _trained(run_id, artifact, classes, names, accuracy, champion=None):
-    return ModelTrained(
-        run_id=run_id,
-        command_id=run_id,
-        reason="manual",
-        model="sea",
-        algorithm="logistic_regression",
-        params={},
-        classes=classes,
-        feature_names=names,
-        artifact=artifact,
-        metric="accuracy",
-        candidate_metrics={"accuracy": accuracy},
-        champion_version=1 if champion else None,
-        champion_metrics={"accuracy": champion} if champion else None,
-        parity_max_abs_diff=1e-7,
-        dataset=DatasetRef(
-            rows=600,
-            train_rows=480,
-            holdout_rows=120,
-            first_event_time=T,
-            last_event_time=T,
-            sha256="h",
-        ),
-        reference_stats={},
-        code_version="test",
-        durations_s={},
-    )
+    return model_trained(run_id, artifact, classes, names, accuracy, champion)
 
 
 async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, topics, tmp_path, sea_spec):
@@ -80,8 +50,8 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
         assert event.event == "ModelPromoted" and event.version == 1
 
         async with PredictionClient(kafka_bootstrap, topics, timeout_s=20) as client:
+            assert await served_versions(client, "sea", [{"x0": 9, "x1": 9, "x2": 0}] * 5, {1}) == {1}
             results = await client.predict_many("sea", [{"x0": 9, "x1": 9, "x2": 0}] * 5)
-            assert {r.model_version for r in results} == {1}
             assert all(r.prediction == 1 for r in results)
 
             await bus.publish(

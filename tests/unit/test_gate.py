@@ -1,36 +1,11 @@
-from datetime import UTC, datetime
-
 import pytest
 
-from driftloop.contracts import ArtifactRef, DatasetRef, ModelTrained
 from driftloop_registry.domain import gate
-
-T = datetime(2026, 1, 1, tzinfo=UTC)
+from tests.helpers import model_trained
 
 
 def _trained(candidate, champion=None, parity=1e-6):
-    return ModelTrained(
-        run_id="r",
-        command_id="c",
-        reason="drift",
-        model="sea",
-        algorithm="logistic_regression",
-        params={},
-        classes=[0, 1],
-        feature_names=["x0"],
-        artifact=ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1),
-        metric="accuracy",
-        candidate_metrics={"accuracy": candidate},
-        champion_version=1 if champion is not None else None,
-        champion_metrics={"accuracy": champion} if champion is not None else None,
-        parity_max_abs_diff=parity,
-        dataset=DatasetRef(
-            rows=10, train_rows=8, holdout_rows=2, first_event_time=T, last_event_time=T, sha256="h"
-        ),
-        reference_stats={},
-        code_version="0",
-        durations_s={},
-    )
+    return model_trained(accuracy=candidate, champion=champion, parity=parity)
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
-from driftloop.contracts import ModelPromoted, ModelRejected, ModelRolledBack
+from driftloop.contracts import LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.features import FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
@@ -34,8 +34,8 @@ class ModelHolder:
         self.artifacts = artifacts
         self.serving: dict[str, ServingModel] = {}
 
-    async def on_lifecycle(self, event: ModelPromoted | ModelRejected | ModelRolledBack) -> None:
-        if isinstance(event, ModelRejected) or event.model not in self.specs:
+    async def on_lifecycle(self, event: LifecycleEvent) -> None:
+        if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
             return
         current = self.serving.get(event.model)
         if current is not None and current.version == event.version:

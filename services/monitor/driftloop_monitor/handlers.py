@@ -14,8 +14,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
+    LifecycleEvent,
     ModelPromoted,
-    ModelRejected,
     ModelRolledBack,
     Observation,
     PredictionRequest,
@@ -89,8 +89,8 @@ class Monitor:
         self.state[model] = state
         DRIFT_STATE.labels(model).set(state)
 
-    async def on_lifecycle(self, event: ModelPromoted | ModelRejected | ModelRolledBack) -> None:
-        if isinstance(event, ModelRejected) or event.model not in self.specs:
+    async def on_lifecycle(self, event: LifecycleEvent) -> None:
+        if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
             return
         if self.champion.get(event.model) != event.version:
             self.champion[event.model] = event.version

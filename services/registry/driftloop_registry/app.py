@@ -1,4 +1,5 @@
-"""Wiring of the registry: `models.trained` → gate → `models.lifecycle`; read-only JSON API."""
+"""Wiring of the registry: `models.trained` → gate → `models.lifecycle`; `models.commands` (promote,
+approve, rollback, tag) → `models.lifecycle`; read-only JSON API."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, ModelPromoted, ModelTrained
+from driftloop.contracts import (
+    ApproveModel,
+    DeadLetter,
+    ModelPromoted,
+    ModelTrained,
+    PromoteModel,
+    RollbackModel,
+    TagModel,
+)
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.runtime import Readiness, build_app, json_response, run_service
 from driftloop.spec import load_specs
-from driftloop_registry.adapters import RegistryRepository
+from driftloop_registry.adapters import CardWriter, RegistryRepository
+from driftloop_registry.domain import render_card
 from driftloop_registry.handlers import SERVICE, Registry
 from driftloop_registry.settings import RegistrySettings
 
@@ -32,6 +42,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         load_specs(settings.models_dir),
         RegistryRepository(redis),
         ArtifactStore(settings.artifacts_dir),
+        CardWriter(settings.data_dir / "cards"),
         Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )
@@ -42,6 +53,16 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
     async def on_model_trained(message: KafkaMessage) -> None:
         await run_batch(SERVICE, topics.models_trained, message, registry.handle)
 
+    @batch_subscriber(
+        broker,
+        settings,
+        topics.models_commands,
+        group_id=settings.commands_group_id,
+        consumes=(PromoteModel, ApproveModel, RollbackModel, TagModel),
+    )
+    async def on_registry_command(message: KafkaMessage) -> None:
+        await run_batch(SERVICE, topics.models_commands, message, registry.handle_commands)
+
     broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelPromoted)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
 
@@ -49,12 +70,11 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
     async def models(scope: Any) -> AsgiResponse:
         return json_response(await registry.list_models())
 
-    @get(description="Versions of `?model=`, oldest first.")
+    @get(description="Versions of `?model=`, oldest first, with status, metrics and tags.")
     async def versions(scope: Any) -> AsgiResponse:
-        model = _query(scope).get("model", "")
-        return json_response(await registry.list_versions(model))
+        return json_response(await registry.list_versions(_query(scope).get("model", "")))
 
-    @get(description="Model card (full lineage) of `?model=&version=`.")
+    @get(description="Model card (full lineage) of `?model=&version=`; `&format=md` for Markdown.")
     async def card(scope: Any) -> AsgiResponse:
         query = _query(scope)
         try:
@@ -62,10 +82,18 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         except ValueError:
             return json_response({"error": "version must be an integer"}, 400)
         record = await registry.card(query.get("model", ""), version)
-        return json_response(record, 200) if record else json_response({"error": "not found"}, 404)
+        if record is None:
+            return json_response({"error": "not found"}, 404)
+        if query.get("format") == "md":
+            markdown = render_card(record, record["status"]).encode()
+            return AsgiResponse(markdown, 200, headers={"content-type": "text/markdown; charset=utf-8"})
+        return json_response(record)
 
     async def start() -> None:
-        await ensure_topics(settings, [topics.models_trained, topics.models_lifecycle, topics.events_dlq])
+        await ensure_topics(
+            settings,
+            [topics.models_trained, topics.models_commands, topics.models_lifecycle, topics.events_dlq],
+        )
 
     async def stop() -> None:
         await redis.aclose()

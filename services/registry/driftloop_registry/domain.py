@@ -1,8 +1,10 @@
-"""The promotion gate: pure rules from the spec over a candidate's and champion's metrics."""
+"""Registry rules, pure: the promotion gate, a version's status, rollback targets, model cards."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from driftloop.contracts import ModelTrained
 from driftloop.spec import ModelSpec
@@ -39,3 +41,75 @@ def gate(spec: ModelSpec, trained: ModelTrained) -> Decision:
         )
     against = f" vs champion {champion:.4f}" if champion is not None else " (no champion)"
     return Decision(True, f"{rules.metric} {value:.4f}{against}")
+
+
+def status(version: int, blessed: bool, aliases: Mapping[str, int], history: Sequence[int]) -> str:
+    """What a version is now: champion, challenger, rejected, archived (served before) or candidate."""
+    if aliases.get("champion") == version:
+        return "champion"
+    if aliases.get("challenger") == version:
+        return "challenger"
+    if not blessed:
+        return "rejected"
+    return "archived" if version in history else "candidate"
+
+
+def rollback_target(history: Sequence[int], current: int | None) -> int | None:
+    """The champion before the current one (the newest earlier entry that is not it)."""
+    for version in reversed(history):
+        if version != current:
+            return version
+    return None
+
+
+def render_card(record: Mapping[str, Any], state: str) -> str:
+    """A model card in Markdown: decision, metrics against the champion, data, lineage, history."""
+    trained = record["trained"]
+    dataset = trained["dataset"]
+    champion = trained.get("champion_metrics") or {}
+    lines = [
+        f"# Model card: {trained['model']} v{record['version']}",
+        "",
+        f"- **Status:** {state}",
+        f"- **Gate:** {'passed' if record['blessed'] else 'failed'} — {record['decision']}",
+        f"- **Trained because:** {trained['reason']} (command `{trained['command_id']}`)",
+        f"- **Algorithm:** {trained['algorithm']}",
+        f"- **Artifact:** `{trained['artifact']['uri']}` ({trained['artifact']['size_bytes']} bytes, "
+        f"sha256 `{trained['artifact']['sha256']}`)",
+        f"- **ONNX parity:** max |p_onnx - p_sklearn| = {trained['parity_max_abs_diff']:.2e}",
+        f"- **Code version:** {trained['code_version']}",
+        f"- **Tags:** {', '.join(f'{k}={v}' for k, v in sorted(record['tags'].items())) or 'none'}",
+        "",
+        f"## Metrics on the holdout ({dataset['holdout_rows']} newest rows)",
+        "",
+        f"| metric | candidate | champion v{trained.get('champion_version') or '-'} |",
+        "|---|---|---|",
+        *[
+            f"| {name} | {value:.4f} | {champion[name]:.4f} |"
+            if name in champion
+            else f"| {name} | {value:.4f} | - |"
+            for name, value in sorted(trained["candidate_metrics"].items())
+        ],
+        "",
+        "## Data",
+        "",
+        f"- Dataset version `{dataset['version']}` (sha256 `{dataset['sha256']}`): {dataset['rows']} rows, "
+        f"{dataset['train_rows']} for fitting, {dataset['holdout_rows']} held out",
+        f"- Event time {dataset['first_event_time']} .. {dataset['last_event_time']}",
+        f"- Window: since {dataset['since']}, until {dataset['until']}, newest {dataset['last_n']}, "
+        f"store rows up to #{dataset['max_seq']}",
+        f"- Features: {', '.join(trained['feature_names'])}; classes {trained['classes']}",
+        "",
+        "## Parameters",
+        "",
+        *[f"- `{k}` = {v}" for k, v in sorted(trained["params"].items())],
+        "",
+        "## Durations (s)",
+        "",
+        *[f"- {k}: {v:.3f}" for k, v in trained["durations_s"].items()],
+        "",
+        "## History",
+        "",
+        *[f"- {e['at']} {e['event']}: {e['reason']}" for e in record["events"]],
+    ]
+    return "\n".join(lines) + "\n"

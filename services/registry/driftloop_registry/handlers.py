@@ -1,4 +1,5 @@
-"""Registry use cases: register a trained candidate, gate it, promote or reject, serve read queries."""
+"""Registry use cases: register and gate trained candidates; carry out promote, approve, rollback and
+tag commands; answer read queries. Every change is a lifecycle event and a rewritten model card."""
 
 from __future__ import annotations
 
@@ -12,26 +13,41 @@ from prometheus_client import Counter
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore
 from driftloop.contracts import (
     LIFECYCLE,
+    REGISTRY_COMMAND,
+    ApproveModel,
+    LifecycleEvent,
+    ModelAwaitingApproval,
+    ModelCommandRefused,
     ModelPromoted,
     ModelRejected,
+    ModelRolledBack,
+    ModelTagged,
     ModelTrained,
+    PromoteModel,
+    RegistryCommand,
+    RollbackModel,
+    TagModel,
     parse,
 )
 from driftloop.kafka import Bus, triage
 from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
-from driftloop_registry.adapters import RegistryRepository
-from driftloop_registry.domain import gate
+from driftloop_registry import domain
+from driftloop_registry.adapters import CardWriter, RegistryRepository
 
 SERVICE = "registry"
 log = logging.getLogger(__name__)
 
-DECISIONS = Counter(
-    "driftloop_registry_decisions_total",
-    "Gate decisions by model and outcome (promoted, rejected, awaiting_approval).",
-    ["model", "outcome"],
+EVENTS = Counter(
+    "driftloop_registry_events_total",
+    "Lifecycle events emitted, by model and event (ModelPromoted, ModelRejected, ...).",
+    ["model", "event"],
 )
+
+
+class Refused(Exception):
+    """A command that cannot be carried out; the reason goes back as `ModelCommandRefused`."""
 
 
 class Registry:
@@ -40,14 +56,18 @@ class Registry:
         specs: Mapping[str, ModelSpec],
         repo: RegistryRepository,
         artifacts: ArtifactStore,
+        cards: CardWriter,
         bus: Bus,
         topics: Topics,
     ) -> None:
         self.specs = specs
         self.repo = repo
         self.artifacts = artifacts
+        self.cards = cards
         self.bus = bus
         self.topics = topics
+
+    # ------------------------------------------------------------------ trained candidates
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         candidates, dead = triage(SERVICE, records, lambda r: parse(ModelTrained, r.value, self.specs))
@@ -60,64 +80,151 @@ class Registry:
         known = await self.repo.version_of_run(trained.model, trained.run_id)
         if known is not None:
             existing = await self.repo.get_version(trained.model, known)
-            if existing and existing.get("event"):
+            if existing and existing["events"]:
                 await self.bus.publish(
-                    self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["event"])]
+                    self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])]
                 )
             return
         spec = self.specs[trained.model]
         version = await self.repo.next_version(trained.model)
-        aliases = await self.repo.aliases(trained.model)
-        previous = aliases.get("champion")
         try:
             self.artifacts.get(trained.artifact)
-            decision = gate(spec, trained)
-            blessed, reason = decision.blessed, decision.reason
+            decision = domain.gate(spec, trained)
         except ArtifactIntegrityError as exc:
-            blessed, reason = False, f"artifact refused: {exc}"
-
-        event: ModelPromoted | ModelRejected | None
-        if not blessed:
-            status, event = (
-                "rejected",
-                ModelRejected(model=trained.model, version=version, reason=reason),
-            )
-        elif spec.gate.auto_promote:
-            status = "champion"
-            event = ModelPromoted(
-                model=trained.model,
-                version=version,
-                artifact=trained.artifact,
-                classes=trained.classes,
-                feature_names=trained.feature_names,
-                previous_version=previous,
-                reason=f"{trained.reason}: {reason}",
-            )
-        else:
-            status, event = "awaiting_approval", None
+            decision = domain.Decision(False, f"artifact refused: {exc}")
         record: dict[str, Any] = {
             "version": version,
-            "status": status,
-            "decision": reason,
+            "blessed": decision.blessed,
+            "decision": decision.reason,
             "trained": trained.model_dump(mode="json"),
-            "event": event.model_dump(mode="json") if event else None,
+            "tags": {},
+            "events": [],
         }
-        await self.repo.save_version(trained.model, trained.run_id, record)
-        if isinstance(event, ModelPromoted):
-            await self.repo.set_alias(trained.model, "champion", version)
-            if previous is not None:
-                await self._mark(trained.model, previous, "archived")
-            MODEL_VERSION.labels(SERVICE, trained.model).set(version)
-        if event is not None:
-            await self.bus.publish(self.topics.models_lifecycle, [event])
-        DECISIONS.labels(trained.model, status if status != "champion" else "promoted").inc()
-        log.info("%s v%s: %s (%s)", trained.model, version, status, reason)
+        reason = f"{trained.reason}: {decision.reason}"
+        event: LifecycleEvent
+        if not decision.blessed:
+            event = ModelRejected(model=trained.model, version=version, reason=reason)
+        elif spec.gate.auto_promote:
+            event = await self._serve(record, ModelPromoted, reason, None)
+        else:
+            await self.repo.set_alias(trained.model, "challenger", version)
+            event = ModelAwaitingApproval(model=trained.model, version=version, reason=reason)
+        await self._commit(record, event)
 
-    async def _mark(self, model: str, version: int, status: str) -> None:
+    # ------------------------------------------------------------------ commands
+
+    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> None:
+        commands, dead = triage(SERVICE, records, lambda r: parse(REGISTRY_COMMAND, r.value, self.specs))
+        await self.bus.dead_letters(dead)
+        for command in commands:
+            await self.execute(command)
+
+    async def execute(self, command: RegistryCommand) -> LifecycleEvent:
+        """Carry out a command once; a redelivered command re-announces its first outcome."""
+        done = await self.repo.command_outcome(command.command_id)
+        if done is not None:
+            event = LIFECYCLE.validate_python(done)
+            await self.bus.publish(self.topics.models_lifecycle, [event])
+            return event
+        try:
+            event = await self._apply(command)
+        except Refused as exc:
+            version = getattr(command, "version", None) or getattr(command, "to_version", None) or 0
+            event = ModelCommandRefused(
+                model=command.model, version=version, reason=str(exc), command_id=command.command_id
+            )
+            await self.bus.publish(self.topics.models_lifecycle, [event])
+            EVENTS.labels(command.model, event.event).inc()
+        await self.repo.save_command_outcome(command.command_id, event.model_dump(mode="json"))
+        log.info("%s %s: %s", command.command, command.model, event.event)
+        return event
+
+    async def _apply(self, command: RegistryCommand) -> LifecycleEvent:
+        model, why = command.model, f"{command.command} by operator: {command.reason}"
+        aliases = await self.repo.aliases(model)
+        event: LifecycleEvent
+        if isinstance(command, PromoteModel | ApproveModel):
+            record = await self._blessed(model, command.version)
+            if isinstance(command, ApproveModel) and aliases.get("challenger") != command.version:
+                raise Refused(f"v{command.version} is not awaiting approval")
+            if aliases.get("champion") == command.version:
+                raise Refused(f"v{command.version} is already the champion")
+            event = await self._serve(record, ModelPromoted, why, command.command_id)
+        elif isinstance(command, RollbackModel):
+            current = aliases.get("champion")
+            target = command.to_version or domain.rollback_target(
+                await self.repo.champion_history(model), current
+            )
+            if target is None or target == current:
+                raise Refused("there is no earlier champion to roll back to")
+            record = await self._blessed(model, target)
+            event = await self._serve(record, ModelRolledBack, why, command.command_id)
+        else:
+            assert isinstance(command, TagModel)
+            record = await self._existing(model, command.version)
+            tags = {**record["tags"], **command.tags}
+            record["tags"] = {k: v for k, v in tags.items() if v}
+            event = ModelTagged(
+                model=model, version=command.version, reason=why, tags=record["tags"],
+                command_id=command.command_id,
+            )  # fmt: skip
+        await self._commit(record, event)
+        return event
+
+    async def _existing(self, model: str, version: int) -> dict[str, Any]:
         record = await self.repo.get_version(model, version)
-        if record is not None and record["status"] == "champion":
-            record["status"] = status
-            await self.repo.save_version(model, record["trained"]["run_id"], record)
+        if record is None:
+            raise Refused(f"{model} has no version {version}")
+        return record
+
+    async def _blessed(self, model: str, version: int) -> dict[str, Any]:
+        record = await self._existing(model, version)
+        if not record["blessed"]:
+            raise Refused(f"v{version} failed the gate and cannot serve: {record['decision']}")
+        return record
+
+    async def _serve(
+        self,
+        record: dict[str, Any],
+        kind: type[ModelPromoted] | type[ModelRolledBack],
+        reason: str,
+        command_id: str | None,
+    ) -> ModelPromoted | ModelRolledBack:
+        """Make a version champion: artifact re-checked, aliases and champion history updated."""
+        trained = ModelTrained.model_validate(record["trained"])
+        try:
+            self.artifacts.get(trained.artifact)
+        except ArtifactIntegrityError as exc:
+            raise Refused(f"artifact refused: {exc}") from exc
+        aliases = await self.repo.aliases(trained.model)
+        event = kind(
+            model=trained.model,
+            version=record["version"],
+            artifact=trained.artifact,
+            classes=trained.classes,
+            feature_names=trained.feature_names,
+            previous_version=aliases.get("champion"),
+            reason=reason,
+            command_id=command_id,
+        )
+        await self.repo.set_alias(trained.model, "champion", record["version"])
+        if aliases.get("challenger") == record["version"]:
+            await self.repo.set_alias(trained.model, "challenger", None)
+        await self.repo.push_champion(trained.model, record["version"])
+        MODEL_VERSION.labels(SERVICE, trained.model).set(record["version"])
+        return event
+
+    async def _commit(self, record: dict[str, Any], event: LifecycleEvent) -> None:
+        """Record the event on its version, rewrite the card, then announce it."""
+        model = record["trained"]["model"]
+        record["events"].append(event.model_dump(mode="json"))
+        await self.repo.save_version(model, record)
+        card = await self.card(model, record["version"])
+        if card is not None:
+            self.cards.write(model, record["version"], card, domain.render_card(card, card["status"]))
+        await self.bus.publish(self.topics.models_lifecycle, [event])
+        EVENTS.labels(model, event.event).inc()
+        log.info("%s v%s: %s (%s)", model, record["version"], event.event, event.reason)
 
     # ------------------------------------------------------------------ read side
 
@@ -136,23 +243,35 @@ class Registry:
         return out
 
     async def list_versions(self, model: str) -> list[dict[str, Any]]:
-        return [_summary(r) for r in await self.repo.versions(model)]
+        aliases = await self.repo.aliases(model)
+        history = await self.repo.champion_history(model)
+        out = []
+        for record in await self.repo.versions(model):
+            trained = record["trained"]
+            out.append(
+                {
+                    "version": record["version"],
+                    "status": domain.status(record["version"], record["blessed"], aliases, history),
+                    "decision": record["decision"],
+                    "reason": trained["reason"],
+                    "algorithm": trained["algorithm"],
+                    "metrics": trained["candidate_metrics"],
+                    "champion_metrics": trained["champion_metrics"],
+                    "rows": trained["dataset"]["rows"],
+                    "dataset_version": trained["dataset"]["version"],
+                    "sha256": trained["artifact"]["sha256"],
+                    "tags": record["tags"],
+                    "trained_at": trained["trained_at"],
+                }
+            )
+        return out
 
     async def card(self, model: str, version: int) -> dict[str, Any] | None:
-        return await self.repo.get_version(model, version)
-
-
-def _summary(record: dict[str, Any]) -> dict[str, Any]:
-    trained = record["trained"]
-    return {
-        "version": record["version"],
-        "status": record["status"],
-        "decision": record["decision"],
-        "reason": trained["reason"],
-        "algorithm": trained["algorithm"],
-        "metrics": trained["candidate_metrics"],
-        "champion_metrics": trained["champion_metrics"],
-        "rows": trained["dataset"]["rows"],
-        "sha256": trained["artifact"]["sha256"],
-        "trained_at": trained["trained_at"],
-    }
+        """A version's full record (lineage, decision, tags, event history) and current status."""
+        record = await self.repo.get_version(model, version)
+        if record is None:
+            return None
+        aliases = await self.repo.aliases(model)
+        history = await self.repo.champion_history(model)
+        state = domain.status(version, record["blessed"], aliases, history)
+        return {**record, "status": state, "aliases": [a for a, v in aliases.items() if v == version]}

@@ -7,4 +7,7 @@ from driftloop.settings import ServiceSettings
 
 class RegistrySettings(ServiceSettings):
     group_id: str = Field(default="registry", description="Consumer group on `models.trained`.")
+    commands_group_id: str = Field(
+        default="registry-commands", description="Consumer group on `models.commands`."
+    )
     http_port: int = 8004

@@ -13,6 +13,7 @@ from driftloop.lifecycle import LifecycleFollower
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
+from driftloop_training.adapters import DatasetCatalog
 from driftloop_training.handlers import SERVICE, Trainer
 from driftloop_training.settings import TrainingSettings
 
@@ -25,6 +26,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         load_specs(settings.models_dir),
         store,
         ArtifactStore(settings.artifacts_dir),
+        DatasetCatalog(settings.training_dir / "datasets"),
         Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )

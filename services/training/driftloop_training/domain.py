@@ -13,11 +13,13 @@ from sklearn.ensemble import (
     HistGradientBoostingClassifier,
     RandomForestClassifier,
 )
+from sklearn.experimental import enable_halving_search_cv  # noqa: F401
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
+from sklearn.model_selection import HalvingRandomSearchCV, TimeSeriesSplit
 
 from driftloop.contracts import FeatureRow, FeatureStats, Label
-from driftloop.spec import AlgorithmSpec
+from driftloop.spec import AlgorithmSpec, ModelSpec
 
 _ESTIMATORS: dict[str, Any] = {
     "logistic_regression": LogisticRegression,
@@ -33,6 +35,35 @@ def build_estimator(algorithm: AlgorithmSpec, seed: int) -> ClassifierMixin:
     params.setdefault("random_state", seed)
     estimator: ClassifierMixin = _ESTIMATORS[algorithm.name](**params)
     return estimator
+
+
+def fit(spec: ModelSpec, X: np.ndarray, y: Sequence[Label]) -> tuple[Any, dict[str, Any]]:
+    """The fitted estimator the spec asks for, and what a search chose (empty without one).
+
+    With `algorithm.search`, candidates are compared by successive halving on time-ordered folds
+    (never training on rows newer than those it is scored on), then the best is refitted on all rows.
+    """
+    estimator = build_estimator(spec.algorithm, spec.training.seed)
+    search_spec = spec.algorithm.search
+    if search_spec is None:
+        estimator.fit(X, y)
+        return estimator, {}
+    search = HalvingRandomSearchCV(
+        estimator,
+        search_spec.param_distributions,
+        n_candidates=search_spec.n_candidates,
+        cv=TimeSeriesSplit(n_splits=search_spec.cv),
+        scoring="neg_log_loss" if spec.gate.metric == "log_loss" else spec.gate.metric,
+        random_state=spec.training.seed,
+        refit=True,
+        n_jobs=1,
+    )
+    search.fit(X, y)
+    chosen = {f"search.best.{k}": v for k, v in search.best_params_.items()}
+    return search.best_estimator_, chosen | {
+        "search.candidates": search_spec.n_candidates,
+        "search.best_score": float(search.best_score_),
+    }
 
 
 def holdout_start(rows: int, fraction: float) -> int:

@@ -8,7 +8,6 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from importlib.metadata import version
 
 import numpy as np
 from aiokafka import ConsumerRecord
@@ -20,8 +19,8 @@ from driftloop.contracts import (
     DatasetRef,
     FeatureRow,
     Label,
+    LifecycleEvent,
     ModelPromoted,
-    ModelRejected,
     ModelRolledBack,
     ModelTrained,
     TrainModel,
@@ -30,11 +29,12 @@ from driftloop.contracts import (
 from driftloop.features import FeatureSet
 from driftloop.kafka import Bus, triage
 from driftloop.metrics import count
+from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
 from driftloop_training import domain
-from driftloop_training.adapters import convert
+from driftloop_training.adapters import DatasetCatalog, convert
 
 SERVICE = "training"
 AUTOMATIC = {"drift"}
@@ -70,6 +70,15 @@ class Fitted:
     convert_s: float
 
 
+@dataclass(frozen=True)
+class Window:
+    since: datetime | None
+    until: datetime | None
+    last_n: int
+    max_seq: int
+    sha256: str | None  # set when re-reading a stored dataset version
+
+
 class TrainingFailed(RuntimeError):
     """A command that cannot produce a candidate; `outcome` names why."""
 
@@ -84,10 +93,12 @@ class Trainer:
         specs: Mapping[str, ModelSpec],
         store: RowStore,
         artifacts: ArtifactStore,
+        datasets: DatasetCatalog,
         bus: Bus,
         topics: Topics,
     ) -> None:
         self.specs = specs
+        self.datasets = datasets
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         self.store = store
         self.artifacts = artifacts
@@ -112,7 +123,7 @@ class Trainer:
 
     # ------------------------------------------------------------------ champions
 
-    async def on_lifecycle(self, event: ModelPromoted | ModelRejected | ModelRolledBack) -> None:
+    async def on_lifecycle(self, event: LifecycleEvent) -> None:
         if isinstance(event, ModelPromoted | ModelRolledBack):
             self.champions[event.model] = Champion(event.version, event)
 
@@ -157,16 +168,27 @@ class Trainer:
     async def _wait_for_rows(self, spec: ModelSpec, command: TrainModel) -> None:
         wanted = max(command.min_rows or 0, spec.training.min_rows)
         deadline = time.monotonic() + spec.training.wait_for_rows_s
-        while (have := self.store.count(spec.name, command.since)) < wanted:
+        while (have := self.store.count(spec.name, command.since, command.until)) < wanted:
             if time.monotonic() >= deadline:
                 raise TrainingFailed("insufficient_data", f"{have} rows, {wanted} needed")
             await asyncio.sleep(0.25)
 
-    def _load(self, spec: ModelSpec, command: TrainModel) -> tuple[list[FeatureRow], np.ndarray]:
+    async def _window(self, spec: ModelSpec, command: TrainModel) -> Window:
+        """The rows to read: a stored dataset version, or the command's window as of now."""
+        if command.dataset_version:
+            stored = self.datasets.load(spec.name, command.dataset_version)
+            if stored is None:
+                raise TrainingFailed("unknown_dataset", f"no dataset version {command.dataset_version!r}")
+            return Window(stored.since, stored.until, stored.last_n, stored.max_seq, stored.sha256)
+        await self._wait_for_rows(spec, command)
         last_n = min(command.last_n or spec.training.window_rows, spec.training.window_rows)
+        return Window(command.since, command.until, last_n, self.store.max_seq(spec.name), None)
+
+    def _load(self, spec: ModelSpec, window: Window) -> tuple[list[FeatureRow], np.ndarray]:
         feature_set = self.feature_sets[spec.name]
         rows: list[FeatureRow] = []
-        for body in self.store.window(spec.name, command.since, last_n):
+        bodies = self.store.window(spec.name, window.since, window.until, window.last_n, window.max_seq)
+        for body in bodies:
             try:
                 row = FeatureRow.model_validate_json(body)
             except ValidationError:
@@ -176,9 +198,8 @@ class Trainer:
         return rows, feature_set.from_named(r.features for r in rows)
 
     def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label], cut: int) -> Fitted:
-        estimator = domain.build_estimator(spec.algorithm, spec.training.seed)
         t0 = time.perf_counter()
-        estimator.fit(X[:cut], y[:cut])
+        estimator, search = domain.fit(spec, X[:cut], y[:cut])
         t1 = time.perf_counter()
         onnx = convert(estimator, X.shape[1])
         t2 = time.perf_counter()
@@ -190,7 +211,7 @@ class Trainer:
             onnx=onnx,
             proba_sklearn=estimator.predict_proba(X[cut:]),
             proba_onnx=proba_onnx,
-            params={k: v for k, v in estimator.get_params().items() if _plain(v)},
+            params={k: v for k, v in estimator.get_params().items() if _plain(v)} | search,
             fit_s=t1 - t0,
             convert_s=t2 - t1,
         )
@@ -217,8 +238,11 @@ class Trainer:
         return champion.version, domain.metrics(y_holdout, proba, classes)
 
     async def _train(self, spec: ModelSpec, command: TrainModel) -> ModelTrained:
-        await self._wait_for_rows(spec, command)
-        rows, X = await asyncio.to_thread(self._load, spec, command)
+        window = await self._window(spec, command)
+        rows, X = await asyncio.to_thread(self._load, spec, window)
+        digest = domain.dataset_hash(rows)
+        if window.sha256 is not None and digest != window.sha256:
+            raise TrainingFailed("dataset_mismatch", f"dataset {command.dataset_version} re-read differently")
         if len(rows) < spec.training.min_rows:
             raise TrainingFailed("insufficient_data", f"{len(rows)} usable rows")
         y = [r.label for r in rows if r.label is not None]
@@ -234,6 +258,20 @@ class Trainer:
         champion_version, champion = self._champion_metrics(spec, X[cut:], y[cut:], fitted.classes)
         evaluate_s = time.perf_counter() - t0
         artifact = self.artifacts.put(fitted.onnx)
+        dataset = DatasetRef(
+            version=digest[:16],
+            since=window.since,
+            until=window.until,
+            last_n=window.last_n,
+            max_seq=window.max_seq,
+            rows=len(rows),
+            train_rows=cut,
+            holdout_rows=len(rows) - cut,
+            first_event_time=rows[0].event_time,
+            last_event_time=rows[-1].event_time,
+            sha256=digest,
+        )
+        self.datasets.save(spec.name, dataset)
         return ModelTrained(
             run_id=f"{spec.name}-{command.command_id}",
             command_id=command.command_id,
@@ -249,16 +287,9 @@ class Trainer:
             champion_version=champion_version,
             champion_metrics=champion,
             parity_max_abs_diff=float(np.abs(fitted.proba_onnx - fitted.proba_sklearn).max()),
-            dataset=DatasetRef(
-                rows=len(rows),
-                train_rows=cut,
-                holdout_rows=len(rows) - cut,
-                first_event_time=rows[0].event_time,
-                last_event_time=rows[-1].event_time,
-                sha256=domain.dataset_hash(rows),
-            ),
+            dataset=dataset,
             reference_stats=domain.reference_stats(X[:cut], self.feature_sets[spec.name].names),
-            code_version=version("driftloop"),
+            code_version=code_version(),
             durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
         )
 
