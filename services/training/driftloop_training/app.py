@@ -29,6 +29,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         DatasetCatalog(settings.training_dir / "datasets"),
         Bus(broker, SERVICE, topics.events_dlq),
         topics,
+        settings.threads,
     )
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
 

@@ -13,6 +13,7 @@ import numpy as np
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
+from threadpoolctl import threadpool_limits
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
 from driftloop.contracts import (
@@ -96,7 +97,9 @@ class Trainer:
         datasets: DatasetCatalog,
         bus: Bus,
         topics: Topics,
+        threads: int = 1,
     ) -> None:
+        self.threads = threads
         self.specs = specs
         self.datasets = datasets
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
@@ -199,7 +202,8 @@ class Trainer:
 
     def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label], cut: int) -> Fitted:
         t0 = time.perf_counter()
-        estimator, search = domain.fit(spec, X[:cut], y[:cut])
+        with threadpool_limits(limits=self.threads):  # spinning OpenMP threads starve the services
+            estimator, search = domain.fit(spec, X[:cut], y[:cut])
         t1 = time.perf_counter()
         onnx = convert(estimator, X.shape[1])
         t2 = time.perf_counter()

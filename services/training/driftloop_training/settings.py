@@ -14,3 +14,8 @@ class TrainingSettings(ServiceSettings):
     )
     http_port: int = 8003
     training_dir: Path = Field(default=Path("var/training"), description="Training store directory.")
+    threads: int = Field(
+        default=1,
+        ge=1,
+        description="Native threads (OpenMP/BLAS) a fit may use; more only pays on an otherwise idle host.",
+    )
