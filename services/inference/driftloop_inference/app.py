@@ -1,15 +1,16 @@
 """Wiring of inference: `predictions.requests` → champion (ONNX) → `predictions.results`; follows
-`models.lifecycle` and swaps models between batches."""
+`models.lifecycle` and swaps models between batches. The request topic is consumed by the hot-path
+loop (`driftloop.fastpath`, aiokafka batches; payload `PredictionRequest`), not by FastStream."""
 
 from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
-from faststream.kafka.annotations import KafkaMessage
 from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, PredictionRequest, PredictionResult
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
+from driftloop.contracts import DeadLetter, PredictionResult
+from driftloop.fastpath import FastPath
+from driftloop.kafka import ensure_topics, make_broker
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
@@ -24,21 +25,10 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     specs = load_specs(settings.models_dir)
     redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
-    handler = InferenceHandler(
-        specs, holder, OnlineFeatures(redis), Bus(broker, SERVICE, topics.events_dlq), topics
-    )
+    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
+    hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness()
-
-    @batch_subscriber(
-        broker,
-        settings,
-        topics.predictions_requests,
-        group_id=settings.group_id,
-        consumes=PredictionRequest,
-    )
-    async def on_prediction_requests(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, topics.predictions_requests, message, handler.handle)
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -54,9 +44,11 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
             ],
         )
         await follower.start()  # champions are loaded before the first request is consumed
+        await hot_path.start(handler.handle)
         readiness.detail["serving"] = {m: s.version for m, s in holder.serving.items()}
 
     async def stop() -> None:
+        await hot_path.stop()
         await follower.stop()
         await redis.aclose()
 

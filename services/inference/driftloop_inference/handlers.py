@@ -9,9 +9,10 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
 from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult, parse
+from driftloop.fastpath import Output
 from driftloop.features import decode_stored
-from driftloop.kafka import Bus, triage
-from driftloop.metrics import count
+from driftloop.kafka import encode, triage
+from driftloop.metrics import DEAD_LETTERS, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -55,23 +56,24 @@ class InferenceHandler:
         specs: Mapping[str, ModelSpec],
         holder: ModelHolder,
         online: OnlineFeatures,
-        bus: Bus,
         topics: Topics,
     ) -> None:
         self.specs = specs
         self.holder = holder
         self.online = online
-        self.bus = bus
         self.topics = topics
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+    async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        """One result per request (keyed by request id), dead letters for the unreadable."""
         serving = self.holder.serving  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, PredictionResult)]
         requests = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
         results = early + score(requests, self.specs, serving)
-        await self.bus.publish(self.topics.predictions_results, results)
-        await self.bus.dead_letters(dead)
+        outputs = [Output(self.topics.predictions_results, r.request_id.encode(), encode(r)) for r in results]
+        outputs += [Output(self.topics.events_dlq, None, encode(letter)) for letter in dead]
+        for letter in dead:
+            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
         for result in results:
             outcome = "error" if result.error else "ok"
             PREDICTIONS.labels(
@@ -81,6 +83,7 @@ class InferenceHandler:
             ).inc()
         count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
+        return outputs
 
     async def _complete(self, requests: list[PredictionRequest]) -> list[PredictionRequest]:
         """Fill in stored entity features (request values win) with one round trip."""

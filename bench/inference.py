@@ -1,0 +1,279 @@
+"""`make bench-inference`: the inference service against the broker's ceiling, in one run.
+
+1. ceiling: a batched aiokafka echo (bench/echo.py) on the same loop and settings;
+2. the inference service (a real process) with HistGradientBoosting of 100 trees on 12 features:
+   sustained results/s for a burst of requests;
+3. request produced → result consumed latency at fixed offered loads of 1k and 5k requests/s, next to
+   the echo's at the same loads;
+4. peak RSS of the inference process;
+5. a model swap under 5k requests/s: lost and duplicated results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+from sklearn.datasets import make_classification
+from sklearn.ensemble import HistGradientBoostingClassifier
+
+from bench.common import table, write
+from driftloop.artifacts import ArtifactStore
+from driftloop.client import make_producer, send_all
+from driftloop.contracts import ModelPromoted
+from driftloop.fastpath import BatchSender, Output
+from driftloop.kafka import ensure_topics
+from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.settings import ServiceSettings, Topics
+from driftloop_training.adapters import convert
+
+FEATURES = [f"f{i}" for i in range(12)]
+BURST = 100_000
+LOAD_SECONDS = 10
+SPEC = "\n".join([
+    "name: bench",
+    "features:",
+    *[f"  - {{name: {name}, type: numeric}}" for name in FEATURES],
+    "label: {classes: [0, 1]}",
+    "algorithm: {name: hist_gradient_boosting, params: {max_iter: 100, early_stopping: false}}",
+])  # fmt: skip
+
+
+def model_event(store: ArtifactStore, version: int, seed: int) -> ModelPromoted:
+    X, y = make_classification(n_samples=20_000, n_features=len(FEATURES), n_informative=8, random_state=seed)
+    model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed).fit(X, y)
+    artifact = store.put(convert(model, len(FEATURES)))
+    return ModelPromoted(model="bench", version=version, artifact=artifact, classes=[0, 1],
+                         feature_names=FEATURES, reason="bench")  # fmt: skip
+
+
+def payloads(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n, len(FEATURES))).round(4)
+    out = []
+    for i in range(n):
+        request_id = f"{seed}-{i}"
+        body = {
+            "request_id": request_id,
+            "model": "bench",
+            "features": dict(zip(FEATURES, values[i].tolist(), strict=True)),
+        }
+        out.append((request_id.encode(), orjson.dumps(body)))
+    return out
+
+
+class Reader:
+    """Reads a response topic and records, per request id, when each response arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.arrivals: dict[bytes, list[float]] = {}
+        self.versions: dict[bytes, int] = {}
+
+    async def start(self) -> None:
+        self.consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                         auto_offset_reset="latest", fetch_max_wait_ms=ServiceSettings().kafka_fetch_max_wait_ms)  # fmt: skip
+        await self.consumer.start()
+        await self.consumer.seek_to_end()
+        for tp in self.consumer.assignment():
+            await self.consumer.position(tp)
+        self.task = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=20, max_records=5000)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    self.arrivals.setdefault(record.key or b"", []).append(now)
+                    if record.value and b'"model_version"' in record.value:
+                        self.versions[record.key or b""] = orjson.loads(record.value)["model_version"]
+
+    async def stop(self) -> None:
+        self.task.cancel()
+        await asyncio.gather(self.task, return_exceptions=True)
+        await self.consumer.stop()
+
+    async def wait_for(self, keys: set[bytes], timeout: float) -> None:
+        deadline = time.perf_counter() + timeout
+        while not keys <= self.arrivals.keys() and time.perf_counter() < deadline:
+            await asyncio.sleep(0.02)
+
+
+async def burst(sender: BatchSender, reader: Reader, topic: str, items: list[tuple[bytes, bytes]]) -> float:
+    """Requests/s answered for a burst sent as fast as the producer can."""
+    started = time.perf_counter()
+    for i in range(0, len(items), 2000):
+        await sender.send([Output(topic, k, v) for k, v in items[i : i + 2000]])
+    keys = {k for k, _ in items}
+    await reader.wait_for(keys, 120)
+    done = max(reader.arrivals[k][0] for k in keys if k in reader.arrivals)
+    return len(keys & reader.arrivals.keys()) / (done - started)
+
+
+async def offered_load(sender: BatchSender, reader: Reader, topic: str, items: list[tuple[bytes, bytes]],
+                       rate: float, during=None) -> tuple[dict[bytes, float], int]:  # fmt: skip
+    """Send at a fixed rate (5 ms ticks); returns send times; `during` runs halfway through."""
+    sent: dict[bytes, float] = {}
+    started = time.perf_counter()
+    index = 0
+    fired = during is None
+    while index < len(items):
+        due = min(len(items), int((time.perf_counter() - started) * rate))
+        if due > index:
+            chunk = items[index:due]
+            now = time.perf_counter()
+            await sender.send([Output(topic, k, v) for k, v in chunk])
+            for k, _ in chunk:
+                sent[k] = now
+            index = due
+        if not fired and index >= len(items) // 2:
+            fired = True
+            await during()
+        await asyncio.sleep(0.005)
+    await reader.wait_for(set(sent), 30)
+    return sent, index
+
+
+def latency(sent: dict[bytes, float], reader: Reader) -> dict[str, float]:
+    delays = np.array([(reader.arrivals[k][0] - t) * 1000 for k, t in sent.items() if k in reader.arrivals])
+    return {q: float(np.percentile(delays, p)) for q, p in (("p50", 50), ("p99", 99), ("p999", 99.9))}
+
+
+def rss_peak_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def run(tmp: Path) -> dict:
+    kafka_port, redis_port, http_port = free_port(), free_port(), free_port()
+    procs = [subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+             subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL)]  # fmt: skip
+    wait_port(kafka_port, 20, "broker")
+    wait_port(redis_port, 20, "redis")
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    topics = Topics()
+    settings = ServiceSettings(kafka_bootstrap=bootstrap)
+    await ensure_topics(settings, [*topics.all(), "echo.requests", "echo.responses"])
+    models = tmp / "models"
+    models.mkdir()
+    (models / "bench.yaml").write_text(SPEC)
+    store = ArtifactStore(tmp / "artifacts")
+    v1, v2 = model_event(store, 1, seed=1), model_event(store, 2, seed=2)
+    producer = make_producer(bootstrap)
+    await producer.start()
+    await send_all(producer, topics.models_lifecycle, [v1])
+    env = {**os.environ, "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap, "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+           "DRIFTLOOP_MODELS_DIR": str(models), "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+           "DRIFTLOOP_HTTP_PORT": str(http_port), "DRIFTLOOP_LOG_LEVEL": "WARNING"}  # fmt: skip
+    service = subprocess.Popen([sys.executable, "-m", "driftloop_inference.app"], env=env)
+    echo = subprocess.Popen([sys.executable, "-m", "bench.echo", "echo.requests", "echo.responses"], env=env,
+                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    procs += [service, echo]
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError("inference did not become ready")
+            await asyncio.sleep(0.2)
+        await asyncio.sleep(4)  # both consumer groups have joined (a join takes 3 s on tansu)
+        sender = await BatchSender.connect(bootstrap, "bench")
+        echo_reader, service_reader = (
+            Reader(bootstrap, "echo.responses"),
+            Reader(bootstrap, topics.predictions_results),
+        )
+        await echo_reader.start()
+        await service_reader.start()
+        figures: dict = {}
+        warm = payloads(2000, seed=99)
+        await burst(sender, echo_reader, "echo.requests", warm)
+        await burst(sender, service_reader, topics.predictions_requests, warm)
+        figures["ceiling_msgs_per_s"] = await burst(sender, echo_reader, "echo.requests", payloads(BURST, 1))
+        figures["inference_results_per_s"] = await burst(sender, service_reader, topics.predictions_requests,
+                                                         payloads(BURST, 2))  # fmt: skip
+        for rate, seed in ((1000, 3), (5000, 4)):
+            items = payloads(int(rate * LOAD_SECONDS), seed)
+            sent, _ = await offered_load(sender, echo_reader, "echo.requests", items, rate)
+            figures[f"echo_{rate}"] = latency(sent, echo_reader)
+            items = payloads(int(rate * LOAD_SECONDS), seed + 10)
+            sent, _ = await offered_load(sender, service_reader, topics.predictions_requests, items, rate)
+            figures[f"service_{rate}"] = latency(sent, service_reader)
+
+        async def swap() -> None:
+            await send_all(producer, topics.models_lifecycle, [v2])
+
+        items = payloads(5000 * LOAD_SECONDS, seed=7)
+        sent, _ = await offered_load(
+            sender, service_reader, topics.predictions_requests, items, 5000, during=swap
+        )
+        await asyncio.sleep(2)
+        figures["swap_lost"] = sum(1 for k in sent if k not in service_reader.arrivals)
+        figures["swap_duplicated"] = sum(
+            len(service_reader.arrivals[k]) - 1 for k in sent if k in service_reader.arrivals
+        )
+        figures["swap_versions"] = sorted({service_reader.versions.get(k, 0) for k in sent})
+        figures["rss_mb"] = rss_peak_mb(service.pid)
+        await sender.stop()
+        await echo_reader.stop()
+        await service_reader.stop()
+        await producer.stop()
+        return figures
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        f = asyncio.run(run(Path(tmp)))
+    result = {
+        "ceiling_msgs_per_s": round(f["ceiling_msgs_per_s"]),
+        "inference_results_per_s": round(f["inference_results_per_s"]),
+        "ratio": round(f["inference_results_per_s"] / f["ceiling_msgs_per_s"], 3),
+        "p50_ms_1k": round(f["service_1000"]["p50"], 2),
+        "p99_ms_1k": round(f["service_1000"]["p99"], 2),
+        "p999_ms_1k": round(f["service_1000"]["p999"], 2),
+        "echo_p50_ms_1k": round(f["echo_1000"]["p50"], 2),
+        "echo_p99_ms_1k": round(f["echo_1000"]["p99"], 2),
+        "added_p99_ms_1k": round(f["service_1000"]["p99"] - f["echo_1000"]["p99"], 2),
+        "p50_ms_5k": round(f["service_5000"]["p50"], 2),
+        "p99_ms_5k": round(f["service_5000"]["p99"], 2),
+        "p999_ms_5k": round(f["service_5000"]["p999"], 2),
+        "echo_p99_ms_5k": round(f["echo_5000"]["p99"], 2),
+        "rss_mb": round(f["rss_mb"], 1),
+        "swap_lost": f["swap_lost"],
+        "swap_duplicated": f["swap_duplicated"],
+        "swap_versions_seen": f["swap_versions"],
+        "fetch_max_wait_ms": ServiceSettings().kafka_fetch_max_wait_ms,
+        "model": "HistGradientBoosting, 100 trees, 12 features",
+    }
+    print()
+    print(table("bench-inference (one run; targets: ratio >= 0.6, added p99 at 1k <= 5 ms, RSS <= 400 MB, swap 0/0)",
+                [(k, v) for k, v in result.items()]))  # fmt: skip
+    print(f"\nwrote {write('inference', result)}")
+
+
+if __name__ == "__main__":
+    main()

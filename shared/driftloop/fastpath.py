@@ -1,0 +1,157 @@
+"""The hot-path Kafka loop, on aiokafka directly: consume a batch, handle it, produce the outputs as
+broker batches (one per partition), wait for their acknowledgement, then commit.
+
+FastStream wires everything else; this loop is for topics where per-message overhead matters
+(`../shared/PLATFORM.md`: batched aiokafka reaches ~150k msg/s here, FastStream's default ~0.5k).
+At-least-once: offsets are committed only after the outputs are acknowledged, and a rebalance waits
+for the batch in flight, so partitions change hands between batches, never inside one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka.partitioner import DefaultPartitioner
+
+from driftloop.metrics import count, timed_batch
+from driftloop.settings import ServiceSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+
+
+Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output]]]
+
+
+class BatchSender:
+    """Produces outputs as one broker batch per (topic, partition): the fast way to publish."""
+
+    def __init__(self, producer: AIOKafkaProducer) -> None:
+        self.producer = producer
+        self.partitioner = DefaultPartitioner()
+        self._partitions: dict[str, list[int]] = {}
+
+    @classmethod
+    async def connect(cls, bootstrap: str, client_id: str) -> BatchSender:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=bootstrap,
+            client_id=client_id,
+            acks="all",
+            enable_idempotence=False,  # not on tansu; consumers are idempotent instead
+            linger_ms=1,
+            max_batch_size=1024 * 1024,
+        )
+        await producer.start()
+        return cls(producer)
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def send(self, outputs: Sequence[Output]) -> None:
+        """Send outputs as one broker batch per (topic, partition) and wait for every ack."""
+        by_partition: dict[tuple[str, int], list[Output]] = {}
+        for i, output in enumerate(outputs):
+            if output.topic not in self._partitions:
+                self._partitions[output.topic] = sorted(await self.producer.partitions_for(output.topic))
+            ordered = self._partitions[output.topic]
+            if output.key is None:
+                partition = ordered[i % len(ordered)]
+            else:  # Kafka's murmur2 partitioning, as every client does for keyed records
+                partition = self.partitioner(output.key, ordered, ordered)
+            by_partition.setdefault((output.topic, partition), []).append(output)
+        futures = []
+        for (topic, partition), items in by_partition.items():
+            batch = self.producer.create_batch()
+            for item in items:
+                if batch.append(key=item.key, value=item.value, timestamp=None) is None:
+                    futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+                    batch = self.producer.create_batch()
+                    batch.append(key=item.key, value=item.value, timestamp=None)
+            futures.append(await self.producer.send_batch(batch, topic, partition=partition))
+        await asyncio.gather(*futures)
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, loop: FastPath) -> None:
+        self.loop = loop
+
+    async def on_partitions_revoked(self, revoked: object) -> None:
+        async with self.loop.in_flight:  # the current batch finishes and commits first
+            pass
+
+    async def on_partitions_assigned(self, assigned: object) -> None:
+        log.info("%s assigned %s", self.loop.group_id, sorted(str(tp) for tp in assigned))  # type: ignore[attr-defined]
+
+
+class FastPath:
+    """Consume `topic` in group `group_id` and hand each batch to a handler returning outputs."""
+
+    def __init__(self, settings: ServiceSettings, service: str, topic: str, group_id: str) -> None:
+        self.settings = settings
+        self.service = service
+        self.topic = topic
+        self.group_id = group_id
+        self.in_flight = asyncio.Lock()
+        self.consumer: AIOKafkaConsumer
+        self.sender: BatchSender
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self, handle: Handler) -> None:
+        """Connect (clients need the running event loop), join the group, start consuming."""
+        settings, service = self.settings, self.service
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=settings.kafka_bootstrap,
+            group_id=self.group_id,
+            client_id=f"driftloop-{service}-fastpath",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            max_partition_fetch_bytes=4 * 1024 * 1024,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        )
+        self.sender = await BatchSender.connect(settings.kafka_bootstrap, f"driftloop-{service}-fastpath")
+        await self.consumer.start()
+        self.consumer.subscribe([self.topic], listener=_DrainOnRevoke(self))
+        self._task = asyncio.create_task(self._run(handle), name=f"fastpath-{self.topic}")
+
+    async def stop(self) -> None:
+        """Finish the batch in flight, commit, and leave the group."""
+        if self._task is not None:
+            async with self.in_flight:
+                self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            await self.consumer.stop()
+            await self.sender.stop()
+
+    async def _run(self, handle: Handler) -> None:
+        while True:
+            batches = await self.consumer.getmany(
+                timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
+            )
+            records = [r for partition in batches.values() for r in partition]
+            if not records:
+                continue
+            async with self.in_flight:
+                try:
+                    with timed_batch(self.service, self.topic, len(records)):
+                        await self.sender.send(await handle(records))
+                        await self.consumer.commit()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    count(self.service, self.topic, "error", len(records))
+                    log.exception("%s: batch of %d failed; rewinding", self.service, len(records))
+                    for tp, partition in batches.items():
+                        self.consumer.seek(tp, partition[0].offset)
+                    await asyncio.sleep(1.0)
