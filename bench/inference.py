@@ -39,21 +39,29 @@ from driftloop_training.adapters import convert
 FEATURES = [f"f{i}" for i in range(12)]
 BURST = 100_000
 LOAD_SECONDS = 10
-SPEC = "\n".join([
-    "name: bench",
-    "features:",
-    *[f"  - {{name: {name}, type: numeric}}" for name in FEATURES],
-    "label: {classes: [0, 1]}",
-    "algorithm: {name: hist_gradient_boosting, params: {max_iter: 100, early_stopping: false}}",
-])  # fmt: skip
+SPEC = "\n".join(
+    [
+        "name: bench",
+        "features:",
+        *[f"  - {{name: {name}, type: numeric}}" for name in FEATURES],
+        "label: {classes: [0, 1]}",
+        "algorithm: {name: hist_gradient_boosting, params: {max_iter: 100, early_stopping: false}}",
+    ]
+)
 
 
 def model_event(store: ArtifactStore, version: int, seed: int) -> ModelPromoted:
     X, y = make_classification(n_samples=20_000, n_features=len(FEATURES), n_informative=8, random_state=seed)
     model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed).fit(X, y)
     artifact = store.put(convert(model, len(FEATURES)))
-    return ModelPromoted(model="bench", version=version, artifact=artifact, classes=[0, 1],
-                         feature_names=FEATURES, reason="bench")  # fmt: skip
+    return ModelPromoted(
+        model="bench",
+        version=version,
+        artifact=artifact,
+        classes=[0, 1],
+        feature_names=FEATURES,
+        reason="bench",
+    )
 
 
 def payloads(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
@@ -80,8 +88,13 @@ class Reader:
         self.versions: dict[bytes, int] = {}
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
-                                         auto_offset_reset="latest", fetch_max_wait_ms=ServiceSettings().kafka_fetch_max_wait_ms)  # fmt: skip
+        self.consumer = AIOKafkaConsumer(
+            self.topic,
+            bootstrap_servers=self.bootstrap,
+            group_id=None,
+            auto_offset_reset="latest",
+            fetch_max_wait_ms=ServiceSettings().kafka_fetch_max_wait_ms,
+        )
         await self.consumer.start()
         await self.consumer.seek_to_end()
         for tp in self.consumer.assignment():
@@ -120,8 +133,14 @@ async def burst(sender: BatchSender, reader: Reader, topic: str, items: list[tup
     return len(keys & reader.arrivals.keys()) / (done - started)
 
 
-async def offered_load(sender: BatchSender, reader: Reader, topic: str, items: list[tuple[bytes, bytes]],
-                       rate: float, during=None) -> tuple[dict[bytes, float], int]:  # fmt: skip
+async def offered_load(
+    sender: BatchSender,
+    reader: Reader,
+    topic: str,
+    items: list[tuple[bytes, bytes]],
+    rate: float,
+    during=None,
+) -> tuple[dict[bytes, float], int]:
     """Send at a fixed rate (5 ms ticks); returns send times; `during` runs halfway through."""
     sent: dict[bytes, float] = {}
     started = time.perf_counter()
@@ -158,8 +177,10 @@ def rss_peak_mb(pid: int) -> float:
 
 async def run(tmp: Path) -> dict:
     kafka_port, redis_port, http_port = free_port(), free_port(), free_port()
-    procs = [subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-             subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL)]  # fmt: skip
+    procs = [
+        subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL),
+    ]
     wait_port(kafka_port, 20, "broker")
     wait_port(redis_port, 20, "redis")
     bootstrap = f"127.0.0.1:{kafka_port}"
@@ -174,12 +195,22 @@ async def run(tmp: Path) -> dict:
     producer = make_producer(bootstrap)
     await producer.start()
     await send_all(producer, topics.models_lifecycle, [v1])
-    env = {**os.environ, "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap, "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-           "DRIFTLOOP_MODELS_DIR": str(models), "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
-           "DRIFTLOOP_HTTP_PORT": str(http_port), "DRIFTLOOP_LOG_LEVEL": "WARNING"}  # fmt: skip
+    env = {
+        **os.environ,
+        "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
+        "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DRIFTLOOP_MODELS_DIR": str(models),
+        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+        "DRIFTLOOP_HTTP_PORT": str(http_port),
+        "DRIFTLOOP_LOG_LEVEL": "WARNING",
+    }
     service = subprocess.Popen([sys.executable, "-m", "driftloop_inference.app"], env=env)
-    echo = subprocess.Popen([sys.executable, "-m", "bench.echo", "echo.requests", "echo.responses"], env=env,
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", "echo.requests", "echo.responses"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     procs += [service, echo]
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
@@ -206,8 +237,9 @@ async def run(tmp: Path) -> dict:
         await burst(sender, echo_reader, "echo.requests", warm)
         await burst(sender, service_reader, topics.predictions_requests, warm)
         figures["ceiling_msgs_per_s"] = await burst(sender, echo_reader, "echo.requests", payloads(BURST, 1))
-        figures["inference_results_per_s"] = await burst(sender, service_reader, topics.predictions_requests,
-                                                         payloads(BURST, 2))  # fmt: skip
+        figures["inference_results_per_s"] = await burst(
+            sender, service_reader, topics.predictions_requests, payloads(BURST, 2)
+        )
         for rate, seed in ((1000, 3), (5000, 4)):
             items = payloads(int(rate * LOAD_SECONDS), seed)
             sent, _ = await offered_load(sender, echo_reader, "echo.requests", items, rate)
@@ -270,8 +302,12 @@ def main() -> None:
         "model": "HistGradientBoosting, 100 trees, 12 features",
     }
     print()
-    print(table("bench-inference (one run; targets: ratio >= 0.6, added p99 at 1k <= 5 ms, RSS <= 400 MB, swap 0/0)",
-                [(k, v) for k, v in result.items()]))  # fmt: skip
+    print(
+        table(
+            "bench-inference, one run (targets: ratio >= 0.6, added p99 <= 5 ms, RSS <= 400 MB, swap 0/0)",
+            [(k, v) for k, v in result.items()],
+        )
+    )
     print(f"\nwrote {write('inference', result)}")
 
 
