@@ -123,6 +123,27 @@ class PredictionResult(Message):
     error: str | None = Field(default=None, description="Why the request could not be served.")
 
 
+def result_json(
+    request_id: str,
+    model: str,
+    model_version: int,
+    prediction: Label | None = None,
+    probabilities: dict[str, float] | None = None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """A `PredictionResult` as its JSON-ready dict, without building the model: the hot path's
+    encoder. A unit test holds it equal to `PredictionResult(...).model_dump(mode="json")`."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "request_id": request_id,
+        "model": model,
+        "model_version": model_version,
+        "prediction": prediction,
+        "probabilities": probabilities,
+        "error": error,
+    }
+
+
 class Feedback(Message):
     """Ground truth for an earlier request, on `predictions.feedback`."""
 

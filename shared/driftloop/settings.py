@@ -50,7 +50,7 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_partitions: int = Field(default=3, description="Partitions for topics this service creates.")
     kafka_fetch_max_wait_ms: int = Field(default=20, description="Consumer fetch wait (latency/CPU).")
-    kafka_max_records: int = Field(default=500, description="Max records per consumed batch.")
+    kafka_max_records: int = Field(default=2000, description="Max records per consumed batch.")
     kafka_session_timeout_ms: int = Field(
         default=6000, description="Consumer-group session timeout (Kafka's minimum is 6000)."
     )

@@ -99,3 +99,42 @@ def test_any_input_is_either_encoded_or_refused(raw):
 def test_values_read_back_from_the_online_store_keep_their_types():
     stored = {"amount": "12.5", "colour": "red", "_event_time": "x"}
     assert decode_stored(MIXED, stored) == {"amount": 12.5, "colour": "red"}
+
+
+NUMERIC = ModelSpec.model_validate(
+    {
+        "name": "numeric",
+        "features": [
+            {"name": "a", "type": "numeric", "min": 0, "max": 100},
+            {"name": "b", "type": "numeric", "min": 0, "max": 1, "transform": "clip"},
+            {"name": "c", "type": "numeric", "transform": "log1p"},
+            {"name": "d", "type": "numeric", "required": False, "default": 2.5},
+        ],
+        "label": {"classes": [0, 1]},
+        "algorithm": {"name": "logistic_regression"},
+    }
+)
+VALUES = st.one_of(
+    st.floats(-3, 150), st.integers(-5, 200), st.none(), st.just(float("nan")), st.just(-1.0),
+    st.just(float("inf")), st.booleans(), st.text(max_size=3),
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [NUMERIC, MIXED], ids=["numeric", "mixed"])
+@given(data=st.data())
+def test_batch_encoding_equals_row_by_row_encoding(spec, data):
+    names = [f.name for f in spec.features]
+    values = VALUES if spec is NUMERIC else st.one_of(VALUES, st.sampled_from(["red", "blue", "pink"]))
+    raws = data.draw(st.lists(st.dictionaries(st.sampled_from(names), values), max_size=12))
+    X, valid, errors = FeatureSet(spec).encode_many(raws)
+    expected_rows, expected_errors = [], {}
+    for i, raw in enumerate(raws):
+        try:
+            expected_rows.append(FeatureSet(spec).row(check_features(spec, raw)))
+        except InvalidInput as exc:
+            expected_errors[i] = exc.reason
+    assert {i: e.reason for i, e in errors.items()} == expected_errors
+    assert valid == [i for i in range(len(raws)) if i not in expected_errors]
+    np.testing.assert_array_equal(
+        X, np.asarray(expected_rows, dtype=np.float32).reshape(-1, len(FeatureSet(spec).names))
+    )

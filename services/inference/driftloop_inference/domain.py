@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
 
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult
-from driftloop.features import FeatureSet, check_features
+from driftloop.contracts import PredictionRequest, result_json
+from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 
 
@@ -22,41 +25,38 @@ class ServingModel:
     feature_set: FeatureSet
 
 
-def error_result(request_id: str, model: str, error: str, version: int = 0) -> PredictionResult:
-    return PredictionResult(request_id=request_id, model=model, model_version=version, error=error)
-
-
 def score(
     requests: Sequence[PredictionRequest],
     specs: Mapping[str, ModelSpec],
     serving: Mapping[str, ServingModel],
-) -> list[PredictionResult]:
-    """One result per request, in request order; invalid ones carry `error`."""
-    results: list[PredictionResult | None] = [None] * len(requests)
-    pending: dict[str, list[tuple[int, dict[str, float | str]]]] = {}
+) -> list[dict[str, Any]]:
+    """One result (a `PredictionResult` dict) per request, in request order; invalid ones carry `error`."""
+    results: list[dict[str, Any] | None] = [None] * len(requests)
+    by_model: dict[str, list[int]] = {}
     for i, request in enumerate(requests):
-        spec = specs.get(request.model)
-        if spec is None:
-            results[i] = error_result(request.request_id, request.model, "unknown_model")
-            continue
-        if request.model not in serving:
-            results[i] = error_result(request.request_id, request.model, "no_champion")
-            continue
-        try:
-            pending.setdefault(request.model, []).append((i, check_features(spec, request.features)))
-        except InvalidInput as exc:
-            results[i] = error_result(request.request_id, request.model, str(exc))
-    for model, rows in pending.items():
+        if request.model not in specs:
+            results[i] = result_json(request.request_id, request.model, 0, error="unknown_model")
+        elif request.model not in serving:
+            results[i] = result_json(request.request_id, request.model, 0, error="no_champion")
+        else:
+            by_model.setdefault(request.model, []).append(i)
+    for model, indices in by_model.items():
         current = serving[model]
-        proba = current.classifier.predict_proba(current.feature_set.matrix(r for _, r in rows))
+        X, valid, errors = current.feature_set.encode_many([requests[i].features for i in indices])
+        for position, exc in errors.items():
+            i = indices[position]
+            results[i] = result_json(requests[i].request_id, model, 0, error=str(exc))
+        proba = np.round(current.classifier.predict_proba(X).astype(np.float64), 6)
+        best = proba.argmax(axis=1)
         classes = current.classifier.classes
-        for (i, _), p in zip(rows, proba, strict=True):
-            best = int(p.argmax())
-            results[i] = PredictionResult(
-                request_id=requests[i].request_id,
-                model=model,
-                model_version=current.version,
-                prediction=classes[best],
-                probabilities={str(c): round(float(v), 6) for c, v in zip(classes, p, strict=True)},
+        labels = [str(c) for c in classes]
+        for position, p, b in zip(valid, proba.tolist(), best.tolist(), strict=True):
+            i = indices[position]
+            results[i] = result_json(
+                requests[i].request_id,
+                model,
+                current.version,
+                prediction=classes[b],
+                probabilities=dict(zip(labels, p, strict=True)),
             )
     return [r for r in results if r is not None]

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import collections
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
-from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult, parse
+from driftloop.contracts import InvalidInput, PredictionRequest, parse, result_json
 from driftloop.fastpath import Output
 from driftloop.features import decode_stored
 from driftloop.kafka import encode, triage
@@ -16,7 +18,7 @@ from driftloop.metrics import DEAD_LETTERS, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
-from driftloop_inference.domain import error_result, score
+from driftloop_inference.domain import score
 
 SERVICE = "inference"
 
@@ -39,7 +41,7 @@ def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
     return None
 
 
-def _request_or_error(record: ConsumerRecord) -> PredictionRequest | PredictionResult:
+def _request_or_error(record: ConsumerRecord) -> PredictionRequest | dict[str, Any]:
     """The request; or, for an invalid one that still names its id, an error result for it."""
     try:
         return parse(PredictionRequest, record.value)
@@ -47,7 +49,7 @@ def _request_or_error(record: ConsumerRecord) -> PredictionRequest | PredictionR
         salvaged = _salvage_id(record.value)
         if salvaged is None:
             raise
-        return error_result(salvaged[0], salvaged[1], str(exc))
+        return result_json(salvaged[0], salvaged[1], 0, error=str(exc))
 
 
 class InferenceHandler:
@@ -67,20 +69,20 @@ class InferenceHandler:
         """One result per request (keyed by request id), dead letters for the unreadable."""
         serving = self.holder.serving  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
-        early = [p for p in parsed if isinstance(p, PredictionResult)]
+        early = [p for p in parsed if isinstance(p, dict)]
         requests = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
         results = early + score(requests, self.specs, serving)
-        outputs = [Output(self.topics.predictions_results, r.request_id.encode(), encode(r)) for r in results]
+        topic = self.topics.predictions_results
+        outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
         outputs += [Output(self.topics.events_dlq, None, encode(letter)) for letter in dead]
         for letter in dead:
             DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
-        for result in results:
-            outcome = "error" if result.error else "ok"
-            PREDICTIONS.labels(
-                result.model if result.model in self.specs else "_unknown",
-                str(result.model_version),
-                outcome,
-            ).inc()
+        tally = collections.Counter(
+            (r["model"] if r["model"] in self.specs else "_unknown", r["model_version"], bool(r["error"]))
+            for r in results
+        )
+        for (model, version, failed), n in tally.items():
+            PREDICTIONS.labels(model, str(version), "error" if failed else "ok").inc(n)
         count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return outputs
