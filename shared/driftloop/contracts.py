@@ -302,8 +302,9 @@ class ModelRejected(_Lifecycle):
     event: Literal["ModelRejected"] = Field(default="ModelRejected", description="Event type.")
 
 
-class ModelAwaitingApproval(_Lifecycle):
-    """The version passed the gate; the spec asks for approval, so it is the challenger meanwhile."""
+class ModelAwaitingApproval(_ServeVersion):
+    """The version passed the gate; the spec asks for approval, so meanwhile it is the challenger
+    (served in shadow or canary mode, as the spec's `serving` section says)."""
 
     event: Literal["ModelAwaitingApproval"] = Field(
         default="ModelAwaitingApproval", description="Event type."

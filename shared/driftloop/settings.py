@@ -19,6 +19,7 @@ class Topics(BaseModel):
     features_computed: str = "features.computed"
     predictions_requests: str = "predictions.requests"
     predictions_results: str = "predictions.results"
+    predictions_shadow: str = "predictions.shadow"
     predictions_feedback: str = "predictions.feedback"
     training_requests: str = "training.requests"
     models_trained: str = "models.trained"

@@ -100,6 +100,15 @@ class DriftSpec(SpecModel):
     cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
 
 
+class ServingSpec(SpecModel):
+    challenger_mode: Literal["shadow", "canary"] = Field(
+        default="shadow",
+        description="shadow: the challenger also scores every request, results to predictions.shadow; "
+        "canary: it serves `canary_share` of requests, chosen by a stable hash of request_id.",
+    )
+    canary_share: float = Field(default=0.1, ge=0, le=1, description="Share of requests for a canary.")
+
+
 class ModelSpec(SpecModel):
     name: str = Field(description="Model name: lowercase letters, digits, `_` and `-`.")
     description: str = Field(default="", description="What the model predicts.")
@@ -109,6 +118,7 @@ class ModelSpec(SpecModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    serving: ServingSpec = Field(default_factory=ServingSpec)
 
     @field_validator("name")
     @classmethod

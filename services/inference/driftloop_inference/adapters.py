@@ -6,16 +6,17 @@ import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 
+import numpy as np
 from prometheus_client import Counter
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
-from driftloop.contracts import LifecycleEvent, ModelPromoted, ModelRolledBack
+from driftloop.contracts import LifecycleEvent, ModelAwaitingApproval, ModelPromoted, ModelRolledBack
 from driftloop.features import FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
-from driftloop_inference.domain import ServingModel
+from driftloop_inference.domain import Lineup, ServingModel
 
 log = logging.getLogger(__name__)
 
@@ -27,35 +28,52 @@ LOAD_FAILURES = Counter(
 
 
 class ModelHolder:
-    """The models in service. `serving` is replaced as a whole, so a batch sees one consistent set."""
+    """The models in service. `lineup` is replaced as a whole between batches, so a batch sees one
+    consistent set of champions and challengers; loading and warming happen off the hot path."""
 
     def __init__(self, specs: Mapping[str, ModelSpec], artifacts: ArtifactStore) -> None:
         self.specs = specs
         self.artifacts = artifacts
-        self.serving: dict[str, ServingModel] = {}
+        self.lineup = Lineup()
 
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
-        if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
+        serves = isinstance(event, ModelPromoted | ModelRolledBack | ModelAwaitingApproval)
+        if not serves or event.model not in self.specs:
             return
-        current = self.serving.get(event.model)
+        assert isinstance(event, ModelPromoted | ModelRolledBack | ModelAwaitingApproval)
+        champions, challengers = dict(self.lineup.champions), dict(self.lineup.challengers)
+        role = challengers if isinstance(event, ModelAwaitingApproval) else champions
+        current = role.get(event.model)
         if current is not None and current.version == event.version:
             return
-        try:
-            loaded = await asyncio.to_thread(self._load, event)
-        except (ArtifactIntegrityError, Exception) as exc:
-            LOAD_FAILURES.labels(event.model).inc()
-            log.error("refusing %s v%s, keeping the current model: %s", event.model, event.version, exc)
-            return
-        self.serving = {**self.serving, event.model: loaded}
-        MODEL_VERSION.labels("inference", event.model).set(event.version)
-        log.info("now serving %s v%s", event.model, event.version)
+        known = [m for m in (champions.get(event.model), challengers.get(event.model)) if m]
+        loaded = next((m for m in known if m.version == event.version), None)
+        if loaded is None:
+            try:
+                loaded = await asyncio.to_thread(self._load, event)
+            except (ArtifactIntegrityError, Exception) as exc:
+                LOAD_FAILURES.labels(event.model).inc()
+                log.error("refusing %s v%s, keeping what serves: %s", event.model, event.version, exc)
+                return
+        role[event.model] = loaded
+        if (
+            role is champions
+            and event.model in challengers
+            and challengers[event.model].version == event.version
+        ):
+            del challengers[event.model]  # the challenger was approved
+        self.lineup = Lineup(champions, challengers)
+        if role is champions:
+            MODEL_VERSION.labels("inference", event.model).set(event.version)
+        log.info("%s v%s now serves as %s", event.model, event.version,
+                 "champion" if role is champions else "challenger")  # fmt: skip
 
-    def _load(self, event: ModelPromoted | ModelRolledBack) -> ServingModel:
+    def _load(self, event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval) -> ServingModel:
         feature_set = FeatureSet(self.specs[event.model])
         if event.feature_names != feature_set.names:
             raise ArtifactIntegrityError("artifact's features differ from the spec's")
         classifier = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
-        classifier.predict_proba(feature_set.matrix([]))  # warm the session before it serves
+        classifier.predict_proba(np.zeros((1, len(feature_set.names)), dtype=np.float32))  # warm it up
         return ServingModel(event.model, event.version, classifier, feature_set)
 
 

@@ -31,6 +31,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     readiness = Readiness()
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
+    broker.publisher(topics.predictions_shadow, title="to_predictions_shadow", schema=PredictionResult)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
 
     async def start() -> None:
@@ -39,13 +40,14 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
             [
                 topics.predictions_requests,
                 topics.predictions_results,
+                topics.predictions_shadow,
                 topics.models_lifecycle,
                 topics.events_dlq,
             ],
         )
         await follower.start()  # champions are loaded before the first request is consumed
         await hot_path.start(handler.handle)
-        readiness.detail["serving"] = {m: s.version for m, s in holder.serving.items()}
+        readiness.detail["serving"] = {m: s.version for m, s in holder.lineup.champions.items()}
 
     async def stop() -> None:
         await hot_path.stop()

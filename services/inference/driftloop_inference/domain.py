@@ -1,10 +1,11 @@
-"""Scoring a batch of requests: validation, one matrix and one model run per model. Pure but for
-the ONNX session it is handed."""
+"""Scoring a batch of requests: validation, one matrix and one model run per model (and challenger),
+shadow and canary routing. Pure but for the ONNX sessions it is handed."""
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -17,7 +18,7 @@ from driftloop.spec import ModelSpec
 
 @dataclass(frozen=True)
 class ServingModel:
-    """A loaded, warmed champion: swapped in whole, never mutated."""
+    """A loaded, warmed model version: swapped in whole, never mutated."""
 
     model: str
     version: int
@@ -25,38 +26,81 @@ class ServingModel:
     feature_set: FeatureSet
 
 
-def score(
-    requests: Sequence[PredictionRequest],
-    specs: Mapping[str, ModelSpec],
-    serving: Mapping[str, ServingModel],
+@dataclass(frozen=True)
+class Lineup:
+    """Champions and challengers by model: what one batch is served by."""
+
+    champions: Mapping[str, ServingModel] = field(default_factory=dict)
+    challengers: Mapping[str, ServingModel] = field(default_factory=dict)
+
+
+@dataclass
+class Scored:
+    results: list[dict[str, Any]]  # to predictions.results, one per request, in request order
+    shadow: list[dict[str, Any]]  # to predictions.shadow: the shadow challenger's answers
+
+
+def to_canary(request_id: str, share: float) -> bool:
+    """Whether a request goes to the canary: a stable hash of its id, so retries land alike.
+
+    >>> to_canary("r-1", 0.0), to_canary("r-1", 1.0)
+    (False, True)
+    """
+    return zlib.crc32(request_id.encode()) % 10_000 < share * 10_000
+
+
+def _answers(
+    serving: ServingModel, X: np.ndarray, requests: Sequence[PredictionRequest]
 ) -> list[dict[str, Any]]:
-    """One result (a `PredictionResult` dict) per request, in request order; invalid ones carry `error`."""
+    proba = np.round(serving.classifier.predict_proba(X).astype(np.float64), 6)
+    classes = serving.classifier.classes
+    labels = [str(c) for c in classes]
+    return [
+        result_json(
+            request.request_id,
+            serving.model,
+            serving.version,
+            prediction=classes[best],
+            probabilities=dict(zip(labels, p, strict=True)),
+        )
+        for request, p, best in zip(requests, proba.tolist(), proba.argmax(axis=1).tolist(), strict=True)
+    ]
+
+
+def score(requests: Sequence[PredictionRequest], specs: Mapping[str, ModelSpec], lineup: Lineup) -> Scored:
+    """One result per request, in request order (invalid ones carry `error`), plus shadow answers."""
     results: list[dict[str, Any] | None] = [None] * len(requests)
+    shadow: list[dict[str, Any]] = []
     by_model: dict[str, list[int]] = {}
     for i, request in enumerate(requests):
         if request.model not in specs:
             results[i] = result_json(request.request_id, request.model, 0, error="unknown_model")
-        elif request.model not in serving:
+        elif request.model not in lineup.champions:
             results[i] = result_json(request.request_id, request.model, 0, error="no_champion")
         else:
             by_model.setdefault(request.model, []).append(i)
     for model, indices in by_model.items():
-        current = serving[model]
-        X, valid, errors = current.feature_set.encode_many([requests[i].features for i in indices])
+        champion = lineup.champions[model]
+        challenger = lineup.challengers.get(model)
+        X, valid, errors = champion.feature_set.encode_many([requests[i].features for i in indices])
         for position, exc in errors.items():
             i = indices[position]
             results[i] = result_json(requests[i].request_id, model, 0, error=str(exc))
-        proba = np.round(current.classifier.predict_proba(X).astype(np.float64), 6)
-        best = proba.argmax(axis=1)
-        classes = current.classifier.classes
-        labels = [str(c) for c in classes]
-        for position, p, b in zip(valid, proba.tolist(), best.tolist(), strict=True):
-            i = indices[position]
-            results[i] = result_json(
-                requests[i].request_id,
-                model,
-                current.version,
-                prediction=classes[b],
-                probabilities=dict(zip(labels, p, strict=True)),
+        served = [indices[p] for p in valid]
+        mode = specs[model].serving
+        if challenger is not None and mode.challenger_mode == "canary":
+            canary = np.array(
+                [to_canary(requests[i].request_id, mode.canary_share) for i in served], dtype=bool
             )
-    return [r for r in results if r is not None]
+            groups = [(champion, ~canary), (challenger, canary)]
+        else:
+            groups = [(champion, np.ones(len(served), dtype=bool))]
+        for serving, mask in groups:
+            chosen = [i for i, m in zip(served, mask.tolist(), strict=True) if m]
+            if chosen:
+                answers = _answers(serving, X[mask], [requests[i] for i in chosen])
+                for i, answer in zip(chosen, answers, strict=True):
+                    results[i] = answer
+        if challenger is not None and mode.challenger_mode == "shadow" and served:
+            shadow += _answers(challenger, X, [requests[i] for i in served])
+    return Scored([r for r in results if r is not None], shadow)

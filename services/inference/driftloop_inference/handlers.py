@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -22,6 +23,11 @@ from driftloop_inference.domain import score
 
 SERVICE = "inference"
 
+SHADOW = Counter(
+    "driftloop_shadow_predictions_total",
+    "Answers of shadow challengers (to predictions.shadow), by model and version.",
+    ["model", "version"],
+)
 PREDICTIONS = Counter(
     "driftloop_predictions_total",
     "Results published, by model, serving version and outcome (ok or error).",
@@ -30,10 +36,11 @@ PREDICTIONS = Counter(
 
 
 def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
-    """(request_id, model) from a request too broken to parse, when they can still be read."""
+    """(request_id, model) from a request too broken to parse, when they can still be read
+    (the standard library's lenient parser also reads NaN and Infinity)."""
     try:
-        data = orjson.loads(raw or b"")
-    except orjson.JSONDecodeError:
+        data = json.loads(raw or b"")
+    except (ValueError, RecursionError):
         return None
     if isinstance(data, dict) and isinstance(data.get("request_id"), str) and data["request_id"]:
         model = data.get("model")
@@ -67,14 +74,19 @@ class InferenceHandler:
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
         """One result per request (keyed by request id), dead letters for the unreadable."""
-        serving = self.holder.serving  # one consistent set of models for the whole batch
+        lineup = self.holder.lineup  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
         requests = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
-        results = early + score(requests, self.specs, serving)
-        topic = self.topics.predictions_results
+        scored = score(requests, self.specs, lineup)
+        results = early + scored.results
+        topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
+        outputs += [Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow]
         outputs += [Output(self.topics.events_dlq, None, encode(letter)) for letter in dead]
+        shadow_tally = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
+        for (model, version), n in shadow_tally.items():
+            SHADOW.labels(model, str(version)).inc(n)
         for letter in dead:
             DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
         tally = collections.Counter(

@@ -108,7 +108,15 @@ class Registry:
             event = await self._serve(record, ModelPromoted, reason, None)
         else:
             await self.repo.set_alias(trained.model, "challenger", version)
-            event = ModelAwaitingApproval(model=trained.model, version=version, reason=reason)
+            event = ModelAwaitingApproval(
+                model=trained.model,
+                version=version,
+                artifact=trained.artifact,
+                classes=trained.classes,
+                feature_names=trained.feature_names,
+                previous_version=(await self.repo.aliases(trained.model)).get("champion"),
+                reason=reason,
+            )
         await self._commit(record, event)
 
     # ------------------------------------------------------------------ commands

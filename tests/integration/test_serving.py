@@ -1,0 +1,196 @@
+"""Inference under change, on a real broker: zero-loss swaps, shadow and canary challengers, bad
+requests, and two instances rebalancing under load. Results are counted per request id straight
+from `predictions.results`, so a lost or doubled answer cannot hide."""
+
+import asyncio
+import collections
+import uuid
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from driftloop.artifacts import ArtifactStore
+from driftloop.contracts import DeadLetter, ModelAwaitingApproval, ModelPromoted, PredictionResult
+from driftloop.kafka import Bus, make_broker, read_from_start
+from driftloop.settings import ServiceSettings
+from driftloop.spec import load_spec
+from driftloop_inference.app import create_app as inference_app
+from driftloop_inference.settings import InferenceSettings
+from tests.conftest import ROOT
+from tests.helpers import collect, sea_onnx
+
+GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
+
+
+class Setup:
+    def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, mode="shadow", share=0.3):
+        models = tmp_path / "models"
+        models.mkdir(exist_ok=True)
+        text = (ROOT / "models" / "sea.yaml").read_text()
+        (models / "sea.yaml").write_text(
+            text + f"serving: {{challenger_mode: {mode}, canary_share: {share}}}\n"
+        )
+        spec = load_spec(models / "sea.yaml")
+        store = ArtifactStore(tmp_path / "artifacts")
+        self.events = {}
+        for version, variant in ((1, 0), (2, 3)):
+            onnx, classes, names = sea_onnx(spec, variant=variant)
+            fields = {"model": "sea", "version": version, "artifact": store.put(onnx), "classes": classes,
+                      "feature_names": names, "reason": "test"}  # fmt: skip
+            self.events[version] = fields
+        self.settings = InferenceSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
+                                          topics=topics, models_dir=models,
+                                          artifacts_dir=tmp_path / "artifacts")  # fmt: skip
+        self.bootstrap, self.topics = kafka_bootstrap, topics
+        self.publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
+
+    async def __aenter__(self):
+        await self.publisher.start()
+        self.bus = Bus(self.publisher, "test", self.topics.events_dlq)
+        await self.bus.publish(self.topics.models_lifecycle, [ModelPromoted(**self.events[1])])
+        self.raw = AIOKafkaProducer(
+            bootstrap_servers=self.bootstrap,
+            enable_idempotence=False,
+            linger_ms=2,
+            max_request_size=4_000_000,
+        )
+        await self.raw.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.raw.stop()
+        await self.publisher.stop()
+
+    async def consuming(self):
+        """Wait until inference answers (its consumer group has joined)."""
+        await self.answers(await self.requests(1, f"warm-{uuid.uuid4().hex[:6]}"), drain=0)
+
+    async def requests(self, n, prefix, per_second=2000):
+        """Send n good requests at a steady rate; return their ids."""
+        ids = []
+        for start in range(0, n, 100):
+            batch = [f"{prefix}-{i}" for i in range(start, min(n, start + 100))]
+            for request_id in batch:
+                body = {"request_id": request_id, "model": "sea", "features": GOOD}
+                await self.raw.send(
+                    self.topics.predictions_requests, orjson.dumps(body), key=request_id.encode()
+                )
+            ids += batch
+            await asyncio.sleep(100 / per_second)
+        await self.raw.flush()
+        return ids
+
+    async def answers(self, ids, topic=None, timeout=30.0, drain=0.5):
+        """Results for `ids` read from the topic's start: {request_id: [results...]}. Reads until
+        every id is answered (then `drain` seconds more, to catch doubles) or the timeout."""
+        wanted, found = set(ids), collections.defaultdict(list)
+        consumer = await read_from_start(self.bootstrap, topic or self.topics.predictions_results)
+        loop = asyncio.get_running_loop()
+        deadline, settle = loop.time() + timeout, None
+        try:
+            while loop.time() < (settle or deadline):
+                for records in (await consumer.getmany(timeout_ms=100)).values():
+                    for record in records:
+                        result = PredictionResult.model_validate_json(record.value)
+                        if result.request_id in wanted:
+                            found[result.request_id].append(result)
+                if settle is None and wanted <= found.keys():
+                    settle = loop.time() + drain
+        finally:
+            await consumer.stop()
+        missing = sorted(wanted - found.keys())
+        assert not missing, f"{len(missing)} unanswered: {missing[:5]}"
+        return found
+
+
+async def test_a_swap_under_load_loses_and_repeats_nothing(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s, inference_app(s.settings):
+        await s.consuming()
+
+        async def swap():
+            await asyncio.sleep(0.7)
+            await s.bus.publish(topics.models_lifecycle, [ModelPromoted(**s.events[2])])
+
+        ids, _ = await asyncio.gather(s.requests(3000, "swap"), swap())
+        answered = await s.answers(ids)
+        assert all(len(answers) == 1 for answers in answered.values()), "a request was answered twice"
+        versions = [answered[i][0].model_version for i in ids]
+        assert set(versions) == {1, 2}
+        first_v2 = versions.index(2)
+        assert set(versions[first_v2 + 400 :]) == {2}, "the old model kept serving after the swap"
+
+
+async def test_a_shadow_challenger_answers_on_the_side(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path, "shadow") as s, inference_app(s.settings):
+        await s.consuming()
+        await s.bus.publish(topics.models_lifecycle, [ModelAwaitingApproval(**s.events[2])])
+        await asyncio.sleep(1.5)  # the challenger is loaded off the hot path
+        ids = await s.requests(300, "shadow")
+        answered = await s.answers(ids)
+        shadowed = await s.answers(ids, topics.predictions_shadow)
+        assert {answered[i][0].model_version for i in ids} == {1}
+        assert {shadowed[i][0].model_version for i in ids} == {2}
+        assert all(len(v) == 1 for v in shadowed.values())
+
+
+async def test_a_canary_serves_its_share(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with (
+        Setup(kafka_bootstrap, redis_url, topics, tmp_path, "canary", 0.3) as s,
+        inference_app(s.settings),
+    ):
+        await s.bus.publish(topics.models_lifecycle, [ModelAwaitingApproval(**s.events[2])])
+        await asyncio.sleep(1.5)
+        ids = await s.requests(1000, "canary")
+        answered = await s.answers(ids)
+        versions = collections.Counter(answered[i][0].model_version for i in ids)
+        assert 0.24 < versions[2] / 1000 < 0.36, versions
+
+
+async def test_bad_requests_get_errors_or_dead_letters_and_the_partition_flows(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s, inference_app(s.settings):
+        await s.consuming()
+        bad = {
+            "oversized": orjson.dumps(
+                {"request_id": "oversized", "model": "sea", "features": {"x0": "x" * 1_100_000}}
+            ),
+            "unknown": orjson.dumps({"request_id": "unknown", "model": "../../etc", "features": GOOD}),
+            "typed": orjson.dumps(
+                {"request_id": "typed", "model": "sea", "features": {**GOOD, "x1": "nine"}}
+            ),
+            "nan": b'{"request_id": "nan", "model": "sea", "features": {"x0": NaN, "x1": 1, "x2": 1}}',
+            "missing": orjson.dumps({"request_id": "missing", "model": "sea", "features": {"x0": 1}}),
+        }  # fmt: skip
+        for body in bad.values():  # one partition, so the good one must pass after them
+            await s.raw.send_and_wait(topics.predictions_requests, body, partition=0)
+        await s.raw.send_and_wait(topics.predictions_requests, b"\x00\xff not json", partition=0)
+        good = {"request_id": "after", "model": "sea", "features": GOOD}
+        await s.raw.send_and_wait(topics.predictions_requests, orjson.dumps(good), partition=0)
+        answered = await s.answers([*bad, "after"])
+        errors = {i: answered[i][0].error for i in bad}
+        assert errors["unknown"] == "unknown_model"
+        assert errors["typed"].startswith("wrong_type") and errors["missing"].startswith("missing_feature")
+        assert "malformed_json" in errors["nan"] and "oversized" in errors["oversized"]
+        assert answered["after"][0].error is None and answered["after"][0].model_version == 1
+        dead = await collect(kafka_bootstrap, topics.events_dlq, DeadLetter, 1)
+        assert dead[0].reason == "malformed_json" and dead[0].source_partition == 0
+
+
+async def test_two_instances_rebalance_under_load_without_loss(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s, inference_app(s.settings):
+        await s.consuming()
+        second = inference_app(s.settings)
+
+        async def join_later():
+            await asyncio.sleep(0.5)
+            await second.start()
+
+        ids, _ = await asyncio.gather(s.requests(6000, f"scale-{uuid.uuid4().hex[:4]}", 1500), join_later())
+        try:
+            answered = await s.answers(ids, timeout=40)
+        finally:
+            await second.stop()
+        repeats = sum(len(v) - 1 for v in answered.values())
+        assert repeats == 0, f"{repeats} requests answered twice across the rebalance"
+        assert len(answered) == len(ids)
