@@ -38,7 +38,8 @@ from driftloop_training.adapters import convert
 
 FEATURES = [f"f{i}" for i in range(12)]
 BURST = 100_000
-LOAD_SECONDS = 10
+LOAD_SECONDS = 10  # the swap run
+LATENCY_ROUNDS, LATENCY_SECONDS = 3, 5  # per offered load: 3 alternating rounds of 5 s per target
 SPEC = "\n".join(
     [
         "name: bench",
@@ -241,13 +242,17 @@ async def run(tmp: Path) -> dict:
         figures["inference_results_per_s"] = await burst(
             sender, service_reader, topics.predictions_requests, payloads(BURST, 2)
         )
-        for rate, seed in ((1000, 3), (5000, 4)):
-            items = payloads(int(rate * LOAD_SECONDS), seed)
-            sent, _ = await offered_load(sender, echo_reader, "echo.requests", items, rate)
-            figures[f"echo_{rate}"] = latency(sent, echo_reader)
-            items = payloads(int(rate * LOAD_SECONDS), seed + 10)
-            sent, _ = await offered_load(sender, service_reader, topics.predictions_requests, items, rate)
-            figures[f"service_{rate}"] = latency(sent, service_reader)
+        for rate in (1000, 5000):  # echo and service alternate, so both see the same machine
+            echo_sent: dict[bytes, float] = {}
+            service_sent: dict[bytes, float] = {}
+            for round_ in range(LATENCY_ROUNDS):
+                items = payloads(int(rate * LATENCY_SECONDS), seed=100 * rate + 2 * round_)
+                echo_sent.update((await offered_load(sender, echo_reader, "echo.requests", items, rate))[0])
+                items = payloads(int(rate * LATENCY_SECONDS), seed=100 * rate + 2 * round_ + 1)
+                target = topics.predictions_requests
+                service_sent.update((await offered_load(sender, service_reader, target, items, rate))[0])
+            figures[f"echo_{rate}"] = latency(echo_sent, echo_reader)
+            figures[f"service_{rate}"] = latency(service_sent, service_reader)
 
         async def swap() -> None:
             await send_all(producer, topics.models_lifecycle, [v2])

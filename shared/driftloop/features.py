@@ -181,3 +181,10 @@ def decode_stored(spec: ModelSpec, stored: Mapping[str, str]) -> dict[str, float
 def online_key(model: str, entity_id: str) -> str:
     """Redis key of an entity's latest raw features in the online store."""
     return f"online:{model}:{entity_id}"
+
+
+def missing_features(spec: ModelSpec, features: Mapping[str, Any]) -> list[str]:
+    """Required features without a value or a default."""
+    return [
+        f.name for f in spec.features if f.required and f.default is None and features.get(f.name) is None
+    ]

@@ -25,7 +25,7 @@ GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 class Setup:
     def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, mode="shadow", share=0.3):
         models = tmp_path / "models"
-        models.mkdir(exist_ok=True)
+        models.mkdir(parents=True, exist_ok=True)
         text = (ROOT / "models" / "sea.yaml").read_text()
         (models / "sea.yaml").write_text(
             text + f"serving: {{challenger_mode: {mode}, canary_share: {share}}}\n"
@@ -194,3 +194,45 @@ async def test_two_instances_rebalance_under_load_without_loss(kafka_bootstrap, 
         repeats = sum(len(v) - 1 for v in answered.values())
         assert repeats == 0, f"{repeats} requests answered twice across the rebalance"
         assert len(answered) == len(ids)
+
+
+async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    from datetime import UTC, datetime
+
+    from redis.asyncio import Redis
+
+    from driftloop.contracts import FeatureRow
+    from driftloop.localstack import free_port
+    from driftloop_feature.adapters import OnlineStore
+
+    redis = Redis.from_url(redis_url)
+    row = FeatureRow(event_id="e", model="sea", entity_id="user-1", event_time=datetime.now(UTC),
+                     features={"x0": 9.0, "x1": 9.0, "x2": 1.0})  # fmt: skip
+    await OnlineStore(redis, ttl_s=60).write([({"x0": 9.0, "x1": 9.0, "x2": 1.0}, row)])
+    await redis.aclose()
+
+    async def ask(s, entity, features, request_id):
+        body = {"request_id": request_id, "model": "sea", "features": features, "entity_id": entity}
+        await s.raw.send_and_wait(topics.predictions_requests, orjson.dumps(body))
+        return (await s.answers([request_id]))[request_id][0]
+
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s, inference_app(s.settings):
+        await s.consuming()
+        stored = await ask(s, "user-1", {}, "stored")
+        assert stored.error is None and stored.prediction == 1 and stored.model_version == 1
+        overridden = await ask(s, "user-1", {"x0": 0.0, "x1": 0.0}, "overridden")
+        assert overridden.error is None and overridden.prediction == 0  # request values win
+        unknown = await ask(s, "nobody", {"x0": 1.0}, "unknown")
+        assert unknown.error == "unknown_entity: nobody"
+        self_sufficient = await ask(s, "nobody", GOOD, "self-sufficient")
+        assert self_sufficient.error is None
+
+    down = s.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path / "down") as s, inference_app(down):
+        await s.consuming()
+        started = asyncio.get_running_loop().time()
+        unavailable = await ask(s, "user-1", {}, "store-down")
+        assert unavailable.error == "online_store_unavailable"
+        assert asyncio.get_running_loop().time() - started < 5

@@ -83,8 +83,9 @@ class OnlineFeatures:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, str] | None]:
-        """Stored raw features per (model, entity_id); None where absent or Redis is down."""
+    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, str] | None] | None:
+        """Stored raw features per (model, entity_id), None where absent; None for all when the store
+        does not answer within a second (requests then fail fast instead of stalling the batch)."""
         if not keys:
             return []
         try:
@@ -94,5 +95,5 @@ class OnlineFeatures:
                 found = await asyncio.wait_for(pipe.execute(), timeout=1.0)
         except (RedisError, TimeoutError, OSError) as exc:
             log.warning("online store unavailable: %s", exc)
-            return [None] * len(keys)
+            return None
         return [{k.decode(): v.decode() for k, v in row.items()} if row else None for row in found]

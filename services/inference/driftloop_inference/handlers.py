@@ -13,7 +13,7 @@ from prometheus_client import Counter
 
 from driftloop.contracts import InvalidInput, PredictionRequest, parse, result_json
 from driftloop.fastpath import Output
-from driftloop.features import decode_stored
+from driftloop.features import decode_stored, missing_features
 from driftloop.kafka import encode, triage
 from driftloop.metrics import DEAD_LETTERS, count
 from driftloop.settings import Topics
@@ -77,9 +77,9 @@ class InferenceHandler:
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
-        requests = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
+        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
         scored = score(requests, self.specs, lineup)
-        results = early + scored.results
+        results = early + unresolved + scored.results
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
         outputs += [Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow]
@@ -99,15 +99,29 @@ class InferenceHandler:
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return outputs
 
-    async def _complete(self, requests: list[PredictionRequest]) -> list[PredictionRequest]:
-        """Fill in stored entity features (request values win) with one round trip."""
-        wanted = [(i, r) for i, r in enumerate(requests) if r.entity_id and r.model in self.specs]
+    async def _complete(
+        self, requests: list[PredictionRequest]
+    ) -> tuple[list[PredictionRequest], list[dict[str, Any]]]:
+        """Fill in stored entity features (request values win) with one round trip. A request that
+        still lacks features because its entity is unknown, or the store is down, gets an error."""
+        wanted = [r for r in requests if r.entity_id and r.model in self.specs]
         if not wanted:
-            return requests
-        stored = await self.online.fetch([(r.model, r.entity_id or "") for _, r in wanted])
-        out = list(requests)
-        for (i, request), values in zip(wanted, stored, strict=True):
+            return requests, []
+        stored = await self.online.fetch([(r.model, r.entity_id or "") for r in wanted])
+        found = dict(zip([r.request_id for r in wanted], stored or [None] * len(wanted), strict=True))
+        ready, failed = [], []
+        for request in requests:
+            if request.request_id not in found:
+                ready.append(request)
+                continue
+            values = found[request.request_id]
+            spec = self.specs[request.model]
             if values is not None:
-                merged = {**decode_stored(self.specs[request.model], values), **request.features}
-                out[i] = request.model_copy(update={"features": merged})
-        return out
+                merged = {**decode_stored(spec, values), **request.features}
+                ready.append(request.model_copy(update={"features": merged}))
+            elif not missing_features(spec, request.features):
+                ready.append(request)  # it carries everything itself
+            else:
+                why = "online_store_unavailable" if stored is None else f"unknown_entity: {request.entity_id}"
+                failed.append(result_json(request.request_id, request.model, 0, error=why))
+        return ready, failed
