@@ -40,7 +40,8 @@ class Setup:
             self.events[version] = fields
         self.settings = InferenceSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
                                           topics=topics, models_dir=models,
-                                          artifacts_dir=tmp_path / "artifacts")  # fmt: skip
+                                          artifacts_dir=tmp_path / "artifacts",
+                                          group_id=f"inference-{uuid.uuid4().hex[:8]}")  # fmt: skip
         self.bootstrap, self.topics = kafka_bootstrap, topics
         self.publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
 
@@ -63,7 +64,7 @@ class Setup:
 
     async def consuming(self):
         """Wait until inference answers (its consumer group has joined)."""
-        await self.answers(await self.requests(1, f"warm-{uuid.uuid4().hex[:6]}"), drain=0)
+        await self.answers(await self.requests(1, f"warm-{uuid.uuid4().hex[:6]}"), timeout=60, drain=0)
 
     async def requests(self, n, prefix, per_second=2000):
         """Send n good requests at a steady rate; return their ids."""

@@ -1,8 +1,13 @@
+import orjson
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import PredictionRequest, PredictionResult
+from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
-from driftloop_inference.domain import Lineup, ServingModel, score, to_canary
+from driftloop_inference.domain import Lineup, Request, ServingModel, read_request, score, to_canary
 from tests.helpers import sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
@@ -22,10 +27,10 @@ def _with_mode(spec, mode, share=0.5):
 def test_every_request_gets_one_result_in_order(sea_spec):
     lineup = Lineup({"sea": _serving(sea_spec, 3)})
     requests = [
-        PredictionRequest(request_id="a", model="sea", features=GOOD),
-        PredictionRequest(request_id="b", model="nope", features=GOOD),
-        PredictionRequest(request_id="c", model="sea", features={"x0": 1.0}),
-        PredictionRequest(request_id="d", model="sea", features={**GOOD, "x0": 0.5}),
+        Request(request_id="a", model="sea", features=GOOD),
+        Request(request_id="b", model="nope", features=GOOD),
+        Request(request_id="c", model="sea", features={"x0": 1.0}),
+        Request(request_id="d", model="sea", features={**GOOD, "x0": 0.5}),
     ]
     scored = score(requests, {"sea": sea_spec}, lineup)
     results = scored.results
@@ -42,7 +47,7 @@ def test_every_request_gets_one_result_in_order(sea_spec):
 
 
 def test_without_a_champion_requests_get_an_error(sea_spec):
-    request = PredictionRequest(request_id="a", model="sea", features={"x0": 1, "x1": 1, "x2": 1})
+    request = Request(request_id="a", model="sea", features={"x0": 1, "x1": 1, "x2": 1})
     (result,) = score([request], {"sea": sea_spec}, Lineup()).results
     assert result["error"] == "no_champion" and result["model_version"] == 0
 
@@ -50,8 +55,8 @@ def test_without_a_champion_requests_get_an_error(sea_spec):
 def test_a_shadow_challenger_answers_every_request_on_the_side(sea_spec):
     spec = _with_mode(sea_spec, "shadow")
     lineup = Lineup({"sea": _serving(spec, 1)}, {"sea": _serving(spec, 2, variant=3)})
-    requests = [PredictionRequest(request_id=f"r{i}", model="sea", features=GOOD) for i in range(50)]
-    requests.append(PredictionRequest(request_id="bad", model="sea", features={}))
+    requests = [Request(request_id=f"r{i}", model="sea", features=GOOD) for i in range(50)]
+    requests.append(Request(request_id="bad", model="sea", features={}))
     scored = score(requests, {"sea": spec}, lineup)
     assert {r["model_version"] for r in scored.results if not r["error"]} == {1}
     assert [r["request_id"] for r in scored.shadow] == [f"r{i}" for i in range(50)]
@@ -61,7 +66,7 @@ def test_a_shadow_challenger_answers_every_request_on_the_side(sea_spec):
 def test_a_canary_serves_a_stable_share_chosen_by_request_id(sea_spec):
     spec = _with_mode(sea_spec, "canary", share=0.3)
     lineup = Lineup({"sea": _serving(spec, 1)}, {"sea": _serving(spec, 2)})
-    requests = [PredictionRequest(request_id=f"req-{i}", model="sea", features=GOOD) for i in range(2000)]
+    requests = [Request(request_id=f"req-{i}", model="sea", features=GOOD) for i in range(2000)]
     first = score(requests, {"sea": spec}, lineup)
     again = score(requests, {"sea": spec}, lineup)
     versions = [r["model_version"] for r in first.results]
@@ -69,3 +74,35 @@ def test_a_canary_serves_a_stable_share_chosen_by_request_id(sea_spec):
     assert 0.26 < versions.count(2) / len(versions) < 0.34
     assert versions == [2 if to_canary(r.request_id, 0.3) else 1 for r in requests]
     assert first.shadow == []
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+REQUESTS = st.fixed_dictionaries(
+    {"request_id": st.one_of(st.text(max_size=300), st.integers(), st.none())},
+    optional={
+        "model": st.one_of(st.text(max_size=5), st.integers()),
+        "features": st.one_of(st.dictionaries(st.text(max_size=4), JSON, max_size=4), JSON),
+        "entity_id": st.one_of(st.none(), st.text(max_size=4), st.integers()),
+        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
+        "extra": JSON,
+    },
+)
+
+
+@given(REQUESTS)
+def test_the_fast_reader_agrees_with_the_contract(payload):
+    raw = orjson.dumps(payload)
+    try:
+        contract = PredictionRequest.model_validate(orjson.loads(raw))
+    except ValueError:
+        with pytest.raises(InvalidInput):
+            read_request(raw)
+        return
+    request = read_request(raw)
+    assert request == Request(
+        contract.request_id, contract.model, dict(contract.features), contract.entity_id
+    )

@@ -9,11 +9,51 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import orjson
 
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import PredictionRequest, result_json
+from driftloop.contracts import MAX_MESSAGE_BYTES, PredictionRequest, parse, result_json
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A `PredictionRequest` as the hot path carries it."""
+
+    request_id: str
+    model: str
+    features: dict[str, Any]
+    entity_id: str | None = None
+
+
+_PLAIN = frozenset({float, int, str, type(None)})
+
+
+def read_request(raw: bytes | None) -> Request:
+    """A request from its bytes. Plain requests (every field of exactly its contract type) are read
+    with orjson alone; anything else goes through the `PredictionRequest` contract, which accepts
+    or refuses it with a reason (`InvalidInput`). A property test holds both paths equal."""
+    if raw and len(raw) <= MAX_MESSAGE_BYTES:
+        try:
+            data = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            data = None
+        if type(data) is dict:
+            request_id, model = data.get("request_id"), data.get("model")
+            features, entity_id = data.get("features", {}), data.get("entity_id")
+            if (
+                type(request_id) is str
+                and 0 < len(request_id) <= 256
+                and type(model) is str
+                and type(features) is dict
+                and type(entity_id) in (str, type(None))
+                and type(data.get("schema_version", 1)) is int
+                and all(type(v) in _PLAIN for v in features.values())
+            ):
+                return Request(request_id, model, features, entity_id)
+    request = parse(PredictionRequest, raw)
+    return Request(request.request_id, request.model, dict(request.features), request.entity_id)
 
 
 @dataclass(frozen=True)
@@ -49,9 +89,7 @@ def to_canary(request_id: str, share: float) -> bool:
     return zlib.crc32(request_id.encode()) % 10_000 < share * 10_000
 
 
-def _answers(
-    serving: ServingModel, X: np.ndarray, requests: Sequence[PredictionRequest]
-) -> list[dict[str, Any]]:
+def _answers(serving: ServingModel, X: np.ndarray, requests: Sequence[Request]) -> list[dict[str, Any]]:
     proba = np.round(serving.classifier.predict_proba(X).astype(np.float64), 6)
     classes = serving.classifier.classes
     labels = [str(c) for c in classes]
@@ -67,7 +105,7 @@ def _answers(
     ]
 
 
-def score(requests: Sequence[PredictionRequest], specs: Mapping[str, ModelSpec], lineup: Lineup) -> Scored:
+def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: Lineup) -> Scored:
     """One result per request, in request order (invalid ones carry `error`), plus shadow answers."""
     results: list[dict[str, Any] | None] = [None] * len(requests)
     shadow: list[dict[str, Any]] = []

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -11,7 +12,7 @@ import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
-from driftloop.contracts import InvalidInput, PredictionRequest, parse, result_json
+from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Output
 from driftloop.features import decode_stored, missing_features
 from driftloop.kafka import encode, triage
@@ -19,7 +20,7 @@ from driftloop.metrics import DEAD_LETTERS, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
-from driftloop_inference.domain import score
+from driftloop_inference.domain import Request, read_request, score
 
 SERVICE = "inference"
 
@@ -48,10 +49,10 @@ def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
     return None
 
 
-def _request_or_error(record: ConsumerRecord) -> PredictionRequest | dict[str, Any]:
+def _request_or_error(record: ConsumerRecord) -> Request | dict[str, Any]:
     """The request; or, for an invalid one that still names its id, an error result for it."""
     try:
-        return parse(PredictionRequest, record.value)
+        return read_request(record.value)
     except InvalidInput as exc:
         salvaged = _salvage_id(record.value)
         if salvaged is None:
@@ -77,7 +78,7 @@ class InferenceHandler:
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
-        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, PredictionRequest)])
+        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)])
         scored = score(requests, self.specs, lineup)
         results = early + unresolved + scored.results
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
@@ -99,9 +100,7 @@ class InferenceHandler:
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return outputs
 
-    async def _complete(
-        self, requests: list[PredictionRequest]
-    ) -> tuple[list[PredictionRequest], list[dict[str, Any]]]:
+    async def _complete(self, requests: list[Request]) -> tuple[list[Request], list[dict[str, Any]]]:
         """Fill in stored entity features (request values win) with one round trip. A request that
         still lacks features because its entity is unknown, or the store is down, gets an error."""
         wanted = [r for r in requests if r.entity_id and r.model in self.specs]
@@ -118,7 +117,7 @@ class InferenceHandler:
             spec = self.specs[request.model]
             if values is not None:
                 merged = {**decode_stored(spec, values), **request.features}
-                ready.append(request.model_copy(update={"features": merged}))
+                ready.append(dataclasses.replace(request, features=merged))
             elif not missing_features(spec, request.features):
                 ready.append(request)  # it carries everything itself
             else:
