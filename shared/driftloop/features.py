@@ -7,7 +7,8 @@ serving row built from the same raw values are identical by construction (tests 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+import operator
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from driftloop.contracts import InvalidInput
 from driftloop.spec import FeatureSpec, ModelSpec
 
 UNKNOWN = "__unknown__"
+_NUMBERS = frozenset({float, int})
 
 
 def _check_one(spec: FeatureSpec, value: Any) -> float | str:
@@ -67,7 +69,10 @@ class FeatureSet:
                 self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
         # bounds and transforms of all-numeric specs, as vectors for `encode_many`
         self._numeric_only = all(f.type == "numeric" for f in spec.features)
-        self._raw_names = [f.name for f in spec.features]
+        names = [f.name for f in spec.features]
+        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
+            operator.itemgetter(*names) if len(names) > 1 else lambda raw: (raw[names[0]],)
+        )
         low, high, clip_low, clip_high, log1p = [], [], [], [], []
         for f in spec.features:
             clipped = f.transform == "clip"  # clipped features are never out of range
@@ -123,17 +128,20 @@ class FeatureSet:
         all-numeric rows of plain numbers are checked and transformed as one numpy matrix; any other
         row takes the row-by-row path, which also words its error.
         """
-        fast: list[list[Any]] = []
+        fast: list[tuple[Any, ...]] = []
         fast_index: list[int] = []
         slow: list[int] = []
-        numeric = self._numeric_only
         for i, raw in enumerate(raws):
-            values = [raw.get(name) for name in self._raw_names] if numeric else None
-            if values is not None and all(type(v) is float or type(v) is int for v in values):
-                fast.append(values)
-                fast_index.append(i)
-            else:
-                slow.append(i)
+            if self._numeric_only:
+                try:
+                    values = self._pick(raw)
+                except KeyError:
+                    values = ()
+                if values and set(map(type, values)) <= _NUMBERS:  # not bool, not None, not str
+                    fast.append(values)
+                    fast_index.append(i)
+                    continue
+            slow.append(i)
         encoded: dict[int, np.ndarray] = {}
         errors: dict[int, InvalidInput] = {}
         if fast:

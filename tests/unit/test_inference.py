@@ -82,11 +82,11 @@ JSON = st.recursive(
     max_leaves=8,
 )
 REQUESTS = st.fixed_dictionaries(
-    {"request_id": st.one_of(st.text(max_size=300), st.integers(), st.none())},
+    {"request_id": st.one_of(st.text(max_size=300), st.integers(-(10**6), 10**6), st.none())},
     optional={
-        "model": st.one_of(st.text(max_size=5), st.integers()),
+        "model": st.one_of(st.text(max_size=5), st.integers(-(10**6), 10**6)),
         "features": st.one_of(st.dictionaries(st.text(max_size=4), JSON, max_size=4), JSON),
-        "entity_id": st.one_of(st.none(), st.text(max_size=4), st.integers()),
+        "entity_id": st.one_of(st.none(), st.text(max_size=4), st.integers(-(10**6), 10**6)),
         "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
         "extra": JSON,
     },

@@ -49,7 +49,7 @@ def read_request(raw: bytes | None) -> Request:
                 and type(features) is dict
                 and type(entity_id) in (str, type(None))
                 and type(data.get("schema_version", 1)) is int
-                and all(type(v) in _PLAIN for v in features.values())
+                and set(map(type, features.values())) <= _PLAIN
             ):
                 return Request(request_id, model, features, entity_id)
     request = parse(PredictionRequest, raw)
