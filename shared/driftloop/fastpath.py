@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.metrics import count, timed_batch
+from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -123,6 +124,7 @@ class FastPath:
         self.sender = await BatchSender.connect(settings.kafka_bootstrap, f"driftloop-{service}-fastpath")
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=_DrainOnRevoke(self))
+        tune_gc()
         self._task = asyncio.create_task(self._run(handle), name=f"fastpath-{self.topic}")
 
     async def stop(self) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import subprocess
@@ -21,6 +22,17 @@ from driftloop.metrics import UP
 from driftloop.settings import ServiceSettings
 
 S = TypeVar("S", bound=ServiceSettings)
+
+
+def tune_gc(gen0_threshold: int = 50_000) -> None:
+    """Freeze what start-up allocated and collect young objects less often.
+
+    Batch handlers allocate thousands of short-lived dicts per batch; with CPython's default
+    threshold (700) the cyclic collector ran many times per batch and took ~35% of the inference
+    handler's time. Reference counting still frees acyclic garbage at once.
+    """
+    gc.freeze()
+    gc.set_threshold(gen0_threshold, 50, 50)
 
 
 @cache
@@ -86,6 +98,7 @@ def build_app(
         return json_response(body, 200 if ok else 503)
 
     async def mark_ready() -> None:
+        tune_gc()
         readiness.ready = True
         UP.labels(service).set(1)
 
