@@ -70,9 +70,9 @@ def json_response(body: Any, status: int = 200) -> AsgiResponse:
 class Readiness:
     """Set when a service has finished its start-up work (e.g. loaded its champion)."""
 
-    def __init__(self) -> None:
+    def __init__(self, describe: Callable[[], dict[str, Any]] = dict) -> None:
         self.ready = False
-        self.detail: dict[str, Any] = {}
+        self.describe = describe  # extra, current facts for /readyz
 
 
 def build_app(
@@ -94,7 +94,7 @@ def build_app(
     async def readyz(scope: Any) -> AsgiResponse:
         broker_ok = await broker.ping(timeout=2.0)
         ok = readiness.ready and broker_ok
-        body = {"service": service, "ready": ok, "broker": broker_ok, **readiness.detail}
+        body = {"service": service, "ready": ok, "broker": broker_ok, **readiness.describe()}
         return json_response(body, 200 if ok else 503)
 
     async def mark_ready() -> None:

@@ -28,7 +28,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
     follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
-    readiness = Readiness()
+    readiness = Readiness(lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}})
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
     broker.publisher(topics.predictions_shadow, title="to_predictions_shadow", schema=PredictionResult)
@@ -47,7 +47,6 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         )
         await follower.start()  # champions are loaded before the first request is consumed
         await hot_path.start(handler.handle)
-        readiness.detail["serving"] = {m: s.version for m, s in holder.lineup.champions.items()}
 
     async def stop() -> None:
         await hot_path.stop()
