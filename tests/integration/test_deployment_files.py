@@ -83,3 +83,12 @@ def test_prometheus_alert_rules_are_valid():
         text=True,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_prometheus_alerts_fire_on_trouble_and_stay_silent_otherwise():
+    result = subprocess.run(
+        [_tool("promtool"), "test", "rules", str(ROOT / "infra" / "prometheus" / "alerts.test.yml")],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
