@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 
-from driftloop.metrics import count, timed_batch
+from driftloop.metrics import count, record_lag, timed_batch
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
 
@@ -149,6 +149,7 @@ class FastPath:
                     with timed_batch(self.service, self.topic, len(records)):
                         await self.sender.send(await handle(records))
                         await self.consumer.commit()
+                    record_lag(self.service, self.consumer, records)
                 except asyncio.CancelledError:
                     raise
                 except Exception:

@@ -20,7 +20,7 @@ from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
 from driftloop.contracts import DeadLetter, InvalidInput
-from driftloop.metrics import DEAD_LETTERS, count, timed_batch
+from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -90,6 +90,7 @@ async def run_batch(
     with timed_batch(service, topic, len(records)):
         try:
             await handle(records)
+            record_lag(service, getattr(message, "consumer", None), records)
         except Exception:
             count(service, topic, "error", len(records))
             log.exception("%s: batch of %d from %s failed; redelivering", service, len(records), topic)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from typing import Any
 
+from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
@@ -36,6 +38,11 @@ MODEL_VERSION = Gauge(
     ["service", "model"],
 )
 UP = Gauge("driftloop_service_up", "1 while the service is running.", ["service"])
+CONSUMER_LAG = Gauge(
+    "driftloop_consumer_lag",
+    "Records behind the partition's end after the last handled batch, by service, topic and partition.",
+    ["service", "topic", "partition"],
+)
 
 
 @contextmanager
@@ -47,6 +54,20 @@ def timed_batch(service: str, topic: str, size: int) -> Iterator[None]:
         yield
     finally:
         BATCH_SECONDS.labels(service, topic).observe(time.perf_counter() - start)
+
+
+def record_lag(service: str, consumer: Any, records: Sequence[Any]) -> None:
+    """Set the lag of every partition in a handled batch from the consumer's high-water marks."""
+    last: dict[tuple[str, int], int] = {}
+    for record in records:
+        last[(record.topic, record.partition)] = record.offset
+    for (topic, partition), offset in last.items():
+        try:
+            highwater = consumer.highwater(TopicPartition(topic, partition))
+        except Exception:  # a consumer without fetch positions (e.g. an in-memory test broker)
+            return
+        if highwater is not None:
+            CONSUMER_LAG.labels(service, topic, str(partition)).set(max(0, highwater - offset - 1))
 
 
 def count(service: str, topic: str, outcome: str, n: int = 1) -> None:
