@@ -271,6 +271,7 @@ def _print_summary(summary: dict[str, Any], out: Path, elapsed: float) -> None:
         f"  accuracy before drift         {acc['before_drift']}",
         f"  accuracy after drift (old)    {acc['after_drift_old_model']}",
         f"  accuracy after recovery       {acc['after_recovery']}",
+        f"  covariate alarms              {summary['covariate_alarms']} (SEA's inputs do not drift)",
         f"  seconds: first promotion {wall['to_first_promotion']}, onset->detection "
         f"{_s(wall['onset_to_detection'])}, onset->new version serving "
         f"{_s(wall['onset_to_new_version_serving'])}, total {elapsed:.1f}",

@@ -282,6 +282,9 @@ class _ServeVersion(_Lifecycle):
     classes: list[Label] = Field(description="Class labels, in probability-column order.")
     feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
     previous_version: int | None = Field(default=None, description="Champion it replaced.")
+    reference_stats: dict[str, FeatureStats] = Field(
+        default_factory=dict, description="Training statistics per feature, for covariate-drift tests."
+    )
 
 
 class ModelPromoted(_ServeVersion):
@@ -390,9 +393,11 @@ class DriftDetected(Message):
     samples_seen: int = Field(description="Labelled samples of this version seen when it fired.")
     change_point_sample: int = Field(description="Estimated first sample after the change.")
     change_point_time: datetime = Field(description="Event time of that sample.")
-    detected_request_id: str = Field(description="Request whose feedback triggered detection.")
-    error_rate_before: float = Field(description="Error rate before the change point.")
-    error_rate_after: float = Field(description="Error rate after the change point.")
+    detected_request_id: str = Field(description="Request whose feedback (or features) triggered it.")
+    error_rate_before: float | None = Field(default=None, description="Error rate before the change.")
+    error_rate_after: float | None = Field(default=None, description="Error rate after the change.")
+    feature: str | None = Field(default=None, description="Feature that drifted (covariate drift).")
+    statistic: float | None = Field(default=None, description="Detector statistic, e.g. the PSI.")
     at: datetime = Field(default_factory=utcnow, description="When it fired.")
 
 

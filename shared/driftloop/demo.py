@@ -79,6 +79,7 @@ class Watcher:
         self.results: dict[str, PredictionResult] = {}
         self.promotions: list[ModelPromoted] = []
         self.drifts: list[DriftDetected] = []
+        self.covariate: list[DriftDetected] = []
         self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
 
     async def _read(self, name: str) -> None:
@@ -92,7 +93,11 @@ class Watcher:
                 if isinstance(event, ModelPromoted):
                     self.promotions.append(event)
             else:
-                self.drifts.append(DriftDetected.model_validate_json(raw))
+                drift = DriftDetected.model_validate_json(raw)
+                if drift.kind == "concept":  # the scenario drifts the concept, not the inputs
+                    self.drifts.append(drift)
+                else:
+                    self.covariate.append(drift)
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -324,6 +329,7 @@ def _summarise(
             "after_recovery": accuracy_recovered,
         },
         "requests": len(served),
+        "covariate_alarms": len(watcher.covariate),
         "wall_seconds": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
     }
     summary["loop_closed"] = (

@@ -39,6 +39,7 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
 
     assert summary["loop_closed"], summary
     assert summary["detection_delay_samples"] > 0, "detected before the drift happened"
+    assert summary["covariate_alarms"] == 0, "SEA's inputs do not drift: a covariate false alarm"
     versions = summary["versions"]
     assert versions["after_drift"] > versions["initial"]
     accuracy = summary["accuracy"]

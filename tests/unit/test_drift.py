@@ -56,3 +56,46 @@ def test_rolling_quality():
         quality.update(correct, 0.5)
     assert quality.accuracy == 0.25
     assert round(quality.log_loss, 4) == 0.6931
+
+
+def _uniform_stats():
+    from driftloop.contracts import FeatureStats
+
+    deciles = [float(q) for q in range(1, 10)]
+    return FeatureStats(mean=5.0, std=2.89, min=0.0, max=10.0, quantiles=deciles)
+
+
+def test_psi_is_near_zero_for_the_reference_and_large_for_a_shift():
+    import numpy as np
+
+    from driftloop_monitor.domain import psi
+
+    rng = np.random.default_rng(1)
+    deciles = _uniform_stats().quantiles
+    assert psi(deciles, rng.uniform(0, 10, 5000)) < 0.02
+    assert psi(deciles, rng.uniform(5, 10, 5000)) > 0.5
+    assert psi([0.0] * 9, rng.uniform(0, 1, 100)) is None  # a binary column has no ten bins
+
+
+def test_covariate_monitor_is_silent_on_stationary_inputs_and_flags_a_shift_once():
+    import numpy as np
+
+    from driftloop_monitor.domain import CovariateMonitor
+
+    rng = np.random.default_rng(2)
+    monitor = CovariateMonitor(["a", "b", "c=red"], {"a": _uniform_stats(), "b": _uniform_stats()})
+    quiet = [monitor.update(rng.uniform(0, 10, (250, 3))) for _ in range(200)]  # 50k samples
+    assert not any(quiet), "a false covariate alarm on stationary inputs"
+
+    def shifted(n):
+        X = rng.uniform(0, 10, (n, 3))
+        X[:, 1] = rng.uniform(6, 10, n)  # only b moves
+        return X
+
+    alarms = [shift for _ in range(12) for shift in monitor.update(shifted(250))]
+    assert [a.feature for a in alarms] == ["b"], "flagged once, and only the feature that moved"
+    assert alarms[0].statistic >= 0.25
+    for _ in range(8):  # back to the reference: the flag clears, ready for the next shift
+        monitor.update(rng.uniform(0, 10, (250, 3)))
+    assert monitor.flagged == set()
+    assert [a.feature for _ in range(12) for a in monitor.update(shifted(250))] == ["b"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -116,3 +116,84 @@ class RollingQuality:
     @property
     def log_loss(self) -> float:
         return sum(self.losses) / len(self.losses) if self.losses else math.nan
+
+
+def psi(deciles: Sequence[float], values: np.ndarray) -> float | None:
+    """Population stability index of `values` against a reference given by its nine deciles (each of
+    the ten bins holds 10% of the reference); None when the deciles do not separate ten bins.
+
+    >>> reference = [float(q) for q in range(1, 10)]
+    >>> round(psi(reference, np.linspace(0, 10, 10_000)), 3)
+    0.0
+    """
+    edges = np.asarray(deciles, dtype=np.float64)
+    if len(edges) != 9 or np.any(np.diff(edges) <= 0):
+        return None
+    observed = np.bincount(np.searchsorted(edges, values, side="right"), minlength=10) / max(1, len(values))
+    observed = np.clip(observed, 1e-4, None)
+    return float(np.sum((observed - 0.1) * np.log(observed / 0.1)))
+
+
+@dataclass(frozen=True)
+class CovariateShift:
+    feature: str
+    statistic: float
+    samples_seen: int
+
+
+class CovariateMonitor:
+    """PSI of each feature's recent window against the champion's training deciles, with hysteresis:
+    a feature is flagged when its PSI reaches `threshold` on `confirmations` checks in a row, and
+    cleared once it falls below `clear`.
+
+    >>> from driftloop.contracts import FeatureStats
+    >>> stats = FeatureStats(mean=5, std=2.9, min=0, max=10, quantiles=[float(q) for q in range(1, 10)])
+    >>> monitor = CovariateMonitor(["x"], {"x": stats}, window=500, every=100)
+    >>> rng = np.random.default_rng(0)
+    >>> [monitor.update(rng.uniform(0, 10, (100, 1))) for _ in range(10)][-1]
+    []
+    >>> [s.feature for s in monitor.update(rng.uniform(8, 10, (500, 1)))]
+    []
+    >>> [s.feature for s in monitor.update(rng.uniform(8, 10, (100, 1)))]
+    ['x']
+    """
+
+    def __init__(self, names: Sequence[str], reference: Mapping[str, Any], window: int = 1000,
+                 every: int = 250, threshold: float = 0.25, clear: float = 0.1,
+                 confirmations: int = 2) -> None:  # fmt: skip
+        self.columns = [(j, name) for j, name in enumerate(names) if name in reference]
+        self.deciles = {name: reference[name].quantiles for _, name in self.columns}
+        self.window: deque[np.ndarray] = deque(maxlen=window)
+        self.every, self.threshold, self.clear, self.confirmations = every, threshold, clear, confirmations
+        self.samples_seen = 0
+        self.since_check = 0
+        self.streak: dict[str, int] = {}
+        self.flagged: set[str] = set()
+        self.last: dict[str, float] = {}
+
+    def update(self, X: np.ndarray) -> list[CovariateShift]:
+        """Learn encoded rows; the features that newly drifted (empty most of the time)."""
+        for row in X:
+            self.window.append(row)
+        self.samples_seen += len(X)
+        self.since_check += len(X)
+        if self.since_check < self.every or len(self.window) < self.window.maxlen:  # type: ignore[operator]
+            return []
+        self.since_check = 0
+        recent = np.asarray(self.window)
+        shifted = []
+        for j, name in self.columns:
+            value = psi(self.deciles[name], recent[:, j])
+            if value is None:
+                continue
+            self.last[name] = value
+            if name in self.flagged:
+                if value < self.clear:
+                    self.flagged.discard(name)
+                continue
+            self.streak[name] = self.streak.get(name, 0) + 1 if value >= self.threshold else 0
+            if self.streak[name] >= self.confirmations:
+                self.flagged.add(name)
+                self.streak[name] = 0
+                shifted.append(CovariateShift(name, value, self.samples_seen))
+        return shifted

@@ -23,12 +23,13 @@ from driftloop.contracts import (
     TrainModel,
     parse,
 )
+from driftloop.features import FeatureSet
 from driftloop.kafka import Bus, encode, triage
 from driftloop.metrics import MODEL_VERSION, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_monitor.adapters import JoinStore
-from driftloop_monitor.domain import ConceptDriftMonitor, RollingQuality
+from driftloop_monitor.domain import ConceptDriftMonitor, CovariateMonitor, RollingQuality
 
 SERVICE = "monitor"
 log = logging.getLogger(__name__)
@@ -59,6 +60,11 @@ DETECTIONS = Counter(
 RETRAINS = Counter(
     "driftloop_monitor_retrain_requests_total", "TrainModel commands sent, by model.", ["model"]
 )
+FEATURE_PSI = Gauge(
+    "driftloop_monitor_feature_psi",
+    "PSI of each feature's recent requests against the champion's training deciles.",
+    ["model", "feature"],
+)
 DRIFT_STATE = Gauge(
     "driftloop_monitor_drift_state",
     "Per model: 0 watching, 1 warming up on a new champion, 2 drift detected and retrain requested.",
@@ -84,6 +90,8 @@ class Monitor:
         self.drift: dict[str, ConceptDriftMonitor] = {}
         self.quality: dict[tuple[str, int], RollingQuality] = {}
         self.state: dict[str, int] = {}
+        self.covariate: dict[str, CovariateMonitor] = {}
+        self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
 
     def _set_state(self, model: str, state: int) -> None:
         self.state[model] = state
@@ -95,33 +103,33 @@ class Monitor:
         if self.champion.get(event.model) != event.version:
             self.champion[event.model] = event.version
             self.drift[event.model] = ConceptDriftMonitor(self.specs[event.model].drift)
+            self.covariate[event.model] = CovariateMonitor(
+                self.feature_sets[event.model].names, event.reference_stats
+            )
             MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
             self._set_state(event.model, 1)
 
-    def _part(self, record: ConsumerRecord) -> tuple[str, str, bytes]:
-        """(request_id, part name, body) of a request, result or feedback record."""
+    def _part(self, record: ConsumerRecord) -> tuple[str, str, bytes, PredictionRequest | None]:
+        """(request_id, part name, body, the request if it is one) of a request, result or feedback."""
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
             body = orjson.dumps({"features": request.features, "ts": record.timestamp})
-            return request.request_id, "request", body
+            return request.request_id, "request", body, request
         if topic == self.topics.predictions_results:
             result = parse(PredictionResult, record.value)
             if result.error is None:
                 PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)).inc()
-            return result.request_id, "result", encode(result)
+            return result.request_id, "result", encode(result), None
         feedback = parse(Feedback, record.value, self.specs)
-        return (
-            feedback.request_id,
-            "feedback",
-            orjson.dumps({"label": feedback.label, "ts": record.timestamp}),
-        )
+        body = orjson.dumps({"label": feedback.label, "ts": record.timestamp})
+        return feedback.request_id, "feedback", body, None
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         parts, dead = triage(SERVICE, records, self._part)
-        complete = await self.joins.put(parts)
+        complete = await self.joins.put([(rid, part, body) for rid, part, body, _ in parts])
         observations: list[Observation] = []
-        drift_events: list[DriftDetected] = []
+        drift_events = self._covariate_shifts([request for *_, request in parts if request is not None])
         commands: list[TrainModel] = []
         for request_id, fields in complete.items():
             outcome = self._learn(request_id, fields)
@@ -141,6 +149,37 @@ class Monitor:
         await self.joins.mark_done(list(complete))
         count(SERVICE, "predictions", "ok", len(parts))
         count(SERVICE, "predictions", "rejected", len(dead))
+
+    def _covariate_shifts(self, requests: Sequence[PredictionRequest]) -> list[DriftDetected]:
+        """Feed the champions' covariate monitors with the batch's request features."""
+        by_model: dict[str, list[PredictionRequest]] = {}
+        for request in requests:
+            if request.model in self.covariate:
+                by_model.setdefault(request.model, []).append(request)
+        events = []
+        for model, batch in by_model.items():
+            monitor = self.covariate[model]
+            X, valid, _ = self.feature_sets[model].encode_many([r.features for r in batch])
+            for shift in monitor.update(X):
+                DETECTIONS.labels(model, "psi", "covariate").inc()
+                log.warning("covariate drift on %s: %s PSI %.3f", model, shift.feature, shift.statistic)
+                events.append(
+                    DriftDetected(
+                        model=model,
+                        version=self.champion[model],
+                        detector="psi",
+                        kind="covariate",
+                        samples_seen=shift.samples_seen,
+                        change_point_sample=max(0, shift.samples_seen - len(monitor.window)),
+                        change_point_time=datetime.now(UTC),
+                        detected_request_id=batch[valid[-1]].request_id if valid else batch[-1].request_id,
+                        feature=shift.feature,
+                        statistic=shift.statistic,
+                    )
+                )
+            for feature, value in monitor.last.items():
+                FEATURE_PSI.labels(model, feature).set(value)
+        return events
 
     def _learn(
         self, request_id: str, fields: dict[str, bytes]

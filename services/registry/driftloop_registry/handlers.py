@@ -214,6 +214,7 @@ class Registry:
             previous_version=aliases.get("champion"),
             reason=reason,
             command_id=command_id,
+            reference_stats=trained.reference_stats,
         )
         await self.repo.set_alias(trained.model, "champion", record["version"])
         if aliases.get("challenger") == record["version"]:
