@@ -18,9 +18,10 @@ from threadpoolctl import threadpool_limits
 
 from bench.common import p50, table, write
 from driftloop import datasets, localstack
-from driftloop.client import make_producer, send_all, tail_from_end
+from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelTrained, Observation, PredictionRequest, PredictionResult, TrainModel
 from driftloop.features import FeatureSet, check_features
+from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
 from driftloop.spec import load_spec
 from driftloop_training.adapters import convert

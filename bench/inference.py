@@ -22,7 +22,6 @@ from pathlib import Path
 import httpx
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
@@ -31,7 +30,7 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelPromoted
 from driftloop.fastpath import BatchSender, Output
-from driftloop.kafka import ensure_topics
+from driftloop.kafka import ensure_topics, tail_from_end
 from driftloop.localstack import broker_command, free_port, redis_command, wait_port
 from driftloop.settings import ServiceSettings, Topics
 from driftloop_training.adapters import convert
@@ -90,17 +89,8 @@ class Reader:
         self.track_versions = False  # parsing results costs CPU: only during the swap
 
     async def start(self) -> None:
-        self.consumer = AIOKafkaConsumer(
-            self.topic,
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            auto_offset_reset="latest",
-            fetch_max_wait_ms=ServiceSettings().kafka_fetch_max_wait_ms,
-        )
-        await self.consumer.start()
-        await self.consumer.seek_to_end()
-        for tp in self.consumer.assignment():
-            await self.consumer.position(tp)
+        wait = ServiceSettings().kafka_fetch_max_wait_ms
+        self.consumer = await tail_from_end(self.bootstrap, self.topic, wait)
         self.task = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

@@ -16,7 +16,7 @@ from typing import Any
 import httpx
 
 from driftloop import datasets, localstack
-from driftloop.client import PredictionClient, make_producer, send_all, tail_from_end
+from driftloop.client import PredictionClient, make_producer, send_all
 from driftloop.contracts import (
     LIFECYCLE,
     ApproveModel,
@@ -30,6 +30,7 @@ from driftloop.contracts import (
     TagModel,
     TrainModel,
 )
+from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
 
 DEFAULT_RUN_DIR = Path(os.environ.get("DRIFTLOOP_RUN_DIR", ".driftloop"))

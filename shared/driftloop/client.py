@@ -11,11 +11,11 @@ import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
 from driftloop.contracts import PredictionRequest, PredictionResult
-from driftloop.kafka import encode
+from driftloop.kafka import encode, tail_from_end
 from driftloop.settings import Topics
 
 
@@ -34,22 +34,6 @@ async def send_all(
         futures.append(await producer.send(topic, encode(message), key=key))
     await asyncio.gather(*futures)
     return len(futures)
-
-
-async def tail_from_end(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    """A group-less consumer positioned at the current end of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20)
-    await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
-    if not partitions:
-        await consumer.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or {0}
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    await consumer.seek_to_end(*assigned)
-    for tp in assigned:  # resolve positions now, so nothing produced from here on is missed
-        await consumer.position(tp)
-    return consumer
 
 
 class PredictionClient:

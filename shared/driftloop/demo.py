@@ -22,7 +22,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer
 
 from driftloop import datasets
-from driftloop.client import make_producer, send_all, tail_from_end
+from driftloop.client import make_producer, send_all
 from driftloop.contracts import (
     LIFECYCLE,
     DriftDetected,
@@ -33,6 +33,7 @@ from driftloop.contracts import (
     PredictionResult,
     TrainModel,
 )
+from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
 
 log = logging.getLogger("driftloop.demo")

@@ -173,17 +173,33 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
         await admin.close()
 
 
-async def read_from_start(bootstrap: str, topic: str) -> AIOKafkaConsumer:
-    """A group-less consumer positioned at the start of every partition of `topic`."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=50)
+async def _assign_all(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
+    )
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
-    if partitions is None:
+    if not partitions:
         await consumer.force_metadata_update()
         partitions = consumer.partitions_for_topic(topic) or {0}
-    assigned = [TopicPartition(topic, p) for p in sorted(partitions)]
-    consumer.assign(assigned)
-    await consumer.seek_to_beginning(*assigned)
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    return consumer
+
+
+async def read_from_start(bootstrap: str, topic: str, fetch_max_wait_ms: int = 50) -> AIOKafkaConsumer:
+    """A group-less consumer positioned at the start of every partition of `topic`."""
+    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms)
+    await consumer.seek_to_beginning(*consumer.assignment())
+    return consumer
+
+
+async def tail_from_end(bootstrap: str, topic: str, fetch_max_wait_ms: int = 20) -> AIOKafkaConsumer:
+    """A group-less consumer positioned at the current end of every partition of `topic`."""
+    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms)
+    assigned = list(consumer.assignment())
+    await consumer.seek_to_end(*assigned)
+    for tp in assigned:  # resolve positions now, so nothing produced from here on is missed
+        await consumer.position(tp)
     return consumer
 
 
