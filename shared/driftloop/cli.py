@@ -32,6 +32,7 @@ from driftloop.contracts import (
 )
 from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
+from driftloop.spec import load_specs
 
 DEFAULT_RUN_DIR = Path(os.environ.get("DRIFTLOOP_RUN_DIR", ".driftloop"))
 DEFAULT_MODELS_DIR = Path(os.environ.get("DRIFTLOOP_MODELS_DIR", "models"))
@@ -206,8 +207,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    if args.source == "sea":
-        rows = datasets.sea(args.variant, args.seed)
+    if args.source in datasets.SYNTHETIC:
+        spec = load_specs(args.models_dir).get(args.model)
+        rows = datasets.synthetic(args.source, args.concept, args.seed)
+        rows = datasets.conform(spec, rows) if spec else rows
     else:
         rows = datasets.csv_rows(Path(args.source), args.label)
     rows = itertools.islice(rows, args.n) if args.n else rows
@@ -243,13 +246,21 @@ def cmd_replay(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from driftloop import demo
 
-    scenario = demo.Scenario(rate_per_s=args.rate, history=args.history, before=args.before)
+    before, _, after = args.drift.partition(":")
+    scenario = demo.Scenario(
+        dataset=args.dataset,
+        concept_before=int(before),
+        concept_after=int(after),
+        rate_per_s=args.rate,
+        history=args.history,
+        before=args.before,
+    )
     started = time.monotonic()
     print(f"driftloop demo: starting the local stack in {args.run_dir}", flush=True)
     stack = localstack.up(args.run_dir, args.models_dir)
     _print_stack(stack)
     try:
-        summary = asyncio.run(demo.run(stack.bootstrap, scenario, args.out))
+        summary = asyncio.run(demo.run(stack.bootstrap, scenario, args.out, models_dir=args.models_dir))
     finally:
         if not args.keep_up:
             localstack.down(args.run_dir)
@@ -262,7 +273,7 @@ def _print_summary(summary: dict[str, Any], out: Path, elapsed: float) -> None:
     lines = [
         "",
         "=" * 64,
-        f"driftloop demo summary ({summary['model']})",
+        f"driftloop demo summary ({summary['model']}: {summary['drift']})",
         f"  drift onset at request        {summary['drift_onset_request']}",
         f"  drift detected at request     {summary['detection_request']} "
         f"(delay {summary['detection_delay_samples']} samples; "
@@ -272,7 +283,9 @@ def _print_summary(summary: dict[str, Any], out: Path, elapsed: float) -> None:
         f"  accuracy before drift         {acc['before_drift']}",
         f"  accuracy after drift (old)    {acc['after_drift_old_model']}",
         f"  accuracy after recovery       {acc['after_recovery']}",
-        f"  covariate alarms              {summary['covariate_alarms']} (SEA's inputs do not drift)",
+        f"  false alarms before the drift {summary['false_alarms']}",
+        f"  input / prediction alarms     {summary['distribution_alarms']['covariate']} / "
+        f"{summary['distribution_alarms']['prediction']} (the scenario drifts the concept only)",
         f"  seconds: first promotion {wall['to_first_promotion']}, onset->detection "
         f"{_s(wall['onset_to_detection'])}, onset->new version serving "
         f"{_s(wall['onset_to_new_version_serving'])}, total {elapsed:.1f}",
@@ -309,12 +322,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("status", help="processes and champions").set_defaults(func=cmd_status)
 
     replay = sub.add_parser("replay", help="replay a CSV file or a SEA stream to a topic")
-    replay.add_argument("source", help="a CSV file, or `sea`")
+    replay.add_argument("source", help=f"a CSV file, or a synthetic stream: {', '.join(datasets.SYNTHETIC)}")
     replay.add_argument("--model", default="sea")
     replay.add_argument("--to", choices=["events", "requests"], default="events")
-    replay.add_argument("--n", type=int, default=None, help="at most N rows (sea: default 10000)")
+    replay.add_argument("--n", type=int, default=None, help="at most N rows (synthetic: default 10000)")
     replay.add_argument("--label", default="label", help="label column of a CSV file")
-    replay.add_argument("--variant", type=int, default=0, help="SEA concept (0-3)")
+    replay.add_argument("--concept", type=int, default=0, help="concept of a synthetic stream")
     replay.add_argument("--seed", type=int, default=1)
     replay.set_defaults(func=cmd_replay)
 
@@ -362,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rate", type=float, default=1000.0, help="requests per second")
     demo.add_argument("--history", type=int, default=5000)
     demo.add_argument("--before", type=int, default=5000, help="requests before the drift")
+    demo.add_argument("--dataset", default="sea", choices=sorted(datasets.SYNTHETIC), help="synthetic stream")
+    demo.add_argument("--drift", default="0:3", help="concepts before:after the drift (sea 0:3)")
     demo.add_argument("--keep-up", action="store_true", help="leave the stack running")
     demo.set_defaults(func=cmd_demo)
     return parser
@@ -369,7 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.command == "replay" and args.source == "sea" and args.n is None:
+    if args.command == "replay" and args.source in datasets.SYNTHETIC and args.n is None:
         args.n = 10_000
     try:
         return int(args.func(args))

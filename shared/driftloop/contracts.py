@@ -219,6 +219,9 @@ class FeatureStats(Message):
     min: float = Field(description="Minimum.")
     max: float = Field(description="Maximum.")
     quantiles: list[float] = Field(description="Deciles 0.1 .. 0.9.")
+    percentiles: list[float] = Field(
+        default_factory=list, description="Quantiles at 0, 1, ..., 100 % (101 values; empty in old models)."
+    )
 
 
 class DatasetRef(Message):
@@ -264,6 +267,9 @@ class ModelTrained(Message):
     parity_max_abs_diff: float = Field(description="Max |p_onnx - p_sklearn| on the holdout.")
     dataset: DatasetRef = Field(description="Rows used.")
     reference_stats: dict[str, FeatureStats] = Field(description="Per-feature training statistics.")
+    prediction_shares: dict[str, float] = Field(
+        default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
+    )
     code_version: str = Field(description="driftloop version that trained it.")
     durations_s: dict[str, float] = Field(description="Seconds per phase: fit, convert, evaluate.")
     trained_at: datetime = Field(default_factory=utcnow, description="When training finished.")
@@ -284,6 +290,9 @@ class _ServeVersion(_Lifecycle):
     previous_version: int | None = Field(default=None, description="Champion it replaced.")
     reference_stats: dict[str, FeatureStats] = Field(
         default_factory=dict, description="Training statistics per feature, for covariate-drift tests."
+    )
+    prediction_shares: dict[str, float] = Field(
+        default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
     )
 
 
@@ -389,7 +398,9 @@ class DriftDetected(Message):
     model: str = Field(description="Model name.")
     version: int = Field(description="Champion version being monitored.")
     detector: str = Field(description="Detector that fired, e.g. `adwin`.")
-    kind: Literal["concept", "covariate"] = Field(description="What drifted.")
+    kind: Literal["concept", "covariate", "prediction"] = Field(
+        description="What drifted: the concept (errors), a request feature, or the predicted-class mix."
+    )
     samples_seen: int = Field(description="Labelled samples of this version seen when it fired.")
     change_point_sample: int = Field(description="Estimated first sample after the change.")
     change_point_time: datetime = Field(description="Event time of that sample.")

@@ -35,24 +35,43 @@ from driftloop.contracts import (
 )
 from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
+from driftloop.spec import ModelSpec, load_specs
 
 log = logging.getLogger("driftloop.demo")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    model: str = "sea"
+    """An abrupt drift of a synthetic stream (`datasets.SYNTHETIC`) served to the model of the same
+    name: `history` labelled rows of the first concept, `before` requests of it, then the second."""
+
+    dataset: str = "sea"
+    concept_before: int = 0
+    concept_after: int = 3
+    model: str = ""  # the dataset's name unless given
     history: int = 5_000
     before: int = 5_000
     max_after: int = 30_000
     recovery_window: int = 2_000
     rate_per_s: float = 1_000.0
+    stationary_rate_per_s: float | None = None  # faster replay of the requests before the last 2,000
     feedback_delay_s: float = 0.5
-    variant_before: int = 0
-    variant_after: int = 3
-    noise: float = 0.1
     seed: int = 42
     timeout_s: float = 300.0
+
+    @property
+    def model_name(self) -> str:
+        return self.model or self.dataset
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset} {self.concept_before}->{self.concept_after}"
+
+    def rate_at(self, index: int) -> float:
+        """Requests per second when sending request `index`."""
+        if self.stationary_rate_per_s and index < self.before - 2_000:
+            return self.stationary_rate_per_s
+        return self.rate_per_s
 
 
 @dataclass
@@ -77,10 +96,10 @@ class Watcher:
     def __init__(self, consumers: dict[str, AIOKafkaConsumer], topics: Topics) -> None:
         self.consumers = consumers
         self.topics = topics
-        self.results: dict[str, PredictionResult] = {}
+        self.results: deque[tuple[str, int, str]] = deque()  # (request_id, version, prediction)
         self.promotions: list[ModelPromoted] = []
         self.drifts: list[DriftDetected] = []
-        self.covariate: list[DriftDetected] = []
+        self.distribution: list[DriftDetected] = []  # covariate and prediction drift
         self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
 
     async def _read(self, name: str) -> None:
@@ -88,7 +107,7 @@ class Watcher:
             raw = record.value or b""
             if name == "results":
                 result = PredictionResult.model_validate_json(raw)
-                self.results[result.request_id] = result
+                self.results.append((result.request_id, result.model_version, str(result.prediction)))
             elif name == "lifecycle":
                 event = LIFECYCLE.validate_json(raw)
                 if isinstance(event, ModelPromoted):
@@ -98,7 +117,7 @@ class Watcher:
                 if drift.kind == "concept":  # the scenario drifts the concept, not the inputs
                     self.drifts.append(drift)
                 else:
-                    self.covariate.append(drift)
+                    self.distribution.append(drift)
 
     async def close(self) -> None:
         for task in self.tasks:
@@ -121,10 +140,15 @@ def _progress(text: str) -> None:
 
 
 async def run(
-    bootstrap: str, scenario: Scenario, out_dir: Path, topics: Topics | None = None
+    bootstrap: str,
+    scenario: Scenario,
+    out_dir: Path,
+    topics: Topics | None = None,
+    models_dir: Path = Path("models"),
 ) -> dict[str, Any]:
     """Play the scenario against a running stack; return the summary (also written to out_dir)."""
     topics = topics or Topics()
+    spec = load_specs(models_dir)[scenario.model_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
     watcher = Watcher(
@@ -138,14 +162,14 @@ async def run(
     producer = make_producer(bootstrap)
     await producer.start()
     try:
-        return await _play(bootstrap, scenario, out_dir, topics, timeline, watcher, producer)
+        return await _play(spec, scenario, out_dir, topics, timeline, watcher, producer)
     finally:
         await producer.stop()
         await watcher.close()
 
 
 async def _play(
-    bootstrap: str,
+    spec: ModelSpec,
     s: Scenario,
     out_dir: Path,
     topics: Topics,
@@ -154,14 +178,14 @@ async def _play(
     producer: Any,
 ) -> dict[str, Any]:
     run_id = uuid.uuid4().hex[:8]
-    history = datasets.sea(s.variant_before, s.seed, s.noise)
+    history = datasets.conform(spec, datasets.synthetic(s.dataset, s.concept_before, s.seed))
     print(
-        f"[1/4] replaying {s.history} labelled observations of concept {s.variant_before} "
+        f"[1/4] replaying {s.history} labelled observations of {s.dataset} concept {s.concept_before} "
         f"to {topics.events_raw}",
         flush=True,
     )
     observations = (
-        Observation(event_id=f"{run_id}-h{i}", model=s.model, features=x, label=y)
+        Observation(event_id=f"{run_id}-h{i}", model=spec.name, features=x, label=y)
         for i, (x, y) in enumerate(itertools.islice(history, s.history))
     )
     sent = 0
@@ -176,37 +200,45 @@ async def _play(
         [
             TrainModel(
                 command_id=f"{run_id}-bootstrap",
-                model=s.model,
+                model=spec.name,
                 reason="bootstrap",
                 min_rows=s.history,
             )
         ],
     )
     await _wait(
-        lambda: any(p.model == s.model for p in watcher.promotions),
+        lambda: any(p.model == spec.name for p in watcher.promotions),
         s.timeout_s,
         "the first promotion",
     )
-    first = next(p for p in watcher.promotions if p.model == s.model)
+    first = next(p for p in watcher.promotions if p.model == spec.name)
     timeline.mark("first_promotion")
     _progress(f"v{first.version} promoted: {first.reason}")
 
     print(
-        f"[3/4] serving {s.before} requests of concept {s.variant_before}, then concept "
-        f"{s.variant_after} until the loop closes (at {s.rate_per_s:.0f} req/s, feedback after "
+        f"[3/4] serving {s.before} requests of concept {s.concept_before}, then concept "
+        f"{s.concept_after} until the loop closes (at {s.rate_per_s:.0f} req/s, feedback after "
         f"{s.feedback_delay_s}s)",
         flush=True,
     )
-    stream = datasets.abrupt(
-        datasets.sea(s.variant_before, s.seed + 1, s.noise),
-        datasets.sea(s.variant_after, s.seed + 2, s.noise),
-        s.before,
+    stream = datasets.conform(
+        spec,
+        datasets.abrupt(
+            datasets.synthetic(s.dataset, s.concept_before, s.seed + 1),
+            datasets.synthetic(s.dataset, s.concept_after, s.seed + 2),
+            s.before,
+        ),
     )
-    served = await _traffic(s, topics, timeline, watcher, producer, stream, run_id, first.version)
+    served, onset_version = await _traffic(
+        s, topics, timeline, watcher, producer, stream, run_id, first.version
+    )
 
     print("[4/4] summary", flush=True)
-    summary = _summarise(s, timeline, watcher, served, first.version, run_id)
+    summary = _summarise(s, spec, timeline, watcher, served, onset_version, run_id)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    with (out_dir / "answers.csv").open("w", encoding="utf-8") as fh:
+        fh.write("request,version,correct\n")
+        fh.writelines(f"{r.index},{r.version},{int(r.correct)}\n" for r in served)
     _plot(s, served, summary, out_dir / "demo.png")
     return summary
 
@@ -220,46 +252,50 @@ async def _traffic(
     stream: Iterator[tuple[dict[str, Any], Any]],
     run_id: str,
     first_version: int,
-) -> list[Served]:
+) -> tuple[list[Served], int]:
+    model = s.model_name
     truth: dict[str, tuple[int, Any]] = {}
-    feedback_due: deque[tuple[float, str]] = deque()
+    feedback_due: deque[tuple[float, str, Any]] = deque()  # (when, request_id, label)
     served: list[Served] = []
-    seen: set[str] = set()
+    recovered = 0  # requests after the onset answered by a newer version
+    onset_version = first_version  # the version serving when the drift begins
     index = 0
+    budget = 0.0
     tick = 0.05
-    started = time.monotonic()
-    last_report = started
-
-    def recovered() -> bool:
-        newer = [r for r in served if r.index >= s.before and r.version > first_version]
-        return len(newer) >= s.recovery_window
+    started = last = last_report = time.monotonic()
 
     while True:
         now = time.monotonic()
         if index >= s.before:
             timeline.mark("drift_onset")
-        due = int((now - started) * s.rate_per_s) - index
-        stop_sending = recovered() or index >= s.before + s.max_after
-        if due > 0 and not stop_sending:
+        stop_sending = recovered >= s.recovery_window or index >= s.before + s.max_after
+        budget = 0.0 if stop_sending else min(budget + (now - last) * s.rate_at(index), s.rate_at(index))
+        last = now
+        if budget >= 1:
             requests = []
-            for x, y in itertools.islice(stream, due):
+            for x, y in itertools.islice(stream, int(budget)):
                 request_id = f"{run_id}-r{index}"
                 truth[request_id] = (index, y)
-                requests.append(PredictionRequest(request_id=request_id, model=s.model, features=x))
-                feedback_due.append((now + s.feedback_delay_s, request_id))
+                requests.append(PredictionRequest(request_id=request_id, model=model, features=x))
+                feedback_due.append((now + s.feedback_delay_s, request_id, y))
                 index += 1
+            budget -= len(requests)
             await send_all(producer, topics.predictions_requests, requests, key_of=lambda r: r.request_id)
         feedback = []
         while feedback_due and feedback_due[0][0] <= now:
-            _, request_id = feedback_due.popleft()
-            feedback.append(Feedback(request_id=request_id, model=s.model, label=truth[request_id][1]))
+            _, request_id, label = feedback_due.popleft()
+            feedback.append(Feedback(request_id=request_id, model=model, label=label))
         await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
-        for request_id in [r for r in watcher.results if r not in seen and r in truth]:
-            seen.add(request_id)
-            result = watcher.results[request_id]
-            i, y = truth[request_id]
-            served.append(Served(i, result.model_version, str(result.prediction) == str(y)))
-            if i >= s.before and result.model_version > first_version:
+        while watcher.results:
+            request_id, version, prediction = watcher.results.popleft()
+            if request_id not in truth:
+                continue  # not ours, or a redelivered answer already counted
+            i, y = truth.pop(request_id)
+            served.append(Served(i, version, prediction == str(y)))
+            if i < s.before:  # a false alarm may have retrained the model before the drift
+                onset_version = max(onset_version, version)
+            elif version > onset_version:
+                recovered += 1
                 timeline.mark("new_version_serving")
         if watcher.drifts:
             timeline.mark("drift_detected")
@@ -272,31 +308,41 @@ async def _traffic(
                 f"sent {index:>6}  answered {len(served):>6}  rolling accuracy "
                 f"{accuracy:.3f}  serving v{versions}  drift events {len(watcher.drifts)}"
             )
-        if stop_sending and not feedback_due and len(seen) >= index:
+        if stop_sending and not feedback_due and not truth:
             break
         if now - started > s.timeout_s:
             raise TimeoutError(f"the loop did not close within {s.timeout_s:.0f}s")
         await asyncio.sleep(tick)
     served.sort(key=lambda r: r.index)
-    return served
+    return served, onset_version
 
 
 def _accuracy(rows: list[Served]) -> float | None:
     return round(sum(r.correct for r in rows) / len(rows), 4) if rows else None
 
 
+def _request_index(drift: DriftDetected, run_id: str) -> int | None:
+    prefix = f"{run_id}-r"
+    if drift.detected_request_id.startswith(prefix):
+        return int(drift.detected_request_id[len(prefix) :])
+    return None
+
+
 def _summarise(
     s: Scenario,
+    spec: ModelSpec,
     timeline: Timeline,
     watcher: Watcher,
     served: list[Served],
     first_version: int,
     run_id: str,
 ) -> dict[str, Any]:
-    detection = watcher.drifts[0] if watcher.drifts else None
-    detected_at = None
-    if detection is not None and detection.detected_request_id.startswith(f"{run_id}-r"):
-        detected_at = int(detection.detected_request_id.rsplit("-r", 1)[1])
+    """Figures of one run; `first_version` is the version serving when the drift began."""
+    concept = [(_request_index(d, run_id), d) for d in watcher.drifts if d.model == spec.name]
+    false_alarms = [d for i, d in concept if i is not None and i < s.before]
+    detection, detected_at = next(
+        ((d, i) for i, d in concept if i is not None and i >= s.before), (None, None)
+    )
     after_promotions = [p for p in watcher.promotions if p.version > first_version]
     new_version = after_promotions[0].version if after_promotions else None
     first_new = next((r.index for r in served if new_version and r.version >= new_version), None)
@@ -312,7 +358,8 @@ def _summarise(
     }
     accuracy_before, accuracy_recovered = _accuracy(before), _accuracy(recovered)
     summary: dict[str, Any] = {
-        "model": s.model,
+        "model": spec.name,
+        "drift": s.label,
         "scenario": asdict(s),
         "drift_onset_request": s.before,
         "detection_request": detected_at,
@@ -330,7 +377,11 @@ def _summarise(
             "after_recovery": accuracy_recovered,
         },
         "requests": len(served),
-        "covariate_alarms": len(watcher.covariate),
+        "false_alarms": len(false_alarms),
+        "distribution_alarms": {
+            kind: sum(d.kind == kind and d.model == spec.name for d in watcher.distribution)
+            for kind in ("covariate", "prediction")
+        },
         "wall_seconds": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
     }
     summary["loop_closed"] = (
@@ -384,7 +435,7 @@ def _plot(s: Scenario, served: list[Served], summary: dict[str, Any], path: Path
         )
     acc = summary["accuracy"]
     ax.set_title(
-        f"driftloop demo: SEA {s.variant_before}→{s.variant_after}; accuracy "
+        f"driftloop demo: {s.dataset} {s.concept_before}→{s.concept_after}; accuracy "
         f"{acc['before_drift']} before, {acc['after_drift_old_model']} drifted, "
         f"{acc['after_recovery']} recovered"
     )

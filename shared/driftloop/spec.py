@@ -92,12 +92,65 @@ class GateSpec(SpecModel):
     auto_promote: bool = Field(default=True, description="Promote blessed candidates at once.")
 
 
+DISTANCE_DEFAULTS = {"psi": (0.25, 0.1), "ks": (0.15, 0.08), "wasserstein": (0.25, 0.1)}
+
+
+class DistributionDriftSpec(SpecModel):
+    """A windowed test of recent values against the training reference, with hysteresis."""
+
+    statistic: Literal["psi", "ks", "wasserstein"] = Field(
+        default="psi",
+        description="Statistic that raises the flag (all three are exported): psi, ks (max CDF gap) or "
+        "wasserstein (in reference standard deviations). Predictions always use psi over classes.",
+    )
+    threshold: float | None = Field(
+        default=None, gt=0, description="Flag at or above this (default psi 0.25, ks 0.15, wasserstein 0.25)."
+    )
+    clear: float | None = Field(
+        default=None, ge=0, description="Clear a flag below this (default psi 0.1, ks 0.08, wasserstein 0.1)."
+    )
+    window: int = Field(default=1_000, ge=50, description="Recent samples compared with the reference.")
+    every: int = Field(default=250, ge=1, description="Samples between two tests.")
+    confirmations: int = Field(default=2, ge=1, description="Tests in a row at or above the threshold.")
+
+    @property
+    def limits(self) -> tuple[float, float]:
+        """(threshold, clear) with the statistic's defaults filled in."""
+        threshold, clear = DISTANCE_DEFAULTS[self.statistic]
+        return (
+            threshold if self.threshold is None else self.threshold,
+            clear if self.clear is None else self.clear,
+        )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistributionDriftSpec:
+        threshold, clear = self.limits
+        if clear >= threshold:
+            raise ValueError(f"clear ({clear}) must be below threshold ({threshold})")
+        return self
+
+
 class DriftSpec(SpecModel):
     detector: Literal["adwin", "page_hinkley", "kswin"] = Field(default="adwin")
     params: dict[str, Any] = Field(default_factory=dict, description="River detector parameters.")
+    warning_params: dict[str, Any] | None = Field(
+        default=None,
+        description="Parameters of a more sensitive twin detector that raises a warning (no retrain); "
+        "default: adwin delta x25, page_hinkley threshold / 2, kswin alpha x10.",
+    )
+    warning_hold_samples: int = Field(default=1_000, ge=1, description="A warning lasts this many samples.")
+    only_degradation: bool = Field(
+        default=True, description="Ignore detections where the error rate went down (nothing to fix)."
+    )
     warmup_samples: int = Field(default=200, ge=0, description="Ignore a new champion's first N.")
     retrain_min_rows: int = Field(default=1_500, ge=10, description="Post-change rows the retrain waits for.")
     cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
+    covariate: DistributionDriftSpec = Field(
+        default_factory=DistributionDriftSpec, description="Per-feature drift of request inputs."
+    )
+    prediction: DistributionDriftSpec = Field(
+        default_factory=DistributionDriftSpec, description="Drift of the predicted-class shares."
+    )
 
 
 class ServingSpec(SpecModel):

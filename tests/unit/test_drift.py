@@ -1,8 +1,21 @@
 import random
 from datetime import UTC, datetime, timedelta
 
-from driftloop.spec import DriftSpec
-from driftloop_monitor.domain import ConceptDriftMonitor, RollingQuality, estimate_change_point
+import numpy as np
+import pytest
+
+from driftloop.contracts import FeatureStats
+from driftloop.spec import DistributionDriftSpec, DriftSpec
+from driftloop_monitor.domain import (
+    ConceptDriftMonitor,
+    CovariateMonitor,
+    PredictionMonitor,
+    Reference,
+    RollingQuality,
+    class_psi,
+    estimate_change_point,
+)
+from driftloop_training import domain as training_domain
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -59,33 +72,43 @@ def test_rolling_quality():
 
 
 def _uniform_stats():
-    from driftloop.contracts import FeatureStats
-
     deciles = [float(q) for q in range(1, 10)]
     return FeatureStats(mean=5.0, std=2.89, min=0.0, max=10.0, quantiles=deciles)
 
 
-def test_psi_is_near_zero_for_the_reference_and_large_for_a_shift():
-    import numpy as np
-
-    from driftloop_monitor.domain import psi
-
+def test_distances_are_near_zero_for_the_reference_and_large_for_a_shift():
     rng = np.random.default_rng(1)
-    deciles = _uniform_stats().quantiles
-    assert psi(deciles, rng.uniform(0, 10, 5000)) < 0.02
-    assert psi(deciles, rng.uniform(5, 10, 5000)) > 0.5
-    assert psi([0.0] * 9, rng.uniform(0, 1, 100)) is None  # a binary column has no ten bins
+    reference = Reference(_uniform_stats())
+    same = reference.distances(rng.uniform(0, 10, 5000))
+    assert same["psi"] < 0.02 and same["ks"] < 0.04 and same["wasserstein"] < 0.05
+    moved = reference.distances(rng.uniform(5, 10, 5000))
+    assert moved["psi"] > 0.5 and moved["ks"] > 0.45 and moved["wasserstein"] > 0.7
 
 
-def test_covariate_monitor_is_silent_on_stationary_inputs_and_flags_a_shift_once():
-    import numpy as np
+def test_distances_work_on_discrete_columns_from_percentiles():
+    rng = np.random.default_rng(4)
+    column = (rng.random(20_000) < 0.3).astype(float)  # a one-hot column, 30% ones
+    stats = training_domain.reference_stats(column[:, None], ["c=red"])["c=red"]
+    reference = Reference(stats)
+    same = reference.distances((rng.random(1000) < 0.3).astype(float))
+    assert same["psi"] < 0.02 and same["ks"] < 0.05
+    moved = reference.distances((rng.random(1000) < 0.6).astype(float))
+    assert moved["psi"] > 0.25 and moved["ks"] > 0.25
 
-    from driftloop_monitor.domain import CovariateMonitor
 
+def test_class_psi_counts_an_unseen_class():
+    assert class_psi({"0": 0.5, "1": 0.5}, {"0": 480, "1": 520}) < 0.01
+    assert class_psi({"0": 0.5, "1": 0.5}, {"0": 500, "2": 500}) > 1
+
+
+@pytest.mark.parametrize("statistic", ["psi", "ks", "wasserstein"])
+def test_covariate_monitor_is_silent_on_stationary_inputs_and_flags_a_shift_once(statistic):
     rng = np.random.default_rng(2)
-    monitor = CovariateMonitor(["a", "b", "c=red"], {"a": _uniform_stats(), "b": _uniform_stats()})
+    spec = DistributionDriftSpec(statistic=statistic)
+    monitor = CovariateMonitor(["a", "b", "c=red"], {"a": _uniform_stats(), "b": _uniform_stats()}, spec)
     quiet = [monitor.update(rng.uniform(0, 10, (250, 3))) for _ in range(200)]  # 50k samples
     assert not any(quiet), "a false covariate alarm on stationary inputs"
+    assert set(monitor.last["a"]) == {"psi", "ks", "wasserstein"}
 
     def shifted(n):
         X = rng.uniform(0, 10, (n, 3))
@@ -93,9 +116,45 @@ def test_covariate_monitor_is_silent_on_stationary_inputs_and_flags_a_shift_once
         return X
 
     alarms = [shift for _ in range(12) for shift in monitor.update(shifted(250))]
-    assert [a.feature for a in alarms] == ["b"], "flagged once, and only the feature that moved"
-    assert alarms[0].statistic >= 0.25
+    assert [a.name for a in alarms] == ["b"], "flagged once, and only the feature that moved"
+    assert alarms[0].statistic >= spec.limits[0]
     for _ in range(8):  # back to the reference: the flag clears, ready for the next shift
         monitor.update(rng.uniform(0, 10, (250, 3)))
     assert monitor.flagged == set()
-    assert [a.feature for _ in range(12) for a in monitor.update(shifted(250))] == ["b"]
+    assert [a.name for _ in range(12) for a in monitor.update(shifted(250))] == ["b"]
+
+
+def test_prediction_monitor_flags_a_changed_class_mix_and_not_noise():
+    rng = np.random.default_rng(5)
+    monitor = PredictionMonitor({"0": 0.64, "1": 0.36}, DistributionDriftSpec())
+    quiet = [monitor.update(list(np.where(rng.random(250) < 0.36, "1", "0"))) for _ in range(200)]
+    assert not any(quiet)
+    alarms = [s for _ in range(10) for s in monitor.update(list(np.where(rng.random(250) < 0.8, "1", "0")))]
+    assert [a.name for a in alarms] == ["prediction"]
+    assert PredictionMonitor({}, DistributionDriftSpec()).update(["0"] * 5000) == []  # no reference
+
+
+def test_spec_refuses_a_clear_level_above_the_threshold():
+    with pytest.raises(ValueError, match="clear"):
+        DistributionDriftSpec(statistic="ks", threshold=0.1, clear=0.2)
+
+
+def test_a_gradual_rise_warns_before_it_is_called_drift():
+    errors = _errors([(0.1, 5000), (0.14, 1500), (0.3, 3000)], seed=8)
+    monitor = ConceptDriftMonitor(DriftSpec(warmup_samples=200, cooldown_s=1e9))
+    first_warning = first_drift = None
+    for i, error in enumerate(errors):
+        detection = monitor.update(error, T0, clock=0.0)
+        if monitor.warnings and first_warning is None:
+            first_warning = i
+        if detection is not None and first_drift is None:
+            first_drift = i
+            assert not monitor.in_warning  # drift supersedes the warning
+    assert first_warning is not None and first_drift is not None
+    assert 5000 < first_warning < first_drift
+
+
+def test_an_improvement_is_not_called_drift_unless_asked():
+    errors = _errors([(0.3, 5000), (0.05, 3000)], seed=9)
+    assert _run(errors, DriftSpec(warmup_samples=200)) == []
+    assert len(_run(errors, DriftSpec(warmup_samples=200, only_degradation=False))) == 1

@@ -12,13 +12,32 @@ from typing import Any
 import numpy as np
 from river import drift
 
-from driftloop.spec import DriftSpec
+from driftloop.contracts import FeatureStats
+from driftloop.spec import DistributionDriftSpec, DriftSpec
 
 _DETECTORS: dict[str, Any] = {
     "adwin": drift.ADWIN,
     "page_hinkley": drift.PageHinkley,
     "kswin": drift.KSWIN,
 }
+# how a warning twin is made more sensitive than the detector: (parameter, River default, factor)
+_MORE_SENSITIVE = {
+    "adwin": ("delta", 0.002, 25.0),
+    "page_hinkley": ("threshold", 50.0, 0.5),
+    "kswin": ("alpha", 0.005, 10.0),
+}
+
+
+def warning_params(spec: DriftSpec) -> dict[str, Any]:
+    """Parameters of the warning twin: the spec's, or the detector's made more sensitive.
+
+    >>> warning_params(DriftSpec(params={"delta": 0.001}))
+    {'delta': 0.025}
+    """
+    if spec.warning_params is not None:
+        return dict(spec.warning_params)
+    name, default, factor = _MORE_SENSITIVE[spec.detector]
+    return {**spec.params, name: spec.params.get(name, default) * factor}
 
 
 def estimate_change_point(errors: Sequence[float]) -> int:
@@ -48,7 +67,9 @@ class Detection:
 
 
 class ConceptDriftMonitor:
-    """A streaming detector on one champion's 0/1 error stream, with warm-up and cooldown.
+    """A streaming detector on one champion's 0/1 error stream, with warm-up, cooldown and a warning
+    state (a more sensitive twin fired; lasts `warning_hold_samples`). With `only_degradation`, a
+    detection whose error rate went down is dropped: the model got better, there is nothing to fix.
 
     >>> from datetime import UTC, datetime
     >>> monitor = ConceptDriftMonitor(DriftSpec(warmup_samples=0))
@@ -61,10 +82,14 @@ class ConceptDriftMonitor:
     def __init__(self, spec: DriftSpec, buffer: int = 20_000) -> None:
         self.spec = spec
         self.detector = _DETECTORS[spec.detector](**spec.params)
+        self.warning_detector = _DETECTORS[spec.detector](**warning_params(spec))
         self.errors: deque[int] = deque(maxlen=buffer)
         self.times: deque[datetime] = deque(maxlen=buffer)
         self.samples_seen = 0
         self.last_fired: float | None = None
+        self.warning_until = 0
+        self.warnings = 0  # warnings raised so far
+        self.ignored = 0  # detections dropped because the error rate went down
 
     @property
     def warming_up(self) -> bool:
@@ -72,6 +97,10 @@ class ConceptDriftMonitor:
 
     def cooling_down(self, clock: float) -> bool:
         return self.last_fired is not None and clock - self.last_fired < self.spec.cooldown_s
+
+    @property
+    def in_warning(self) -> bool:
+        return self.samples_seen < self.warning_until
 
     def update(self, error: int, event_time: datetime, clock: float) -> Detection | None:
         """Learn one outcome (1 = wrong); a `Detection` when the detector fires outside cooldown."""
@@ -81,19 +110,36 @@ class ConceptDriftMonitor:
         if self.warming_up:
             return None
         self.detector.update(error)
+        self.warning_detector.update(error)
+        if self.warning_detector.drift_detected and self._degraded() is not None:
+            if not self.in_warning:
+                self.warnings += 1
+            self.warning_until = self.samples_seen + self.spec.warning_hold_samples
         if not self.detector.drift_detected or self.cooling_down(clock):
             return None
+        detection = self._degraded()
+        if detection is None:
+            self.ignored += 1
+            return None
         self.last_fired = clock
+        self.warning_until = 0
+        return detection
+
+    def _degraded(self) -> Detection | None:
+        """The change point and error rates around it; None if errors went down (and that matters)."""
         errors = list(self.errors)[-min(len(self.errors), self.samples_seen - self.spec.warmup_samples) :]
         split = estimate_change_point(errors)
         offset = len(self.errors) - len(errors)
         before, after = errors[:split], errors[split:]
+        rate_before, rate_after = sum(before) / max(1, len(before)), sum(after) / max(1, len(after))
+        if self.spec.only_degradation and rate_after <= rate_before:
+            return None
         return Detection(
             samples_seen=self.samples_seen,
             change_point_sample=self.samples_seen - len(errors) + split,
             change_point_time=self.times[offset + split],
-            error_rate_before=sum(before) / max(1, len(before)),
-            error_rate_after=sum(after) / max(1, len(after)),
+            error_rate_before=rate_before,
+            error_rate_after=rate_after,
         )
 
 
@@ -118,82 +164,185 @@ class RollingQuality:
         return sum(self.losses) / len(self.losses) if self.losses else math.nan
 
 
-def psi(deciles: Sequence[float], values: np.ndarray) -> float | None:
-    """Population stability index of `values` against a reference given by its nine deciles (each of
-    the ten bins holds 10% of the reference); None when the deciles do not separate ten bins.
+_MID = (np.arange(100) + 0.5) / 100  # probabilities of a 100-point reference sample
 
-    >>> reference = [float(q) for q in range(1, 10)]
-    >>> round(psi(reference, np.linspace(0, 10, 10_000)), 3)
+
+class Reference:
+    """One feature's training distribution, rebuilt from its shipped quantiles, and the distances of a
+    recent window from it: PSI over the reference deciles, KS (largest CDF gap) and Wasserstein-1 in
+    reference standard deviations. Works for continuous and for discrete (e.g. one-hot) columns.
+
+    >>> from driftloop.contracts import FeatureStats
+    >>> deciles = [float(q) for q in range(1, 10)]
+    >>> ref = Reference(FeatureStats(mean=5, std=2.89, min=0, max=10, quantiles=deciles))
+    >>> {k: round(v, 2) for k, v in ref.distances(np.linspace(0, 10, 10_001)).items()}
+    {'psi': 0.0, 'ks': 0.01, 'wasserstein': 0.0}
+    >>> round(ref.distances(np.linspace(5, 10, 10_001))["ks"], 2)
+    0.5
+    """
+
+    def __init__(self, stats: FeatureStats) -> None:
+        if len(stats.percentiles) >= 2:
+            grid_p, grid_q = np.linspace(0, 1, len(stats.percentiles)), np.asarray(stats.percentiles)
+        else:  # older models ship deciles only
+            grid_p = np.linspace(0, 1, 11)
+            grid_q = np.asarray([stats.min, *stats.quantiles, stats.max], dtype=np.float64)
+        self.sample = np.interp(_MID, grid_p, grid_q)  # the reference as 100 equally likely points
+        self.scale = stats.std if stats.std > 0 else 1.0
+        self.edges = np.unique(np.interp(np.linspace(0.1, 0.9, 9), grid_p, grid_q))
+        self.shares = self._binned(self.sample)
+
+    def _binned(self, values: np.ndarray) -> np.ndarray:
+        counts = np.bincount(np.searchsorted(self.edges, values, side="right"), minlength=len(self.edges) + 1)
+        return np.clip(counts / max(1, len(values)), 1e-4, None)
+
+    def distances(self, values: np.ndarray) -> dict[str, float]:
+        """psi, ks and wasserstein of `values` against the reference."""
+        observed = self._binned(values)
+        points = np.union1d(self.sample, values)
+        cdf_ref = np.searchsorted(self.sample, points, side="right") / len(self.sample)
+        cdf_obs = np.searchsorted(np.sort(values), points, side="right") / max(1, len(values))
+        return {
+            "psi": float(np.sum((observed - self.shares) * np.log(observed / self.shares))),
+            "ks": float(np.abs(cdf_obs - cdf_ref).max()),
+            "wasserstein": float(np.abs(np.quantile(values, _MID) - self.sample).mean() / self.scale),
+        }
+
+
+def class_psi(reference: Mapping[str, float], observed: Mapping[str, int]) -> float:
+    """PSI of observed class counts against reference class shares (unseen classes count too).
+
+    >>> round(class_psi({"0": 0.5, "1": 0.5}, {"0": 500, "1": 500}), 3)
     0.0
     """
-    edges = np.asarray(deciles, dtype=np.float64)
-    if len(edges) != 9 or np.any(np.diff(edges) <= 0):
-        return None
-    observed = np.bincount(np.searchsorted(edges, values, side="right"), minlength=10) / max(1, len(values))
-    observed = np.clip(observed, 1e-4, None)
-    return float(np.sum((observed - 0.1) * np.log(observed / 0.1)))
+    total = max(1, sum(observed.values()))
+    keys = set(reference) | set(observed)
+    ref = np.clip([reference.get(k, 0.0) for k in keys], 1e-4, None)
+    obs = np.clip([observed.get(k, 0) / total for k in keys], 1e-4, None)
+    return float(np.sum((obs - ref) * np.log(obs / ref)))
+
+
+class Hysteresis:
+    """Raises a key's flag when its score reaches `threshold` on `confirmations` tests in a row, and
+    lowers it once the score falls below `clear`.
+
+    >>> h = Hysteresis(threshold=0.25, clear=0.1, confirmations=2)
+    >>> [h.update("x", s) for s in (0.3, 0.3, 0.3, 0.2, 0.05, 0.3, 0.3)]
+    [False, True, False, False, False, False, True]
+    """
+
+    def __init__(self, threshold: float, clear: float, confirmations: int) -> None:
+        self.threshold, self.clear, self.confirmations = threshold, clear, confirmations
+        self.streak: dict[str, int] = {}
+        self.flagged: set[str] = set()
+
+    def update(self, key: str, score: float) -> bool:
+        """Learn one test's score; True when the flag is newly raised."""
+        if key in self.flagged:
+            if score < self.clear:
+                self.flagged.discard(key)
+            return False
+        self.streak[key] = self.streak.get(key, 0) + 1 if score >= self.threshold else 0
+        if self.streak[key] >= self.confirmations:
+            self.flagged.add(key)
+            self.streak[key] = 0
+            return True
+        return False
 
 
 @dataclass(frozen=True)
-class CovariateShift:
-    feature: str
+class Shift:
+    name: str  # a feature, or "prediction"
     statistic: float
     samples_seen: int
 
 
-class CovariateMonitor:
-    """PSI of each feature's recent window against the champion's training deciles, with hysteresis:
-    a feature is flagged when its PSI reaches `threshold` on `confirmations` checks in a row, and
-    cleared once it falls below `clear`.
+class _Windowed:
+    """A window of recent samples, tested every `spec.every` samples once it is full."""
+
+    def __init__(self, spec: DistributionDriftSpec) -> None:
+        self.spec = spec
+        self.window: deque[Any] = deque(maxlen=spec.window)
+        self.samples_seen = 0
+        self.since_check = 0
+        threshold, clear = spec.limits
+        self.hysteresis = Hysteresis(threshold, clear, spec.confirmations)
+
+    def _due(self, samples: Sequence[Any]) -> bool:
+        self.window.extend(samples)
+        self.samples_seen += len(samples)
+        self.since_check += len(samples)
+        if self.since_check < self.spec.every or len(self.window) < self.spec.window:
+            return False
+        self.since_check = 0
+        return True
+
+    @property
+    def flagged(self) -> set[str]:
+        return self.hysteresis.flagged
+
+
+class CovariateMonitor(_Windowed):
+    """Per-feature distances of recent requests from the champion's training distribution; a feature
+    is flagged by the spec's statistic, with hysteresis. All distances stay readable in `last`.
 
     >>> from driftloop.contracts import FeatureStats
     >>> stats = FeatureStats(mean=5, std=2.9, min=0, max=10, quantiles=[float(q) for q in range(1, 10)])
-    >>> monitor = CovariateMonitor(["x"], {"x": stats}, window=500, every=100)
+    >>> monitor = CovariateMonitor(["x"], {"x": stats}, DistributionDriftSpec(window=500, every=100))
     >>> rng = np.random.default_rng(0)
     >>> [monitor.update(rng.uniform(0, 10, (100, 1))) for _ in range(10)][-1]
     []
-    >>> [s.feature for s in monitor.update(rng.uniform(8, 10, (500, 1)))]
+    >>> [s.name for s in monitor.update(rng.uniform(8, 10, (500, 1)))]
     []
-    >>> [s.feature for s in monitor.update(rng.uniform(8, 10, (100, 1)))]
+    >>> [s.name for s in monitor.update(rng.uniform(8, 10, (100, 1)))]
     ['x']
     """
 
-    def __init__(self, names: Sequence[str], reference: Mapping[str, Any], window: int = 1000,
-                 every: int = 250, threshold: float = 0.25, clear: float = 0.1,
-                 confirmations: int = 2) -> None:  # fmt: skip
+    def __init__(
+        self, names: Sequence[str], reference: Mapping[str, FeatureStats], spec: DistributionDriftSpec
+    ) -> None:
+        super().__init__(spec)
         self.columns = [(j, name) for j, name in enumerate(names) if name in reference]
-        self.deciles = {name: reference[name].quantiles for _, name in self.columns}
-        self.window: deque[np.ndarray] = deque(maxlen=window)
-        self.every, self.threshold, self.clear, self.confirmations = every, threshold, clear, confirmations
-        self.samples_seen = 0
-        self.since_check = 0
-        self.streak: dict[str, int] = {}
-        self.flagged: set[str] = set()
-        self.last: dict[str, float] = {}
+        self.references = {name: Reference(reference[name]) for _, name in self.columns}
+        self.last: dict[str, dict[str, float]] = {}
 
-    def update(self, X: np.ndarray) -> list[CovariateShift]:
+    def update(self, X: np.ndarray) -> list[Shift]:
         """Learn encoded rows; the features that newly drifted (empty most of the time)."""
-        for row in X:
-            self.window.append(row)
-        self.samples_seen += len(X)
-        self.since_check += len(X)
-        if self.since_check < self.every or len(self.window) < self.window.maxlen:  # type: ignore[operator]
+        if not self._due(list(X)):
             return []
-        self.since_check = 0
         recent = np.asarray(self.window)
         shifted = []
         for j, name in self.columns:
-            value = psi(self.deciles[name], recent[:, j])
-            if value is None:
-                continue
-            self.last[name] = value
-            if name in self.flagged:
-                if value < self.clear:
-                    self.flagged.discard(name)
-                continue
-            self.streak[name] = self.streak.get(name, 0) + 1 if value >= self.threshold else 0
-            if self.streak[name] >= self.confirmations:
-                self.flagged.add(name)
-                self.streak[name] = 0
-                shifted.append(CovariateShift(name, value, self.samples_seen))
+            self.last[name] = self.references[name].distances(recent[:, j])
+            score = self.last[name][self.spec.statistic]
+            if self.hysteresis.update(name, score):
+                shifted.append(Shift(name, score, self.samples_seen))
         return shifted
+
+
+class PredictionMonitor(_Windowed):
+    """PSI of the champion's recent predicted-class shares against its shares on the training holdout.
+
+    >>> monitor = PredictionMonitor({"0": 0.5, "1": 0.5}, DistributionDriftSpec(window=100, every=50))
+    >>> monitor.update(["0", "1"] * 100), monitor.update(["1"] * 100)
+    ([], [])
+    >>> [s.name for s in monitor.update(["1"] * 50)]
+    ['prediction']
+    """
+
+    def __init__(self, shares: Mapping[str, float], spec: DistributionDriftSpec) -> None:
+        super().__init__(spec)
+        self.shares = dict(shares)
+        self.last: float | None = None
+
+    def update(self, predicted: Sequence[str]) -> list[Shift]:
+        """Learn predicted classes; a one-item list when the prediction mix newly drifted."""
+        if not self.shares or not self._due(predicted):
+            return []
+        counts: dict[str, int] = {}
+        for label in self.window:
+            counts[label] = counts.get(label, 0) + 1
+        self.last = class_psi(self.shares, counts)
+        if self.hysteresis.update("prediction", self.last):
+            return [Shift("prediction", self.last, self.samples_seen)]
+        return []

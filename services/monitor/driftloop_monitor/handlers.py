@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
+from typing import Literal, TypeVar
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -29,9 +31,16 @@ from driftloop.metrics import MODEL_VERSION, count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_monitor.adapters import JoinStore
-from driftloop_monitor.domain import ConceptDriftMonitor, CovariateMonitor, RollingQuality
+from driftloop_monitor.domain import (
+    ConceptDriftMonitor,
+    CovariateMonitor,
+    PredictionMonitor,
+    RollingQuality,
+    Shift,
+)
 
 SERVICE = "monitor"
+_M = TypeVar("_M", PredictionRequest, PredictionResult)
 log = logging.getLogger(__name__)
 
 LABELLED = Counter(
@@ -60,16 +69,34 @@ DETECTIONS = Counter(
 RETRAINS = Counter(
     "driftloop_monitor_retrain_requests_total", "TrainModel commands sent, by model.", ["model"]
 )
-FEATURE_PSI = Gauge(
-    "driftloop_monitor_feature_psi",
-    "PSI of each feature's recent requests against the champion's training deciles.",
-    ["model", "feature"],
+FEATURE_DRIFT = Gauge(
+    "driftloop_monitor_feature_drift",
+    "Distance of each feature's recent requests from the champion's training distribution, by "
+    "statistic (psi, ks, wasserstein in reference standard deviations).",
+    ["model", "feature", "statistic"],
+)
+PREDICTION_DRIFT = Gauge(
+    "driftloop_monitor_prediction_psi",
+    "PSI of the champion's recent predicted-class shares against its shares on the training holdout.",
+    ["model"],
+)
+WARNINGS = Counter(
+    "driftloop_monitor_drift_warnings_total",
+    "Concept-drift warnings (the sensitive twin detector fired; no retrain), by model and detector.",
+    ["model", "detector"],
 )
 DRIFT_STATE = Gauge(
     "driftloop_monitor_drift_state",
-    "Per model: 0 watching, 1 warming up on a new champion, 2 drift detected and retrain requested.",
+    "Per model: 0 watching, 1 warming up on a new champion, 2 warning, 3 drift detected and retrain "
+    "requested.",
     ["model"],
 )
+ACCURACY_FLOOR = Gauge(
+    "driftloop_monitor_accuracy_floor",
+    "The spec's gate floor for accuracy-like metrics, for the accuracy-below-floor alert.",
+    ["model"],
+)
+WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3
 
 
 class Monitor:
@@ -91,7 +118,18 @@ class Monitor:
         self.quality: dict[tuple[str, int], RollingQuality] = {}
         self.state: dict[str, int] = {}
         self.covariate: dict[str, CovariateMonitor] = {}
+        self.predictions: dict[str, PredictionMonitor] = {}
+        self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
+        for name, spec in specs.items():
+            if spec.gate.metric != "log_loss":
+                ACCURACY_FLOOR.labels(name).set(spec.gate.floor)
+            # counters exist at 0 from the start, so rates and alerts see the first event
+            DETECTIONS.labels(name, spec.drift.detector, "concept")
+            DETECTIONS.labels(name, spec.drift.covariate.statistic, "covariate")
+            DETECTIONS.labels(name, "psi", "prediction")
+            WARNINGS.labels(name, spec.drift.detector)
+            RETRAINS.labels(name)
 
     def _set_state(self, model: str, state: int) -> None:
         self.state[model] = state
@@ -101,16 +139,31 @@ class Monitor:
         if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
             return
         if self.champion.get(event.model) != event.version:
+            retired = self.champion.get(event.model)
             self.champion[event.model] = event.version
-            self.drift[event.model] = ConceptDriftMonitor(self.specs[event.model].drift)
+            spec = self.specs[event.model].drift
+            self.drift[event.model] = ConceptDriftMonitor(spec)
             self.covariate[event.model] = CovariateMonitor(
-                self.feature_sets[event.model].names, event.reference_stats
+                self.feature_sets[event.model].names, event.reference_stats, spec.covariate
             )
+            self.predictions[event.model] = PredictionMonitor(event.prediction_shares, spec.prediction)
             MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
-            self._set_state(event.model, 1)
+            self._set_state(event.model, WARMING_UP)
+            self.retired.setdefault(event.model, set()).discard(event.version)
+            if retired is not None:  # its history stays in Prometheus; stop exporting stale values
+                self.retired[event.model].add(retired)
+                self._forget(event.model, retired)
 
-    def _part(self, record: ConsumerRecord) -> tuple[str, str, bytes, PredictionRequest | None]:
-        """(request_id, part name, body, the request if it is one) of a request, result or feedback."""
+    def _forget(self, model: str, version: int) -> None:
+        self.quality.pop((model, version), None)
+        for gauge in (ACCURACY, LOG_LOSS):
+            with contextlib.suppress(KeyError):
+                gauge.remove(model, str(version))
+
+    def _part(
+        self, record: ConsumerRecord
+    ) -> tuple[str, str, bytes, PredictionRequest | PredictionResult | None]:
+        """(request_id, part name, body, the parsed request or result) of a request, result or feedback."""
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
@@ -120,7 +173,7 @@ class Monitor:
             result = parse(PredictionResult, record.value)
             if result.error is None:
                 PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)).inc()
-            return result.request_id, "result", encode(result), None
+            return result.request_id, "result", encode(result), result
         feedback = parse(Feedback, record.value, self.specs)
         body = orjson.dumps({"label": feedback.label, "ts": record.timestamp})
         return feedback.request_id, "feedback", body, None
@@ -129,7 +182,9 @@ class Monitor:
         parts, dead = triage(SERVICE, records, self._part)
         complete = await self.joins.put([(rid, part, body) for rid, part, body, _ in parts])
         observations: list[Observation] = []
-        drift_events = self._covariate_shifts([request for *_, request in parts if request is not None])
+        requests = [m for *_, m in parts if isinstance(m, PredictionRequest)]
+        results = [m for *_, m in parts if isinstance(m, PredictionResult)]
+        drift_events = self._covariate_shifts(requests) + self._prediction_shifts(results)
         commands: list[TrainModel] = []
         for request_id, fields in complete.items():
             outcome = self._learn(request_id, fields)
@@ -150,35 +205,63 @@ class Monitor:
         count(SERVICE, "predictions", "ok", len(parts))
         count(SERVICE, "predictions", "rejected", len(dead))
 
+    def _shift_event(
+        self,
+        model: str,
+        detector: str,
+        kind: Literal["covariate", "prediction"],
+        shift: Shift,
+        request_id: str,
+        window: int,
+    ) -> DriftDetected:
+        DETECTIONS.labels(model, detector, kind).inc()
+        log.warning("%s drift on %s: %s %s %.3f", kind, model, shift.name, detector, shift.statistic)
+        return DriftDetected(
+            model=model,
+            version=self.champion[model],
+            detector=detector,
+            kind=kind,
+            samples_seen=shift.samples_seen,
+            change_point_sample=max(0, shift.samples_seen - window),
+            change_point_time=datetime.now(UTC),
+            detected_request_id=request_id,
+            feature=shift.name if kind == "covariate" else None,
+            statistic=shift.statistic,
+        )
+
     def _covariate_shifts(self, requests: Sequence[PredictionRequest]) -> list[DriftDetected]:
         """Feed the champions' covariate monitors with the batch's request features."""
-        by_model: dict[str, list[PredictionRequest]] = {}
-        for request in requests:
-            if request.model in self.covariate:
-                by_model.setdefault(request.model, []).append(request)
         events = []
-        for model, batch in by_model.items():
+        for model, batch in _by_model(requests, self.covariate).items():
             monitor = self.covariate[model]
             X, valid, _ = self.feature_sets[model].encode_many([r.features for r in batch])
-            for shift in monitor.update(X):
-                DETECTIONS.labels(model, "psi", "covariate").inc()
-                log.warning("covariate drift on %s: %s PSI %.3f", model, shift.feature, shift.statistic)
+            statistic = monitor.spec.statistic
+            last_id = batch[valid[-1]].request_id if valid else batch[-1].request_id
+            for shift in monitor.update(X[valid] if len(valid) < len(batch) else X):
                 events.append(
-                    DriftDetected(
-                        model=model,
-                        version=self.champion[model],
-                        detector="psi",
-                        kind="covariate",
-                        samples_seen=shift.samples_seen,
-                        change_point_sample=max(0, shift.samples_seen - len(monitor.window)),
-                        change_point_time=datetime.now(UTC),
-                        detected_request_id=batch[valid[-1]].request_id if valid else batch[-1].request_id,
-                        feature=shift.feature,
-                        statistic=shift.statistic,
+                    self._shift_event(model, statistic, "covariate", shift, last_id, monitor.spec.window)
+                )
+            for feature, distances in monitor.last.items():
+                for name, value in distances.items():
+                    FEATURE_DRIFT.labels(model, feature, name).set(value)
+        return events
+
+    def _prediction_shifts(self, results: Sequence[PredictionResult]) -> list[DriftDetected]:
+        """Feed the champions' prediction monitors with the classes they predicted in the batch."""
+        events = []
+        for model, batch in _by_model(results, self.predictions).items():
+            monitor = self.predictions[model]
+            served = [r for r in batch if r.error is None and r.model_version == self.champion[model]]
+            if not served:
+                continue
+            for shift in monitor.update([str(r.prediction) for r in served]):
+                events.append(
+                    self._shift_event(
+                        model, "psi", "prediction", shift, served[-1].request_id, monitor.spec.window
                     )
                 )
-            for feature, value in monitor.last.items():
-                FEATURE_PSI.labels(model, feature).set(value)
+            if monitor.last is not None:
+                PREDICTION_DRIFT.labels(model).set(monitor.last)
         return events
 
     def _learn(
@@ -201,9 +284,10 @@ class Monitor:
         p_true = (result.probabilities or {}).get(str(label))
         quality.update(correct, p_true)
         LABELLED.labels(result.model, str(version), "correct" if correct else "wrong").inc()
-        ACCURACY.labels(result.model, str(version)).set(quality.accuracy)
-        if p_true is not None:
-            LOG_LOSS.labels(result.model, str(version)).set(quality.log_loss)
+        if version not in self.retired.get(result.model, ()):
+            ACCURACY.labels(result.model, str(version)).set(quality.accuracy)
+            if p_true is not None:
+                LOG_LOSS.labels(result.model, str(version)).set(quality.log_loss)
         observation = Observation(
             event_id=f"feedback:{request_id}",
             model=result.model,
@@ -214,9 +298,15 @@ class Monitor:
         detected = None
         monitor = self.drift.get(result.model)
         if monitor is not None and self.champion.get(result.model) == version:
+            warnings = monitor.warnings
             detection = monitor.update(0 if correct else 1, requested_at, time.monotonic())
-            if not monitor.warming_up and self.state.get(result.model) == 1:
-                self._set_state(result.model, 0)
+            if monitor.warnings > warnings:
+                WARNINGS.labels(result.model, spec.drift.detector).inc()
+                log.info(
+                    "drift warning on %s v%s after %s samples", result.model, version, monitor.samples_seen
+                )
+            if self.state.get(result.model) != DRIFT and not monitor.warming_up:
+                self._set_state(result.model, WARNING if monitor.in_warning else WATCHING)
             if detection is not None:
                 detected = DriftDetected(
                     model=result.model,
@@ -231,7 +321,7 @@ class Monitor:
                     error_rate_after=detection.error_rate_after,
                 )
                 DETECTIONS.labels(result.model, spec.drift.detector, "concept").inc()
-                self._set_state(result.model, 2)
+                self._set_state(result.model, DRIFT)
                 log.warning(
                     "drift on %s v%s after %s samples; change point ~%s (error %.3f -> %.3f)",
                     result.model,
@@ -252,3 +342,12 @@ class Monitor:
             since=detected.change_point_time,
             min_rows=self.specs[detected.model].drift.retrain_min_rows,
         )
+
+
+def _by_model(messages: Sequence[_M], wanted: Mapping[str, object]) -> dict[str, list[_M]]:
+    """Messages of the models in `wanted`, grouped by model, in order."""
+    grouped: dict[str, list[_M]] = {}
+    for message in messages:
+        if message.model in wanted:
+            grouped.setdefault(message.model, []).append(message)
+    return grouped

@@ -215,6 +215,7 @@ class Registry:
             reason=reason,
             command_id=command_id,
             reference_stats=trained.reference_stats,
+            prediction_shares=trained.prediction_shares,
         )
         await self.repo.set_alias(trained.model, "champion", record["version"])
         if aliases.get("challenger") == record["version"]:

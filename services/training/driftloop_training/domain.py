@@ -107,8 +107,15 @@ def reference_stats(X: np.ndarray, names: Sequence[str]) -> dict[str, FeatureSta
             min=float(column.min()),
             max=float(column.max()),
             quantiles=[float(q) for q in np.quantile(column, np.linspace(0.1, 0.9, 9))],
+            percentiles=[float(q) for q in np.quantile(column, np.linspace(0, 1, 101))],
         )
     return stats
+
+
+def prediction_shares(proba: np.ndarray, classes: Sequence[Label]) -> dict[str, float]:
+    """Share of each class among the argmax predictions (the reference for prediction drift)."""
+    counts = np.bincount(proba.argmax(axis=1), minlength=len(classes)) / max(1, len(proba))
+    return {str(c): float(share) for c, share in zip(classes, counts, strict=True)}
 
 
 def dataset_hash(rows: Sequence[FeatureRow]) -> str:

@@ -293,6 +293,7 @@ class Trainer:
             parity_max_abs_diff=float(np.abs(fitted.proba_onnx - fitted.proba_sklearn).max()),
             dataset=dataset,
             reference_stats=domain.reference_stats(X[:cut], self.feature_sets[spec.name].names),
+            prediction_shares=domain.prediction_shares(fitted.proba_onnx, fitted.classes),
             code_version=code_version(),
             durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
         )
