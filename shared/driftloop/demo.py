@@ -52,9 +52,11 @@ class Scenario:
     history: int = 5_000
     before: int = 5_000
     max_after: int = 30_000
+    after: int | None = None  # send exactly this many requests after the onset (else: stop once recovered)
     recovery_window: int = 2_000
     rate_per_s: float = 1_000.0
-    stationary_rate_per_s: float | None = None  # faster replay of the requests before the last 2,000
+    stationary_rate_per_s: float | None = None  # faster replay of the requests before ...
+    steady_requests: int = 2_000  # ... the last ones before the onset, sent at rate_per_s
     feedback_delay_s: float = 0.5
     seed: int = 42
     timeout_s: float = 300.0
@@ -69,7 +71,7 @@ class Scenario:
 
     def rate_at(self, index: int) -> float:
         """Requests per second when sending request `index`."""
-        if self.stationary_rate_per_s and index < self.before - 2_000:
+        if self.stationary_rate_per_s and index < self.before - self.steady_requests:
             return self.stationary_rate_per_s
         return self.rate_per_s
 
@@ -268,7 +270,9 @@ async def _traffic(
         now = time.monotonic()
         if index >= s.before:
             timeline.mark("drift_onset")
-        stop_sending = recovered >= s.recovery_window or index >= s.before + s.max_after
+        stop_sending = (s.after is None and recovered >= s.recovery_window) or index >= s.before + (
+            s.after or s.max_after
+        )
         budget = 0.0 if stop_sending else min(budget + (now - last) * s.rate_at(index), s.rate_at(index))
         last = now
         if budget >= 1:
@@ -348,7 +352,8 @@ def _summarise(
     first_new = next((r.index for r in served if new_version and r.version >= new_version), None)
     before = [r for r in served if s.before - s.recovery_window <= r.index < s.before]
     drifted = [r for r in served if r.index >= s.before and r.version == first_version]
-    recovered = [r for r in served if new_version and r.version == new_version][-s.recovery_window :]
+    # the newest answers from versions promoted after the onset (a refresh retrain may be among them)
+    recovered = [r for r in served if r.index >= s.before and r.version > first_version][-s.recovery_window :]
     marks = timeline.marks
     seconds = {
         "to_first_promotion": marks.get("first_promotion"),
@@ -368,6 +373,7 @@ def _summarise(
         "versions": {
             "initial": first_version,
             "after_drift": new_version,
+            "final": max((r.version for r in served), default=None),
             "promotions": [{"version": p.version, "reason": p.reason} for p in watcher.promotions],
         },
         "first_request_served_by_new_version": first_new,

@@ -144,6 +144,13 @@ class DriftSpec(SpecModel):
     )
     warmup_samples: int = Field(default=200, ge=0, description="Ignore a new champion's first N.")
     retrain_min_rows: int = Field(default=1_500, ge=10, description="Post-change rows the retrain waits for.")
+    refresh_after_samples: int | None = Field(
+        default=5_000,
+        ge=1,
+        description="After a drift retrain (fast, on the minimum of post-change rows), retrain once more "
+        "on all rows since the change point when the new champion has this many labelled samples; "
+        "null: never.",
+    )
     cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
     covariate: DistributionDriftSpec = Field(
         default_factory=DistributionDriftSpec, description="Per-feature drift of request inputs."

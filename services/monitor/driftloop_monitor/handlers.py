@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -120,6 +120,7 @@ class Monitor:
         self.covariate: dict[str, CovariateMonitor] = {}
         self.predictions: dict[str, PredictionMonitor] = {}
         self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
+        self.refresh: dict[str, DriftDetected] = {}  # a drift whose retrain gets a refresh
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         for name, spec in specs.items():
             if spec.gate.metric != "log_loss":
@@ -186,8 +187,11 @@ class Monitor:
         results = [m for *_, m in parts if isinstance(m, PredictionResult)]
         drift_events = self._covariate_shifts(requests) + self._prediction_shifts(results)
         commands: list[TrainModel] = []
-        for request_id, fields in complete.items():
-            outcome = self._learn(request_id, fields)
+        # Outcomes reach the detectors in the order the predictions were made, not in the order
+        # the partitions of three topics happened to complete the joins.
+        requested = {request_id: orjson.loads(fields["request"]) for request_id, fields in complete.items()}
+        for request_id in sorted(complete, key=lambda rid: requested[rid]["ts"]):
+            outcome = self._learn(request_id, complete[request_id], requested[request_id])
             if outcome is None:
                 continue
             observation, detected = outcome
@@ -195,6 +199,8 @@ class Monitor:
             if detected is not None:
                 drift_events.append(detected)
                 commands.append(self._retrain(detected))
+                self.refresh[detected.model] = detected
+            commands += self._refresh(observation.model)
         # Labelled rows and commands go out before the joins are marked done: a crash in between
         # re-sends them (consumers are idempotent by event/command id) rather than losing them.
         await self.bus.publish(self.topics.events_raw, observations)
@@ -265,13 +271,12 @@ class Monitor:
         return events
 
     def _learn(
-        self, request_id: str, fields: dict[str, bytes]
+        self, request_id: str, fields: dict[str, bytes], request: dict[str, Any]
     ) -> tuple[Observation, DriftDetected | None] | None:
         result = PredictionResult.model_validate_json(fields["result"])
         spec = self.specs.get(result.model)
         if spec is None or result.error is not None:
             return None
-        request = orjson.loads(fields["request"])
         feedback = orjson.loads(fields["feedback"])
         label = spec.label_of(feedback["label"])
         if label is None:
@@ -332,6 +337,33 @@ class Monitor:
                     detection.error_rate_after,
                 )
         return observation, detected
+
+    def _refresh(self, model: str) -> list[TrainModel]:
+        """Once the champion that replaced a drifted version has seen `refresh_after_samples` labels,
+        retrain on everything since the change point: the drift retrain had only the minimum."""
+        drifted, monitor = self.refresh.get(model), self.drift.get(model)
+        after = self.specs[model].drift.refresh_after_samples
+        if drifted is None or monitor is None or after is None or self.champion[model] == drifted.version:
+            return []
+        if monitor.samples_seen < after:
+            return []
+        del self.refresh[model]
+        RETRAINS.labels(model).inc()
+        log.info(
+            "refresh retrain of %s v%s on rows since %s",
+            model,
+            self.champion[model],
+            drifted.change_point_time,
+        )
+        return [
+            TrainModel(
+                command_id=f"refresh-{model}-v{self.champion[model]}",
+                model=model,
+                reason="refresh",
+                since=drifted.change_point_time,
+                min_rows=self.specs[model].drift.retrain_min_rows,
+            )
+        ]
 
     def _retrain(self, detected: DriftDetected) -> TrainModel:
         RETRAINS.labels(detected.model).inc()
