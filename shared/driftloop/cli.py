@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import os
+import shutil
 import sys
 import time
 import uuid
@@ -256,14 +257,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         before=args.before,
     )
     started = time.monotonic()
-    print(f"driftloop demo: starting the local stack in {args.run_dir}", flush=True)
-    stack = localstack.up(args.run_dir, args.models_dir)
+    # the demo plays on a fresh stack of its own: no versions, rows or labels from earlier runs
+    run_dir = args.run_dir / "demo"
+    localstack.down(run_dir)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"driftloop demo: starting a fresh local stack in {run_dir}", flush=True)
+    stack = localstack.up(run_dir, args.models_dir)
     _print_stack(stack)
     try:
         summary = asyncio.run(demo.run(stack.bootstrap, scenario, args.out, models_dir=args.models_dir))
     finally:
-        if not args.keep_up:
-            localstack.down(args.run_dir)
+        if args.keep_up:
+            print(f"the stack keeps running; stop it with: driftloop --run-dir {run_dir} down", flush=True)
+        else:
+            localstack.down(run_dir)
     _print_summary(summary, args.out, time.monotonic() - started)
     return 0 if summary["loop_closed"] else 1
 

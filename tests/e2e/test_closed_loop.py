@@ -3,6 +3,7 @@ the local stack; a short SEA scenario with an abrupt drift must be detected, ret
 promoted and recovered from."""
 
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -12,8 +13,8 @@ import httpx
 import pytest
 
 from driftloop import demo, localstack
-from driftloop.client import PredictionClient, make_producer
-from driftloop.contracts import DeadLetter
+from driftloop.client import PredictionClient, make_producer, send_all
+from driftloop.contracts import DeadLetter, DriftDetected, PredictionRequest
 from driftloop.settings import Topics
 from tests.conftest import ROOT, wait_for
 from tests.helpers import collect, served_versions
@@ -99,6 +100,36 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
         assert await served_versions(client, "sea", probe, {versions["initial"]}) == {versions["initial"]}
     markdown = driftloop("models", "show", "sea", str(versions["initial"]), "--markdown")
     assert "Status:** champion" in markdown and "note=pre-drift" in markdown
+
+    # Inputs move without labels: x0 leaves its training distribution (still inside the spec's
+    # range), which also shifts what the model predicts. Both are flagged, and only x0 moved.
+    rng = random.Random(3)
+    shifted = [
+        PredictionRequest(
+            request_id=f"shift-{i}",
+            model="sea",
+            features={"x0": rng.uniform(8, 10), "x1": rng.uniform(0, 10), "x2": rng.uniform(0, 10)},
+        )
+        for i in range(2000)
+    ]
+    producer = make_producer(stack.bootstrap)
+    await producer.start()
+    try:
+        await send_all(producer, Topics().predictions_requests, shifted)
+    finally:
+        await producer.stop()
+
+    def both_flagged(events):
+        return {e.kind for e in events if e.kind != "concept"} == {"covariate", "prediction"}
+
+    events: list[DriftDetected] = []
+    for _ in range(15):  # re-read the topic until both flags are there (about 30 s at most)
+        events = await collect(stack.bootstrap, Topics().monitor_drift, DriftDetected, 100, timeout=2)
+        if both_flagged(events):
+            break
+    unlabelled = [e for e in events if e.kind != "concept"]
+    assert {(e.kind, e.feature) for e in unlabelled} == {("covariate", "x0"), ("prediction", None)}, events
+    assert all(e.version == versions["initial"] and e.statistic >= 0.25 for e in unlabelled)
 
     if shutil.which("prometheus"):
         prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}/api/v1/query"
