@@ -242,6 +242,10 @@ class DatasetRef(Message):
     first_event_time: datetime = Field(description="Oldest row's event time.")
     last_event_time: datetime = Field(description="Newest row's event time.")
     sha256: str = Field(description="Hash of the window's event ids and labels, in order.")
+    files: list[str] = Field(
+        default_factory=list,
+        description="The store files and row ranges read, as `path:first-last` (the dataset's manifest).",
+    )
 
 
 class ModelTrained(Message):

@@ -1,16 +1,31 @@
-"""An append-only, idempotent row store (SQLite): the offline store and the training store.
+"""The append-only, idempotent row store of the offline store (ingest) and the training store.
 
-Rows are keyed by event id, so a redelivered message never creates a second row. Each model's rows
-live in their own file under the store's directory.
+Rows live in columnar Parquet files (zstd), partitioned by model and event date, written once per
+appended batch and never changed: `<root>/<model>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet`,
+columns `event_id`, `event_time`, `seq`, `body`. A SQLite index per model records every row's
+event id, time, sequence number and place (file, row) and is the source of truth: a row exists once
+its index entry is committed.
+
+- Duplicates: an event id already indexed is skipped, so redelivery never creates a second row.
+- Crashes: a file is written under a temporary name and renamed before its rows are indexed in one
+  transaction. A crash before the commit leaves an unindexed file, which readers never see; a
+  redelivered batch of the same rows gets the same sequence numbers and replaces it under its name.
+- Versions: sequence numbers only grow, so a window read with the same `max_seq` always yields the
+  same rows; `manifest` names exactly the files and row ranges such a read uses.
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
 
 from driftloop.spec import MODEL_NAME
 
@@ -18,16 +33,29 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
     event_id TEXT PRIMARY KEY,
     event_time TEXT NOT NULL,
-    body BLOB NOT NULL,
-    seq INTEGER NOT NULL
+    seq INTEGER NOT NULL,
+    file TEXT NOT NULL,
+    row INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rows_time ON rows(event_time, seq);
+CREATE INDEX IF NOT EXISTS rows_seq ON rows(seq);
 """
+_ARROW = pa.schema(
+    [
+        ("event_id", pa.string()),
+        ("event_time", pa.timestamp("us", tz="UTC")),
+        ("seq", pa.int64()),
+        ("body", pa.binary()),
+    ]
+)
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
 
 
 def _iso(t: datetime) -> str:
-    t = t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-    return t.isoformat(timespec="microseconds")
+    return _utc(t).isoformat(timespec="microseconds")
 
 
 def _where(since: datetime | None, until: datetime | None, max_seq: int | None) -> tuple[str, list[object]]:
@@ -45,21 +73,36 @@ def _where(since: datetime | None, until: datetime | None, max_seq: int | None) 
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
 
 
+def _ranges(rows: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted row numbers as inclusive (first, last) runs: [0, 1, 2, 5] -> [(0, 2), (5, 5)]."""
+    runs: list[tuple[int, int]] = []
+    for r in sorted(rows):
+        if runs and r == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], r)
+        else:
+            runs.append((r, r))
+    return runs
+
+
 class RowStore:
-    """Rows of JSON bodies per model, ordered by event time, deduplicated by event id."""
+    """Rows (event id, event time, JSON body) per model, in event-time order, deduplicated by id."""
 
     def __init__(self, root: Path) -> None:
         self.root = root
         self._conns: dict[str, sqlite3.Connection] = {}
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
+
+    def _dir(self, model: str) -> Path:
+        if not MODEL_NAME.match(model):  # never a path: no file lands outside the store
+            raise ValueError(f"invalid model name {model!r}")
+        return self.root / model
 
     def _conn(self, model: str) -> sqlite3.Connection:
-        if not MODEL_NAME.match(model):
-            raise ValueError(f"invalid model name {model!r}")
+        directory = self._dir(model)
         with self._lock:
             if model not in self._conns:
-                self.root.mkdir(parents=True, exist_ok=True)
-                conn = sqlite3.connect(self.root / f"{model}.sqlite3", check_same_thread=False)
+                directory.mkdir(parents=True, exist_ok=True)
+                conn = sqlite3.connect(directory / "index.sqlite3", check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.executescript(_SCHEMA)
@@ -80,16 +123,50 @@ class RowStore:
         return found
 
     def append(self, model: str, rows: Iterable[tuple[str, datetime, bytes]]) -> int:
-        """Append (event_id, event_time, body) rows; ids already present are skipped. Returns new rows."""
+        """Append (event_id, event_time, body) rows as one file per event date; ids already present
+        are skipped. Returns the number of new rows."""
         conn = self._conn(model)
-        with self._lock, conn:
-            before = conn.total_changes
+        directory = self._dir(model)
+        with self._lock:
+            pending = list(rows)
+            stored = self.known(model, [eid for eid, _, _ in pending])
+            fresh: dict[str, tuple[datetime, bytes]] = {}
+            for eid, t, body in pending:
+                if eid not in stored and eid not in fresh:
+                    fresh[eid] = (_utc(t), body)
+            if not fresh:
+                return 0
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0]
-            conn.executemany(
-                "INSERT OR IGNORE INTO rows(event_id, event_time, body, seq) VALUES (?, ?, ?, ?)",
-                [(eid, _iso(t), body, seq + i + 1) for i, (eid, t, body) in enumerate(rows)],
-            )
-            return conn.total_changes - before
+            numbered = [(eid, t, body, seq + i + 1) for i, (eid, (t, body)) in enumerate(fresh.items())]
+            by_date: dict[str, list[tuple[str, datetime, bytes, int]]] = {}
+            for row in numbered:
+                by_date.setdefault(row[1].date().isoformat(), []).append(row)
+            index = []
+            for date, part in sorted(by_date.items()):
+                name = f"date={date}/part-{part[0][3]:012d}-{part[-1][3]:012d}.parquet"
+                self._write(directory / name, part)
+                index += [(eid, _iso(t), s, name, r) for r, (eid, t, _, s) in enumerate(part)]
+            with conn:
+                conn.executemany(
+                    "INSERT INTO rows(event_id, event_time, seq, file, row) VALUES (?, ?, ?, ?, ?)", index
+                )
+            return len(index)
+
+    @staticmethod
+    def _write(path: Path, part: list[tuple[str, datetime, bytes, int]]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pa.table(
+            {
+                "event_id": [r[0] for r in part],
+                "event_time": [r[1] for r in part],
+                "seq": [r[3] for r in part],
+                "body": [r[2] for r in part],
+            },
+            schema=_ARROW,
+        )
+        temporary = path.with_suffix(".tmp")
+        pq.write_table(table, temporary, compression="zstd")
+        os.replace(temporary, path)
 
     def count(self, model: str, since: datetime | None = None, until: datetime | None = None) -> int:
         """Rows of a model with event time in [since, until)."""
@@ -99,6 +176,20 @@ class RowStore:
     def max_seq(self, model: str) -> int:
         """Sequence number of the newest stored row (0 when empty)."""
         return int(self._conn(model).execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0])
+
+    def _places(
+        self,
+        model: str,
+        since: datetime | None,
+        until: datetime | None,
+        last_n: int | None,
+        max_seq: int | None,
+    ) -> list[tuple[str, int, int]]:
+        """(file, row, seq) of the window's rows, in event-time order."""
+        where, args = _where(since, until, max_seq)
+        limit = f"LIMIT {int(last_n)}" if last_n else ""
+        sql = f"SELECT file, row, seq FROM rows {where} ORDER BY event_time DESC, seq DESC {limit}"
+        return [(f, r, s) for f, r, s in self._conn(model).execute(sql, args)][::-1]
 
     def window(
         self,
@@ -110,10 +201,29 @@ class RowStore:
     ) -> list[bytes]:
         """Bodies in event-time order: rows in [since, until) stored up to `max_seq`, at most the
         newest `last_n`. The same arguments always return the same rows (the store only appends)."""
-        where, args = _where(since, until, max_seq)
-        limit = f"LIMIT {int(last_n)}" if last_n else ""
-        sql = f"SELECT body FROM rows {where} ORDER BY event_time DESC, seq DESC {limit}"
-        return [r[0] for r in self._conn(model).execute(sql, args)][::-1]
+        places = self._places(model, since, until, last_n, max_seq)
+        if not places:
+            return []
+        directory = self._dir(model)
+        files = [str(directory / f) for f in dict.fromkeys(f for f, _, _ in places)]
+        table = ds.dataset(files, format="parquet").to_table(columns=["seq", "body"])  # one threaded scan
+        body_of = dict(zip(table.column("seq").to_pylist(), table.column("body").to_pylist(), strict=True))
+        return [body_of[s] for _, _, s in places]
+
+    def manifest(
+        self,
+        model: str,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        last_n: int | None = None,
+        max_seq: int | None = None,
+    ) -> list[str]:
+        """The files and row ranges a `window` read with these arguments uses, as
+        `path:first-last` (rows counted from 0, inclusive), in path order."""
+        by_file: dict[str, list[int]] = {}
+        for file, row, _ in self._places(model, since, until, last_n, max_seq):
+            by_file.setdefault(file, []).append(row)
+        return [f"{file}:{a}-{b}" for file in sorted(by_file) for a, b in _ranges(by_file[file])]
 
     def close(self) -> None:
         with self._lock:

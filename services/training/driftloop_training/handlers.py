@@ -274,6 +274,7 @@ class Trainer:
             first_event_time=rows[0].event_time,
             last_event_time=rows[-1].event_time,
             sha256=digest,
+            files=self.store.manifest(spec.name, window.since, window.until, window.last_n, window.max_seq),
         )
         self.datasets.save(spec.name, dataset)
         return ModelTrained(
