@@ -253,6 +253,15 @@ def model_quality() -> dict[str, Any]:
                 ),
                 unit="percentunit",
             ),
+            panel(
+                "Never labelled within the label window, and labels too late (/s)",
+                ("sum by (model) (rate(driftloop_monitor_unlabelled_total[5m]))", "{{model}} never labelled"),
+                (
+                    "sum by (model) (rate(driftloop_monitor_labels_expired_total[5m]))",
+                    "{{model}} label expired",
+                ),
+                unit="ops",
+            ),
         ],
         [PROMOTIONS, RETRAINS],
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from driftloop.contracts import FeatureRow, Observation
+from driftloop.contracts import FeatureRow, InvalidInput, Observation
 from driftloop.features import FeatureSet, check_features
 from driftloop.spec import ModelSpec
 
@@ -14,6 +14,8 @@ def compute_row(
     carry anything)."""
     clean = check_features(spec, observation.features)
     label = None if observation.label is None else spec.label_of(observation.label)
+    if observation.label is not None and label is None:  # never turn a wrong label into "unlabelled"
+        raise InvalidInput("invalid_label", f"label {observation.label!r:.80} not in {spec.label.classes}")
     assert observation.event_time is not None
     return clean, FeatureRow(
         event_id=observation.event_id,

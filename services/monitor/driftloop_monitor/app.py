@@ -30,7 +30,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     redis = Redis.from_url(settings.redis_url)
     monitor = Monitor(
         load_specs(settings.models_dir),
-        JoinStore(redis, settings.join_ttl_s),
+        JoinStore(redis, settings.join_ttl_s, settings.orphan_grace_s),
         Bus(broker, SERVICE, topics.events_dlq),
         topics,
         settings.quality_window,

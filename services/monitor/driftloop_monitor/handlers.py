@@ -7,7 +7,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import orjson
 from aiokafka import ConsumerRecord
@@ -40,6 +40,7 @@ from driftloop_monitor.domain import (
 )
 
 SERVICE = "monitor"
+OTHER = "_other"  # joins of models without a spec are booked here (bounded label sets)
 _M = TypeVar("_M", PredictionRequest, PredictionResult)
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,25 @@ ACCURACY_FLOOR = Gauge(
     "The spec's gate floor for accuracy-like metrics, for the accuracy-below-floor alert.",
     ["model"],
 )
+UNLABELLED = Counter(
+    "driftloop_monitor_unlabelled_total",
+    "Requests whose label did not arrive within the label window (join TTL), by model.",
+    ["model"],
+)
+EXPIRED = Counter(
+    "driftloop_monitor_labels_expired_total",
+    "Labels that found no request to join within the grace period (too late, or unknown), by model.",
+    ["model"],
+)
 WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3
+
+
+class Part(NamedTuple):
+    request_id: str
+    name: str  # request, result or feedback
+    body: bytes
+    model: str
+    message: PredictionRequest | PredictionResult | None
 
 
 class Monitor:
@@ -107,12 +126,15 @@ class Monitor:
         bus: Bus,
         topics: Topics,
         quality_window: int,
+        sweep_every_s: float = 5.0,
     ) -> None:
         self.specs = specs
         self.joins = joins
         self.bus = bus
         self.topics = topics
         self.quality_window = quality_window
+        self.sweep_every_s = sweep_every_s
+        self.last_sweep = time.monotonic()
         self.champion: dict[str, int] = {}
         self.drift: dict[str, ConceptDriftMonitor] = {}
         self.quality: dict[tuple[str, int], RollingQuality] = {}
@@ -131,6 +153,8 @@ class Monitor:
             DETECTIONS.labels(name, "psi", "prediction")
             WARNINGS.labels(name, spec.drift.detector)
             RETRAINS.labels(name)
+            UNLABELLED.labels(name)
+            EXPIRED.labels(name)
 
     def _set_state(self, model: str, state: int) -> None:
         self.state[model] = state
@@ -161,30 +185,47 @@ class Monitor:
             with contextlib.suppress(KeyError):
                 gauge.remove(model, str(version))
 
-    def _part(
-        self, record: ConsumerRecord
-    ) -> tuple[str, str, bytes, PredictionRequest | PredictionResult | None]:
-        """(request_id, part name, body, the parsed request or result) of a request, result or feedback."""
+    def _part(self, record: ConsumerRecord) -> Part:
+        """A request, result or feedback as a join part (with the parsed request or result)."""
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
             body = orjson.dumps({"features": request.features, "ts": record.timestamp})
-            return request.request_id, "request", body, request
+            return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
             result = parse(PredictionResult, record.value)
             if result.error is None:
                 PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)).inc()
-            return result.request_id, "result", encode(result), result
+            return Part(result.request_id, "result", encode(result), self._book(result.model), result)
         feedback = parse(Feedback, record.value, self.specs)
         body = orjson.dumps({"label": feedback.label, "ts": record.timestamp})
-        return feedback.request_id, "feedback", body, None
+        return Part(feedback.request_id, "feedback", body, self._book(feedback.model), None)
+
+    def _book(self, model: str) -> str:
+        """The model a join is booked under: a spec's name, or one bucket for anything else."""
+        return model if model in self.specs else OTHER
+
+    async def _sweep(self) -> None:
+        """Count requests that were never labelled and labels that came too late (every few seconds)."""
+        now = time.monotonic()
+        if now - self.last_sweep < self.sweep_every_s:
+            return
+        self.last_sweep = now
+        swept = await self.joins.sweep([*self.specs, OTHER], int(time.time() * 1000))
+        for model, (unlabelled, expired) in swept.items():
+            UNLABELLED.labels(model).inc(unlabelled)
+            EXPIRED.labels(model).inc(expired)
+            if expired:
+                log.warning("%s labels for %s came after their request's label window", expired, model)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> None:
         parts, dead = triage(SERVICE, records, self._part)
-        complete = await self.joins.put([(rid, part, body) for rid, part, body, _ in parts])
+        complete = await self.joins.put(
+            [(p.request_id, p.name, p.body, p.model) for p in parts], int(time.time() * 1000)
+        )
         observations: list[Observation] = []
-        requests = [m for *_, m in parts if isinstance(m, PredictionRequest)]
-        results = [m for *_, m in parts if isinstance(m, PredictionResult)]
+        requests = [p.message for p in parts if isinstance(p.message, PredictionRequest)]
+        results = [p.message for p in parts if isinstance(p.message, PredictionResult)]
         drift_events = self._covariate_shifts(requests) + self._prediction_shifts(results)
         commands: list[TrainModel] = []
         # Outcomes reach the detectors in the order the predictions were made, not in the order
@@ -208,6 +249,7 @@ class Monitor:
         await self.bus.publish(self.topics.training_requests, commands)
         await self.bus.dead_letters(dead)
         await self.joins.mark_done(list(complete))
+        await self._sweep()
         count(SERVICE, "predictions", "ok", len(parts))
         count(SERVICE, "predictions", "rejected", len(dead))
 
