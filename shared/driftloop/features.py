@@ -42,7 +42,7 @@ def _check_one(spec: FeatureSpec, value: Any) -> float | str:
 def check_features(spec: ModelSpec, features: Mapping[str, Any]) -> dict[str, float | str]:
     """Validated raw values by feature name, defaults filled in; raises `InvalidInput`."""
     clean: dict[str, float | str] = {}
-    for feature in spec.features:
+    for feature in spec.inputs:
         value = features.get(feature.name)
         if value is None:
             if feature.default is not None:
@@ -61,20 +61,20 @@ class FeatureSet:
     def __init__(self, spec: ModelSpec) -> None:
         self.spec = spec
         self.names: list[str] = []
-        for feature in spec.features:
+        for feature in spec.inputs:
             if feature.type == "numeric":
                 self.names.append(feature.name)
             else:
                 assert feature.categories is not None
                 self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
         # bounds and transforms of all-numeric specs, as vectors for `encode_many`
-        self._numeric_only = all(f.type == "numeric" for f in spec.features)
-        names = [f.name for f in spec.features]
+        self._numeric_only = all(f.type == "numeric" for f in spec.inputs)
+        names = [f.name for f in spec.inputs]
         self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
             operator.itemgetter(*names) if len(names) > 1 else lambda raw: (raw[names[0]],)
         )
         low, high, clip_low, clip_high, log1p = [], [], [], [], []
-        for f in spec.features:
+        for f in spec.inputs:
             clipped = f.transform == "clip"  # clipped features are never out of range
             lowest = -np.inf if f.min is None or clipped else f.min
             if f.transform == "log1p":  # log1p needs x > -1
@@ -91,7 +91,7 @@ class FeatureSet:
     def row(self, clean: Mapping[str, float | str]) -> list[float]:
         """Encode one validated row (from `check_features`)."""
         out: list[float] = []
-        for feature in self.spec.features:
+        for feature in self.spec.inputs:
             value = clean[feature.name]
             if feature.type == "numeric":
                 number = float(value)
@@ -184,6 +184,9 @@ def decode_stored(spec: ModelSpec, stored: Mapping[str, str]) -> dict[str, float
             value = stored[feature.name]
             out[feature.name] = float(value) if feature.type == "numeric" else value
     return out
+
+
+HISTORY_FIELD = "_history"  # an entity's recent events for aggregates, in its online-store hash
 
 
 def online_key(model: str, entity_id: str) -> str:

@@ -7,6 +7,7 @@ the training window, the promotion gate and the drift detector. Every service lo
 from __future__ import annotations
 
 import re
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,6 +48,26 @@ class FeatureSpec(SpecModel):
             raise ValueError(f"categorical feature {self.name!r} needs categories")
         if self.transform == "clip" and (self.min is None or self.max is None):
             raise ValueError(f"feature {self.name!r}: clip needs min and max")
+        return self
+
+
+class AggregateSpec(SpecModel):
+    """A per-entity streaming aggregate over the entity's earlier events: a model input computed by
+    the platform, the same way for training rows (as of each event's time, from events before it)
+    and for serving (as of the request, from the entity's events so far)."""
+
+    name: str = Field(description="Input name of the aggregate.")
+    stat: Literal["count", "mean", "sum", "min", "max", "last"] = Field(description="Statistic.")
+    of: str | None = Field(default=None, description="Numeric feature aggregated (not needed for count).")
+    last_n: int | None = Field(default=None, ge=1, le=1000, description="Over the entity's last N events ...")
+    window_s: float | None = Field(default=None, gt=0, description="... or over the last N seconds.")
+
+    @model_validator(mode="after")
+    def _check(self) -> AggregateSpec:
+        if self.stat != "count" and self.of is None:
+            raise ValueError(f"aggregate {self.name!r}: {self.stat} needs `of`")
+        if self.stat != "last" and (self.last_n is None) == (self.window_s is None):
+            raise ValueError(f"aggregate {self.name!r}: give exactly one of last_n and window_s")
         return self
 
 
@@ -173,6 +194,9 @@ class ModelSpec(SpecModel):
     name: str = Field(description="Model name: lowercase letters, digits, `_` and `-`.")
     description: str = Field(default="", description="What the model predicts.")
     features: list[FeatureSpec] = Field(min_length=1)
+    aggregates: list[AggregateSpec] = Field(
+        default_factory=list, description="Per-entity streaming aggregates, model inputs after the features."
+    )
     label: LabelSpec
     algorithm: AlgorithmSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -189,10 +213,22 @@ class ModelSpec(SpecModel):
 
     @model_validator(mode="after")
     def _unique_features(self) -> ModelSpec:
-        names = [f.name for f in self.features]
+        names = [f.name for f in self.features] + [a.name for a in self.aggregates]
         if len(set(names)) != len(names):
-            raise ValueError("feature names must be unique")
+            raise ValueError("feature and aggregate names must be unique")
+        numeric = {f.name for f in self.features if f.type == "numeric"}
+        for aggregate in self.aggregates:
+            if aggregate.of is not None and aggregate.of not in numeric:
+                raise ValueError(f"aggregate {aggregate.name!r}: {aggregate.of!r} is not a numeric feature")
         return self
+
+    @cached_property
+    def inputs(self) -> list[FeatureSpec]:
+        """The features, then each aggregate as a numeric input (0 until its entity has history)."""
+        return [
+            *self.features,
+            *(FeatureSpec(name=a.name, type="numeric", required=False, default=0.0) for a in self.aggregates),
+        ]
 
     def label_of(self, value: Any) -> int | str | None:
         """The spec's class equal to `value` (accepting 1 for "1", True for 1), or None."""

@@ -1,6 +1,7 @@
 """ingest → feature on a real broker and redis-server: validation, dead letters, dedup, stores."""
 
 import base64
+from datetime import UTC, datetime
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -67,3 +68,79 @@ async def test_observations_flow_to_features_and_stores(kafka_bootstrap, redis_u
     assert (dead[0].source_partition, dead[0].source_offset) == (bad.partition, bad.offset)
     assert base64.b64decode(dead[0].original) == b'{"event_id": "x", "model": 1}'
     assert stored[b"x1"] == b"1.0" and b"_event_time" in stored
+
+
+async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    import time
+
+    import yaml
+
+    from driftloop.aggregates import History
+    from driftloop.features import HISTORY_FIELD
+    from driftloop.spec import ModelSpec
+
+    spec = {
+        "name": "payments",
+        "features": [{"name": "amount", "type": "numeric", "min": 0}],
+        "aggregates": [
+            {"name": "amount_mean_2", "stat": "mean", "of": "amount", "last_n": 2},
+            {"name": "payments_1h", "stat": "count", "window_s": 3600},
+        ],
+        "label": {"classes": [0, 1]},
+        "algorithm": {"name": "logistic_regression"},
+    }
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "payments.yaml").write_text(yaml.safe_dump(spec))
+    feature = feature_app(
+        FeatureSettings(
+            kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topics=topics, models_dir=models
+        )
+    )
+    base = time.time() - 600
+    events = [  # sent out of time order, two entities interleaved
+        ("p3", "u1", 30.0, 300),
+        ("p1", "u1", 10.0, 100),
+        ("q1", "u2", 99.0, 150),
+        ("p2", "u1", 20.0, 200),
+    ]
+    producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
+    async with feature:
+        await producer.start()
+        try:
+            for event_id, entity, amount, second in events:
+                observation = Observation(
+                    event_id=event_id,
+                    model="payments",
+                    entity_id=entity,
+                    features={"amount": amount},
+                    label=1,
+                    event_time=datetime.fromtimestamp(base + second, UTC),
+                )
+                await producer.send(
+                    topics.events_validated, orjson.dumps(observation.model_dump(mode="json"))
+                )
+            await producer.flush()
+        finally:
+            await producer.stop()
+        rows = {
+            r.event_id: r for r in await collect(kafka_bootstrap, topics.features_computed, FeatureRow, 4)
+        }
+        redis = Redis.from_url(redis_url)
+        try:
+            stored = await redis.hget(online_key("payments", "u1"), HISTORY_FIELD)
+        finally:
+            await redis.aclose()
+
+    # each row sees only the entity's events before it (in one batch, or across batches in time order)
+    by_time = {e: r.features for e, r in rows.items()}
+    assert by_time["p1"]["payments_1h"] == 0.0 and by_time["p1"]["amount_mean_2"] == 0.0
+    assert by_time["q1"]["payments_1h"] == 0.0, "another entity's events leaked in"
+    assert (by_time["p2"]["payments_1h"], by_time["p2"]["amount_mean_2"]) == (1.0, 10.0)  # p1 only
+    # p3 came first: alone in its batch it saw nothing; batched with p1 and p2 it saw both
+    assert (by_time["p3"]["payments_1h"], by_time["p3"]["amount_mean_2"]) in {(0.0, 0.0), (2.0, 15.0)}
+    # serving reads the stored history: as of now, the entity's last two payments and all three
+    served = History.loads(ModelSpec.model_validate(spec), stored).values(time.time())
+    assert served == {"amount_mean_2": 25.0, "payments_1h": 3.0}

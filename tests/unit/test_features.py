@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from driftloop.contracts import InvalidInput, Observation, utcnow
 from driftloop.features import FeatureSet, check_features, decode_stored
 from driftloop.spec import ModelSpec
-from driftloop_feature.domain import compute_row
+from driftloop_feature.domain import feature_row, validate
 
 MIXED = ModelSpec.model_validate(
     {
@@ -30,7 +30,7 @@ MIXED = ModelSpec.model_validate(
 def _training_vector(spec, raw):
     feature_set = FeatureSet(spec)
     observation = Observation(event_id="e", model=spec.name, features=raw, event_time=utcnow())
-    _, row = compute_row(spec, feature_set, observation)
+    row = feature_row(spec, feature_set, observation, validate(spec, observation))
     return feature_set.from_named([row.features])[0]
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,9 +13,10 @@ import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 
+from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Output
-from driftloop.features import decode_stored, missing_features
+from driftloop.features import HISTORY_FIELD, decode_stored, missing_features
 from driftloop.kafka import encode, triage
 from driftloop.metrics import DEAD_LETTERS, count
 from driftloop.settings import Topics
@@ -109,6 +111,7 @@ class InferenceHandler:
         stored = await self.online.fetch([(r.model, r.entity_id or "") for r in wanted])
         found = dict(zip([r.request_id for r in wanted], stored or [None] * len(wanted), strict=True))
         ready, failed = [], []
+        now = time.time()
         for request in requests:
             if request.request_id not in found:
                 ready.append(request)
@@ -117,6 +120,8 @@ class InferenceHandler:
             spec = self.specs[request.model]
             if values is not None:
                 merged = {**decode_stored(spec, values), **request.features}
+                if spec.aggregates:  # as of now, from the entity's events: the training rows' code
+                    merged.update(History.loads(spec, values.get(HISTORY_FIELD)).values(now))
                 ready.append(dataclasses.replace(request, features=merged))
             elif not missing_features(spec, request.features):
                 ready.append(request)  # it carries everything itself

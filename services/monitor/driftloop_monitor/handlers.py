@@ -168,8 +168,11 @@ class Monitor:
             self.champion[event.model] = event.version
             spec = self.specs[event.model].drift
             self.drift[event.model] = ConceptDriftMonitor(spec)
+            # aggregates are computed by the platform, not sent with requests: not watched here
+            computed = {a.name for a in self.specs[event.model].aggregates}
+            reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
             self.covariate[event.model] = CovariateMonitor(
-                self.feature_sets[event.model].names, event.reference_stats, spec.covariate
+                self.feature_sets[event.model].names, reference, spec.covariate
             )
             self.predictions[event.model] = PredictionMonitor(event.prediction_shares, spec.prediction)
             MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
@@ -190,7 +193,9 @@ class Monitor:
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
-            body = orjson.dumps({"features": request.features, "ts": record.timestamp})
+            body = orjson.dumps(
+                {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
+            )
             return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
             result = parse(PredictionResult, record.value)
@@ -338,6 +343,7 @@ class Monitor:
         observation = Observation(
             event_id=f"feedback:{request_id}",
             model=result.model,
+            entity_id=request.get("entity_id"),
             features=request["features"],
             label=label,
             event_time=requested_at,
