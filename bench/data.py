@@ -1,0 +1,241 @@
+"""`make bench-data`: the data path (ingest → feature → Redis online store + Parquet offline store)
+against the broker's ceiling, in one run.
+
+1. ceiling: the batched aiokafka echo of bench-inference (same loop, settings and payload sizes);
+2. a burst of labelled observations into `events.raw`, through the real ingest and feature
+   processes (validation, dedup, offline store, per-entity aggregates, online store): feature rows/s
+   on `features.computed`;
+3. event latency `events.raw` → `features.computed` at a fixed 1,000 events/s, next to the echo's at
+   the same load (rounds alternate);
+4. offline store bytes per row (Parquet files of the run / rows indexed), online keys written.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import numpy as np
+import orjson
+
+from bench.common import table, write
+from bench.inference import Reader, burst, latency, offered_load
+from driftloop.fastpath import BatchSender
+from driftloop.kafka import ensure_topics
+from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.settings import ServiceSettings, Topics
+from driftloop.store import RowStore
+
+FEATURES = [f"f{i}" for i in range(12)]
+ENTITIES = 1000
+BURST = 50_000
+LATENCY_ROUNDS, LATENCY_SECONDS, RATE = 3, 5, 1000
+SPEC = "\n".join(
+    [
+        "name: benchdata",
+        "features:",
+        *[f"  - {{name: {name}, type: numeric, min: -100, max: 100}}" for name in FEATURES],
+        "aggregates:",
+        "  - {name: f0_mean_10, stat: mean, of: f0, last_n: 10}",
+        "  - {name: events_1h, stat: count, window_s: 3600}",
+        "label: {classes: [0, 1]}",
+        "algorithm: {name: logistic_regression}",
+    ]
+)
+
+
+def observations(n: int, seed: int) -> list[tuple[bytes, bytes]]:
+    """(event id, JSON) of labelled observations spread over ENTITIES entities."""
+    rng = np.random.default_rng(seed)
+    values = rng.normal(size=(n, len(FEATURES))).round(4)
+    now = datetime.now(UTC).isoformat()
+    out = []
+    for i in range(n):
+        event_id = f"{seed}-{i}"
+        body = {
+            "event_id": event_id,
+            "model": "benchdata",
+            "entity_id": f"u{int(rng.integers(ENTITIES))}",
+            "features": dict(zip(FEATURES, values[i].tolist(), strict=True)),
+            "label": int(i % 2),
+            "event_time": now,
+        }
+        out.append((event_id.encode(), orjson.dumps(body)))
+    return out
+
+
+class RowReader(Reader):
+    """Arrivals on `features.computed`, keyed by the row's event id (feature rows are not keyed)."""
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self.consumer.getmany(timeout_ms=20, max_records=5000)
+            now = time.perf_counter()
+            for records in batches.values():
+                for record in records:
+                    key = orjson.loads(record.value or b"{}").get("event_id", "").encode()
+                    self.arrivals.setdefault(key, []).append(now)
+
+
+def _ready(port: int, what: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready")
+        time.sleep(0.2)
+
+
+async def run(tmp: Path) -> dict:
+    kafka_port, redis_port = free_port(), free_port()
+    procs = [
+        subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL),
+    ]
+    wait_port(kafka_port, 20, "broker")
+    wait_port(redis_port, 20, "redis")
+    bootstrap = f"127.0.0.1:{kafka_port}"
+    topics = Topics()
+    await ensure_topics(
+        ServiceSettings(kafka_bootstrap=bootstrap), [*topics.all(), "echo.requests", "echo.responses"]
+    )
+    models = tmp / "models"
+    models.mkdir()
+    (models / "benchdata.yaml").write_text(SPEC)
+    env = {
+        **os.environ,
+        "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
+        "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DRIFTLOOP_MODELS_DIR": str(models),
+        "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
+        "DRIFTLOOP_LOG_LEVEL": "WARNING",
+    }
+    ports = {"ingest": free_port(), "feature": free_port()}
+    for service, port in ports.items():
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, "-m", f"driftloop_{service}.app"],
+                env={**env, "DRIFTLOOP_HTTP_PORT": str(port)},
+            )
+        )
+    echo = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", "echo.requests", "echo.responses"],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    procs.append(echo)
+    try:
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+        for service, port in ports.items():
+            _ready(port, service)
+        await asyncio.sleep(4)  # the consumer groups have joined (a join takes 3 s on tansu)
+        sender = await BatchSender.connect(bootstrap, "bench")
+        echo_reader, rows_reader = (
+            Reader(bootstrap, "echo.responses"),
+            RowReader(bootstrap, topics.features_computed),
+        )
+        await echo_reader.start()
+        await rows_reader.start()
+        figures: dict = {}
+        warm = observations(2000, seed=99)
+        await burst(sender, echo_reader, "echo.requests", warm)
+        await burst(sender, rows_reader, topics.events_raw, warm)
+        figures["ceiling_msgs_per_s"] = await burst(
+            sender, echo_reader, "echo.requests", observations(BURST, 1)
+        )
+        figures["data_events_per_s"] = await burst(
+            sender, rows_reader, topics.events_raw, observations(BURST, 2)
+        )
+        echo_sent: dict[bytes, float] = {}
+        data_sent: dict[bytes, float] = {}
+        for round_ in range(LATENCY_ROUNDS):  # echo and data path alternate: the same machine for both
+            items = observations(RATE * LATENCY_SECONDS, seed=1000 + 2 * round_)
+            echo_sent.update((await offered_load(sender, echo_reader, "echo.requests", items, RATE))[0])
+            items = observations(RATE * LATENCY_SECONDS, seed=1001 + 2 * round_)
+            data_sent.update((await offered_load(sender, rows_reader, topics.events_raw, items, RATE))[0])
+        figures["echo"] = latency(echo_sent, echo_reader)
+        figures["data"] = latency(data_sent, rows_reader)
+        figures["lost"] = sum(1 for k in data_sent if k not in rows_reader.arrivals)
+        await asyncio.sleep(1)  # the offline append follows the publish
+        store = RowStore(tmp / "offline")
+        figures["offline_rows"] = store.count("benchdata")
+        store.close()
+        figures["offline_bytes"] = sum(p.stat().st_size for p in (tmp / "offline").rglob("*.parquet"))
+        figures["offline_files"] = len(list((tmp / "offline").rglob("*.parquet")))
+        redis = subprocess.run(
+            ["redis-cli", "-p", str(redis_port), "dbsize"], capture_output=True, text=True, check=False
+        )
+        figures["online_keys"] = int(redis.stdout.strip() or 0)
+        await sender.stop()
+        await echo_reader.stop()
+        await rows_reader.stop()
+        return figures
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+        for proc in procs:
+            try:
+                proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        f = asyncio.run(run(Path(tmp)))
+    result = {
+        "ceiling_msgs_per_s": round(f["ceiling_msgs_per_s"]),
+        "data_events_per_s": round(f["data_events_per_s"]),
+        "ratio": round(f["data_events_per_s"] / f["ceiling_msgs_per_s"], 3),
+        "p50_ms": round(f["data"]["p50"], 2),
+        "p99_ms": round(f["data"]["p99"], 2),
+        "echo_p50_ms": round(f["echo"]["p50"], 2),
+        "echo_p99_ms": round(f["echo"]["p99"], 2),
+        "latency_rate_per_s": RATE,
+        "lost_at_fixed_load": f["lost"],
+        "offline_bytes_per_row": round(f["offline_bytes"] / max(1, f["offline_rows"]), 1),
+        "offline_rows": f["offline_rows"],
+        "offline_files": f["offline_files"],
+        "online_keys": f["online_keys"],
+        "path": "events.raw -> ingest (validate, dedup, Parquet) -> events.validated -> feature "
+        "(aggregates, Redis) -> features.computed; 12 numeric features, 2 aggregates, 1,000 entities",
+    }
+    print(
+        table(
+            "bench-data (one run)",
+            [
+                ("echo ceiling msg/s", result["ceiling_msgs_per_s"]),
+                ("data path events/s (ingest -> feature)", result["data_events_per_s"]),
+                ("ratio (target >= 0.3)", result["ratio"]),
+                (
+                    f"p50 / p99 ms at {RATE}/s events.raw -> features.computed",
+                    f"{result['p50_ms']} / {result['p99_ms']}",
+                ),
+                (
+                    f"echo p50 / p99 ms at {RATE}/s (one hop)",
+                    f"{result['echo_p50_ms']} / {result['echo_p99_ms']}",
+                ),
+                ("lost at fixed load", result["lost_at_fixed_load"]),
+                ("offline store bytes/row (Parquet, zstd)", result["offline_bytes_per_row"]),
+                ("offline rows / files", f"{result['offline_rows']} / {result['offline_files']}"),
+                ("online keys (entities)", result["online_keys"]),
+            ],
+        )
+    )
+    print(f"written {write('data', result)}")
+
+
+if __name__ == "__main__":
+    main()
