@@ -36,8 +36,8 @@ demo: install ## run the closed-loop drift demo on the embedded local stack (sum
 test: install ## run every test: unit, integration (real broker + redis), end-to-end loop
 	$(BIN)/pytest
 
-test-unit: install ## unit tests only (no I/O)
-	$(BIN)/pytest tests/unit
+test-unit: install ## unit tests and docstring examples (no I/O)
+	$(BIN)/pytest tests/unit shared/driftloop services
 
 test-integration: install ## integration tests against a real broker and redis-server
 	$(BIN)/pytest tests/integration

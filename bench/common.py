@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 import platform
+import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
+
+from driftloop.localstack import broker_command, free_port, redis_command, wait_port
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -33,3 +38,40 @@ def write(area: str, figures: dict[str, Any]) -> Path:
     meta = {"measured_at": datetime.now(UTC).isoformat(), "machine": platform.platform()}
     path.write_text(json.dumps({**figures, "meta": meta}, indent=2) + "\n")
     return path
+
+
+def start_broker_and_redis(tmp: Path) -> tuple[list[subprocess.Popen[bytes]], str, int]:
+    """A tansu broker and a redis-server on free ports: (processes, bootstrap, redis port)."""
+    kafka_port, redis_port = free_port(), free_port()
+    procs = [
+        subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL),
+    ]
+    wait_port(kafka_port, 20, "broker")
+    wait_port(redis_port, 20, "redis")
+    return procs, f"127.0.0.1:{kafka_port}", redis_port
+
+
+def wait_ready(port: int, what: str, timeout: float = 60.0) -> None:
+    """Poll a service's /readyz until it answers 200."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not become ready")
+        time.sleep(0.2)
+
+
+def stop_processes(procs: list[Any]) -> None:
+    """SIGTERM in reverse start order, SIGKILL what is still there after 15 s."""
+    for proc in reversed(procs):
+        proc.terminate()
+    for proc in procs:
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()

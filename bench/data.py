@@ -21,15 +21,14 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 
-from bench.common import table, write
+from bench.common import start_broker_and_redis, stop_processes, table, wait_ready, write
 from bench.inference import Reader, burst, latency, offered_load
 from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
-from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
 from driftloop.store import RowStore
 
@@ -84,28 +83,8 @@ class RowReader(Reader):
                     self.arrivals.setdefault(key, []).append(now)
 
 
-def _ready(port: int, what: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz").status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not become ready")
-        time.sleep(0.2)
-
-
 async def run(tmp: Path) -> dict:
-    kafka_port, redis_port = free_port(), free_port()
-    procs = [
-        subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL),
-    ]
-    wait_port(kafka_port, 20, "broker")
-    wait_port(redis_port, 20, "redis")
-    bootstrap = f"127.0.0.1:{kafka_port}"
+    procs, bootstrap, redis_port = start_broker_and_redis(tmp)
     topics = Topics()
     await ensure_topics(
         ServiceSettings(kafka_bootstrap=bootstrap), [*topics.all(), "echo.requests", "echo.responses"]
@@ -139,7 +118,7 @@ async def run(tmp: Path) -> dict:
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
         for service, port in ports.items():
-            _ready(port, service)
+            wait_ready(port, service)
         await asyncio.sleep(4)  # the consumer groups have joined (a join takes 3 s on tansu)
         sender = await BatchSender.connect(bootstrap, "bench")
         echo_reader, rows_reader = (
@@ -183,13 +162,7 @@ async def run(tmp: Path) -> dict:
         await rows_reader.stop()
         return figures
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def main() -> None:

@@ -19,19 +19,18 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import orjson
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from bench.common import table, write
+from bench.common import start_broker_and_redis, stop_processes, table, wait_ready, write
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelPromoted
 from driftloop.fastpath import BatchSender, Output
 from driftloop.kafka import ensure_topics, tail_from_end
-from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
 from driftloop_training.adapters import convert
 
@@ -168,14 +167,8 @@ def rss_peak_mb(pid: int) -> float:
 
 
 async def run(tmp: Path) -> dict:
-    kafka_port, redis_port, http_port = free_port(), free_port(), free_port()
-    procs = [
-        subprocess.Popen(broker_command(kafka_port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen(redis_command(redis_port, tmp, False), stdout=subprocess.DEVNULL),
-    ]
-    wait_port(kafka_port, 20, "broker")
-    wait_port(redis_port, 20, "redis")
-    bootstrap = f"127.0.0.1:{kafka_port}"
+    procs, bootstrap, redis_port = start_broker_and_redis(tmp)
+    http_port = free_port()
     topics = Topics()
     settings = ServiceSettings(kafka_bootstrap=bootstrap)
     await ensure_topics(settings, [*topics.all(), "echo.requests", "echo.responses"])
@@ -206,16 +199,7 @@ async def run(tmp: Path) -> dict:
     procs += [service, echo]
     try:
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{http_port}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("inference did not become ready")
-            await asyncio.sleep(0.2)
+        wait_ready(http_port, "inference")
         await asyncio.sleep(4)  # both consumer groups have joined (a join takes 3 s on tansu)
         sender = await BatchSender.connect(bootstrap, "bench")
         echo_reader, service_reader = (
@@ -265,13 +249,7 @@ async def run(tmp: Path) -> dict:
         await producer.stop()
         return figures
     finally:
-        for proc in reversed(procs):
-            proc.terminate()
-        for proc in procs:
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_processes(procs)
 
 
 def main() -> None:
