@@ -158,3 +158,16 @@ def test_an_improvement_is_not_called_drift_unless_asked():
     errors = _errors([(0.3, 5000), (0.05, 3000)], seed=9)
     assert _run(errors, DriftSpec(warmup_samples=200)) == []
     assert len(_run(errors, DriftSpec(warmup_samples=200, only_degradation=False))) == 1
+
+
+@pytest.mark.parametrize("sizes", [[2000], [1000, 1000], [1800, 200], [7] * 286])
+def test_distribution_flags_do_not_depend_on_how_samples_were_batched(sizes):
+    rng = np.random.default_rng(6)
+    stream = np.concatenate([rng.uniform(0, 10, (1500, 1)), rng.uniform(8, 10, (1500, 1))])
+    monitor = CovariateMonitor(["a"], {"a": _uniform_stats()}, DistributionDriftSpec())
+    seen, at = 0, []
+    for size in [1500, *sizes, 3000]:  # the reference part, then the shift in batches of `sizes`
+        for shift in monitor.update(stream[seen : seen + size]):
+            at.append(shift.samples_seen)
+        seen += size
+    assert at == [2250]  # tests at every 250th sample: the same flag, at the same sample, every time

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -268,14 +268,20 @@ class _Windowed:
         threshold, clear = spec.limits
         self.hysteresis = Hysteresis(threshold, clear, spec.confirmations)
 
-    def _due(self, samples: Sequence[Any]) -> bool:
-        self.window.extend(samples)
-        self.samples_seen += len(samples)
-        self.since_check += len(samples)
-        if self.since_check < self.spec.every or len(self.window) < self.spec.window:
-            return False
-        self.since_check = 0
-        return True
+    def _checks(self, samples: Sequence[Any]) -> Iterator[None]:
+        """Take samples in; yield whenever a test is due: every `every` samples once the window is
+        full, however the samples were batched (a big batch gets several tests, not one)."""
+        i = 0
+        while i < len(samples):
+            k = min(len(samples) - i, self.spec.every - self.since_check)
+            self.window.extend(samples[i : i + k])
+            i += k
+            self.samples_seen += k
+            self.since_check += k
+            if self.since_check >= self.spec.every:
+                self.since_check = 0
+                if len(self.window) == self.spec.window:
+                    yield
 
     @property
     def flagged(self) -> set[str]:
@@ -292,9 +298,7 @@ class CovariateMonitor(_Windowed):
     >>> rng = np.random.default_rng(0)
     >>> [monitor.update(rng.uniform(0, 10, (100, 1))) for _ in range(10)][-1]
     []
-    >>> [s.name for s in monitor.update(rng.uniform(8, 10, (500, 1)))]
-    []
-    >>> [s.name for s in monitor.update(rng.uniform(8, 10, (100, 1)))]
+    >>> [s.name for s in monitor.update(rng.uniform(8, 10, (500, 1)))]  # one batch, several tests
     ['x']
     """
 
@@ -308,15 +312,14 @@ class CovariateMonitor(_Windowed):
 
     def update(self, X: np.ndarray) -> list[Shift]:
         """Learn encoded rows; the features that newly drifted (empty most of the time)."""
-        if not self._due(list(X)):
-            return []
-        recent = np.asarray(self.window)
         shifted = []
-        for j, name in self.columns:
-            self.last[name] = self.references[name].distances(recent[:, j])
-            score = self.last[name][self.spec.statistic]
-            if self.hysteresis.update(name, score):
-                shifted.append(Shift(name, score, self.samples_seen))
+        for _ in self._checks(list(X)):
+            recent = np.asarray(self.window)
+            for j, name in self.columns:
+                self.last[name] = self.references[name].distances(recent[:, j])
+                score = self.last[name][self.spec.statistic]
+                if self.hysteresis.update(name, score):
+                    shifted.append(Shift(name, score, self.samples_seen))
         return shifted
 
 
@@ -324,9 +327,9 @@ class PredictionMonitor(_Windowed):
     """PSI of the champion's recent predicted-class shares against its shares on the training holdout.
 
     >>> monitor = PredictionMonitor({"0": 0.5, "1": 0.5}, DistributionDriftSpec(window=100, every=50))
-    >>> monitor.update(["0", "1"] * 100), monitor.update(["1"] * 100)
-    ([], [])
-    >>> [s.name for s in monitor.update(["1"] * 50)]
+    >>> monitor.update(["0", "1"] * 100)
+    []
+    >>> [s.name for s in monitor.update(["1"] * 100)]
     ['prediction']
     """
 
@@ -337,12 +340,14 @@ class PredictionMonitor(_Windowed):
 
     def update(self, predicted: Sequence[str]) -> list[Shift]:
         """Learn predicted classes; a one-item list when the prediction mix newly drifted."""
-        if not self.shares or not self._due(predicted):
+        if not self.shares:
             return []
-        counts: dict[str, int] = {}
-        for label in self.window:
-            counts[label] = counts.get(label, 0) + 1
-        self.last = class_psi(self.shares, counts)
-        if self.hysteresis.update("prediction", self.last):
-            return [Shift("prediction", self.last, self.samples_seen)]
-        return []
+        shifted = []
+        for _ in self._checks(predicted):
+            counts: dict[str, int] = {}
+            for label in self.window:
+                counts[label] = counts.get(label, 0) + 1
+            self.last = class_psi(self.shares, counts)
+            if self.hysteresis.update("prediction", self.last):
+                shifted.append(Shift("prediction", self.last, self.samples_seen))
+        return shifted
