@@ -101,6 +101,7 @@ class Watcher:
         self.results: deque[tuple[str, int, str]] = deque()  # (request_id, version, prediction)
         self.promotions: list[ModelPromoted] = []
         self.drifts: list[DriftDetected] = []
+        self.drift_arrivals: list[float] = []  # monotonic time each concept drift event was read
         self.distribution: list[DriftDetected] = []  # covariate and prediction drift
         self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
 
@@ -118,6 +119,7 @@ class Watcher:
                 drift = DriftDetected.model_validate_json(raw)
                 if drift.kind == "concept":  # the scenario drifts the concept, not the inputs
                     self.drifts.append(drift)
+                    self.drift_arrivals.append(time.monotonic())
                 else:
                     self.distribution.append(drift)
 
@@ -342,10 +344,18 @@ def _summarise(
     run_id: str,
 ) -> dict[str, Any]:
     """Figures of one run; `first_version` is the version serving when the drift began."""
-    concept = [(_request_index(d, run_id), d) for d in watcher.drifts if d.model == spec.name]
-    false_alarms = [d for i, d in concept if i is not None and i < s.before]
+    # A detection read before the first drifted request was even sent is a false alarm; the first
+    # one read after it is the detection. (Its request index can fall just before the onset when
+    # the labels of the last stationary requests complete their joins after some drifted ones.)
+    onset = timeline.started + timeline.marks.get("drift_onset", float("inf"))
+    concept = [
+        (arrived, _request_index(d, run_id), d)
+        for arrived, d in zip(watcher.drift_arrivals, watcher.drifts, strict=True)
+        if d.model == spec.name
+    ]
+    false_alarms = [d for arrived, i, d in concept if i is not None and arrived < onset]
     detection, detected_at = next(
-        ((d, i) for i, d in concept if i is not None and i >= s.before), (None, None)
+        ((d, i) for arrived, i, d in concept if i is not None and arrived >= onset), (None, None)
     )
     after_promotions = [p for p in watcher.promotions if p.version > first_version]
     new_version = after_promotions[0].version if after_promotions else None
