@@ -6,6 +6,7 @@ serving row built from the same raw values are identical by construction (tests 
 
 from __future__ import annotations
 
+import bisect
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -87,6 +88,9 @@ class FeatureSet:
         self._low, self._high = np.array(low), np.array(high)
         self._clip_low, self._clip_high = np.array(clip_low), np.array(clip_high)
         self._log1p = np.array(log1p, dtype=bool)
+        self._buckets = [
+            (j, np.asarray(f.buckets)) for j, f in enumerate(spec.inputs) if f.buckets is not None
+        ]
 
     def row(self, clean: Mapping[str, float | str]) -> list[float]:
         """Encode one validated row (from `check_features`)."""
@@ -100,6 +104,9 @@ class FeatureSet:
                 elif feature.transform == "clip":
                     assert feature.min is not None and feature.max is not None
                     number = min(max(number, feature.min), feature.max)
+                elif feature.transform == "bucketize":
+                    assert feature.buckets is not None
+                    number = float(bisect.bisect_right(feature.buckets, number))
                 out.append(number)
             else:
                 assert feature.categories is not None
@@ -151,6 +158,8 @@ class FeatureSet:
             with np.errstate(divide="ignore", invalid="ignore"):  # such rows are rejected above
                 X[:, self._log1p] = np.log1p(X[:, self._log1p])
             X = np.clip(X, self._clip_low, self._clip_high)
+            for j, edges in self._buckets:
+                X[:, j] = np.searchsorted(edges, X[:, j], side="right")
             for row, i, good in zip(X, fast_index, ok, strict=True):
                 if good:
                     encoded[i] = row

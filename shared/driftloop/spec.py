@@ -38,8 +38,12 @@ class FeatureSpec(SpecModel):
     categories: list[str] | None = Field(
         default=None, description="Known categories (categorical); others go to an unknown bucket."
     )
-    transform: Literal["none", "log1p", "clip"] = Field(
+    transform: Literal["none", "log1p", "clip", "bucketize"] = Field(
         default="none", description="Numeric transform applied identically in training and serving."
+    )
+    buckets: list[float] | None = Field(
+        default=None,
+        description="bucketize: increasing edges; a value becomes the number of edges at or below it.",
     )
 
     @model_validator(mode="after")
@@ -48,6 +52,12 @@ class FeatureSpec(SpecModel):
             raise ValueError(f"categorical feature {self.name!r} needs categories")
         if self.transform == "clip" and (self.min is None or self.max is None):
             raise ValueError(f"feature {self.name!r}: clip needs min and max")
+        if (self.transform == "bucketize") != (self.buckets is not None):
+            raise ValueError(f"feature {self.name!r}: buckets go with transform: bucketize, and only with it")
+        if self.buckets is not None and any(
+            a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)
+        ):
+            raise ValueError(f"feature {self.name!r}: bucket edges must increase")
         return self
 
 

@@ -108,6 +108,7 @@ NUMERIC = ModelSpec.model_validate(
             {"name": "a", "type": "numeric", "min": 0, "max": 100},
             {"name": "b", "type": "numeric", "min": 0, "max": 1, "transform": "clip"},
             {"name": "c", "type": "numeric", "transform": "log1p"},
+            {"name": "e", "type": "numeric", "transform": "bucketize", "buckets": [-1, 0, 2.5, 10]},
             {"name": "d", "type": "numeric", "required": False, "default": 2.5},
         ],
         "label": {"classes": [0, 1]},
@@ -138,3 +139,27 @@ def test_batch_encoding_equals_row_by_row_encoding(spec, data):
     np.testing.assert_array_equal(
         X, np.asarray(expected_rows, dtype=np.float32).reshape(-1, len(FeatureSet(spec).names))
     )
+
+
+def test_bucketize_counts_the_edges_at_or_below_a_value():
+    spec = ModelSpec.model_validate(
+        {
+            "name": "b",
+            "features": [{"name": "v", "type": "numeric", "transform": "bucketize", "buckets": [0, 10, 100]}],
+            "label": {"classes": [0, 1]},
+            "algorithm": {"name": "logistic_regression"},
+        }
+    )
+    raws = [{"v": x} for x in (-5, 0, 9.9, 10, 1e6)]
+    assert [FeatureSet(spec).row(check_features(spec, r)) for r in raws] == [
+        [0.0],
+        [1.0],
+        [1.0],
+        [2.0],
+        [3.0],
+    ]
+    X, valid, _ = FeatureSet(spec).encode_many(raws)
+    assert X[:, 0].tolist() == [0.0, 1.0, 1.0, 2.0, 3.0] and valid == [0, 1, 2, 3, 4]
+    with pytest.raises(ValueError, match="increase"):
+        ModelSpec.model_validate({**spec.model_dump(), "features": [{"name": "v", "type": "numeric",
+                                  "transform": "bucketize", "buckets": [1, 1]}]})  # fmt: skip
