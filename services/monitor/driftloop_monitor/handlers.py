@@ -290,7 +290,7 @@ class Monitor:
             X, valid, _ = self.feature_sets[model].encode_many([r.features for r in batch])
             statistic = monitor.spec.statistic
             last_id = batch[valid[-1]].request_id if valid else batch[-1].request_id
-            for shift in monitor.update(X[valid] if len(valid) < len(batch) else X):
+            for shift in monitor.update(X):  # the encoded rows of the valid requests only
                 events.append(
                     self._shift_event(model, statistic, "covariate", shift, last_id, monitor.spec.window)
                 )
