@@ -119,8 +119,10 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
                     label=1,
                     event_time=datetime.fromtimestamp(base + second, UTC),
                 )
-                await producer.send(
-                    topics.events_validated, orjson.dumps(observation.model_dump(mode="json"))
+                await producer.send(  # keyed by entity, as an application would: one partition per entity
+                    topics.events_validated,
+                    orjson.dumps(observation.model_dump(mode="json")),
+                    key=entity.encode(),
                 )
             await producer.flush()
         finally:
