@@ -75,3 +75,14 @@ def stop_processes(procs: list[Any]) -> None:
             proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             proc.kill()
+
+
+def batch_totals(port: int) -> tuple[float, float]:
+    """(records, batches) a service has consumed so far, from its `driftloop_batch_size` histogram."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    totals = {"_sum": 0.0, "_count": 0.0}
+    for line in text.splitlines():
+        for suffix in totals:
+            if line.startswith(f"driftloop_batch_size{suffix}{{"):
+                totals[suffix] += float(line.rsplit(" ", 1)[1])
+    return totals["_sum"], totals["_count"]

@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import orjson
 
-from bench.common import start_broker_and_redis, stop_processes, table, wait_ready, write
+from bench.common import batch_totals, start_broker_and_redis, stop_processes, table, wait_ready, write
 from bench.inference import Reader, burst, latency, offered_load
 from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
@@ -134,9 +134,14 @@ async def run(tmp: Path) -> dict:
         figures["ceiling_msgs_per_s"] = await burst(
             sender, echo_reader, "echo.requests", observations(BURST, 1)
         )
+        before = {s: batch_totals(port) for s, port in ports.items()}
         figures["data_events_per_s"] = await burst(
             sender, rows_reader, topics.events_raw, observations(BURST, 2)
         )
+        figures["burst_batch"] = {  # mean records per consumed batch during the burst
+            s: (batch_totals(port)[0] - before[s][0]) / max(1.0, batch_totals(port)[1] - before[s][1])
+            for s, port in ports.items()
+        }
         echo_sent: dict[bytes, float] = {}
         data_sent: dict[bytes, float] = {}
         for round_ in range(LATENCY_ROUNDS):  # echo and data path alternate: the same machine for both
@@ -179,6 +184,7 @@ def main() -> None:
         "latency_rate_per_s": RATE,
         "lost_at_fixed_load": f["lost"],
         "offline_bytes_per_row": round(f["offline_bytes"] / max(1, f["offline_rows"]), 1),
+        "burst_mean_batch": {s: round(v, 1) for s, v in f["burst_batch"].items()},
         "offline_rows": f["offline_rows"],
         "offline_files": f["offline_files"],
         "online_keys": f["online_keys"],
@@ -199,6 +205,10 @@ def main() -> None:
                 (
                     f"echo p50 / p99 ms at {RATE}/s (one hop)",
                     f"{result['echo_p50_ms']} / {result['echo_p99_ms']}",
+                ),
+                (
+                    "mean batch in the burst (ingest / feature)",
+                    " / ".join(str(v) for v in result["burst_mean_batch"].values()),
                 ),
                 ("lost at fixed load", result["lost_at_fixed_load"]),
                 ("offline store bytes/row (Parquet, zstd)", result["offline_bytes_per_row"]),

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
+from aiokafka import ConsumerRecord
+from hypothesis import strategies as st
 
 from driftloop import datasets
 from driftloop.features import FeatureSet, check_features
@@ -106,3 +109,19 @@ async def served_versions(client, model: str, rows, expected: set[int], timeout:
         if versions == expected or time.monotonic() > deadline:
             return versions
         await asyncio.sleep(0.1)
+
+
+# any JSON value, small
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=5),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+def records(topic: str, values: Sequence[bytes | None], partition: int = 0) -> list[ConsumerRecord]:
+    """Consumer records as a hot-path handler receives them from the broker."""
+    return [
+        ConsumerRecord(topic, partition, offset, 0, 0, None, value, None, 0, len(value or b""), ())
+        for offset, value in enumerate(values)
+    ]

@@ -182,6 +182,27 @@ class FeatureRow(Message):
     label: Label | None = Field(default=None, description="Ground truth, when known.")
 
 
+def feature_row_json(
+    event_id: str,
+    model: str,
+    entity_id: str | None,
+    event_time: datetime,
+    features: dict[str, float],
+    label: Label | None,
+) -> dict[str, Any]:
+    """A `FeatureRow` as its JSON-ready dict, without building the model: the hot path's encoder.
+    A unit test holds it equal to the contract."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "event_id": event_id,
+        "model": model,
+        "entity_id": entity_id,
+        "event_time": event_time.isoformat(),
+        "features": features,
+        "label": label,
+    }
+
+
 class TrainModel(Message):
     """Command on `training.requests`: train a candidate for a model."""
 

@@ -13,25 +13,43 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
 from aiokafka.partitioner import DefaultPartitioner
 
-from driftloop.metrics import count, record_lag, timed_batch
+from driftloop.contracts import DeadLetter
+from driftloop.kafka import encode
+from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class Output:
+class Output(NamedTuple):  # a tuple: one is built per message
     topic: str
     key: bytes | None
     value: bytes
 
 
-Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output]]]
+@dataclass(frozen=True)
+class Handled:
+    """A handler's outputs, and what to do once the broker has acknowledged them (before the
+    commit): effects that must not happen unless the outputs are out, like an idempotent append."""
+
+    outputs: Sequence[Output]
+    then: Callable[[], None] | None = None
+
+
+Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
+
+
+def dead_letter_outputs(service: str, topic: str, letters: Sequence[DeadLetter]) -> list[Output]:
+    """Dead letters as outputs to the DLQ topic, counted by reason."""
+    for letter in letters:
+        DEAD_LETTERS.labels(service, letter.reason).inc()
+    return [Output(topic, None, encode(letter)) for letter in letters]
 
 
 class BatchSender:
@@ -147,7 +165,11 @@ class FastPath:
             async with self.in_flight:
                 try:
                     with timed_batch(self.service, self.topic, len(records)):
-                        await self.sender.send(await handle(records))
+                        result = await handle(records)
+                        handled = result if isinstance(result, Handled) else Handled(result)
+                        await self.sender.send(handled.outputs)
+                        if handled.then is not None:
+                            handled.then()
                         await self.consumer.commit()
                     record_lag(self.service, self.consumer, records)
                 except asyncio.CancelledError:

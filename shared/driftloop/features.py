@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import orjson
 
 from driftloop.contracts import InvalidInput
 from driftloop.spec import FeatureSpec, ModelSpec
@@ -41,9 +42,14 @@ def _check_one(spec: FeatureSpec, value: Any) -> float | str:
 
 
 def check_features(spec: ModelSpec, features: Mapping[str, Any]) -> dict[str, float | str]:
-    """Validated raw values by feature name, defaults filled in; raises `InvalidInput`."""
+    """Validated raw values of every model input by name, defaults filled in; raises `InvalidInput`."""
+    return check_values(spec.inputs, features)
+
+
+def check_values(specs: Sequence[FeatureSpec], features: Mapping[str, Any]) -> dict[str, float | str]:
+    """Validated raw values of the given features by name, defaults filled in; raises `InvalidInput`."""
     clean: dict[str, float | str] = {}
-    for feature in spec.inputs:
+    for feature in specs:
         value = features.get(feature.name)
         if value is None:
             if feature.default is not None:
@@ -56,41 +62,141 @@ def check_features(spec: ModelSpec, features: Mapping[str, Any]) -> dict[str, fl
     return clean
 
 
-class FeatureSet:
-    """The encoder of one model spec: raw values in, a float vector out."""
+def _getter(names: Sequence[str]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
+    if not names:
+        return lambda raw: ()
+    if len(names) == 1:
+        name = names[0]
+        return lambda raw: (raw[name],)
+    return operator.itemgetter(*names)  # type: ignore[return-value]
 
-    def __init__(self, spec: ModelSpec) -> None:
-        self.spec = spec
-        self.names: list[str] = []
-        for feature in spec.inputs:
-            if feature.type == "numeric":
-                self.names.append(feature.name)
-            else:
-                assert feature.categories is not None
-                self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
-        # bounds and transforms of all-numeric specs, as vectors for `encode_many`
-        self._numeric_only = all(f.type == "numeric" for f in spec.inputs)
-        names = [f.name for f in spec.inputs]
-        self._pick: Callable[[Mapping[str, Any]], tuple[Any, ...]] = (
-            operator.itemgetter(*names) if len(names) > 1 else lambda raw: (raw[names[0]],)
-        )
-        low, high, clip_low, clip_high, log1p = [], [], [], [], []
-        for f in spec.inputs:
+
+def _absent(feature: FeatureSpec) -> Any:
+    """What `check_features` uses for a missing value; None (refused) when it is required."""
+    if feature.default is not None:
+        return feature.default
+    if feature.required:
+        return None
+    return 0.0 if feature.type == "numeric" else UNKNOWN
+
+
+class Checker:
+    """`check_features` over many rows at once. Rows whose values are all of their plain types
+    (numbers for numeric features, strings for categorical ones) are range-checked as one numpy
+    matrix; the others go through `check_features`, which also words their error."""
+
+    def __init__(self, features: Sequence[FeatureSpec]) -> None:
+        self.features = list(features)
+        self.numeric = [f for f in features if f.type == "numeric"]
+        self.categorical = [f for f in features if f.type == "categorical"]
+        self._pick_numeric = _getter([f.name for f in self.numeric])
+        self._pick_categorical = _getter([f.name for f in self.categorical])
+        self._absent_numeric = [(f.name, _absent(f)) for f in self.numeric]
+        self._absent_categorical = [(f.name, _absent(f)) for f in self.categorical]
+        low, high = [], []
+        for f in self.numeric:
             clipped = f.transform == "clip"  # clipped features are never out of range
             lowest = -np.inf if f.min is None or clipped else f.min
             if f.transform == "log1p":  # log1p needs x > -1
                 lowest = max(lowest, float(np.nextafter(-1.0, 0.0)))
             low.append(lowest)
             high.append(np.inf if f.max is None or clipped else f.max)
-            clip_low.append(f.min if clipped and f.min is not None else -np.inf)
-            clip_high.append(f.max if clipped and f.max is not None else np.inf)
-            log1p.append(f.transform == "log1p")
         self._low, self._high = np.array(low), np.array(high)
-        self._clip_low, self._clip_high = np.array(clip_low), np.array(clip_high)
-        self._log1p = np.array(log1p, dtype=bool)
-        self._buckets = [
-            (j, np.asarray(f.buckets)) for j, f in enumerate(spec.inputs) if f.buckets is not None
-        ]
+
+    def _plain(self, raw: Mapping[str, Any]) -> tuple[tuple[Any, ...], tuple[Any, ...]] | None:
+        try:
+            numbers, strings = self._pick_numeric(raw), self._pick_categorical(raw)
+        except KeyError:  # absent values take their defaults, as in `check_features`
+            numbers = tuple(raw.get(name, absent) for name, absent in self._absent_numeric)
+            strings = tuple(raw.get(name, absent) for name, absent in self._absent_categorical)
+        except TypeError:
+            return None
+        if set(map(type, numbers)) <= _NUMBERS and set(map(type, strings)) <= {str}:
+            return numbers, strings
+        return None
+
+    def screen(
+        self, raws: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, list[tuple[Any, ...]], list[int], list[int]]:
+        """(numeric values as a float64 matrix, categorical values, of the rows that passed the
+        vector check, their indices; the indices of the others, for `check_features`)."""
+        numbers: list[tuple[Any, ...]] = []
+        strings: list[tuple[Any, ...]] = []
+        index: list[int] = []
+        rest: list[int] = []
+        for i, raw in enumerate(raws):
+            plain = self._plain(raw) if isinstance(raw, Mapping) else None
+            if plain is None:
+                rest.append(i)
+            else:
+                numbers.append(plain[0])
+                strings.append(plain[1])
+                index.append(i)
+        X = np.array(numbers, dtype=np.float64).reshape(len(numbers), len(self.numeric))
+        ok = np.all(np.isfinite(X) & (self._low <= X) & (self._high >= X), axis=1)
+        if ok.all():
+            return X, strings, index, rest
+        good = ok.tolist()
+        rest = sorted(rest + [i for i, g in zip(index, good, strict=True) if not g])
+        return (
+            X[ok],
+            [s for s, g in zip(strings, good, strict=True) if g],
+            [i for i, g in zip(index, good, strict=True) if g],
+            rest,
+        )
+
+    def check_many(
+        self, raws: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[int, dict[str, float | str]], dict[int, InvalidInput]]:
+        """Validated raw values of each valid row by index, and the errors of the others by index:
+        exactly what `check_features` gives row by row (a property test holds them equal)."""
+        X, strings, index, rest = self.screen(raws)
+        numeric = [f.name for f in self.numeric]
+        categorical = [f.name for f in self.categorical]
+        clean: dict[int, dict[str, float | str]] = {}
+        for i, numbers, words in zip(index, X.tolist(), strings, strict=True):
+            values: dict[str, float | str] = dict(zip(numeric, numbers, strict=True))
+            values.update(zip(categorical, words, strict=True))
+            clean[i] = values
+        errors: dict[int, InvalidInput] = {}
+        for i in rest:
+            try:
+                clean[i] = check_values(self.features, raws[i])
+            except InvalidInput as exc:
+                errors[i] = exc
+        return clean, errors
+
+
+class FeatureSet:
+    """The encoder of one model spec: raw values in, a float vector out."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        self.checker = Checker(spec.inputs)
+        self.names: list[str] = []
+        numeric_columns: list[int] = []
+        self._blocks: list[
+            tuple[int, dict[str, int], int]
+        ] = []  # (first column, category → offset, unknown offset)
+        for feature in spec.inputs:
+            if feature.type == "numeric":
+                numeric_columns.append(len(self.names))
+                self.names.append(feature.name)
+            else:
+                assert feature.categories is not None
+                offsets = {c: k for k, c in enumerate(feature.categories)}
+                self._blocks.append((len(self.names), offsets, len(feature.categories)))
+                self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
+        self._numeric_columns = np.array(numeric_columns, dtype=np.intp)
+        numeric = self.checker.numeric  # transforms, as vectors over the numeric columns
+        self._clip_low = np.array(
+            [f.min if f.transform == "clip" else -np.inf for f in numeric], dtype=np.float64
+        )
+        self._clip_high = np.array(
+            [f.max if f.transform == "clip" else np.inf for f in numeric], dtype=np.float64
+        )
+        self._log1p = np.array([f.transform == "log1p" for f in numeric], dtype=bool)
+        self._buckets = [(j, np.asarray(f.buckets)) for j, f in enumerate(numeric) if f.buckets is not None]
 
     def row(self, clean: Mapping[str, float | str]) -> list[float]:
         """Encode one validated row (from `check_features`)."""
@@ -126,57 +232,47 @@ class FeatureSet:
             return np.zeros((0, len(self.names)), dtype=np.float32)
         return np.asarray(encoded, dtype=np.float32)
 
+    def _encode(self, X: np.ndarray, strings: Sequence[tuple[Any, ...]]) -> np.ndarray:
+        """Apply the transforms to checked numeric values and one-hot encode the categories."""
+        with np.errstate(divide="ignore", invalid="ignore"):  # such rows were refused
+            X[:, self._log1p] = np.log1p(X[:, self._log1p])
+        X = np.clip(X, self._clip_low, self._clip_high)
+        for j, edges in self._buckets:
+            X[:, j] = np.searchsorted(edges, X[:, j], side="right")
+        out = np.zeros((len(X), len(self.names)), dtype=np.float64)
+        out[:, self._numeric_columns] = X
+        rows = np.arange(len(X))
+        for k, (first, offsets, unknown) in enumerate(self._blocks):
+            hot = np.fromiter((offsets.get(s[k], unknown) for s in strings), dtype=np.intp, count=len(X))
+            out[rows, first + hot] = 1.0
+        return out
+
     def encode_many(
-        self, raws: Sequence[Mapping[str, Any]]
+        self, raws: Sequence[Mapping[str, Any]], dtype: type[np.floating[Any]] | None = np.float32
     ) -> tuple[np.ndarray, list[int], dict[int, InvalidInput]]:
         """Validate and encode raw rows at once: (matrix of the valid rows, their indices, errors by index).
 
-        Gives exactly what `check_features` + `row` give row by row (a property test checks it), but
-        all-numeric rows of plain numbers are checked and transformed as one numpy matrix; any other
-        row takes the row-by-row path, which also words its error.
+        Gives exactly what `check_features` + `row` give row by row (a property test checks it);
+        rows of plain values are checked and encoded as numpy matrices (`Checker`). The matrix is
+        float32 as models take it, or float64 with `dtype=None`.
         """
-        fast: list[tuple[Any, ...]] = []
-        fast_index: list[int] = []
-        slow: list[int] = []
-        for i, raw in enumerate(raws):
-            if self._numeric_only:
-                try:
-                    values = self._pick(raw)
-                except KeyError:
-                    values = ()
-                if values and set(map(type, values)) <= _NUMBERS:  # not bool, not None, not str
-                    fast.append(values)
-                    fast_index.append(i)
-                    continue
-            slow.append(i)
-        encoded: dict[int, np.ndarray] = {}
+        X, strings, index, rest = self.checker.screen(raws)
+        encoded = self._encode(X, strings)
         errors: dict[int, InvalidInput] = {}
-        if fast:
-            X = np.array(fast, dtype=np.float64)
-            within = np.isfinite(X) & (self._low <= X) & (self._high >= X)
-            ok: list[bool] = np.all(within, axis=1).tolist()  # type: ignore[assignment]
-            with np.errstate(divide="ignore", invalid="ignore"):  # such rows are rejected above
-                X[:, self._log1p] = np.log1p(X[:, self._log1p])
-            X = np.clip(X, self._clip_low, self._clip_high)
-            for j, edges in self._buckets:
-                X[:, j] = np.searchsorted(edges, X[:, j], side="right")
-            for row, i, good in zip(X, fast_index, ok, strict=True):
-                if good:
-                    encoded[i] = row
-                else:
-                    slow.append(i)
-        for i in slow:
+        slow: dict[int, list[float]] = {}
+        for i in rest:
             try:
-                encoded[i] = np.asarray(self.row(check_features(self.spec, raws[i])), dtype=np.float64)
+                slow[i] = self.row(check_features(self.spec, raws[i]))
             except InvalidInput as exc:
                 errors[i] = exc
-        order = sorted(encoded)
-        matrix = (
-            np.asarray([encoded[i] for i in order], dtype=np.float32)
-            if order
-            else np.zeros((0, len(self.names)), dtype=np.float32)
-        )
-        return matrix, order, errors
+        if slow:
+            order = sorted(index + list(slow))
+            at = {i: k for k, i in enumerate(order)}
+            full = np.empty((len(order), len(self.names)), dtype=np.float64)
+            full[[at[i] for i in index]] = encoded
+            full[[at[i] for i in slow]] = list(slow.values())
+            encoded, index = full, order
+        return (encoded if dtype is None else encoded.astype(dtype)), index, errors
 
     def from_named(self, rows: Iterable[Mapping[str, float]]) -> np.ndarray:
         """Stack already-encoded named rows (as in `features.computed`) in this set's column order."""
@@ -185,22 +281,39 @@ class FeatureSet:
         )
 
 
-def decode_stored(spec: ModelSpec, stored: Mapping[str, str]) -> dict[str, float | str]:
-    """Raw values read back from the online store (strings) in the spec's types; unknown keys dropped."""
-    out: dict[str, float | str] = {}
-    for feature in spec.features:
-        if feature.name in stored:
-            value = stored[feature.name]
-            out[feature.name] = float(value) if feature.type == "numeric" else value
-    return out
-
-
-HISTORY_FIELD = "_history"  # an entity's recent events for aggregates, in its online-store hash
+# An entity's online-store hash (`online_key`): its latest validated raw features as JSON (typed
+# values round-trip exactly), that observation's event time (ISO and epoch seconds), and for models
+# with aggregates its recent history (`driftloop.aggregates.History`, JSON).
+FEATURES_FIELD, EVENT_TIME_FIELD, EVENT_TS_FIELD, HISTORY_FIELD = (
+    "features",
+    "event_time",
+    "event_ts",
+    "history",
+)
 
 
 def online_key(model: str, entity_id: str) -> str:
-    """Redis key of an entity's latest raw features in the online store."""
+    """Redis key of an entity's hash in the online store."""
     return f"online:{model}:{entity_id}"
+
+
+def decode_stored(spec: ModelSpec, stored: bytes | str | None) -> dict[str, float | str]:
+    """The raw feature values of an entity's stored JSON that the spec knows, in the spec's types
+    (nothing when absent or unreadable)."""
+    try:
+        values = orjson.loads(stored) if stored else {}
+    except orjson.JSONDecodeError:
+        return {}
+    out: dict[str, float | str] = {}
+    if not isinstance(values, dict):
+        return out
+    for feature in spec.features:
+        value = values.get(feature.name)
+        if feature.type == "numeric" and isinstance(value, int | float) and not isinstance(value, bool):
+            out[feature.name] = float(value)
+        elif feature.type == "categorical" and isinstance(value, str):
+            out[feature.name] = value
+    return out
 
 
 def missing_features(spec: ModelSpec, features: Mapping[str, Any]) -> list[str]:

@@ -9,6 +9,7 @@ from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.features import online_key
+from driftloop.spec import load_specs
 from driftloop.store import RowStore
 from driftloop_feature.app import create_app as feature_app
 from driftloop_feature.settings import FeatureSettings
@@ -67,7 +68,12 @@ async def test_observations_flow_to_features_and_stores(kafka_bootstrap, redis_u
     assert [d.reason for d in dead] == ["invalid_schema"]
     assert (dead[0].source_partition, dead[0].source_offset) == (bad.partition, bad.offset)
     assert base64.b64decode(dead[0].original) == b'{"event_id": "x", "model": 1}'
-    assert stored[b"x1"] == b"1.0" and b"_event_time" in stored
+    # the entity's latest observation by event time (here: ingest time) is what serving reads
+    latest = max(r.event_time for r in rows if r.entity_id == "user-1")
+    assert datetime.fromisoformat(stored[b"event_time"].decode()) == latest
+    assert orjson.loads(stored[b"features"]) in [
+        r.features for r in rows if r.entity_id == "user-1" and r.event_time == latest
+    ]
 
 
 async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
@@ -146,3 +152,26 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
     # serving reads the stored history: as of now, the entity's last two payments and all three
     served = History.loads(ModelSpec.model_validate(spec), stored).values(time.time())
     assert served == {"amount_mean_2": 25.0, "payments_1h": 3.0}
+
+
+async def test_the_online_store_keeps_the_newest_features_exactly_and_every_history(redis_url):
+    from driftloop.features import decode_stored
+    from driftloop_feature.adapters import OnlineStore
+
+    redis = Redis.from_url(redis_url)
+    store = OnlineStore(redis, ttl_s=60)
+    t1, t2 = datetime(2026, 11, 22, 10, tzinfo=UTC), datetime(2026, 11, 22, 11, tzinfo=UTC)
+    exact = {"x0": 0.1234567890123456789, "x1": 1e-300, "x2": 7.0}
+    try:
+        await store.write([("sea", "u", t2, exact, b"[1]")])
+        await store.write([("sea", "u", t1, {"x0": 1.0, "x1": 1.0, "x2": 1.0}, b"[2]")])  # older, late
+        stored = await redis.hgetall(online_key("sea", "u"))
+        histories = await store.histories([("sea", "u"), ("sea", "nobody")])
+        ttl = await redis.ttl(online_key("sea", "u"))
+    finally:
+        await redis.aclose()
+    spec = load_specs(ROOT / "models")["sea"]
+    assert decode_stored(spec, stored[b"features"]) == exact  # every digit survives
+    assert stored[b"event_time"].decode() == t2.isoformat()
+    assert histories == {("sea", "u"): b"[2]", ("sea", "nobody"): None}  # history merged by the caller
+    assert 0 < ttl <= 60

@@ -204,14 +204,12 @@ async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
 
     from redis.asyncio import Redis
 
-    from driftloop.contracts import FeatureRow
     from driftloop.localstack import free_port
     from driftloop_feature.adapters import OnlineStore
 
     redis = Redis.from_url(redis_url)
-    row = FeatureRow(event_id="e", model="sea", entity_id="user-1", event_time=datetime.now(UTC),
-                     features={"x0": 9.0, "x1": 9.0, "x2": 1.0})  # fmt: skip
-    await OnlineStore(redis, ttl_s=60).write([({"x0": 9.0, "x1": 9.0, "x2": 1.0}, row)])
+    stored = ("sea", "user-1", datetime.now(UTC), {"x0": 9.0, "x1": 9.0, "x2": 1.0}, None)
+    await OnlineStore(redis, ttl_s=60).write([stored])
     await redis.aclose()
 
     async def ask(s, entity, features, request_id):

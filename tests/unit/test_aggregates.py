@@ -3,14 +3,17 @@ indifferent to redelivery and batch boundaries."""
 
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from driftloop.aggregates import History
 from driftloop.contracts import Observation
 from driftloop.features import FeatureSet, check_features
+from driftloop.kafka import encode
+from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
-from driftloop_feature.domain import feature_row, validate, with_aggregates
+from driftloop_feature.domain import check_batch, feature_rows, with_aggregates
 
 SPEC = ModelSpec.model_validate(
     {
@@ -46,6 +49,14 @@ def _observations(events):
     ]
 
 
+def _checked(batch):
+    """The feature service's validated rows of a batch, in batch order."""
+    specs = {SPEC.name: SPEC}
+    valid, errors = check_batch([encode(o) for o in batch], specs, checkers(specs))
+    assert not errors
+    return valid.get(SPEC.name, [])
+
+
 def _oracle(observations, observation):
     """Aggregates from every earlier event of the entity, by brute force."""
     before = sorted(
@@ -73,12 +84,13 @@ def _stream(batches):
     stored: dict[str, bytes] = {}
     out = {}
     for batch in batches:
-        rows = [(o, validate(SPEC, o)) for o in batch]
+        rows = _checked(batch)
         histories = {e: History.loads(SPEC, stored.get(e)) for e in {o.entity_id for o in batch}}
         with_aggregates(SPEC, rows, histories)
         stored.update({e: h.dumps() for e, h in histories.items()})
-        for o, clean in rows:
-            out.setdefault(o.event_id, {k: clean[k] for k in _oracle([], o)})
+        for row in rows:
+            o = row.observation
+            out.setdefault(o.event_id, {k: row.features[k] for k in _oracle([], o)})
     return out, stored
 
 
@@ -114,12 +126,10 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
     probe = Observation(event_id="probe", model="payments", entity_id=entity, features={"amount": 5.0},
                         label=0, event_time=at)  # fmt: skip
     # training: the feature service's path for an event at `at`
-    training_rows = [(probe, validate(SPEC, probe))]
+    training_rows = _checked([probe])
     with_aggregates(SPEC, training_rows, {entity: History.loads(SPEC, stored[entity])})
     feature_set = FeatureSet(SPEC)
-    training = feature_set.from_named([feature_row(SPEC, feature_set, probe, training_rows[0][1]).features])[
-        0
-    ]
+    training = feature_set.from_named([feature_rows(feature_set, training_rows)[0]["features"]])[0]
     # serving: inference's path for a request at `at` (raw features + the entity's stored history)
     served = {"amount": 5.0, **History.loads(SPEC, stored[entity]).values(at.timestamp())}
     serving = feature_set.matrix([check_features(SPEC, served)])[0]
@@ -129,6 +139,23 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
 def test_rows_without_an_entity_get_the_documented_default():
     (o,) = _observations([("a", 0, 7.0)])
     o = o.model_copy(update={"entity_id": None})
-    rows = [(o, validate(SPEC, o))]
+    rows = _checked([o])
     with_aggregates(SPEC, rows, {})
-    assert {k: rows[0][1][k] for k in _oracle([], o)} == dict.fromkeys(_oracle([], o), 0.0)
+    (row,) = feature_rows(FeatureSet(SPEC), rows)
+    assert {k: row["features"][k] for k in _oracle([], o)} == dict.fromkeys(_oracle([], o), 0.0)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"{oops",
+        b"[]",
+        b'"text"',
+        b'{"t": [1.0], "id": [], "v": {"amount": [1.0]}}',
+        b'{"t": ["x"], "id": ["a"], "v": {"amount": [1.0]}}',
+        b'{"t": [1.0], "id": ["a"], "v": {}}',
+        b'{"t": [1.0], "id": ["a"], "v": {"amount": ["1"]}}',
+    ],
+)
+def test_an_unreadable_stored_history_reads_as_empty(raw):
+    assert History.loads(SPEC, raw).events == []

@@ -8,9 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from driftloop.contracts import InvalidInput, Observation, utcnow
-from driftloop.features import FeatureSet, check_features, decode_stored
+from driftloop.features import Checker, FeatureSet, check_features, check_values, decode_stored
+from driftloop.kafka import encode
+from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
-from driftloop_feature.domain import feature_row, validate
+from driftloop_feature.domain import check_batch, feature_rows
 
 MIXED = ModelSpec.model_validate(
     {
@@ -30,8 +32,11 @@ MIXED = ModelSpec.model_validate(
 def _training_vector(spec, raw):
     feature_set = FeatureSet(spec)
     observation = Observation(event_id="e", model=spec.name, features=raw, event_time=utcnow())
-    row = feature_row(spec, feature_set, observation, validate(spec, observation))
-    return feature_set.from_named([row.features])[0]
+    specs = {spec.name: spec}
+    valid, errors = check_batch([encode(observation)], specs, checkers(specs))
+    assert not errors
+    (row,) = feature_rows(feature_set, valid[spec.name])
+    return feature_set.from_named([row["features"]])[0]
 
 
 def _serving_vector(spec, raw):
@@ -97,8 +102,9 @@ def test_any_input_is_either_encoded_or_refused(raw):
 
 
 def test_values_read_back_from_the_online_store_keep_their_types():
-    stored = {"amount": "12.5", "colour": "red", "_event_time": "x"}
-    assert decode_stored(MIXED, stored) == {"amount": 12.5, "colour": "red"}
+    stored = b'{"amount": 12, "colour": "red", "score": "0.5", "other": 1}'
+    assert decode_stored(MIXED, stored) == {"amount": 12.0, "colour": "red"}  # a wrong type is dropped
+    assert decode_stored(MIXED, b"{oops") == decode_stored(MIXED, None) == {}
 
 
 NUMERIC = ModelSpec.model_validate(
@@ -163,3 +169,21 @@ def test_bucketize_counts_the_edges_at_or_below_a_value():
     with pytest.raises(ValueError, match="increase"):
         ModelSpec.model_validate({**spec.model_dump(), "features": [{"name": "v", "type": "numeric",
                                   "transform": "bucketize", "buckets": [1, 1]}]})  # fmt: skip
+
+
+@pytest.mark.parametrize("spec", [NUMERIC, MIXED], ids=["numeric", "mixed"])
+@given(data=st.data())
+def test_batch_checking_equals_row_by_row_checking(spec, data):
+    names = [f.name for f in spec.features]
+    values = VALUES if spec is NUMERIC else st.one_of(VALUES, st.sampled_from(["red", "blue", "pink"]))
+    raws = data.draw(st.lists(st.dictionaries(st.sampled_from(names), values), max_size=12))
+    clean, errors = Checker(spec.features).check_many(raws)
+    expected_clean, expected_errors = {}, {}
+    for i, raw in enumerate(raws):
+        try:
+            expected_clean[i] = check_values(spec.features, raw)
+        except InvalidInput as exc:
+            expected_errors[i] = exc.reason
+    assert {i: e.reason for i, e in errors.items()} == expected_errors
+    assert clean == expected_clean
+    assert all(type(clean[i][k]) is type(v) for i, row in expected_clean.items() for k, v in row.items())

@@ -8,7 +8,7 @@ from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResul
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Lineup, Request, ServingModel, read_request, score, to_canary
-from tests.helpers import sea_onnx
+from tests.helpers import JSON, sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -76,11 +76,6 @@ def test_a_canary_serves_a_stable_share_chosen_by_request_id(sea_spec):
     assert first.shadow == []
 
 
-JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-10, 10) | st.floats(allow_nan=False) | st.text(max_size=5),
-    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
-    max_leaves=8,
-)
 REQUESTS = st.fixed_dictionaries(
     {"request_id": st.one_of(st.text(max_size=300), st.integers(-(10**6), 10**6), st.none())},
     optional={

@@ -1,39 +1,43 @@
-"""The ingest service's wiring on FastStream's in-memory broker: good records flow, bad ones are
-dead-lettered, duplicates are dropped."""
+"""The ingest handler as its consume loop runs it: good records flow, bad ones are dead-lettered,
+duplicates are dropped, and the offline store is appended only after the outputs are out."""
 
 import base64
+from datetime import timedelta
 
 import orjson
-from faststream.kafka import TestKafkaBroker
 
 from driftloop.contracts import DeadLetter, Observation
-from driftloop_ingest.app import create_app
-from driftloop_ingest.settings import IngestSettings
+from driftloop.settings import Topics
+from driftloop.spec import load_specs
+from driftloop.store import RowStore
+from driftloop_ingest.handlers import IngestHandler
 from tests.conftest import ROOT
+from tests.helpers import records
 
 
 async def test_ingest_validates_dead_letters_and_dedupes(tmp_path):
-    settings = IngestSettings(models_dir=ROOT / "models", offline_dir=tmp_path)
-    app = create_app(settings)
-    (broker,) = app.brokers
-    validated, dead = [], []
+    topics = Topics()
+    store = RowStore(tmp_path)
+    handler = IngestHandler(load_specs(ROOT / "models"), store, topics, timedelta(minutes=5))
+    good = {"event_id": "e1", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}, "label": 1,
+            "entity_id": "u1"}  # fmt: skip
+    handled = await handler.handle(
+        records(topics.events_raw, [orjson.dumps(good), b"{oops", orjson.dumps(good)])
+    )
+    validated = [o for o in handled.outputs if o.topic == topics.events_validated]
+    (dead,) = [
+        DeadLetter.model_validate_json(o.value) for o in handled.outputs if o.topic == topics.events_dlq
+    ]
 
-    @broker.subscriber(settings.topics.events_validated)
-    async def on_validated(body: dict) -> None:
-        validated.append(Observation.model_validate(body))
+    assert [Observation.model_validate_json(o.value).event_id for o in validated] == ["e1"]
+    assert validated[0].key == b"u1"  # an entity's events share a partition
+    assert dead.reason == "malformed_json" and base64.b64decode(dead.original) == b"{oops"
+    assert (dead.source_topic, dead.source_offset) == (topics.events_raw, 1)
+    assert store.count("sea") == 0, "stored before the outputs were acknowledged"
+    assert handled.then is not None
+    handled.then()
+    assert store.count("sea") == 1
 
-    @broker.subscriber(settings.topics.events_dlq)
-    async def on_dead(body: dict) -> None:
-        dead.append(DeadLetter.model_validate(body))
-
-    good = {"event_id": "e1", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}, "label": 1}
-    async with TestKafkaBroker(broker) as test_broker:
-        await test_broker.publish_batch(
-            orjson.dumps(good), b"{oops", orjson.dumps(good), topic=settings.topics.events_raw
-        )
-        await test_broker.publish(orjson.dumps(good), topic=settings.topics.events_raw)
-
-    assert [o.event_id for o in validated] == ["e1"]
-    assert len(dead) == 1 and dead[0].reason == "malformed_json"
-    assert base64.b64decode(dead[0].original) == b"{oops"
-    assert dead[0].source_topic == settings.topics.events_raw
+    again = await handler.handle(records(topics.events_raw, [orjson.dumps(good)]))
+    assert again.outputs == []  # a redelivery or producer retry: dropped as a duplicate
+    store.close()

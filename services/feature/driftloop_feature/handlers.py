@@ -3,64 +3,86 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 
+import orjson
 from aiokafka import ConsumerRecord
 
 from driftloop.aggregates import History
-from driftloop.contracts import Observation, parse
+from driftloop.fastpath import Output, dead_letter_outputs
 from driftloop.features import FeatureSet
-from driftloop.kafka import Bus, triage
+from driftloop.kafka import dead_letter
 from driftloop.metrics import count
+from driftloop.observations import Checked, checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_feature.adapters import OnlineStore
-from driftloop_feature.domain import feature_row, validate, with_aggregates
+from driftloop_feature.domain import check_batch, feature_rows, with_aggregates
 
 SERVICE = "feature"
 
-Row = tuple[Observation, dict[str, float | str]]
-
 
 class FeatureHandler:
-    def __init__(self, specs: Mapping[str, ModelSpec], online: OnlineStore, bus: Bus, topics: Topics) -> None:
+    def __init__(self, specs: Mapping[str, ModelSpec], online: OnlineStore, topics: Topics) -> None:
         self.specs = specs
+        self.checks = checkers(specs)
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         self.online = online
-        self.bus = bus
         self.topics = topics
 
-    def _validated(self, record: ConsumerRecord) -> Row:
-        observation = parse(Observation, record.value, self.specs)
-        return observation, validate(self.specs[observation.model], observation)
-
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        valid, dead = triage(SERVICE, records, self._validated)
+    async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+        """Feature rows to `features.computed` (keyed like their observation) and the entities'
+        latest raw features and histories to the online store; the invalid to the DLQ. Redelivery
+        is harmless: a history counts an event once, and rows are idempotent by event id."""
+        valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
         histories = await self._aggregate(valid)
-        rows = [feature_row(self.specs[o.model], self.feature_sets[o.model], o, clean) for o, clean in valid]
-        raw = [  # the online store keeps raw features; aggregates are recomputed at serving time
-            ({f.name: clean[f.name] for f in self.specs[o.model].features}, row)
-            for (o, clean), row in zip(valid, rows, strict=True)
+        await self.online.write(self._latest(valid, histories))
+        topic = self.topics.features_computed
+        outputs = [
+            Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
+            for model, rows in valid.items()
+            for row in feature_rows(self.feature_sets[model], rows)
         ]
-        await self.online.write(raw, histories)
-        await self.bus.publish(self.topics.features_computed, rows)
-        await self.bus.dead_letters(dead)
-        count(SERVICE, self.topics.events_validated, "ok", len(rows))
+        dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
+        outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
+        count(SERVICE, self.topics.events_validated, "ok", len(outputs) - len(dead))
         count(SERVICE, self.topics.events_validated, "rejected", len(dead))
+        return outputs
 
-    async def _aggregate(self, valid: Sequence[Row]) -> dict[tuple[str, str], bytes]:
+    async def _aggregate(self, valid: Mapping[str, Sequence[Checked]]) -> dict[tuple[str, str], bytes]:
         """Per-entity aggregates, point in time, for the models that declare them; the updated
         histories by (model, entity), to store."""
-        by_model: dict[str, list[Row]] = {}
-        for observation, clean in valid:
-            if self.specs[observation.model].aggregates and observation.entity_id:
-                by_model.setdefault(observation.model, []).append((observation, clean))
-        keys = [(m, o.entity_id) for m, rows in by_model.items() for o, _ in rows if o.entity_id]
+        keys = [
+            (model, row.observation.entity_id)
+            for model, rows in valid.items()
+            if self.specs[model].aggregates
+            for row in rows
+            if row.observation.entity_id
+        ]
         stored = await self.online.histories(list(dict.fromkeys(keys)))
         updated: dict[tuple[str, str], bytes] = {}
-        for model, rows in by_model.items():
+        for model, rows in valid.items():
             spec = self.specs[model]
-            histories = {e: h for (m, e), h in stored.items() if m == model}
-            loaded = {e: History.loads(spec, raw) for e, raw in histories.items()}
-            with_aggregates(spec, rows, loaded)
-            updated.update({(model, e): h.dumps() for e, h in loaded.items()})
+            if spec.aggregates:
+                loaded = {e: History.loads(spec, raw) for (m, e), raw in stored.items() if m == model}
+                with_aggregates(spec, rows, loaded)
+                updated.update({(model, e): h.dumps() for e, h in loaded.items()})
         return updated
+
+    def _latest(
+        self, valid: Mapping[str, Sequence[Checked]], histories: Mapping[tuple[str, str], bytes]
+    ) -> list[tuple[str, str, datetime, dict[str, float | str], bytes | None]]:
+        """Per entity, its newest observation of the batch with its merged history, for the online
+        store, which keeps raw features (aggregates are recomputed as of each request)."""
+        newest: dict[tuple[str, str], tuple[datetime, Checked]] = {}
+        for model, rows in valid.items():
+            for row in rows:
+                entity, when = row.observation.entity_id, row.observation.event_time
+                assert when is not None  # checked
+                if entity and ((model, entity) not in newest or when >= newest[(model, entity)][0]):
+                    newest[(model, entity)] = (when, row)
+        out = []
+        for (model, entity), (when, row) in newest.items():
+            features = {f.name: row.features[f.name] for f in self.specs[model].features}
+            out.append((model, entity, when, features, histories.get((model, entity))))
+        return out

@@ -13,7 +13,7 @@ from redis.exceptions import RedisError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
 from driftloop.contracts import LifecycleEvent, ModelAwaitingApproval, ModelPromoted, ModelRolledBack
-from driftloop.features import FeatureSet, online_key
+from driftloop.features import FEATURES_FIELD, HISTORY_FIELD, FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Lineup, ServingModel
@@ -83,17 +83,18 @@ class OnlineFeatures:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[dict[str, str] | None] | None:
-        """Stored raw features per (model, entity_id), None where absent; None for all when the store
-        does not answer within a second (requests then fail fast instead of stalling the batch)."""
+    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes | None] | None] | None:
+        """(stored raw features JSON, history JSON or None) per (model, entity_id), None where the
+        entity is unknown; None for all when the store does not answer within a second (requests
+        then fail fast instead of stalling the batch)."""
         if not keys:
             return []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for model, entity in keys:
-                    pipe.hgetall(online_key(model, entity))
+                    pipe.hmget(online_key(model, entity), FEATURES_FIELD, HISTORY_FIELD)
                 found = await asyncio.wait_for(pipe.execute(), timeout=1.0)
         except (RedisError, TimeoutError, OSError) as exc:
             log.warning("online store unavailable: %s", exc)
             return None
-        return [{k.decode(): v.decode() for k, v in row.items()} if row else None for row in found]
+        return [None if features is None else (features, history) for features, history in found]

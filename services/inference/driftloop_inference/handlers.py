@@ -15,10 +15,10 @@ from prometheus_client import Counter
 
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
-from driftloop.fastpath import Output
-from driftloop.features import HISTORY_FIELD, decode_stored, missing_features
-from driftloop.kafka import encode, triage
-from driftloop.metrics import DEAD_LETTERS, count
+from driftloop.fastpath import Output, dead_letter_outputs
+from driftloop.features import decode_stored, missing_features
+from driftloop.kafka import triage
+from driftloop.metrics import count
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -86,12 +86,10 @@ class InferenceHandler:
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
         outputs += [Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow]
-        outputs += [Output(self.topics.events_dlq, None, encode(letter)) for letter in dead]
+        outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
         shadow_tally = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
         for (model, version), n in shadow_tally.items():
             SHADOW.labels(model, str(version)).inc(n)
-        for letter in dead:
-            DEAD_LETTERS.labels(SERVICE, letter.reason).inc()
         tally = collections.Counter(
             (r["model"] if r["model"] in self.specs else "_unknown", r["model_version"], bool(r["error"]))
             for r in results
@@ -119,9 +117,10 @@ class InferenceHandler:
             values = found[request.request_id]
             spec = self.specs[request.model]
             if values is not None:
-                merged = {**decode_stored(spec, values), **request.features}
+                features, history = values
+                merged = {**decode_stored(spec, features), **request.features}
                 if spec.aggregates:  # as of now, from the entity's events: the training rows' code
-                    merged.update(History.loads(spec, values.get(HISTORY_FIELD)).values(now))
+                    merged.update(History.loads(spec, history).values(now))
                 ready.append(dataclasses.replace(request, features=merged))
             elif not missing_features(spec, request.features):
                 ready.append(request)  # it carries everything itself

@@ -2,39 +2,76 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from driftloop.contracts import InvalidInput, Observation, parse
-from driftloop.features import check_features
+import orjson
+
+from driftloop.contracts import SCHEMA_VERSION, InvalidInput, Observation
+from driftloop.features import Checker
+from driftloop.observations import check_observations, checkers
 from driftloop.spec import ModelSpec
 
 
 def as_utc(moment: datetime) -> datetime:
     """A timezone-aware UTC datetime (naive input is taken as UTC)."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    if moment.tzinfo is None or moment.utcoffset() == _ZERO:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
+_ZERO = timedelta(0)
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    """A valid observation, normalised: its id, model, event time, partition key and JSON body."""
+
+    event_id: str
+    model: str
+    event_time: datetime
+    key: bytes  # its entity's id, else its own: an entity's events share a partition
+    body: bytes
+
+
+def validate_batch(
+    raws: Sequence[bytes | None],
+    specs: Mapping[str, ModelSpec],
+    checks: Mapping[str, Checker],
+    now: datetime,
+    max_future: timedelta,
+) -> tuple[dict[int, Accepted], dict[int, InvalidInput]]:
+    """Each valid observation normalised (defaults filled in, canonical label, UTC event time, ingest
+    time when it has none), and why each other one is invalid, both by position in `raws`."""
+    valid, errors = check_observations(raws, specs, checks)
+    accepted: dict[int, Accepted] = {}
+    latest = now + max_future
+    for model, batch in valid.items():
+        for i, observation, features, label in batch:
+            event_time = as_utc(observation.event_time) if observation.event_time else now
+            if event_time > latest:
+                errors[i] = InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
+                continue
+            body = {
+                "schema_version": SCHEMA_VERSION,
+                "event_id": observation.event_id,
+                "model": model,
+                "features": features,
+                "label": label,
+                "event_time": event_time.isoformat(),
+                "entity_id": observation.entity_id,
+            }
+            key = (observation.entity_id or observation.event_id).encode()
+            accepted[i] = Accepted(observation.event_id, model, event_time, key, orjson.dumps(body))
+    return accepted, errors
 
 
 def validate_observation(
-    raw: bytes | None,
-    specs: Mapping[str, ModelSpec],
-    now: datetime,
-    max_future: timedelta,
+    raw: bytes | None, specs: Mapping[str, ModelSpec], now: datetime, max_future: timedelta
 ) -> Observation:
-    """The observation, normalised (defaults, canonical label, UTC event time); or `InvalidInput`."""
-    observation = parse(Observation, raw)
-    spec = specs.get(observation.model)
-    if spec is None:
-        raise InvalidInput("unknown_model", f"no spec for model {observation.model!r:.80}")
-    features = check_features(spec, observation.features)
-    label = None
-    if observation.label is not None:
-        label = spec.label_of(observation.label)
-        if label is None:
-            raise InvalidInput(
-                "invalid_label", f"label {observation.label!r:.80} not in {spec.label.classes}"
-            )
-    event_time = as_utc(observation.event_time) if observation.event_time else now
-    if event_time > now + max_future:
-        raise InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
-    return observation.model_copy(update={"features": features, "label": label, "event_time": event_time})
+    """One observation, normalised; or `InvalidInput`."""
+    accepted, errors = validate_batch([raw], specs, checkers(specs), now, max_future)
+    if errors:
+        raise errors[0]
+    return Observation.model_validate_json(accepted[0].body)

@@ -2,64 +2,60 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping, Sequence
 from datetime import timedelta
 
 from aiokafka import ConsumerRecord
 
-from driftloop.contracts import Observation, utcnow
-from driftloop.kafka import Bus, encode, triage
+from driftloop.contracts import utcnow
+from driftloop.fastpath import Handled, Output, dead_letter_outputs
+from driftloop.kafka import dead_letter
 from driftloop.metrics import count
+from driftloop.observations import checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
-from driftloop_ingest.domain import validate_observation
+from driftloop_ingest.domain import Accepted, validate_batch
 
 SERVICE = "ingest"
-log = logging.getLogger(__name__)
 
 
 class IngestHandler:
     def __init__(
-        self,
-        specs: Mapping[str, ModelSpec],
-        store: RowStore,
-        bus: Bus,
-        topics: Topics,
-        max_future: timedelta,
+        self, specs: Mapping[str, ModelSpec], store: RowStore, topics: Topics, max_future: timedelta
     ) -> None:
         self.specs = specs
+        self.checks = checkers(specs)
         self.store = store
-        self.bus = bus
         self.topics = topics
         self.max_future = max_future
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
-        """Validate, dedupe, publish `events.validated`, dead-letter, then append to the store.
-
-        Publishing comes before the store append: a crash in between redelivers the batch and
-        republishes (downstream is idempotent by event id) instead of losing it.
-        """
-        now = utcnow()
-        parsed, dead = triage(
-            SERVICE, records, lambda r: validate_observation(r.value, self.specs, now, self.max_future)
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Validate and dedupe: the new observations to `events.validated` (keyed by entity, so an
+        entity's events stay in order for its aggregates), the invalid to the DLQ; the offline store
+        append follows once both are acknowledged, so a crash in between republishes (downstream is
+        idempotent by event id) instead of losing the batch."""
+        accepted, errors = validate_batch(
+            [r.value for r in records], self.specs, self.checks, utcnow(), self.max_future
         )
-        by_model: dict[str, dict[str, Observation]] = {}
-        for obs in parsed:  # the first of several copies in one batch wins
-            by_model.setdefault(obs.model, {}).setdefault(obs.event_id, obs)
-        fresh: dict[str, list[Observation]] = {}
+        by_model: dict[str, dict[str, Accepted]] = {}
+        for _, observation in sorted(accepted.items()):  # the first of several copies wins
+            by_model.setdefault(observation.model, {}).setdefault(observation.event_id, observation)
+        fresh: dict[str, list[Accepted]] = {}
         for model, observations in by_model.items():
             seen = self.store.known(model, list(observations))
-            fresh[model] = [o for eid, o in observations.items() if eid not in seen]
-        published = [o for observations in fresh.values() for o in observations]
-        duplicates = len(parsed) - len(published)
+            fresh[model] = [o for event_id, o in observations.items() if event_id not in seen]
+        topic = self.topics.events_validated
+        outputs = [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
+        dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
+        outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
 
-        await self.bus.publish(self.topics.events_validated, published)
-        await self.bus.dead_letters(dead)
-        for model, new in fresh.items():
-            self.store.append(model, [(o.event_id, o.event_time, encode(o)) for o in new if o.event_time])
+        def store() -> None:
+            for model, new in fresh.items():
+                self.store.append(model, [(o.event_id, o.event_time, o.body) for o in new])
 
-        count(SERVICE, self.topics.events_raw, "ok", len(published))
+        published = sum(map(len, fresh.values()))
+        count(SERVICE, self.topics.events_raw, "ok", published)
         count(SERVICE, self.topics.events_raw, "rejected", len(dead))
-        count(SERVICE, self.topics.events_raw, "duplicate", duplicates)
+        count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
+        return Handled(outputs, then=store)
