@@ -10,7 +10,9 @@ import bisect
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import datetime
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import numpy as np
 import orjson
@@ -313,6 +315,32 @@ def decode_stored(spec: ModelSpec, stored: bytes | str | None) -> dict[str, floa
             out[feature.name] = float(value)
         elif feature.type == "categorical" and isinstance(value, str):
             out[feature.name] = value
+    return out
+
+
+def time_parts(spec: ModelSpec, at: datetime) -> dict[str, float]:
+    """The spec's time-part inputs of a moment: a training row's event time, a request's arrival.
+
+    >>> from datetime import UTC
+    >>> from driftloop.spec import ModelSpec
+    >>> spec = ModelSpec.model_validate({"name": "m", "features": [{"name": "x", "type": "numeric"}],
+    ...     "time_parts": [{"name": "hour", "part": "hour"},
+    ...                    {"name": "local_day", "part": "day_of_week", "timezone": "Asia/Tokyo"}],
+    ...     "label": {"classes": [0, 1]}, "algorithm": {"name": "logistic_regression"}})
+    >>> time_parts(spec, datetime(2026, 11, 22, 20, 30, tzinfo=UTC))  # a Sunday; Monday in Tokyo
+    {'hour': 20.0, 'local_day': 0.0}
+    """
+    out = {}
+    for part in spec.time_parts:
+        local = at.astimezone(ZoneInfo(part.timezone))
+        value = {
+            "minute": local.minute,
+            "hour": local.hour,
+            "day_of_week": local.weekday(),
+            "day_of_month": local.day,
+            "month": local.month,
+        }[part.part]
+        out[part.name] = float(value)
     return out
 
 

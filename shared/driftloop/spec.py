@@ -10,6 +10,7 @@ import re
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -79,6 +80,35 @@ class AggregateSpec(SpecModel):
         if self.stat != "last" and (self.last_n is None) == (self.window_s is None):
             raise ValueError(f"aggregate {self.name!r}: give exactly one of last_n and window_s")
         return self
+
+
+TIME_PART_RANGES = {
+    "minute": (0, 59),
+    "hour": (0, 23),
+    "day_of_week": (0, 6),
+    "day_of_month": (1, 31),
+    "month": (1, 12),
+}
+
+
+class TimePartSpec(SpecModel):
+    """A part of the event's time as a model input: of the observation's event time for training
+    rows, of the request's arrival for serving (the same function computes both)."""
+
+    name: str = Field(description="Input name.")
+    part: Literal["minute", "hour", "day_of_week", "day_of_month", "month"] = Field(
+        description="Which part: day_of_week counts from Monday = 0."
+    )
+    timezone: str = Field(default="UTC", description="IANA time zone the part is read in.")
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
 
 
 class LabelSpec(SpecModel):
@@ -207,6 +237,9 @@ class ModelSpec(SpecModel):
     aggregates: list[AggregateSpec] = Field(
         default_factory=list, description="Per-entity streaming aggregates, model inputs after the features."
     )
+    time_parts: list[TimePartSpec] = Field(
+        default_factory=list, description="Parts of the event time as model inputs, after the aggregates."
+    )
     label: LabelSpec
     algorithm: AlgorithmSpec
     training: TrainingSpec = Field(default_factory=TrainingSpec)
@@ -223,21 +256,38 @@ class ModelSpec(SpecModel):
 
     @model_validator(mode="after")
     def _unique_features(self) -> ModelSpec:
-        names = [f.name for f in self.features] + [a.name for a in self.aggregates]
-        if len(set(names)) != len(names):
-            raise ValueError("feature and aggregate names must be unique")
+        names = [f.name for f in self.features] + sorted(self.computed)
+        if len(set(names)) != len(names) or len(self.computed) != len(self.aggregates) + len(self.time_parts):
+            raise ValueError("feature, aggregate and time part names must be unique")
         numeric = {f.name for f in self.features if f.type == "numeric"}
         for aggregate in self.aggregates:
             if aggregate.of is not None and aggregate.of not in numeric:
                 raise ValueError(f"aggregate {aggregate.name!r}: {aggregate.of!r} is not a numeric feature")
         return self
 
+    @property
+    def computed(self) -> set[str]:
+        """Names of the inputs the platform computes (aggregates, time parts), not applications."""
+        return {a.name for a in self.aggregates} | {t.name for t in self.time_parts}
+
     @cached_property
     def inputs(self) -> list[FeatureSpec]:
-        """The features, then each aggregate as a numeric input (0 until its entity has history)."""
+        """The features, then each aggregate as a numeric input (0 until its entity has history),
+        then each time part as a numeric input within its range."""
         return [
             *self.features,
             *(FeatureSpec(name=a.name, type="numeric", required=False, default=0.0) for a in self.aggregates),
+            *(
+                FeatureSpec(
+                    name=t.name,
+                    type="numeric",
+                    required=False,
+                    default=float(TIME_PART_RANGES[t.part][0]),
+                    min=TIME_PART_RANGES[t.part][0],
+                    max=TIME_PART_RANGES[t.part][1],
+                )
+                for t in self.time_parts
+            ),
         ]
 
     def label_of(self, value: Any) -> int | str | None:

@@ -94,6 +94,7 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
             {"name": "amount_mean_2", "stat": "mean", "of": "amount", "last_n": 2},
             {"name": "payments_1h", "stat": "count", "window_s": 3600},
         ],
+        "time_parts": [{"name": "hour", "part": "hour"}],
         "label": {"classes": [0, 1]},
         "algorithm": {"name": "logistic_regression"},
     }
@@ -144,6 +145,7 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
 
     # each row sees only the entity's events before it (in one batch, or across batches in time order)
     by_time = {e: r.features for e, r in rows.items()}
+    assert all(r.features["hour"] == r.event_time.astimezone(UTC).hour for r in rows.values())
     assert by_time["p1"]["payments_1h"] == 0.0 and by_time["p1"]["amount_mean_2"] == 0.0
     assert by_time["q1"]["payments_1h"] == 0.0, "another entity's events leaked in"
     assert (by_time["p2"]["payments_1h"], by_time["p2"]["amount_mean_2"]) == (1.0, 10.0)  # p1 only

@@ -7,7 +7,7 @@ from typing import Any
 
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, feature_row_json
-from driftloop.features import Checker, FeatureSet
+from driftloop.features import Checker, FeatureSet, time_parts
 from driftloop.observations import Checked, check_observations
 from driftloop.spec import ModelSpec
 
@@ -20,7 +20,9 @@ def check_batch(
     for model, rows in valid.items():
         timeless = [row for row in rows if row.observation.event_time is None]
         for row in timeless:
-            errors[row.position] = InvalidInput("missing_event_time", "validated observations carry their time")
+            errors[row.position] = InvalidInput(
+                "missing_event_time", "validated observations carry their time"
+            )
         if timeless:
             valid[model] = [row for row in rows if row.observation.event_time is not None]
     return valid, errors
@@ -41,6 +43,13 @@ def with_aggregates(spec: ModelSpec, rows: Sequence[Checked], histories: Mapping
         at = observation.event_time.timestamp()
         row.features.update(history.values(at))
         history.add(at, observation.event_id, row.features)
+
+
+def with_time_parts(spec: ModelSpec, rows: Sequence[Checked]) -> None:
+    """Fill in each row's time-part inputs from its event time."""
+    for row in rows:
+        assert row.observation.event_time is not None  # checked
+        row.features.update(time_parts(spec, row.observation.event_time))
 
 
 def feature_rows(feature_set: FeatureSet, rows: Sequence[Checked]) -> list[dict[str, Any]]:

@@ -17,7 +17,7 @@ from driftloop.observations import Checked, checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_feature.adapters import OnlineStore
-from driftloop_feature.domain import check_batch, feature_rows, with_aggregates
+from driftloop_feature.domain import check_batch, feature_rows, with_aggregates, with_time_parts
 
 SERVICE = "feature"
 
@@ -36,6 +36,8 @@ class FeatureHandler:
         is harmless: a history counts an event once, and rows are idempotent by event id."""
         valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
         histories = await self._aggregate(valid)
+        for model, rows in valid.items():
+            with_time_parts(self.specs[model], rows)
         await self.online.write(self._latest(valid, histories))
         topic = self.topics.features_computed
         outputs = [

@@ -7,6 +7,7 @@ import dataclasses
 import json
 import time
 from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -16,7 +17,7 @@ from prometheus_client import Counter
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Output, dead_letter_outputs
-from driftloop.features import decode_stored, missing_features
+from driftloop.features import decode_stored, missing_features, time_parts
 from driftloop.kafka import triage
 from driftloop.metrics import count
 from driftloop.settings import Topics
@@ -81,6 +82,7 @@ class InferenceHandler:
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
         requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)])
+        requests = self._with_time_parts(requests, datetime.now(UTC))
         scored = score(requests, self.specs, lineup)
         results = early + unresolved + scored.results
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
@@ -99,6 +101,16 @@ class InferenceHandler:
         count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return outputs
+
+    def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
+        """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""
+        timed = {m: time_parts(spec, now) for m, spec in self.specs.items() if spec.time_parts}
+        if not timed:
+            return requests
+        return [
+            dataclasses.replace(r, features={**timed[r.model], **r.features}) if r.model in timed else r
+            for r in requests
+        ]
 
     async def _complete(self, requests: list[Request]) -> tuple[list[Request], list[dict[str, Any]]]:
         """Fill in stored entity features (request values win) with one round trip. A request that

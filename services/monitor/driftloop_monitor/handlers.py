@@ -168,8 +168,9 @@ class Monitor:
             self.champion[event.model] = event.version
             spec = self.specs[event.model].drift
             self.drift[event.model] = ConceptDriftMonitor(spec)
-            # aggregates are computed by the platform, not sent with requests: not watched here
-            computed = {a.name for a in self.specs[event.model].aggregates}
+            # aggregates and time parts are computed by the platform, not sent with requests: not
+            # watched here
+            computed = self.specs[event.model].computed
             reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
             self.covariate[event.model] = CovariateMonitor(
                 self.feature_sets[event.model].names, reference, spec.covariate
