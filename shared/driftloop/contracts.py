@@ -121,6 +121,11 @@ class PredictionResult(Message):
         default=None, description="Class probabilities by class label."
     )
     error: str | None = Field(default=None, description="Why the request could not be served.")
+    features: dict[str, FeatureValue] | None = Field(
+        default=None,
+        description="The raw feature values served, when some came from the online store (entity "
+        "requests); the monitor turns them into training rows when the label comes.",
+    )
 
 
 def result_json(
@@ -130,6 +135,7 @@ def result_json(
     prediction: Label | None = None,
     probabilities: dict[str, float] | None = None,
     error: str | None = None,
+    features: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A `PredictionResult` as its JSON-ready dict, without building the model: the hot path's
     encoder. A unit test holds it equal to `PredictionResult(...).model_dump(mode="json")`."""
@@ -141,6 +147,7 @@ def result_json(
         "prediction": prediction,
         "probabilities": probabilities,
         "error": error,
+        "features": features,
     }
 
 

@@ -221,12 +221,13 @@ async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
         await s.consuming()
         stored = await ask(s, "user-1", {}, "stored")
         assert stored.error is None and stored.prediction == 1 and stored.model_version == 1
+        assert stored.features == {"x0": 9.0, "x1": 9.0, "x2": 1.0}  # what was served, for feedback rows
         overridden = await ask(s, "user-1", {"x0": 0.0, "x1": 0.0}, "overridden")
         assert overridden.error is None and overridden.prediction == 0  # request values win
         unknown = await ask(s, "nobody", {"x0": 1.0}, "unknown")
         assert unknown.error == "unknown_entity: nobody"
         self_sufficient = await ask(s, "nobody", GOOD, "self-sufficient")
-        assert self_sufficient.error is None
+        assert self_sufficient.error is None and self_sufficient.features is None
 
     down = s.settings.model_copy(update={"redis_url": f"redis://127.0.0.1:{free_port()}/0"})
     async with Setup(kafka_bootstrap, redis_url, topics, tmp_path / "down") as s, inference_app(down):

@@ -25,6 +25,7 @@ class Request:
     model: str
     features: dict[str, Any]
     entity_id: str | None = None
+    filled: bool = False  # some features came from the online store
 
 
 _PLAIN = frozenset({float, int, str, type(None)})
@@ -100,6 +101,7 @@ def _answers(serving: ServingModel, X: np.ndarray, requests: Sequence[Request]) 
             serving.version,
             prediction=classes[best],
             probabilities=dict(zip(labels, p, strict=True)),
+            features=request.features if request.filled else None,
         )
         for request, p, best in zip(requests, proba.tolist(), proba.argmax(axis=1).tolist(), strict=True)
     ]

@@ -133,7 +133,7 @@ class InferenceHandler:
                 merged = {**decode_stored(spec, features), **request.features}
                 if spec.aggregates:  # as of now, from the entity's events: the training rows' code
                     merged.update(History.loads(spec, history).values(now))
-                ready.append(dataclasses.replace(request, features=merged))
+                ready.append(dataclasses.replace(request, features=merged, filled=True))
             elif not missing_features(spec, request.features):
                 ready.append(request)  # it carries everything itself
             else:

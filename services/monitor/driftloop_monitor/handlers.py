@@ -345,7 +345,7 @@ class Monitor:
             event_id=f"feedback:{request_id}",
             model=result.model,
             entity_id=request.get("entity_id"),
-            features=request["features"],
+            features=result.features or request["features"],  # what was served, stored values too
             label=label,
             event_time=requested_at,
         )
