@@ -92,7 +92,8 @@ class Observation(Message):
     features: dict[str, FeatureValue] = Field(description="Raw feature values by name.")
     label: Label | None = Field(default=None, description="Ground truth, when known.")
     event_time: datetime | None = Field(
-        default=None, description="When the observation happened (ISO-8601); ingest time if absent."
+        default=None,
+        description="When the observation happened (ISO-8601); if absent, when its record reached the bus.",
     )
     entity_id: str | None = Field(
         default=None, description="Entity the observation is about, for the online store."

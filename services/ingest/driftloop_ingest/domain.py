@@ -41,15 +41,20 @@ def validate_batch(
     checks: Mapping[str, Checker],
     now: datetime,
     max_future: timedelta,
+    arrivals: Sequence[datetime] | None = None,
 ) -> tuple[dict[int, Accepted], dict[int, InvalidInput]]:
-    """Each valid observation normalised (defaults filled in, canonical label, UTC event time, ingest
-    time when it has none), and why each other one is invalid, both by position in `raws`."""
+    """Each valid observation normalised (defaults filled in, canonical label, UTC event time), and
+    why each other one is invalid, both by position in `raws`. An observation without an event time
+    gets its arrival (the record's timestamp: the same again when it is redelivered), else `now`."""
     valid, errors = check_observations(raws, specs, checks)
     accepted: dict[int, Accepted] = {}
     latest = now + max_future
     for model, batch in valid.items():
         for i, observation, features, label in batch:
-            event_time = as_utc(observation.event_time) if observation.event_time else now
+            if observation.event_time is not None:
+                event_time = as_utc(observation.event_time)
+            else:
+                event_time = arrivals[i] if arrivals is not None else now
             if event_time > latest:
                 errors[i] = InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
                 continue

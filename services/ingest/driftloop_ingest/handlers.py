@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRecord
 
@@ -18,6 +18,13 @@ from driftloop.store import RowStore
 from driftloop_ingest.domain import Accepted, validate_batch
 
 SERVICE = "ingest"
+
+
+def arrival(record: ConsumerRecord, now: datetime) -> datetime:
+    """When a record reached the bus: its timestamp (producer or broker time), else now."""
+    if record.timestamp and record.timestamp > 0:
+        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+    return now
 
 
 class IngestHandler:
@@ -35,8 +42,10 @@ class IngestHandler:
         entity's events stay in order for its aggregates), the invalid to the DLQ; the offline store
         append follows once both are acknowledged, so a crash in between republishes (downstream is
         idempotent by event id) instead of losing the batch."""
+        now = utcnow()
+        arrivals = [arrival(r, now) for r in records]
         accepted, errors = validate_batch(
-            [r.value for r in records], self.specs, self.checks, utcnow(), self.max_future
+            [r.value for r in records], self.specs, self.checks, now, self.max_future, arrivals
         )
         by_model: dict[str, dict[str, Accepted]] = {}
         for _, observation in sorted(accepted.items()):  # the first of several copies wins
