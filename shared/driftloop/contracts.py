@@ -67,6 +67,21 @@ def parse(
     return message
 
 
+PLAIN_VALUES = frozenset({float, int, str, type(None)})  # feature values as JSON gives them
+
+
+def json_object(raw: bytes | None) -> dict[str, Any] | None:
+    """The JSON object a message within the size limit holds; None for anything else (which
+    `parse` refuses with its reason). The hot paths' readers start here."""
+    if not raw or len(raw) > MAX_MESSAGE_BYTES:
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if type(data) is dict else None
+
+
 def _short(exc: ValidationError) -> str:
     return "; ".join(
         f"{'.'.join(str(p) for p in e['loc']) or '<root>'}: {e['msg']}" for e in exc.errors()[:5]

@@ -8,15 +8,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, NamedTuple
 
-import orjson
 from pydantic import TypeAdapter, ValidationError
 
-from driftloop.contracts import MAX_MESSAGE_BYTES, SCHEMA_VERSION, InvalidInput, Label, Observation, parse
+from driftloop.contracts import (
+    PLAIN_VALUES,
+    SCHEMA_VERSION,
+    InvalidInput,
+    Label,
+    Observation,
+    json_object,
+    parse,
+)
 from driftloop.features import Checker
 from driftloop.spec import ModelSpec
 
-_PLAIN_VALUES = frozenset({float, int, str, type(None)})
-_PLAIN_LABELS = frozenset({float, int, str, type(None)})
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 
 
@@ -37,32 +42,28 @@ def read_observation(raw: bytes | None, known_models: Container[str] | None = No
     field of exactly its contract type) is read with orjson alone; anything else goes through the
     contract, which accepts or refuses it with a reason (`InvalidInput`). A property test holds
     both paths equal."""
-    if raw and len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if type(data) is dict:
-            event_id, model, features = data.get("event_id"), data.get("model"), data.get("features")
-            label, event_time, entity_id = data.get("label"), data.get("event_time"), data.get("entity_id")
-            if (
-                type(event_id) is str
-                and 0 < len(event_id) <= 256
-                and type(model) is str
-                and (known_models is None or model in known_models)
-                and type(features) is dict
-                and set(map(type, features.values())) <= _PLAIN_VALUES
-                and type(label) in _PLAIN_LABELS
-                and type(entity_id) in (str, type(None))
-                and type(data.get("schema_version", SCHEMA_VERSION)) is int
-                and type(event_time) in (str, type(None))
-            ):
-                try:
-                    when = None if event_time is None else _DATETIME.validate_python(event_time)
-                except ValidationError:
-                    pass  # `parse` words the error
-                else:
-                    return Observed(event_id, model, features, label, when, entity_id)
+    data = json_object(raw)
+    if data is not None:
+        event_id, model, features = data.get("event_id"), data.get("model"), data.get("features")
+        label, event_time, entity_id = data.get("label"), data.get("event_time"), data.get("entity_id")
+        if (
+            type(event_id) is str
+            and 0 < len(event_id) <= 256
+            and type(model) is str
+            and (known_models is None or model in known_models)
+            and type(features) is dict
+            and set(map(type, features.values())) <= PLAIN_VALUES
+            and type(label) in PLAIN_VALUES
+            and type(entity_id) in (str, type(None))
+            and type(data.get("schema_version", SCHEMA_VERSION)) is int
+            and type(event_time) in (str, type(None))
+        ):
+            try:
+                when = None if event_time is None else _DATETIME.validate_python(event_time)
+            except ValidationError:
+                pass  # `parse` words the error
+            else:
+                return Observed(event_id, model, features, label, when, entity_id)
     o = parse(Observation, raw, known_models)
     return Observed(o.event_id, o.model, dict(o.features), o.label, o.event_time, o.entity_id)
 

@@ -127,12 +127,16 @@ VALUES = st.one_of(
 )  # fmt: skip
 
 
+def _raws(spec, data):
+    names = [f.name for f in spec.features]
+    values = VALUES if spec is NUMERIC else st.one_of(VALUES, st.sampled_from(["red", "blue", "pink"]))
+    return data.draw(st.lists(st.dictionaries(st.sampled_from(names), values), max_size=12))
+
+
 @pytest.mark.parametrize("spec", [NUMERIC, MIXED], ids=["numeric", "mixed"])
 @given(data=st.data())
 def test_batch_encoding_equals_row_by_row_encoding(spec, data):
-    names = [f.name for f in spec.features]
-    values = VALUES if spec is NUMERIC else st.one_of(VALUES, st.sampled_from(["red", "blue", "pink"]))
-    raws = data.draw(st.lists(st.dictionaries(st.sampled_from(names), values), max_size=12))
+    raws = _raws(spec, data)
     X, valid, errors = FeatureSet(spec).encode_many(raws)
     expected_rows, expected_errors = [], {}
     for i, raw in enumerate(raws):
@@ -174,9 +178,7 @@ def test_bucketize_counts_the_edges_at_or_below_a_value():
 @pytest.mark.parametrize("spec", [NUMERIC, MIXED], ids=["numeric", "mixed"])
 @given(data=st.data())
 def test_batch_checking_equals_row_by_row_checking(spec, data):
-    names = [f.name for f in spec.features]
-    values = VALUES if spec is NUMERIC else st.one_of(VALUES, st.sampled_from(["red", "blue", "pink"]))
-    raws = data.draw(st.lists(st.dictionaries(st.sampled_from(names), values), max_size=12))
+    raws = _raws(spec, data)
     clean, errors = Checker(spec.features).check_many(raws)
     expected_clean, expected_errors = {}, {}
     for i, raw in enumerate(raws):

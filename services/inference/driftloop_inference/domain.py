@@ -9,10 +9,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import MAX_MESSAGE_BYTES, PredictionRequest, parse, result_json
+from driftloop.contracts import PLAIN_VALUES, PredictionRequest, json_object, parse, result_json
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 
@@ -28,31 +27,24 @@ class Request:
     filled: bool = False  # some features came from the online store
 
 
-_PLAIN = frozenset({float, int, str, type(None)})
-
-
 def read_request(raw: bytes | None) -> Request:
     """A request from its bytes. Plain requests (every field of exactly its contract type) are read
     with orjson alone; anything else goes through the `PredictionRequest` contract, which accepts
     or refuses it with a reason (`InvalidInput`). A property test holds both paths equal."""
-    if raw and len(raw) <= MAX_MESSAGE_BYTES:
-        try:
-            data = orjson.loads(raw)
-        except orjson.JSONDecodeError:
-            data = None
-        if type(data) is dict:
-            request_id, model = data.get("request_id"), data.get("model")
-            features, entity_id = data.get("features", {}), data.get("entity_id")
-            if (
-                type(request_id) is str
-                and 0 < len(request_id) <= 256
-                and type(model) is str
-                and type(features) is dict
-                and type(entity_id) in (str, type(None))
-                and type(data.get("schema_version", 1)) is int
-                and set(map(type, features.values())) <= _PLAIN
-            ):
-                return Request(request_id, model, features, entity_id)
+    data = json_object(raw)
+    if data is not None:
+        request_id, model = data.get("request_id"), data.get("model")
+        features, entity_id = data.get("features", {}), data.get("entity_id")
+        if (
+            type(request_id) is str
+            and 0 < len(request_id) <= 256
+            and type(model) is str
+            and type(features) is dict
+            and type(entity_id) in (str, type(None))
+            and type(data.get("schema_version", 1)) is int
+            and set(map(type, features.values())) <= PLAIN_VALUES
+        ):
+            return Request(request_id, model, features, entity_id)
     request = parse(PredictionRequest, raw)
     return Request(request.request_id, request.model, dict(request.features), request.entity_id)
 
