@@ -91,14 +91,20 @@ class History:
         """Remember an event (once per id), then forget what no aggregate can need any more."""
         if not self.spec.aggregates:
             return
-        same_from, same_to = bisect.bisect_left(self.times, at), bisect.bisect_right(self.times, at)
-        k = same_from + bisect.bisect_left(self.ids[same_from:same_to], event_id)
-        if k < same_to and self.ids[k] == event_id:
-            return  # seen: a redelivery
-        self.times.insert(k, float(at))
-        self.ids.insert(k, event_id)
-        for name in self.of:
-            self.columns[name].insert(k, float(features[name]))
+        if not self.times or at > self.times[-1]:  # the usual case: newer than all held
+            self.times.append(float(at))
+            self.ids.append(event_id)
+            for name in self.of:
+                self.columns[name].append(float(features[name]))
+        else:
+            same_from, same_to = bisect.bisect_left(self.times, at), bisect.bisect_right(self.times, at)
+            k = same_from + bisect.bisect_left(self.ids[same_from:same_to], event_id)
+            if k < same_to and self.ids[k] == event_id:
+                return  # seen: a redelivery
+            self.times.insert(k, float(at))
+            self.ids.insert(k, event_id)
+            for name in self.of:
+                self.columns[name].insert(k, float(features[name]))
         newest = self.times[-1]
         keep_from = min(
             max(0, len(self.times) - self.keep_n), bisect.bisect_right(self.times, newest - self.keep_s)

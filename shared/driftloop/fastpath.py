@@ -15,7 +15,13 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, ConsumerRecord
+from aiokafka import (
+    AIOKafkaConsumer,
+    AIOKafkaProducer,
+    ConsumerRebalanceListener,
+    ConsumerRecord,
+    TopicPartition,
+)
 from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.contracts import DeadLetter
@@ -105,25 +111,60 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        async with self.loop.in_flight:  # the current batch finishes and commits first
-            pass
+        async with self.loop.in_flight:  # the batch being handled finishes first
+            failed = await self.loop.settle()  # and every handled batch is committed or comes again
+        if failed is not None:
+            self.loop.rewind([failed])
+        if self.loop.reset is not None:
+            self.loop.reset()
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         log.info("%s assigned %s", self.loop.group_id, sorted(str(tp) for tp in assigned))  # type: ignore[attr-defined]
 
 
-class FastPath:
-    """Consume `topic` in group `group_id` and hand each batch to a handler returning outputs."""
+@dataclass
+class _Batch:
+    records: list[ConsumerRecord]
+    done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
 
-    def __init__(self, settings: ServiceSettings, service: str, topic: str, group_id: str) -> None:
+    def firsts(self) -> dict[TopicPartition, int]:
+        out: dict[TopicPartition, int] = {}
+        for r in self.records:
+            out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
+        return out
+
+    def nexts(self) -> dict[TopicPartition, int]:
+        return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in self.records}
+
+
+class FastPath:
+    """Consume `topic` in group `group_id` and hand each batch to a handler returning outputs.
+
+    Pipelined one batch deep: while batch N's outputs wait for their acknowledgement (then its
+    `then` runs and its offsets are committed), batch N+1 is fetched and handled; N+1's outputs go
+    out only once N is settled, so effects and commits stay in batch order. A failure rewinds to
+    the first unsettled record. `reset` runs whenever records may come again (a rewind) or
+    partitions change hands (after the last commit): a handler drops there what it holds about
+    unsettled batches or about its partitions."""
+
+    def __init__(
+        self,
+        settings: ServiceSettings,
+        service: str,
+        topic: str,
+        group_id: str,
+        reset: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.service = service
         self.topic = topic
         self.group_id = group_id
+        self.reset = reset
         self.in_flight = asyncio.Lock()
         self.consumer: AIOKafkaConsumer
         self.sender: BatchSender
         self._task: asyncio.Task[None] | None = None
+        self._sending: _Batch | None = None
 
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""
@@ -151,32 +192,75 @@ class FastPath:
             async with self.in_flight:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+            await self.settle()  # a failure here is redelivered to the next owner
             await self.consumer.stop()
             await self.sender.stop()
+
+    async def settle(self) -> _Batch | None:
+        """Wait for the batch being sent; the batch if that failed (its records must come again)."""
+        batch, self._sending = self._sending, None
+        if batch is None or batch.done is None:
+            return None
+        try:
+            await batch.done
+            return None
+        except Exception:
+            count(self.service, self.topic, "error", len(batch.records))
+            log.exception("%s: sending a batch of %d failed", self.service, len(batch.records))
+            return batch
+
+    async def _finish(self, batch: _Batch, handled: Handled) -> None:
+        await self.sender.send(handled.outputs)
+        if handled.then is not None:
+            handled.then()
+        await self.consumer.commit(batch.nexts())
+        record_lag(self.service, self.consumer, batch.records)
+
+    def rewind(self, batches: Sequence[_Batch]) -> None:
+        """Seek every partition back to the first record of the earliest of `batches`, and reset."""
+        positions: dict[TopicPartition, int] = {}
+        for batch in batches:
+            for tp, offset in batch.firsts().items():
+                positions[tp] = min(offset, positions.get(tp, offset))
+        assigned = self.consumer.assignment()
+        for tp, offset in positions.items():
+            if tp in assigned:
+                self.consumer.seek(tp, offset)
+        if self.reset is not None:
+            self.reset()
 
     async def _run(self, handle: Handler) -> None:
         while True:
             batches = await self.consumer.getmany(
                 timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
             )
-            records = [r for partition in batches.values() for r in partition]
-            if not records:
+            if not batches:
+                failed = await self.settle()  # idle: do not hold a commit back
+                if failed is not None:
+                    await self._retry([failed])
                 continue
+            batch = _Batch([r for partition in batches.values() for r in partition])
             async with self.in_flight:
                 try:
-                    with timed_batch(self.service, self.topic, len(records)):
-                        result = await handle(records)
-                        handled = result if isinstance(result, Handled) else Handled(result)
-                        await self.sender.send(handled.outputs)
-                        if handled.then is not None:
-                            handled.then()
-                        await self.consumer.commit()
-                    record_lag(self.service, self.consumer, records)
+                    with timed_batch(self.service, self.topic, len(batch.records)):
+                        result = await handle(batch.records)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    count(self.service, self.topic, "error", len(records))
-                    log.exception("%s: batch of %d failed; rewinding", self.service, len(records))
-                    for tp, partition in batches.items():
-                        self.consumer.seek(tp, partition[0].offset)
-                    await asyncio.sleep(1.0)
+                    count(self.service, self.topic, "error", len(batch.records))
+                    log.exception("%s: batch of %d failed", self.service, len(batch.records))
+                    failed = await self.settle()
+                    await self._retry([batch] if failed is None else [failed, batch])
+                    continue
+                failed = await self.settle()
+                if failed is not None:  # this batch comes again after the failed one
+                    await self._retry([failed, batch])
+                    continue
+                handled = result if isinstance(result, Handled) else Handled(result)
+                batch.done = asyncio.create_task(self._finish(batch, handled))
+                self._sending = batch
+
+    async def _retry(self, batches: Sequence[_Batch]) -> None:
+        """Rewind to the failed records and pause before they come again."""
+        self.rewind(batches)
+        await asyncio.sleep(1.0)

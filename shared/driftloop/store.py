@@ -31,14 +31,13 @@ from driftloop.spec import MODEL_NAME
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS rows (
-    event_id TEXT PRIMARY KEY,
+    seq INTEGER PRIMARY KEY,
+    event_id TEXT NOT NULL UNIQUE,
     event_time TEXT NOT NULL,
-    seq INTEGER NOT NULL,
     file TEXT NOT NULL,
     row INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rows_time ON rows(event_time, seq);
-CREATE INDEX IF NOT EXISTS rows_seq ON rows(seq);
 """
 _ARROW = pa.schema(
     [

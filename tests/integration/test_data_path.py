@@ -177,3 +177,68 @@ async def test_the_online_store_keeps_the_newest_features_exactly_and_every_hist
     assert stored[b"event_time"].decode() == t2.isoformat()
     assert histories == {("sea", "u"): b"[2]", ("sea", "nobody"): None}  # history merged by the caller
     assert 0 < ttl <= 60
+
+
+async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_every_batch(redis_url):
+    import random
+
+    from driftloop.features import HISTORY_FIELD
+    from driftloop.settings import Topics
+    from driftloop.spec import ModelSpec
+    from driftloop_feature.adapters import OnlineStore
+    from driftloop_feature.handlers import FeatureHandler
+    from driftloop_feature.histories import HistoryCache
+    from tests.helpers import records
+
+    spec = ModelSpec.model_validate(
+        {
+            "name": "payments",
+            "features": [{"name": "amount", "type": "numeric"}],
+            "aggregates": [
+                {"name": "amount_mean_3", "stat": "mean", "of": "amount", "last_n": 3},
+                {"name": "payments_10m", "stat": "count", "window_s": 600},
+            ],
+            "label": {"classes": [0, 1]},
+            "algorithm": {"name": "logistic_regression"},
+        }
+    )
+    rng = random.Random(3)
+    base = datetime(2026, 11, 22, 10, tzinfo=UTC).timestamp()
+    batches = [
+        [  # four entities; times mostly increasing, some late (inserted in the middle of a history)
+            orjson.dumps(
+                {
+                    "event_id": f"e{b}-{i}",
+                    "model": "payments",
+                    "entity_id": f"u{rng.randrange(4)}",
+                    "features": {"amount": rng.randrange(100)},
+                    "label": 1,
+                    "event_time": datetime.fromtimestamp(
+                        base + 60 * b + rng.choice([i, i, -300]), UTC
+                    ).isoformat(),
+                }
+            )
+            for i in range(20)
+        ]
+        for b in range(12)
+    ]
+    kept_redis, read_redis = Redis.from_url(redis_url), Redis.from_url(redis_url.replace("/0", "/1"))
+    await read_redis.flushdb()
+    kept = FeatureHandler(
+        {"payments": spec}, OnlineStore(kept_redis, 600), Topics(), HistoryCache(2, ttl_s=600)
+    )
+    read = FeatureHandler({"payments": spec}, OnlineStore(read_redis, 600), Topics())
+    try:
+        for b, batch in enumerate(batches):
+            if b == 6:
+                kept.reset()  # partitions changed hands: read again from Redis
+            rows_kept = await kept.handle(records("events.validated", batch))
+            rows_read = await read.handle(records("events.validated", batch))
+            assert rows_kept == rows_read, f"batch {b}"
+        assert len(kept.cache) == 2  # bounded: four entities, two kept
+        for entity in ("u0", "u1", "u2", "u3"):
+            key = online_key("payments", entity)
+            assert await kept_redis.hget(key, HISTORY_FIELD) == await read_redis.hget(key, HISTORY_FIELD)
+    finally:
+        await kept_redis.aclose()
+        await read_redis.aclose()

@@ -159,3 +159,19 @@ def test_rows_without_an_entity_get_the_documented_default():
 )
 def test_an_unreadable_stored_history_reads_as_empty(raw):
     assert History.loads(SPEC, raw).events == []
+
+
+def test_the_history_cache_is_bounded_and_forgets_what_redis_may_have_expired():
+    from driftloop_feature.histories import HistoryCache
+
+    now = [0.0]
+    cache = HistoryCache(max_entities=2, ttl_s=10, clock=lambda: now[0])
+    a, b, c = History(SPEC), History(SPEC), History(SPEC)
+    cache.put([(("m", "a"), a), (("m", "b"), b)])
+    assert cache.get(("m", "a")) is a
+    cache.put([(("m", "c"), c)])  # "b" was used least recently
+    assert cache.get(("m", "b")) is None and cache.get(("m", "a")) is a and len(cache) == 2
+    now[0] = 10.5  # older than the online TTL: Redis may have expired it
+    assert cache.get(("m", "c")) is None
+    cache.clear()
+    assert len(cache) == 0

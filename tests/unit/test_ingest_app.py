@@ -41,3 +41,23 @@ async def test_ingest_validates_dead_letters_and_dedupes(tmp_path):
     again = await handler.handle(records(topics.events_raw, [orjson.dumps(good)]))
     assert again.outputs == []  # a redelivery or producer retry: dropped as a duplicate
     store.close()
+
+
+async def test_a_duplicate_in_the_next_batch_is_dropped_before_the_first_is_stored(tmp_path):
+    # the loop is pipelined: batch 2 is handled while batch 1 waits for its acknowledgement
+    topics = Topics()
+    store = RowStore(tmp_path)
+    handler = IngestHandler(load_specs(ROOT / "models"), store, topics, timedelta(minutes=5))
+    good = orjson.dumps({"event_id": "e1", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}})
+    first = await handler.handle(records(topics.events_raw, [good]))
+    second = await handler.handle(records(topics.events_raw, [good]))
+    assert len(first.outputs) == 1 and second.outputs == []
+
+    handler.reset()  # batch 1 failed: both come again, and e1 is new again
+    again = await handler.handle(records(topics.events_raw, [good]))
+    assert len(again.outputs) == 1
+    assert again.then is not None
+    again.then()
+    assert store.count("sea") == 1
+    assert (await handler.handle(records(topics.events_raw, [good]))).outputs == []
+    store.close()

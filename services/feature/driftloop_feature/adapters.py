@@ -12,20 +12,20 @@ from redis.asyncio import Redis
 
 from driftloop.features import online_key
 
-# KEYS: the entities' hashes; ARGV[1]: TTL (s); ARGV[2]: JSON, per key [event ts, features JSON,
-# event time ISO, history JSON or null]. An entity's features are replaced only by a newer
-# observation's (events arrive out of order); its history, already merged by the caller, always.
-# Values stay strings: Lua would print numbers with 14 digits.
+# KEYS: the entities' hashes; ARGV[1]: TTL (s), then four values per key: event ts, features
+# JSON, event time ISO, history JSON or "" (none). An entity's features are replaced only by a
+# newer observation's (events arrive out of order); its history, already merged by the caller,
+# always. Values stay strings: Lua would print numbers with 14 digits.
 _WRITE = """
 local ttl = ARGV[1]
-for i, row in ipairs(cjson.decode(ARGV[2])) do
-  local key, ts = KEYS[i], row[1]
+for i, key in ipairs(KEYS) do
+  local at = 4 * i - 2
   local stored = tonumber(redis.call('HGET', key, 'event_ts') or '-1')
-  if ts >= stored then
-    redis.call('HSET', key, 'features', row[2], 'event_time', row[3], 'event_ts', string.format('%.6f', ts))
+  if tonumber(ARGV[at]) >= stored then
+    redis.call('HSET', key, 'features', ARGV[at + 1], 'event_time', ARGV[at + 2], 'event_ts', ARGV[at])
   end
-  if row[4] ~= cjson.null then
-    redis.call('HSET', key, 'history', row[4])
+  if ARGV[at + 3] ~= '' then
+    redis.call('HSET', key, 'history', ARGV[at + 3])
   end
   redis.call('EXPIRE', key, ttl)
 end
@@ -58,14 +58,8 @@ class OnlineStore:
         """Write (model, entity, event time, raw features, history or None) rows, one round trip."""
         if not rows:
             return
-        payload = [
-            [
-                when.timestamp(),
-                orjson.dumps(features).decode(),
-                when.isoformat(),
-                None if history is None else history.decode(),
-            ]
-            for model, entity, when, features, history in rows
-        ]
+        args: list[bytes | str | int] = [self.ttl_s]
+        for _, _, when, features, history in rows:
+            args += [f"{when.timestamp():.6f}", orjson.dumps(features), when.isoformat(), history or b""]
         keys = [online_key(model, entity) for model, entity, _, _, _ in rows]
-        await self._write(keys=keys, args=[self.ttl_s, orjson.dumps(payload)])
+        await self._write(keys=keys, args=args)

@@ -14,6 +14,7 @@ from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.handlers import SERVICE, FeatureHandler
+from driftloop_feature.histories import HistoryCache
 from driftloop_feature.settings import FeatureSettings
 
 
@@ -22,9 +23,12 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     topics = settings.topics
     redis = Redis.from_url(settings.redis_url)
     handler = FeatureHandler(
-        load_specs(settings.models_dir), OnlineStore(redis, settings.online_ttl_s), topics
+        load_specs(settings.models_dir),
+        OnlineStore(redis, settings.online_ttl_s),
+        topics,
+        HistoryCache(settings.history_cache_entities, settings.online_ttl_s),
     )
-    hot_path = FastPath(settings, SERVICE, topics.events_validated, settings.group_id)
+    hot_path = FastPath(settings, SERVICE, topics.events_validated, settings.group_id, reset=handler.reset)
 
     broker.publisher(topics.features_computed, title="to_features_computed", schema=FeatureRow)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)

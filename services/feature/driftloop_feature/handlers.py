@@ -18,17 +18,29 @@ from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.domain import check_batch, feature_rows, with_aggregates, with_time_parts
+from driftloop_feature.histories import HistoryCache
 
 SERVICE = "feature"
 
 
 class FeatureHandler:
-    def __init__(self, specs: Mapping[str, ModelSpec], online: OnlineStore, topics: Topics) -> None:
+    def __init__(
+        self,
+        specs: Mapping[str, ModelSpec],
+        online: OnlineStore,
+        topics: Topics,
+        cache: HistoryCache | None = None,
+    ) -> None:
         self.specs = specs
         self.checks = checkers(specs)
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         self.online = online
         self.topics = topics
+        self.cache = cache if cache is not None else HistoryCache(max_entities=0, ttl_s=0)
+
+    def reset(self) -> None:
+        """Partitions changed hands or a batch comes again: Redis holds the histories."""
+        self.cache.clear()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
         """Feature rows to `features.computed` (keyed like their observation) and the entities'
@@ -61,15 +73,23 @@ class FeatureHandler:
             for row in rows
             if row.observation.entity_id
         ]
-        stored = await self.online.histories(list(dict.fromkeys(keys)))
-        updated: dict[tuple[str, str], bytes] = {}
+        histories: dict[tuple[str, str], History] = {}
+        missing = []
+        for key in dict.fromkeys(keys):
+            cached = self.cache.get(key)
+            if cached is None:
+                missing.append(key)
+            else:
+                histories[key] = cached
+        for (model, entity), raw in (await self.online.histories(missing)).items():
+            histories[(model, entity)] = History.loads(self.specs[model], raw)
         for model, rows in valid.items():
-            spec = self.specs[model]
-            if spec.aggregates:
-                loaded = {e: History.loads(spec, raw) for (m, e), raw in stored.items() if m == model}
-                with_aggregates(spec, rows, loaded)
-                updated.update({(model, e): h.dumps() for e, h in loaded.items()})
-        return updated
+            if self.specs[model].aggregates:
+                with_aggregates(
+                    self.specs[model], rows, {e: h for (m, e), h in histories.items() if m == model}
+                )
+        self.cache.put(histories.items())
+        return {key: history.dumps() for key, history in histories.items()}
 
     def _latest(
         self, valid: Mapping[str, Sequence[Checked]], histories: Mapping[tuple[str, str], bytes]

@@ -25,7 +25,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
     handler = IngestHandler(
         load_specs(settings.models_dir), store, topics, timedelta(seconds=settings.max_future_s)
     )
-    hot_path = FastPath(settings, SERVICE, topics.events_raw, settings.group_id)
+    hot_path = FastPath(settings, SERVICE, topics.events_raw, settings.group_id, reset=handler.reset)
 
     broker.publisher(topics.events_validated, title="to_events_validated", schema=Observation)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)

@@ -36,12 +36,18 @@ class IngestHandler:
         self.store = store
         self.topics = topics
         self.max_future = max_future
+        self.unstored: set[tuple[str, str]] = set()  # published, their store append still to come
+
+    def reset(self) -> None:
+        """Unsettled batches come again: what they published is not known to be out any more."""
+        self.unstored.clear()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Validate and dedupe: the new observations to `events.validated` (keyed by entity, so an
         entity's events stay in order for its aggregates), the invalid to the DLQ; the offline store
         append follows once both are acknowledged, so a crash in between republishes (downstream is
-        idempotent by event id) instead of losing the batch."""
+        idempotent by event id) instead of losing the batch. An event id published by a batch whose
+        append is still to come (the loop is pipelined) counts as seen too."""
         now = utcnow()
         arrivals = [arrival(r, now) for r in records]
         accepted, errors = validate_batch(
@@ -53,7 +59,12 @@ class IngestHandler:
         fresh: dict[str, list[Accepted]] = {}
         for model, observations in by_model.items():
             seen = self.store.known(model, list(observations))
-            fresh[model] = [o for event_id, o in observations.items() if event_id not in seen]
+            fresh[model] = [
+                o
+                for event_id, o in observations.items()
+                if event_id not in seen and (model, event_id) not in self.unstored
+            ]
+            self.unstored.update((model, o.event_id) for o in fresh[model])
         topic = self.topics.events_validated
         outputs = [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
@@ -62,6 +73,7 @@ class IngestHandler:
         def store() -> None:
             for model, new in fresh.items():
                 self.store.append(model, [(o.event_id, o.event_time, o.body) for o in new])
+                self.unstored.difference_update((model, o.event_id) for o in new)
 
         published = sum(map(len, fresh.values()))
         count(SERVICE, self.topics.events_raw, "ok", published)

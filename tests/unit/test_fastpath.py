@@ -1,0 +1,113 @@
+"""The pipelined hot-path loop's bookkeeping: commits follow acknowledged outputs in batch order,
+and a failed send or handler brings every unsettled record back. The Kafka client is replaced by a
+small in-memory log here; the loop against the real broker, with kills and restarts, is in
+tests/integration/test_faults.py."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+from aiokafka import ConsumerRecord, TopicPartition
+
+from driftloop.fastpath import FastPath, Output
+from driftloop.settings import ServiceSettings
+
+TOPIC = "in"
+PARTITIONS = [TopicPartition(TOPIC, p) for p in range(2)]
+PER_PARTITION = 15
+
+
+class Log:
+    """A consumer over a fixed two-partition log: positions, seeks and commits as aiokafka's."""
+
+    def __init__(self) -> None:
+        self.position = dict.fromkeys(PARTITIONS, 0)
+        self.committed = dict.fromkeys(PARTITIONS, 0)
+        self.sent: set[tuple[int, int]] = set()  # (partition, offset) whose output is acknowledged
+
+    def assignment(self) -> set[TopicPartition]:
+        return set(PARTITIONS)
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        out = {}
+        for tp in PARTITIONS:
+            first = self.position[tp]
+            last = min(PER_PARTITION, first + max_records // 2)
+            if last > first:
+                out[tp] = [
+                    ConsumerRecord(TOPIC, tp.partition, o, 0, 0, None, b"%d" % o, None, 0, 1, ())
+                    for o in range(first, last)
+                ]
+                self.position[tp] = last
+        if not out:
+            await asyncio.sleep(0.001)
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        self.position[tp] = offset
+
+    async def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            assert offset >= self.committed[tp], "a commit went backwards"
+            missing = [o for o in range(offset) if (tp.partition, o) not in self.sent]
+            assert not missing, f"committed past unacknowledged outputs {missing}"
+            self.committed[tp] = offset
+
+    def highwater(self, tp: TopicPartition) -> int:
+        return PER_PARTITION
+
+
+class Sender:
+    def __init__(self, log: Log, fail_on: set[int]) -> None:
+        self.log, self.fail_on, self.calls = log, fail_on, 0
+
+    async def send(self, outputs: list[Output]) -> None:
+        self.calls += 1
+        await asyncio.sleep(0.002)  # acknowledgements take a while: the next batch is handled meanwhile
+        if self.calls in self.fail_on:
+            raise ConnectionError("broker went away")
+        for output in outputs:
+            partition, offset = output.value.split(b":")
+            self.log.sent.add((int(partition), int(offset)))
+
+
+@pytest.mark.parametrize("fail_on", [set(), {1}, {2}, {3, 4}])
+@pytest.mark.parametrize("handler_fails_on", [None, 3])
+async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, handler_fails_on, monkeypatch):
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    resets = []
+    loop = FastPath(
+        ServiceSettings(kafka_max_records=6), "test", TOPIC, "group", reset=lambda: resets.append(1)
+    )
+    loop.consumer, loop.sender = log, Sender(log, fail_on)  # type: ignore[assignment]
+    calls = 0
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        nonlocal calls
+        calls += 1
+        if calls == handler_fails_on:
+            raise ValueError("a bug")
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    task = asyncio.create_task(loop._run(handle))
+    for _ in range(2000):
+        if all(log.committed[tp] == PER_PARTITION for tp in PARTITIONS):
+            break
+        await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+    failures = len(fail_on) + (handler_fails_on is not None)
+    # every rewind resets the handler's state (two failures at once make one rewind)
+    assert (len(resets) > 0) == (failures > 0) and len(resets) <= failures
+
+
+def _fast_sleep(sleep):
+    async def fast(delay: float) -> None:  # the loop's 1 s pause after a failure, shortened
+        await sleep(min(delay, 0.002))
+
+    return fast
