@@ -13,7 +13,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from aiokafka import (
     AIOKafkaConsumer,
@@ -24,6 +24,7 @@ from aiokafka import (
 )
 from aiokafka.partitioner import DefaultPartitioner
 
+from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
 from driftloop.kafka import encode
 from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
@@ -67,7 +68,8 @@ class BatchSender:
         self._partitions: dict[str, list[int]] = {}
 
     @classmethod
-    async def connect(cls, bootstrap: str, client_id: str) -> BatchSender:
+    async def connect(cls, bootstrap: str, client_id: str, **options: Any) -> BatchSender:
+        """`options`: `driftloop.connections.kafka_options`."""
         producer = AIOKafkaProducer(
             bootstrap_servers=bootstrap,
             client_id=client_id,
@@ -75,6 +77,7 @@ class BatchSender:
             enable_idempotence=False,  # not on tansu; consumers are idempotent instead
             linger_ms=1,
             max_batch_size=1024 * 1024,
+            **options,
         )
         await producer.start()
         return cls(producer)
@@ -179,8 +182,11 @@ class FastPath:
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            **kafka_options(settings),
         )
-        self.sender = await BatchSender.connect(settings.kafka_bootstrap, f"driftloop-{service}-fastpath")
+        self.sender = await BatchSender.connect(
+            settings.kafka_bootstrap, f"driftloop-{service}-fastpath", **kafka_options(settings)
+        )
         await self.consumer.start()
         self.consumer.subscribe([self.topic], listener=_DrainOnRevoke(self))
         tune_gc()

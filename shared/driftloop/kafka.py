@@ -6,7 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -19,6 +19,7 @@ from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY
 from pydantic import BaseModel
 
+from driftloop.connections import faststream_security, kafka_options
 from driftloop.contracts import DeadLetter, InvalidInput
 from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.settings import ServiceSettings
@@ -44,6 +45,7 @@ def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         logger=logging.getLogger(f"driftloop.{service}.broker"),
         log_level=logging.DEBUG,
         middlewares=[KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service)],
+        security=faststream_security(settings),
     )
 
 
@@ -155,7 +157,7 @@ async def publish_all(broker: KafkaBroker, topic: str, messages: Sequence[BaseMo
 
 async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None:
     """Create topics that do not exist yet; existing ones are left as they are."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap, **kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -173,9 +175,14 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
         await admin.close()
 
 
-async def _assign_all(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> AIOKafkaConsumer:
+async def _assign_all(
+    bootstrap: str, topic: str, fetch_max_wait_ms: int, options: Mapping[str, Any] | None
+) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=fetch_max_wait_ms
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        **(options or {}),
     )
     await consumer.start()
     partitions = consumer.partitions_for_topic(topic)
@@ -186,16 +193,21 @@ async def _assign_all(bootstrap: str, topic: str, fetch_max_wait_ms: int) -> AIO
     return consumer
 
 
-async def read_from_start(bootstrap: str, topic: str, fetch_max_wait_ms: int = 50) -> AIOKafkaConsumer:
-    """A group-less consumer positioned at the start of every partition of `topic`."""
-    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms)
+async def read_from_start(
+    bootstrap: str, topic: str, fetch_max_wait_ms: int = 50, options: Mapping[str, Any] | None = None
+) -> AIOKafkaConsumer:
+    """A group-less consumer positioned at the start of every partition of `topic` (`options`:
+    `driftloop.connections.kafka_options`)."""
+    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms, options)
     await consumer.seek_to_beginning(*consumer.assignment())
     return consumer
 
 
-async def tail_from_end(bootstrap: str, topic: str, fetch_max_wait_ms: int = 20) -> AIOKafkaConsumer:
+async def tail_from_end(
+    bootstrap: str, topic: str, fetch_max_wait_ms: int = 20, options: Mapping[str, Any] | None = None
+) -> AIOKafkaConsumer:
     """A group-less consumer positioned at the current end of every partition of `topic`."""
-    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms)
+    consumer = await _assign_all(bootstrap, topic, fetch_max_wait_ms, options)
     assigned = list(consumer.assignment())
     await consumer.seek_to_end(*assigned)
     for tp in assigned:  # resolve positions now, so nothing produced from here on is missed

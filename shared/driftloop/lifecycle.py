@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
@@ -24,8 +25,11 @@ LifecycleHandler = Callable[[LifecycleEvent], Awaitable[None]]
 class LifecycleFollower:
     """Replays and then follows the lifecycle topic, calling `handler` for every event in order."""
 
-    def __init__(self, bootstrap: str, topic: str, handler: LifecycleHandler) -> None:
+    def __init__(
+        self, bootstrap: str, topic: str, handler: LifecycleHandler, options: Mapping[str, Any] | None = None
+    ) -> None:
         self.bootstrap = bootstrap
+        self.options = options  # `driftloop.connections.kafka_options`
         self.topic = topic
         self.handler = handler
         self._consumer: AIOKafkaConsumer | None = None
@@ -48,7 +52,7 @@ class LifecycleFollower:
 
     async def catch_up(self) -> None:
         """Replay every event already on the topic, then return."""
-        self._consumer = await read_from_start(self.bootstrap, self.topic)
+        self._consumer = await read_from_start(self.bootstrap, self.topic, options=self.options)
         partitions = list(self._consumer.assignment())
         end = await self._consumer.end_offsets(partitions)
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -56,7 +57,29 @@ class ServiceSettings(BaseSettings):
         default=6000, description="Consumer-group session timeout (Kafka's minimum is 6000)."
     )
     kafka_heartbeat_interval_ms: int = Field(default=1000, description="Consumer-group heartbeat.")
-    redis_url: str = Field(default="redis://127.0.0.1:6379/0", description="Redis URL.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        default="PLAINTEXT", description="Kafka security protocol (TLS with SSL / SASL_SSL)."
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        default="SCRAM-SHA-512", description="SASL mechanism, with SASL_PLAINTEXT / SASL_SSL."
+    )
+    kafka_sasl_username: str | None = Field(default=None, description="SASL user.")
+    kafka_sasl_password: SecretStr | None = Field(default=None, description="SASL password (never logged).")
+    kafka_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs the brokers' TLS certificates (else the system's)."
+    )
+    redis_url: str = Field(
+        default="redis://127.0.0.1:6379/0",
+        description="Redis URL; `rediss://` for TLS. Put the password in `redis_password`, not here.",
+    )
+    redis_password: SecretStr | None = Field(default=None, description="Redis AUTH password (never logged).")
+    redis_username: str | None = Field(default=None, description="Redis ACL user (with `redis_password`).")
+    redis_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs Redis's TLS certificate (`rediss://` only)."
+    )
+    redis_timeout_s: float = Field(
+        default=2.0, description="Redis connect and call timeout: an unavailable store fails fast."
+    )
     topics: Topics = Field(default_factory=Topics)
     models_dir: Path = Field(default=Path("models"), description="Directory of model spec files.")
     artifacts_dir: Path = Field(default=Path("var/artifacts"), description="Artifact store root.")
@@ -64,3 +87,15 @@ class ServiceSettings(BaseSettings):
     http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics and /healthz.")
     http_port: int = Field(default=8000, description="Port of /metrics, /healthz, /readyz.")
     log_level: str = Field(default="INFO", description="Python logging level.")
+
+    @model_validator(mode="after")
+    def _secure_settings_are_complete(self) -> ServiceSettings:
+        if self.kafka_security_protocol.startswith("SASL") and not (
+            self.kafka_sasl_username and self.kafka_sasl_password
+        ):
+            raise ValueError(
+                f"{self.kafka_security_protocol} needs kafka_sasl_username and kafka_sasl_password"
+            )
+        if self.redis_ca_file is not None and not self.redis_url.startswith("rediss://"):
+            raise ValueError("redis_ca_file is for TLS: use a rediss:// redis_url")
+        return self

@@ -5,8 +5,8 @@ aiokafka batches), not by FastStream."""
 from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
-from redis.asyncio import Redis
 
+from driftloop.connections import redis_client
 from driftloop.contracts import DeadLetter, FeatureRow
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
@@ -21,7 +21,7 @@ from driftloop_feature.settings import FeatureSettings
 def create_app(settings: FeatureSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     handler = FeatureHandler(
         load_specs(settings.models_dir),
         OnlineStore(redis, settings.online_ttl_s),

@@ -5,9 +5,9 @@ loop (`driftloop.fastpath`, aiokafka batches; payload `PredictionRequest`), not 
 from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
-from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
+from driftloop.connections import kafka_options, redis_client
 from driftloop.contracts import DeadLetter, PredictionResult
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
@@ -23,10 +23,12 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
     specs = load_specs(settings.models_dir)
-    redis = Redis.from_url(settings.redis_url, socket_timeout=1.0, socket_connect_timeout=1.0)
+    redis = redis_client(settings)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
     handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
-    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle)
+    follower = LifecycleFollower(
+        settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle, kafka_options(settings)
+    )
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness(lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}})
 

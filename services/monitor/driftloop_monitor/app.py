@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
-from redis.asyncio import Redis
 
+from driftloop.connections import kafka_options, redis_client
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
@@ -27,7 +27,7 @@ from driftloop_monitor.settings import MonitorSettings
 def create_app(settings: MonitorSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     monitor = Monitor(
         load_specs(settings.models_dir),
         JoinStore(redis, settings.join_ttl_s, settings.orphan_grace_s),
@@ -35,7 +35,9 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
         topics,
         settings.quality_window,
     )
-    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle)
+    follower = LifecycleFollower(
+        settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle, kafka_options(settings)
+    )
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
 
     @batch_subscriber(

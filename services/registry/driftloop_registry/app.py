@@ -8,9 +8,9 @@ from urllib.parse import parse_qs
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka.annotations import KafkaMessage
-from redis.asyncio import Redis
 
 from driftloop.artifacts import ArtifactStore
+from driftloop.connections import redis_client
 from driftloop.contracts import (
     ApproveModel,
     DeadLetter,
@@ -37,7 +37,7 @@ def _query(scope: Any) -> dict[str, str]:
 def create_app(settings: RegistrySettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    redis = Redis.from_url(settings.redis_url)
+    redis = redis_client(settings)
     registry = Registry(
         load_specs(settings.models_dir),
         RegistryRepository(redis),

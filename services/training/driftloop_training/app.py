@@ -7,6 +7,7 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
+from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.lifecycle import LifecycleFollower
@@ -31,7 +32,9 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         topics,
         settings.threads,
     )
-    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle)
+    follower = LifecycleFollower(
+        settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle, kafka_options(settings)
+    )
 
     @batch_subscriber(
         broker,
