@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift
+.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -69,13 +69,16 @@ format: install ## apply ruff's formatting and safe fixes
 clean: down ## remove the local stack's run directory and demo output
 	rm -rf .driftloop var
 
-bench: bench-governance bench-inference bench-data bench-drift ## run every benchmark (tables printed, JSON in bench/results/)
+bench: bench-governance bench-inference bench-data bench-drift bench-faults ## run every benchmark (tables printed, JSON in bench/results/)
 
 bench-inference: install ## inference vs a batched echo ceiling: throughput, latency at 1k/5k req/s, RSS, swap
 	$(BIN)/python -m bench.inference
 
 bench-data: install ## ingest -> feature -> Redis + Parquet vs the echo ceiling: events/s, p99, bytes/row
 	$(BIN)/python -m bench.data
+
+bench-faults: install ## faults under load on the whole local stack: lost, duplicates, recovery, RSS
+	$(BIN)/python -m bench.faults
 
 bench-drift: install ## drift detection through the running system: 6 streams, 100k stationary samples each
 	$(BIN)/python -m bench.drift

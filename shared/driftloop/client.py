@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
 from driftloop.contracts import PredictionRequest, PredictionResult
-from driftloop.kafka import encode, tail_from_end
+from driftloop.kafka import encode, follow_truncation, tail_from_end
 from driftloop.settings import Topics
 
 
@@ -71,14 +71,19 @@ class PredictionClient:
 
     async def _read(self) -> None:
         assert self._consumer is not None
-        async for record in self._consumer:
-            try:
-                result = PredictionResult.model_validate_json(record.value or b"")
-            except ValueError:
-                continue
-            future = self._waiting.pop(result.request_id, None)
-            if future is not None and not future.done():
-                future.set_result(result)
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=500)
+            if not batches:
+                await follow_truncation(self._consumer)  # the topic was created again
+            for records in batches.values():
+                for record in records:
+                    try:
+                        result = PredictionResult.model_validate_json(record.value or b"")
+                    except ValueError:
+                        continue
+                    future = self._waiting.pop(result.request_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(result)
 
     async def predict_many(
         self, model: str, rows: Sequence[Mapping[str, Any]], entity_ids: Sequence[str | None] = ()

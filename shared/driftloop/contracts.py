@@ -384,13 +384,23 @@ class ModelCommandRefused(_Lifecycle):
     event: Literal["ModelCommandRefused"] = Field(default="ModelCommandRefused", description="Event type.")
 
 
+class ModelServingFailed(_Lifecycle):
+    """A service could not load the version's artifact (missing, corrupted, not matching the spec);
+    it keeps serving what it served before. Published by that service, not by the registry."""
+
+    event: Literal["ModelServingFailed"] = Field(default="ModelServingFailed", description="Event type.")
+    service: str = Field(description="The service that refused the artifact.")
+    artifact: ArtifactRef = Field(description="The artifact it could not load.")
+
+
 LifecycleEvent = Annotated[
     ModelPromoted
     | ModelRejected
     | ModelRolledBack
     | ModelAwaitingApproval
     | ModelTagged
-    | ModelCommandRefused,
+    | ModelCommandRefused
+    | ModelServingFailed,
     Field(discriminator="event"),
 ]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
@@ -477,6 +487,7 @@ CONTRACTS: dict[str, type[Message]] = {
         ModelAwaitingApproval,
         ModelTagged,
         ModelCommandRefused,
+        ModelServingFailed,
         PromoteModel,
         ApproveModel,
         RollbackModel,

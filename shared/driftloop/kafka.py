@@ -203,6 +203,21 @@ async def read_from_start(
     return consumer
 
 
+async def follow_truncation(consumer: AIOKafkaConsumer) -> bool:
+    """Seek a group-less consumer back to the start of every partition whose log now ends before
+    its position: the topic was deleted and created again, or the broker lost it (tansu keeps
+    topics in memory). Such a fetch gets no error, just nothing, until the new log grows past the
+    old position. True when it moved. (A group consumer is reset by its group when it rejoins.)"""
+    moved = False
+    for tp in consumer.assignment():
+        highwater = consumer.highwater(tp)
+        if highwater is not None and await consumer.position(tp) > highwater:
+            log.warning("%s ends at %d, before the position: reading it again from its start", tp, highwater)
+            await consumer.seek_to_beginning(tp)
+            moved = True
+    return moved
+
+
 async def tail_from_end(
     bootstrap: str, topic: str, fetch_max_wait_ms: int = 20, options: Mapping[str, Any] | None = None
 ) -> AIOKafkaConsumer:

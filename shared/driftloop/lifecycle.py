@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer
 from pydantic import ValidationError
 
 from driftloop.contracts import LIFECYCLE, LifecycleEvent
-from driftloop.kafka import read_from_start
+from driftloop.kafka import follow_truncation, read_from_start
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,8 @@ class LifecycleFollower:
     async def _follow(self) -> None:
         while True:
             try:
-                await self._drain(500)
+                if not await self._drain(500) and self._consumer is not None:
+                    await follow_truncation(self._consumer)  # the broker lost the topic
             except asyncio.CancelledError:
                 raise
             except Exception:

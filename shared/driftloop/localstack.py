@@ -15,7 +15,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,10 +223,28 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
     return stack
 
 
-def wait_ready(stack: Stack, timeout: float) -> None:
-    """Block until every service answers /readyz with 200, or raise naming the laggards."""
+def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) -> None:
+    """Start one part of the stack again on its port, after it died or was stopped: a service (then
+    wait until it is ready), `redis` (its append-only file brings the data back) or `broker` (in
+    memory on tansu: its topics are created again, empty)."""
+    if name == "broker":
+        _spawn(stack, "broker", broker_command(stack.ports["kafka"]))
+        wait_port(stack.ports["kafka"], 20, "broker")
+        settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
+        asyncio.run(ensure_topics(settings, settings.topics.all()))
+    elif name == "redis":
+        _spawn(stack, "redis", redis_command(stack.ports["redis"], stack.run_dir / "redis", append_only=True))
+        wait_port(stack.ports["redis"], 20, "redis")
+    else:
+        argv = [sys.executable, "-m", f"driftloop_{name}.app"]
+        _spawn(stack, name, argv, service_env(stack, name, models_dir))
+        wait_ready(stack, timeout, only=[name])
+
+
+def wait_ready(stack: Stack, timeout: float, only: Sequence[str] = SERVICES) -> None:
+    """Block until every service (of `only`) answers /readyz with 200, or raise naming the laggards."""
     deadline = time.monotonic() + timeout
-    pending = set(SERVICES)
+    pending = set(only)
     with httpx.Client(timeout=2.0) as client:
         while pending and time.monotonic() < deadline:
             for service in sorted(pending):

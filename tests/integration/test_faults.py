@@ -109,3 +109,184 @@ async def test_a_service_stopped_mid_stream_loses_nothing(
     store = RowStore(Path(env["DRIFTLOOP_OFFLINE_DIR"]))
     assert store.count("sea") == EVENTS  # no duplicate rows, none missing
     store.close()
+
+
+async def test_redis_down_for_15_s_serving_goes_on_and_everything_recovers(kafka_bootstrap, topics, tmp_path):
+    """Redis killed for 15 s under load, then back: inference keeps answering requests that carry
+    their features, answers entity lookups with an error at once (not after a hang), serves them
+    again once Redis is back; the feature service retries its batches and loses no row. Nothing
+    is restarted but Redis."""
+    from driftloop.artifacts import ArtifactStore
+    from driftloop.contracts import ModelPromoted, PredictionResult
+    from driftloop.fastpath import BatchSender, Output
+    from driftloop.features import FeatureSet
+    from driftloop.localstack import redis_command
+    from driftloop.spec import load_spec
+    from tests.helpers import sea_onnx
+
+    redis_port, redis_dir = free_port(), tmp_path / "redis"
+    redis_dir.mkdir()
+
+    def start_redis() -> subprocess.Popen[bytes]:
+        command = redis_command(redis_port, redis_dir, append_only=True)
+        proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(redis_port, 20, "redis")
+        return proc
+
+    spec = load_spec(ROOT / "models" / "sea.yaml")
+    onnx, classes, names = sea_onnx(spec)
+    artifact = ArtifactStore(tmp_path / "artifacts").put(onnx)
+    assert names == FeatureSet(spec).names
+    env = {
+        "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
+        "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
+        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        **{f"DRIFTLOOP_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
+    }
+    redis = start_redis()
+    sender = await BatchSender.connect(kafka_bootstrap, "test")
+    promoted = ModelPromoted(model="sea", version=1, artifact=artifact, classes=classes,
+                             feature_names=names, reason="test")  # fmt: skip
+    await sender.send([Output(topics.models_lifecycle, None, promoted.model_dump_json().encode())])
+    procs = {service: _start(service, env) for service in ("inference", "feature")}
+    results = await read_from_start(kafka_bootstrap, topics.predictions_results)
+    arrived: dict[str, tuple[float, PredictionResult]] = {}
+    sent: dict[str, float] = {}
+
+    async def read() -> None:
+        while True:
+            for records in (await results.getmany(timeout_ms=100)).values():
+                for record in records:
+                    result = PredictionResult.model_validate_json(record.value)
+                    arrived.setdefault(result.request_id, (time.monotonic(), result))
+
+    reader = asyncio.create_task(read())
+    features = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
+    try:
+        # the entity has stored features (through the feature service), and inference answers
+        first = {"event_id": "seed", "model": "sea", "entity_id": "user-1", "features": features,
+                 "label": 1, "event_time": "2026-11-22T10:00:00+00:00"}  # fmt: skip
+        await sender.send([Output(topics.events_validated, b"user-1", orjson.dumps(first))])
+        deadline = time.monotonic() + 60
+        while "probe" not in arrived or arrived["probe"][1].error is not None:
+            assert time.monotonic() < deadline, "inference never served the stored entity"
+            arrived.pop("probe", None)
+            probe = {"request_id": "probe", "model": "sea", "features": {}, "entity_id": "user-1"}
+            await sender.send([Output(topics.predictions_requests, b"probe", orjson.dumps(probe))])
+            await asyncio.sleep(0.5)
+
+        events: list[str] = []
+        start = time.monotonic()
+        down_at = up_at = None
+        tick = 0
+        while time.monotonic() - start < 28:  # 100 requests/s of each kind, 100 events/s
+            now = time.monotonic() - start
+            if down_at is None and now >= 3:
+                redis.kill()
+                redis.wait()
+                down_at = time.monotonic()
+            if up_at is None and down_at is not None and time.monotonic() - down_at >= 15:
+                redis = start_redis()
+                up_at = time.monotonic()
+            outputs = []
+            for kind, body in (
+                ("carried", {"model": "sea", "features": features}),
+                ("entity", {"model": "sea", "features": {}, "entity_id": "user-1"}),
+            ):
+                request_id = f"{kind}-{tick}"
+                sent[request_id] = time.monotonic()
+                outputs.append(Output(topics.predictions_requests, request_id.encode(),
+                                      orjson.dumps({"request_id": request_id, **body})))  # fmt: skip
+            event_id = f"ev-{tick}"
+            events.append(event_id)
+            event = {"event_id": event_id, "model": "sea", "entity_id": f"u{tick % 20}", "features": features,
+                     "label": 1, "event_time": "2026-11-22T10:00:01+00:00"}  # fmt: skip
+            outputs.append(Output(topics.events_validated, f"u{tick % 20}".encode(), orjson.dumps(event)))
+            await sender.send(outputs)
+            tick += 1
+            await asyncio.sleep(max(0.0, start + tick / 100 - time.monotonic()))
+        deadline = time.monotonic() + 30
+        while not set(sent) <= set(arrived) and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+        rows = await _rows(kafka_bootstrap, topics.features_computed, set(events), timeout=60)
+        alive = {service: proc.poll() is None for service, proc in procs.items()}
+    finally:
+        reader.cancel()
+        await results.stop()
+        await sender.stop()
+        for proc in procs.values():
+            proc.terminate()
+        for proc in procs.values():
+            proc.wait(15)
+        redis.kill()
+        redis.wait()
+
+    assert down_at is not None and up_at is not None
+    assert alive == {"inference": True, "feature": True}, "a service died with Redis"
+    assert set(sent) <= set(arrived), f"{len(set(sent) - set(arrived))} requests never answered"
+    carried = {k: v for k, v in arrived.items() if k.startswith("carried-")}
+    assert all(result.error is None for _, result in carried.values()), "a self-sufficient request failed"
+    entity = [(sent[k], at, result) for k, (at, result) in arrived.items() if k.startswith("entity-")]
+    failed = [(s, at) for s, at, result in entity if result.error is not None]
+    assert failed and all(
+        result.error == "online_store_unavailable" for _, _, result in entity if result.error
+    )
+    assert all(down_at - 1 <= s <= up_at + 5 for s, _ in failed), "an entity failed outside the outage"
+    assert max(at - s for s, at in failed) < 5, "an entity lookup hung instead of failing fast"
+    late = [result for s, _, result in entity if s > up_at + 5]
+    assert late and all(result.error is None for result in late), "entity lookups did not recover"
+    got = {FeatureRow.model_validate_json(r).event_id for r in rows}
+    assert set(events) <= got, f"{len(set(events) - got)} feature rows lost"
+
+
+async def test_after_the_broker_lost_its_topics_a_lifecycle_follower_reads_the_new_ones(topics):
+    """tansu keeps topics in memory: after a restart they are created again, empty, and a group-less
+    reader positioned past their new end gets nothing (no error) until it notices."""
+    from driftloop.contracts import ModelRejected
+    from driftloop.fastpath import BatchSender, Output
+    from driftloop.kafka import ensure_topics
+    from driftloop.lifecycle import LifecycleFollower
+    from driftloop.localstack import broker_command
+    from driftloop.settings import ServiceSettings
+
+    port = free_port()
+    settings = ServiceSettings(kafka_bootstrap=f"127.0.0.1:{port}", topics=topics)
+
+    async def start_broker() -> subprocess.Popen[bytes]:
+        proc = subprocess.Popen(broker_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, 20, "broker")
+        await ensure_topics(settings, [topics.models_lifecycle])
+        return proc
+
+    async def publish(versions: range) -> None:
+        sender = await BatchSender.connect(settings.kafka_bootstrap, "test")
+        events = [ModelRejected(model="sea", version=v, reason="test") for v in versions]
+        await sender.send(
+            [Output(topics.models_lifecycle, None, e.model_dump_json().encode()) for e in events]
+        )
+        await sender.stop()
+
+    seen: list[int] = []
+
+    async def on_event(event) -> None:
+        seen.append(event.version)
+
+    broker = await start_broker()
+    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, on_event)
+    try:
+        await publish(range(1, 21))
+        await follower.start()
+        assert seen == list(range(1, 21))
+        broker.kill()
+        broker.wait()
+        broker = await start_broker()
+        await publish(range(100, 103))  # offsets 0-2 of the new topic, behind the follower's 20
+        deadline = time.monotonic() + 30
+        while seen[-3:] != [100, 101, 102] and time.monotonic() < deadline:
+            await asyncio.sleep(0.2)
+    finally:
+        await follower.stop()
+        broker.kill()
+        broker.wait()
+    assert seen[-3:] == [100, 101, 102], f"the follower missed the new topic's events: {seen[20:]}"

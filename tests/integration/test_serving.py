@@ -236,3 +236,31 @@ async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
         unavailable = await ask(s, "user-1", {}, "store-down")
         assert unavailable.error == "online_store_unavailable"
         assert asyncio.get_running_loop().time() - started < 5
+
+
+async def test_a_corrupted_artifact_is_refused_reported_and_the_old_version_keeps_serving(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    from prometheus_client import REGISTRY
+
+    from driftloop.contracts import LIFECYCLE, ModelServingFailed
+
+    def refusals() -> float:
+        name = "driftloop_inference_model_load_failures_total"
+        return REGISTRY.get_sample_value(name, {"model": "sea"}) or 0
+
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s, inference_app(s.settings):
+        await s.consuming()
+        before = refusals()
+        damaged = s.events[2]
+        (tmp_path / "artifacts" / damaged["artifact"].uri).write_bytes(b"damaged on disk")
+        await s.bus.publish(topics.models_lifecycle, [ModelPromoted(**damaged)])
+        ids = await s.requests(600, "after-damage", per_second=300)
+        answered = await s.answers(ids)
+        lifecycle = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 3, timeout=15)
+    assert {answered[i][0].model_version for i in ids} == {1}, "the damaged version served"
+    assert all(answered[i][0].error is None for i in ids)
+    assert refusals() == before + 1
+    reports = [e for e in lifecycle if isinstance(e, ModelServingFailed)]
+    assert [(r.model, r.version, r.service) for r in reports] == [("sea", 2, "inference")]
+    assert "sha256" in reports[0].reason or "Integrity" in reports[0].reason

@@ -12,7 +12,13 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
-from driftloop.contracts import LifecycleEvent, ModelAwaitingApproval, ModelPromoted, ModelRolledBack
+from driftloop.contracts import (
+    LifecycleEvent,
+    ModelAwaitingApproval,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelServingFailed,
+)
 from driftloop.features import FEATURES_FIELD, HISTORY_FIELD, FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
@@ -35,6 +41,7 @@ class ModelHolder:
         self.specs = specs
         self.artifacts = artifacts
         self.lineup = Lineup()
+        self.refused: list[ModelServingFailed] = []  # to publish on the lifecycle topic
 
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
         serves = isinstance(event, ModelPromoted | ModelRolledBack | ModelAwaitingApproval)
@@ -54,6 +61,10 @@ class ModelHolder:
             except (ArtifactIntegrityError, Exception) as exc:
                 LOAD_FAILURES.labels(event.model).inc()
                 log.error("refusing %s v%s, keeping what serves: %s", event.model, event.version, exc)
+                self.refused.append(
+                    ModelServingFailed(model=event.model, version=event.version, service="inference",
+                                       artifact=event.artifact, reason=f"{type(exc).__name__}: {exc}"[:500])
+                )  # fmt: skip
                 return
         role[event.model] = loaded
         if (

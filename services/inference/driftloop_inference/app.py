@@ -4,19 +4,24 @@ loop (`driftloop.fastpath`, aiokafka batches; payload `PredictionRequest`), not 
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 from faststream.asgi import AsgiFastStream
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import kafka_options, redis_client
-from driftloop.contracts import DeadLetter, PredictionResult
-from driftloop.fastpath import FastPath
-from driftloop.kafka import ensure_topics, make_broker
+from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionResult
+from driftloop.fastpath import FastPath, Output
+from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
 from driftloop_inference.handlers import SERVICE, InferenceHandler
 from driftloop_inference.settings import InferenceSettings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: InferenceSettings) -> AsgiFastStream:
@@ -25,6 +30,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     specs = load_specs(settings.models_dir)
     redis = redis_client(settings)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
+    tasks: list[asyncio.Task[None]] = []
     handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
     follower = LifecycleFollower(
         settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle, kafka_options(settings)
@@ -35,6 +41,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
     broker.publisher(topics.predictions_shadow, title="to_predictions_shadow", schema=PredictionResult)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
+    broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelServingFailed)
 
     async def start() -> None:
         await ensure_topics(
@@ -49,8 +56,24 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         )
         await follower.start()  # champions are loaded before the first request is consumed
         await hot_path.start(handler.handle)
+        tasks.append(asyncio.create_task(report_refusals()))
+
+    async def report_refusals() -> None:
+        """Artifacts the holder refused, as `ModelServingFailed` on the lifecycle topic."""
+        while True:
+            if holder.refused:
+                events = list(holder.refused)
+                outputs = [Output(topics.models_lifecycle, None, encode(e)) for e in events]
+                try:
+                    await hot_path.sender.send(outputs)
+                    del holder.refused[: len(events)]
+                except Exception:
+                    log.warning("could not report refused artifacts yet", exc_info=True)
+            await asyncio.sleep(1.0)
 
     async def stop() -> None:
+        for task in tasks:
+            task.cancel()
         await hot_path.stop()
         await follower.stop()
         await redis.aclose()
