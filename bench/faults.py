@@ -334,6 +334,8 @@ class Bench:
         # last: tansu keeps topics in memory, so the lifecycle topic is gone after this one
         plan.append((Fault("broker down 15 s", "broker back → first result"),
                      lambda f: self.outage(f, "broker")))  # fmt: skip
+        only = os.environ.get("DRIFTLOOP_BENCH_FAULTS_ONLY")  # e.g. "broker" or "kill -9"
+        plan = [(f, act) for f, act in plan if not only or only in f.name]
         try:
             for fault, act in plan:
                 print(f"  {fault.name} ...", flush=True)
@@ -362,6 +364,7 @@ class Bench:
         lost = sum(1 for k in window if k not in t.results)
         lost_events = sum(1 for k in events if k not in t.row_at)
         copies = [t.results[k] for k in window if len(t.results.get(k, [])) > 1]
+        differing = [k for k in window if len(set(t.results.get(k, []))) > 1]
         answered, ok = t.answered_at, t.served_at
         if fault.name.startswith("Redis"):
             first = first_after(t.requests, ok, fault.back, lambda k: k in t.entity_requests)
@@ -390,8 +393,14 @@ class Bench:
             "lost": lost + lost_events,
             "lost_requests": lost,
             "lost_events": lost_events,
+            # of the lost, those sent once the fault was over (process back, Redis or broker up)
+            "lost_after_fault": sum(1 for k, at in window.items() if at >= fault.back and k not in t.results)
+            + sum(1 for k, at in events.items() if at >= fault.back and k not in t.row_at),
             "duplicates": sum(len(c) - 1 for c in copies),
             "different": sum(len(set(c)) - 1 for c in copies),
+            # an entity request answered twice may see newer stored features the second time
+            "different_entity_requests": sum(1 for k in differing if k in t.entity_requests),
+            "different_examples": {k: [orjson.loads(c) for c in t.results[k]] for k in differing[:3]},
             "error_results": sum(1 for k in window if k in t.results and k not in ok),
             "errors": dict(Counter(t.errors[k] for k in window if k in t.errors)),
             "entity_errors": entity_errors,
@@ -427,9 +436,10 @@ def _alive(pid: int) -> bool:
 
 
 def main() -> None:
-    with tempfile.TemporaryDirectory() as tmp:
+    keep = os.environ.get("DRIFTLOOP_BENCH_FAULTS_KEEP")  # a directory: keep the run (logs) there
+    with tempfile.TemporaryDirectory() if not keep else contextlib.nullcontext(keep) as tmp:
         models = Path(tmp) / "models"
-        models.mkdir()
+        models.mkdir(parents=True)
         (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
         run_dir = Path(tmp) / "run"
         print(f"bench-faults: starting the local stack in {run_dir}; {RATE} requests/s and {RATE} events/s")

@@ -26,7 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
-from driftloop.kafka import encode
+from driftloop.kafka import encode, follow_truncation
 from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
@@ -122,12 +122,14 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             self.loop.reset()
 
     async def on_partitions_assigned(self, assigned: object) -> None:
+        self.loop.generation += 1  # positions now come from the group: older batches are not rewound
         log.info("%s assigned %s", self.loop.group_id, sorted(str(tp) for tp in assigned))  # type: ignore[attr-defined]
 
 
 @dataclass
 class _Batch:
     records: list[ConsumerRecord]
+    generation: int  # of the partition assignment it was fetched under
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
 
     def firsts(self) -> dict[TopicPartition, int]:
@@ -168,6 +170,7 @@ class FastPath:
         self.sender: BatchSender
         self._task: asyncio.Task[None] | None = None
         self._sending: _Batch | None = None
+        self.generation = 0  # partition assignments so far
 
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""
@@ -223,9 +226,12 @@ class FastPath:
         record_lag(self.service, self.consumer, batch.records)
 
     def rewind(self, batches: Sequence[_Batch]) -> None:
-        """Seek every partition back to the first record of the earliest of `batches`, and reset."""
+        """Seek every partition back to the first record of the earliest of `batches`, and reset.
+        A batch fetched before the latest assignment is not sought: the group has set positions
+        since (from the committed offsets), and its offsets may not even exist any more (a topic
+        the broker lost and created again)."""
         positions: dict[TopicPartition, int] = {}
-        for batch in batches:
+        for batch in (b for b in batches if b.generation == self.generation):
             for tp, offset in batch.firsts().items():
                 positions[tp] = min(offset, positions.get(tp, offset))
         assigned = self.consumer.assignment()
@@ -244,8 +250,10 @@ class FastPath:
                 failed = await self.settle()  # idle: do not hold a commit back
                 if failed is not None:
                     await self._retry([failed])
+                else:
+                    await follow_truncation(self.consumer)  # a partition that ended before us
                 continue
-            batch = _Batch([r for partition in batches.values() for r in partition])
+            batch = _Batch([r for partition in batches.values() for r in partition], self.generation)
             async with self.in_flight:
                 try:
                     with timed_batch(self.service, self.topic, len(batch.records)):

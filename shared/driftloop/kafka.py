@@ -204,10 +204,10 @@ async def read_from_start(
 
 
 async def follow_truncation(consumer: AIOKafkaConsumer) -> bool:
-    """Seek a group-less consumer back to the start of every partition whose log now ends before
-    its position: the topic was deleted and created again, or the broker lost it (tansu keeps
-    topics in memory). Such a fetch gets no error, just nothing, until the new log grows past the
-    old position. True when it moved. (A group consumer is reset by its group when it rejoins.)"""
+    """Seek a consumer back to the start of every assigned partition whose log now ends before its
+    position: the topic was deleted and created again, or the broker lost it (tansu keeps topics in
+    memory). Such a fetch gets no error, just nothing, until the new log grows past the old
+    position. True when it moved. Call it when a fetch comes back empty."""
     moved = False
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)

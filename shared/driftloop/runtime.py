@@ -75,6 +75,20 @@ class Readiness:
         self.describe = describe  # extra, current facts for /readyz
 
 
+def _get_only(app: Any) -> Any:
+    """An ASGI app answering only GET and HEAD (Prometheus's own app answers any method)."""
+
+    async def only_get(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["method"] not in ("GET", "HEAD"):
+            headers = [(b"allow", b"GET, HEAD"), (b"content-type", b"text/plain; charset=utf-8")]
+            await send({"type": "http.response.start", "status": 405, "headers": headers})
+            await send({"type": "http.response.body", "body": b"method not allowed"})
+            return
+        await app(scope, receive, send)
+
+    return only_get
+
+
 def build_app(
     service: str,
     broker: KafkaBroker,
@@ -109,7 +123,7 @@ def build_app(
     return AsgiFastStream(
         broker,
         asgi_routes=[
-            ("/metrics", make_asgi_app()),
+            ("/metrics", _get_only(make_asgi_app())),
             ("/healthz", healthz),
             ("/readyz", readyz),
             *routes,

@@ -22,19 +22,24 @@ def _tool(name: str) -> str:
     return path
 
 
-def _compose(grafana_password: str | None, tmp_path) -> subprocess.CompletedProcess:
+SECRETS = ("GRAFANA_ADMIN_PASSWORD", "KAFKA_PASSWORD", "REDIS_PASSWORD")
+
+
+def _compose(
+    grafana_password: str | None, tmp_path, files=("docker-compose.yml",), **secrets: str
+) -> subprocess.CompletedProcess:
     empty_env_file = tmp_path / "empty.env"  # ignore a developer's own .env
     empty_env_file.write_text("")
-    env = {k: v for k, v in os.environ.items() if k != "GRAFANA_ADMIN_PASSWORD"}
+    env = {k: v for k, v in os.environ.items() if k not in SECRETS}
     if grafana_password is not None:
         env["GRAFANA_ADMIN_PASSWORD"] = grafana_password
+    env.update(secrets)
     return subprocess.run(
         [
             _tool("docker-compose"),
             "--env-file",
             str(empty_env_file),
-            "-f",
-            str(ROOT / "docker-compose.yml"),
+            *[arg for name in files for arg in ("-f", str(ROOT / name))],
             "config",
         ],
         capture_output=True,
@@ -92,3 +97,44 @@ def test_prometheus_alerts_fire_on_trouble_and_stay_silent_otherwise():
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
     assert "SUCCESS" in result.stdout
+
+
+SECURE = ("docker-compose.yml", "docker-compose.secure.yml")
+
+
+def test_the_secure_compose_variant_gives_every_service_valid_tls_and_sasl_settings(tmp_path):
+    refused = _compose("g", tmp_path, SECURE, REDIS_PASSWORD="r")
+    assert refused.returncode != 0 and "KAFKA_PASSWORD" in refused.stderr
+    result = _compose("g", tmp_path, SECURE, KAFKA_PASSWORD="k-secret", REDIS_PASSWORD="r-secret")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)["services"]
+    assert "SASL_SSL://kafka:9094" in config["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
+    assert "--tls-port 6380" in " ".join(config["redis"]["command"])
+    for service in SERVICES:
+        env = config[service]["environment"]
+        settings_cls = next(
+            v
+            for k, v in vars(importlib.import_module(f"driftloop_{service}.settings")).items()
+            if k.endswith("Settings") and k != "ServiceSettings"
+        )
+        fields = {k.removeprefix("DRIFTLOOP_").lower(): v for k, v in env.items() if "__" not in k}
+        settings = settings_cls.model_validate(fields)  # the model validator checks completeness
+        assert settings.kafka_security_protocol == "SASL_SSL" and settings.redis_url.startswith("rediss://")
+        assert settings.kafka_sasl_password.get_secret_value() == "k-secret"
+        assert "k-secret" not in repr(settings) and "r-secret" not in repr(settings)
+        assert "/secrets/ca.pem" in " ".join(str(v) for v in config[service]["volumes"])
+
+
+def test_the_certificate_script_makes_a_ca_and_host_certificates(tmp_path):
+    subprocess.run([str(ROOT / "infra" / "secure" / "make-certs.sh"), str(tmp_path)], check=True,
+                   capture_output=True)  # fmt: skip
+    for host in ("kafka", "redis"):
+        verify = subprocess.run(
+            ["openssl", "verify", "-CAfile", str(tmp_path / "ca.pem"), str(tmp_path / f"{host}.pem")],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert verify.returncode == 0, verify.stderr
+        text = subprocess.run(["openssl", "x509", "-in", str(tmp_path / f"{host}.pem"), "-noout", "-text"],
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+        assert f"DNS:{host}" in text
+    assert "PRIVATE KEY" in (tmp_path / "kafka-keystore.pem").read_text()

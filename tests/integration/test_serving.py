@@ -53,7 +53,7 @@ class Setup:
             bootstrap_servers=self.bootstrap,
             enable_idempotence=False,
             linger_ms=2,
-            max_request_size=4_000_000,
+            max_request_size=12_000_000,
         )
         await self.raw.start()
         return self
@@ -154,7 +154,7 @@ async def test_bad_requests_get_errors_or_dead_letters_and_the_partition_flows(
         await s.consuming()
         bad = {
             "oversized": orjson.dumps(
-                {"request_id": "oversized", "model": "sea", "features": {"x0": "x" * 1_100_000}}
+                {"request_id": "oversized", "model": "sea", "features": {"x0": "x" * 10_000_000}}
             ),
             "unknown": orjson.dumps({"request_id": "unknown", "model": "../../etc", "features": GOOD}),
             "typed": orjson.dumps(

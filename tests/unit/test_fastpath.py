@@ -22,9 +22,10 @@ class Log:
     """A consumer over a fixed two-partition log: positions, seeks and commits as aiokafka's."""
 
     def __init__(self) -> None:
-        self.position = dict.fromkeys(PARTITIONS, 0)
+        self.positions = dict.fromkeys(PARTITIONS, 0)
         self.committed = dict.fromkeys(PARTITIONS, 0)
         self.sent: set[tuple[int, int]] = set()  # (partition, offset) whose output is acknowledged
+        self.seeks: list[tuple[int, int]] = []
 
     def assignment(self) -> set[TopicPartition]:
         return set(PARTITIONS)
@@ -32,20 +33,24 @@ class Log:
     async def getmany(self, timeout_ms: int, max_records: int) -> dict:
         out = {}
         for tp in PARTITIONS:
-            first = self.position[tp]
+            first = self.positions[tp]
             last = min(PER_PARTITION, first + max_records // 2)
             if last > first:
                 out[tp] = [
                     ConsumerRecord(TOPIC, tp.partition, o, 0, 0, None, b"%d" % o, None, 0, 1, ())
                     for o in range(first, last)
                 ]
-                self.position[tp] = last
+                self.positions[tp] = last
         if not out:
             await asyncio.sleep(0.001)
         return out
 
     def seek(self, tp: TopicPartition, offset: int) -> None:
-        self.position[tp] = offset
+        self.positions[tp] = offset
+        self.seeks.append((tp.partition, offset))
+
+    async def position(self, tp: TopicPartition) -> int:
+        return self.positions[tp]
 
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
@@ -104,6 +109,38 @@ async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, hand
     failures = len(fail_on) + (handler_fails_on is not None)
     # every rewind resets the handler's state (two failures at once make one rewind)
     assert (len(resets) > 0) == (failures > 0) and len(resets) <= failures
+
+
+async def test_a_batch_from_before_a_reassignment_is_not_sought_back(monkeypatch):
+    # while batch 1 (offsets 0-2) was out, the group moved the partitions away and back, and
+    # another member handled 0-2 meanwhile: positions now come from the committed offsets (3).
+    # When batch 1's send then fails, seeking back to its offsets would be wrong (after a broker
+    # lost its topics they may even lie beyond the new end, and the consumer would wait forever).
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, fail_on={1})  # type: ignore[assignment]
+    calls = 0
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # the rebalance: a new generation, positions from the committed offsets
+            loop.generation += 1
+            log.sent |= {(p, o) for p in range(2) for o in range(3)}  # the other member's work
+            log.committed, log.positions = dict.fromkeys(PARTITIONS, 3), dict.fromkeys(PARTITIONS, 3)
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    task = asyncio.create_task(loop._run(handle))
+    for _ in range(2000):
+        if all(log.committed[tp] == PER_PARTITION for tp in PARTITIONS):
+            break
+        await asyncio.sleep(0.001)
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    # only the batch fetched after the rebalance (from offset 3) comes again
+    assert sorted(log.seeks) == [(0, 3), (1, 3)], "a batch from an earlier assignment was sought back"
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
 
 
 def _fast_sleep(sleep):

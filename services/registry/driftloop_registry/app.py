@@ -22,7 +22,7 @@ from driftloop.contracts import (
 )
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
 from driftloop.runtime import Readiness, build_app, json_response, run_service
-from driftloop.spec import load_specs
+from driftloop.spec import MODEL_NAME, load_specs
 from driftloop_registry.adapters import CardWriter, RegistryRepository
 from driftloop_registry.domain import render_card
 from driftloop_registry.handlers import SERVICE, Registry
@@ -72,16 +72,23 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
 
     @get(description="Versions of `?model=`, oldest first, with status, metrics and tags.")
     async def versions(scope: Any) -> AsgiResponse:
-        return json_response(await registry.list_versions(_query(scope).get("model", "")))
+        model = _query(scope).get("model", "")
+        if not MODEL_NAME.match(model):
+            return json_response({"error": "model must be a model name"}, 400)
+        return json_response(await registry.list_versions(model))
 
     @get(description="Model card (full lineage) of `?model=&version=`; `&format=md` for Markdown.")
     async def card(scope: Any) -> AsgiResponse:
         query = _query(scope)
-        try:
-            version = int(query.get("version", ""))
-        except ValueError:
-            return json_response({"error": "version must be an integer"}, 400)
-        record = await registry.card(query.get("model", ""), version)
+        model = query.get("model", "")
+        if not MODEL_NAME.match(model):
+            return json_response({"error": "model must be a model name"}, 400)
+        version = query.get("version", "")
+        if not (version.isascii() and version.isdigit() and 0 < len(version) <= 9):
+            return json_response({"error": "version must be a positive integer"}, 400)
+        if query.get("format", "json") not in ("json", "md"):
+            return json_response({"error": "format must be json or md"}, 400)
+        record = await registry.card(model, int(version))
         if record is None:
             return json_response({"error": "not found"}, 404)
         if query.get("format") == "md":
