@@ -39,7 +39,7 @@ from driftloop import datasets, localstack
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import ModelPromoted, TrainModel
 from driftloop.fastpath import BatchSender, Output
-from driftloop.kafka import follow_truncation, tail_from_end
+from driftloop.kafka import TruncationWatch, tail_from_end
 from driftloop.settings import Topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +119,11 @@ class Load:
 async def read(stack: localstack.Stack, topic: str, on: Callable[[bytes], None]) -> None:
     """Follow a topic from its end; after a broker restart, the new (empty) topic from its start."""
     consumer = await tail_from_end(stack.bootstrap, topic)
+    watch = TruncationWatch(consumer)
     try:
         while True:
             batches = await consumer.getmany(timeout_ms=200)
-            if not batches:
-                await follow_truncation(consumer)
+            await watch.fetched(sum(map(len, batches.values())))
             for records in batches.values():
                 for record in records:
                     on(record.value or b"")

@@ -15,7 +15,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
 from driftloop.contracts import PredictionRequest, PredictionResult
-from driftloop.kafka import encode, follow_truncation, tail_from_end
+from driftloop.kafka import TruncationWatch, encode, tail_from_end
 from driftloop.settings import Topics
 
 
@@ -71,10 +71,10 @@ class PredictionClient:
 
     async def _read(self) -> None:
         assert self._consumer is not None
+        watch = TruncationWatch(self._consumer)  # the topic may be created again
         while True:
             batches = await self._consumer.getmany(timeout_ms=500)
-            if not batches:
-                await follow_truncation(self._consumer)  # the topic was created again
+            await watch.fetched(sum(map(len, batches.values())))
             for records in batches.values():
                 for record in records:
                     try:

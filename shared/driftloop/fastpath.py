@@ -26,7 +26,7 @@ from aiokafka.partitioner import DefaultPartitioner
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
-from driftloop.kafka import encode, follow_truncation
+from driftloop.kafka import TruncationWatch, encode
 from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
@@ -242,6 +242,7 @@ class FastPath:
             self.reset()
 
     async def _run(self, handle: Handler) -> None:
+        watch = TruncationWatch(self.consumer)
         while True:
             batches = await self.consumer.getmany(
                 timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
@@ -251,8 +252,9 @@ class FastPath:
                 if failed is not None:
                     await self._retry([failed])
                 else:
-                    await follow_truncation(self.consumer)  # a partition that ended before us
+                    await watch.fetched(0)
                 continue
+            await watch.fetched(sum(map(len, batches.values())))  # a partition past its end
             batch = _Batch([r for partition in batches.values() for r in partition], self.generation)
             async with self.in_flight:
                 try:

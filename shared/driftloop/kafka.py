@@ -6,6 +6,7 @@ import asyncio
 import base64
 import contextlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
@@ -216,6 +217,27 @@ async def follow_truncation(consumer: AIOKafkaConsumer) -> bool:
             await consumer.seek_to_beginning(tp)
             moved = True
     return moved
+
+
+class TruncationWatch:
+    """`follow_truncation` after every empty fetch, and at least every `every_s` seconds: one
+    partition past its end gets nothing while the others flow, so fetches are not always empty."""
+
+    def __init__(
+        self, consumer: AIOKafkaConsumer, every_s: float = 5.0, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.consumer = consumer
+        self.every_s = every_s
+        self.clock = clock
+        self.last = clock()
+
+    async def fetched(self, count: int) -> bool:
+        """Call after each fetch with its record count; True when a partition was sought back."""
+        now = self.clock()
+        if count and now - self.last < self.every_s:
+            return False
+        self.last = now
+        return await follow_truncation(self.consumer)
 
 
 async def tail_from_end(

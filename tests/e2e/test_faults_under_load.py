@@ -40,3 +40,32 @@ async def test_kill_9_of_each_service_under_load_loses_nothing(tmp_path, monkeyp
     # each label counted at most as often as its labelled row went out (a redelivered batch
     # repeats both), and only the last moments before each kill may go uncounted
     assert 0.9 * rows_published <= bench.monitor_counted <= rows_published + repeats
+
+
+@pytest.mark.slow
+async def test_the_broker_down_for_15_s_every_service_resumes(tmp_path, monkeypatch):
+    """tansu keeps topics in memory: it comes back empty and the topics are created again. What
+    the broker held when it died is gone; what is sent after its return flows again within 30 s,
+    through the same processes (none died or was restarted). (In 1 of 4 runs a handful of the
+    thousands of records sent right after the return went missing: `lost_after_fault` is
+    reported by `make bench-faults`; its cause is still open, so it is not asserted here.)"""
+    monkeypatch.setattr(faults, "RATE", 300)
+    monkeypatch.setattr(faults, "SETTLE_S", 10.0)
+    monkeypatch.setenv("DRIFTLOOP_BENCH_FAULTS_ONLY", "broker")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
+    stack = await asyncio.to_thread(localstack.up, tmp_path / "run", models)
+    try:
+        bench = faults.Bench(stack, models)
+        (row,) = await bench.run()
+        pids = dict(stack.pids)
+        states = await asyncio.to_thread(localstack.status, tmp_path / "run")
+    finally:
+        await asyncio.to_thread(localstack.down, tmp_path / "run")
+
+    # the same processes as before the outage, each ready: none died or was restarted
+    assert all(states[s] == f"ready (pid {pids[s]})" for s in localstack.SERVICES), states
+    assert row["recovery_s"] is not None and row["recovery_s"] < 30, row
+    assert row["requests"] > 3000 and row["events"] > 3000
+    assert row["lost_after_fault"] < 0.01 * (row["requests"] + row["events"]), row

@@ -52,6 +52,10 @@ class Log:
     async def position(self, tp: TopicPartition) -> int:
         return self.positions[tp]
 
+    async def seek_to_beginning(self, *tps: TopicPartition) -> None:
+        for tp in tps:
+            self.seek(tp, 0)
+
     async def commit(self, offsets: dict[TopicPartition, int]) -> None:
         for tp, offset in offsets.items():
             assert offset >= self.committed[tp], "a commit went backwards"
@@ -129,6 +133,22 @@ async def test_a_batch_from_before_a_reassignment_is_not_sought_back(monkeypatch
     # only the batch fetched after the rebalance (from offset 3) comes again
     assert sorted(log.seeks) == [(0, 3), (1, 3)], "a batch from an earlier assignment was sought back"
     assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+
+
+async def test_a_partition_past_its_end_is_read_again_while_the_others_flow():
+    # the broker lost the topic: partition 0's new log ends before the consumer's position, and
+    # a fetch gets nothing from it (no error) while partition 1 keeps delivering
+    from driftloop.kafka import TruncationWatch
+
+    log = Log()
+    log.positions = {PARTITIONS[0]: 40, PARTITIONS[1]: 3}  # highwater: PER_PARTITION (15)
+    now = [0.0]
+    watch = TruncationWatch(log, every_s=5.0, clock=lambda: now[0])  # type: ignore[arg-type]
+    now[0] = 1.0
+    assert await watch.fetched(6) is False  # records came: not checked yet
+    now[0] = 6.0
+    assert await watch.fetched(6) is True  # but at least every 5 s
+    assert log.seeks == [(0, 0)] and log.positions[PARTITIONS[1]] == 3
 
 
 async def _run_until_committed(loop: FastPath, log: Log, handle) -> None:
