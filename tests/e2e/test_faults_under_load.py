@@ -5,6 +5,7 @@ features the second time), and the monitor does not count a label twice. The sam
 `make bench-faults`, at a lower rate and with only these faults."""
 
 import asyncio
+import contextlib
 
 import pytest
 
@@ -13,20 +14,26 @@ from driftloop import localstack
 from tests.conftest import ROOT
 
 
-@pytest.mark.slow
-async def test_kill_9_of_each_service_under_load_loses_nothing(tmp_path, monkeypatch):
+@contextlib.asynccontextmanager
+async def _stack_under_load(tmp_path, monkeypatch, only: str, settle_s: float):
+    """The local stack with a SEA spec, and the bench-faults harness at 300/s for faults `only`."""
     monkeypatch.setattr(faults, "RATE", 300)
-    monkeypatch.setattr(faults, "SETTLE_S", 6.0)
-    monkeypatch.setenv("DRIFTLOOP_BENCH_FAULTS_ONLY", "kill -9")
+    monkeypatch.setattr(faults, "SETTLE_S", settle_s)
+    monkeypatch.setenv("DRIFTLOOP_BENCH_FAULTS_ONLY", only)
     models = tmp_path / "models"
     models.mkdir()
     (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
     stack = await asyncio.to_thread(localstack.up, tmp_path / "run", models)
     try:
-        bench = faults.Bench(stack, models)
-        rows = await bench.run()
+        yield faults.Bench(stack, models), stack
     finally:
         await asyncio.to_thread(localstack.down, tmp_path / "run")
+
+
+@pytest.mark.slow
+async def test_kill_9_of_each_service_under_load_loses_nothing(tmp_path, monkeypatch):
+    async with _stack_under_load(tmp_path, monkeypatch, "kill -9", 6.0) as (bench, _):
+        rows = await bench.run()
 
     assert [r["name"] for r in rows] == [f"kill -9 {s}" for s in localstack.SERVICES]
     for row in rows:
@@ -46,23 +53,13 @@ async def test_kill_9_of_each_service_under_load_loses_nothing(tmp_path, monkeyp
 async def test_the_broker_down_for_15_s_every_service_resumes(tmp_path, monkeypatch):
     """tansu keeps topics in memory: it comes back empty and the topics are created again. What
     the broker held when it died is gone; what is sent after its return flows again within 30 s,
-    through the same processes (none died or was restarted). (In 1 of 4 runs a handful of the
-    thousands of records sent right after the return went missing: `lost_after_fault` is
-    reported by `make bench-faults`; its cause is still open, so it is not asserted here.)"""
-    monkeypatch.setattr(faults, "RATE", 300)
-    monkeypatch.setattr(faults, "SETTLE_S", 10.0)
-    monkeypatch.setenv("DRIFTLOOP_BENCH_FAULTS_ONLY", "broker")
-    models = tmp_path / "models"
-    models.mkdir()
-    (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
-    stack = await asyncio.to_thread(localstack.up, tmp_path / "run", models)
-    try:
-        bench = faults.Bench(stack, models)
+    through the same processes (none died or was restarted). (In 1 of 4 runs 7 of the ~15,000
+    records sent right after the return went missing; the cause is still open, so that is bounded
+    at 1% here, and `make bench-faults` reports it as `lost_after_fault`.)"""
+    async with _stack_under_load(tmp_path, monkeypatch, "broker", 10.0) as (bench, stack):
         (row,) = await bench.run()
         pids = dict(stack.pids)
         states = await asyncio.to_thread(localstack.status, tmp_path / "run")
-    finally:
-        await asyncio.to_thread(localstack.down, tmp_path / "run")
 
     # the same processes as before the outage, each ready: none died or was restarted
     assert all(states[s] == f"ready (pid {pids[s]})" for s in localstack.SERVICES), states
