@@ -234,7 +234,7 @@ class Bench:
         pid = self.stack.pids[name]
         started = time.monotonic()
         os.kill(pid, sig)
-        while _alive(pid):
+        while localstack.alive(pid):
             await asyncio.sleep(0.02)
         return time.monotonic() - started
 
@@ -422,17 +422,6 @@ def _recovery(service: str) -> str:
 
 def _pairs(faults: list[Fault]) -> list[tuple[Fault, Fault | None]]:
     return list(zip(faults, [*faults[1:], None], strict=True))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-        waited, _ = os.waitpid(pid, os.WNOHANG)
-        return waited == 0
-    except ChildProcessError:
-        return True
-    except OSError:
-        return False
 
 
 def main() -> None:

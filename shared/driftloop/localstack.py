@@ -97,7 +97,7 @@ def redis_command(port: int, directory: Path, append_only: bool) -> list[str]:
             "--appendonly", appendonly, "--dir", str(directory)]  # fmt: skip
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except OSError:
@@ -172,7 +172,7 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
     run_dir = run_dir.resolve()
     try:
         existing = Stack.load(run_dir)
-        if any(_alive(pid) for pid in existing.pids.values()):
+        if any(alive(pid) for pid in existing.pids.values()):
             raise StackError(f"a stack is already running in {run_dir}: `driftloop down` first")
     except StackError as exc:
         if "already running" in str(exc):
@@ -249,7 +249,7 @@ def wait_ready(stack: Stack, timeout: float, only: Sequence[str] = SERVICES) -> 
         while pending and time.monotonic() < deadline:
             for service in sorted(pending):
                 pid = stack.pids.get(service)
-                if pid is not None and not _alive(pid):
+                if pid is not None and not alive(pid):
                     raise StackError(f"{service} exited at start-up; see {stack.run_dir}/logs/{service}.log")
                 try:
                     if client.get(f"{stack.url(service)}/readyz").status_code == 200:
@@ -270,15 +270,15 @@ def down(run_dir: Path, grace: float = 12.0) -> list[str]:
     order = [*reversed(SERVICES), "prometheus", "redis", "broker"]
     stopped = []
     for group in (order[:6], order[6:]):  # services first, so they drain against live infra
-        live = {n: stack.pids[n] for n in group if n in stack.pids and _alive(stack.pids[n])}
+        live = {n: stack.pids[n] for n in group if n in stack.pids and alive(stack.pids[n])}
         for pid in live.values():
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + grace
-        while time.monotonic() < deadline and any(_alive(p) for p in live.values()):
+        while time.monotonic() < deadline and any(alive(p) for p in live.values()):
             time.sleep(0.1)
         for name, pid in live.items():
-            if _alive(pid):
+            if alive(pid):
                 with contextlib.suppress(OSError):
                     os.kill(pid, signal.SIGKILL)
             stopped.append(name)
@@ -293,7 +293,7 @@ def status(run_dir: Path) -> dict[str, str]:
     processes: dict[str, str] = {}
     with httpx.Client(timeout=2.0) as client:
         for name, pid in stack.pids.items():
-            state = "running" if _alive(pid) else "stopped"
+            state = "running" if alive(pid) else "stopped"
             if state == "running" and name in SERVICES:
                 try:
                     ready = client.get(f"{stack.url(name)}/readyz").status_code == 200
