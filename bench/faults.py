@@ -83,8 +83,12 @@ class Load:
         per_tick = max(1, RATE // TICKS_PER_S)
         started = time.monotonic()
         for tick in itertools.count():
-            await asyncio.sleep(max(0.0, started + tick / TICKS_PER_S - time.monotonic()))
+            late = time.monotonic() - (started + tick / TICKS_PER_S)
+            await asyncio.sleep(max(0.0, -late))
             if self.paused:
+                continue
+            if late > 1.0:  # the last send was blocked (broker down): a tick missed is not made up
+                self.traffic.refused += per_tick
                 continue
             now = time.monotonic()
             outputs, requests, entity, events = [], [], [], []
@@ -366,6 +370,7 @@ class Bench:
         copies = [t.results[k] for k in window if len(t.results.get(k, [])) > 1]
         differing = [k for k in window if len(set(t.results.get(k, []))) > 1]
         answered, ok = t.answered_at, t.served_at
+        first: float | None  # when the first item sent after the fault came back
         if fault.name.startswith("Redis"):
             first = first_after(t.requests, ok, fault.back, lambda k: k in t.entity_requests)
             recovery = None if first is None else first - fault.back
@@ -373,7 +378,7 @@ class Bench:
             first = first_after(t.requests, answered, fault.back, lambda k: True)
             recovery = None if first is None else first - fault.back
         elif fault.name.startswith("backlog"):
-            recovery = fault.extra.get("catch_up_s")
+            first, recovery = None, fault.extra.get("catch_up_s")
         elif any(fault.name.endswith(s) for s in ("ingest", "feature")):
             first = first_after(t.events, t.row_at, fault.started, lambda k: True)
             recovery = None if first is None else first - fault.started
@@ -381,9 +386,15 @@ class Bench:
             first = first_after(t.requests, answered, fault.started, lambda k: True)
             recovery = None if first is None else first - fault.started
         else:
-            recovery = (fault.stop_s or 0) + (fault.ready_s or 0)
+            first, recovery = None, (fault.stop_s or 0) + (fault.ready_s or 0)
         backlog = fault.name.startswith("backlog")
         load = {"backlog": BACKLOG} if backlog else {"requests_per_s": RATE, "events_per_s": RATE}
+
+        def lost_since(moment: float) -> int:
+            return sum(1 for k, at in window.items() if at >= moment and k not in t.results) + sum(
+                1 for k, at in events.items() if at >= moment and k not in t.row_at
+            )
+
         entity_errors = sum(1 for k in window if k in t.entity_requests and k in t.results and k not in ok)
         return {
             "name": fault.name,
@@ -394,8 +405,20 @@ class Bench:
             "lost_requests": lost,
             "lost_events": lost_events,
             # of the lost, those sent once the fault was over (process back, Redis or broker up)
-            "lost_after_fault": sum(1 for k, at in window.items() if at >= fault.back and k not in t.results)
-            + sum(1 for k, at in events.items() if at >= fault.back and k not in t.row_at),
+            "lost_after_fault": lost_since(fault.back),
+            # of those, the ones sent once the first item sent after the fault had come back
+            "lost_after_recovery": None if first is None else lost_since(first),
+            # the first few lost, with when each was sent (seconds after the fault was over)
+            "lost_examples": {
+                k: round(at - fault.back, 2)
+                for k, at in sorted(
+                    [
+                        *((k, at) for k, at in window.items() if k not in t.results),
+                        *((k, at) for k, at in events.items() if k not in t.row_at),
+                    ],
+                    key=lambda x: x[1],
+                )[:20]
+            },
             "duplicates": sum(len(c) - 1 for c in copies),
             "different": sum(len(set(c)) - 1 for c in copies),
             # an entity request answered twice may see newer stored features the second time

@@ -444,8 +444,16 @@ class TagModel(_RegistryCommand):
     tags: dict[str, str] = Field(description="Tags to set.")
 
 
+class AnnounceModel(_RegistryCommand):
+    """Command on `models.commands`: publish again the events that put the model's champion and
+    challenger in place. A service that finds no champion after replaying `models.lifecycle` asks
+    (the topic may have been lost or expired); the registry's own store is the source of truth."""
+
+    command: Literal["AnnounceModel"] = Field(default="AnnounceModel", description="Command type.")
+
+
 RegistryCommand = Annotated[
-    PromoteModel | ApproveModel | RollbackModel | TagModel, Field(discriminator="command")
+    PromoteModel | ApproveModel | RollbackModel | TagModel | AnnounceModel, Field(discriminator="command")
 ]
 REGISTRY_COMMAND = TypeAdapter(RegistryCommand)
 
@@ -492,6 +500,7 @@ CONTRACTS: dict[str, type[Message]] = {
         ApproveModel,
         RollbackModel,
         TagModel,
+        AnnounceModel,
         DriftDetected,
     )
 }

@@ -66,6 +66,7 @@ class BatchSender:
         self.producer = producer
         self.partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
+        self._pending: set[asyncio.Future[Any]] = set()  # batches sent and not yet answered
 
     @classmethod
     async def connect(cls, bootstrap: str, client_id: str, **options: Any) -> BatchSender:
@@ -86,7 +87,12 @@ class BatchSender:
         await self.producer.stop()
 
     async def send(self, outputs: Sequence[Output]) -> None:
-        """Send outputs as one broker batch per (topic, partition) and wait for every ack."""
+        """Send outputs as one broker batch per (topic, partition) and wait for every answer; raise
+        the first error once every batch is answered. A batch of an earlier send that failed or was
+        cancelled is answered before this one goes out: batches of one sender never overlap on a
+        partition (the producer would retry the old one next to the new one — reordered on any
+        broker, and on tansu the new one can be acknowledged and lost)."""
+        await self.drain()
         by_partition: dict[tuple[str, int], list[Output]] = {}
         for i, output in enumerate(outputs):
             if output.topic not in self._partitions:
@@ -106,7 +112,18 @@ class BatchSender:
                     batch = self.producer.create_batch()
                     batch.append(key=item.key, value=item.value, timestamp=None)
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
-        await asyncio.gather(*futures)
+        self._pending.update(futures)
+        for future in futures:
+            future.add_done_callback(self._pending.discard)
+        answers = await asyncio.gather(*map(asyncio.shield, futures), return_exceptions=True)
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        if errors:
+            raise errors[0]
+
+    async def drain(self) -> None:
+        """Wait until every batch sent so far is answered (acknowledged or failed)."""
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
 
 
 class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]

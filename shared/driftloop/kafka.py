@@ -167,7 +167,12 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
             with contextlib.suppress(TopicAlreadyExistsError):
                 await admin.create_topics(
                     [
-                        NewTopic(n, settings.topics.partitions(n, settings.kafka_partitions), 1)
+                        NewTopic(
+                            n,
+                            settings.topics.partitions(n, settings.kafka_partitions),
+                            1,
+                            topic_configs=settings.topics.configs(n),
+                        )
                         for n in missing
                     ]
                 )

@@ -1,37 +1,72 @@
 """Follow `models.lifecycle` from its first event, so a (re)started service knows every champion.
 
 The registry's state changes are all events; a service that needs the champion replays them at
-start-up (`catch_up`, before it serves) and then keeps following them in the background.
+start-up (`catch_up`, before it serves) and then keeps following them in the background. A follower
+that finds no champion for a model it serves, or sees the topic lost (the broker lost it, or it
+expired), asks the registry to announce its models again (`AnnounceModel` on `models.commands`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import uuid
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
+from faststream.kafka import KafkaBroker
 from pydantic import ValidationError
 
-from driftloop.contracts import LIFECYCLE, LifecycleEvent
+from driftloop.connections import kafka_options
+from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
+from driftloop.fastpath import BatchSender, Output
 from driftloop.kafka import follow_truncation, read_from_start
+from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
 LifecycleHandler = Callable[[LifecycleEvent], Awaitable[None]]
 
 
+@dataclass(frozen=True)
+class AskRegistry:
+    """Sends `AnnounceModel` commands for `models` to the registry's command topic."""
+
+    bootstrap: str
+    topic: str
+    models: Sequence[str]
+    options: Mapping[str, Any] | None = None  # `driftloop.connections.kafka_options`
+
+    async def __call__(self, models: Collection[str], reason: str) -> None:
+        commands = [AnnounceModel(command_id=uuid.uuid4().hex, model=m, reason=reason) for m in models]
+        sender = await BatchSender.connect(self.bootstrap, "driftloop-lifecycle", **(self.options or {}))
+        try:
+            await sender.send([Output(self.topic, None, c.model_dump_json().encode()) for c in commands])
+        finally:
+            await sender.stop()
+        log.info("asked the registry to announce %s: %s", sorted(models), reason)
+
+
 class LifecycleFollower:
-    """Replays and then follows the lifecycle topic, calling `handler` for every event in order."""
+    """Replays and then follows the lifecycle topic, calling `handler` for every event in order;
+    with `ask`, asks the registry to announce the models it found no champion for."""
 
     def __init__(
-        self, bootstrap: str, topic: str, handler: LifecycleHandler, options: Mapping[str, Any] | None = None
+        self,
+        bootstrap: str,
+        topic: str,
+        handler: LifecycleHandler,
+        options: Mapping[str, Any] | None = None,
+        ask: AskRegistry | None = None,
     ) -> None:
         self.bootstrap = bootstrap
         self.options = options  # `driftloop.connections.kafka_options`
         self.topic = topic
         self.handler = handler
+        self.ask = ask
+        self.serving: set[str] = set()  # models a champion was announced for
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -46,6 +81,8 @@ class LifecycleFollower:
                 except ValidationError as exc:
                     log.warning("ignoring malformed lifecycle event at %s: %s", record.offset, exc)
                     continue
+                if isinstance(event, ModelPromoted | ModelRolledBack):
+                    self.serving.add(event.model)
                 await self.handler(event)
                 count += 1
         return count
@@ -62,12 +99,25 @@ class LifecycleFollower:
 
         while await behind():
             await self._drain(200)
+        if self.ask is not None:
+            await self._ask([m for m in self.ask.models if m not in self.serving], "no champion at start-up")
+
+    async def _ask(self, models: Sequence[str], reason: str) -> None:
+        if not models or self.ask is None:
+            return
+        try:
+            await self.ask(models, f"{reason} on {self.topic}")
+        except Exception:  # serving goes on; the next start or loss asks again
+            log.warning("could not ask the registry to announce %s", models, exc_info=True)
 
     async def _follow(self) -> None:
         while True:
             try:
-                if not await self._drain(500) and self._consumer is not None:
-                    await follow_truncation(self._consumer)  # the broker lost the topic
+                if await self._drain(500) or self._consumer is None:
+                    continue
+                if await follow_truncation(self._consumer) and self.ask is not None:
+                    self.serving.clear()  # the broker lost the topic: have it written again
+                    await self._ask(self.ask.models, "topic lost")
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -85,3 +135,17 @@ class LifecycleFollower:
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+def follow_models(
+    broker: KafkaBroker, settings: ServiceSettings, handler: LifecycleHandler, models: Sequence[str]
+) -> LifecycleFollower:
+    """The lifecycle follower of a service that serves or watches `models`: it asks the registry
+    to announce any of them it finds no champion for (declared on `broker`, for the AsyncAPI)."""
+    commands = settings.topics.models_commands
+    broker.publisher(commands, title="to_models_commands", schema=AnnounceModel)
+    options = kafka_options(settings)
+    ask = AskRegistry(settings.kafka_bootstrap, commands, list(models), options)
+    return LifecycleFollower(
+        settings.kafka_bootstrap, settings.topics.models_lifecycle, handler, options, ask
+    )

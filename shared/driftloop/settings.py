@@ -41,6 +41,11 @@ class Topics(BaseModel):
         }
         return 1 if name in control or name == self.monitor_drift else default
 
+    def configs(self, name: str) -> dict[str, str]:
+        """Topic configs set at creation: the lifecycle topic is the record every service replays
+        at start-up, so it is never deleted by retention."""
+        return {"retention.ms": "-1"} if name == self.models_lifecycle else {}
+
 
 class ServiceSettings(BaseSettings):
     """What every service needs; a service subclasses it to add its own fields."""

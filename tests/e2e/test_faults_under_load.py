@@ -53,9 +53,10 @@ async def test_kill_9_of_each_service_under_load_loses_nothing(tmp_path, monkeyp
 async def test_the_broker_down_for_15_s_every_service_resumes(tmp_path, monkeypatch):
     """tansu keeps topics in memory: it comes back empty and the topics are created again. What
     the broker held when it died is gone; what is sent after its return flows again within 30 s,
-    through the same processes (none died or was restarted). (In 1 of 4 runs 7 of the ~15,000
-    records sent right after the return went missing; the cause is still open, so that is bounded
-    at 1% here, and `make bench-faults` reports it as `lost_after_fault`.)"""
+    through the same processes (none died or was restarted), and from the first answer on nothing
+    is lost. (In the first instants after the topics are created again, tansu 0.6 acknowledges
+    some records it never stores — `infra/tansu/restart_loss.py` shows it with a bare producer —
+    so `lost_after_fault` is reported, not asserted.)"""
     async with _stack_under_load(tmp_path, monkeypatch, "broker", 10.0) as (bench, stack):
         (row,) = await bench.run()
         pids = dict(stack.pids)
@@ -65,4 +66,6 @@ async def test_the_broker_down_for_15_s_every_service_resumes(tmp_path, monkeypa
     assert all(states[s] == f"ready (pid {pids[s]})" for s in localstack.SERVICES), states
     assert row["recovery_s"] is not None and row["recovery_s"] < 30, row
     assert row["requests"] > 3000 and row["events"] > 3000
-    assert row["lost_after_fault"] < 0.01 * (row["requests"] + row["events"]), row
+    lost = {k: row[k] for k in ("lost_after_recovery", "lost_after_fault", "lost_requests", "lost_examples")}
+    print(row["recovery_s"], lost)  # in the report of a run with -rA
+    assert row["lost_after_recovery"] == 0, lost

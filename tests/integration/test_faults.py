@@ -19,7 +19,7 @@ from driftloop.contracts import FeatureRow
 from driftloop.kafka import read_from_start
 from driftloop.localstack import free_port, wait_port
 from driftloop.store import RowStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 EVENTS = 3000
 RATE = 1000  # events/s
@@ -240,27 +240,57 @@ async def test_redis_down_for_15_s_serving_goes_on_and_everything_recovers(kafka
     assert set(events) <= got, f"{len(set(events) - got)} feature rows lost"
 
 
+class OwnBroker:
+    """A broker of this test's own, to kill and start again (tansu: empty, topics created again)."""
+
+    def __init__(self, topics) -> None:
+        from driftloop.settings import ServiceSettings
+
+        self.port = free_port()
+        self.settings = ServiceSettings(kafka_bootstrap=f"127.0.0.1:{self.port}", topics=topics)
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    async def start(self) -> None:
+        from driftloop.kafka import ensure_topics
+        from driftloop.localstack import broker_command
+
+        self.proc = subprocess.Popen(
+            broker_command(self.port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_port(self.port, 20, "broker")
+        await ensure_topics(self.settings, self.settings.topics.all())
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+class Asked:
+    """Stands in for `AskRegistry`, recording what the follower asked for."""
+
+    models = ("sea",)
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[list[str], str]] = []
+
+    async def __call__(self, models, reason: str) -> None:
+        self.calls.append((sorted(models), reason))
+
+
 async def test_after_the_broker_lost_its_topics_a_lifecycle_follower_reads_the_new_ones(topics):
     """tansu keeps topics in memory: after a restart they are created again, empty, and a group-less
-    reader positioned past their new end gets nothing (no error) until it notices."""
+    reader positioned past their new end gets nothing (no error) until it notices; it asks the
+    registry to announce its models again."""
     from driftloop.contracts import ModelRejected
     from driftloop.fastpath import BatchSender, Output
-    from driftloop.kafka import ensure_topics
     from driftloop.lifecycle import LifecycleFollower
-    from driftloop.localstack import broker_command
-    from driftloop.settings import ServiceSettings
 
-    port = free_port()
-    settings = ServiceSettings(kafka_bootstrap=f"127.0.0.1:{port}", topics=topics)
-
-    async def start_broker() -> subprocess.Popen[bytes]:
-        proc = subprocess.Popen(broker_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_port(port, 20, "broker")
-        await ensure_topics(settings, [topics.models_lifecycle])
-        return proc
+    broker = OwnBroker(topics)
+    bootstrap = broker.settings.kafka_bootstrap
 
     async def publish(versions: range) -> None:
-        sender = await BatchSender.connect(settings.kafka_bootstrap, "test")
+        sender = await BatchSender.connect(bootstrap, "test")
         events = [ModelRejected(model="sea", version=v, reason="test") for v in versions]
         await sender.send(
             [Output(topics.models_lifecycle, None, e.model_dump_json().encode()) for e in events]
@@ -272,15 +302,18 @@ async def test_after_the_broker_lost_its_topics_a_lifecycle_follower_reads_the_n
     async def on_event(event) -> None:
         seen.append(event.version)
 
-    broker = await start_broker()
-    follower = LifecycleFollower(settings.kafka_bootstrap, topics.models_lifecycle, on_event)
+    await broker.start()
+    asked = Asked()
+    follower = LifecycleFollower(
+        broker.settings.kafka_bootstrap, topics.models_lifecycle, on_event, ask=asked
+    )
     try:
         await publish(range(1, 21))
         await follower.start()
         assert seen == list(range(1, 21))
+        assert asked.calls == [(["sea"], f"no champion at start-up on {topics.models_lifecycle}")]
         broker.kill()
-        broker.wait()
-        broker = await start_broker()
+        await broker.start()
         await publish(range(100, 103))  # offsets 0-2 of the new topic, behind the follower's 20
         deadline = time.monotonic() + 30
         while seen[-3:] != [100, 101, 102] and time.monotonic() < deadline:
@@ -288,5 +321,60 @@ async def test_after_the_broker_lost_its_topics_a_lifecycle_follower_reads_the_n
     finally:
         await follower.stop()
         broker.kill()
-        broker.wait()
     assert seen[-3:] == [100, 101, 102], f"the follower missed the new topic's events: {seen[20:]}"
+    assert asked.calls[-1] == (["sea"], f"topic lost on {topics.models_lifecycle}")
+
+
+async def test_a_service_started_after_the_broker_lost_the_lifecycle_topic_gets_the_champion(
+    redis_url, topics, tmp_path
+):
+    """The registry's store outlives the broker's topics: a follower that finds no champion asks
+    (`AnnounceModel`), and the registry, reconnected to the new broker, publishes again the very
+    event that made the champion."""
+    from driftloop.artifacts import ArtifactStore
+    from driftloop.contracts import ModelPromoted
+    from driftloop.fastpath import BatchSender, Output
+    from driftloop.kafka import encode, make_broker
+    from driftloop.lifecycle import LifecycleFollower, follow_models
+    from driftloop_registry.app import create_app as registry_app
+    from driftloop_registry.settings import RegistrySettings
+    from tests.helpers import model_trained
+
+    broker = OwnBroker(topics)
+    await broker.start()
+    bootstrap = broker.settings.kafka_bootstrap
+    artifact = ArtifactStore(tmp_path / "artifacts").put(b"an onnx model")
+    registry = registry_app(RegistrySettings(
+        kafka_bootstrap=bootstrap, redis_url=redis_url, topics=topics, models_dir=ROOT / "models",
+        artifacts_dir=tmp_path / "artifacts", data_dir=tmp_path / "registry", http_port=0))  # fmt: skip
+    before: list = []
+    after: list = []
+
+    async def seen_before(event) -> None:
+        before.append(event)
+
+    async def seen_after(event) -> None:
+        after.append(event)
+
+    watcher = LifecycleFollower(bootstrap, topics.models_lifecycle, seen_before)
+    late = follow_models(make_broker(broker.settings, "test"), broker.settings, seen_after, ["sea"])
+    await registry.start()
+    try:
+        await watcher.start()
+        trained = model_trained(artifact=artifact, names=("x0", "x1", "x2"), accuracy=0.9)
+        sender = await BatchSender.connect(bootstrap, "test")
+        await sender.send([Output(topics.models_trained, None, encode(trained))])
+        await sender.stop()
+        await wait_for(lambda: any(isinstance(e, ModelPromoted) for e in before), 30, "v1 promoted")
+        await watcher.stop()
+
+        broker.kill()
+        await broker.start()  # models.lifecycle is empty now
+        await late.start()  # finds no champion: asks the registry
+        await wait_for(lambda: any(isinstance(e, ModelPromoted) for e in after), 60, "v1 announced again")
+    finally:
+        await late.stop()
+        await registry.stop()
+        broker.kill()
+    assert after[0] == before[0], "the announcement differs from the event that made the champion"
+    assert late.serving == {"sea"}

@@ -167,3 +167,61 @@ def _fast_sleep(sleep):
         await sleep(min(delay, 0.002))
 
     return fast
+
+
+class Producer:
+    """aiokafka's batch API, each batch answered when the test says so."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, int, asyncio.Future]] = []
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        return {0, 1}
+
+    def create_batch(self) -> list:
+        class Batch(list):
+            def append(self, key, value, timestamp):  # type: ignore[override]
+                super().append(value)
+                return True
+
+        return Batch()
+
+    async def send_batch(self, batch, topic: str, partition: int) -> asyncio.Future:
+        future: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.sent.append((topic, partition, future))
+        return future
+
+
+async def test_a_send_fails_only_once_all_its_batches_are_answered_and_the_next_waits_for_them():
+    """A failed send that left a batch in flight, retried by the producer, would overlap the batch
+    the caller sends again after a rewind: never two batches of one sender on a partition."""
+    from driftloop.fastpath import BatchSender
+
+    producer = Producer()
+    sender = BatchSender(producer)  # type: ignore[arg-type]
+    outputs = [Output("out", None, b"a"), Output("out", None, b"b")]  # partitions 0 and 1
+    first = asyncio.create_task(sender.send(outputs))
+    await asyncio.sleep(0.01)
+    (_, _, p0), (_, _, p1) = producer.sent
+    p0.set_exception(RuntimeError("partition 0 refused"))
+    await asyncio.sleep(0.01)
+    assert not first.done(), "the send gave up while partition 1's batch was still in flight"
+    p1.set_result(None)
+    with pytest.raises(RuntimeError, match="partition 0 refused"):
+        await first
+
+    # a send cancelled (a timeout) leaves its batches in flight: the next one waits for them
+    cancelled = asyncio.create_task(sender.send(outputs))
+    await asyncio.sleep(0.01)
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    second = asyncio.create_task(sender.send(outputs))
+    await asyncio.sleep(0.01)
+    assert len(producer.sent) == 4, "a batch went out next to one still in flight"
+    for _, _, future in producer.sent[2:]:
+        future.set_result(None)
+    await asyncio.sleep(0.01)
+    assert len(producer.sent) == 6
+    for _, _, future in producer.sent[4:]:
+        future.set_result(None)
+    await second

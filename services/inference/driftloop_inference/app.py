@@ -10,11 +10,11 @@ import logging
 from faststream.asgi import AsgiFastStream
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.connections import kafka_options, redis_client
+from driftloop.connections import redis_client
 from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionResult
 from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
-from driftloop.lifecycle import LifecycleFollower
+from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -32,9 +32,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
     tasks: list[asyncio.Task[None]] = []
     handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
-    follower = LifecycleFollower(
-        settings.kafka_bootstrap, topics.models_lifecycle, holder.on_lifecycle, kafka_options(settings)
-    )
+    follower = follow_models(broker, settings, holder.on_lifecycle, list(specs))
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness(lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}})
 
@@ -51,6 +49,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
                 topics.predictions_results,
                 topics.predictions_shadow,
                 topics.models_lifecycle,
+                topics.models_commands,
                 topics.events_dlq,
             ],
         )

@@ -6,7 +6,7 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 
-from driftloop.connections import kafka_options, redis_client
+from driftloop.connections import redis_client
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
@@ -16,7 +16,7 @@ from driftloop.contracts import (
     TrainModel,
 )
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
-from driftloop.lifecycle import LifecycleFollower
+from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_monitor.adapters import JoinStore
@@ -35,9 +35,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
         topics,
         settings.quality_window,
     )
-    follower = LifecycleFollower(
-        settings.kafka_bootstrap, topics.models_lifecycle, monitor.on_lifecycle, kafka_options(settings)
-    )
+    follower = follow_models(broker, settings, monitor.on_lifecycle, list(monitor.specs))
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
 
     @batch_subscriber(
@@ -63,6 +61,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
                 topics.monitor_drift,
                 topics.training_requests,
                 topics.models_lifecycle,
+                topics.models_commands,
                 topics.events_dlq,
             ],
         )

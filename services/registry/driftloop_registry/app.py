@@ -12,6 +12,7 @@ from faststream.kafka.annotations import KafkaMessage
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import redis_client
 from driftloop.contracts import (
+    AnnounceModel,
     ApproveModel,
     DeadLetter,
     ModelPromoted,
@@ -58,7 +59,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         settings,
         topics.models_commands,
         group_id=settings.commands_group_id,
-        consumes=(PromoteModel, ApproveModel, RollbackModel, TagModel),
+        consumes=(PromoteModel, ApproveModel, RollbackModel, TagModel, AnnounceModel),
     )
     async def on_registry_command(message: KafkaMessage) -> None:
         await run_batch(SERVICE, topics.models_commands, message, registry.handle_commands)

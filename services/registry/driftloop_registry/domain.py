@@ -62,6 +62,22 @@ def rollback_target(history: Sequence[int], current: int | None) -> int | None:
     return None
 
 
+PLACED_BY = {"champion": ("ModelPromoted", "ModelRolledBack"), "challenger": ("ModelAwaitingApproval",)}
+
+
+def placing_event(events: Sequence[Mapping[str, Any]], alias: str) -> Mapping[str, Any] | None:
+    """The latest of a version's recorded events that put it in `alias` (champion: promoted or
+    rolled back to; challenger: awaiting approval), or None.
+
+    >>> placing_event([{"event": "ModelPromoted", "version": 2}, {"event": "ModelTagged"},
+    ...                {"event": "ModelRolledBack", "version": 2}], "champion")["event"]
+    'ModelRolledBack'
+    >>> placing_event([{"event": "ModelPromoted"}], "challenger") is None
+    True
+    """
+    return next((e for e in reversed(events) if e.get("event") in PLACED_BY[alias]), None)
+
+
 def render_card(record: Mapping[str, Any], state: str) -> str:
     """A model card in Markdown: decision, metrics against the champion, data, lineage, history."""
     trained = record["trained"]

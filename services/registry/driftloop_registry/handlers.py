@@ -14,6 +14,7 @@ from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore
 from driftloop.contracts import (
     LIFECYCLE,
     REGISTRY_COMMAND,
+    AnnounceModel,
     ApproveModel,
     LifecycleEvent,
     ModelAwaitingApproval,
@@ -125,7 +126,25 @@ class Registry:
         commands, dead = triage(SERVICE, records, lambda r: parse(REGISTRY_COMMAND, r.value, self.specs))
         await self.bus.dead_letters(dead)
         for command in commands:
-            await self.execute(command)
+            if isinstance(command, AnnounceModel):
+                await self.announce(command.model)
+            else:
+                await self.execute(command)
+
+    async def announce(self, model: str) -> list[LifecycleEvent]:
+        """Publish again the recorded events that put the current champion and challenger in place.
+        Carried out every time it is asked: followers ignore a version they already serve."""
+        aliases = await self.repo.aliases(model)
+        events: list[LifecycleEvent] = []
+        for alias in domain.PLACED_BY:
+            record = await self.repo.get_version(model, aliases[alias]) if alias in aliases else None
+            placed = domain.placing_event(record["events"], alias) if record else None
+            if placed is not None:
+                events.append(LIFECYCLE.validate_python(placed))
+        if events:
+            await self.bus.publish(self.topics.models_lifecycle, events)
+        log.info("announced %s: %s", model, [f"{e.event} v{e.version}" for e in events] or "nothing serves")
+        return events
 
     async def execute(self, command: RegistryCommand) -> LifecycleEvent:
         """Carry out a command once; a redelivered command re-announces its first outcome."""

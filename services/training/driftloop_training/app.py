@@ -7,10 +7,9 @@ from faststream.asgi import AsgiFastStream
 from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
 from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
-from driftloop.lifecycle import LifecycleFollower
+from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
@@ -32,9 +31,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         topics,
         settings.threads,
     )
-    follower = LifecycleFollower(
-        settings.kafka_bootstrap, topics.models_lifecycle, trainer.on_lifecycle, kafka_options(settings)
-    )
+    follower = follow_models(broker, settings, trainer.on_lifecycle, list(trainer.specs))
 
     @batch_subscriber(
         broker,
@@ -63,6 +60,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
                 topics.training_requests,
                 topics.models_trained,
                 topics.models_lifecycle,
+                topics.models_commands,
                 topics.events_dlq,
             ],
         )
