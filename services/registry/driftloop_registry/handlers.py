@@ -3,6 +3,7 @@ tag commands; answer read queries. Every change is a lifecycle event and a rewri
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -67,6 +68,9 @@ class Registry:
         self.cards = cards
         self.bus = bus
         self.topics = topics
+        # candidates and commands arrive on two subscribers of one event loop: one change at a
+        # time, so an announcement never publishes a champion that a promotion just replaced
+        self.changing = asyncio.Lock()
 
     # ------------------------------------------------------------------ trained candidates
 
@@ -74,7 +78,8 @@ class Registry:
         candidates, dead = triage(SERVICE, records, lambda r: parse(ModelTrained, r.value, self.specs))
         await self.bus.dead_letters(dead)
         for trained in candidates:
-            await self.register(trained)
+            async with self.changing:
+                await self.register(trained)
 
     async def register(self, trained: ModelTrained) -> None:
         """Version, gate and announce a candidate. A redelivered run re-announces its decision."""
@@ -126,10 +131,11 @@ class Registry:
         commands, dead = triage(SERVICE, records, lambda r: parse(REGISTRY_COMMAND, r.value, self.specs))
         await self.bus.dead_letters(dead)
         for command in commands:
-            if isinstance(command, AnnounceModel):
-                await self.announce(command.model)
-            else:
-                await self.execute(command)
+            async with self.changing:
+                if isinstance(command, AnnounceModel):
+                    await self.announce(command.model)
+                else:
+                    await self.execute(command)
 
     async def announce(self, model: str) -> list[LifecycleEvent]:
         """Publish again the recorded events that put the current champion and challenger in place.
