@@ -61,7 +61,7 @@ class Traffic:
     requests: dict[str, float] = field(default_factory=dict)
     entity_requests: set[str] = field(default_factory=set)
     events: dict[str, float] = field(default_factory=dict)
-    refused: int = 0
+    refused: list[tuple[float, int]] = field(default_factory=list)  # (when, requests not sent)
     results: dict[str, list[bytes]] = field(default_factory=dict)
     answered_at: dict[str, float] = field(default_factory=dict)
     served_at: dict[str, float] = field(default_factory=dict)  # answered without an error
@@ -82,13 +82,15 @@ class Load:
     async def run(self, sender: BatchSender) -> None:
         per_tick = max(1, RATE // TICKS_PER_S)
         started = time.monotonic()
+        refused = False
         for tick in itertools.count():
             late = time.monotonic() - (started + tick / TICKS_PER_S)
+            if refused and late > 0:  # what the broker could not take is not made up in a burst
+                self.traffic.refused.append((time.monotonic(), per_tick * int(late * TICKS_PER_S)))
+                started += late
+                late = 0.0
             await asyncio.sleep(max(0.0, -late))
             if self.paused:
-                continue
-            if late > 1.0:  # the last send was blocked (broker down): a tick missed is not made up
-                self.traffic.refused += per_tick
                 continue
             now = time.monotonic()
             outputs, requests, entity, events = [], [], [], []
@@ -112,8 +114,10 @@ class Load:
                 outputs.append(Output(topics.predictions_feedback, None, self.labels.pop(0)[1]))
             try:
                 await asyncio.wait_for(sender.send(outputs), timeout=5)
+                refused = False
             except Exception:
-                self.traffic.refused += len(requests)
+                self.traffic.refused.append((now, len(requests)))
+                refused = True
                 continue
             self.traffic.requests.update(dict.fromkeys(requests, now))
             self.traffic.entity_requests.update(entity)
@@ -405,6 +409,7 @@ class Bench:
             "lost_requests": lost,
             "lost_events": lost_events,
             # of the lost, those sent once the fault was over (process back, Redis or broker up)
+            "refused": sum(n for at, n in t.refused if since <= at < until_t),  # not sent: broker down
             "lost_after_fault": lost_since(fault.back),
             # of those, the ones sent once the first item sent after the fault had come back
             "lost_after_recovery": None if first is None else lost_since(first),
@@ -461,7 +466,7 @@ def main() -> None:
             faults = asyncio.run(bench.run())
         finally:
             localstack.down(run_dir)
-    refused = bench.traffic.refused
+    refused = sum(n for _, n in bench.traffic.refused)
     result = {
         "faults": faults,
         "lost_total": sum(f["lost"] for f in faults),

@@ -114,11 +114,16 @@ class BatchSender:
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         self._pending.update(futures)
         for future in futures:
-            future.add_done_callback(self._pending.discard)
+            future.add_done_callback(self._answered)
         answers = await asyncio.gather(*map(asyncio.shield, futures), return_exceptions=True)
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
+
+    def _answered(self, future: asyncio.Future[Any]) -> None:
+        self._pending.discard(future)
+        if not future.cancelled():
+            future.exception()  # seen here: a send cancelled meanwhile still raises its first error
 
     async def drain(self) -> None:
         """Wait until every batch sent so far is answered (acknowledged or failed)."""
@@ -223,17 +228,26 @@ class FastPath:
             await self.sender.stop()
 
     async def settle(self) -> _Batch | None:
-        """Wait for the batch being sent; the batch if that failed (its records must come again)."""
-        batch, self._sending = self._sending, None
+        """Wait for the batch being sent; the batch if that failed (its records must come again).
+        A waiter cancelled meanwhile (a stop) leaves the batch to finish: its outputs may be out
+        already, so its offsets must still be committed."""
+        batch = self._sending
         if batch is None or batch.done is None:
             return None
         try:
-            await batch.done
+            await asyncio.shield(batch.done)
             return None
+        except asyncio.CancelledError:
+            raise
         except Exception:
+            if self._sending is not batch:  # another waiter took care of it
+                return None
             count(self.service, self.topic, "error", len(batch.records))
             log.exception("%s: sending a batch of %d failed", self.service, len(batch.records))
             return batch
+        finally:
+            if self._sending is batch and batch.done.done():
+                self._sending = None
 
     async def _finish(self, batch: _Batch, handled: Handled) -> None:
         await self.sender.send(handled.outputs)

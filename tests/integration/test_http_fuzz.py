@@ -1,7 +1,8 @@
 """Every HTTP endpoint of a real registry process (health, readiness, metrics, the registry API),
 fuzzed from its OpenAPI document (`schemas/openapi/registry.yaml`) with schemathesis: no 5xx, and
 every answer's status, content type and body as the document says; then hostile query strings
-(path-like model names, control characters, huge values) answered with 400, never 5xx."""
+(path-like model names, control characters, huge values) answered with 400, never 5xx. The other
+five services, as processes, fuzzed the same way on the endpoints every service serves."""
 
 import os
 import subprocess
@@ -14,38 +15,86 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
-from driftloop.localstack import free_port, wait_port
+from driftloop.localstack import free_port
 from tests.conftest import ROOT
 
 SCHEMA = schemathesis.openapi.from_path(ROOT / "schemas" / "openapi" / "registry.yaml")
+EVERY_SERVICE = SCHEMA.include(path_regex=r"^/(healthz|readyz|metrics)$")
+OTHERS = ("ingest", "feature", "training", "inference", "monitor")
+
+
+def _start(names, kafka_bootstrap, redis_server, tmp):
+    """Service processes on free ports, each ready; (urls by name, processes)."""
+    urls, procs = {}, []
+    for name in names:
+        port = free_port()
+        env = {
+            **os.environ,
+            "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+            "DRIFTLOOP_REDIS_URL": redis_server,
+            "DRIFTLOOP_HTTP_PORT": str(port),
+            "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
+            "DRIFTLOOP_DATA_DIR": str(tmp / name),
+            "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+            "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
+            "DRIFTLOOP_TRAINING_DIR": str(tmp / "training"),
+            "DRIFTLOOP_LOG_LEVEL": "WARNING",
+        }
+        procs.append(subprocess.Popen([sys.executable, "-m", f"driftloop_{name}.app"], env=env))
+        urls[name] = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    for name, url in urls.items():
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, f"{name} never became ready"
+            time.sleep(0.2)
+    return urls, procs
+
+
+def _stop(procs):
+    for proc in procs:
+        proc.terminate()
+    for proc in procs:
+        proc.wait(15)
 
 
 @pytest.fixture(scope="module")
 def registry(kafka_bootstrap, redis_server, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("registry")
-    port = free_port()
-    env = {**os.environ, "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap, "DRIFTLOOP_REDIS_URL": redis_server,
-           "DRIFTLOOP_HTTP_PORT": str(port), "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
-           "DRIFTLOOP_DATA_DIR": str(tmp / "data"), "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
-           "DRIFTLOOP_LOG_LEVEL": "WARNING"}  # fmt: skip
-    proc = subprocess.Popen([sys.executable, "-m", "driftloop_registry.app"], env=env)
-    url = f"http://127.0.0.1:{port}"
+    urls, procs = _start(["registry"], kafka_bootstrap, redis_server, tmp_path_factory.mktemp("registry"))
     try:
-        wait_port(port, 30, "registry")
-        deadline = time.monotonic() + 30
-        while httpx.get(f"{url}/readyz").status_code != 200:
-            assert time.monotonic() < deadline, "the registry never became ready"
-            time.sleep(0.2)
-        yield url
+        yield urls["registry"]
     finally:
-        proc.terminate()
-        proc.wait(15)
+        _stop(procs)
+
+
+@pytest.fixture(scope="module")
+def others(kafka_bootstrap, redis_server, tmp_path_factory):
+    urls, procs = _start(OTHERS, kafka_bootstrap, redis_server, tmp_path_factory.mktemp("others"))
+    try:
+        yield urls
+    finally:
+        _stop(procs)
+
+
+@pytest.fixture(params=OTHERS)
+def service(request, others):
+    return others[request.param]
 
 
 @SCHEMA.parametrize()
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_endpoint_answers_as_documented(case, registry):
     case.call_and_validate(base_url=registry)
+
+
+@EVERY_SERVICE.parametrize()
+@settings(max_examples=20, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_service_answers_health_readiness_and_metrics_as_documented(case, service):
+    case.call_and_validate(base_url=service)
 
 
 HOSTILE = ["../../etc/passwd", "sea/../../x", "%00", "\x00\x1b[31m", "a" * 8_000, "sea:versions", "*", "ü"]

@@ -66,14 +66,20 @@ class Log:
     def highwater(self, tp: TopicPartition) -> int:
         return PER_PARTITION
 
+    async def stop(self) -> None:
+        pass
+
 
 class Sender:
-    def __init__(self, log: Log, fail_on: set[int]) -> None:
-        self.log, self.fail_on, self.calls = log, fail_on, 0
+    def __init__(self, log: Log, fail_on: set[int], ack_s: float = 0.002) -> None:
+        self.log, self.fail_on, self.calls, self.ack_s = log, fail_on, 0, ack_s
+
+    async def stop(self) -> None:
+        pass
 
     async def send(self, outputs: list[Output]) -> None:
         self.calls += 1
-        await asyncio.sleep(0.002)  # acknowledgements take a while: the next batch is handled meanwhile
+        await asyncio.sleep(self.ack_s)  # acknowledgements take a while: the next batch is handled meanwhile
         if self.calls in self.fail_on:
             raise ConnectionError("broker went away")
         for output in outputs:
@@ -149,6 +155,25 @@ async def test_a_partition_past_its_end_is_read_again_while_the_others_flow():
     now[0] = 6.0
     assert await watch.fetched(6) is True  # but at least every 5 s
     assert log.seeks == [(0, 0)] and log.positions[PARTITIONS[1]] == 3
+
+
+async def test_a_stop_while_the_loop_waits_idle_commits_the_batch_being_sent():
+    # all 30 records in one batch; its acknowledgement takes 50 ms, and meanwhile the loop finds
+    # nothing more and waits for it. A graceful stop (SIGTERM) must not cut that wait short: the
+    # outputs went out, so the offsets must be committed, or the next owner answers them again.
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=30), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, set(), ack_s=0.05)  # type: ignore[assignment]
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    loop._task = asyncio.create_task(loop._run(handle))
+    await asyncio.sleep(0.02)  # the batch is out, the loop idle
+    assert not log.sent, "the acknowledgement came too early for this test"
+    await loop.stop()
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION), "sent but not committed"
 
 
 async def _run_until_committed(loop: FastPath, log: Log, handle) -> None:
