@@ -417,6 +417,7 @@ class Bench:
             "lost_events": lost_events,
             # of the lost, those sent once the fault was over (process back, Redis or broker up)
             "refused": sum(n for at, n in t.refused if since <= at < until_t),  # not sent: broker down
+            "requests_after_fault": sum(1 for at in window.values() if at >= fault.back),
             "lost_after_fault": lost_since(fault.back),
             # of those, the ones sent once the first item sent after the fault had come back
             "lost_after_recovery": None if first is None else lost_since(first),

@@ -65,7 +65,7 @@ async def test_the_broker_down_for_15_s_every_service_resumes(tmp_path, monkeypa
     # the same processes as before the outage, each ready: none died or was restarted
     assert all(states[s] == f"ready (pid {pids[s]})" for s in localstack.SERVICES), states
     assert row["recovery_s"] is not None and row["recovery_s"] < 30, row
-    assert row["requests"] > 3000 and row["events"] > 3000
+    assert row["requests_after_fault"] > 5 * 300, row  # at least 5 s of traffic once it was back
     lost = {k: row[k] for k in ("lost_after_recovery", "lost_after_fault", "lost_requests", "lost_examples")}
     print(row["recovery_s"], lost)  # in the report of a run with -rA
     assert row["lost_after_recovery"] == 0, lost
