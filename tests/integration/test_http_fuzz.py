@@ -7,7 +7,6 @@ five services, as processes, fuzzed the same way on the endpoints every service 
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 
 import httpx
@@ -15,6 +14,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
 
+from bench.common import stop_processes, wait_ready
 from driftloop.localstack import free_port
 from tests.conftest import ROOT
 
@@ -42,24 +42,13 @@ def _start(names, kafka_bootstrap, redis_server, tmp):
         }
         procs.append(subprocess.Popen([sys.executable, "-m", f"driftloop_{name}.app"], env=env))
         urls[name] = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    for name, url in urls.items():
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, f"{name} never became ready"
-            time.sleep(0.2)
+    try:
+        for name, url in urls.items():
+            wait_ready(int(url.rsplit(":", 1)[1]), name)
+    except RuntimeError:
+        stop_processes(procs)
+        raise
     return urls, procs
-
-
-def _stop(procs):
-    for proc in procs:
-        proc.terminate()
-    for proc in procs:
-        proc.wait(15)
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +57,7 @@ def registry(kafka_bootstrap, redis_server, tmp_path_factory):
     try:
         yield urls["registry"]
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +66,7 @@ def others(kafka_bootstrap, redis_server, tmp_path_factory):
     try:
         yield urls
     finally:
-        _stop(procs)
+        stop_processes(procs)
 
 
 @pytest.fixture(params=OTHERS)
