@@ -40,16 +40,16 @@ def sea_onnx(
 
 
 async def collect(bootstrap: str, topic: str, model_cls, count: int, timeout: float = 20.0,
-                  until=None) -> list:  # fmt: skip
+                  until=None, options=None) -> list:  # fmt: skip
     """Read `topic` from its start until `count` messages parse as `model_cls`, one satisfies
-    `until`, or the timeout passes."""
+    `until`, or the timeout passes (`options`: `driftloop.connections.kafka_options`)."""
     import asyncio
     import time
 
     from driftloop.kafka import read_from_start
 
     parse = getattr(model_cls, "model_validate_json", None) or model_cls.validate_json
-    consumer = await read_from_start(bootstrap, topic)
+    consumer = await read_from_start(bootstrap, topic, options=options)
     found = []
     deadline = time.monotonic() + timeout
     try:

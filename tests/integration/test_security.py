@@ -142,14 +142,14 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
     from driftloop.connections import kafka_options
     from driftloop.contracts import ModelPromoted, Observation
     from driftloop.fastpath import BatchSender, Output
-    from driftloop.kafka import encode, make_broker, read_from_start
+    from driftloop.kafka import encode, make_broker
     from driftloop.lifecycle import follow_models
     from driftloop_ingest.app import create_app as ingest_app
     from driftloop_ingest.settings import IngestSettings
     from driftloop_registry.app import create_app as registry_app
     from driftloop_registry.settings import RegistrySettings
     from tests.conftest import ROOT, wait_for
-    from tests.helpers import model_trained
+    from tests.helpers import collect, model_trained
 
     bootstrap, ca = tls_kafka
     common = {"kafka_bootstrap": bootstrap, "kafka_security_protocol": "SSL", "kafka_ca_file": ca,
@@ -179,21 +179,13 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
         await sender.send([Output(topics.events_raw, b"e", encode(observation)),
                            Output(topics.models_trained, None, encode(trained))])  # fmt: skip
         await sender.stop()
-        validated = await read_from_start(bootstrap, topics.events_validated, options=options)
-        try:
-            batches = await validated.getmany(timeout_ms=20_000)
-            deadline = asyncio.get_running_loop().time() + 20
-            while not batches and asyncio.get_running_loop().time() < deadline:
-                batches = await validated.getmany(timeout_ms=1_000)
-        finally:
-            await validated.stop()
+        validated = await collect(bootstrap, topics.events_validated, Observation, 1, options=options)
         await wait_for(lambda: bool(promoted), 30, "the promotion, over TLS")
     finally:
         await follower.stop()
         for app in reversed(apps):
             await app.stop()
-    values = [r.value for records in batches.values() for r in records]
-    assert [Observation.model_validate_json(v).event_id for v in values] == ["tls-1"]
+    assert [o.event_id for o in validated] == ["tls-1"]
     assert promoted[0].version == 1
 
     plain = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=2000)
