@@ -5,6 +5,10 @@ row for an event at time T gets `values(T)`: only events strictly before T count
 the event itself or its future leaks in (point-in-time correct). Serving gets `values(now)` from
 the same history, read from the online store. Adding an event twice (a redelivery) changes nothing.
 
+In the online store a history is one hash field per event (`h:<event id>` → `[time, {values}]`),
+so a batch writes only what it added and deletes only what it let go (`changes`), never the whole
+history: with a long window, rewriting it would cost the length of the window per event.
+
 >>> from driftloop.spec import ModelSpec
 >>> spec = ModelSpec.model_validate({
 ...     "name": "m", "features": [{"name": "amount", "type": "numeric"}],
@@ -32,6 +36,7 @@ from driftloop.spec import AggregateSpec, ModelSpec
 
 Event = tuple[float, str, dict[str, float]]  # (event time in epoch seconds, event id, aggregated values)
 _NUMBERS = frozenset({float, int})
+HISTORY_PREFIX = b"h:"  # an event's field in the entity's online-store hash
 
 
 def _stat(aggregate: AggregateSpec, columns: Mapping[str, list[float]], start: int, end: int) -> float:
@@ -55,7 +60,8 @@ def _stat(aggregate: AggregateSpec, columns: Mapping[str, list[float]], start: i
 
 class History:
     """An entity's recent events, enough for the spec's aggregates, kept as columns in time order
-    (then id order): times, ids and the aggregated features' values. JSON in the online store."""
+    (then id order): times, ids and the aggregated features' values. Remembers what changed since
+    the last `changes()`, for the online store."""
 
     def __init__(self, spec: ModelSpec, events: list[Event] | None = None) -> None:
         self.spec = spec
@@ -66,6 +72,8 @@ class History:
         self.times: list[float] = [float(t) for t, _, _ in ordered]
         self.ids: list[str] = [i for _, i, _ in ordered]
         self.columns: dict[str, list[float]] = {name: [v[name] for _, _, v in ordered] for name in self.of}
+        self._added: dict[str, bytes] = {}  # event id -> stored value, since the last `changes()`
+        self._removed: set[bytes] = set()  # fields to delete
 
     @property
     def events(self) -> list[Event]:
@@ -91,57 +99,84 @@ class History:
         """Remember an event (once per id), then forget what no aggregate can need any more."""
         if not self.spec.aggregates:
             return
+        values = {name: float(features[name]) for name in self.of}
         if not self.times or at > self.times[-1]:  # the usual case: newer than all held
-            self.times.append(float(at))
-            self.ids.append(event_id)
-            for name in self.of:
-                self.columns[name].append(float(features[name]))
+            k = len(self.times)
         else:
             same_from, same_to = bisect.bisect_left(self.times, at), bisect.bisect_right(self.times, at)
             k = same_from + bisect.bisect_left(self.ids[same_from:same_to], event_id)
             if k < same_to and self.ids[k] == event_id:
                 return  # seen: a redelivery
-            self.times.insert(k, float(at))
-            self.ids.insert(k, event_id)
-            for name in self.of:
-                self.columns[name].insert(k, float(features[name]))
+        self.times.insert(k, float(at))
+        self.ids.insert(k, event_id)
+        for name in self.of:
+            self.columns[name].insert(k, values[name])
+        self._added[event_id] = orjson.dumps([float(at), values])
+        self._removed.discard(_field(event_id))
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget the events older than every window that are not among the newest `keep_n`."""
+        if not self.times:
+            return
         newest = self.times[-1]
         keep_from = min(
             max(0, len(self.times) - self.keep_n), bisect.bisect_right(self.times, newest - self.keep_s)
         )
         if keep_from:
+            for event_id in self.ids[:keep_from]:
+                if self._added.pop(event_id, None) is None:
+                    self._removed.add(_field(event_id))
             del self.times[:keep_from], self.ids[:keep_from]
             for column in self.columns.values():
                 del column[:keep_from]
 
-    def dumps(self) -> bytes:
-        return orjson.dumps({"t": self.times, "id": self.ids, "v": self.columns})
+    def changes(self) -> tuple[dict[bytes, bytes], list[bytes]]:
+        """The online-store hash fields to set and to delete since the last call (then forgotten)."""
+        added = {_field(k): v for k, v in self._added.items()}
+        removed = sorted(self._removed)
+        self._added, self._removed = {}, set()
+        return added, removed
+
+    def fields(self) -> dict[bytes, bytes]:
+        """Every event held, as online-store hash fields."""
+        return {_field(i): orjson.dumps([t, v]) for t, i, v in self.events}
 
     @classmethod
-    def loads(cls, spec: ModelSpec, raw: bytes | str | None) -> History:
-        """A history read back from the online store (empty when absent or unreadable)."""
+    def from_fields(cls, spec: ModelSpec, fields: Mapping[bytes, bytes]) -> History:
+        """A history read back from an entity's online-store hash: its `h:` fields (any other
+        field is not history; an unreadable one is skipped, and deleted with the next changes)."""
         history = cls(spec)
-        if not raw:
-            return history
-        try:
-            data = orjson.loads(raw)
-            times, ids, columns = data["t"], data["id"], data["v"]
-            n = len(times)
-            if (
-                type(times) is list
-                and type(ids) is list
-                and len(ids) == n
-                and set(map(type, times)) <= _NUMBERS
-                and set(map(type, ids)) <= {str}
-                and all(
-                    type(columns.get(name)) is list
-                    and len(columns[name]) == n
-                    and set(map(type, columns[name])) <= _NUMBERS
-                    for name in history.of
-                )
-            ):
-                history.times, history.ids = times, ids
-                history.columns = {name: columns[name] for name in history.of}
-        except (orjson.JSONDecodeError, TypeError, KeyError, AttributeError):
-            pass
+        events: list[Event] = []
+        for field, raw in fields.items():
+            if not field.startswith(HISTORY_PREFIX):
+                continue
+            event = _event(field[len(HISTORY_PREFIX) :], raw, history.of)
+            if event is None:
+                history._removed.add(field)
+            else:
+                events.append(event)
+        events.sort(key=lambda e: (e[0], e[1]))
+        history.times = [t for t, _, _ in events]
+        history.ids = [i for _, i, _ in events]
+        history.columns = {name: [v[name] for _, _, v in events] for name in history.of}
+        history._trim()
         return history
+
+
+def _field(event_id: str) -> bytes:
+    return HISTORY_PREFIX + event_id.encode()
+
+
+def _event(event_id: bytes, raw: bytes, of: list[str]) -> Event | None:
+    """One stored event (time, id, values), or None when it is not readable as one."""
+    try:
+        data = orjson.loads(raw)
+        at, values = data
+        if type(at) not in _NUMBERS or type(values) is not dict:
+            return None
+        if not all(type(values.get(name)) in _NUMBERS for name in of):
+            return None
+        return float(at), event_id.decode(), {name: float(values[name]) for name in of}
+    except (orjson.JSONDecodeError, TypeError, ValueError):
+        return None

@@ -283,15 +283,11 @@ class FeatureSet:
         )
 
 
-# An entity's online-store hash (`online_key`): its latest validated raw features as JSON (typed
-# values round-trip exactly), that observation's event time (ISO and epoch seconds), and for models
-# with aggregates its recent history (`driftloop.aggregates.History`, JSON).
-FEATURES_FIELD, EVENT_TIME_FIELD, EVENT_TS_FIELD, HISTORY_FIELD = (
-    "features",
-    "event_time",
-    "event_ts",
-    "history",
-)
+# An entity's online-store hash (`online_key`): `features`, its latest validated raw features as
+# JSON (typed values round-trip exactly), that observation's `event_time` (ISO) and `event_ts`
+# (epoch seconds), and for models with aggregates its recent history, one `h:<event id>` field per
+# event (`driftloop.aggregates.History.from_fields`).
+FEATURES_FIELD = b"features"
 
 
 def online_key(model: str, entity_id: str) -> str:

@@ -84,7 +84,6 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
     import yaml
 
     from driftloop.aggregates import History
-    from driftloop.features import HISTORY_FIELD
     from driftloop.spec import ModelSpec
 
     spec = {
@@ -139,7 +138,7 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
         }
         redis = Redis.from_url(redis_url)
         try:
-            stored = await redis.hget(online_key("payments", "u1"), HISTORY_FIELD)
+            stored = await redis.hgetall(online_key("payments", "u1"))
         finally:
             await redis.aclose()
 
@@ -152,7 +151,7 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
     # p3 came first: alone in its batch it saw nothing; batched with p1 and p2 it saw both
     assert (by_time["p3"]["payments_1h"], by_time["p3"]["amount_mean_2"]) in {(0.0, 0.0), (2.0, 15.0)}
     # serving reads the stored history: as of now, the entity's last two payments and all three
-    served = History.loads(ModelSpec.model_validate(spec), stored).values(time.time())
+    served = History.from_fields(ModelSpec.model_validate(spec), stored).values(time.time())
     assert served == {"amount_mean_2": 25.0, "payments_1h": 3.0}
 
 
@@ -165,24 +164,25 @@ async def test_the_online_store_keeps_the_newest_features_exactly_and_every_hist
     t1, t2 = datetime(2026, 11, 22, 10, tzinfo=UTC), datetime(2026, 11, 22, 11, tzinfo=UTC)
     exact = {"x0": 0.1234567890123456789, "x1": 1e-300, "x2": 7.0}
     try:
-        await store.write([("sea", "u", t2, exact, b"[1]")])
-        await store.write([("sea", "u", t1, {"x0": 1.0, "x1": 1.0, "x2": 1.0}, b"[2]")])  # older, late
+        await store.write([("sea", "u", t2, exact, ({b"h:a": b"1", b"h:b": b"2"}, []))])
+        late = ({b"h:c": b"3"}, [b"h:a", b"h:never"])  # an older event, and history let go
+        await store.write([("sea", "u", t1, {"x0": 1.0, "x1": 1.0, "x2": 1.0}, late)])
         stored = await redis.hgetall(online_key("sea", "u"))
-        histories = await store.histories([("sea", "u"), ("sea", "nobody")])
+        entities = await store.entities([("sea", "u"), ("sea", "nobody")])
         ttl = await redis.ttl(online_key("sea", "u"))
     finally:
         await redis.aclose()
     spec = load_specs(ROOT / "models")["sea"]
     assert decode_stored(spec, stored[b"features"]) == exact  # every digit survives
     assert stored[b"event_time"].decode() == t2.isoformat()
-    assert histories == {("sea", "u"): b"[2]", ("sea", "nobody"): None}  # history merged by the caller
+    assert {k: v for k, v in stored.items() if k.startswith(b"h:")} == {b"h:b": b"2", b"h:c": b"3"}
+    assert entities == {("sea", "u"): stored, ("sea", "nobody"): {}}
     assert 0 < ttl <= 60
 
 
 async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_every_batch(redis_url):
     import random
 
-    from driftloop.features import HISTORY_FIELD
     from driftloop.settings import Topics
     from driftloop.spec import ModelSpec
     from driftloop_feature.adapters import OnlineStore
@@ -238,7 +238,7 @@ async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_ever
         assert len(kept.cache) == 2  # bounded: four entities, two kept
         for entity in ("u0", "u1", "u2", "u3"):
             key = online_key("payments", entity)
-            assert await kept_redis.hget(key, HISTORY_FIELD) == await read_redis.hget(key, HISTORY_FIELD)
+            assert await kept_redis.hgetall(key) == await read_redis.hgetall(key)
     finally:
         await kept_redis.aclose()
         await read_redis.aclose()

@@ -80,14 +80,21 @@ def _oracle(observations, observation):
 
 
 def _stream(batches):
-    """Run batches through the feature service's domain code; histories carried between batches."""
-    stored: dict[str, bytes] = {}
+    """Run batches through the feature service's domain code; histories carried between batches
+    in hash fields as the online store keeps them (only each batch's changes written)."""
+    stored: dict[str, dict[bytes, bytes]] = {}
     out = {}
     for batch in batches:
         rows = _checked(batch)
-        histories = {e: History.loads(SPEC, stored.get(e)) for e in {o.entity_id for o in batch}}
+        histories = {e: History.from_fields(SPEC, stored.get(e, {})) for e in {o.entity_id for o in batch}}
         with_aggregates(SPEC, rows, histories)
-        stored.update({e: h.dumps() for e, h in histories.items()})
+        for entity, history in histories.items():
+            added, removed = history.changes()
+            fields = stored.setdefault(entity, {})
+            fields.update(added)
+            for field in removed:
+                fields.pop(field, None)
+            assert fields == history.fields(), "the changes written leave another history stored"
         for row in rows:
             o = row.observation
             out.setdefault(o.event_id, {k: row.features[k] for k in _oracle([], o)})
@@ -111,8 +118,8 @@ def test_values_as_of_a_moment_never_depend_on_later_events(events, at_s):
     observations = _observations(events)
     _, stored = _stream([observations])  # in arrival order, not time order
     at = (T0 + timedelta(seconds=at_s)).timestamp()
-    for raw in stored.values():
-        history = History.loads(SPEC, raw)
+    for fields in stored.values():
+        history = History.from_fields(SPEC, fields)
         earlier = History(SPEC, [e for e in history.events if e[0] < at])
         assert history.values(at) == earlier.values(at)
 
@@ -127,11 +134,11 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
                         label=0, event_time=at)  # fmt: skip
     # training: the feature service's path for an event at `at`
     training_rows = _checked([probe])
-    with_aggregates(SPEC, training_rows, {entity: History.loads(SPEC, stored[entity])})
+    with_aggregates(SPEC, training_rows, {entity: History.from_fields(SPEC, stored[entity])})
     feature_set = FeatureSet(SPEC)
     training = feature_set.from_named([feature_rows(feature_set, training_rows)[0]["features"]])[0]
     # serving: inference's path for a request at `at` (raw features + the entity's stored history)
-    served = {"amount": 5.0, **History.loads(SPEC, stored[entity]).values(at.timestamp())}
+    served = {"amount": 5.0, **History.from_fields(SPEC, stored[entity]).values(at.timestamp())}
     serving = feature_set.matrix([check_features(SPEC, served)])[0]
     assert training.tolist() == serving.tolist()
 
@@ -151,14 +158,29 @@ def test_rows_without_an_entity_get_the_documented_default():
         b"{oops",
         b"[]",
         b'"text"',
-        b'{"t": [1.0], "id": [], "v": {"amount": [1.0]}}',
-        b'{"t": ["x"], "id": ["a"], "v": {"amount": [1.0]}}',
-        b'{"t": [1.0], "id": ["a"], "v": {}}',
-        b'{"t": [1.0], "id": ["a"], "v": {"amount": ["1"]}}',
+        b"[1.0]",
+        b'["x", {"amount": 1.0}]',
+        b"[1.0, {}]",
+        b'[1.0, {"amount": "1"}]',
     ],
 )
-def test_an_unreadable_stored_history_reads_as_empty(raw):
-    assert History.loads(SPEC, raw).events == []
+def test_an_unreadable_stored_event_is_skipped_and_deleted_with_the_next_changes(raw):
+    fields = {b"features": b"{}", b"h:good": b'[1.0, {"amount": 2.0}]', b"h:bad": raw, b"h:\xff": raw}
+    history = History.from_fields(SPEC, fields)
+    assert history.events == [(1.0, "good", {"amount": 2.0})]
+    assert history.changes() == ({}, [b"h:bad", b"h:\xff"])
+
+
+def test_a_stored_history_is_trimmed_when_read_and_only_changes_are_written():
+    fields = {f"h:e{t}".encode(): f'[{t}, {{"amount": {t}}}]'.encode() for t in (0, 100, 200, 300, 400)}
+    history = History.from_fields(SPEC, fields)  # keeps the newest 3 (mean of 3) and the last minute
+    assert [i for _, i, _ in history.events] == ["e200", "e300", "e400"]
+    history.add(500.0, "e500", {"amount": 7.0})
+    history.add(500.0, "e500", {"amount": 7.0})  # a redelivery
+    added, removed = history.changes()
+    assert added == {b"h:e500": b'[500.0,{"amount":7.0}]'}
+    assert removed == [b"h:e0", b"h:e100", b"h:e200"]
+    assert history.changes() == ({}, [])
 
 
 def test_the_history_cache_is_bounded_and_forgets_what_redis_may_have_expired():

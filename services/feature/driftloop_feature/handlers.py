@@ -16,11 +16,12 @@ from driftloop.metrics import count
 from driftloop.observations import Checked, checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
-from driftloop_feature.adapters import OnlineStore
+from driftloop_feature.adapters import OnlineStore, Row
 from driftloop_feature.domain import check_batch, feature_rows, with_aggregates, with_time_parts
-from driftloop_feature.histories import HistoryCache
+from driftloop_feature.histories import HistoryCache, Key
 
 SERVICE = "feature"
+Changes = tuple[dict[bytes, bytes], list[bytes]]  # history fields to set, to delete
 
 
 class FeatureHandler:
@@ -63,9 +64,9 @@ class FeatureHandler:
         count(SERVICE, self.topics.events_validated, "rejected", len(dead))
         return outputs
 
-    async def _aggregate(self, valid: Mapping[str, Sequence[Checked]]) -> dict[tuple[str, str], bytes]:
-        """Per-entity aggregates, point in time, for the models that declare them; the updated
-        histories by (model, entity), to store."""
+    async def _aggregate(self, valid: Mapping[str, Sequence[Checked]]) -> dict[Key, Changes]:
+        """Per-entity aggregates, point in time, for the models that declare them; what changed in
+        each entity's history, to store."""
         keys = [
             (model, row.observation.entity_id)
             for model, rows in valid.items()
@@ -81,19 +82,17 @@ class FeatureHandler:
                 missing.append(key)
             else:
                 histories[key] = cached
-        for (model, entity), raw in (await self.online.histories(missing)).items():
-            histories[(model, entity)] = History.loads(self.specs[model], raw)
+        for (model, entity), stored in (await self.online.entities(missing)).items():
+            histories[(model, entity)] = History.from_fields(self.specs[model], stored)
         for model, rows in valid.items():
             if self.specs[model].aggregates:
                 with_aggregates(
                     self.specs[model], rows, {e: h for (m, e), h in histories.items() if m == model}
                 )
         self.cache.put(histories.items())
-        return {key: history.dumps() for key, history in histories.items()}
+        return {key: history.changes() for key, history in histories.items()}
 
-    def _latest(
-        self, valid: Mapping[str, Sequence[Checked]], histories: Mapping[tuple[str, str], bytes]
-    ) -> list[tuple[str, str, datetime, dict[str, float | str], bytes | None]]:
+    def _latest(self, valid: Mapping[str, Sequence[Checked]], histories: Mapping[Key, Changes]) -> list[Row]:
         """Per entity, its newest observation of the batch with its merged history, for the online
         store, which keeps raw features (aggregates are recomputed as of each request)."""
         newest: dict[tuple[str, str], tuple[datetime, Checked]] = {}
@@ -106,5 +105,5 @@ class FeatureHandler:
         out = []
         for (model, entity), (when, row) in newest.items():
             features = {f.name: row.features[f.name] for f in self.specs[model].features}
-            out.append((model, entity, when, features, histories.get((model, entity))))
+            out.append((model, entity, when, features, histories.get((model, entity), ({}, []))))
         return out

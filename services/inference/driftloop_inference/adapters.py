@@ -19,7 +19,7 @@ from driftloop.contracts import (
     ModelRolledBack,
     ModelServingFailed,
 )
-from driftloop.features import FEATURES_FIELD, HISTORY_FIELD, FeatureSet, online_key
+from driftloop.features import FEATURES_FIELD, FeatureSet, online_key
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Lineup, ServingModel
@@ -94,18 +94,18 @@ class OnlineFeatures:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
 
-    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[tuple[bytes, bytes | None] | None] | None:
-        """(stored raw features JSON, history JSON or None) per (model, entity_id), None where the
-        entity is unknown; None for all when the store does not answer within a second (requests
-        then fail fast instead of stalling the batch)."""
+    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[dict[bytes, bytes] | None] | None:
+        """The stored hash (raw features JSON, history fields: `driftloop.features`) per (model,
+        entity_id), None where the entity is unknown; None for all when the store does not answer
+        within a second (requests then fail fast instead of stalling the batch)."""
         if not keys:
             return []
         try:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for model, entity in keys:
-                    pipe.hmget(online_key(model, entity), FEATURES_FIELD, HISTORY_FIELD)
+                    pipe.hgetall(online_key(model, entity))
                 found = await asyncio.wait_for(pipe.execute(), timeout=1.0)
         except (RedisError, TimeoutError, OSError) as exc:
             log.warning("online store unavailable: %s", exc)
             return None
-        return [None if features is None else (features, history) for features, history in found]
+        return [stored if FEATURES_FIELD in stored else None for stored in found]

@@ -17,7 +17,7 @@ from prometheus_client import Counter
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Output, dead_letter_outputs
-from driftloop.features import decode_stored, missing_features, time_parts
+from driftloop.features import FEATURES_FIELD, decode_stored, missing_features, time_parts
 from driftloop.kafka import triage
 from driftloop.metrics import count
 from driftloop.settings import Topics
@@ -129,10 +129,9 @@ class InferenceHandler:
             values = found[request.request_id]
             spec = self.specs[request.model]
             if values is not None:
-                features, history = values
-                merged = {**decode_stored(spec, features), **request.features}
+                merged = {**decode_stored(spec, values[FEATURES_FIELD]), **request.features}
                 if spec.aggregates:  # as of now, from the entity's events: the training rows' code
-                    merged.update(History.loads(spec, history).values(now))
+                    merged.update(History.from_fields(spec, values).values(now))
                 ready.append(dataclasses.replace(request, features=merged, filled=True))
             elif not missing_features(spec, request.features):
                 ready.append(request)  # it carries everything itself
