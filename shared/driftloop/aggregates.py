@@ -36,7 +36,8 @@ from driftloop.spec import AggregateSpec, ModelSpec
 
 Event = tuple[float, str, dict[str, float]]  # (event time in epoch seconds, event id, aggregated values)
 _NUMBERS = frozenset({float, int})
-HISTORY_PREFIX = b"h:"  # an event's field in the entity's online-store hash
+HISTORY_PREFIX = "h:"  # an event's field in the entity's online-store hash
+_PREFIX_BYTES = HISTORY_PREFIX.encode()
 
 
 def _stat(aggregate: AggregateSpec, columns: Mapping[str, list[float]], start: int, end: int) -> float:
@@ -72,8 +73,8 @@ class History:
         self.times: list[float] = [float(t) for t, _, _ in ordered]
         self.ids: list[str] = [i for _, i, _ in ordered]
         self.columns: dict[str, list[float]] = {name: [v[name] for _, _, v in ordered] for name in self.of}
-        self._added: dict[str, bytes] = {}  # event id -> stored value, since the last `changes()`
-        self._removed: set[bytes] = set()  # fields to delete
+        self._added: dict[str, tuple[float, dict[str, float]]] = {}  # since the last `changes()`
+        self._removed: set[str] = set()  # fields to delete
 
     @property
     def events(self) -> list[Event]:
@@ -111,9 +112,11 @@ class History:
         self.ids.insert(k, event_id)
         for name in self.of:
             self.columns[name].insert(k, values[name])
-        self._added[event_id] = orjson.dumps([float(at), values])
-        self._removed.discard(_field(event_id))
-        self._trim()
+        self._added[event_id] = (float(at), values)
+        if self._removed:
+            self._removed.discard(HISTORY_PREFIX + event_id)
+        if len(self.times) > self.keep_n and self.times[0] <= self.times[-1] - self.keep_s:
+            self._trim()
 
     def _trim(self) -> None:
         """Forget the events older than every window that are not among the newest `keep_n`."""
@@ -126,21 +129,21 @@ class History:
         if keep_from:
             for event_id in self.ids[:keep_from]:
                 if self._added.pop(event_id, None) is None:
-                    self._removed.add(_field(event_id))
+                    self._removed.add(HISTORY_PREFIX + event_id)
             del self.times[:keep_from], self.ids[:keep_from]
             for column in self.columns.values():
                 del column[:keep_from]
 
-    def changes(self) -> tuple[dict[bytes, bytes], list[bytes]]:
+    def changes(self) -> tuple[dict[str, str], list[str]]:
         """The online-store hash fields to set and to delete since the last call (then forgotten)."""
-        added = {_field(k): v for k, v in self._added.items()}
+        added = {HISTORY_PREFIX + k: _value(t, v) for k, (t, v) in self._added.items()}
         removed = sorted(self._removed)
         self._added, self._removed = {}, set()
         return added, removed
 
-    def fields(self) -> dict[bytes, bytes]:
+    def fields(self) -> dict[str, str]:
         """Every event held, as online-store hash fields."""
-        return {_field(i): orjson.dumps([t, v]) for t, i, v in self.events}
+        return {HISTORY_PREFIX + i: _value(t, v) for t, i, v in self.events}
 
     @classmethod
     def from_fields(cls, spec: ModelSpec, fields: Mapping[bytes, bytes]) -> History:
@@ -148,9 +151,13 @@ class History:
         field is not history; an unreadable one is skipped, and deleted with the next changes)."""
         history = cls(spec)
         events: list[Event] = []
-        for field, raw in fields.items():
-            if not field.startswith(HISTORY_PREFIX):
+        for raw_field, raw in fields.items():
+            if not raw_field.startswith(_PREFIX_BYTES):
                 continue
+            try:
+                field = raw_field.decode()
+            except UnicodeDecodeError:
+                continue  # not a field driftloop writes
             event = _event(field[len(HISTORY_PREFIX) :], raw, history.of)
             if event is None:
                 history._removed.add(field)
@@ -164,11 +171,11 @@ class History:
         return history
 
 
-def _field(event_id: str) -> bytes:
-    return HISTORY_PREFIX + event_id.encode()
+def _value(at: float, values: dict[str, float]) -> str:
+    return orjson.dumps([at, values]).decode()
 
 
-def _event(event_id: bytes, raw: bytes, of: list[str]) -> Event | None:
+def _event(event_id: str, raw: bytes, of: list[str]) -> Event | None:
     """One stored event (time, id, values), or None when it is not readable as one."""
     try:
         data = orjson.loads(raw)
@@ -177,6 +184,6 @@ def _event(event_id: bytes, raw: bytes, of: list[str]) -> Event | None:
             return None
         if not all(type(values.get(name)) in _NUMBERS for name in of):
             return None
-        return float(at), event_id.decode(), {name: float(values[name]) for name in of}
+        return float(at), event_id, {name: float(values[name]) for name in of}
     except (orjson.JSONDecodeError, TypeError, ValueError):
         return None

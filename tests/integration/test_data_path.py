@@ -164,12 +164,16 @@ async def test_the_online_store_keeps_the_newest_features_exactly_and_every_hist
     t1, t2 = datetime(2026, 11, 22, 10, tzinfo=UTC), datetime(2026, 11, 22, 11, tzinfo=UTC)
     exact = {"x0": 0.1234567890123456789, "x1": 1e-300, "x2": 7.0}
     try:
-        await store.write([("sea", "u", t2, exact, ({b"h:a": b"1", b"h:b": b"2"}, []))])
-        late = ({b"h:c": b"3"}, [b"h:a", b"h:never"])  # an older event, and history let go
+        await store.write([("sea", "u", t2, exact, ({"h:a": "1", "h:b": "2"}, []))])
+        late = ({"h:c": "3"}, ["h:a", "h:never"])  # an older event, and history let go
         await store.write([("sea", "u", t1, {"x0": 1.0, "x1": 1.0, "x2": 1.0}, late)])
         stored = await redis.hgetall(online_key("sea", "u"))
         entities = await store.entities([("sea", "u"), ("sea", "nobody")])
         ttl = await redis.ttl(online_key("sea", "u"))
+        many = {f"h:{i}": "x" * (i % 7) for i in range(450)}  # more than one HSET/HDEL call's worth
+        await store.write([("sea", "many", t1, exact, (many, []))])
+        await store.write([("sea", "many", t2, exact, ({}, [f"h:{i}" for i in range(1, 450)]))])
+        left = await redis.hgetall(online_key("sea", "many"))
     finally:
         await redis.aclose()
     spec = load_specs(ROOT / "models")["sea"]
@@ -178,6 +182,7 @@ async def test_the_online_store_keeps_the_newest_features_exactly_and_every_hist
     assert {k: v for k, v in stored.items() if k.startswith(b"h:")} == {b"h:b": b"2", b"h:c": b"3"}
     assert entities == {("sea", "u"): stored, ("sea", "nobody"): {}}
     assert 0 < ttl <= 60
+    assert {k: v for k, v in left.items() if k.startswith(b"h:")} == {b"h:0": b""}
 
 
 async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_every_batch(redis_url):

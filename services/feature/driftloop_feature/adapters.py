@@ -12,35 +12,33 @@ from redis.asyncio import Redis
 
 from driftloop.features import online_key
 
-# KEYS: the entities' hashes; ARGV[1]: TTL (s), then per key: event ts, features JSON, event time
-# ISO, the number of history fields to set (n) and to delete (m), n field/value pairs, m fields.
-# An entity's features are replaced only by a newer observation's (events arrive out of order);
-# its history changes always (the caller merged them). Values stay strings: Lua would print
-# numbers with 14 digits.
+# KEYS: the entities' hashes; ARGV[1]: TTL (s); ARGV[2]: one JSON array, per key [event ts, features
+# JSON, event time ISO, [history field, value, ...], [history field to delete, ...]] (one argument:
+# packing thousands of them costs the client more than the script costs Redis). An entity's
+# features are replaced only by a newer observation's (events arrive out of order); its history
+# changes always (the caller merged them). Numbers travel as strings: Lua would round them.
 _WRITE = """
 local ttl = ARGV[1]
-local at = 2
-for _, key in ipairs(KEYS) do
+local rows = cjson.decode(ARGV[2])
+for i, key in ipairs(KEYS) do
+  local row = rows[i]
   local stored = tonumber(redis.call('HGET', key, 'event_ts') or '-1')
-  if tonumber(ARGV[at]) >= stored then
-    redis.call('HSET', key, 'features', ARGV[at + 1], 'event_time', ARGV[at + 2], 'event_ts', ARGV[at])
+  if tonumber(row[1]) >= stored then
+    redis.call('HSET', key, 'features', row[2], 'event_time', row[3], 'event_ts', row[1])
   end
-  local n, m = tonumber(ARGV[at + 3]), tonumber(ARGV[at + 4])
-  at = at + 5
-  for i = 0, n - 1 do
-    redis.call('HSET', key, ARGV[at + 2 * i], ARGV[at + 2 * i + 1])
+  local set, gone = row[4], row[5]
+  for j = 1, #set, 200 do
+    redis.call('HSET', key, unpack(set, j, math.min(j + 199, #set)))
   end
-  at = at + 2 * n
-  for i = 0, m - 1 do
-    redis.call('HDEL', key, ARGV[at + i])
+  for j = 1, #gone, 200 do
+    redis.call('HDEL', key, unpack(gone, j, math.min(j + 199, #gone)))
   end
-  at = at + m
   redis.call('EXPIRE', key, ttl)
 end
 return 0
 """
 
-Row = tuple[str, str, datetime, dict[str, float | str], tuple[dict[bytes, bytes], list[bytes]]]
+Row = tuple[str, str, datetime, dict[str, float | str], tuple[dict[str, str], list[str]]]
 
 
 class OnlineStore:
@@ -64,9 +62,17 @@ class OnlineStore:
         rows, one round trip."""
         if not rows:
             return
-        args: list[bytes | str | int] = [self.ttl_s]
-        for _, _, when, features, (added, removed) in rows:
-            args += [f"{when.timestamp():.6f}", orjson.dumps(features), when.isoformat()]
-            args += [len(added), len(removed), *(x for pair in added.items() for x in pair), *removed]
+        batch = orjson.dumps(
+            [
+                [
+                    f"{when.timestamp():.6f}",
+                    orjson.dumps(features).decode(),
+                    when.isoformat(),
+                    [x for pair in added.items() for x in pair],
+                    removed,
+                ]
+                for _, _, when, features, (added, removed) in rows
+            ]
+        )
         keys = [online_key(model, entity) for model, entity, _, _, _ in rows]
-        await self._write(keys=keys, args=args)
+        await self._write(keys=keys, args=[self.ttl_s, batch])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 
@@ -21,7 +22,7 @@ from driftloop_feature.domain import check_batch, feature_rows, with_aggregates,
 from driftloop_feature.histories import HistoryCache, Key
 
 SERVICE = "feature"
-Changes = tuple[dict[bytes, bytes], list[bytes]]  # history fields to set, to delete
+Changes = tuple[dict[str, str], list[str]]  # history fields to set, to delete
 
 
 class FeatureHandler:
@@ -48,16 +49,20 @@ class FeatureHandler:
         latest raw features and histories to the online store; the invalid to the DLQ. Redelivery
         is harmless: a history counts an event once, and rows are idempotent by event id."""
         valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
-        histories = await self._aggregate(valid)
+        changes = await self._aggregate(valid)
         for model, rows in valid.items():
             with_time_parts(self.specs[model], rows)
-        await self.online.write(self._latest(valid, histories))
-        topic = self.topics.features_computed
-        outputs = [
-            Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
-            for model, rows in valid.items()
-            for row in feature_rows(self.feature_sets[model], rows)
-        ]
+        stored = asyncio.create_task(self.online.write(self._latest(valid, changes)))
+        await asyncio.sleep(0)  # the write goes out; Redis runs it while the rows are encoded
+        try:
+            topic = self.topics.features_computed
+            outputs = [
+                Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
+                for model, rows in valid.items()
+                for row in feature_rows(self.feature_sets[model], rows)
+            ]
+        finally:
+            await stored
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
         count(SERVICE, self.topics.events_validated, "ok", len(outputs) - len(dead))
