@@ -24,6 +24,16 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def as_utc(moment: datetime) -> datetime:
+    """The same moment in UTC (naive input is taken as UTC); `OverflowError` when that falls
+    outside the years 1-9999."""
+    if moment.tzinfo is UTC:
+        return moment
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)
+
+
 MAX_MESSAGE_BYTES = 1_000_000
 M = TypeVar("M")
 

@@ -16,6 +16,7 @@ from driftloop.contracts import (
     InvalidInput,
     Label,
     Observation,
+    as_utc,
     json_object,
     parse,
 )
@@ -68,6 +69,17 @@ def read_observation(raw: bytes | None, known_models: Container[str] | None = No
     return Observed(o.event_id, o.model, dict(o.features), o.label, o.event_time, o.entity_id)
 
 
+def utc_event_time(moment: datetime) -> datetime:
+    """An event time in UTC (naive is taken as UTC), or `InvalidInput` when it has no UTC
+    equivalent (e.g. 9999-12-31T23:59:59-01:00)."""
+    try:
+        return as_utc(moment)
+    except OverflowError:
+        raise InvalidInput(
+            "event_time_out_of_range", f"event_time {moment.isoformat()} is outside the years 1-9999 in UTC"
+        ) from None
+
+
 class Checked(NamedTuple):
     """A readable observation whose raw features and label passed its spec."""
 
@@ -85,13 +97,15 @@ def checkers(specs: Mapping[str, ModelSpec]) -> dict[str, Checker]:
 def check_observations(
     raws: Sequence[bytes | None], specs: Mapping[str, ModelSpec], checks: Mapping[str, Checker]
 ) -> tuple[dict[str, list[Checked]], dict[int, InvalidInput]]:
-    """The valid observations by model, in batch order, and why each other one is invalid, by
-    position. A label outside the spec's classes is an error, never "unlabelled"."""
+    """The valid observations by model, in batch order, event times in UTC, and why each other one
+    is invalid, by position. A label outside the spec's classes is an error, never "unlabelled"."""
     errors: dict[int, InvalidInput] = {}
     by_model: dict[str, list[tuple[int, Observed]]] = {}
     for i, raw in enumerate(raws):
         try:
             observation = read_observation(raw, specs)
+            if observation.event_time is not None:
+                observation.event_time = utc_event_time(observation.event_time)
         except InvalidInput as exc:
             errors[i] = exc
         else:

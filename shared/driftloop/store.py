@@ -20,13 +20,14 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
+from driftloop.contracts import as_utc
 from driftloop.spec import MODEL_NAME
 
 _SCHEMA = """
@@ -49,12 +50,8 @@ _ARROW = pa.schema(
 )
 
 
-def _utc(t: datetime) -> datetime:
-    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
-
-
 def _iso(t: datetime) -> str:
-    return _utc(t).isoformat(timespec="microseconds")
+    return as_utc(t).isoformat(timespec="microseconds")
 
 
 def _where(since: datetime | None, until: datetime | None, max_seq: int | None) -> tuple[str, list[object]]:
@@ -132,7 +129,7 @@ class RowStore:
             fresh: dict[str, tuple[datetime, bytes]] = {}
             for eid, t, body in pending:
                 if eid not in stored and eid not in fresh:
-                    fresh[eid] = (_utc(t), body)
+                    fresh[eid] = (as_utc(t), body)
             if not fresh:
                 return 0
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0]

@@ -1,8 +1,10 @@
 """One feature definition for training and serving: identical input gives identical vectors."""
 
 import math
+from datetime import UTC, datetime
 
 import numpy as np
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -189,3 +191,18 @@ def test_batch_checking_equals_row_by_row_checking(spec, data):
     assert {i: e.reason for i, e in errors.items()} == expected_errors
     assert clean == expected_clean
     assert all(type(clean[i][k]) is type(v) for i, row in expected_clean.items() for k, v in row.items())
+
+
+def test_feature_checks_read_event_times_in_utc_and_refuse_those_without_one():
+    specs = {MIXED.name: MIXED}
+    body = {"model": "mixed", "features": {"amount": 1, "score": 0.5, "colour": "red"}}
+    raws = [
+        orjson.dumps({**body, "event_id": "paris", "event_time": "2026-11-22T10:00:00+01:00"}),
+        orjson.dumps({**body, "event_id": "naive", "event_time": "2026-11-22T09:00:00"}),
+        orjson.dumps({**body, "event_id": "overflow", "event_time": "9999-12-31T23:59:59-01:00"}),
+    ]
+    valid, errors = check_batch(raws, specs, checkers(specs))
+    times = {row.observation.event_id: row.observation.event_time for row in valid["mixed"]}
+    assert times == dict.fromkeys(["paris", "naive"], datetime(2026, 11, 22, 9, tzinfo=UTC))
+    assert all(t.tzinfo is UTC for t in times.values())
+    assert [(i, e.reason) for i, e in errors.items()] == [(2, "event_time_out_of_range")]

@@ -41,6 +41,8 @@ def test_a_good_observation_is_normalised(sea_spec):
         ({**GOOD, "features": {"x0": "1", "x1": 2, "x2": 3}}, "wrong_type"),
         ({**GOOD, "label": 7}, "invalid_label"),
         ({**GOOD, "event_time": (NOW + timedelta(days=1)).isoformat()}, "event_time_in_future"),
+        ({**GOOD, "event_time": "0001-01-01T00:00:00+01:00"}, "event_time_out_of_range"),  # no UTC twin
+        ({**GOOD, "event_time": "9999-12-31T23:59:59-01:00"}, "event_time_out_of_range"),
     ],
 )
 def test_bad_observations_are_refused_with_a_reason(payload, reason, sea_spec):
@@ -59,7 +61,12 @@ OBSERVATIONS = st.fixed_dictionaries(
             st.none(),
             st.datetimes().map(lambda t: t.isoformat()),
             st.datetimes(timezones=st.timezones()).map(lambda t: t.isoformat()),
-            st.sampled_from(["2026-11-22", "2026-11-22T10:00:00Z", "yesterday", "", "2026-13-01T00:00:00"]),
+            st.sampled_from(
+                [
+                    *["2026-11-22", "2026-11-22T10:00:00Z", "yesterday", "", "2026-13-01T00:00:00"],
+                    *["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
+                ]
+            ),
             st.integers(0, 2**31),
             st.floats(allow_nan=False),
         ),

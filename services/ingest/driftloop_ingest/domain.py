@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import orjson
 
@@ -12,16 +12,6 @@ from driftloop.contracts import SCHEMA_VERSION, InvalidInput, Observation
 from driftloop.features import Checker
 from driftloop.observations import check_observations, checkers
 from driftloop.spec import ModelSpec
-
-
-def as_utc(moment: datetime) -> datetime:
-    """A timezone-aware UTC datetime (naive input is taken as UTC)."""
-    if moment.tzinfo is None or moment.utcoffset() == _ZERO:
-        return moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC)
-
-
-_ZERO = timedelta(0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,7 +42,7 @@ def validate_batch(
     for model, batch in valid.items():
         for i, observation, features, label in batch:
             if observation.event_time is not None:
-                event_time = as_utc(observation.event_time)
+                event_time = observation.event_time  # in UTC
             else:
                 event_time = arrivals[i] if arrivals is not None else now
             if event_time > latest:
