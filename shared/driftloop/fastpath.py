@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -22,7 +22,7 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.partitioner import murmur2
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
@@ -64,8 +64,8 @@ class BatchSender:
 
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
-        self.partitioner = DefaultPartitioner()
         self._partitions: dict[str, list[int]] = {}
+        self._hashes: dict[bytes, int] = {}  # murmur2 of recent keys: pure Python, and keys repeat
         self._pending: set[asyncio.Future[Any]] = set()  # batches sent and not yet answered
 
     @classmethod
@@ -101,7 +101,7 @@ class BatchSender:
             if output.key is None:
                 partition = ordered[i % len(ordered)]
             else:  # Kafka's murmur2 partitioning, as every client does for keyed records
-                partition = self.partitioner(output.key, ordered, ordered)
+                partition = ordered[self._hash(output.key) % len(ordered)]
             by_partition.setdefault((output.topic, partition), []).append(output)
         futures = []
         for (topic, partition), items in by_partition.items():
@@ -119,6 +119,14 @@ class BatchSender:
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
+
+    def _hash(self, key: bytes) -> int:
+        hashed = self._hashes.get(key)
+        if hashed is None:
+            if len(self._hashes) >= 100_000:
+                self._hashes.clear()
+            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
+        return hashed
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
@@ -152,16 +160,20 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 class _Batch:
     records: list[ConsumerRecord]
     generation: int  # of the partition assignment it was fetched under
+    firsts: dict[TopicPartition, int]  # offset of each partition's first record
+    nexts: dict[TopicPartition, int]  # and the offset after its last: what to commit
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
 
-    def firsts(self) -> dict[TopicPartition, int]:
-        out: dict[TopicPartition, int] = {}
-        for r in self.records:
-            out.setdefault(TopicPartition(r.topic, r.partition), r.offset)
-        return out
-
-    def nexts(self) -> dict[TopicPartition, int]:
-        return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in self.records}
+    @classmethod
+    def of(cls, fetched: Mapping[TopicPartition, list[ConsumerRecord]], generation: int) -> _Batch:
+        """A batch of what one fetch returned (each partition's records in offset order)."""
+        fetched = {tp: records for tp, records in fetched.items() if records}
+        return cls(
+            [r for records in fetched.values() for r in records],
+            generation,
+            {tp: records[0].offset for tp, records in fetched.items()},
+            {tp: records[-1].offset + 1 for tp, records in fetched.items()},
+        )
 
 
 class FastPath:
@@ -253,7 +265,7 @@ class FastPath:
         await self.sender.send(handled.outputs)
         if handled.then is not None:
             handled.then()
-        await self.consumer.commit(batch.nexts())
+        await self.consumer.commit(batch.nexts)
         record_lag(self.service, self.consumer, batch.records)
 
     def rewind(self, batches: Sequence[_Batch]) -> None:
@@ -263,7 +275,7 @@ class FastPath:
         the broker lost and created again)."""
         positions: dict[TopicPartition, int] = {}
         for batch in (b for b in batches if b.generation == self.generation):
-            for tp, offset in batch.firsts().items():
+            for tp, offset in batch.firsts.items():
                 positions[tp] = min(offset, positions.get(tp, offset))
         assigned = self.consumer.assignment()
         for tp, offset in positions.items():
@@ -286,7 +298,7 @@ class FastPath:
                     await watch.fetched(0)
                 continue
             await watch.fetched(sum(map(len, batches.values())))  # a partition past its end
-            batch = _Batch([r for partition in batches.values() for r in partition], self.generation)
+            batch = _Batch.of(batches, self.generation)
             async with self.in_flight:
                 try:
                     with timed_batch(self.service, self.topic, len(batch.records)):

@@ -199,6 +199,7 @@ class Producer:
 
     def __init__(self) -> None:
         self.sent: list[tuple[str, int, asyncio.Future]] = []
+        self.batches: list[list[bytes]] = []  # the values of each batch sent
 
     async def partitions_for(self, topic: str) -> set[int]:
         return {0, 1}
@@ -214,6 +215,7 @@ class Producer:
     async def send_batch(self, batch, topic: str, partition: int) -> asyncio.Future:
         future: asyncio.Future = asyncio.get_running_loop().create_future()
         self.sent.append((topic, partition, future))
+        self.batches.append(list(batch))
         return future
 
 
@@ -250,3 +252,24 @@ async def test_a_send_fails_only_once_all_its_batches_are_answered_and_the_next_
     for _, _, future in producer.sent[4:]:
         future.set_result(None)
     await second
+
+
+async def test_keyed_outputs_go_to_the_partition_every_kafka_client_picks():
+    from aiokafka.partitioner import DefaultPartitioner
+
+    from driftloop.fastpath import BatchSender
+
+    producer = Producer()
+    sender = BatchSender(producer)  # type: ignore[arg-type]
+    keys = [f"user-{i}".encode() for i in range(40)] * 2  # each key twice: the second from the cache
+    task = asyncio.create_task(sender.send([Output("out", k, k) for k in keys]))
+    await asyncio.sleep(0.01)
+    for _, _, future in producer.sent:
+        future.set_result(None)
+    await task
+    sent_to = {
+        partition: set(batch)
+        for (_, partition, _), batch in zip(producer.sent, producer.batches, strict=True)
+    }
+    expected = {p: {k for k in keys if DefaultPartitioner()(k, [0, 1], [0, 1]) == p} for p in (0, 1)}
+    assert sent_to == expected

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import NamedTuple
 
 import orjson
 
@@ -14,8 +14,7 @@ from driftloop.observations import check_observations, checkers
 from driftloop.spec import ModelSpec
 
 
-@dataclass(frozen=True, slots=True)
-class Accepted:
+class Accepted(NamedTuple):
     """A valid observation, normalised: its id, model, event time, partition key and JSON body."""
 
     event_id: str
