@@ -3,8 +3,9 @@
 Rows live in columnar Parquet files (zstd), partitioned by model and event date, written once per
 appended batch and never changed: `<root>/<model>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet`,
 columns `event_id`, `event_time`, `seq`, `body`. A SQLite index per model records every row's
-event id, time, sequence number and place (file, row) and is the source of truth: a row exists once
-its index entry is committed.
+event id, time (microseconds since the epoch), sequence number and place (file id, row) and is the
+source of truth: a row exists once its index entry is committed. An index of the first layout
+(times as ISO text, file names per row) is converted in place when opened.
 
 - Duplicates: an event id already indexed is skipped, so redelivery never creates a second row.
 - Crashes: a file is written under a temporary name and renamed before its rows are indexed in one
@@ -20,7 +21,7 @@ import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,16 +31,36 @@ import pyarrow.parquet as pq
 from driftloop.contracts import as_utc
 from driftloop.spec import MODEL_NAME
 
+_LAYOUT = 2  # PRAGMA user_version of the index
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS rows (
     seq INTEGER PRIMARY KEY,
     event_id TEXT NOT NULL UNIQUE,
-    event_time TEXT NOT NULL,
-    file TEXT NOT NULL,
+    event_us INTEGER NOT NULL,
+    file INTEGER NOT NULL REFERENCES files(id),
     row INTEGER NOT NULL
 );
-CREATE INDEX IF NOT EXISTS rows_time ON rows(event_time, seq);
+CREATE INDEX IF NOT EXISTS rows_time ON rows(event_us, seq);
 """
+# the first layout: ISO times ('YYYY-MM-DDTHH:MM:SS.ffffff+00:00', always UTC) and names per row
+_FROM_LAYOUT_1 = (
+    "ALTER TABLE rows RENAME TO rows_1; DROP INDEX IF EXISTS rows_time;"
+    + _SCHEMA
+    + """
+INSERT INTO files(name) SELECT DISTINCT file FROM rows_1 ORDER BY file;
+INSERT INTO rows(seq, event_id, event_us, file, row)
+    SELECT seq, event_id,
+           CAST(strftime('%s', substr(event_time, 1, 19) || 'Z') AS INTEGER) * 1000000
+                + CAST(substr(event_time, 21, 6) AS INTEGER),
+           files.id, row
+    FROM rows_1 JOIN files ON files.name = rows_1.file;
+DROP TABLE rows_1;
+"""
+)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_US = timedelta(microseconds=1)
+_DAY_US = 86_400_000_000
 _ARROW = pa.schema(
     [
         ("event_id", pa.string()),
@@ -50,23 +71,43 @@ _ARROW = pa.schema(
 )
 
 
-def _iso(t: datetime) -> str:
-    return as_utc(t).isoformat(timespec="microseconds")
+def _micros(t: datetime) -> int:
+    """Microseconds since the epoch, exactly (naive is taken as UTC)."""
+    return (as_utc(t) - _EPOCH) // _US
 
 
 def _where(since: datetime | None, until: datetime | None, max_seq: int | None) -> tuple[str, list[object]]:
     clauses: list[str] = []
     args: list[object] = []
     if since is not None:
-        clauses.append("event_time >= ?")
-        args.append(_iso(since))
+        clauses.append("event_us >= ?")
+        args.append(_micros(since))
     if until is not None:
-        clauses.append("event_time < ?")
-        args.append(_iso(until))
+        clauses.append("event_us < ?")
+        args.append(_micros(until))
     if max_seq is not None:
         clauses.append("seq <= ?")
         args.append(max_seq)
     return ("WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _open_layout(conn: sqlite3.Connection) -> None:
+    """Create the index, or bring one of the first layout to the current one (one transaction)."""
+    layout = conn.execute("PRAGMA user_version").fetchone()[0]
+    if layout == _LAYOUT:
+        return
+    columns = {r[1] for r in conn.execute("PRAGMA table_info(rows)")}
+    with conn:
+        conn.execute("BEGIN")
+        if "event_time" in columns:  # the first layout
+            for statement in _FROM_LAYOUT_1.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        else:
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {_LAYOUT}")
 
 
 def _ranges(rows: Sequence[int]) -> list[tuple[int, int]]:
@@ -101,7 +142,7 @@ class RowStore:
                 conn = sqlite3.connect(directory / "index.sqlite3", check_same_thread=False)
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
-                conn.executescript(_SCHEMA)
+                _open_layout(conn)
                 self._conns[model] = conn
             return self._conns[model]
 
@@ -126,35 +167,38 @@ class RowStore:
         with self._lock:
             pending = list(rows)
             stored = self.known(model, [eid for eid, _, _ in pending])
-            fresh: dict[str, tuple[datetime, bytes]] = {}
+            fresh: dict[str, tuple[int, bytes]] = {}
             for eid, t, body in pending:
                 if eid not in stored and eid not in fresh:
-                    fresh[eid] = (as_utc(t), body)
+                    fresh[eid] = (_micros(t), body)
             if not fresh:
                 return 0
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0]
-            numbered = [(eid, t, body, seq + i + 1) for i, (eid, (t, body)) in enumerate(fresh.items())]
-            by_date: dict[str, list[tuple[str, datetime, bytes, int]]] = {}
+            numbered = [(eid, us, body, seq + i + 1) for i, (eid, (us, body)) in enumerate(fresh.items())]
+            by_day: dict[int, list[tuple[str, int, bytes, int]]] = {}
             for row in numbered:
-                by_date.setdefault(row[1].date().isoformat(), []).append(row)
-            index = []
-            for date, part in sorted(by_date.items()):
-                name = f"date={date}/part-{part[0][3]:012d}-{part[-1][3]:012d}.parquet"
-                self._write(directory / name, part)
-                index += [(eid, _iso(t), s, name, r) for r, (eid, t, _, s) in enumerate(part)]
+                by_day.setdefault(row[1] // _DAY_US, []).append(row)
+            names = {}
+            for day, part in sorted(by_day.items()):
+                when = date.fromordinal(_EPOCH.toordinal() + day).isoformat()
+                names[day] = f"date={when}/part-{part[0][3]:012d}-{part[-1][3]:012d}.parquet"
+                self._write(directory / names[day], part)
             with conn:
-                conn.executemany(
-                    "INSERT INTO rows(event_id, event_time, seq, file, row) VALUES (?, ?, ?, ?, ?)", index
-                )
-            return len(index)
+                for day, part in sorted(by_day.items()):
+                    file = conn.execute("INSERT INTO files(name) VALUES (?)", (names[day],)).lastrowid
+                    conn.executemany(
+                        "INSERT INTO rows(event_id, event_us, seq, file, row) VALUES (?, ?, ?, ?, ?)",
+                        [(eid, us, s, file, r) for r, (eid, us, _, s) in enumerate(part)],
+                    )
+            return len(numbered)
 
     @staticmethod
-    def _write(path: Path, part: list[tuple[str, datetime, bytes, int]]) -> None:
+    def _write(path: Path, part: list[tuple[str, int, bytes, int]]) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         table = pa.table(
             {
                 "event_id": [r[0] for r in part],
-                "event_time": [r[1] for r in part],
+                "event_time": pa.array([r[1] for r in part], type=pa.int64()).cast(_ARROW.field(1).type),
                 "seq": [r[3] for r in part],
                 "body": [r[2] for r in part],
             },
@@ -184,7 +228,10 @@ class RowStore:
         """(file, row, seq) of the window's rows, in event-time order."""
         where, args = _where(since, until, max_seq)
         limit = f"LIMIT {int(last_n)}" if last_n else ""
-        sql = f"SELECT file, row, seq FROM rows {where} ORDER BY event_time DESC, seq DESC {limit}"
+        sql = (
+            f"SELECT files.name, row, seq FROM rows JOIN files ON files.id = rows.file {where} "
+            f"ORDER BY event_us DESC, seq DESC {limit}"
+        )
         return [(f, r, s) for f, r, s in self._conn(model).execute(sql, args)][::-1]
 
     def window(
