@@ -266,7 +266,7 @@ class FastPath:
         if handled.then is not None:
             handled.then()
         await self.consumer.commit(batch.nexts)
-        record_lag(self.service, self.consumer, batch.records)
+        record_lag(self.service, self.consumer, batch.nexts)
 
     def rewind(self, batches: Sequence[_Batch]) -> None:
         """Seek every partition back to the first record of the earliest of `batches`, and reset.

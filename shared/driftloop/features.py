@@ -11,6 +11,7 @@ import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
+from itertools import chain
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -126,14 +127,30 @@ class Checker:
         strings: list[tuple[Any, ...]] = []
         index: list[int] = []
         rest: list[int] = []
-        for i, raw in enumerate(raws):
-            plain = self._plain(raw) if isinstance(raw, Mapping) else None
-            if plain is None:
-                rest.append(i)
-            else:
-                numbers.append(plain[0])
-                strings.append(plain[1])
+        pick_numeric, pick_categorical = self._pick_numeric, self._pick_categorical
+        for i, raw in enumerate(raws):  # the usual row: every value there; types checked below
+            try:
+                if type(raw) is not dict:
+                    raise TypeError
+                numbers.append(pick_numeric(raw))
+                strings.append(pick_categorical(raw))
                 index.append(i)
+            except (KeyError, TypeError):
+                del numbers[len(index) :]
+                rest.append(i)
+        plain = set(map(type, chain.from_iterable(numbers))) <= _NUMBERS and set(
+            map(type, chain.from_iterable(strings))
+        ) <= {str}
+        if rest or not plain:  # absent values take defaults; other types are looked at row by row
+            numbers, strings, index, rest = [], [], [], []
+            for i, raw in enumerate(raws):
+                row = self._plain(raw) if isinstance(raw, Mapping) else None
+                if row is None:
+                    rest.append(i)
+                else:
+                    numbers.append(row[0])
+                    strings.append(row[1])
+                    index.append(i)
         X = np.array(numbers, dtype=np.float64).reshape(len(numbers), len(self.numeric))
         ok = np.all(np.isfinite(X) & (self._low <= X) & (self._high >= X), axis=1)
         if ok.all():
@@ -158,7 +175,8 @@ class Checker:
         clean: dict[int, dict[str, float | str]] = {}
         for i, numbers, words in zip(index, X.tolist(), strings, strict=True):
             values: dict[str, float | str] = dict(zip(numeric, numbers, strict=True))
-            values.update(zip(categorical, words, strict=True))
+            if categorical:
+                values.update(zip(categorical, words, strict=True))
             clean[i] = values
         errors: dict[int, InvalidInput] = {}
         for i in rest:

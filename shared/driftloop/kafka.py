@@ -22,7 +22,7 @@ from pydantic import BaseModel
 
 from driftloop.connections import faststream_security, kafka_options
 from driftloop.contracts import DeadLetter, InvalidInput
-from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
+from driftloop.metrics import DEAD_LETTERS, count, next_offsets, record_lag, timed_batch
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ async def run_batch(
     with timed_batch(service, topic, len(records)):
         try:
             await handle(records)
-            record_lag(service, getattr(message, "consumer", None), records)
+            record_lag(service, getattr(message, "consumer", None), next_offsets(records))
         except Exception:
             count(service, topic, "error", len(records))
             log.exception("%s: batch of %d from %s failed; redelivering", service, len(records), topic)

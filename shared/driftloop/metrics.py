@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -56,18 +56,21 @@ def timed_batch(service: str, topic: str, size: int) -> Iterator[None]:
         BATCH_SECONDS.labels(service, topic).observe(time.perf_counter() - start)
 
 
-def record_lag(service: str, consumer: Any, records: Sequence[Any]) -> None:
-    """Set the lag of every partition in a handled batch from the consumer's high-water marks."""
-    last: dict[tuple[str, int], int] = {}
-    for record in records:
-        last[(record.topic, record.partition)] = record.offset
-    for (topic, partition), offset in last.items():
+def next_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
+    """The offset after each partition's last record in a batch."""
+    return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+
+
+def record_lag(service: str, consumer: Any, nexts: Mapping[TopicPartition, int]) -> None:
+    """Set the lag of every partition in a handled batch (`next_offsets`) from the consumer's
+    high-water marks."""
+    for tp, after in nexts.items():
         try:
-            highwater = consumer.highwater(TopicPartition(topic, partition))
+            highwater = consumer.highwater(tp)
         except Exception:  # a consumer without fetch positions (e.g. an in-memory test broker)
             return
         if highwater is not None:
-            CONSUMER_LAG.labels(service, topic, str(partition)).set(max(0, highwater - offset - 1))
+            CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(max(0, highwater - after))
 
 
 def count(service: str, topic: str, outcome: str, n: int = 1) -> None:
