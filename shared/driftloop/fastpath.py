@@ -43,10 +43,14 @@ class Output(NamedTuple):  # a tuple: one is built per message
 @dataclass(frozen=True)
 class Handled:
     """A handler's outputs, and what to do once the broker has acknowledged them (before the
-    commit): effects that must not happen unless the outputs are out, like an idempotent append."""
+    commit): effects that must not happen unless the outputs are out, like an idempotent append.
+    `alongside`: an effect already under way that the outputs do not depend on (an idempotent
+    store write): awaited with the send, so the commit waits for it and its failure fails the
+    batch, while the next batch is handled."""
 
     outputs: Sequence[Output]
     then: Callable[[], None] | None = None
+    alongside: asyncio.Future[Any] | None = None
 
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
@@ -262,7 +266,10 @@ class FastPath:
                 self._sending = None
 
     async def _finish(self, batch: _Batch, handled: Handled) -> None:
-        await self.sender.send(handled.outputs)
+        if handled.alongside is None:
+            await self.sender.send(handled.outputs)
+        else:
+            await asyncio.gather(self.sender.send(handled.outputs), handled.alongside)
         if handled.then is not None:
             handled.then()
         await self.consumer.commit(batch.nexts)

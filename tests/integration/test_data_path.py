@@ -1,5 +1,6 @@
 """ingest → feature on a real broker and redis-server: validation, dead letters, dedup, stores."""
 
+import asyncio
 import base64
 from datetime import UTC, datetime
 
@@ -237,9 +238,10 @@ async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_ever
         for b, batch in enumerate(batches):
             if b == 6:
                 kept.reset()  # partitions changed hands: read again from Redis
-            rows_kept = await kept.handle(records("events.validated", batch))
-            rows_read = await read.handle(records("events.validated", batch))
-            assert rows_kept == rows_read, f"batch {b}"
+            handled_kept = await kept.handle(records("events.validated", batch))
+            handled_read = await read.handle(records("events.validated", batch))
+            await asyncio.gather(handled_kept.alongside, handled_read.alongside)  # before the commit
+            assert handled_kept.outputs == handled_read.outputs, f"batch {b}"
         assert len(kept.cache) == 2  # bounded: four entities, two kept
         for entity in ("u0", "u1", "u2", "u3"):
             key = online_key("payments", entity)

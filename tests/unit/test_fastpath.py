@@ -10,7 +10,7 @@ import asyncio
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from driftloop.fastpath import FastPath, Output
+from driftloop.fastpath import FastPath, Handled, Output
 from driftloop.settings import ServiceSettings
 
 TOPIC = "in"
@@ -113,6 +113,43 @@ async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, hand
     failures = len(fail_on) + (handler_fails_on is not None)
     # every rewind resets the handler's state (two failures at once make one rewind)
     assert (len(resets) > 0) == (failures > 0) and len(resets) <= failures
+
+
+@pytest.mark.parametrize("store_fails_on", [None, 2])
+async def test_a_commit_waits_for_the_effect_alongside_and_its_failure_brings_the_batch_back(
+    store_fails_on, monkeypatch
+):
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    stored: set[tuple[int, int]] = set()
+    real_commit = log.commit
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        for tp, offset in offsets.items():
+            missing = [o for o in range(offset) if (tp.partition, o) not in stored]
+            assert not missing, f"committed before the store write of {missing}"
+        await real_commit(offsets)
+
+    log.commit = commit  # type: ignore[method-assign]
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    calls = 0
+
+    async def write(records: list[ConsumerRecord], fail: bool) -> None:
+        await asyncio.sleep(0.005)  # slower than the send
+        if fail:
+            raise ConnectionError("store went away")
+        stored.update((r.partition, r.offset) for r in records)
+
+    async def handle(records: list[ConsumerRecord]) -> Handled:
+        nonlocal calls
+        calls += 1
+        outputs = [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+        return Handled(outputs, alongside=asyncio.ensure_future(write(records, calls == store_fails_on)))
+
+    await _run_until_committed(loop, log, handle)
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert stored == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
 
 
 async def test_a_batch_from_before_a_reassignment_is_not_sought_back(monkeypatch):

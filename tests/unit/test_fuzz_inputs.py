@@ -134,7 +134,7 @@ async def test_feature_dead_letters_every_bad_record_and_computes_every_good_one
     online = OnlineStore(Redis.from_url("redis://127.0.0.1:1"), ttl_s=60)
     handler = FeatureHandler(load_specs(ROOT / "models"), online, TOPICS)
     batch = [json.dumps(r).encode() if kind == "good" else r for kind, r in mix]
-    outputs = await handler.handle(records(TOPICS.events_validated, batch))
+    outputs = (await handler.handle(records(TOPICS.events_validated, batch))).outputs
     rows = _split(outputs, TOPICS.features_computed, FeatureRow)
     dead = _split(outputs, TOPICS.events_dlq, DeadLetter)
 

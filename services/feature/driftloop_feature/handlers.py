@@ -10,7 +10,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from driftloop.aggregates import History
-from driftloop.fastpath import Output, dead_letter_outputs
+from driftloop.fastpath import Handled, Output, dead_letter_outputs
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
 from driftloop.metrics import count
@@ -39,35 +39,37 @@ class FeatureHandler:
         self.online = online
         self.topics = topics
         self.cache = cache if cache is not None else HistoryCache(max_entities=0, ttl_s=0)
+        self._writing: asyncio.Task[None] | None = None  # the last online-store write
 
     def reset(self) -> None:
         """Partitions changed hands or a batch comes again: Redis holds the histories."""
         self.cache.clear()
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
-        """Feature rows to `features.computed` (keyed like their observation) and the entities'
-        latest raw features and histories to the online store; the invalid to the DLQ. Redelivery
-        is harmless: a history counts an event once, and rows are idempotent by event id."""
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Feature rows to `features.computed` (keyed like their observation), the invalid to the
+        DLQ, and alongside, the entities' latest raw features and histories to the online store
+        (the commit waits for it; the next batch is handled meanwhile, once the write before has
+        landed: writes stay in order, and a history read from Redis has every earlier event).
+        Redelivery is harmless: a history counts an event once, and rows are idempotent by event id."""
         valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
+        if self._writing is not None:
+            await asyncio.wait({self._writing})  # its failure fails its own batch, then this one
         changes = await self._aggregate(valid)
         for model, rows in valid.items():
             with_time_parts(self.specs[model], rows)
-        stored = asyncio.create_task(self.online.write(self._latest(valid, changes)))
-        await asyncio.sleep(0)  # the write goes out; Redis runs it while the rows are encoded
-        try:
-            topic = self.topics.features_computed
-            outputs = [
-                Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
-                for model, rows in valid.items()
-                for row in feature_rows(self.feature_sets[model], rows)
-            ]
-        finally:
-            await stored
+        self._writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
+        self._writing.add_done_callback(_retrieved)  # a rewound batch's failed write is not awaited
+        topic = self.topics.features_computed
+        outputs = [
+            Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
+            for model, rows in valid.items()
+            for row in feature_rows(self.feature_sets[model], rows)
+        ]
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
         count(SERVICE, self.topics.events_validated, "ok", len(outputs) - len(dead))
         count(SERVICE, self.topics.events_validated, "rejected", len(dead))
-        return outputs
+        return Handled(outputs, alongside=self._writing)
 
     async def _aggregate(self, valid: Mapping[str, Sequence[Checked]]) -> dict[Key, Changes]:
         """Per-entity aggregates, point in time, for the models that declare them; what changed in
@@ -112,3 +114,8 @@ class FeatureHandler:
             features = {f.name: row.features[f.name] for f in self.specs[model].features}
             out.append((model, entity, when, features, histories.get((model, entity), ({}, []))))
         return out
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()
