@@ -39,7 +39,7 @@ def generate(out: Path) -> list[Path]:
         )
         app = app_module.create_app(settings_cls(models_dir=ROOT / "models"))
         spec = AsyncAPI(
-            *app.brokers,
+            *app.schema.brokers,  # its FastStream broker, and what it consumes outside FastStream
             title=f"driftloop-{service}",
             version="0.1.0",
             description=(app_module.__doc__ or "").strip(),

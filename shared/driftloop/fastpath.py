@@ -23,10 +23,12 @@ from aiokafka import (
     TopicPartition,
 )
 from aiokafka.partitioner import murmur2
+from faststream.kafka import KafkaBroker
+from pydantic import BaseModel
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
-from driftloop.kafka import TruncationWatch, encode
+from driftloop.kafka import TruncationWatch, documented_consumer, encode
 from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
@@ -209,6 +211,19 @@ class FastPath:
         self._task: asyncio.Task[None] | None = None
         self._sending: _Batch | None = None
         self.generation = 0  # partition assignments so far
+
+    def describe(self, payload: type[BaseModel]) -> KafkaBroker:
+        """This loop's subscription, for the service's AsyncAPI document (`documented_consumer`)."""
+        return documented_consumer(
+            self.settings.kafka_bootstrap,
+            self.topic,
+            self.group_id,
+            payload,
+            payload.__name__,
+            f"Batches of `{payload.__name__}` (schemas/json/{payload.__name__}.json) read by the "
+            "hot-path loop (driftloop.fastpath): invalid records are dead-lettered, outputs "
+            "acknowledged, then offsets committed.",
+        )
 
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""

@@ -82,6 +82,22 @@ def batch_subscriber(
     )
 
 
+def documented_consumer(
+    bootstrap: str, topic: str, group_id: str | None, payload: Any, name: str, description: str
+) -> KafkaBroker:
+    """A broker that is never started, holding one subscription for a service's AsyncAPI
+    document: what it consumes with aiokafka directly (the hot path, lifecycle followers), which
+    FastStream would not otherwise know of. `payload`: a contract, or a union of them (`name`)."""
+    documented = KafkaBroker(bootstrap)
+
+    async def consume(message: Any) -> None:  # never subscribed: it only carries the schema
+        raise NotImplementedError
+
+    consume.__annotations__ = {"message": payload, "return": None}
+    documented.subscriber(topic, group_id=group_id, title=f"{topic}:{name}", description=description)(consume)
+    return documented
+
+
 async def run_batch(
     service: str,
     topic: str,

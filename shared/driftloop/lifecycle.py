@@ -22,7 +22,7 @@ from pydantic import ValidationError
 from driftloop.connections import kafka_options
 from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.fastpath import BatchSender, Output
-from driftloop.kafka import follow_truncation, read_from_start
+from driftloop.kafka import documented_consumer, follow_truncation, read_from_start
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -69,6 +69,18 @@ class LifecycleFollower:
         self.serving: set[str] = set()  # models a champion was announced for
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
+
+    def describe(self) -> KafkaBroker:
+        """What this follower reads, for the service's AsyncAPI document."""
+        return documented_consumer(
+            self.bootstrap,
+            self.topic,
+            None,
+            LifecycleEvent,
+            "LifecycleEvent",
+            "Every model lifecycle event (`ModelPromoted`, `ModelRolledBack`, ... in "
+            "schemas/json/), replayed from the start without a consumer group, then followed.",
+        )
 
     async def _drain(self, timeout_ms: int) -> int:
         assert self._consumer is not None

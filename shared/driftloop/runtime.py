@@ -16,6 +16,7 @@ import orjson
 import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from faststream.kafka import KafkaBroker
+from faststream.specification import AsyncAPI
 from prometheus_client import make_asgi_app
 
 from driftloop.metrics import UP
@@ -97,8 +98,11 @@ def build_app(
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
     routes: Sequence[tuple[str, Any]] = (),
+    documented: Sequence[KafkaBroker] = (),
 ) -> AsgiFastStream:
-    """The service's ASGI app: the broker's subscribers plus health and metrics endpoints."""
+    """The service's ASGI app: the broker's subscribers plus health and metrics endpoints.
+    `documented`: brokers never started that describe what the service consumes outside
+    FastStream (`FastPath.describe`), for its AsyncAPI document (`app.schema`)."""
 
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
@@ -122,6 +126,7 @@ def build_app(
 
     return AsgiFastStream(
         broker,
+        specification=AsyncAPI(*documented),
         asgi_routes=[
             ("/metrics", _get_only(make_asgi_app())),
             ("/healthz", healthz),

@@ -7,7 +7,7 @@ from __future__ import annotations
 from faststream.asgi import AsgiFastStream
 
 from driftloop.connections import redis_client
-from driftloop.contracts import DeadLetter, FeatureRow
+from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
 from driftloop.runtime import Readiness, build_app, run_service
@@ -41,7 +41,14 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
         await hot_path.stop()
         await redis.aclose()
 
-    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+    return build_app(
+        SERVICE,
+        broker,
+        Readiness(),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=[hot_path.describe(Observation)],
+    )
 
 
 def main() -> None:

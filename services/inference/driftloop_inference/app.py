@@ -11,7 +11,7 @@ from faststream.asgi import AsgiFastStream
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import redis_client
-from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionResult
+from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionRequest, PredictionResult
 from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
@@ -77,7 +77,14 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         await follower.stop()
         await redis.aclose()
 
-    return build_app(SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop])
+    return build_app(
+        SERVICE,
+        broker,
+        readiness,
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=[hot_path.describe(PredictionRequest), follower.describe()],
+    )
 
 
 def main() -> None:

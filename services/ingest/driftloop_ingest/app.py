@@ -38,7 +38,14 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
         await hot_path.stop()
         store.close()
 
-    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+    return build_app(
+        SERVICE,
+        broker,
+        Readiness(),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=[hot_path.describe(Observation)],
+    )
 
 
 def main() -> None:

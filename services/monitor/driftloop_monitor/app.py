@@ -71,7 +71,14 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
         await follower.stop()
         await redis.aclose()
 
-    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+    return build_app(
+        SERVICE,
+        broker,
+        Readiness(),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=[follower.describe()],
+    )
 
 
 def main() -> None:

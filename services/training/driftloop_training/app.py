@@ -70,7 +70,14 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         await follower.stop()
         store.close()
 
-    return build_app(SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop])
+    return build_app(
+        SERVICE,
+        broker,
+        Readiness(),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=[follower.describe()],
+    )
 
 
 def main() -> None:
