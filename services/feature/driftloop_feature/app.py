@@ -41,13 +41,9 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
         await hot_path.stop()
         await redis.aclose()
 
+    documented = [hot_path.describe(Observation)]  # consumed outside FastStream
     return build_app(
-        SERVICE,
-        broker,
-        Readiness(),
-        on_startup=[start],
-        on_shutdown=[stop],
-        documented=[hot_path.describe(Observation)],
+        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
     )
 
 

@@ -77,13 +77,9 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         await follower.stop()
         await redis.aclose()
 
+    documented = [hot_path.describe(PredictionRequest), follower.describe()]  # consumed outside FastStream
     return build_app(
-        SERVICE,
-        broker,
-        readiness,
-        on_startup=[start],
-        on_shutdown=[stop],
-        documented=[hot_path.describe(PredictionRequest), follower.describe()],
+        SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop], documented=documented
     )
 
 

@@ -71,13 +71,9 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
         await follower.stop()
         await redis.aclose()
 
+    documented = [follower.describe()]  # consumed outside FastStream
     return build_app(
-        SERVICE,
-        broker,
-        Readiness(),
-        on_startup=[start],
-        on_shutdown=[stop],
-        documented=[follower.describe()],
+        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
     )
 
 

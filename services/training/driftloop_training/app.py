@@ -70,13 +70,9 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         await follower.stop()
         store.close()
 
+    documented = [follower.describe()]  # consumed outside FastStream
     return build_app(
-        SERVICE,
-        broker,
-        Readiness(),
-        on_startup=[start],
-        on_shutdown=[stop],
-        documented=[follower.describe()],
+        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
     )
 
 
