@@ -75,6 +75,7 @@ class History:
         self.columns: dict[str, list[float]] = {name: [v[name] for _, _, v in ordered] for name in self.of}
         self._added: dict[str, tuple[float, dict[str, float]]] = {}  # since the last `changes()`
         self._removed: set[str] = set()  # fields to delete
+        self._oldest_added: float | None = None  # time of the oldest event added since then
 
     @property
     def events(self) -> list[Event]:
@@ -115,16 +116,19 @@ class History:
         self._added[event_id] = (float(at), values)
         if self._removed:
             self._removed.discard(HISTORY_PREFIX + event_id)
-        if len(self.times) > self.keep_n and self.times[0] <= self.times[-1] - self.keep_s:
-            self._trim()
+        self._oldest_added = at if self._oldest_added is None else min(self._oldest_added, at)
+        if len(self.times) > self.keep_n and self.times[0] <= self._oldest_added - self.keep_s:
+            self._trim(self._oldest_added)
 
-    def _trim(self) -> None:
-        """Forget the events older than every window that are not among the newest `keep_n`."""
-        if not self.times:
-            return
-        newest = self.times[-1]
+    def _trim(self, oldest: float) -> None:
+        """Forget what no aggregate of an event at `oldest` or later can need: events older than
+        every window before it that are not among the `keep_n` before it. Anchored on the oldest
+        event added since the last `changes()` (the batch being handled), not the newest, so that
+        if the batch comes again (a crash after its store write) its events find what they found
+        the first time."""
         keep_from = min(
-            max(0, len(self.times) - self.keep_n), bisect.bisect_right(self.times, newest - self.keep_s)
+            max(0, bisect.bisect_left(self.times, oldest) - self.keep_n),
+            bisect.bisect_right(self.times, oldest - self.keep_s),
         )
         if keep_from:
             for event_id in self.ids[:keep_from]:
@@ -138,7 +142,7 @@ class History:
         """The online-store hash fields to set and to delete since the last call (then forgotten)."""
         added = {HISTORY_PREFIX + k: _value(t, v) for k, (t, v) in self._added.items()}
         removed = sorted(self._removed)
-        self._added, self._removed = {}, set()
+        self._added, self._removed, self._oldest_added = {}, set(), None
         return added, removed
 
     def fields(self) -> dict[str, str]:
@@ -167,8 +171,7 @@ class History:
         history.times = [t for t, _, _ in events]
         history.ids = [i for _, i, _ in events]
         history.columns = {name: [v[name] for _, _, v in events] for name in history.of}
-        history._trim()
-        return history
+        return history  # not trimmed here: the next event added trims what it can
 
 
 def _value(at: float, values: dict[str, float]) -> str:
