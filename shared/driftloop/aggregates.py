@@ -36,6 +36,7 @@ from driftloop.spec import AggregateSpec, ModelSpec
 
 Event = tuple[float, str, dict[str, float]]  # (event time in epoch seconds, event id, aggregated values)
 _NUMBERS = frozenset({float, int})
+Changes = tuple[dict[str, str], list[str]]  # online-store hash fields to set, to delete
 HISTORY_PREFIX = "h:"  # an event's field in the entity's online-store hash
 _PREFIX_BYTES = HISTORY_PREFIX.encode()
 
@@ -138,7 +139,7 @@ class History:
             for column in self.columns.values():
                 del column[:keep_from]
 
-    def changes(self) -> tuple[dict[str, str], list[str]]:
+    def changes(self) -> Changes:
         """The online-store hash fields to set and to delete since the last call (then forgotten)."""
         added = {HISTORY_PREFIX + k: _value(t, v) for k, (t, v) in self._added.items()}
         removed = sorted(self._removed)

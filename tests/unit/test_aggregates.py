@@ -79,22 +79,29 @@ def _oracle(observations, observation):
     }
 
 
+def _aggregate(batch, stored):
+    """One batch through the feature service's domain code: histories read from `stored` (hash
+    fields by entity, as the online store keeps them), only their changes written back."""
+    rows = _checked(batch)
+    histories = {e: History.from_fields(SPEC, stored.get(e, {})) for e in {o.entity_id for o in batch}}
+    with_aggregates(SPEC, rows, histories)
+    for entity, history in histories.items():
+        added, removed = history.changes()
+        fields = stored.setdefault(entity, {})  # as Redis gives them back: bytes
+        fields.update({k.encode(): v.encode() for k, v in added.items()})
+        for field in removed:
+            fields.pop(field.encode(), None)
+    return rows, histories
+
+
 def _stream(batches):
-    """Run batches through the feature service's domain code; histories carried between batches
-    in hash fields as the online store keeps them (only each batch's changes written)."""
+    """Run batches through the feature service's domain code; histories carried between batches."""
     stored: dict[str, dict[bytes, bytes]] = {}
     out = {}
     for batch in batches:
-        rows = _checked(batch)
-        histories = {e: History.from_fields(SPEC, stored.get(e, {})) for e in {o.entity_id for o in batch}}
-        with_aggregates(SPEC, rows, histories)
+        rows, histories = _aggregate(batch, stored)
         for entity, history in histories.items():
-            added, removed = history.changes()
-            fields = stored.setdefault(entity, {})  # as Redis gives them back: bytes
-            fields.update({k.encode(): v.encode() for k, v in added.items()})
-            for field in removed:
-                fields.pop(field.encode(), None)
-            assert fields == {k.encode(): v.encode() for k, v in history.fields().items()}, (
+            assert stored[entity] == {k.encode(): v.encode() for k, v in history.fields().items()}, (
                 "the changes written leave another history stored"
             )
         for row in rows:
@@ -216,15 +223,6 @@ def test_a_batch_redelivered_after_its_history_was_stored_gives_the_same_rows(ev
     for batch in batches:
         passes = []
         for _ in range(2):
-            rows = _checked(batch)
-            entities = {o.entity_id for o in batch}
-            histories = {e: History.from_fields(SPEC, stored.get(e, {})) for e in entities}
-            with_aggregates(SPEC, rows, histories)
-            for entity, history in histories.items():
-                added, removed = history.changes()
-                fields = stored.setdefault(entity, {})
-                fields.update({k.encode(): v.encode() for k, v in added.items()})
-                for field in removed:
-                    fields.pop(field.encode(), None)
+            rows, _ = _aggregate(batch, stored)
             passes.append({row.observation.event_id: row.features for row in rows})
         assert passes[0] == passes[1]

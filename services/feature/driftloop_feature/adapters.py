@@ -10,6 +10,7 @@ from datetime import datetime
 import orjson
 from redis.asyncio import Redis
 
+from driftloop.aggregates import Changes
 from driftloop.features import online_key
 
 # KEYS: the entities' hashes; ARGV[1]: TTL (s); ARGV[2]: one JSON array, per key [event ts, features
@@ -38,7 +39,7 @@ end
 return 0
 """
 
-Row = tuple[str, str, datetime, dict[str, float | str], tuple[dict[str, str], list[str]]]
+Row = tuple[str, str, datetime, dict[str, float | str], Changes]
 
 
 class OnlineStore:

@@ -9,7 +9,7 @@ from datetime import datetime
 import orjson
 from aiokafka import ConsumerRecord
 
-from driftloop.aggregates import History
+from driftloop.aggregates import Changes, History
 from driftloop.fastpath import Handled, Output, dead_letter_outputs
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
@@ -22,7 +22,6 @@ from driftloop_feature.domain import check_batch, feature_rows, with_aggregates,
 from driftloop_feature.histories import HistoryCache, Key
 
 SERVICE = "feature"
-Changes = tuple[dict[str, str], list[str]]  # history fields to set, to delete
 
 
 class FeatureHandler:
