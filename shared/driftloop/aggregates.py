@@ -32,7 +32,7 @@ from typing import Any
 
 import orjson
 
-from driftloop.spec import AggregateSpec, ModelSpec
+from driftloop.spec import ModelSpec
 
 Event = tuple[float, str, dict[str, float]]  # (event time in epoch seconds, event id, aggregated values)
 _NUMBERS = frozenset({float, int})
@@ -41,21 +41,21 @@ HISTORY_PREFIX = "h:"  # an event's field in the entity's online-store hash
 _PREFIX_BYTES = HISTORY_PREFIX.encode()
 
 
-def _stat(aggregate: AggregateSpec, columns: Mapping[str, list[float]], start: int, end: int) -> float:
-    if aggregate.stat == "count":
+def _stat(stat: str, values: list[float] | None, start: int, end: int) -> float:
+    """One aggregate over `values[start:end]` (None for `count`, which needs no values)."""
+    if stat == "count":
         return float(end - start)
     if end <= start:
         return 0.0  # no history yet: documented as 0, the same in training and serving
-    assert aggregate.of is not None
-    values = columns[aggregate.of]
-    if aggregate.stat == "last":
+    assert values is not None
+    if stat == "last":
         return float(values[end - 1])
     chosen = values[start:end]
-    if aggregate.stat == "mean":
+    if stat == "mean":
         return sum(chosen) / len(chosen)
-    if aggregate.stat == "sum":
+    if stat == "sum":
         return float(sum(chosen))
-    if aggregate.stat == "min":
+    if stat == "min":
         return float(min(chosen))
     return float(max(chosen))
 
@@ -70,6 +70,7 @@ class History:
         self.of = sorted({a.of for a in spec.aggregates if a.of is not None})
         self.keep_n = max([a.last_n or 1 for a in spec.aggregates], default=0)
         self.keep_s = max([a.window_s or 0.0 for a in spec.aggregates], default=0.0)
+        self._plan = [(a.stat, a.window_s, a.last_n or 1, a.of) for a in spec.aggregates]
         ordered = sorted(events or [])
         self.times: list[float] = [float(t) for t, _, _ in ordered]
         self.ids: list[str] = [i for _, i, _ in ordered]
@@ -87,15 +88,20 @@ class History:
         ]
 
     def values(self, at: float) -> dict[str, float]:
-        """Every aggregate as of time `at` (epoch seconds), from the events strictly before it."""
-        end = bisect.bisect_left(self.times, at)
-        out = {}
-        for aggregate in self.spec.aggregates:
-            if aggregate.window_s is not None:
-                start = bisect.bisect_right(self.times, at - aggregate.window_s, 0, end)
+        """Every aggregate by name as of time `at` (epoch seconds), from the events strictly before it."""
+        return dict(zip([a.name for a in self.spec.aggregates], self.vector(at), strict=True))
+
+    def vector(self, at: float) -> list[float]:
+        """`values(at)` in the spec's order."""
+        times, columns = self.times, self.columns
+        end = bisect.bisect_left(times, at)
+        out = []
+        for stat, window_s, last_n, of in self._plan:
+            if window_s is not None:
+                start = bisect.bisect_right(times, at - window_s, 0, end)
             else:
-                start = max(0, end - (aggregate.last_n or 1))
-            out[aggregate.name] = _stat(aggregate, self.columns, start, end)
+                start = max(0, end - last_n)
+            out.append(_stat(stat, columns.get(of) if of else None, start, end))
         return out
 
     def add(self, at: float, event_id: str, features: Mapping[str, Any]) -> None:
@@ -107,7 +113,7 @@ class History:
             k = len(self.times)
         else:
             same_from, same_to = bisect.bisect_left(self.times, at), bisect.bisect_right(self.times, at)
-            k = same_from + bisect.bisect_left(self.ids[same_from:same_to], event_id)
+            k = bisect.bisect_left(self.ids, event_id, same_from, same_to)  # same time: by id
             if k < same_to and self.ids[k] == event_id:
                 return  # seen: a redelivery
         self.times.insert(k, float(at))

@@ -164,27 +164,49 @@ class Checker:
             rest,
         )
 
-    def check_many(
+    def check_columns(
         self, raws: Sequence[Mapping[str, Any]]
-    ) -> tuple[dict[int, dict[str, float | str]], dict[int, InvalidInput]]:
-        """Validated raw values of each valid row by index, and the errors of the others by index:
-        exactly what `check_features` gives row by row (a property test holds them equal)."""
+    ) -> tuple[np.ndarray, list[tuple[Any, ...]], list[int], dict[int, InvalidInput]]:
+        """The valid rows' values as columns — numeric values as a float64 matrix in `numeric`
+        order, categorical values as tuples in `categorical` order — with their indices, in order;
+        and the errors of the others by index: exactly what `check_features` gives row by row (a
+        property test holds them equal)."""
         X, strings, index, rest = self.screen(raws)
+        errors: dict[int, InvalidInput] = {}
+        slow: list[tuple[int, dict[str, float | str]]] = []
+        for i in rest:
+            try:
+                slow.append((i, check_values(self.features, raws[i])))
+            except InvalidInput as exc:
+                errors[i] = exc
+        if slow:  # merged in index order
+            numbers = np.array([[clean[f.name] for f in self.numeric] for _, clean in slow], dtype=np.float64)
+            strings += [tuple(clean[f.name] for f in self.categorical) for _, clean in slow]
+            index += [i for i, _ in slow]
+            order = sorted(range(len(index)), key=index.__getitem__)
+            X = np.vstack([X, numbers.reshape(len(slow), len(self.numeric))])[order]
+            strings = [strings[k] for k in order]
+            index = [index[k] for k in order]
+        return X, strings, index, errors
+
+    def rows(self, X: np.ndarray, strings: Sequence[tuple[Any, ...]]) -> list[dict[str, float | str]]:
+        """Checked columns (`check_columns`) as one dict of values by feature name per row."""
         numeric = [f.name for f in self.numeric]
         categorical = [f.name for f in self.categorical]
-        clean: dict[int, dict[str, float | str]] = {}
-        for i, numbers, words in zip(index, X.tolist(), strings, strict=True):
+        out: list[dict[str, float | str]] = []
+        for numbers, words in zip(X.tolist(), strings, strict=True):
             values: dict[str, float | str] = dict(zip(numeric, numbers, strict=True))
             if categorical:
                 values.update(zip(categorical, words, strict=True))
-            clean[i] = values
-        errors: dict[int, InvalidInput] = {}
-        for i in rest:
-            try:
-                clean[i] = check_values(self.features, raws[i])
-            except InvalidInput as exc:
-                errors[i] = exc
-        return clean, errors
+            out.append(values)
+        return out
+
+    def check_many(
+        self, raws: Sequence[Mapping[str, Any]]
+    ) -> tuple[dict[int, dict[str, float | str]], dict[int, InvalidInput]]:
+        """`check_columns` with each valid row as a dict, by index."""
+        X, strings, index, errors = self.check_columns(raws)
+        return dict(zip(index, self.rows(X, strings), strict=True)), errors
 
 
 class FeatureSet:
@@ -252,8 +274,10 @@ class FeatureSet:
             return np.zeros((0, len(self.names)), dtype=np.float32)
         return np.asarray(encoded, dtype=np.float32)
 
-    def _encode(self, X: np.ndarray, strings: Sequence[tuple[Any, ...]]) -> np.ndarray:
-        """Apply the transforms to checked numeric values and one-hot encode the categories."""
+    def encode_checked(self, X: np.ndarray, strings: Sequence[tuple[Any, ...]]) -> np.ndarray:
+        """Encode checked columns of the inputs (`Checker.check_columns` of `spec.inputs`): apply
+        the transforms to the numeric values and one-hot encode the categories (float64). `X` is
+        transformed in place."""
         with np.errstate(divide="ignore", invalid="ignore"):  # such rows were refused
             X[:, self._log1p] = np.log1p(X[:, self._log1p])
         X = np.clip(X, self._clip_low, self._clip_high)
@@ -277,7 +301,7 @@ class FeatureSet:
         float32 as models take it, or float64 with `dtype=None`.
         """
         X, strings, index, rest = self.checker.screen(raws)
-        encoded = self._encode(X, strings)
+        encoded = self.encode_checked(X, strings)
         errors: dict[int, InvalidInput] = {}
         slow: dict[int, list[float]] = {}
         for i in rest:

@@ -6,8 +6,10 @@ from __future__ import annotations
 from collections.abc import Container, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, NamedTuple
+from itertools import compress
+from typing import Any
 
+import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from driftloop.contracts import (
@@ -80,13 +82,39 @@ def utc_event_time(moment: datetime) -> datetime:
         ) from None
 
 
-class Checked(NamedTuple):
-    """A readable observation whose raw features and label passed its spec."""
+@dataclass(slots=True)
+class CheckedBatch:
+    """One model's observations of a batch that passed its spec: readable, raw features and label
+    valid. The checked raw values are columns, in the order of the model's `Checker`."""
 
-    position: int  # in the batch
-    observation: Observed
-    features: dict[str, float | str]  # validated raw values, defaults filled in
-    label: Label | None  # the spec's own class
+    positions: list[int]  # in the batch
+    observations: list[Observed]
+    numbers: np.ndarray  # numeric features, float64, one row per observation
+    strings: list[tuple[str, ...]]  # categorical features, one tuple per observation
+    labels: list[Label | None]  # the spec's own class
+    checker: Checker  # what checked them: its `numeric` and `categorical` name the columns
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def rows(self) -> list[dict[str, float | str]]:
+        """Each observation's checked raw values by feature name."""
+        return self.checker.rows(self.numbers, self.strings)
+
+    def column(self, name: str) -> list[float]:
+        """The checked values of one numeric feature."""
+        return self.numbers[:, [f.name for f in self.checker.numeric].index(name)].tolist()
+
+    def where(self, keep: Sequence[bool]) -> CheckedBatch:
+        """The observations where `keep` is true."""
+        return CheckedBatch(
+            list(compress(self.positions, keep)),
+            list(compress(self.observations, keep)),
+            self.numbers[np.asarray(keep, dtype=bool)],
+            list(compress(self.strings, keep)),
+            list(compress(self.labels, keep)),
+            self.checker,
+        )
 
 
 def checkers(specs: Mapping[str, ModelSpec]) -> dict[str, Checker]:
@@ -96,7 +124,7 @@ def checkers(specs: Mapping[str, ModelSpec]) -> dict[str, Checker]:
 
 def check_observations(
     raws: Sequence[bytes | None], specs: Mapping[str, ModelSpec], checks: Mapping[str, Checker]
-) -> tuple[dict[str, list[Checked]], dict[int, InvalidInput]]:
+) -> tuple[dict[str, CheckedBatch], dict[int, InvalidInput]]:
     """The valid observations by model, in batch order, event times in UTC, and why each other one
     is invalid, by position. A label outside the spec's classes is an error, never "unlabelled"."""
     errors: dict[int, InvalidInput] = {}
@@ -110,19 +138,26 @@ def check_observations(
             errors[i] = exc
         else:
             by_model.setdefault(observation.model, []).append((i, observation))
-    valid: dict[str, list[Checked]] = {}
+    valid: dict[str, CheckedBatch] = {}
     for model, batch in by_model.items():
         spec = specs[model]
-        clean, refused = checks[model].check_many([o.features for _, o in batch])
+        X, strings, index, refused = checks[model].check_columns([o.features for _, o in batch])
         for k, refusal in refused.items():
             errors[batch[k][0]] = refusal
-        for k in sorted(clean):
-            i, observation = batch[k]
+        checked = CheckedBatch(
+            [batch[k][0] for k in index], [batch[k][1] for k in index], X, strings, [], checks[model]
+        )
+        labelled = []
+        for i, observation in zip(checked.positions, checked.observations, strict=True):
             label = None if observation.label is None else spec.label_of(observation.label)
-            if observation.label is not None and label is None:
+            labelled.append(observation.label is None or label is not None)
+            if not labelled[-1]:
                 errors[i] = InvalidInput(
                     "invalid_label", f"label {observation.label!r:.80} not in {spec.label.classes}"
                 )
-            else:
-                valid.setdefault(model, []).append(Checked(i, observation, clean[k], label))
+            checked.labels.append(label)
+        if not all(labelled):
+            checked = checked.where(labelled)
+        if checked.positions:
+            valid[model] = checked
     return valid, errors

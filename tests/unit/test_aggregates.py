@@ -13,7 +13,7 @@ from driftloop.features import FeatureSet, check_features
 from driftloop.kafka import encode
 from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
-from driftloop_feature.domain import check_batch, feature_rows, with_aggregates
+from driftloop_feature.domain import aggregate_values, check_batch, feature_rows
 
 SPEC = ModelSpec.model_validate(
     {
@@ -54,7 +54,7 @@ def _checked(batch):
     specs = {SPEC.name: SPEC}
     valid, errors = check_batch([encode(o) for o in batch], specs, checkers(specs))
     assert not errors
-    return valid.get(SPEC.name, [])
+    return valid[SPEC.name]
 
 
 def _oracle(observations, observation):
@@ -82,9 +82,12 @@ def _oracle(observations, observation):
 def _aggregate(batch, stored):
     """One batch through the feature service's domain code: histories read from `stored` (hash
     fields by entity, as the online store keeps them), only their changes written back."""
-    rows = _checked(batch)
+    checked = _checked(batch)
     histories = {e: History.from_fields(SPEC, stored.get(e, {})) for e in {o.entity_id for o in batch}}
-    with_aggregates(SPEC, rows, histories)
+    names = [a.name for a in SPEC.aggregates]
+    values = aggregate_values(SPEC, checked, histories).tolist()
+    ids = [o.event_id for o in checked.observations]
+    rows = {i: dict(zip(names, v, strict=True)) for i, v in zip(ids, values, strict=True)}
     for entity, history in histories.items():
         added, removed = history.changes()
         fields = stored.setdefault(entity, {})  # as Redis gives them back: bytes
@@ -104,9 +107,8 @@ def _stream(batches):
             assert stored[entity] == {k.encode(): v.encode() for k, v in history.fields().items()}, (
                 "the changes written leave another history stored"
             )
-        for row in rows:
-            o = row.observation
-            out.setdefault(o.event_id, {k: row.features[k] for k in _oracle([], o)})
+        for event_id, values in rows.items():
+            out.setdefault(event_id, values)
     return out, stored
 
 
@@ -142,10 +144,10 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
     probe = Observation(event_id="probe", model="payments", entity_id=entity, features={"amount": 5.0},
                         label=0, event_time=at)  # fmt: skip
     # training: the feature service's path for an event at `at`
-    training_rows = _checked([probe])
-    with_aggregates(SPEC, training_rows, {entity: History.from_fields(SPEC, stored[entity])})
     feature_set = FeatureSet(SPEC)
-    training = feature_set.from_named([feature_rows(feature_set, training_rows)[0]["features"]])[0]
+    histories = {entity: History.from_fields(SPEC, stored[entity])}
+    (row,), _ = feature_rows(feature_set, _checked([probe]), histories)
+    training = feature_set.from_named([row["features"]])[0]
     # serving: inference's path for a request at `at` (raw features + the entity's stored history)
     served = {"amount": 5.0, **History.from_fields(SPEC, stored[entity]).values(at.timestamp())}
     serving = feature_set.matrix([check_features(SPEC, served)])[0]
@@ -155,9 +157,7 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
 def test_rows_without_an_entity_get_the_documented_default():
     (o,) = _observations([("a", 0, 7.0)])
     o = o.model_copy(update={"entity_id": None})
-    rows = _checked([o])
-    with_aggregates(SPEC, rows, {})
-    (row,) = feature_rows(FeatureSet(SPEC), rows)
+    (row,), _ = feature_rows(FeatureSet(SPEC), _checked([o]), {})
     assert {k: row["features"][k] for k in _oracle([], o)} == dict.fromkeys(_oracle([], o), 0.0)
 
 
@@ -224,5 +224,27 @@ def test_a_batch_redelivered_after_its_history_was_stored_gives_the_same_rows(ev
         passes = []
         for _ in range(2):
             rows, _ = _aggregate(batch, stored)
-            passes.append({row.observation.event_id: row.features for row in rows})
+            passes.append(rows)
         assert passes[0] == passes[1]
+
+
+def test_an_event_whose_aggregate_overflows_is_refused_not_fatal():
+    spec = ModelSpec.model_validate(
+        {
+            "name": "huge",
+            "features": [{"name": "x", "type": "numeric"}],
+            "aggregates": [{"name": "x_sum", "stat": "sum", "of": "x", "last_n": 2}],
+            "label": {"classes": [0, 1]},
+            "algorithm": {"name": "logistic_regression"},
+        }
+    )
+    observations = [
+        Observation(event_id=f"e{i}", model="huge", entity_id="a", features={"x": 1e308}, label=0,
+                    event_time=T0 + timedelta(seconds=i))
+        for i in range(3)
+    ]  # fmt: skip
+    specs = {"huge": spec}
+    valid, _ = check_batch([encode(o) for o in observations], specs, checkers(specs))
+    rows, errors = feature_rows(FeatureSet(spec), valid["huge"], {"a": History(spec)})
+    assert [r["event_id"] for r in rows] == ["e0", "e1"]  # e2's sum of the two before is inf
+    assert {i: e.reason for i, e in errors.items()} == {2: "not_finite"}

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driftloop.contracts import InvalidInput, Observation, utcnow
+from driftloop.contracts import FeatureRow, InvalidInput, Observation, feature_row_json, utcnow
 from driftloop.features import Checker, FeatureSet, check_features, check_values, decode_stored
 from driftloop.kafka import encode
 from driftloop.observations import checkers
@@ -37,8 +37,16 @@ def _training_vector(spec, raw):
     specs = {spec.name: spec}
     valid, errors = check_batch([encode(observation)], specs, checkers(specs))
     assert not errors
-    (row,) = feature_rows(feature_set, valid[spec.name])
+    (row,), _ = feature_rows(feature_set, valid[spec.name], {})
     return feature_set.from_named([row["features"]])[0]
+
+
+def test_the_hot_path_feature_row_is_the_contract():
+    at = datetime(2026, 11, 22, 9, 30, 0, 250, tzinfo=UTC)
+    row = feature_row_json("e1", "mixed", None, at, {"amount": 1.5}, "yes")
+    contract = FeatureRow(event_id="e1", model="mixed", event_time=at, features={"amount": 1.5}, label="yes")
+    assert FeatureRow.model_validate_json(orjson.dumps(row)) == contract
+    assert orjson.loads(orjson.dumps(row))["event_time"] == at.isoformat()
 
 
 def _serving_vector(spec, raw):
@@ -202,7 +210,7 @@ def test_feature_checks_read_event_times_in_utc_and_refuse_those_without_one():
         orjson.dumps({**body, "event_id": "overflow", "event_time": "9999-12-31T23:59:59-01:00"}),
     ]
     valid, errors = check_batch(raws, specs, checkers(specs))
-    times = {row.observation.event_id: row.observation.event_time for row in valid["mixed"]}
+    times = {o.event_id: o.event_time for o in valid["mixed"].observations}
     assert times == dict.fromkeys(["paris", "naive"], datetime(2026, 11, 22, 9, tzinfo=UTC))
     assert all(t.tzinfo is UTC for t in times.values())
     assert [(i, e.reason) for i, e in errors.items()] == [(2, "event_time_out_of_range")]

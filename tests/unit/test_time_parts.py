@@ -14,7 +14,7 @@ from driftloop.features import FeatureSet, check_features, time_parts
 from driftloop.kafka import encode
 from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
-from driftloop_feature.domain import check_batch, feature_rows, with_time_parts
+from driftloop_feature.domain import check_batch, feature_rows
 
 BASE = {
     "name": "shop",
@@ -41,9 +41,8 @@ def test_a_training_row_and_a_serving_row_at_the_same_moment_are_identical(at, a
     specs = {"shop": SPEC}
     valid, errors = check_batch([encode(observation)], specs, checkers(specs))
     assert not errors
-    with_time_parts(SPEC, valid["shop"])  # the feature service's path
     feature_set = FeatureSet(SPEC)
-    (row,) = feature_rows(feature_set, valid["shop"])
+    (row,), _ = feature_rows(feature_set, valid["shop"], {})  # the feature service's path
     training = feature_set.from_named([row["features"]])[0]
     serving = feature_set.matrix([check_features(SPEC, {"amount": amount, **time_parts(SPEC, at)})])[0]
     np.testing.assert_array_equal(training, serving)

@@ -14,11 +14,11 @@ from driftloop.fastpath import Handled, Output, dead_letter_outputs
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
 from driftloop.metrics import count
-from driftloop.observations import Checked, checkers
+from driftloop.observations import CheckedBatch, checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_feature.adapters import OnlineStore, Row
-from driftloop_feature.domain import check_batch, feature_rows, with_aggregates, with_time_parts
+from driftloop_feature.domain import check_batch, feature_rows
 from driftloop_feature.histories import HistoryCache, Key
 
 SERVICE = "feature"
@@ -53,65 +53,61 @@ class FeatureHandler:
         valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
         if self._writing is not None:
             await asyncio.wait({self._writing})  # its failure fails its own batch, then this one
-        changes = await self._aggregate(valid)
-        for model, rows in valid.items():
-            with_time_parts(self.specs[model], rows)
+        histories = await self._histories(valid)
+        topic = self.topics.features_computed
+        outputs = []
+        for model, batch in valid.items():
+            rows, refused = feature_rows(self.feature_sets[model], batch, histories.get(model, {}))
+            errors.update(refused)
+            outputs += [
+                Output(topic, (r["entity_id"] or r["event_id"]).encode(), orjson.dumps(r)) for r in rows
+            ]
+        changes: dict[Key, Changes] = {}
+        for model, held in histories.items():
+            self.cache.put(((model, entity), history) for entity, history in held.items())
+            changes.update(((model, entity), history.changes()) for entity, history in held.items())
         self._writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
         self._writing.add_done_callback(_retrieved)  # a rewound batch's failed write is not awaited
-        topic = self.topics.features_computed
-        outputs = [
-            Output(topic, (row["entity_id"] or row["event_id"]).encode(), orjson.dumps(row))
-            for model, rows in valid.items()
-            for row in feature_rows(self.feature_sets[model], rows)
-        ]
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
         count(SERVICE, self.topics.events_validated, "ok", len(outputs) - len(dead))
         count(SERVICE, self.topics.events_validated, "rejected", len(dead))
         return Handled(outputs, alongside=self._writing)
 
-    async def _aggregate(self, valid: Mapping[str, Sequence[Checked]]) -> dict[Key, Changes]:
-        """Per-entity aggregates, point in time, for the models that declare them; what changed in
-        each entity's history, to store."""
-        keys = [
-            (model, row.observation.entity_id)
-            for model, rows in valid.items()
-            if self.specs[model].aggregates
-            for row in rows
-            if row.observation.entity_id
-        ]
-        histories: dict[tuple[str, str], History] = {}
+    async def _histories(self, valid: Mapping[str, CheckedBatch]) -> dict[str, dict[str, History]]:
+        """The histories of the batch's entities, by model, for the models that declare
+        aggregates: from the cache, else from the online store."""
+        held: dict[str, dict[str, History]] = {}
         missing = []
-        for key in dict.fromkeys(keys):
-            cached = self.cache.get(key)
-            if cached is None:
-                missing.append(key)
-            else:
-                histories[key] = cached
+        for model, batch in valid.items():
+            if not self.specs[model].aggregates:
+                continue
+            held[model] = {}
+            for entity in dict.fromkeys(o.entity_id for o in batch.observations if o.entity_id):
+                cached = self.cache.get((model, entity))
+                if cached is None:
+                    missing.append((model, entity))
+                else:
+                    held[model][entity] = cached
         for (model, entity), stored in (await self.online.entities(missing)).items():
-            histories[(model, entity)] = History.from_fields(self.specs[model], stored)
-        for model, rows in valid.items():
-            if self.specs[model].aggregates:
-                with_aggregates(
-                    self.specs[model], rows, {e: h for (m, e), h in histories.items() if m == model}
-                )
-        self.cache.put(histories.items())
-        return {key: history.changes() for key, history in histories.items()}
+            held[model][entity] = History.from_fields(self.specs[model], stored)
+        return held
 
-    def _latest(self, valid: Mapping[str, Sequence[Checked]], histories: Mapping[Key, Changes]) -> list[Row]:
+    def _latest(self, valid: Mapping[str, CheckedBatch], histories: Mapping[Key, Changes]) -> list[Row]:
         """Per entity, its newest observation of the batch with its merged history, for the online
         store, which keeps raw features (aggregates are recomputed as of each request)."""
-        newest: dict[tuple[str, str], tuple[datetime, Checked]] = {}
-        for model, rows in valid.items():
-            for row in rows:
-                entity, when = row.observation.entity_id, row.observation.event_time
-                assert when is not None  # checked
-                if entity and ((model, entity) not in newest or when >= newest[(model, entity)][0]):
-                    newest[(model, entity)] = (when, row)
         out = []
-        for (model, entity), (when, row) in newest.items():
-            features = {f.name: row.features[f.name] for f in self.specs[model].features}
-            out.append((model, entity, when, features, histories.get((model, entity), ({}, []))))
+        for model, batch in valid.items():
+            newest: dict[str, tuple[datetime, int]] = {}
+            for k, o in enumerate(batch.observations):
+                entity, when = o.entity_id, o.event_time
+                assert when is not None  # checked
+                if entity and (entity not in newest or when >= newest[entity][0]):
+                    newest[entity] = (when, k)
+            chosen = [k for _, k in newest.values()]
+            rows = batch.checker.rows(batch.numbers[chosen], [batch.strings[k] for k in chosen])
+            for (entity, (when, _)), values in zip(newest.items(), rows, strict=True):
+                out.append((model, entity, when, values, histories.get((model, entity), ({}, []))))
         return out
 
 

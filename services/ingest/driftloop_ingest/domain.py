@@ -39,7 +39,8 @@ def validate_batch(
     accepted: dict[int, Accepted] = {}
     latest = now + max_future
     for model, batch in valid.items():
-        for i, observation, features, label in batch:
+        rows = zip(batch.positions, batch.observations, batch.rows(), batch.labels, strict=True)
+        for i, observation, features, label in rows:
             if observation.event_time is not None:
                 event_time = observation.event_time  # in UTC
             else:
@@ -53,7 +54,7 @@ def validate_batch(
                 "model": model,
                 "features": features,
                 "label": label,
-                "event_time": event_time.isoformat(),
+                "event_time": event_time,  # UTC: orjson writes it as isoformat() does
                 "entity_id": observation.entity_id,
             }
             key = (observation.entity_id or observation.event_id).encode()
