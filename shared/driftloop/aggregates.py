@@ -41,25 +41,6 @@ HISTORY_PREFIX = "h:"  # an event's field in the entity's online-store hash
 _PREFIX_BYTES = HISTORY_PREFIX.encode()
 
 
-def _stat(stat: str, values: list[float] | None, start: int, end: int) -> float:
-    """One aggregate over `values[start:end]` (None for `count`, which needs no values)."""
-    if stat == "count":
-        return float(end - start)
-    if end <= start:
-        return 0.0  # no history yet: documented as 0, the same in training and serving
-    assert values is not None
-    if stat == "last":
-        return float(values[end - 1])
-    chosen = values[start:end]
-    if stat == "mean":
-        return sum(chosen) / len(chosen)
-    if stat == "sum":
-        return float(sum(chosen))
-    if stat == "min":
-        return float(min(chosen))
-    return float(max(chosen))
-
-
 class History:
     """An entity's recent events, enough for the spec's aggregates, kept as columns in time order
     (then id order): times, ids and the aggregated features' values. Remembers what changed since
@@ -70,7 +51,7 @@ class History:
         self.of = sorted({a.of for a in spec.aggregates if a.of is not None})
         self.keep_n = max([a.last_n or 1 for a in spec.aggregates], default=0)
         self.keep_s = max([a.window_s or 0.0 for a in spec.aggregates], default=0.0)
-        self._plan = [(a.stat, a.window_s, a.last_n or 1, a.of) for a in spec.aggregates]
+        self._plan = [(a.stat, a.window_s, a.last_n or 1, a.of or "") for a in spec.aggregates]
         ordered = sorted(events or [])
         self.times: list[float] = [float(t) for t, _, _ in ordered]
         self.ids: list[str] = [i for _, i, _ in ordered]
@@ -100,8 +81,21 @@ class History:
             if window_s is not None:
                 start = bisect.bisect_right(times, at - window_s, 0, end)
             else:
-                start = max(0, end - last_n)
-            out.append(_stat(stat, columns.get(of) if of else None, start, end))
+                start = end - last_n if end > last_n else 0
+            if stat == "count":
+                out.append(float(end - start))
+            elif end <= start:
+                out.append(0.0)  # no history yet: documented as 0, the same in training and serving
+            elif stat == "last":
+                out.append(columns[of][end - 1])
+            elif stat == "mean":
+                out.append(sum(columns[of][start:end]) / (end - start))
+            elif stat == "sum":
+                out.append(float(sum(columns[of][start:end])))
+            elif stat == "min":
+                out.append(min(columns[of][start:end]))
+            else:
+                out.append(max(columns[of][start:end]))
         return out
 
     def add(self, at: float, event_id: str, features: Mapping[str, Any]) -> None:

@@ -51,21 +51,20 @@ def aggregate_values(spec: ModelSpec, batch: CheckedBatch, histories: Mapping[st
     """Each observation's per-entity aggregates (spec order) as of its event time, from its
     entity's events before it, in event-time order; each event then joins its entity's history.
     Observations without an entity keep the aggregates' default (0)."""
-    out = np.zeros((len(batch), len(spec.aggregates)), dtype=np.float64)
+    out = [[0.0] * len(spec.aggregates) for _ in range(len(batch))]
     observations = batch.observations
-    ordered = sorted(
+    at = [o.event_time.timestamp() for o in observations]  # type: ignore[union-attr]
+    ordered = sorted(  # in the order histories keep events: time (epoch seconds), then id
         (k for k, o in enumerate(observations) if o.entity_id in histories),
-        key=lambda k: (observations[k].event_time, observations[k].event_id),  # type: ignore[arg-type,return-value]
+        key=lambda k: (at[k], observations[k].event_id),
     )
     of = {name: batch.column(name) for name in {a.of for a in spec.aggregates if a.of is not None}}
     for k in ordered:
         observation = observations[k]
-        assert observation.entity_id is not None and observation.event_time is not None
-        history = histories[observation.entity_id]
-        at = observation.event_time.timestamp()
-        out[k] = history.vector(at)
-        history.add(at, observation.event_id, {name: column[k] for name, column in of.items()})
-    return out
+        history = histories[observation.entity_id]  # type: ignore[index]
+        out[k] = history.vector(at[k])
+        history.add(at[k], observation.event_id, {name: column[k] for name, column in of.items()})
+    return np.array(out, dtype=np.float64).reshape(len(batch), len(spec.aggregates))
 
 
 def feature_rows(
