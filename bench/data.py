@@ -19,7 +19,7 @@ import re
 import subprocess
 import sys
 import tempfile
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +53,11 @@ SPEC = "\n".join(
 
 
 def observations(n: int, seed: int) -> list[tuple[bytes, bytes]]:
-    """(event id, JSON) of labelled observations spread over ENTITIES entities."""
+    """(event id, JSON) of labelled observations spread over ENTITIES entities, 20 µs of event
+    time apart (distinct, as a stream's are)."""
     rng = np.random.default_rng(seed)
     values = rng.normal(size=(n, len(FEATURES))).round(4)
-    now = datetime.now(UTC).isoformat()
+    now = datetime.now(UTC)
     out = []
     for i in range(n):
         event_id = f"{seed}-{i}"
@@ -66,7 +67,7 @@ def observations(n: int, seed: int) -> list[tuple[bytes, bytes]]:
             "entity_id": f"u{int(rng.integers(ENTITIES))}",
             "features": dict(zip(FEATURES, values[i].tolist(), strict=True)),
             "label": int(i % 2),
-            "event_time": now,
+            "event_time": (now + timedelta(microseconds=20 * i)).isoformat(),
         }
         out.append((event_id.encode(), orjson.dumps(body)))
     return out

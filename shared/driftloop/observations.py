@@ -148,8 +148,12 @@ def check_observations(
             [batch[k][0] for k in index], [batch[k][1] for k in index], X, strings, [], checks[model]
         )
         labelled = []
+        classes: dict[tuple[type, Any], Label | None] = {}  # label_of of each label value seen
         for i, observation in zip(checked.positions, checked.observations, strict=True):
-            label = None if observation.label is None else spec.label_of(observation.label)
+            value = observation.label
+            if (type(value), value) not in classes:
+                classes[(type(value), value)] = None if value is None else spec.label_of(value)
+            label = classes[(type(value), value)]
             labelled.append(observation.label is None or label is not None)
             if not labelled[-1]:
                 errors[i] = InvalidInput(

@@ -68,7 +68,7 @@ class OnlineStore:
                 [
                     f"{when.timestamp():.6f}",
                     orjson.dumps(features).decode(),
-                    when.isoformat(),
+                    when,  # in UTC: orjson writes it as isoformat() does
                     [x for pair in added.items() for x in pair],
                     removed,
                 ]
