@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -15,7 +15,7 @@ from driftloop.spec import ModelSpec
 
 
 def check_batch(
-    raws: list[bytes | None], specs: Mapping[str, ModelSpec], checks: Mapping[str, Checker]
+    raws: Sequence[bytes | None], specs: Mapping[str, ModelSpec], checks: Mapping[str, Checker]
 ) -> tuple[dict[str, CheckedBatch], dict[int, InvalidInput]]:
     """Validated observations by model (checked again: a topic may carry anything), errors by position."""
     valid, errors = check_observations(raws, specs, checks)
