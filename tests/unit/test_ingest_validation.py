@@ -61,10 +61,14 @@ OBSERVATIONS = st.fixed_dictionaries(
             st.none(),
             st.datetimes().map(lambda t: t.isoformat()),
             st.datetimes(timezones=st.timezones()).map(lambda t: t.isoformat()),
+            st.datetimes(timezones=st.just(UTC)).map(lambda t: t.isoformat()),  # as ingest writes
             st.sampled_from(
                 [
                     *["2026-11-22", "2026-11-22T10:00:00Z", "yesterday", "", "2026-13-01T00:00:00"],
                     *["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00"],
+                    *["2026-02-30T00:00:00+00:00", "2026-11-22T24:00:00+00:00", "2026-11-22T23:59:60+00:00"],
+                    *["0000-01-01T00:00:00+00:00", "2026-W47-1T10:00:00+00:00"],
+                    "2026-11-22T10:00:00,123456+00:00",
                 ]
             ),
             st.integers(0, 2**31),
@@ -91,3 +95,11 @@ def test_the_fast_observation_reader_agrees_with_the_contract(payload):
     assert read_observation(raw, {"sea"}) == Observed(
         e.event_id, e.model, dict(e.features), e.label, e.event_time, e.entity_id
     )
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_event_times_as_ingest_writes_them_read_as_the_contract_reads_them(moment):
+    raw = orjson.dumps({"event_id": "e", "model": "sea", "features": {}, "event_time": moment.isoformat()})
+    read = read_observation(raw, {"sea"}).event_time
+    assert read == parse(Observation, raw, {"sea"}).event_time == moment
+    assert read.tzinfo is UTC  # already in UTC: nothing to convert

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import NamedTuple
 
@@ -30,11 +30,12 @@ def validate_batch(
     checks: Mapping[str, Checker],
     now: datetime,
     max_future: timedelta,
-    arrivals: Sequence[datetime] | None = None,
+    arrival: Callable[[int], datetime] | None = None,
 ) -> tuple[dict[int, Accepted], dict[int, InvalidInput]]:
     """Each valid observation normalised (defaults filled in, canonical label, UTC event time), and
     why each other one is invalid, both by position in `raws`. An observation without an event time
-    gets its arrival (the record's timestamp: the same again when it is redelivered), else `now`."""
+    gets its arrival (`arrival(position)`: the record's timestamp, the same again when it is
+    redelivered), else `now`."""
     valid, errors = check_observations(raws, specs, checks)
     accepted: dict[int, Accepted] = {}
     latest = now + max_future
@@ -44,7 +45,7 @@ def validate_batch(
             if observation.event_time is not None:
                 event_time = observation.event_time  # in UTC
             else:
-                event_time = arrivals[i] if arrivals is not None else now
+                event_time = arrival(i) if arrival is not None else now
             if event_time > latest:
                 errors[i] = InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
                 continue

@@ -49,9 +49,13 @@ class IngestHandler:
         idempotent by event id) instead of losing the batch. An event id published by a batch whose
         append is still to come (the loop is pipelined) counts as seen too."""
         now = utcnow()
-        arrivals = [arrival(r, now) for r in records]
         accepted, errors = validate_batch(
-            [r.value for r in records], self.specs, self.checks, now, self.max_future, arrivals
+            [r.value for r in records],
+            self.specs,
+            self.checks,
+            now,
+            self.max_future,
+            lambda i: arrival(records[i], now),
         )
         by_model: dict[str, dict[str, Accepted]] = {}
         for _, observation in sorted(accepted.items()):  # the first of several copies wins
