@@ -205,7 +205,8 @@ class RowStore:
             schema=_ARROW,
         )
         temporary = path.with_suffix(".tmp")
-        pq.write_table(table, temporary, compression="zstd")
+        # no dictionary encoding: ids and bodies are unique (it cost CPU and ~8% more bytes)
+        pq.write_table(table, temporary, compression="zstd", use_dictionary=False)
         os.replace(temporary, path)
 
     def count(self, model: str, since: datetime | None = None, until: datetime | None = None) -> int:
