@@ -296,26 +296,12 @@ class FeatureSet:
     ) -> tuple[np.ndarray, list[int], dict[int, InvalidInput]]:
         """Validate and encode raw rows at once: (matrix of the valid rows, their indices, errors by index).
 
-        Gives exactly what `check_features` + `row` give row by row (a property test checks it);
-        rows of plain values are checked and encoded as numpy matrices (`Checker`). The matrix is
-        float32 as models take it, or float64 with `dtype=None`.
+        Gives exactly what `check_features` + `row` give row by row (a property test checks it):
+        checked as columns (`Checker.check_columns`), encoded as numpy matrices (`encode_checked`).
+        The matrix is float32 as models take it, or float64 with `dtype=None`.
         """
-        X, strings, index, rest = self.checker.screen(raws)
+        X, strings, index, errors = self.checker.check_columns(raws)
         encoded = self.encode_checked(X, strings)
-        errors: dict[int, InvalidInput] = {}
-        slow: dict[int, list[float]] = {}
-        for i in rest:
-            try:
-                slow[i] = self.row(check_features(self.spec, raws[i]))
-            except InvalidInput as exc:
-                errors[i] = exc
-        if slow:
-            order = sorted(index + list(slow))
-            at = {i: k for k, i in enumerate(order)}
-            full = np.empty((len(order), len(self.names)), dtype=np.float64)
-            full[[at[i] for i in index]] = encoded
-            full[[at[i] for i in slow]] = list(slow.values())
-            encoded, index = full, order
         return (encoded if dtype is None else encoded.astype(dtype)), index, errors
 
     def from_named(self, rows: Iterable[Mapping[str, float]]) -> np.ndarray:

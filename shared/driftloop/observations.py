@@ -168,7 +168,7 @@ def check_observations(
             if (type(value), value) not in classes:
                 classes[(type(value), value)] = None if value is None else spec.label_of(value)
             label = classes[(type(value), value)]
-            labelled.append(observation.label is None or label is not None)
+            labelled.append(value is None or label is not None)
             if not labelled[-1]:
                 errors[i] = InvalidInput(
                     "invalid_label", f"label {observation.label!r:.80} not in {spec.label.classes}"
