@@ -10,12 +10,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from driftloop.localstack import broker_command, free_port, redis_command, wait_port
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Properties are about correctness, not speed: a cold first example on a busy 2-core CI machine
+# must not fail a test (timings live in the benchmarks).
+settings.register_profile("driftloop", deadline=None)
+settings.load_profile("driftloop")
 
 
 @pytest.fixture(scope="session")

@@ -125,3 +125,31 @@ def records(topic: str, values: Sequence[bytes | None], partition: int = 0) -> l
         ConsumerRecord(topic, partition, offset, 0, 0, None, value, None, 0, len(value or b""), ())
         for offset, value in enumerate(values)
     ]
+
+
+class Publisher:
+    """A test's producer of contracts (aiokafka, acks=all), sending as an application does."""
+
+    def __init__(self, bootstrap: str) -> None:
+        from driftloop.client import make_producer
+
+        self.producer = make_producer(bootstrap)
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def stop(self) -> None:
+        await self.producer.stop()
+
+    async def __aenter__(self) -> Publisher:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    async def publish(self, topic: str, messages: Sequence) -> None:
+        """Send contracts to `topic` and wait for every acknowledgement."""
+        from driftloop.client import send_all
+
+        await send_all(self.producer, topic, messages)

@@ -11,11 +11,21 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    TypeAdapter,
+    ValidationError,
+)
 
 SCHEMA_VERSION = 1
 
-FeatureValue = float | int | str | None
+# strict: JSON `true` is not a number (pydantic would read it as 1), and a number is not a string
+FeatureValue = StrictFloat | StrictInt | StrictStr | None
 Label = int | float | str
 
 
@@ -201,6 +211,22 @@ class DeadLetter(Message):
         description="The original message bytes, base64-encoded (the first 64 KiB of larger ones)."
     )
     original_size: int = Field(default=0, description="Size of the original message in bytes.")
+    original_key: str | None = Field(
+        default=None, description="The original record's key, base64-encoded (absent when it had none)."
+    )
+    original_timestamp: int | None = Field(
+        default=None,
+        description="The original record's timestamp (ms since the epoch), as the broker gave it.",
+    )
+    original_headers: list[tuple[str, str]] = Field(
+        default_factory=list,
+        description="The original record's headers as (name, base64-encoded value) pairs, in order.",
+    )
+    error_type: str | None = Field(
+        default=None,
+        description="For reason `processing_failed`: the type of the exception the record raised when "
+        "it was handled alone (the record passed validation but its handler failed on it).",
+    )
     rejected_at: datetime = Field(default_factory=utcnow, description="When it was rejected.")
 
 
@@ -404,6 +430,28 @@ class ModelServingFailed(_Lifecycle):
     artifact: ArtifactRef = Field(description="The artifact it could not load.")
 
 
+class ModelTrainingDeferred(_Lifecycle):
+    """Training waits for rows before it can carry out a command (`version` 0: none made yet).
+    Published by the training service, not by the registry."""
+
+    event: Literal["ModelTrainingDeferred"] = Field(
+        default="ModelTrainingDeferred", description="Event type."
+    )
+    rows: int = Field(description="Rows in the command's window now.")
+    rows_needed: int = Field(description="Rows it waits for.")
+    wait_s: float = Field(description="How long it waits at most before it gives up.")
+
+
+class ModelTrainingFailed(_Lifecycle):
+    """Training could not make a candidate for a command; nothing was registered (`version` 0).
+    Published by the training service, not by the registry."""
+
+    event: Literal["ModelTrainingFailed"] = Field(default="ModelTrainingFailed", description="Event type.")
+    outcome: str = Field(
+        description="Why: insufficient_data, cooldown, unknown_dataset, dataset_mismatch or failed."
+    )
+
+
 LifecycleEvent = Annotated[
     ModelPromoted
     | ModelRejected
@@ -411,7 +459,9 @@ LifecycleEvent = Annotated[
     | ModelAwaitingApproval
     | ModelTagged
     | ModelCommandRefused
-    | ModelServingFailed,
+    | ModelServingFailed
+    | ModelTrainingDeferred
+    | ModelTrainingFailed,
     Field(discriminator="event"),
 ]
 LIFECYCLE = TypeAdapter(LifecycleEvent)
@@ -507,6 +557,8 @@ CONTRACTS: dict[str, type[Message]] = {
         ModelTagged,
         ModelCommandRefused,
         ModelServingFailed,
+        ModelTrainingDeferred,
+        ModelTrainingFailed,
         PromoteModel,
         ApproveModel,
         RollbackModel,

@@ -1,16 +1,29 @@
-"""The hot-path Kafka loop, on aiokafka directly: consume a batch, handle it, produce the outputs as
-broker batches (one per partition), wait for their acknowledgement, then commit.
+"""The stream loop every service consumes its topics with, on aiokafka directly: consume a batch,
+handle it, produce the outputs as broker batches (one per partition), wait for their
+acknowledgement, run the batch's effects, commit, then count.
 
-FastStream wires everything else; this loop is for topics where per-message overhead matters
+FastStream runs each service's HTTP endpoints and AsyncAPI document; this loop reads the topics
 (`../shared/PLATFORM.md`: batched aiokafka reaches ~150k msg/s here, FastStream's default ~0.5k).
 At-least-once: offsets are committed only after the outputs are acknowledged, and a rebalance waits
 for the batch in flight, so partitions change hands between batches, never inside one.
+
+Failures (`driftloop.faults`): a batch that fails on an infrastructure fault (the broker, Redis, a
+full disk) is rewound and retried after a growing pause until it succeeds; it is never dead-lettered.
+Any other exception is suspected to come from a record: the batch is handled once more on its own,
+then split in halves, each handled and committed before the next, until the record that fails
+alone is found; that record is dead-lettered (`processing_failed`, with the exception, its source
+and its bytes) and the rest flows. Metrics of a batch (`Handled.tally`) are applied after its
+commit, so a batch handled several times counts once. A consumer that cannot commit while records
+wait for it is *stalled*: its `health()` says so, and `/readyz` turns 503 after
+`DRIFTLOOP_STALL_AFTER_S`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -28,12 +41,25 @@ from pydantic import BaseModel
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
-from driftloop.kafka import TruncationWatch, documented_consumer, encode
-from driftloop.metrics import DEAD_LETTERS, count, record_lag, timed_batch
+from driftloop.faults import describe, is_transient
+from driftloop.kafka import TruncationWatch, dead_letter, documented_consumer, encode
+from driftloop.metrics import (
+    BATCH_FAILURES,
+    BATCH_SECONDS,
+    BATCH_SIZE,
+    CONSUMER_LAG,
+    DEAD_LETTERS,
+    STALLED,
+    Tally,
+)
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+BACKOFF_FIRST_S = 0.25  # the pause after a transient failure, doubled per failure in a row ...
+BACKOFF_MAX_S = 5.0  # ... up to this
+PROCESSING_FAILED = "processing_failed"  # the reason of a record that failed its handler alone
 
 
 class Output(NamedTuple):  # a tuple: one is built per message
@@ -44,25 +70,57 @@ class Output(NamedTuple):  # a tuple: one is built per message
 
 @dataclass(frozen=True)
 class Handled:
-    """A handler's outputs, and what to do once the broker has acknowledged them (before the
-    commit): effects that must not happen unless the outputs are out, like an idempotent append.
-    `alongside`: an effect already under way that the outputs do not depend on (an idempotent
-    store write): awaited with the send, so the commit waits for it and its failure fails the
-    batch, while the next batch is handled."""
+    """A handler's outputs, and what goes with them. `then`: effects that must not happen unless
+    the outputs are out, like an idempotent append (after the acknowledgement, before the commit;
+    sync or async). `alongside`: an effect already under way that the outputs do not depend on (an
+    idempotent store write): awaited with the send, so the commit waits for it and its failure
+    fails the batch, while the next batch is handled. `tally`: metric changes, applied once the
+    offsets are committed. `committed`: runs after the commit (the handler may forget what it kept
+    for a batch that could come again)."""
 
     outputs: Sequence[Output]
-    then: Callable[[], None] | None = None
+    then: Callable[[], Awaitable[None] | None] | None = None
     alongside: asyncio.Future[Any] | None = None
+    tally: Tally | None = None
+    committed: Callable[[], None] | None = None
 
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
 
 
-def dead_letter_outputs(service: str, topic: str, letters: Sequence[DeadLetter]) -> list[Output]:
-    """Dead letters as outputs to the DLQ topic, counted by reason."""
+def dead_letter_outputs(topic: str, letters: Sequence[DeadLetter], tally: Tally) -> list[Output]:
+    """Dead letters as outputs to the DLQ topic, counted by reason once the batch is committed."""
     for letter in letters:
-        DEAD_LETTERS.labels(service, letter.reason).inc()
+        tally.inc(DEAD_LETTERS.labels(letter.service, letter.reason))
     return [Output(topic, None, encode(letter)) for letter in letters]
+
+
+class Outbox:
+    """What a handler sends for one batch, built as it goes: contracts to topics, dead letters,
+    and the batch's metric changes (`handled()` turns it into the loop's `Handled`)."""
+
+    def __init__(self, dlq_topic: str) -> None:
+        self.dlq_topic = dlq_topic
+        self.outputs: list[Output] = []
+        self.tally = Tally()
+
+    def publish(
+        self, topic: str, messages: Sequence[BaseModel], key: Callable[[Any], str] | None = None
+    ) -> None:
+        """Send contracts to `topic` (keyed by `key(message)`) with the batch's outputs."""
+        self.outputs += [Output(topic, key(m).encode() if key else None, encode(m)) for m in messages]
+
+    def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
+        """Send dead letters, counted by reason once the batch is committed."""
+        self.outputs += dead_letter_outputs(self.dlq_topic, letters, self.tally)
+
+    def handled(self, **effects: Any) -> Handled:
+        """The loop's `Handled`: these outputs and tally, with `effects` (`then`, `committed`, ...)."""
+        return Handled(self.outputs, tally=self.tally, **effects)
+
+
+class RecordTooLarge(ValueError):
+    """An output larger than a producer batch may hold: the record that caused it is at fault."""
 
 
 class BatchSender:
@@ -116,7 +174,8 @@ class BatchSender:
                 if batch.append(key=item.key, value=item.value, timestamp=None) is None:
                     futures.append(await self.producer.send_batch(batch, topic, partition=partition))
                     batch = self.producer.create_batch()
-                    batch.append(key=item.key, value=item.value, timestamp=None)
+                    if batch.append(key=item.key, value=item.value, timestamp=None) is None:
+                        raise RecordTooLarge(f"an output of {len(item.value)} bytes to {topic}")
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         self._pending.update(futures)
         for future in futures:
@@ -154,11 +213,11 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
             failed = await self.loop.settle()  # and every handled batch is committed or comes again
         if failed is not None:
             self.loop.rewind([failed])
-        if self.loop.reset is not None:
-            self.loop.reset()
+        self.loop.reset()
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.loop.generation += 1  # positions now come from the group: older batches are not rewound
+        await self.loop.assigned(list(assigned))  # type: ignore[call-overload]
         log.info("%s assigned %s", self.loop.group_id, sorted(str(tp) for tp in assigned))  # type: ignore[attr-defined]
 
 
@@ -168,7 +227,9 @@ class _Batch:
     generation: int  # of the partition assignment it was fetched under
     firsts: dict[TopicPartition, int]  # offset of each partition's first record
     nexts: dict[TopicPartition, int]  # and the offset after its last: what to commit
+    seconds: float = 0.0  # handling time
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
+    error: BaseException | None = None  # why `done` failed
 
     @classmethod
     def of(cls, fetched: Mapping[TopicPartition, list[ConsumerRecord]], generation: int) -> _Batch:
@@ -181,49 +242,104 @@ class _Batch:
             {tp: records[-1].offset + 1 for tp, records in fetched.items()},
         )
 
+    @classmethod
+    def of_records(cls, records: Sequence[ConsumerRecord], generation: int) -> _Batch:
+        """A batch of records in any order: each partition from its lowest offset to its highest."""
+        firsts: dict[TopicPartition, int] = {}
+        nexts: dict[TopicPartition, int] = {}
+        for record in records:
+            tp = TopicPartition(record.topic, record.partition)
+            firsts[tp] = min(record.offset, firsts.get(tp, record.offset))
+            nexts[tp] = max(record.offset + 1, nexts.get(tp, 0))
+        return cls(list(records), generation, firsts, nexts)
+
+
+@dataclass(frozen=True)
+class Health:
+    """How a consumer keeps up: what `/readyz` and `driftloop status` show."""
+
+    consumer: str
+    lag: int  # records between the committed offsets and the partitions' ends
+    stalled_s: float  # seconds without a commit while records wait (0 when keeping up)
+    failures: int  # failed attempts in a row
+    last_error: str | None  # the latest failure, while it lasts
+
 
 class FastPath:
-    """Consume `topic` in group `group_id` and hand each batch to a handler returning outputs.
+    """Consume `topics` in group `group_id` and hand each batch to a handler returning outputs.
 
-    Pipelined one batch deep: while batch N's outputs wait for their acknowledgement (then its
-    `then` runs and its offsets are committed), batch N+1 is fetched and handled; N+1's outputs go
-    out only once N is settled, so effects and commits stay in batch order. A failure rewinds to
-    the first unsettled record. `reset` runs whenever records may come again (a rewind) or
-    partitions change hands (after the last commit): a handler drops there what it holds about
-    unsettled batches or about its partitions."""
+    Pipelined one batch deep (`pipelined`): while batch N's outputs wait for their
+    acknowledgement (then its `then` runs and its offsets are committed), batch N+1 is fetched and
+    handled; N+1's outputs go out only once N is settled, so effects and commits stay in batch
+    order. Not pipelined, each batch is sent and committed before the next is handled. A failure
+    rewinds to the first unsettled record, or isolates a bad record (module docstring). `reset`
+    runs whenever records may come again (a rewind, a retry) or partitions change hands (after the
+    last commit): a handler drops there what it holds about unsettled batches or its partitions.
+    `lock`: shared by loops of one service whose batches must not interleave (it is held while a
+    batch is handled, and, not pipelined, until it is committed). A loop that goes
+    `settings.stall_after_s` without a commit while records wait reports itself stalled;
+    `may_block`: its handler may legitimately take longer (e.g. a training run), so it is stalled
+    only while it fails."""
 
     def __init__(
         self,
         settings: ServiceSettings,
         service: str,
-        topic: str,
+        topics: str | Sequence[str],
         group_id: str,
         reset: Callable[[], None] | None = None,
+        *,
+        name: str | None = None,
+        pipelined: bool = True,
+        lock: asyncio.Lock | None = None,
+        may_block: bool = False,
     ) -> None:
         self.settings = settings
         self.service = service
-        self.topic = topic
+        self.topics = [topics] if isinstance(topics, str) else list(topics)
+        self.name = name or "+".join(self.topics)  # the consumer's label in metrics and logs
         self.group_id = group_id
-        self.reset = reset
-        self.in_flight = asyncio.Lock()
+        self._reset = reset
+        self.pipelined = pipelined
+        self.in_flight = lock or asyncio.Lock()
+        self.may_block = may_block
         self.consumer: AIOKafkaConsumer
         self.sender: BatchSender
         self._task: asyncio.Task[None] | None = None
         self._sending: _Batch | None = None
         self.generation = 0  # partition assignments so far
+        self.committed: dict[TopicPartition, int] = {}  # what this loop committed (or found committed)
+        self.failures = 0  # failed attempts in a row
+        self.last_error: str | None = None
+        self._progress = time.monotonic()  # last commit, or last time nothing waited
+        self._lag = 0
 
-    def describe(self, payload: type[BaseModel]) -> KafkaBroker:
-        """This loop's subscription, for the service's AsyncAPI document (`documented_consumer`)."""
-        return documented_consumer(
-            self.settings.kafka_bootstrap,
-            self.topic,
-            self.group_id,
-            payload,
-            payload.__name__,
-            f"Batches of `{payload.__name__}` (schemas/json/{payload.__name__}.json) read by the "
-            "hot-path loop (driftloop.fastpath): invalid records are dead-lettered, outputs "
-            "acknowledged, then offsets committed.",
-        )
+    @property
+    def topic(self) -> str:
+        return self.topics[0]
+
+    def describe(self, payload: Any, name: str | None = None) -> list[KafkaBroker]:
+        """This loop's subscriptions, for the service's AsyncAPI document (`documented_consumer`):
+        one contract (or a union of them, called `name`) for every topic, or a mapping of each
+        topic to its contract."""
+        payloads = payload if isinstance(payload, Mapping) else dict.fromkeys(self.topics, payload)
+        documented = []
+        for topic in self.topics:
+            kind = payloads[topic]
+            name = name or getattr(kind, "__name__", None) or str(kind)
+            documented.append(
+                documented_consumer(
+                    self.settings.kafka_bootstrap,
+                    topic,
+                    self.group_id,
+                    kind,
+                    name,
+                    f"Batches of `{name}` (schemas/json/) read by the stream loop (driftloop.fastpath): "
+                    "invalid records are dead-lettered, outputs acknowledged, then offsets committed; "
+                    "a record its handler fails on is isolated and dead-lettered.",
+                )
+            )
+        return documented
 
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""
@@ -231,7 +347,7 @@ class FastPath:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=settings.kafka_bootstrap,
             group_id=self.group_id,
-            client_id=f"driftloop-{service}-fastpath",
+            client_id=f"driftloop-{service}-{self.name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
@@ -241,12 +357,12 @@ class FastPath:
             **kafka_options(settings),
         )
         self.sender = await BatchSender.connect(
-            settings.kafka_bootstrap, f"driftloop-{service}-fastpath", **kafka_options(settings)
+            settings.kafka_bootstrap, f"driftloop-{service}-{self.name}", **kafka_options(settings)
         )
         await self.consumer.start()
-        self.consumer.subscribe([self.topic], listener=_DrainOnRevoke(self))
+        self.consumer.subscribe(self.topics, listener=_DrainOnRevoke(self))
         tune_gc()
-        self._task = asyncio.create_task(self._run(handle), name=f"fastpath-{self.topic}")
+        self._task = asyncio.create_task(self._run(handle), name=f"stream-{self.name}")
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit, and leave the group."""
@@ -257,6 +373,40 @@ class FastPath:
             await self.settle()  # a failure here is redelivered to the next owner
             await self.consumer.stop()
             await self.sender.stop()
+
+    def health(self) -> Health:
+        """Lag, stall and the latest failure, as of the last fetch."""
+        return Health(self.name, self._lag, self._stalled_s(), self.failures, self.last_error)
+
+    def stalled(self) -> str | None:
+        """Why this consumer is not keeping up (for `/readyz`), or None."""
+        stalled_s = self._stalled_s()
+        if stalled_s < self.settings.stall_after_s or (self.may_block and not self.failures):
+            return None
+        why = f"{self.name}: no commit for {stalled_s:.0f} s with {self._lag} records waiting"
+        return f"{why}; last error: {self.last_error}" if self.last_error else why
+
+    def _stalled_s(self) -> float:
+        return 0.0 if not (self._lag or self.failures) else max(0.0, time.monotonic() - self._progress)
+
+    def reset(self) -> None:
+        """Tell the handler that records may come again."""
+        if self._reset is not None:
+            self._reset()
+
+    async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
+        """Learn where newly assigned partitions resume (for the lag): the group's committed
+        offset, else the log's start (`auto_offset_reset=earliest`)."""
+        self.committed = {}
+        try:
+            for tp in partitions:
+                offset = await self.consumer.committed(tp)
+                if offset is None:
+                    offset = (await self.consumer.beginning_offsets([tp]))[tp]
+                self.committed[tp] = offset
+        except Exception:  # the lag shows up after the first commit instead
+            log.debug("%s: no committed offsets for the lag yet", self.name, exc_info=True)
+        self._progress = time.monotonic()
 
     async def settle(self) -> _Batch | None:
         """Wait for the batch being sent; the batch if that failed (its records must come again).
@@ -270,11 +420,10 @@ class FastPath:
             return None
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception as exc:
             if self._sending is not batch:  # another waiter took care of it
                 return None
-            count(self.service, self.topic, "error", len(batch.records))
-            log.exception("%s: sending a batch of %d failed", self.service, len(batch.records))
+            batch.error = exc
             return batch
         finally:
             if self._sending is batch and batch.done.done():
@@ -286,9 +435,38 @@ class FastPath:
         else:
             await asyncio.gather(self.sender.send(handled.outputs), handled.alongside)
         if handled.then is not None:
-            handled.then()
-        await self.consumer.commit(batch.nexts)
-        record_lag(self.service, self.consumer, batch.nexts)
+            effect = handled.then()
+            if inspect.isawaitable(effect):
+                await effect
+        await self._commit(batch.nexts)
+        BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
+        BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
+        if handled.tally is not None:
+            handled.tally.apply()
+        if handled.committed is not None:
+            handled.committed()
+
+    async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        await self.consumer.commit(dict(offsets))
+        self.committed.update(offsets)
+        self.failures, self.last_error = 0, None
+        self._progress = time.monotonic()
+
+    def _observe_lag(self) -> None:
+        """Lag of every assigned partition from the committed offset and the high watermark; the
+        stall clock restarts when nothing waits."""
+        total = 0
+        for tp in self.consumer.assignment():
+            highwater, committed = self.consumer.highwater(tp), self.committed.get(tp)
+            if highwater is None or committed is None:
+                continue
+            lag = max(0, highwater - committed)
+            total += lag
+            CONSUMER_LAG.labels(self.service, tp.topic, str(tp.partition)).set(lag)
+        self._lag = total
+        if not total and not self.failures:
+            self._progress = time.monotonic()
+        STALLED.labels(self.service, self.name).set(round(self._stalled_s(), 1))
 
     def rewind(self, batches: Sequence[_Batch]) -> None:
         """Seek every partition back to the first record of the earliest of `batches`, and reset.
@@ -303,45 +481,134 @@ class FastPath:
         for tp, offset in positions.items():
             if tp in assigned:
                 self.consumer.seek(tp, offset)
-        if self.reset is not None:
-            self.reset()
+        self.reset()
 
     async def _run(self, handle: Handler) -> None:
         watch = TruncationWatch(self.consumer)
         while True:
-            batches = await self.consumer.getmany(
+            fetched = await self.consumer.getmany(
                 timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
             )
-            if not batches:
-                failed = await self.settle()  # idle: do not hold a commit back
-                if failed is not None:
-                    await self._retry([failed])
-                else:
+            self._observe_lag()
+            if not fetched:
+                async with self.in_flight:
+                    failed = await self.settle()  # idle: do not hold a commit back
+                    if failed is not None:
+                        await self._recover(handle, [failed], failed.error)
+                if failed is None:
                     await watch.fetched(0)
                 continue
-            await watch.fetched(sum(map(len, batches.values())))  # a partition past its end
-            batch = _Batch.of(batches, self.generation)
+            await watch.fetched(sum(map(len, fetched.values())))  # a partition past its end
+            batch = _Batch.of(fetched, self.generation)
             async with self.in_flight:
                 try:
-                    with timed_batch(self.service, self.topic, len(batch.records)):
-                        result = await handle(batch.records)
+                    started = time.perf_counter()
+                    handled = _as_handled(await handle(batch.records))
+                    batch.seconds = time.perf_counter() - started
                 except asyncio.CancelledError:
                     raise
-                except Exception:
-                    count(self.service, self.topic, "error", len(batch.records))
-                    log.exception("%s: batch of %d failed", self.service, len(batch.records))
+                except Exception as exc:
                     failed = await self.settle()
-                    await self._retry([batch] if failed is None else [failed, batch])
+                    if failed is None:
+                        await self._recover(handle, [batch], exc)
+                    else:  # the earlier batch's failure first: this one comes after it anyway
+                        await self._recover(handle, [failed, batch], failed.error)
                     continue
                 failed = await self.settle()
                 if failed is not None:  # this batch comes again after the failed one
-                    await self._retry([failed, batch])
+                    await self._recover(handle, [failed, batch], failed.error)
                     continue
-                handled = result if isinstance(result, Handled) else Handled(result)
-                batch.done = asyncio.create_task(self._finish(batch, handled))
-                self._sending = batch
+                if self.pipelined:
+                    batch.done = asyncio.create_task(self._finish(batch, handled))
+                    self._sending = batch
+                    continue
+                try:
+                    await self._finish(batch, handled)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    await self._recover(handle, [batch], exc)
 
-    async def _retry(self, batches: Sequence[_Batch]) -> None:
-        """Rewind to the failed records and pause before they come again."""
-        self.rewind(batches)
-        await asyncio.sleep(1.0)
+    def _failed(self, exc: BaseException | None, records: int) -> None:
+        transient = exc is not None and is_transient(exc)
+        BATCH_FAILURES.labels(self.service, self.name, "transient" if transient else "record").inc()
+        self.failures += 1
+        self.last_error = describe(exc, 300) if exc is not None else "unknown"
+        if self.failures == 1 or self.failures % 20 == 0:  # the trace once, then every 20th
+            log.error(
+                "%s %s: a batch of %d failed (%d in a row)",
+                self.service, self.name, records, self.failures, exc_info=exc,
+            )  # fmt: skip
+        else:
+            log.warning("%s %s: failed again (%d in a row): %s", self.service, self.name,
+                        self.failures, self.last_error)  # fmt: skip
+
+    async def _recover(self, handle: Handler, batches: Sequence[_Batch], exc: BaseException | None) -> None:
+        """After a failure (the lock held): an infrastructure fault rewinds and pauses; anything
+        else isolates the records that failed."""
+        records = [r for b in batches for r in b.records]
+        self._failed(exc, len(records))
+        if exc is None or is_transient(exc) or any(b.generation != self.generation for b in batches):
+            self.rewind(batches)
+            await self._back_off()
+            return
+        await self._isolate(handle, records)
+
+    async def _back_off(self) -> None:
+        await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, self.failures - 1)))
+
+    async def _isolate(self, handle: Handler, records: Sequence[ConsumerRecord]) -> None:
+        """Handle `records` once more, then in ever smaller parts, each sent and committed before
+        the next, until the record that fails alone is found: it is dead-lettered and the rest
+        flows. An infrastructure fault meanwhile rewinds to the part it hit (what came before is
+        committed) and pauses."""
+        generation = self.generation
+        parts = [list(records)]  # a stack: the first part on top
+        while parts:
+            part = parts.pop()
+            batch = _Batch.of_records(part, generation)
+            self.reset()
+            try:
+                started = time.perf_counter()
+                handled = _as_handled(await handle(part))
+                batch.seconds = time.perf_counter() - started
+                await self._finish(batch, handled)
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if is_transient(exc):
+                    self._failed(exc, len(part))
+                    self.rewind([_Batch.of_records([r for p in (*parts, part) for r in p], generation)])
+                    await self._back_off()
+                    return
+                failure = exc
+            if len(part) > 1:
+                middle = len(part) // 2
+                parts += [part[middle:], part[:middle]]
+                continue
+            try:
+                await self._dead_letter(part[0], failure)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the dead letter could not be sent: retry from this record
+                self._failed(exc, 1)
+                self.rewind([_Batch.of_records([r for p in (*parts, part) for r in p], generation)])
+                await self._back_off()
+                return
+
+    async def _dead_letter(self, record: ConsumerRecord, exc: BaseException) -> None:
+        letter = dead_letter(
+            self.service, record, PROCESSING_FAILED, describe(exc), error_type=type(exc).__name__
+        )
+        await self.sender.send([Output(self.settings.topics.events_dlq, None, encode(letter))])
+        await self._commit({TopicPartition(record.topic, record.partition): record.offset + 1})
+        DEAD_LETTERS.labels(self.service, PROCESSING_FAILED).inc()
+        log.error(
+            "%s %s: dead-lettered %s[%d]@%d, which fails alone: %s",
+            self.service, self.name, record.topic, record.partition, record.offset, letter.detail,
+        )  # fmt: skip
+
+
+def _as_handled(result: Sequence[Output] | Handled) -> Handled:
+    return result if isinstance(result, Handled) else Handled(result)

@@ -1,20 +1,19 @@
-"""The one Kafka client factory: FastStream brokers, batch subscribers, topic admin, dead letters."""
+"""The one Kafka client factory: the FastStream broker (HTTP, AsyncAPI), topic admin, group-less
+readers, dead letters. Group consumers are `driftloop.fastpath.FastPath` loops."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from faststream.kafka.prometheus import KafkaPrometheusMiddleware
 from prometheus_client import REGISTRY
@@ -22,14 +21,12 @@ from pydantic import BaseModel
 
 from driftloop.connections import faststream_security, kafka_options
 from driftloop.contracts import DeadLetter, InvalidInput
-from driftloop.metrics import DEAD_LETTERS, count, next_offsets, record_lag, timed_batch
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_BATCH_BYTES = 512 * 1024
-RETRY_BACKOFF_S = 1.0
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
 
 
@@ -50,38 +47,6 @@ def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
     )
 
 
-def batch_subscriber(
-    broker: KafkaBroker,
-    settings: ServiceSettings,
-    *topics: str,
-    group_id: str,
-    consumes: type[BaseModel] | tuple[type[BaseModel], ...],
-) -> Any:
-    """Subscribe to topics in batches, committing only after the handler returns (at-least-once).
-
-    The handler gets raw records, so a malformed one is dead-lettered instead of failing the batch;
-    an exception (an infrastructure fault) rewinds the batch, which is then delivered again.
-    """
-    kinds = consumes if isinstance(consumes, tuple) else (consumes,)
-    names = ", ".join(f"`{k.__name__}` (schemas/json/{k.__name__}.json)" for k in kinds)
-    return broker.subscriber(
-        *topics,
-        group_id=group_id,
-        batch=True,
-        max_records=settings.kafka_max_records,
-        fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
-        batch_timeout_ms=settings.kafka_fetch_max_wait_ms,
-        auto_offset_reset="earliest",
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        ack_policy=AckPolicy.NACK_ON_ERROR,
-        description=(
-            f"Batches of {names}; invalid records are dead-lettered, the rest handled, "
-            "then offsets committed."
-        ),
-    )
-
-
 def documented_consumer(
     bootstrap: str, topic: str, group_id: str | None, payload: Any, name: str, description: str
 ) -> KafkaBroker:
@@ -96,31 +61,6 @@ def documented_consumer(
     consume.__annotations__ = {"message": payload, "return": None}
     documented.subscriber(topic, group_id=group_id, title=f"{topic}:{name}", description=description)(consume)
     return documented
-
-
-async def run_batch(
-    service: str,
-    topic: str,
-    message: Any,
-    handle: Callable[[Sequence[ConsumerRecord]], Awaitable[None]],
-) -> None:
-    """Handle one consumed batch, timed; on a fault, back off before the batch is redelivered."""
-    records = records_of(message)
-    with timed_batch(service, topic, len(records)):
-        try:
-            await handle(records)
-            record_lag(service, getattr(message, "consumer", None), next_offsets(records))
-        except Exception:
-            count(service, topic, "error", len(records))
-            log.exception("%s: batch of %d from %s failed; redelivering", service, len(records), topic)
-            await asyncio.sleep(RETRY_BACKOFF_S)
-            raise
-
-
-def records_of(message: Any) -> tuple[ConsumerRecord, ...]:
-    """The raw consumer records behind a FastStream Kafka message (batch or single)."""
-    raw = message.raw_message
-    return tuple(raw) if isinstance(raw, tuple | list) else (raw,)
 
 
 def triage(
@@ -142,34 +82,33 @@ def encode(model: BaseModel) -> bytes:
     return orjson.dumps(model.model_dump(mode="json"))
 
 
-def dead_letter(service: str, record: ConsumerRecord, reason: str, detail: str) -> DeadLetter:
-    """A dead-letter record for a rejected input, keeping its original bytes (up to 64 KiB)."""
+def dead_letter(
+    service: str, record: ConsumerRecord, reason: str, detail: str, error_type: str | None = None
+) -> DeadLetter:
+    """A dead-letter record for a rejected input, keeping its bytes (up to 64 KiB), key, timestamp
+    and headers. `detail` is made valid, printable UTF-8 (a record's lone surrogates escaped)."""
     value = record.value or b""
     return DeadLetter(
         service=service,
         reason=reason,
-        detail=detail[:2000],
+        detail=detail.encode("utf-8", "backslashreplace").decode("utf-8")[:2000],
         source_topic=record.topic,
         source_partition=record.partition,
         source_offset=record.offset,
-        original=base64.b64encode(value[:DEAD_LETTER_KEEP_BYTES]).decode("ascii"),
+        original=_b64(value[:DEAD_LETTER_KEEP_BYTES]),
         original_size=len(value),
+        original_key=None if record.key is None else _b64(record.key[:DEAD_LETTER_KEEP_BYTES]),
+        original_timestamp=record.timestamp if isinstance(record.timestamp, int) else None,
+        original_headers=[
+            (str(name).encode("utf-8", "backslashreplace").decode("utf-8"), _b64(header or b""))
+            for name, header in (record.headers or ())
+        ],
+        error_type=error_type,
     )
 
 
-async def publish_all(broker: KafkaBroker, topic: str, messages: Sequence[BaseModel]) -> None:
-    """Publish contracts to one topic in size-bounded batches; wait for the broker's acks."""
-    chunk: list[bytes] = []
-    size = 0
-    for message in messages:
-        body = encode(message)
-        if chunk and size + len(body) > MAX_BATCH_BYTES:
-            await broker.publish_batch(*chunk, topic=topic)
-            chunk, size = [], 0
-        chunk.append(body)
-        size += len(body) + 64
-    if chunk:
-        await broker.publish_batch(*chunk, topic=topic)
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
 
 
 async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None:
@@ -271,21 +210,3 @@ async def tail_from_end(
     for tp in assigned:  # resolve positions now, so nothing produced from here on is missed
         await consumer.position(tp)
     return consumer
-
-
-class Bus:
-    """The publishing port handlers get injected: contracts to topics, rejects to the DLQ."""
-
-    def __init__(self, broker: KafkaBroker, service: str, dlq_topic: str) -> None:
-        self.broker = broker
-        self.service = service
-        self.dlq_topic = dlq_topic
-
-    async def publish(self, topic: str, messages: Sequence[BaseModel]) -> None:
-        await publish_all(self.broker, topic, messages)
-
-    async def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
-        """Publish dead letters and count them by reason."""
-        await publish_all(self.broker, self.dlq_topic, letters)
-        for letter in letters:
-            DEAD_LETTERS.labels(self.service, letter.reason).inc()

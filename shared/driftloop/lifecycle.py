@@ -17,15 +17,23 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from faststream.kafka import KafkaBroker
+from prometheus_client import Counter
 from pydantic import ValidationError
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.fastpath import BatchSender, Output
+from driftloop.faults import describe, is_transient
 from driftloop.kafka import documented_consumer, follow_truncation, read_from_start
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
+
+LIFECYCLE_ERRORS = Counter(
+    "driftloop_lifecycle_errors_total",
+    "Lifecycle events a service's handler failed on and skipped (it keeps what it served), by event.",
+    ["event"],
+)
 
 LifecycleHandler = Callable[[LifecycleEvent], Awaitable[None]]
 
@@ -95,9 +103,30 @@ class LifecycleFollower:
                     continue
                 if isinstance(event, ModelPromoted | ModelRolledBack):
                     self.serving.add(event.model)
-                await self.handler(event)
+                await self._handle(event, record.offset)
                 count += 1
         return count
+
+    async def _handle(self, event: LifecycleEvent, offset: int) -> None:
+        """Hand one event to the handler: retried while an infrastructure fault lasts; an event the
+        handler fails on otherwise is logged, counted and skipped, so one bad event (or a handler's
+        bug on it) never stops the service from starting or following the others."""
+        failures = 0
+        while True:
+            try:
+                await self.handler(event)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not is_transient(exc):
+                    LIFECYCLE_ERRORS.labels(event.event).inc()
+                    log.error("skipping lifecycle event %s (offset %d): %s", event.event, offset,
+                              describe(exc), exc_info=exc)  # fmt: skip
+                    return
+                failures += 1
+                log.warning("lifecycle event %s: %s; retrying", event.event, describe(exc))
+                await asyncio.sleep(min(5.0, 0.25 * 2 ** (failures - 1)))
 
     async def catch_up(self) -> None:
         """Replay every event already on the topic, then return."""

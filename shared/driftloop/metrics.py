@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable
 from typing import Any
 
-from aiokafka import TopicPartition
 from prometheus_client import Counter, Gauge, Histogram
 
 MESSAGES = Counter(
     "driftloop_messages_total",
-    "Messages handled, by service, topic and outcome (ok, rejected, duplicate, error).",
+    "Messages handled (counted once their offsets are committed), by service, topic and outcome (ok, "
+    "rejected, duplicate).",
     ["service", "topic", "outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -40,37 +38,54 @@ MODEL_VERSION = Gauge(
 UP = Gauge("driftloop_service_up", "1 while the service is running.", ["service"])
 CONSUMER_LAG = Gauge(
     "driftloop_consumer_lag",
-    "Records behind the partition's end after the last handled batch, by service, topic and partition.",
+    "Records between the service's committed offset and the partition's end (high watermark), by "
+    "service, topic and partition: updated after every fetch, whether or not a batch succeeds.",
     ["service", "topic", "partition"],
+)
+STALLED = Gauge(
+    "driftloop_consumer_stalled_seconds",
+    "Seconds since a consumer last committed while records wait for it (0 when it keeps up), by "
+    "service and consumer.",
+    ["service", "consumer"],
+)
+BATCH_FAILURES = Counter(
+    "driftloop_batch_failures_total",
+    "Failed attempts to handle and commit a batch, by service, consumer and kind: transient (an "
+    "infrastructure fault, retried until it heals) or record (suspected bad input: retried once, "
+    "then isolated and dead-lettered).",
+    ["service", "consumer", "kind"],
 )
 
 
-@contextmanager
-def timed_batch(service: str, topic: str, size: int) -> Iterator[None]:
-    """Observe one batch's size and handling time."""
-    BATCH_SIZE.labels(service, topic).observe(size)
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        BATCH_SECONDS.labels(service, topic).observe(time.perf_counter() - start)
+class Tally:
+    """Metric changes of one batch, applied once its offsets are committed: a batch handled again
+    (a retry, a rewind, the search for a bad record) changes every metric once."""
 
+    def __init__(self) -> None:
+        self._changes: list[tuple[Callable[[float], None], float]] = []
 
-def next_offsets(records: Sequence[Any]) -> dict[TopicPartition, int]:
-    """The offset after each partition's last record in a batch."""
-    return {TopicPartition(r.topic, r.partition): r.offset + 1 for r in records}
+    def inc(self, child: Any, amount: float = 1) -> None:
+        """`child.inc(amount)` later (a labelled counter or gauge); nothing for 0."""
+        if amount:
+            self._changes.append((child.inc, amount))
 
+    def set(self, child: Any, value: float) -> None:
+        """`child.set(value)` later."""
+        self._changes.append((child.set, value))
 
-def record_lag(service: str, consumer: Any, nexts: Mapping[TopicPartition, int]) -> None:
-    """Set the lag of every partition in a handled batch (`next_offsets`) from the consumer's
-    high-water marks."""
-    for tp, after in nexts.items():
-        try:
-            highwater = consumer.highwater(tp)
-        except Exception:  # a consumer without fetch positions (e.g. an in-memory test broker)
-            return
-        if highwater is not None:
-            CONSUMER_LAG.labels(service, tp.topic, str(tp.partition)).set(max(0, highwater - after))
+    def observe(self, child: Any, value: float) -> None:
+        """`child.observe(value)` later (a labelled histogram)."""
+        self._changes.append((child.observe, value))
+
+    def count(self, service: str, topic: str, outcome: str, n: int = 1) -> None:
+        """`count(...)` later."""
+        self.inc(MESSAGES.labels(service, topic, outcome), n)
+
+    def apply(self) -> None:
+        """Apply the changes (once)."""
+        changes, self._changes = self._changes, []
+        for change, value in changes:
+            change(value)
 
 
 def count(service: str, topic: str, outcome: str, n: int = 1) -> None:

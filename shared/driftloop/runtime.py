@@ -7,10 +7,11 @@ import logging
 import os
 import subprocess
 from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict
 from functools import cache
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import orjson
 import uvicorn
@@ -68,12 +69,32 @@ def json_response(body: Any, status: int = 200) -> AsgiResponse:
     return AsgiResponse(orjson.dumps(body), status, headers={"content-type": "application/json"})
 
 
-class Readiness:
-    """Set when a service has finished its start-up work (e.g. loaded its champion)."""
+class Watched(Protocol):
+    """A consumer whose progress decides readiness (`driftloop.fastpath.FastPath`)."""
 
-    def __init__(self, describe: Callable[[], dict[str, Any]] = dict) -> None:
+    def stalled(self) -> str | None: ...
+
+    def health(self) -> Any: ...
+
+
+class Readiness:
+    """Set when a service has finished its start-up work (e.g. loaded its champion); not ready
+    while one of its `consumers` is stalled."""
+
+    def __init__(
+        self, describe: Callable[[], dict[str, Any]] = dict, consumers: Sequence[Watched] = ()
+    ) -> None:
         self.ready = False
         self.describe = describe  # extra, current facts for /readyz
+        self.consumers = list(consumers)
+
+    def report(self) -> tuple[bool, dict[str, Any]]:
+        """(ready, facts): start-up done and no consumer stalled; each consumer's health."""
+        stalled = [why for consumer in self.consumers if (why := consumer.stalled())]
+        facts: dict[str, Any] = {"consumers": [asdict(c.health()) for c in self.consumers]}
+        if stalled:
+            facts["stalled"] = stalled
+        return self.ready and not stalled, facts | self.describe()
 
 
 def _get_only(app: Any) -> Any:
@@ -111,8 +132,9 @@ def build_app(
     @get(include_in_schema=False)
     async def readyz(scope: Any) -> AsgiResponse:
         broker_ok = await broker.ping(timeout=2.0)
-        ok = readiness.ready and broker_ok
-        body = {"service": service, "ready": ok, "broker": broker_ok, **readiness.describe()}
+        ready, facts = readiness.report()
+        ok = ready and broker_ok
+        body = {"service": service, "ready": ok, "broker": broker_ok, **facts}
         return json_response(body, 200 if ok else 503)
 
     async def mark_ready() -> None:

@@ -58,6 +58,12 @@ class ServiceSettings(BaseSettings):
     kafka_partitions: int = Field(default=3, description="Partitions for topics this service creates.")
     kafka_fetch_max_wait_ms: int = Field(default=20, description="Consumer fetch wait (latency/CPU).")
     kafka_max_records: int = Field(default=2000, description="Max records per consumed batch.")
+    stall_after_s: float = Field(
+        default=30.0,
+        gt=0,
+        description="A consumer that has not committed for this long while records wait for it (or while "
+        "its batches fail) is stalled: /readyz answers 503 with the reason.",
+    )
     kafka_session_timeout_ms: int = Field(
         default=6000, description="Consumer-group session timeout (Kafka's minimum is 6000)."
     )

@@ -3,9 +3,12 @@
 import asyncio
 import base64
 from datetime import UTC, datetime
+from types import SimpleNamespace
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
@@ -14,6 +17,7 @@ from driftloop.spec import load_specs
 from driftloop.store import RowStore
 from driftloop_feature.app import create_app as feature_app
 from driftloop_feature.settings import FeatureSettings
+from driftloop_inference.domain import Lineup
 from driftloop_ingest.app import create_app as ingest_app
 from driftloop_ingest.settings import IngestSettings
 from tests.conftest import ROOT, wait_for
@@ -249,3 +253,64 @@ async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_ever
     finally:
         await kept_redis.aclose()
         await read_redis.aclose()
+
+
+STORED_VALUE = st.one_of(
+    st.binary(max_size=30),
+    st.sampled_from([b"", b"nan", b"inf", b"-1e400", b"1e999", b"not a number", b"[1,", b"{}", b"null"]),
+    st.floats(allow_nan=True).map(lambda f: repr(f).encode()),
+)
+STORED_HASH = st.dictionaries(
+    st.sampled_from([b"event_ts", b"features", b"event_time", b"h:e1", b"h:\xff", b"other"]),
+    STORED_VALUE,
+    max_size=6,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stored=STORED_HASH)
+async def test_any_stored_entity_hash_is_overwritten_or_read_never_fails_the_batch(redis_url, stored):
+    """An online-store hash edited by hand, left by an old writer or a bug (a non-numeric
+    `event_ts` made the write script fail and stopped the feature service for every entity): the
+    feature service still writes the entity, and inference still reads it."""
+    from driftloop.settings import Topics
+    from driftloop.spec import ModelSpec
+    from driftloop_feature.adapters import OnlineStore
+    from driftloop_feature.handlers import FeatureHandler
+    from driftloop_inference.adapters import OnlineFeatures
+    from driftloop_inference.handlers import InferenceHandler
+    from tests.helpers import records
+
+    spec = ModelSpec.model_validate(
+        {
+            "name": "payments",
+            "features": [{"name": "amount", "type": "numeric"}],
+            "aggregates": [{"name": "amount_mean_3", "stat": "mean", "of": "amount", "last_n": 3}],
+            "label": {"classes": [0, 1]},
+            "algorithm": {"name": "logistic_regression"},
+        }
+    )
+    redis = Redis.from_url(redis_url)
+    key = online_key("payments", "u1")
+    try:
+        await redis.delete(key)
+        if stored:
+            await redis.hset(key, mapping=stored)
+        handler = FeatureHandler({"payments": spec}, OnlineStore(redis, 600), Topics())
+        event = {"event_id": "e9", "model": "payments", "entity_id": "u1", "features": {"amount": 5},
+                 "label": 1, "event_time": "2026-11-22T10:00:00+00:00"}  # fmt: skip
+        handled = await handler.handle(records("events.validated", [orjson.dumps(event)]))
+        await handled.alongside
+        assert [o.topic for o in handled.outputs] == ["features.computed"]
+        after = await redis.hgetall(key)
+        assert after[b"event_ts"] == b"%.6f" % datetime(2026, 11, 22, 10, tzinfo=UTC).timestamp()
+        assert orjson.loads(after[b"features"]) == {"amount": 5.0}
+        # inference reads whatever is there
+        await redis.hset(key, mapping=stored or {b"other": b"x"})
+        inference = InferenceHandler({"payments": spec}, SimpleNamespace(lineup=Lineup()),
+                                     OnlineFeatures(redis), Topics())  # fmt: skip
+        request = {"request_id": "r", "model": "payments", "entity_id": "u1", "features": {}}
+        answered = await inference.handle(records("predictions.requests", [orjson.dumps(request)]))
+        assert len(answered.outputs) == 1 and answered.outputs[0].topic == "predictions.results"
+    finally:
+        await redis.aclose()

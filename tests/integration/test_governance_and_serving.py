@@ -4,14 +4,12 @@ zero-loss swap between batches, redelivery."""
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import PredictionClient
 from driftloop.contracts import LIFECYCLE, ArtifactRef
-from driftloop.kafka import Bus, make_broker
-from driftloop.settings import ServiceSettings
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from driftloop_registry.app import create_app as registry_app
 from driftloop_registry.settings import RegistrySettings
 from tests.conftest import ROOT
-from tests.helpers import collect, model_trained, sea_onnx, served_versions
+from tests.helpers import Publisher, collect, model_trained, sea_onnx, served_versions
 
 
 def _trained(run_id, artifact, classes, names, accuracy, champion=None):
@@ -37,10 +35,7 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     lying = ArtifactRef(uri=good.uri, sha256="0" * 64, size_bytes=good.size_bytes)
 
-    publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
-    async with registry_app(RegistrySettings(**common)), publisher:
-        await publisher.start()
-        bus = Bus(publisher, "test", topics.events_dlq)
+    async with registry_app(RegistrySettings(**common)), Publisher(kafka_bootstrap) as bus:
         await bus.publish(topics.models_trained, [_trained("run-1", good, classes, names, 0.88)])
         (event,) = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 1)
         assert event.event == "ModelPromoted" and event.version == 1

@@ -21,9 +21,7 @@ from driftloop.contracts import (
     TrainModel,
 )
 from driftloop.features import FeatureSet, check_features
-from driftloop.kafka import Bus, make_broker
 from driftloop.lifecycle import LifecycleFollower
-from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
@@ -32,7 +30,7 @@ from driftloop_registry.settings import RegistrySettings
 from driftloop_training.app import create_app as training_app
 from driftloop_training.settings import TrainingSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import collect, sea_rows, served_versions
+from tests.helpers import Publisher, collect, sea_rows, served_versions
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 PROBE = [{"x0": 9.0, "x1": 9.0, "x2": 1.0}, {"x0": 1.0, "x1": 1.0, "x2": 1.0}] * 5
@@ -63,7 +61,7 @@ class Services:
             registry_app(RegistrySettings(**common, data_dir=tmp_path / "registry", http_port=0)),
             inference_app(InferenceSettings(**common)),
         ]
-        self.publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
+        self.bus = Publisher(kafka_bootstrap)
         self.events: list[LifecycleEvent] = []
         self.follower = LifecycleFollower(kafka_bootstrap, topics.models_lifecycle, self._seen)
 
@@ -72,14 +70,13 @@ class Services:
 
     async def __aenter__(self):
         await asyncio.gather(*(app.start() for app in self.apps))
-        await self.publisher.start()
+        await self.bus.start()
         await self.follower.start()
-        self.bus = Bus(self.publisher, "test", self.topics.events_dlq)
         return self
 
     async def __aexit__(self, *exc):
         await self.follower.stop()
-        await self.publisher.stop()
+        await self.bus.stop()
         for app in reversed(self.apps):
             await app.stop()
 

@@ -12,13 +12,12 @@ from aiokafka import AIOKafkaProducer
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import DeadLetter, ModelAwaitingApproval, ModelPromoted, PredictionResult
-from driftloop.kafka import Bus, make_broker, read_from_start
-from driftloop.settings import ServiceSettings
+from driftloop.kafka import read_from_start
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from tests.conftest import ROOT
-from tests.helpers import collect, sea_onnx
+from tests.helpers import Publisher, collect, sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -44,11 +43,10 @@ class Setup:
                                           artifacts_dir=tmp_path / "artifacts",
                                           group_id=f"inference-{uuid.uuid4().hex[:8]}")  # fmt: skip
         self.bootstrap, self.topics = kafka_bootstrap, topics
-        self.publisher = make_broker(ServiceSettings(kafka_bootstrap=kafka_bootstrap), "test")
+        self.bus = Publisher(kafka_bootstrap)
 
     async def __aenter__(self):
-        await self.publisher.start()
-        self.bus = Bus(self.publisher, "test", self.topics.events_dlq)
+        await self.bus.start()
         await self.bus.publish(self.topics.models_lifecycle, [ModelPromoted(**self.events[1])])
         self.raw = AIOKafkaProducer(
             bootstrap_servers=self.bootstrap,
@@ -61,7 +59,7 @@ class Setup:
 
     async def __aexit__(self, *exc):
         await self.raw.stop()
-        await self.publisher.stop()
+        await self.bus.stop()
 
     async def consuming(self):
         """Wait until inference answers (its consumer group has joined)."""

@@ -177,12 +177,13 @@ def test_a_labelled_entity_request_becomes_a_training_row_of_what_was_served():
     import orjson
 
     from driftloop.contracts import result_json
+    from driftloop.metrics import Tally
     from driftloop.settings import Topics
     from driftloop.spec import load_specs
     from driftloop_monitor.handlers import Monitor
     from tests.conftest import ROOT
 
-    monitor = Monitor(load_specs(ROOT / "models"), joins=None, bus=None, topics=Topics(), quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(load_specs(ROOT / "models"), joins=None, topics=Topics(), quality_window=100)  # type: ignore[arg-type]
     served = {"x0": 9.0, "x1": 9.0, "x2": 1.0}  # the request named only its entity
     request = {"request_id": "r1", "model": "sea", "features": {}, "entity_id": "u1", "ts": 1_000}
     fields = {
@@ -191,7 +192,6 @@ def test_a_labelled_entity_request_becomes_a_training_row_of_what_was_served():
         ),
         "feedback": orjson.dumps({"label": 1, "ts": 2_000}),
     }
-    learned = monitor._learn("r1", fields, request)
-    assert learned is not None
-    observation, _ = learned
+    ((topic, observation),) = monitor._learn("r1", fields, request, Tally())
+    assert topic == "events.raw"
     assert observation.features == served and observation.entity_id == "u1" and observation.label == 1

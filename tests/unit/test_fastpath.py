@@ -10,8 +10,10 @@ import asyncio
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
 
-from driftloop.fastpath import FastPath, Handled, Output
-from driftloop.settings import ServiceSettings
+from driftloop.contracts import DeadLetter
+from driftloop.fastpath import PROCESSING_FAILED, FastPath, Handled, Output
+from driftloop.metrics import Tally
+from driftloop.settings import ServiceSettings, Topics
 
 TOPIC = "in"
 PARTITIONS = [TopicPartition(TOPIC, p) for p in range(2)]
@@ -73,6 +75,7 @@ class Log:
 class Sender:
     def __init__(self, log: Log, fail_on: set[int], ack_s: float = 0.002) -> None:
         self.log, self.fail_on, self.calls, self.ack_s = log, fail_on, 0, ack_s
+        self.dead: list[DeadLetter] = []
 
     async def stop(self) -> None:
         pass
@@ -83,6 +86,11 @@ class Sender:
         if self.calls in self.fail_on:
             raise ConnectionError("broker went away")
         for output in outputs:
+            if output.topic == Topics().events_dlq:
+                letter = DeadLetter.model_validate_json(output.value)
+                self.dead.append(letter)
+                self.log.sent.add((letter.source_partition, letter.source_offset))
+                continue
             partition, offset = output.value.split(b":")
             self.log.sent.add((int(partition), int(offset)))
 
@@ -310,3 +318,103 @@ async def test_keyed_outputs_go_to_the_partition_every_kafka_client_picks():
     }
     expected = {p: {k for k in keys if DefaultPartitioner()(k, [0, 1], [0, 1]) == p} for p in (0, 1)}
     assert sent_to == expected
+
+
+class PerRecord:
+    """A counter that remembers what it was increased for (a metric child, for a `Tally`)."""
+
+    def __init__(self, key: tuple[int, int], seen: dict) -> None:
+        self.key, self.seen = key, seen
+
+    def inc(self, amount: float) -> None:
+        self.seen[self.key] = self.seen.get(self.key, 0) + amount
+
+
+POISON = (1, 7)  # partition, offset
+
+
+@pytest.mark.parametrize("send_fails_on", [set(), {2}])
+async def test_a_record_that_fails_alone_is_dead_lettered_and_every_other_record_flows(
+    send_fails_on, monkeypatch
+):
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    sender = Sender(log, send_fails_on)
+    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    counted: dict = {}
+    attempts: list[list[tuple[int, int]]] = []
+
+    async def handle(records: list[ConsumerRecord]) -> Handled:
+        attempts.append([(r.partition, r.offset) for r in records])
+        tally = Tally()
+        for record in records:  # counted as the handler goes: applied only once committed
+            tally.inc(PerRecord((record.partition, record.offset), counted))
+        if POISON in attempts[-1]:
+            raise ValueError("year 11476 is out of range \ud800")
+        return Handled(
+            [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records], tally=tally
+        )
+
+    await _run_until_committed(loop, log, handle)
+
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+    (letter,) = sender.dead
+    assert (letter.source_partition, letter.source_offset) == POISON
+    assert letter.reason == PROCESSING_FAILED and letter.error_type == "ValueError"
+    assert "year 11476" in letter.detail and letter.service == "test"
+    assert [POISON] in attempts, "the record was not tried alone"
+    # every other record counted exactly once, however often its batch was handled
+    assert counted == {(p, o): 1 for p in range(2) for o in range(PER_PARTITION) if (p, o) != POISON}
+    assert loop.failures == 0 and loop.stalled() is None
+
+
+async def test_an_infrastructure_fault_is_retried_until_it_heals_and_never_dead_lettered(monkeypatch):
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6, stall_after_s=0.001), "test", TOPIC, "group")
+    sender = Sender(log, set())
+    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    calls, health = 0, []
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        nonlocal calls
+        calls += 1
+        if calls <= 30:  # Redis is down for a while
+            await asyncio.sleep(0.002)
+            health.append((loop.health(), loop.stalled()))
+            raise ConnectionRefusedError("redis went away")
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    await _run_until_committed(loop, log, handle)
+
+    assert sender.dead == [], "an outage dead-lettered records"
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+    failing, why = health[-1]
+    assert failing.failures == 29 and "ConnectionRefusedError: redis went away" in (failing.last_error or "")
+    assert why is not None and "no commit for" in why and "redis went away" in why
+    assert loop.failures == 0 and loop.last_error is None
+
+
+def test_lag_counts_from_the_committed_offsets_and_a_consumer_is_stalled_only_while_records_wait():
+    log = Log()
+    loop = FastPath(ServiceSettings(stall_after_s=0.05), "test", TOPIC, "group")
+    loop.consumer = log  # type: ignore[assignment]
+    loop.committed = dict.fromkeys(PARTITIONS, 10)  # 5 records wait in each partition
+    loop._observe_lag()
+    assert loop.health().lag == 10 and loop.stalled() is None  # not for long yet
+    loop._progress -= 1.0
+    loop._observe_lag()
+    assert loop.stalled() is not None and loop.health().stalled_s >= 1.0
+    loop.committed = dict.fromkeys(PARTITIONS, PER_PARTITION)  # caught up
+    loop._observe_lag()
+    assert loop.health().lag == 0 and loop.stalled() is None
+    # a loop whose handler may take long (a training run) is stalled only while it fails
+    slow = FastPath(ServiceSettings(stall_after_s=0.05), "test", TOPIC, "group", may_block=True)
+    slow.consumer, slow.committed = log, dict.fromkeys(PARTITIONS, 10)  # type: ignore[assignment]
+    slow._progress -= 1.0
+    slow._observe_lag()
+    assert slow.stalled() is None
+    slow.failures, slow.last_error = 3, "ValueError: x"
+    assert "ValueError: x" in (slow.stalled() or "")

@@ -35,7 +35,7 @@ from tests.helpers import JSON, records
 
 SPECS = load_specs(ROOT / "models")
 TOPICS = Topics()
-MONITOR = Monitor(SPECS, joins=None, bus=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+MONITOR = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
 
 HOSTILE_VALUES = st.sampled_from(
     [

@@ -6,7 +6,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import FeatureRow, ModelTrained, TrainModel
+from driftloop.contracts import FeatureRow, ModelTrained, ModelTrainingFailed, TrainModel
 from driftloop.features import FeatureSet, check_features
 from driftloop.kafka import encode
 from driftloop.settings import Topics
@@ -20,28 +20,24 @@ from tests.helpers import sea_rows
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
 
-class RecordingBus:
-    """The publishing port, recording instead of publishing."""
-
-    def __init__(self):
-        self.sent: dict[str, list] = {}
-
-    async def publish(self, topic, messages):
-        self.sent.setdefault(topic, []).extend(messages)
-
-    async def dead_letters(self, letters):
-        self.sent.setdefault("dlq", []).extend(letters)
-
-
 def _record(topic, message) -> ConsumerRecord:
     return ConsumerRecord(topic, 0, 0, 0, 0, None, encode(message), None, 0, 0, [])
 
 
+def _sent(handled, topic: str, kind) -> list:
+    """The contracts of one topic among a handler's outputs."""
+    return [kind.model_validate_json(o.value) for o in handled.outputs if o.topic == topic]
+
+
 def _trainer(tmp_path, spec):
-    bus = RecordingBus()
+    told: list = []
+
+    async def notify(event):
+        told.append(event)
+
     store = RowStore(tmp_path / "store")
     trainer = Trainer({spec.name: spec}, store, ArtifactStore(tmp_path / "artifacts"),
-                      DatasetCatalog(tmp_path / "datasets"), bus, Topics())  # fmt: skip
+                      DatasetCatalog(tmp_path / "datasets"), Topics(), notify=notify)  # fmt: skip
     feature_set = FeatureSet(spec)
     rows = [
         FeatureRow(event_id=f"e{i}", model=spec.name, event_time=T0 + timedelta(minutes=i),
@@ -51,20 +47,20 @@ def _trainer(tmp_path, spec):
     store.append(
         spec.name, [(r.event_id, r.event_time, orjson.dumps(r.model_dump(mode="json"))) for r in rows]
     )
-    return trainer, bus
+    return trainer, told
 
 
 async def test_commands_for_one_model_in_a_batch_coalesce_and_windows_apply(tmp_path, sea_spec):
-    trainer, bus = _trainer(tmp_path, sea_spec)
+    trainer, _ = _trainer(tmp_path, sea_spec)
     commands = [
         TrainModel(command_id="a", model="sea", last_n=900),
         TrainModel(
             command_id="b", model="sea", since=T0 + timedelta(minutes=100), until=T0 + timedelta(minutes=1000)
         ),
     ]
-    await trainer.handle_commands([_record("training.requests", c) for c in commands])
-    (trained,) = bus.sent[Topics().models_trained]
-    assert isinstance(trained, ModelTrained) and trained.command_id == "b"
+    handled = await trainer.handle_commands([_record("training.requests", c) for c in commands])
+    (trained,) = _sent(handled, Topics().models_trained, ModelTrained)
+    assert trained.command_id == "b"
     assert trained.dataset.rows == 900
     assert trained.dataset.first_event_time == T0 + timedelta(minutes=100)
     assert trained.dataset.last_event_time == T0 + timedelta(minutes=999)
@@ -72,19 +68,44 @@ async def test_commands_for_one_model_in_a_batch_coalesce_and_windows_apply(tmp_
 
 async def test_automatic_retrains_respect_the_cooldown_but_people_do_not(tmp_path, sea_spec):
     trainer, _ = _trainer(tmp_path, sea_spec)
-    assert await trainer.run(TrainModel(command_id="d1", model="sea", reason="drift")) is not None
-    assert await trainer.run(TrainModel(command_id="d2", model="sea", reason="drift")) is None
-    assert await trainer.run(TrainModel(command_id="m1", model="sea", reason="manual")) is not None
+    assert (await trainer.run(TrainModel(command_id="d1", model="sea", reason="drift"))).outcome == "trained"
+    assert (await trainer.run(TrainModel(command_id="d2", model="sea", reason="drift"))).outcome == "cooldown"
+    assert (await trainer.run(TrainModel(command_id="m1", model="sea", reason="manual"))).outcome == "trained"
+
+
+async def test_a_command_handled_again_before_its_commit_is_not_trained_again(tmp_path, sea_spec):
+    # a retried batch (its send failed): the drift retrain is not refused for the cooldown its own
+    # first attempt started, and it is not trained twice; its candidate is sent again
+    trainer, _ = _trainer(tmp_path, sea_spec)
+    batch = [_record("training.requests", TrainModel(command_id="d1", model="sea", reason="drift"))]
+    first = await trainer.handle_commands(batch)
+    again = await trainer.handle_commands(batch)
+    (trained,) = _sent(first, Topics().models_trained, ModelTrained)
+    assert _sent(again, Topics().models_trained, ModelTrained) == [trained]
+    assert again.committed is not None
+    again.committed()  # the batch is committed: a later copy of the command is a new one
+    later = await trainer.handle_commands(batch)
+    assert _sent(later, Topics().models_trained, ModelTrained) == []
+    (failed,) = _sent(later, Topics().models_lifecycle, ModelTrainingFailed)
+    assert failed.outcome == "cooldown" and failed.command_id == "d1"
 
 
 async def test_a_window_too_small_is_refused_after_the_bounded_wait(tmp_path, sea_spec):
     spec = sea_spec.model_copy(
         update={"training": sea_spec.training.model_copy(update={"wait_for_rows_s": 0.3})}
     )
-    trainer, bus = _trainer(tmp_path, spec)
+    trainer, told = _trainer(tmp_path, spec)
     command = TrainModel(command_id="x", model="sea", since=T0 + timedelta(days=30))
-    assert await trainer.run(command) is None
-    assert Topics().models_trained not in bus.sent
+    handled = await trainer.handle_commands([_record("training.requests", command)])
+    assert _sent(handled, Topics().models_trained, ModelTrained) == []
+    (failed,) = _sent(handled, Topics().models_lifecycle, ModelTrainingFailed)
+    assert (failed.outcome, failed.command_id, failed.reason) == (
+        "insufficient_data",
+        "x",
+        "insufficient_data: 0 rows, 500 needed",
+    )
+    # while it waited, it said so
+    assert [(e.event, e.rows, e.rows_needed) for e in told] == [("ModelTrainingDeferred", 0, 500)]
 
 
 def test_a_spec_search_picks_parameters_on_time_ordered_folds(sea_spec):

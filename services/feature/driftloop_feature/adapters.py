@@ -17,13 +17,14 @@ from driftloop.features import online_key
 # JSON, event time ISO, [history field, value, ...], [history field to delete, ...]] (one argument:
 # packing thousands of them costs the client more than the script costs Redis). An entity's
 # features are replaced only by a newer observation's (events arrive out of order); its history
-# changes always (the caller merged them). Numbers travel as strings: Lua would round them.
+# changes always (the caller merged them). Numbers travel as strings: Lua would round them. A stored
+# `event_ts` that is not a number (a hand edit, an old writer) counts as absent: the newer row wins.
 _WRITE = """
 local ttl = ARGV[1]
 local rows = cjson.decode(ARGV[2])
 for i, key in ipairs(KEYS) do
   local row = rows[i]
-  local stored = tonumber(redis.call('HGET', key, 'event_ts') or '-1')
+  local stored = tonumber(redis.call('HGET', key, 'event_ts') or '') or -1
   if tonumber(row[1]) >= stored then
     redis.call('HSET', key, 'features', row[2], 'event_time', row[3], 'event_ts', row[1])
   end

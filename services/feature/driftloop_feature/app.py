@@ -41,9 +41,14 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
         await hot_path.stop()
         await redis.aclose()
 
-    documented = [hot_path.describe(Observation)]  # consumed outside FastStream
+    documented = hot_path.describe(Observation)  # consumed outside FastStream
     return build_app(
-        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
+        SERVICE,
+        broker,
+        Readiness(consumers=[hot_path]),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=documented,
     )
 
 

@@ -34,7 +34,9 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
     follower = follow_models(broker, settings, holder.on_lifecycle, list(specs))
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
-    readiness = Readiness(lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}})
+    readiness = Readiness(
+        lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}}, [hot_path]
+    )
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)
     broker.publisher(topics.predictions_shadow, title="to_predictions_shadow", schema=PredictionResult)
@@ -77,7 +79,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         await follower.stop()
         await redis.aclose()
 
-    documented = [hot_path.describe(PredictionRequest), follower.describe()]  # consumed outside FastStream
+    documented = [*hot_path.describe(PredictionRequest), follower.describe()]  # consumed outside FastStream
     return build_app(
         SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop], documented=documented
     )

@@ -16,10 +16,10 @@ from prometheus_client import Counter
 
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
-from driftloop.fastpath import Output, dead_letter_outputs
+from driftloop.fastpath import Handled, Output, dead_letter_outputs
 from driftloop.features import FEATURES_FIELD, decode_stored, missing_features, time_parts
 from driftloop.kafka import triage
-from driftloop.metrics import count
+from driftloop.metrics import Tally
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -34,22 +34,38 @@ SHADOW = Counter(
 )
 PREDICTIONS = Counter(
     "driftloop_predictions_total",
-    "Results published, by model, serving version and outcome (ok or error).",
-    ["model", "version", "outcome"],
+    "Results published, by model, serving version (`none` for an error result: no version served it), "
+    "outcome (ok or error) and the error's reason (`no_champion`, `invalid_schema`, ...; empty when ok).",
+    ["model", "version", "outcome", "reason"],
 )
 
 
 def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
     """(request_id, model) from a request too broken to parse, when they can still be read
-    (the standard library's lenient parser also reads NaN and Infinity)."""
+    (the standard library's lenient parser also reads NaN and Infinity) and written back: an id
+    that is not valid UTF-8 (a lone surrogate) cannot go into a result."""
     try:
         data = json.loads(raw or b"")
     except (ValueError, RecursionError):
         return None
-    if isinstance(data, dict) and isinstance(data.get("request_id"), str) and data["request_id"]:
-        model = data.get("model")
-        return data["request_id"][:256], model[:64] if isinstance(model, str) else ""
-    return None
+    if not isinstance(data, dict) or not isinstance(data.get("request_id"), str) or not data["request_id"]:
+        return None
+    request_id, model = data["request_id"][:256], data.get("model")
+    model = model[:64] if isinstance(model, str) else ""
+    try:
+        request_id.encode(), model.encode()
+    except UnicodeEncodeError:
+        return None
+    return request_id, model
+
+
+def error_reason(error: str) -> str:
+    """The machine-readable reason at the head of a result's error (a bounded label value).
+
+    >>> error_reason("invalid_schema: features.x0: ..."), error_reason("no_champion")
+    ('invalid_schema', 'no_champion')
+    """
+    return error.partition(":")[0][:40]
 
 
 def _request_or_error(record: ConsumerRecord) -> Request | dict[str, Any]:
@@ -76,7 +92,7 @@ class InferenceHandler:
         self.online = online
         self.topics = topics
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> list[Output]:
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """One result per request (keyed by request id), dead letters for the unreadable."""
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
         parsed, dead = triage(SERVICE, records, _request_or_error)
@@ -88,19 +104,23 @@ class InferenceHandler:
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
         outputs += [Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow]
-        outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
-        shadow_tally = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
-        for (model, version), n in shadow_tally.items():
-            SHADOW.labels(model, str(version)).inc(n)
-        tally = collections.Counter(
-            (r["model"] if r["model"] in self.specs else "_unknown", r["model_version"], bool(r["error"]))
+        tally = Tally()
+        outputs += dead_letter_outputs(self.topics.events_dlq, dead, tally)
+        shadows = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
+        for (model, version), n in shadows.items():
+            tally.inc(SHADOW.labels(model, str(version)), n)
+        answers = collections.Counter(
+            (r["model"] if r["model"] in self.specs else "_unknown", r["model_version"], r["error"])
             for r in results
         )
-        for (model, version, failed), n in tally.items():
-            PREDICTIONS.labels(model, str(version), "error" if failed else "ok").inc(n)
-        count(SERVICE, self.topics.predictions_requests, "ok", len(results))
-        count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
-        return outputs
+        for (model, version, error), n in answers.items():
+            labels = (
+                (model, "none", "error", error_reason(error)) if error else (model, str(version), "ok", "")
+            )
+            tally.inc(PREDICTIONS.labels(*labels), n)
+        tally.count(SERVICE, self.topics.predictions_requests, "ok", len(results))
+        tally.count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
+        return Handled(outputs, tally=tally)
 
     def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
         """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""

@@ -38,9 +38,14 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
         await hot_path.stop()
         store.close()
 
-    documented = [hot_path.describe(Observation)]  # consumed outside FastStream
+    documented = hot_path.describe(Observation)  # consumed outside FastStream
     return build_app(
-        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
+        SERVICE,
+        broker,
+        Readiness(consumers=[hot_path]),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=documented,
     )
 
 

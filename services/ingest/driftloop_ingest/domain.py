@@ -35,7 +35,7 @@ def validate_batch(
     """Each valid observation normalised (defaults filled in, canonical label, UTC event time), and
     why each other one is invalid, both by position in `raws`. An observation without an event time
     gets its arrival (`arrival(position)`: the record's timestamp, the same again when it is
-    redelivered), else `now`."""
+    redelivered, or `InvalidInput`), else `now`."""
     valid, errors = check_observations(raws, specs, checks)
     accepted: dict[int, Accepted] = {}
     latest = now + max_future
@@ -45,7 +45,11 @@ def validate_batch(
             if observation.event_time is not None:
                 event_time = observation.event_time  # in UTC
             else:
-                event_time = arrival(i) if arrival is not None else now
+                try:
+                    event_time = arrival(i) if arrival is not None else now
+                except InvalidInput as exc:
+                    errors[i] = exc
+                    continue
             if event_time > latest:
                 errors[i] = InvalidInput("event_time_in_future", f"event_time {event_time.isoformat()}")
                 continue

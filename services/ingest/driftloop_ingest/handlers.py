@@ -7,10 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRecord
 
-from driftloop.contracts import utcnow
+from driftloop.contracts import InvalidInput, utcnow
 from driftloop.fastpath import Handled, Output, dead_letter_outputs
 from driftloop.kafka import dead_letter
-from driftloop.metrics import count
+from driftloop.metrics import Tally
 from driftloop.observations import checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -21,9 +21,16 @@ SERVICE = "ingest"
 
 
 def arrival(record: ConsumerRecord, now: datetime) -> datetime:
-    """When a record reached the bus: its timestamp (producer or broker time), else now."""
+    """When a record reached the bus: its timestamp (producer or broker time), else now;
+    `InvalidInput` for a timestamp no date can hold (e.g. 3e14 ms, the year 11476)."""
     if record.timestamp and record.timestamp > 0:
-        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        try:
+            return datetime.fromtimestamp(record.timestamp / 1000, UTC)
+        except (ValueError, OverflowError, OSError) as exc:
+            raise InvalidInput(
+                "event_time_out_of_range",
+                f"no event_time, and the record timestamp {record.timestamp} ms is not a date",
+            ) from exc
     return now
 
 
@@ -72,7 +79,8 @@ class IngestHandler:
         topic = self.topics.events_validated
         outputs = [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
-        outputs += dead_letter_outputs(SERVICE, self.topics.events_dlq, dead)
+        tally = Tally()
+        outputs += dead_letter_outputs(self.topics.events_dlq, dead, tally)
 
         def store() -> None:
             for model, new in fresh.items():
@@ -80,7 +88,7 @@ class IngestHandler:
                 self.unstored.difference_update((model, o.event_id) for o in new)
 
         published = sum(map(len, fresh.values()))
-        count(SERVICE, self.topics.events_raw, "ok", published)
-        count(SERVICE, self.topics.events_raw, "rejected", len(dead))
-        count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
-        return Handled(outputs, then=store)
+        tally.count(SERVICE, self.topics.events_raw, "ok", published)
+        tally.count(SERVICE, self.topics.events_raw, "rejected", len(dead))
+        tally.count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
+        return Handled(outputs, then=store, tally=tally)

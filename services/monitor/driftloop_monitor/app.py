@@ -3,8 +3,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+
 from faststream.asgi import AsgiFastStream
-from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.connections import redis_client
 from driftloop.contracts import (
@@ -15,13 +18,16 @@ from driftloop.contracts import (
     PredictionResult,
     TrainModel,
 )
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
+from driftloop.fastpath import FastPath
+from driftloop.kafka import ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
 from driftloop_monitor.settings import MonitorSettings
+
+log = logging.getLogger(__name__)
 
 
 def create_app(settings: MonitorSettings) -> AsgiFastStream:
@@ -31,26 +37,26 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     monitor = Monitor(
         load_specs(settings.models_dir),
         JoinStore(redis, settings.join_ttl_s, settings.orphan_grace_s),
-        Bus(broker, SERVICE, topics.events_dlq),
         topics,
         settings.quality_window,
     )
     follower = follow_models(broker, settings, monitor.on_lifecycle, list(monitor.specs))
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
-
-    @batch_subscriber(
-        broker,
-        settings,
-        *traffic,
-        group_id=settings.group_id,
-        consumes=(PredictionRequest, PredictionResult, Feedback),
-    )
-    async def on_prediction_traffic(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, "predictions", message, monitor.handle)
+    stream = FastPath(settings, SERVICE, traffic, settings.group_id, name="predictions")
+    tasks: list[asyncio.Task[None]] = []
 
     broker.publisher(topics.events_raw, title="to_events_raw", schema=Observation)
     broker.publisher(topics.monitor_drift, title="to_monitor_drift", schema=DriftDetected)
     broker.publisher(topics.training_requests, title="to_training_requests", schema=TrainModel)
+
+    async def sweep() -> None:
+        """Requests and labels past their window are counted whether or not traffic flows."""
+        while True:
+            await asyncio.sleep(settings.sweep_every_s)
+            try:
+                await monitor.sweep()
+            except Exception:
+                log.warning("sweeping the label windows failed; next time", exc_info=True)
 
     async def start() -> None:
         await ensure_topics(
@@ -66,14 +72,27 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
             ],
         )
         await follower.start()
+        await stream.start(monitor.handle)
+        tasks.append(asyncio.create_task(sweep()))
 
     async def stop() -> None:
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await stream.stop()
         await follower.stop()
         await redis.aclose()
 
-    documented = [follower.describe()]  # consumed outside FastStream
+    payloads = dict(zip(traffic, (PredictionRequest, PredictionResult, Feedback), strict=True))
+    documented = [*stream.describe(payloads), follower.describe()]  # consumed outside FastStream
     return build_app(
-        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
+        SERVICE,
+        broker,
+        Readiness(consumers=[stream]),
+        on_startup=[start],
+        on_shutdown=[stop],
+        documented=documented,
     )
 
 

@@ -12,10 +12,12 @@ from typing import Any, Literal, NamedTuple, TypeVar
 import orjson
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
+from pydantic import BaseModel
 
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
+    InvalidInput,
     LifecycleEvent,
     ModelPromoted,
     ModelRolledBack,
@@ -25,9 +27,10 @@ from driftloop.contracts import (
     TrainModel,
     parse,
 )
+from driftloop.fastpath import Handled, Outbox
 from driftloop.features import FeatureSet
-from driftloop.kafka import Bus, encode, triage
-from driftloop.metrics import MODEL_VERSION, count
+from driftloop.kafka import encode, triage
+from driftloop.metrics import MODEL_VERSION, Tally
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_monitor.adapters import JoinStore
@@ -110,6 +113,9 @@ EXPIRED = Counter(
 WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3
 
 
+MEMORY = 200_000  # outcomes kept for records that may come again (bounded: revoked partitions)
+
+
 class Part(NamedTuple):
     request_id: str
     name: str  # request, result or feedback
@@ -118,23 +124,38 @@ class Part(NamedTuple):
     message: PredictionRequest | PredictionResult | None
 
 
+Sends = list[tuple[str, BaseModel]]  # (topic, message)
+
+
+def moment(ms: int | float) -> datetime:
+    """A record timestamp (ms since the epoch) as a UTC time; `InvalidInput` when no date holds it.
+
+    >>> moment(0).isoformat()
+    '1970-01-01T00:00:00+00:00'
+    """
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC)
+    except (ValueError, OverflowError, OSError) as exc:
+        raise InvalidInput("timestamp_out_of_range", f"record timestamp {ms!r:.30} ms is not a date") from exc
+
+
 class Monitor:
+    """Joins, quality and drift of every model's champion. What it learned from a record is kept
+    until that record's batch is committed (`learned`, by request and part): a batch handled
+    again (a retry, a rewind, the search for a bad record) sends the same outputs again but
+    teaches the detectors and counts each record once."""
+
     def __init__(
         self,
         specs: Mapping[str, ModelSpec],
         joins: JoinStore,
-        bus: Bus,
         topics: Topics,
         quality_window: int,
-        sweep_every_s: float = 5.0,
     ) -> None:
         self.specs = specs
         self.joins = joins
-        self.bus = bus
         self.topics = topics
         self.quality_window = quality_window
-        self.sweep_every_s = sweep_every_s
-        self.last_sweep = time.monotonic()
         self.champion: dict[str, int] = {}
         self.drift: dict[str, ConceptDriftMonitor] = {}
         self.quality: dict[tuple[str, int], RollingQuality] = {}
@@ -143,6 +164,7 @@ class Monitor:
         self.predictions: dict[str, PredictionMonitor] = {}
         self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
         self.refresh: dict[str, DriftDetected] = {}  # a drift whose retrain gets a refresh
+        self.learned: dict[str, Sends] = {}  # what learning a part sent, until its batch commits
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         for name, spec in specs.items():
             if spec.gate.metric != "log_loss":
@@ -163,25 +185,26 @@ class Monitor:
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
         if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
             return
-        if self.champion.get(event.model) != event.version:
-            retired = self.champion.get(event.model)
-            self.champion[event.model] = event.version
-            spec = self.specs[event.model].drift
-            self.drift[event.model] = ConceptDriftMonitor(spec)
-            # aggregates and time parts are computed by the platform, not sent with requests: not
-            # watched here
-            computed = self.specs[event.model].computed
-            reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
-            self.covariate[event.model] = CovariateMonitor(
-                self.feature_sets[event.model].names, reference, spec.covariate
-            )
-            self.predictions[event.model] = PredictionMonitor(event.prediction_shares, spec.prediction)
-            MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
-            self._set_state(event.model, WARMING_UP)
-            self.retired.setdefault(event.model, set()).discard(event.version)
-            if retired is not None:  # its history stays in Prometheus; stop exporting stale values
-                self.retired[event.model].add(retired)
-                self._forget(event.model, retired)
+        model, spec = event.model, self.specs[event.model].drift
+        if self.champion.get(model) == event.version:
+            return
+        # aggregates and time parts are computed by the platform, not sent with requests: not watched
+        computed = self.specs[model].computed
+        reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
+        watchers = (  # built before anything changes: a failure leaves the model as it was
+            ConceptDriftMonitor(spec),
+            CovariateMonitor(self.feature_sets[model].names, reference, spec.covariate),
+            PredictionMonitor(event.prediction_shares, spec.prediction),
+        )
+        retired = self.champion.get(model)
+        self.champion[model] = event.version
+        self.drift[model], self.covariate[model], self.predictions[model] = watchers
+        MODEL_VERSION.labels(SERVICE, model).set(event.version)
+        self._set_state(model, WARMING_UP)
+        self.retired.setdefault(model, set()).discard(event.version)
+        if retired is not None:  # its history stays in Prometheus; stop exporting stale values
+            self.retired[model].add(retired)
+            self._forget(model, retired)
 
     def _forget(self, model: str, version: int) -> None:
         self.quality.pop((model, version), None)
@@ -194,16 +217,18 @@ class Monitor:
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = parse(PredictionRequest, record.value)
+            moment(record.timestamp)  # its time becomes the labelled row's event time
             body = orjson.dumps(
                 {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
             )
             return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
             result = parse(PredictionResult, record.value)
-            if result.error is None:
-                PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)).inc()
             return Part(result.request_id, "result", encode(result), self._book(result.model), result)
         feedback = parse(Feedback, record.value, self.specs)
+        if self.specs[feedback.model].label_of(feedback.label) is None:
+            classes = self.specs[feedback.model].label.classes
+            raise InvalidInput("unknown_label", f"label {feedback.label!r:.40} is not one of {classes}")
         body = orjson.dumps({"label": feedback.label, "ts": record.timestamp})
         return Part(feedback.request_id, "feedback", body, self._book(feedback.model), None)
 
@@ -211,12 +236,8 @@ class Monitor:
         """The model a join is booked under: a spec's name, or one bucket for anything else."""
         return model if model in self.specs else OTHER
 
-    async def _sweep(self) -> None:
-        """Count requests that were never labelled and labels that came too late (every few seconds)."""
-        now = time.monotonic()
-        if now - self.last_sweep < self.sweep_every_s:
-            return
-        self.last_sweep = now
+    async def sweep(self) -> None:
+        """Count requests that were never labelled and labels that came too late (on a timer)."""
         swept = await self.joins.sweep([*self.specs, OTHER], int(time.time() * 1000))
         for model, (unlabelled, expired) in swept.items():
             UNLABELLED.labels(model).inc(unlabelled)
@@ -224,40 +245,73 @@ class Monitor:
             if expired:
                 log.warning("%s labels for %s came after their request's label window", expired, model)
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Join the batch's parts; learn from new requests, results and complete joins (in the
+        order the predictions were made); send labelled rows, drift events and retrain commands,
+        then mark the joins done (a crash in between re-sends them: consumers are idempotent by
+        event and command id)."""
         parts, dead = triage(SERVICE, records, self._part)
+        out = Outbox(self.topics.events_dlq)
+        out.dead_letters(dead)
         complete = await self.joins.put(
             [(p.request_id, p.name, p.body, p.model) for p in parts], int(time.time() * 1000)
         )
-        observations: list[Observation] = []
+        sends: Sends = []
+        keys: list[str] = []  # parts learned from in this batch
         requests = [p.message for p in parts if isinstance(p.message, PredictionRequest)]
         results = [p.message for p in parts if isinstance(p.message, PredictionResult)]
-        drift_events = self._covariate_shifts(requests) + self._prediction_shifts(results)
-        commands: list[TrainModel] = []
+        sends += self._recall_or_learn("request", requests, keys, out.tally, self._covariate_shifts)
+        sends += self._recall_or_learn("result", results, keys, out.tally, self._prediction_shifts)
         # Outcomes reach the detectors in the order the predictions were made, not in the order
         # the partitions of three topics happened to complete the joins.
         requested = {request_id: orjson.loads(fields["request"]) for request_id, fields in complete.items()}
         for request_id in sorted(complete, key=lambda rid: requested[rid]["ts"]):
-            outcome = self._learn(request_id, complete[request_id], requested[request_id])
-            if outcome is None:
-                continue
-            observation, detected = outcome
-            observations.append(observation)
-            if detected is not None:
-                drift_events.append(detected)
-                commands.append(self._retrain(detected))
-                self.refresh[detected.model] = detected
-            commands += self._refresh(observation.model)
-        # Labelled rows and commands go out before the joins are marked done: a crash in between
-        # re-sends them (consumers are idempotent by event/command id) rather than losing them.
-        await self.bus.publish(self.topics.events_raw, observations)
-        await self.bus.publish(self.topics.monitor_drift, drift_events)
-        await self.bus.publish(self.topics.training_requests, commands)
-        await self.bus.dead_letters(dead)
-        await self.joins.mark_done(list(complete))
-        await self._sweep()
-        count(SERVICE, "predictions", "ok", len(parts))
-        count(SERVICE, "predictions", "rejected", len(dead))
+            key = f"join:{request_id}"
+            if key not in self.learned:
+                keys.append(key)
+                self.learned[key] = self._learn(
+                    request_id, complete[request_id], requested[request_id], out.tally
+                )
+            sends += self.learned[key]
+        for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
+            out.publish(topic, [message for to, message in sends if to == topic])
+        out.tally.count(SERVICE, "predictions", "ok", len(parts))
+        out.tally.count(SERVICE, "predictions", "rejected", len(dead))
+        self._forget_oldest()
+        done = list(complete)
+
+        def forget() -> None:
+            for key in keys:
+                self.learned.pop(key, None)
+
+        return out.handled(then=lambda: self.joins.mark_done(done), committed=forget)
+
+    def _recall_or_learn(
+        self, part: str, messages: Sequence[_M], keys: list[str], tally: Tally, learn: Any
+    ) -> Sends:
+        """What learning from these requests (or results) sent: recalled for those learned from
+        before, learned now for the others (the sends booked under the last of them)."""
+        recalled: Sends = []
+        new = []
+        for message in messages:
+            key = f"{part}:{message.request_id}"
+            if key in self.learned:
+                recalled += self.learned[key]
+            else:
+                new.append(message)
+        if not new:
+            return recalled
+        sent: Sends = learn(new, tally)
+        for message in new:
+            keys.append(f"{part}:{message.request_id}")
+            self.learned[keys[-1]] = []
+        self.learned[keys[-1]] = sent
+        return recalled + sent
+
+    def _forget_oldest(self) -> None:
+        """Bound what is kept for records that may come again (those of revoked partitions stay)."""
+        for key in list(self.learned)[: max(0, len(self.learned) - MEMORY)]:
+            del self.learned[key]
 
     def _shift_event(
         self,
@@ -267,10 +321,11 @@ class Monitor:
         shift: Shift,
         request_id: str,
         window: int,
-    ) -> DriftDetected:
-        DETECTIONS.labels(model, detector, kind).inc()
+        tally: Tally,
+    ) -> tuple[str, DriftDetected]:
+        tally.inc(DETECTIONS.labels(model, detector, kind))
         log.warning("%s drift on %s: %s %s %.3f", kind, model, shift.name, detector, shift.statistic)
-        return DriftDetected(
+        return self.topics.monitor_drift, DriftDetected(
             model=model,
             version=self.champion[model],
             detector=detector,
@@ -283,9 +338,9 @@ class Monitor:
             statistic=shift.statistic,
         )
 
-    def _covariate_shifts(self, requests: Sequence[PredictionRequest]) -> list[DriftDetected]:
+    def _covariate_shifts(self, requests: Sequence[PredictionRequest], tally: Tally) -> Sends:
         """Feed the champions' covariate monitors with the batch's request features."""
-        events = []
+        events: Sends = []
         for model, batch in _by_model(requests, self.covariate).items():
             monitor = self.covariate[model]
             X, valid, _ = self.feature_sets[model].encode_many([r.features for r in batch])
@@ -293,16 +348,22 @@ class Monitor:
             last_id = batch[valid[-1]].request_id if valid else batch[-1].request_id
             for shift in monitor.update(X):  # the encoded rows of the valid requests only
                 events.append(
-                    self._shift_event(model, statistic, "covariate", shift, last_id, monitor.spec.window)
+                    self._shift_event(
+                        model, statistic, "covariate", shift, last_id, monitor.spec.window, tally
+                    )
                 )
             for feature, distances in monitor.last.items():
                 for name, value in distances.items():
                     FEATURE_DRIFT.labels(model, feature, name).set(value)
         return events
 
-    def _prediction_shifts(self, results: Sequence[PredictionResult]) -> list[DriftDetected]:
-        """Feed the champions' prediction monitors with the classes they predicted in the batch."""
-        events = []
+    def _prediction_shifts(self, results: Sequence[PredictionResult], tally: Tally) -> Sends:
+        """Count the results; feed the champions' prediction monitors with the classes they
+        predicted in the batch."""
+        for result in results:
+            if result.error is None:
+                tally.inc(PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)))
+        events: Sends = []
         for model, batch in _by_model(results, self.predictions).items():
             monitor = self.predictions[model]
             served = [r for r in batch if r.error is None and r.model_version == self.champion[model]]
@@ -311,7 +372,7 @@ class Monitor:
             for shift in monitor.update([str(r.prediction) for r in served]):
                 events.append(
                     self._shift_event(
-                        model, "psi", "prediction", shift, served[-1].request_id, monitor.spec.window
+                        model, "psi", "prediction", shift, served[-1].request_id, monitor.spec.window, tally
                     )
                 )
             if monitor.last is not None:
@@ -319,24 +380,26 @@ class Monitor:
         return events
 
     def _learn(
-        self, request_id: str, fields: dict[str, bytes], request: dict[str, Any]
-    ) -> tuple[Observation, DriftDetected | None] | None:
+        self, request_id: str, fields: dict[str, bytes], request: dict[str, Any], tally: Tally
+    ) -> Sends:
+        """What a complete join teaches: a labelled row for training (unless the model has no spec
+        or the request got an error), quality, and the concept-drift detector's verdict."""
         result = PredictionResult.model_validate_json(fields["result"])
         spec = self.specs.get(result.model)
         if spec is None or result.error is not None:
-            return None
+            return []
         feedback = orjson.loads(fields["feedback"])
         label = spec.label_of(feedback["label"])
-        if label is None:
-            return None
-        requested_at = datetime.fromtimestamp(request["ts"] / 1000, tz=UTC)
-        LABEL_DELAY.labels(result.model).observe(max(0.0, (feedback["ts"] - request["ts"]) / 1000))
+        if label is None:  # refused when it arrived; a join stored before that check
+            return []
+        requested_at = moment(request["ts"])
+        tally.observe(LABEL_DELAY.labels(result.model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
         correct = str(result.prediction) == str(label)
         version = result.model_version
         quality = self.quality.setdefault((result.model, version), RollingQuality(self.quality_window))
         p_true = (result.probabilities or {}).get(str(label))
         quality.update(correct, p_true)
-        LABELLED.labels(result.model, str(version), "correct" if correct else "wrong").inc()
+        tally.inc(LABELLED.labels(result.model, str(version), "correct" if correct else "wrong"))
         if version not in self.retired.get(result.model, ()):
             ACCURACY.labels(result.model, str(version)).set(quality.accuracy)
             if p_true is not None:
@@ -349,45 +412,62 @@ class Monitor:
             label=label,
             event_time=requested_at,
         )
-        detected = None
+        sends: Sends = [(self.topics.events_raw, observation)]
         monitor = self.drift.get(result.model)
         if monitor is not None and self.champion.get(result.model) == version:
-            warnings = monitor.warnings
-            detection = monitor.update(0 if correct else 1, requested_at, time.monotonic())
-            if monitor.warnings > warnings:
-                WARNINGS.labels(result.model, spec.drift.detector).inc()
-                log.info(
-                    "drift warning on %s v%s after %s samples", result.model, version, monitor.samples_seen
-                )
-            if self.state.get(result.model) != DRIFT and not monitor.warming_up:
-                self._set_state(result.model, WARNING if monitor.in_warning else WATCHING)
-            if detection is not None:
-                detected = DriftDetected(
-                    model=result.model,
-                    version=version,
-                    detector=spec.drift.detector,
-                    kind="concept",
-                    samples_seen=detection.samples_seen,
-                    change_point_sample=detection.change_point_sample,
-                    change_point_time=detection.change_point_time,
-                    detected_request_id=request_id,
-                    error_rate_before=detection.error_rate_before,
-                    error_rate_after=detection.error_rate_after,
-                )
-                DETECTIONS.labels(result.model, spec.drift.detector, "concept").inc()
-                self._set_state(result.model, DRIFT)
-                log.warning(
-                    "drift on %s v%s after %s samples; change point ~%s (error %.3f -> %.3f)",
-                    result.model,
-                    version,
-                    detection.samples_seen,
-                    detection.change_point_sample,
-                    detection.error_rate_before,
-                    detection.error_rate_after,
-                )
-        return observation, detected
+            detected = self._detect(monitor, spec, version, request_id, correct, requested_at, tally)
+            if detected is not None:
+                sends += [(self.topics.monitor_drift, detected), self._retrain(detected, tally)]
+                self.refresh[detected.model] = detected
+            sends += self._refresh(result.model, tally)
+        return sends
 
-    def _refresh(self, model: str) -> list[TrainModel]:
+    def _detect(
+        self,
+        monitor: ConceptDriftMonitor,
+        spec: ModelSpec,
+        version: int,
+        request_id: str,
+        correct: bool,
+        requested_at: datetime,
+        tally: Tally,
+    ) -> DriftDetected | None:
+        """Feed one outcome of the champion to its concept-drift detector."""
+        model = spec.name
+        warnings = monitor.warnings
+        detection = monitor.update(0 if correct else 1, requested_at, time.monotonic())
+        if monitor.warnings > warnings:
+            tally.inc(WARNINGS.labels(model, spec.drift.detector))
+            log.info("drift warning on %s v%s after %s samples", model, version, monitor.samples_seen)
+        if self.state.get(model) != DRIFT and not monitor.warming_up:
+            self._set_state(model, WARNING if monitor.in_warning else WATCHING)
+        if detection is None:
+            return None
+        tally.inc(DETECTIONS.labels(model, spec.drift.detector, "concept"))
+        self._set_state(model, DRIFT)
+        log.warning(
+            "drift on %s v%s after %s samples; change point ~%s (error %.3f -> %.3f)",
+            model,
+            version,
+            detection.samples_seen,
+            detection.change_point_sample,
+            detection.error_rate_before,
+            detection.error_rate_after,
+        )
+        return DriftDetected(
+            model=model,
+            version=version,
+            detector=spec.drift.detector,
+            kind="concept",
+            samples_seen=detection.samples_seen,
+            change_point_sample=detection.change_point_sample,
+            change_point_time=detection.change_point_time,
+            detected_request_id=request_id,
+            error_rate_before=detection.error_rate_before,
+            error_rate_after=detection.error_rate_after,
+        )
+
+    def _refresh(self, model: str, tally: Tally) -> Sends:
         """Once the champion that replaced a drifted version has seen `refresh_after_samples` labels,
         retrain on everything since the change point: the drift retrain had only the minimum."""
         drifted, monitor = self.refresh.get(model), self.drift.get(model)
@@ -397,32 +477,32 @@ class Monitor:
         if monitor.samples_seen < after:
             return []
         del self.refresh[model]
-        RETRAINS.labels(model).inc()
+        tally.inc(RETRAINS.labels(model))
         log.info(
             "refresh retrain of %s v%s on rows since %s",
             model,
             self.champion[model],
             drifted.change_point_time,
         )
-        return [
-            TrainModel(
-                command_id=f"refresh-{model}-v{self.champion[model]}",
-                model=model,
-                reason="refresh",
-                since=drifted.change_point_time,
-                min_rows=self.specs[model].drift.retrain_min_rows,
-            )
-        ]
+        command = TrainModel(
+            command_id=f"refresh-{model}-v{self.champion[model]}",
+            model=model,
+            reason="refresh",
+            since=drifted.change_point_time,
+            min_rows=self.specs[model].drift.retrain_min_rows,
+        )
+        return [(self.topics.training_requests, command)]
 
-    def _retrain(self, detected: DriftDetected) -> TrainModel:
-        RETRAINS.labels(detected.model).inc()
-        return TrainModel(
+    def _retrain(self, detected: DriftDetected, tally: Tally) -> tuple[str, TrainModel]:
+        tally.inc(RETRAINS.labels(detected.model))
+        command = TrainModel(
             command_id=f"drift-{detected.model}-v{detected.version}-{detected.samples_seen}",
             model=detected.model,
             reason="drift",
             since=detected.change_point_time,
             min_rows=self.specs[detected.model].drift.retrain_min_rows,
         )
+        return self.topics.training_requests, command
 
 
 def _by_model(messages: Sequence[_M], wanted: Mapping[str, object]) -> dict[str, list[_M]]:

@@ -3,25 +3,22 @@ approve, rollback, tag) → `models.lifecycle`; read-only JSON API."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
-from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import redis_client
 from driftloop.contracts import (
-    AnnounceModel,
-    ApproveModel,
     DeadLetter,
     ModelPromoted,
     ModelTrained,
-    PromoteModel,
-    RollbackModel,
-    TagModel,
+    RegistryCommand,
 )
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
+from driftloop.fastpath import FastPath
+from driftloop.kafka import ensure_topics, make_broker
 from driftloop.runtime import Readiness, build_app, json_response, run_service
 from driftloop.spec import MODEL_NAME, load_specs
 from driftloop_registry.adapters import CardWriter, RegistryRepository
@@ -44,25 +41,21 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
         RegistryRepository(redis),
         ArtifactStore(settings.artifacts_dir),
         CardWriter(settings.data_dir / "cards"),
-        Bus(broker, SERVICE, topics.events_dlq),
         topics,
     )
-
-    @batch_subscriber(
-        broker, settings, topics.models_trained, group_id=settings.group_id, consumes=ModelTrained
+    # one change at a time: each batch is handled, announced and committed before the next
+    one_at_a_time = asyncio.Lock()
+    on_model_trained = FastPath(
+        settings, SERVICE, topics.models_trained, settings.group_id, pipelined=False, lock=one_at_a_time
     )
-    async def on_model_trained(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, topics.models_trained, message, registry.handle)
-
-    @batch_subscriber(
-        broker,
+    on_registry_command = FastPath(
         settings,
+        SERVICE,
         topics.models_commands,
-        group_id=settings.commands_group_id,
-        consumes=(PromoteModel, ApproveModel, RollbackModel, TagModel, AnnounceModel),
+        settings.commands_group_id,
+        pipelined=False,
+        lock=one_at_a_time,
     )
-    async def on_registry_command(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, topics.models_commands, message, registry.handle_commands)
 
     broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelPromoted)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
@@ -102,16 +95,26 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
             settings,
             [topics.models_trained, topics.models_commands, topics.models_lifecycle, topics.events_dlq],
         )
+        await on_model_trained.start(registry.handle)
+        await on_registry_command.start(registry.handle_commands)
 
     async def stop() -> None:
+        await on_registry_command.stop()
+        await on_model_trained.stop()
         await redis.aclose()
+
+    documented = [
+        *on_model_trained.describe(ModelTrained),
+        *on_registry_command.describe(RegistryCommand, "RegistryCommand"),
+    ]
 
     return build_app(
         SERVICE,
         broker,
-        Readiness(),
+        Readiness(consumers=[on_model_trained, on_registry_command]),
         on_startup=[start],
         on_shutdown=[stop],
+        documented=documented,
         routes=[("/v1/models", models), ("/v1/versions", versions), ("/v1/card", card)],
     )
 

@@ -3,7 +3,6 @@ tag commands; answer read queries. Every change is a lifecycle event and a rewri
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -31,7 +30,8 @@ from driftloop.contracts import (
     TagModel,
     parse,
 )
-from driftloop.kafka import Bus, triage
+from driftloop.fastpath import Handled, Outbox
+from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -59,37 +59,34 @@ class Registry:
         repo: RegistryRepository,
         artifacts: ArtifactStore,
         cards: CardWriter,
-        bus: Bus,
         topics: Topics,
     ) -> None:
         self.specs = specs
         self.repo = repo
         self.artifacts = artifacts
         self.cards = cards
-        self.bus = bus
         self.topics = topics
-        # candidates and commands arrive on two subscribers of one event loop: one change at a
-        # time, so an announcement never publishes a champion that a promotion just replaced
-        self.changing = asyncio.Lock()
 
     # ------------------------------------------------------------------ trained candidates
 
-    async def handle(self, records: Sequence[ConsumerRecord]) -> None:
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Register, gate and announce trained candidates (one change at a time: the service's two
+        loops share one lock, and each batch is sent and committed before the next is handled, so
+        an announcement never follows a promotion it did not see)."""
         candidates, dead = triage(SERVICE, records, lambda r: parse(ModelTrained, r.value, self.specs))
-        await self.bus.dead_letters(dead)
+        out = Outbox(self.topics.events_dlq)
+        out.dead_letters(dead)
         for trained in candidates:
-            async with self.changing:
-                await self.register(trained)
+            await self.register(trained, out)
+        return out.handled()
 
-    async def register(self, trained: ModelTrained) -> None:
+    async def register(self, trained: ModelTrained, out: Outbox) -> None:
         """Version, gate and announce a candidate. A redelivered run re-announces its decision."""
         known = await self.repo.version_of_run(trained.model, trained.run_id)
         if known is not None:
             existing = await self.repo.get_version(trained.model, known)
             if existing and existing["events"]:
-                await self.bus.publish(
-                    self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])]
-                )
+                out.publish(self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])])
             return
         spec = self.specs[trained.model]
         version = await self.repo.next_version(trained.model)
@@ -108,10 +105,11 @@ class Registry:
         }
         reason = f"{trained.reason}: {decision.reason}"
         event: LifecycleEvent
+        command_id = trained.command_id
         if not decision.blessed:
-            event = ModelRejected(model=trained.model, version=version, reason=reason)
+            event = ModelRejected(model=trained.model, version=version, reason=reason, command_id=command_id)
         elif spec.gate.auto_promote:
-            event = await self._serve(record, ModelPromoted, reason, None)
+            event = await self._serve(record, ModelPromoted, reason, command_id)
         else:
             await self.repo.set_alias(trained.model, "challenger", version)
             event = ModelAwaitingApproval(
@@ -122,22 +120,25 @@ class Registry:
                 feature_names=trained.feature_names,
                 previous_version=(await self.repo.aliases(trained.model)).get("champion"),
                 reason=reason,
+                command_id=command_id,
             )
-        await self._commit(record, event)
+        await self._commit(record, event, out)
 
     # ------------------------------------------------------------------ commands
 
-    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> None:
+    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Carry out operator commands and announcements, in order (see `handle` on ordering)."""
         commands, dead = triage(SERVICE, records, lambda r: parse(REGISTRY_COMMAND, r.value, self.specs))
-        await self.bus.dead_letters(dead)
+        out = Outbox(self.topics.events_dlq)
+        out.dead_letters(dead)
         for command in commands:
-            async with self.changing:
-                if isinstance(command, AnnounceModel):
-                    await self.announce(command.model)
-                else:
-                    await self.execute(command)
+            if isinstance(command, AnnounceModel):
+                await self.announce(command.model, out)
+            else:
+                await self.execute(command, out)
+        return out.handled()
 
-    async def announce(self, model: str) -> list[LifecycleEvent]:
+    async def announce(self, model: str, out: Outbox) -> list[LifecycleEvent]:
         """Publish again the recorded events that put the current champion and challenger in place.
         Carried out every time it is asked: followers ignore a version they already serve."""
         aliases = await self.repo.aliases(model)
@@ -147,32 +148,31 @@ class Registry:
             placed = domain.placing_event(record["events"], alias) if record else None
             if placed is not None:
                 events.append(LIFECYCLE.validate_python(placed))
-        if events:
-            await self.bus.publish(self.topics.models_lifecycle, events)
+        out.publish(self.topics.models_lifecycle, events)
         log.info("announced %s: %s", model, [f"{e.event} v{e.version}" for e in events] or "nothing serves")
         return events
 
-    async def execute(self, command: RegistryCommand) -> LifecycleEvent:
+    async def execute(self, command: RegistryCommand, out: Outbox) -> LifecycleEvent:
         """Carry out a command once; a redelivered command re-announces its first outcome."""
         done = await self.repo.command_outcome(command.command_id)
         if done is not None:
             event = LIFECYCLE.validate_python(done)
-            await self.bus.publish(self.topics.models_lifecycle, [event])
+            out.publish(self.topics.models_lifecycle, [event])
             return event
         try:
-            event = await self._apply(command)
+            event = await self._apply(command, out)
         except Refused as exc:
             version = getattr(command, "version", None) or getattr(command, "to_version", None) or 0
             event = ModelCommandRefused(
                 model=command.model, version=version, reason=str(exc), command_id=command.command_id
             )
-            await self.bus.publish(self.topics.models_lifecycle, [event])
-            EVENTS.labels(command.model, event.event).inc()
+            out.publish(self.topics.models_lifecycle, [event])
+            out.tally.inc(EVENTS.labels(command.model, event.event))
         await self.repo.save_command_outcome(command.command_id, event.model_dump(mode="json"))
         log.info("%s %s: %s", command.command, command.model, event.event)
         return event
 
-    async def _apply(self, command: RegistryCommand) -> LifecycleEvent:
+    async def _apply(self, command: RegistryCommand, out: Outbox) -> LifecycleEvent:
         model, why = command.model, f"{command.command} by operator: {command.reason}"
         aliases = await self.repo.aliases(model)
         event: LifecycleEvent
@@ -201,7 +201,7 @@ class Registry:
                 model=model, version=command.version, reason=why, tags=record["tags"],
                 command_id=command.command_id,
             )  # fmt: skip
-        await self._commit(record, event)
+        await self._commit(record, event, out)
         return event
 
     async def _existing(self, model: str, version: int) -> dict[str, Any]:
@@ -249,7 +249,7 @@ class Registry:
         MODEL_VERSION.labels(SERVICE, trained.model).set(record["version"])
         return event
 
-    async def _commit(self, record: dict[str, Any], event: LifecycleEvent) -> None:
+    async def _commit(self, record: dict[str, Any], event: LifecycleEvent, out: Outbox) -> None:
         """Record the event on its version, rewrite the card, then announce it."""
         model = record["trained"]["model"]
         record["events"].append(event.model_dump(mode="json"))
@@ -257,8 +257,8 @@ class Registry:
         card = await self.card(model, record["version"])
         if card is not None:
             self.cards.write(model, record["version"], card, domain.render_card(card, card["status"]))
-        await self.bus.publish(self.topics.models_lifecycle, [event])
-        EVENTS.labels(model, event.event).inc()
+        out.publish(self.topics.models_lifecycle, [event])
+        out.tally.inc(EVENTS.labels(model, event.event))
         log.info("%s v%s: %s (%s)", model, record["version"], event.event, event.reason)
 
     # ------------------------------------------------------------------ read side

@@ -4,11 +4,18 @@ train → `models.trained`; follows `models.lifecycle` to know each champion."""
 from __future__ import annotations
 
 from faststream.asgi import AsgiFastStream
-from faststream.kafka.annotations import KafkaMessage
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import DeadLetter, FeatureRow, ModelTrained, TrainModel
-from driftloop.kafka import Bus, batch_subscriber, ensure_topics, make_broker, run_batch
+from driftloop.contracts import (
+    DeadLetter,
+    FeatureRow,
+    LifecycleEvent,
+    ModelTrained,
+    ModelTrainingFailed,
+    TrainModel,
+)
+from driftloop.fastpath import FastPath, Output
+from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, run_service
 from driftloop.spec import load_specs
@@ -27,29 +34,22 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         store,
         ArtifactStore(settings.artifacts_dir),
         DatasetCatalog(settings.training_dir / "datasets"),
-        Bus(broker, SERVICE, topics.events_dlq),
         topics,
         settings.threads,
+        notify=lambda event: tell(event),
     )
     follower = follow_models(broker, settings, trainer.on_lifecycle, list(trainer.specs))
-
-    @batch_subscriber(
-        broker,
-        settings,
-        topics.features_computed,
-        group_id=settings.store_group_id,
-        consumes=FeatureRow,
+    on_features_computed = FastPath(settings, SERVICE, topics.features_computed, settings.store_group_id)
+    # a training run takes as long as it takes: this loop is stalled only while it fails
+    on_train_model = FastPath(
+        settings, SERVICE, topics.training_requests, settings.group_id, pipelined=False, may_block=True
     )
-    async def on_features_computed(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, topics.features_computed, message, trainer.store_rows)
 
-    @batch_subscriber(
-        broker, settings, topics.training_requests, group_id=settings.group_id, consumes=TrainModel
-    )
-    async def on_train_model(message: KafkaMessage) -> None:
-        await run_batch(SERVICE, topics.training_requests, message, trainer.handle_commands)
+    async def tell(event: LifecycleEvent) -> None:
+        await on_train_model.sender.send([Output(topics.models_lifecycle, None, encode(event))])
 
     broker.publisher(topics.models_trained, title="to_models_trained", schema=ModelTrained)
+    broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelTrainingFailed)
     broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
 
     async def start() -> None:
@@ -65,14 +65,23 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
             ],
         )
         await follower.start()
+        await on_features_computed.start(trainer.store_rows)
+        await on_train_model.start(trainer.handle_commands)
 
     async def stop() -> None:
+        await on_train_model.stop()
+        await on_features_computed.stop()
         await follower.stop()
         store.close()
 
-    documented = [follower.describe()]  # consumed outside FastStream
+    documented = [  # consumed outside FastStream
+        *on_features_computed.describe(FeatureRow),
+        *on_train_model.describe(TrainModel),
+        follower.describe(),
+    ]
+    readiness = Readiness(consumers=[on_features_computed, on_train_model])
     return build_app(
-        SERVICE, broker, Readiness(), on_startup=[start], on_shutdown=[stop], documented=documented
+        SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop], documented=documented
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -24,12 +24,14 @@ from driftloop.contracts import (
     ModelPromoted,
     ModelRolledBack,
     ModelTrained,
+    ModelTrainingDeferred,
+    ModelTrainingFailed,
     TrainModel,
     parse,
 )
+from driftloop.fastpath import Handled, Outbox
 from driftloop.features import FeatureSet
-from driftloop.kafka import Bus, triage
-from driftloop.metrics import count
+from driftloop.kafka import triage
 from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -80,6 +82,23 @@ class Window:
     sha256: str | None  # set when re-reading a stored dataset version
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """What a command came to: a candidate, or why not (`outcome` names it)."""
+
+    outcome: str  # trained, cooldown, insufficient_data, failed, ...
+    trained: ModelTrained | None = None
+    detail: str = ""
+    seconds: float = 0.0
+
+
+Notify = Callable[[LifecycleEvent], Awaitable[None]]
+
+
+async def _nobody(event: LifecycleEvent) -> None:
+    return None
+
+
 class TrainingFailed(RuntimeError):
     """A command that cannot produce a candidate; `outcome` names why."""
 
@@ -95,9 +114,9 @@ class Trainer:
         store: RowStore,
         artifacts: ArtifactStore,
         datasets: DatasetCatalog,
-        bus: Bus,
         topics: Topics,
         threads: int = 1,
+        notify: Notify = _nobody,
     ) -> None:
         self.threads = threads
         self.specs = specs
@@ -105,24 +124,32 @@ class Trainer:
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         self.store = store
         self.artifacts = artifacts
-        self.bus = bus
         self.topics = topics
+        self.notify = notify  # progress (waiting for rows) as it happens, before the batch's outputs
         self.champions: dict[str, Champion] = {}
         self.last_automatic_run: dict[str, float] = {}
+        self.outcomes: dict[str, Outcome] = {}  # by command id, until the command's batch commits
 
     # ------------------------------------------------------------------ training store
 
-    async def store_rows(self, records: Sequence[ConsumerRecord]) -> None:
-        """Append labelled feature rows to the training store (idempotent by event id)."""
+    async def store_rows(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Append labelled feature rows to the training store (idempotent by event id), once the
+        batch's dead letters are out."""
         parsed, dead = triage(SERVICE, records, lambda r: (parse(FeatureRow, r.value, self.specs), r.value))
         by_model: dict[str, list[tuple[str, datetime, bytes]]] = {}
         for row, body in parsed:
             if row.label is not None and body is not None:
                 by_model.setdefault(row.model, []).append((row.event_id, row.event_time, body))
-        for model, rows in by_model.items():
-            self.store.append(model, rows)
-        await self.bus.dead_letters(dead)
-        count(SERVICE, self.topics.features_computed, "ok", sum(map(len, by_model.values())))
+        out = Outbox(self.topics.events_dlq)
+        out.dead_letters(dead)
+        out.tally.count(SERVICE, self.topics.features_computed, "ok", sum(map(len, by_model.values())))
+        out.tally.count(SERVICE, self.topics.features_computed, "rejected", len(dead))
+
+        def store() -> None:
+            for model, rows in by_model.items():
+                self.store.append(model, rows)
+
+        return out.handled(then=store)
 
     # ------------------------------------------------------------------ champions
 
@@ -132,49 +159,92 @@ class Trainer:
 
     # ------------------------------------------------------------------ commands
 
-    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> None:
-        """Train each model at most once per batch: later commands for a model coalesce."""
+    async def handle_commands(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Train each model at most once per batch: later commands for a model coalesce. A
+        candidate goes to `models.trained`; a command that made none, `ModelTrainingFailed` to
+        `models.lifecycle`. A command handled again before its batch committed (a retry) is not
+        trained again: its outcome is sent again."""
         commands, dead = triage(SERVICE, records, lambda r: parse(TrainModel, r.value, self.specs))
-        await self.bus.dead_letters(dead)
+        out = Outbox(self.topics.events_dlq)
+        out.dead_letters(dead)
         latest: dict[str, TrainModel] = {}
         for command in commands:
             if command.model in latest:
-                RUNS.labels(command.model, "coalesced").inc()
+                out.tally.inc(RUNS.labels(command.model, "coalesced"))
             latest[command.model] = command
         for command in latest.values():
-            trained = await self.run(command)
-            if trained is not None:
-                await self.bus.publish(self.topics.models_trained, [trained])
+            known = self.outcomes.get(command.command_id)
+            outcome = known or await self.run(command)
+            self.outcomes[command.command_id] = outcome
+            if known is None:
+                out.tally.inc(RUNS.labels(command.model, outcome.outcome))
+                if outcome.trained is not None:
+                    out.tally.observe(RUN_SECONDS.labels(command.model), outcome.seconds)
+            if outcome.trained is not None:
+                out.publish(self.topics.models_trained, [outcome.trained])
+            else:
+                failed = ModelTrainingFailed(
+                    model=command.model,
+                    version=0,
+                    reason=f"{outcome.outcome}: {outcome.detail}",
+                    command_id=command.command_id,
+                    outcome=outcome.outcome,
+                )
+                out.publish(self.topics.models_lifecycle, [failed])
+        done = [c.command_id for c in latest.values()]
 
-    async def run(self, command: TrainModel) -> ModelTrained | None:
-        """Train a candidate for a command, or log and count why not."""
+        def forget() -> None:
+            for command_id in done:
+                self.outcomes.pop(command_id, None)
+
+        return out.handled(committed=forget)
+
+    async def run(self, command: TrainModel) -> Outcome:
+        """Train a candidate for a command, or say why not."""
         spec = self.specs[command.model]
         automatic = command.reason in AUTOMATIC
         last = self.last_automatic_run.get(command.model)
         if automatic and last is not None and time.monotonic() - last < spec.training.cooldown_s:
-            RUNS.labels(command.model, "cooldown").inc()
             log.info("skipping %s for %s: in cooldown", command.command_id, command.model)
-            return None
+            return Outcome(
+                "cooldown", detail=f"an automatic run less than {spec.training.cooldown_s:g} s ago"
+            )
         started = time.perf_counter()
         try:
             trained = await self._train(spec, command)
         except TrainingFailed as exc:
-            RUNS.labels(command.model, exc.outcome).inc()
             log.warning("training %s for %s failed: %s", command.command_id, command.model, exc)
-            return None
+            return Outcome(exc.outcome, detail=str(exc))
         if automatic:  # the cooldown spaces out automatic runs; people may always train
             self.last_automatic_run[command.model] = time.monotonic()
-        RUNS.labels(command.model, "trained").inc()
-        RUN_SECONDS.labels(command.model).observe(time.perf_counter() - started)
-        return trained
+        return Outcome("trained", trained, seconds=time.perf_counter() - started)
 
     async def _wait_for_rows(self, spec: ModelSpec, command: TrainModel) -> None:
         wanted = max(command.min_rows or 0, spec.training.min_rows)
         deadline = time.monotonic() + spec.training.wait_for_rows_s
+        have = self.store.count(spec.name, command.since, command.until)
+        if have < wanted:
+            await self._tell(
+                ModelTrainingDeferred(
+                    model=spec.name,
+                    version=0,
+                    reason=f"waiting for rows: {have} of {wanted}",
+                    command_id=command.command_id,
+                    rows=have,
+                    rows_needed=wanted,
+                    wait_s=spec.training.wait_for_rows_s,
+                )
+            )
         while (have := self.store.count(spec.name, command.since, command.until)) < wanted:
             if time.monotonic() >= deadline:
                 raise TrainingFailed("insufficient_data", f"{have} rows, {wanted} needed")
             await asyncio.sleep(0.25)
+
+    async def _tell(self, event: LifecycleEvent) -> None:
+        try:
+            await self.notify(event)
+        except Exception:  # a progress notice: training goes on without it
+            log.warning("could not announce %s", event.event, exc_info=True)
 
     async def _window(self, spec: ModelSpec, command: TrainModel) -> Window:
         """The rows to read: a stored dataset version, or the command's window as of now."""

@@ -1,0 +1,97 @@
+"""The single inputs that each stopped a service, at their handler: refused with a reason (a dead
+letter) instead of raising, and the good record next to them flows. Through the running stack,
+with the runtime's isolation as well: tests/e2e/test_hostile_inputs.py."""
+
+from __future__ import annotations
+
+import base64
+from datetime import timedelta
+from types import SimpleNamespace
+
+import orjson
+import pytest
+from aiokafka import ConsumerRecord
+
+from driftloop.contracts import DeadLetter, InvalidInput, PredictionResult
+from driftloop.settings import Topics
+from driftloop.spec import load_specs
+from driftloop.store import RowStore
+from driftloop_inference.domain import Lineup
+from driftloop_inference.handlers import InferenceHandler
+from driftloop_ingest.handlers import IngestHandler
+from driftloop_monitor.handlers import Monitor
+from tests.conftest import ROOT
+
+SPECS = load_specs(ROOT / "models")
+TOPICS = Topics()
+FAR = 300_000_000_000_000  # a record timestamp in ms: the year 11476
+
+
+def _records(topic: str, values: list[bytes], timestamp: int = 0) -> list[ConsumerRecord]:
+    return [
+        ConsumerRecord(topic, 0, offset, timestamp, 0, None, value, None, 0, len(value), ())
+        for offset, value in enumerate(values)
+    ]
+
+
+def _dead(handled) -> list[DeadLetter]:
+    return [DeadLetter.model_validate_json(o.value) for o in handled.outputs if o.topic == TOPICS.events_dlq]
+
+
+async def test_a_request_id_that_is_a_lone_surrogate_is_dead_lettered_not_answered():
+    handler = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), None, TOPICS)  # type: ignore[arg-type]
+    poison = b'{"request_id": "\\ud800", "model": "sea", "features": {}}'
+    good = orjson.dumps({"request_id": "ok", "model": "sea", "features": {"x0": 1, "x1": 1, "x2": 1}})
+    handled = await handler.handle(_records(TOPICS.predictions_requests, [poison, good]))
+    (letter,) = _dead(handled)
+    assert letter.reason == "malformed_json" and base64.b64decode(letter.original) == poison
+    results = [
+        PredictionResult.model_validate_json(o.value)
+        for o in handled.outputs
+        if o.topic == TOPICS.predictions_results
+    ]
+    assert [(r.request_id, r.error) for r in results] == [("ok", "no_champion")]
+
+
+async def test_an_observation_whose_record_timestamp_is_no_date_is_dead_lettered(tmp_path):
+    handler = IngestHandler(SPECS, RowStore(tmp_path), TOPICS, timedelta(minutes=5))
+    observation = {"event_id": "e1", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}, "label": 1}
+    handled = await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(observation)], FAR))
+    (letter,) = _dead(handled)
+    assert letter.reason == "event_time_out_of_range" and str(FAR) in letter.detail
+    assert letter.original_timestamp == FAR
+    with_time = {**observation, "event_id": "e2", "event_time": "2026-11-30T10:00:00+00:00"}
+    handled = await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(with_time)], FAR))
+    assert _dead(handled) == [] and len(handled.outputs) == 1  # its own event time is what counts
+
+
+def test_a_request_whose_record_timestamp_is_no_date_is_refused_by_the_monitor():
+    monitor = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+    request = orjson.dumps({"request_id": "r", "model": "sea", "features": {"x0": 1}})
+    (record,) = _records(TOPICS.predictions_requests, [request], FAR)
+    with pytest.raises(InvalidInput, match="timestamp_out_of_range"):
+        monitor._part(record)
+
+
+def test_feedback_with_a_label_outside_the_classes_is_refused_with_a_reason():
+    monitor = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+    for label, refused in ((7, True), ("cat", True), (1, False), ("0", False)):
+        feedback = orjson.dumps({"request_id": "r", "model": "sea", "label": label})
+        (record,) = _records(TOPICS.predictions_feedback, [feedback], 1_000)
+        if refused:
+            with pytest.raises(InvalidInput, match="unknown_label"):
+                monitor._part(record)
+        else:
+            assert monitor._part(record).name == "feedback"
+
+
+async def test_true_is_not_a_number(tmp_path):
+    handler = IngestHandler(SPECS, RowStore(tmp_path), TOPICS, timedelta(minutes=5))
+    observation = {"event_id": "e1", "model": "sea", "features": {"x0": True, "x1": 2, "x2": 3}, "label": 1}
+    (letter,) = _dead(await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(observation)])))
+    assert letter.reason in {"invalid_schema", "wrong_type"} and "x0" in letter.detail
+    inference = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), None, TOPICS)  # type: ignore[arg-type]
+    request = orjson.dumps({"request_id": "r", "model": "sea", "features": {"x0": True, "x1": 1, "x2": 1}})
+    handled = await inference.handle(_records(TOPICS.predictions_requests, [request]))
+    (result,) = [PredictionResult.model_validate_json(o.value) for o in handled.outputs]
+    assert result.error is not None and result.error.startswith("invalid_schema") and "x0" in result.error
