@@ -7,16 +7,29 @@ event id, time (microseconds since the epoch), sequence number and place (file i
 source of truth: a row exists once its index entry is committed. An index of the first layout
 (times as ISO text, file names per row) is converted in place when opened.
 
+- Partitions: a batch gets one date partition per event day only for days within `partition_days`
+  before its newest row's day; older rows share one file in Hive's null partition
+  `date=__HIVE_DEFAULT_PARTITION__`. So a batch writes at most `partition_days + 2` files however
+  its event times are spread, and the partitions depend on the batch alone, never on a clock.
+  Reads go through the index, by event time, whatever the partition; a whole-tree reader gets
+  those rows a null `date` and their real `event_time`:
+  `ds.dataset(root / model, format="parquet", partitioning=DATE_PARTITIONING, exclude_invalid_files=True)`.
 - Duplicates: an event id already indexed is skipped, so redelivery never creates a second row.
-- Crashes: a file is written under a temporary name and renamed before its rows are indexed in one
-  transaction. A crash before the commit leaves an unindexed file, which readers never see; a
-  redelivered batch of the same rows gets the same sequence numbers and replaces it under its name.
+- Crashes: a file is written under a temporary name (`.part-….tmp`, which dataset discovery skips)
+  and renamed before its rows are indexed in one transaction. A crash before the commit leaves an
+  unindexed file, which readers never see; a redelivered batch of the same rows gets the same
+  sequence numbers and replaces it under its name. An append that fails (a full disk) removes
+  what it wrote and leaves the index as it was.
+- Space: `ensure_space` raises `StoreFull` when the filesystem has less than `min_free_bytes` free,
+  one `statvfs`; a caller that publishes before it appends checks it first. A full disk met while
+  appending raises `StoreFull` too. It is an `OSError`: an infrastructure fault, retried.
 - Versions: sequence numbers only grow, so a window read with the same `max_seq` always yields the
   same rows; `manifest` names exactly the files and row ranges such a read uses.
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -58,6 +71,11 @@ INSERT INTO rows(seq, event_id, event_us, file, row)
 DROP TABLE rows_1;
 """
 )
+DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's (and pyarrow's) name of the null partition
+DATE_PARTITIONING = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
+PARTITION_DAYS = 31
+MIN_FREE_BYTES = 256 * 2**20
+_FULL = {errno.ENOSPC, errno.EDQUOT}
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _US = timedelta(microseconds=1)
 _DAY_US = 86_400_000_000
@@ -74,6 +92,11 @@ _ARROW = pa.schema(
 def _micros(t: datetime) -> int:
     """Microseconds since the epoch, exactly (naive is taken as UTC)."""
     return (as_utc(t) - _EPOCH) // _US
+
+
+def _iso_day(day: int) -> str:
+    """Days since the epoch as an ISO date: 20414 -> '2025-11-22'."""
+    return date.fromordinal(_EPOCH.toordinal() + day).isoformat()
 
 
 def _where(since: datetime | None, until: datetime | None, max_seq: int | None) -> tuple[str, list[object]]:
@@ -121,11 +144,41 @@ def _ranges(rows: Sequence[int]) -> list[tuple[int, int]]:
     return runs
 
 
-class RowStore:
-    """Rows (event id, event time, JSON body) per model, in event-time order, deduplicated by id."""
+class StoreFull(OSError):
+    """The filesystem holding a store is (nearly) full: an infrastructure fault, retried later."""
 
-    def __init__(self, root: Path) -> None:
+
+def _full(exc: BaseException, root: Path) -> StoreFull | None:
+    """`exc` as `StoreFull` when it is a full disk (an OS error or SQLite's SQLITE_FULL), else None."""
+    if isinstance(exc, StoreFull):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in _FULL:
+        return StoreFull(exc.errno, f"store full: {exc.strerror}", str(root))
+    if isinstance(exc, sqlite3.OperationalError) and exc.sqlite_errorcode == sqlite3.SQLITE_FULL:
+        return StoreFull(errno.ENOSPC, f"store index full: {exc}", str(root))
+    return None
+
+
+class RowStore:
+    """Rows (event id, event time, JSON body) per model, in event-time order, deduplicated by id.
+
+    `partition_days` (default 31): the days before a batch's newest row that still get a date
+    partition each; a month of late data (a backfill, labels that come days later) keeps its
+    days, and a batch writes at most 33 files however hostile its event times.
+    `min_free_bytes` (default 256 MiB, 0: no check): the free space `ensure_space` requires. It is
+    five times the most one batch adds (its bodies come from one consumer fetch, at most 50 MiB by
+    default, and zstd only shrinks them; the index takes about 130 bytes a row), leaves SQLite's
+    WAL room to checkpoint, and is small against any volume sized for an offline store.
+    """
+
+    def __init__(
+        self, root: Path, partition_days: int = PARTITION_DAYS, min_free_bytes: int = MIN_FREE_BYTES
+    ) -> None:
+        if partition_days < 0 or min_free_bytes < 0:
+            raise ValueError("partition_days and min_free_bytes must be >= 0")
         self.root = root
+        self.partition_days = partition_days
+        self.min_free_bytes = min_free_bytes
         self._conns: dict[str, sqlite3.Connection] = {}
         self._lock = threading.RLock()
 
@@ -159,9 +212,33 @@ class RowStore:
             found.update(r[0] for r in conn.execute(sql, chunk))
         return found
 
+    def ensure_space(self) -> None:
+        """Raise `StoreFull` when the filesystem holding the store has less than `min_free_bytes`
+        free for the service's user (one `statvfs`): call it before output an append must follow."""
+        if not self.min_free_bytes:
+            return
+        where = self.root
+        while not where.exists() and where != where.parent:  # the store is made on first append
+            where = where.parent
+        stat = os.statvfs(where)
+        free = stat.f_bavail * stat.f_frsize
+        if free < self.min_free_bytes:
+            raise StoreFull(
+                errno.ENOSPC,
+                f"store full: {free // 2**20} MiB free, below its minimum {self.min_free_bytes // 2**20} MiB",
+                str(self.root),
+            )
+
+    def _partitions(self, days: set[int]) -> dict[int, str]:
+        """Each event day's partition: its date within `partition_days` before the newest day,
+        else Hive's null partition."""
+        oldest = max(days) - self.partition_days
+        return {day: f"date={_iso_day(day) if day >= oldest else DEFAULT_PARTITION}" for day in days}
+
     def append(self, model: str, rows: Iterable[tuple[str, datetime, bytes]]) -> int:
-        """Append (event_id, event_time, body) rows as one file per event date; ids already present
-        are skipped. Returns the number of new rows."""
+        """Append (event_id, event_time, body) rows as one file per partition (event date, or the
+        null partition for old rows); ids already present are skipped. Returns the number of new
+        rows. On failure nothing is left: no file, no index entry (`StoreFull` on a full disk)."""
         conn = self._conn(model)
         directory = self._dir(model)
         with self._lock:
@@ -175,21 +252,32 @@ class RowStore:
                 return 0
             seq = conn.execute("SELECT COALESCE(MAX(seq), 0) FROM rows").fetchone()[0]
             numbered = [(eid, us, body, seq + i + 1) for i, (eid, (us, body)) in enumerate(fresh.items())]
-            by_day: dict[int, list[tuple[str, int, bytes, int]]] = {}
+            partition = self._partitions({row[1] // _DAY_US for row in numbered})
+            parts: dict[str, list[tuple[str, int, bytes, int]]] = {}
             for row in numbered:
-                by_day.setdefault(row[1] // _DAY_US, []).append(row)
-            names = {}
-            for day, part in sorted(by_day.items()):
-                when = date.fromordinal(_EPOCH.toordinal() + day).isoformat()
-                names[day] = f"date={when}/part-{part[0][3]:012d}-{part[-1][3]:012d}.parquet"
-                self._write(directory / names[day], part)
-            with conn:
-                for day, part in sorted(by_day.items()):
-                    file = conn.execute("INSERT INTO files(name) VALUES (?)", (names[day],)).lastrowid
-                    conn.executemany(
-                        "INSERT INTO rows(event_id, event_us, seq, file, row) VALUES (?, ?, ?, ?, ?)",
-                        [(eid, us, s, file, r) for r, (eid, us, _, s) in enumerate(part)],
-                    )
+                parts.setdefault(partition[row[1] // _DAY_US], []).append(row)
+            names = {
+                key: f"{key}/part-{part[0][3]:012d}-{part[-1][3]:012d}.parquet" for key, part in parts.items()
+            }
+            written: list[Path] = []
+            try:
+                for key, part in sorted(parts.items()):
+                    self._write(directory / names[key], part)
+                    written.append(directory / names[key])
+                with conn:
+                    for key, part in sorted(parts.items()):
+                        file = conn.execute("INSERT INTO files(name) VALUES (?)", (names[key],)).lastrowid
+                        conn.executemany(
+                            "INSERT INTO rows(event_id, event_us, seq, file, row) VALUES (?, ?, ?, ?, ?)",
+                            [(eid, us, s, file, r) for r, (eid, us, _, s) in enumerate(part)],
+                        )
+            except BaseException as exc:
+                for path in written:  # unindexed, so no reader sees them: give their space back
+                    path.unlink(missing_ok=True)
+                full = _full(exc, self.root)
+                if full is not None and full is not exc:
+                    raise full from exc
+                raise
             return len(numbered)
 
     @staticmethod
@@ -204,10 +292,14 @@ class RowStore:
             },
             schema=_ARROW,
         )
-        temporary = path.with_suffix(".tmp")
-        # no dictionary encoding: ids and bodies are unique (it cost CPU and ~8% more bytes)
-        pq.write_table(table, temporary, compression="zstd", use_dictionary=False)
-        os.replace(temporary, path)
+        temporary = path.with_name(f".{path.stem}.tmp")  # a dot: dataset discovery skips it
+        try:
+            # no dictionary encoding: ids and bodies are unique (it cost CPU and ~8% more bytes)
+            pq.write_table(table, temporary, compression="zstd", use_dictionary=False)
+            os.replace(temporary, path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
 
     def count(self, model: str, since: datetime | None = None, until: datetime | None = None) -> int:
         """Rows of a model with event time in [since, until)."""

@@ -1,12 +1,18 @@
 """docker-compose.yml, the Dockerfile and the Prometheus rules, checked by the real tools
-(`docker-compose config`, `promtool`) and against the code they deploy."""
+(`docker-compose config`, `promtool`) and against the code they deploy; the Dockerfile (no Docker
+engine here) by replaying what its instructions do to the environment, directories and owners."""
 
 import importlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
 import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 
 import pytest
 import yaml
@@ -138,3 +144,148 @@ def test_the_certificate_script_makes_a_ca_and_host_certificates(tmp_path):
                               capture_output=True, text=True, check=True).stdout  # fmt: skip
         assert f"DNS:{host}" in text
     assert "PRIVATE KEY" in (tmp_path / "kafka-keystore.pem").read_text()
+
+
+APP, DATA = PurePosixPath("/app"), PurePosixPath("/data")
+# The Path settings a service only reads; every other one is a place it writes to.
+READ_ONLY = {"models_dir", "kafka_ca_file", "redis_ca_file"}
+
+
+@dataclass
+class Stage:
+    """What a Dockerfile stage leaves: its env, the directories its RUNs made and their owners."""
+
+    env: dict[str, str] = field(default_factory=dict)
+    owners: dict[PurePosixPath, str] = field(default_factory=dict)
+    made: set[PurePosixPath] = field(default_factory=set)
+    users: set[str] = field(default_factory=set)
+    user: str = "root"
+
+
+def _run(stage: Stage, command: list[str]) -> None:
+    """Replay the parts of one shell command that make directories, owners and users."""
+    name, args = command[0], [a for a in command[1:] if not a.startswith("-")]
+    flags = {a for a in command[1:] if a.startswith("-")}
+    if name == "useradd":
+        stage.users.add(command[-1])
+    elif name == "mkdir":
+        for arg in args:
+            path = PurePosixPath(arg)
+            for each in [*reversed(path.parents), path] if "-p" in flags else [path]:
+                stage.owners.setdefault(each, stage.user)
+            stage.made.add(path)
+    elif name == "chown":
+        owner, targets = args[0].split(":")[0], [PurePosixPath(a) for a in args[1:]]
+        for path in list(stage.owners):
+            if any(path == t or ("-R" in flags and t in path.parents) for t in targets):
+                stage.owners[path] = owner
+
+
+def _dockerfile_stages() -> dict[str, Stage]:
+    """Every stage of the Dockerfile, each with what it inherits from the stage it starts from."""
+    text = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+    stages: dict[str, Stage] = {}
+    stage = Stage()
+    for instruction in "\n".join(lines).replace("\\\n", " ").splitlines():
+        keyword, _, rest = instruction.strip().partition(" ")
+        if keyword == "FROM":
+            parent, _, name = rest.partition(" AS ")
+            inherited = stages.get(parent.strip())
+            stage = Stage(dict(inherited.env), dict(inherited.owners), set(inherited.made),
+                          set(inherited.users), inherited.user) if inherited else Stage()  # fmt: skip
+            stages[name.strip() or parent.strip()] = stage
+        elif keyword == "ENV":
+            words = shlex.split(rest)
+            pairs = [w.split("=", 1) for w in words] if "=" in words[0] else [[words[0], " ".join(words[1:])]]
+            stage.env.update({k: v for k, v in pairs})
+        elif keyword == "RUN":
+            for command in re.split(r"&&|;", rest):
+                if command.strip():
+                    _run(stage, shlex.split(command))
+        elif keyword == "USER":
+            stage.user = rest.strip().split(":")[0]
+        elif keyword == "WORKDIR":
+            stage.owners.setdefault(PurePosixPath(rest.strip()), stage.user)
+    return stages
+
+
+def _settings_class(service: str) -> type:
+    module = importlib.import_module(f"driftloop_{service}.settings")
+    return next(v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings")
+
+
+def _path_settings(settings_cls: type) -> list[str]:
+    """The settings typed `Path` (or `Path | None`)."""
+
+    def is_path(annotation: object) -> bool:
+        if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+            return any(is_path(a) for a in typing.get_args(annotation))
+        return annotation is Path
+
+    return [name for name, info in settings_cls.model_fields.items() if is_path(info.annotation)]
+
+
+def _settings_under(settings_cls: type, env: dict[str, str], monkeypatch):
+    """The service's settings as it builds them from this environment, and nothing else."""
+    for name in [k for k in os.environ if k.startswith("DRIFTLOOP_")]:
+        monkeypatch.delenv(name)
+    for name, value in env.items():
+        if name.startswith("DRIFTLOOP_"):
+            monkeypatch.setenv(name, str(value))
+    return settings_cls()
+
+
+def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_its_user(monkeypatch):
+    stages = _dockerfile_stages()
+    for service in SERVICES:
+        stage, settings_cls = stages[service], _settings_class(service)
+        for variable in stage.env:
+            if variable.startswith("DRIFTLOOP_"):
+                field_name = variable.removeprefix("DRIFTLOOP_").lower().split("__")[0]
+                assert field_name in settings_cls.model_fields, f"{service}: {variable} is not a setting"
+        assert stage.user in stage.users and stage.user != "root", f"{service} runs as {stage.user}"
+        settings = _settings_under(settings_cls, stage.env, monkeypatch)
+        paths = _path_settings(settings_cls)
+        assert {"models_dir", "artifacts_dir", "data_dir"} <= set(paths)
+        for name in paths:
+            value = getattr(settings, name)
+            if name in READ_ONLY:
+                assert value is None or value.is_absolute(), f"{service}: {name}={value} is relative"
+                continue
+            where = PurePosixPath(value)
+            assert where.is_absolute() and DATA in where.parents, (
+                f"{service}: {name}={value} is not under /data"
+            )
+            assert stage.owners.get(where) == stage.user, (
+                f"{service}: {name}={value} is not made {stage.user}'s"
+            )
+        assert APP in PurePosixPath(settings.models_dir).parents  # shipped in the image, read-only
+        assert all(
+            owner == "root" for path, owner in stage.owners.items() if path == APP or APP in path.parents
+        )
+        for made in stage.made:
+            assert stage.owners[made] == stage.user, f"{service}: {made} is not owned by {stage.user}"
+
+
+@pytest.mark.parametrize("files", [("docker-compose.yml",), SECURE], ids=["plain", "secure"])
+def test_compose_keeps_every_written_directory_absolute_and_on_the_data_volume(files, tmp_path, monkeypatch):
+    result = _compose("g", tmp_path, files, KAFKA_PASSWORD="k", REDIS_PASSWORD="r")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)["services"]
+    stages = _dockerfile_stages()
+    for service in SERVICES:
+        settings_cls = _settings_class(service)
+        env = {**stages[service].env, **config[service]["environment"]}
+        settings = _settings_under(settings_cls, env, monkeypatch)
+        mounts = [PurePosixPath(str(v).split(":")[1] if isinstance(v, str) else v["target"])
+                  for v in config[service]["volumes"]]  # fmt: skip
+        for name in _path_settings(settings_cls):
+            value = getattr(settings, name)
+            assert value is None or value.is_absolute(), f"{service}: {name}={value} is relative"
+            if name not in READ_ONLY:
+                where = PurePosixPath(value)
+                assert DATA in where.parents, f"{service}: {name}={value} is not under /data"
+                assert any(m == where or m in where.parents for m in mounts), (
+                    f"{service}: {name} is on no volume"
+                )
