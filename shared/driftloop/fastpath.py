@@ -313,6 +313,7 @@ class FastPath:
         self.last_error: str | None = None
         self._progress = time.monotonic()  # last commit, or last time nothing waited
         self._lag = 0
+        STALLED.labels(service, self.name).set_function(self._stalled_s)  # as of each scrape
 
     @property
     def topic(self) -> str:
@@ -432,6 +433,9 @@ class FastPath:
     async def _finish(self, batch: _Batch, handled: Handled) -> None:
         if handled.alongside is None:
             await self.sender.send(handled.outputs)
+        elif self.failures:  # retrying: the effect first, so an outage does not resend every time
+            await handled.alongside
+            await self.sender.send(handled.outputs)
         else:
             await asyncio.gather(self.sender.send(handled.outputs), handled.alongside)
         if handled.then is not None:
@@ -466,7 +470,6 @@ class FastPath:
         self._lag = total
         if not total and not self.failures:
             self._progress = time.monotonic()
-        STALLED.labels(self.service, self.name).set(round(self._stalled_s(), 1))
 
     def rewind(self, batches: Sequence[_Batch]) -> None:
         """Seek every partition back to the first record of the earliest of `batches`, and reset.

@@ -95,3 +95,15 @@ async def test_true_is_not_a_number(tmp_path):
     handled = await inference.handle(_records(TOPICS.predictions_requests, [request]))
     (result,) = [PredictionResult.model_validate_json(o.value) for o in handled.outputs]
     assert result.error is not None and result.error.startswith("invalid_schema") and "x0" in result.error
+
+
+async def test_a_full_disk_stops_ingest_before_anything_is_published(tmp_path):
+    from driftloop.faults import is_transient
+    from driftloop.store import StoreFull
+
+    full = RowStore(tmp_path, min_free_bytes=2**62)  # more than any disk has free
+    handler = IngestHandler(SPECS, full, TOPICS, timedelta(minutes=5))
+    observation = {"event_id": "e1", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}, "label": 1}
+    with pytest.raises(StoreFull) as refused:
+        await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(observation)]))
+    assert is_transient(refused.value)  # the loop retries it with a growing pause, never dead-letters

@@ -21,7 +21,11 @@ from driftloop_ingest.settings import IngestSettings
 def create_app(settings: IngestSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    store = RowStore(settings.offline_dir)
+    store = RowStore(
+        settings.offline_dir,
+        partition_days=settings.offline_partition_days,
+        min_free_bytes=settings.offline_min_free_mb * 2**20,
+    )
     handler = IngestHandler(
         load_specs(settings.models_dir), store, topics, timedelta(seconds=settings.max_future_s)
     )

@@ -55,6 +55,7 @@ class IngestHandler:
         append follows once both are acknowledged, so a crash in between republishes (downstream is
         idempotent by event id) instead of losing the batch. An event id published by a batch whose
         append is still to come (the loop is pipelined) counts as seen too."""
+        self.store.ensure_space()  # a full disk stops the batch before anything is published
         now = utcnow()
         accepted, errors = validate_batch(
             [r.value for r in records],

@@ -28,7 +28,11 @@ from driftloop_training.settings import TrainingSettings
 def create_app(settings: TrainingSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    store = RowStore(settings.training_dir)
+    store = RowStore(
+        settings.training_dir,
+        partition_days=settings.training_partition_days,
+        min_free_bytes=settings.training_min_free_mb * 2**20,
+    )
     trainer = Trainer(
         load_specs(settings.models_dir),
         store,

@@ -135,6 +135,7 @@ class Trainer:
     async def store_rows(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Append labelled feature rows to the training store (idempotent by event id), once the
         batch's dead letters are out."""
+        self.store.ensure_space()  # a full disk stops the batch before its dead letters go out
         parsed, dead = triage(SERVICE, records, lambda r: (parse(FeatureRow, r.value, self.specs), r.value))
         by_model: dict[str, list[tuple[str, datetime, bytes]]] = {}
         for row, body in parsed:

@@ -1,0 +1,416 @@
+"""Hostile input against the whole local stack (broker, Redis, Prometheus and the six services as
+processes) with a SEA champion: the single inputs that each stopped a service, then generated
+records of every kind on every consumed topic, then an outage. Each bad record is dead-lettered
+with its reason within seconds, every other record is answered, no metric moves twice, and
+`/readyz` reflects a stall while it lasts."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from aiokafka import AIOKafkaProducer, ConsumerRecord
+from hypothesis import HealthCheck, Phase, given, settings
+from hypothesis import strategies as st
+from redis.asyncio import Redis
+
+from driftloop import datasets, localstack
+from driftloop.client import PredictionClient
+from driftloop.contracts import (
+    REGISTRY_COMMAND,
+    DeadLetter,
+    FeatureRow,
+    Feedback,
+    InvalidInput,
+    ModelTrained,
+    Observation,
+    PredictionRequest,
+    PredictionResult,
+    TrainModel,
+    parse,
+)
+from driftloop.features import online_key
+from driftloop.kafka import tail_from_end
+from driftloop.settings import Topics
+from driftloop.spec import load_specs
+from driftloop_inference.handlers import _salvage_id
+from tests.conftest import ROOT
+from tests.helpers import JSON, served_versions
+
+TOPICS = Topics()
+SPECS = load_specs(ROOT / "models")
+FAR = 300_000_000_000_000  # a record timestamp in ms: the year 11476
+GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
+STALL_AFTER_S = 3
+
+
+class Tail:
+    """Every record produced to a topic from now on, read in the background."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self.bootstrap, self.topic = bootstrap, topic
+        self.records: list[ConsumerRecord] = []
+
+    async def __aenter__(self) -> Tail:
+        self._consumer = await tail_from_end(self.bootstrap, self.topic)
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        await self._consumer.stop()
+
+    async def _read(self) -> None:
+        while True:
+            for records in (await self._consumer.getmany(timeout_ms=200)).values():
+                self.records += records
+
+    def parsed(self, kind: Any) -> list[Any]:
+        """The records that are `kind` (a test may write hostile ones to the same topic)."""
+        out = []
+        for record in self.records:
+            with contextlib.suppress(ValueError):
+                out.append(kind.model_validate_json(record.value or b""))
+        return out
+
+
+async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.2)
+
+
+def metric(stack: localstack.Stack, service: str, name: str, **labels: str) -> float:
+    """A service's metric, summed over the series that carry `labels`."""
+    total = 0.0
+    for line in httpx.get(f"{stack.url(service)}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def readiness(stack: localstack.Stack, service: str) -> tuple[int, dict[str, Any]]:
+    response = httpx.get(f"{stack.url(service)}/readyz", timeout=5)
+    return response.status_code, response.json()
+
+
+def caught_up(stack: localstack.Stack) -> bool:
+    """Every consumer of every service has committed everything and nothing fails."""
+    for service in localstack.SERVICES:
+        status, body = readiness(stack, service)
+        if status != 200 or any(c["lag"] or c["failures"] for c in body["consumers"]):
+            return False
+    return True
+
+
+@pytest.fixture(scope="module")
+async def stack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("hostile")
+    models = root / "models"
+    models.mkdir()
+    (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DRIFTLOOP_STALL_AFTER_S", str(STALL_AFTER_S))
+        running = await asyncio.to_thread(localstack.up, root / "run", models)
+    try:
+        await _champion(running)
+        yield running
+    finally:
+        await asyncio.to_thread(localstack.down, root / "run")
+
+
+async def _champion(stack: localstack.Stack) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False, linger_ms=5)
+    await producer.start()
+    try:
+        for i, (x, y) in enumerate(itertools.islice(datasets.sea(0, seed=3), 2500)):
+            await producer.send(TOPICS.events_raw, orjson.dumps(
+                {"event_id": f"boot{i}", "model": "sea", "features": x, "label": y}))  # fmt: skip
+        command = TrainModel(command_id=uuid.uuid4().hex, model="sea", reason="test", min_rows=2000)
+        await producer.send_and_wait(TOPICS.training_requests, command.model_dump_json().encode())
+    finally:
+        await producer.stop()
+    async with PredictionClient(stack.bootstrap, timeout_s=10) as client:
+        assert await served_versions(client, "sea", [GOOD], {1}, timeout=120) == {1}
+
+
+@contextlib.asynccontextmanager
+async def _producer(stack: localstack.Stack):
+    producer = AIOKafkaProducer(bootstrap_servers=stack.bootstrap, enable_idempotence=False)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+def _letters(dlq: Tail) -> list[DeadLetter]:
+    return dlq.parsed(DeadLetter)
+
+
+@pytest.mark.slow
+async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_keeps_answering(stack):
+    tag = uuid.uuid4().hex[:8]
+    entity = f"hand-edited-{tag}"
+    labelled_before = metric(stack, "monitor", "driftloop_monitor_labelled_total")
+    async with (
+        Tail(stack.bootstrap, TOPICS.events_dlq) as dlq,
+        Tail(stack.bootstrap, TOPICS.features_computed) as rows,
+        _producer(stack) as producer,
+        PredictionClient(stack.bootstrap, timeout_s=20) as client,
+    ):
+        # 1. a request id that is a lone surrogate
+        surrogate = await producer.send_and_wait(
+            TOPICS.predictions_requests, b'{"request_id": "\\ud800", "model": "sea", "features": {}}'
+        )
+        # 2. an observation without event_time whose record timestamp no date holds
+        far_event = {"event_id": f"far-{tag}", "model": "sea", "features": GOOD, "label": 1}
+        far_observation = await producer.send_and_wait(
+            TOPICS.events_raw, orjson.dumps(far_event), timestamp_ms=FAR
+        )
+        # 3. a request with such a timestamp, and its label
+        far_request = await producer.send_and_wait(
+            TOPICS.predictions_requests,
+            orjson.dumps({"request_id": f"far-{tag}", "model": "sea", "features": GOOD}),
+            timestamp_ms=FAR,
+        )
+        await producer.send_and_wait(
+            TOPICS.predictions_feedback,
+            orjson.dumps({"request_id": f"far-{tag}", "model": "sea", "label": 1}),
+        )
+        # 4. an entity's online-store hash edited by hand: event_ts is not a number
+        redis = Redis.from_url(stack.redis_url)
+        try:
+            await redis.hset(online_key("sea", entity), mapping={"event_ts": "yesterday", "features": "{"})
+        finally:
+            await redis.aclose()
+        event = {"event_id": f"edited-{tag}", "model": "sea", "entity_id": entity, "features": GOOD,
+                 "label": 1, "event_time": "2026-11-30T10:00:00+00:00"}  # fmt: skip
+        await producer.send_and_wait(TOPICS.events_raw, orjson.dumps(event), key=entity.encode())
+
+        # ordinary traffic is answered, and labelled once each
+        ordinary = await client.predict_many("sea", [GOOD] * 15)
+        assert [(r.error, r.model_version) for r in ordinary] == [(None, 1)] * 15
+        for result in ordinary:
+            feedback = {"request_id": result.request_id, "model": "sea", "label": 1}
+            await producer.send(TOPICS.predictions_feedback, orjson.dumps(feedback))
+        await producer.flush()
+        await until(lambda: any(r.value and f"edited-{tag}".encode() in r.value for r in rows.records), 30,
+                    "the hand-edited entity's feature row")  # fmt: skip
+        served = await client.predict("sea", {}, entity_id=entity)
+        assert served.error is None and served.model_version == 1, served
+
+        expected = {
+            ("inference", "malformed_json", TOPICS.predictions_requests, surrogate.partition, surrogate.offset),
+            ("monitor", "malformed_json", TOPICS.predictions_requests, surrogate.partition, surrogate.offset),
+            ("ingest", "event_time_out_of_range", TOPICS.events_raw, far_observation.partition,
+             far_observation.offset),
+            ("monitor", "timestamp_out_of_range", TOPICS.predictions_requests, far_request.partition,
+             far_request.offset),
+        }  # fmt: skip
+
+        def found() -> set[tuple]:
+            return {
+                (d.service, d.reason, d.source_topic, d.source_partition, d.source_offset)
+                for d in _letters(dlq)
+            }
+
+        await until(lambda: expected <= found(), 20, "the four dead letters")
+        await until(
+            lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 15,
+            30,
+            "the monitor to count the 15 labels",
+        )
+        await asyncio.sleep(3)  # anything counted twice would show by now
+        assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 15
+        assert found() == expected, "other records were dead-lettered"
+        assert [d for d in _letters(dlq) if d.reason == "processing_failed"] == []
+    await until(lambda: caught_up(stack), 30, "every consumer to catch up")
+
+
+# ---------------------------------------------------------------------------- generated records
+
+# topic -> (the contract its consumers read, its consumers, a good record to spoil, spoil fields?)
+CONSUMED: dict[str, tuple[Any, tuple[str, ...], dict | None]] = {
+    TOPICS.events_raw: (Observation, ("ingest",), {"event_id": "e", "model": "sea", "features": GOOD}),
+    TOPICS.events_validated: (Observation, ("feature",), {"event_id": "e", "model": "sea", "features": GOOD,
+                              "event_time": "2026-11-30T10:00:00+00:00"}),
+    TOPICS.features_computed: (FeatureRow, ("training",), {"event_id": "e", "model": "sea", "features": GOOD,
+                               "event_time": "2026-11-30T10:00:00+00:00"}),
+    TOPICS.predictions_requests: (PredictionRequest, ("inference", "monitor"),
+                                  {"request_id": "r", "model": "sea", "features": GOOD}),
+    TOPICS.predictions_results: (PredictionResult, ("monitor",),
+                                 {"request_id": "r", "model": "sea", "model_version": 1, "prediction": 1}),
+    TOPICS.predictions_feedback: (Feedback, ("monitor",), {"request_id": "r", "model": "sea", "label": 1}),
+    # commands: only records that cannot be read (a readable one would train or promote)
+    TOPICS.training_requests: (TrainModel, ("training",), None),
+    TOPICS.models_commands: (REGISTRY_COMMAND, ("registry",), None),
+    TOPICS.models_trained: (ModelTrained, ("registry",), None),
+}  # fmt: skip
+HOSTILE_VALUES = st.sampled_from(
+    ["\x00\x1b[31m\u202e", "x" * 300, "NaN", 2**80, 1e308, [], {}, None, True, {"$ne": 1}, "../../etc"]
+)
+TIMESTAMPS = st.sampled_from([None, 0, 1, FAR, 2**62, 1_764_000_000_000])
+HEADERS = st.lists(st.tuples(st.text(max_size=8), st.binary(max_size=16)), max_size=3)
+
+
+@st.composite
+def hostile(draw, good: dict | None) -> bytes:
+    kind = draw(st.sampled_from(["bytes", "json", "field", "missing"] if good else ["bytes", "json"]))
+    if kind == "bytes":
+        return draw(st.binary(min_size=1, max_size=120))
+    if kind == "json" or good is None:
+        return orjson.dumps(draw(JSON))
+    ids = {"event_id", "request_id"} & set(good)  # unique: a hostile join must not complete
+    record = {**good, **{name: uuid.uuid4().hex for name in ids}}
+    name = draw(st.sampled_from(sorted(set(good) - ids)))
+    if kind == "missing":
+        record.pop(name)
+    else:
+        record[name] = draw(HOSTILE_VALUES)
+    return json.dumps(record).encode()
+
+
+def readable(topic: str, value: bytes) -> bool:
+    """Whether a record is its topic's contract at all (its consumers may still refuse it, e.g. for
+    a model they have no spec for): one that is not must be dead-lettered by every consumer."""
+    try:
+        parse(CONSUMED[topic][0], value)
+    except InvalidInput:
+        return False
+    return True
+
+
+@pytest.mark.slow
+# no shrinking: each example waits on the stack, and a failure prints the records it sent
+@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck), database=None,
+          phases=[Phase.explicit, Phase.generate])  # fmt: skip
+@given(data=st.data())
+async def test_generated_hostile_records_on_every_topic_never_stop_a_consumer(stack, data):
+    tag = uuid.uuid4().hex[:8]
+    dead_before = {s: metric(stack, s, "driftloop_dead_letters_total") for s in localstack.SERVICES}
+    labelled_before = metric(stack, "monitor", "driftloop_monitor_labelled_total")
+    sent: list[tuple[str, int, int, bytes]] = []  # topic, partition, offset, value
+    async with (
+        Tail(stack.bootstrap, TOPICS.events_dlq) as dlq,
+        Tail(stack.bootstrap, TOPICS.predictions_results) as results,
+        Tail(stack.bootstrap, TOPICS.features_computed) as rows,
+        _producer(stack) as producer,
+    ):
+        for topic, (_, _, good) in CONSUMED.items():
+            for value in data.draw(st.lists(hostile(good), min_size=3, max_size=12), label=topic):
+                key = data.draw(st.none() | st.binary(max_size=12))
+                metadata = await producer.send_and_wait(
+                    topic, value, key=key, headers=data.draw(HEADERS), timestamp_ms=data.draw(TIMESTAMPS)
+                )
+                sent.append((topic, metadata.partition, metadata.offset, value))
+        # then good records on every partition of the data topics: each must be answered
+        requests, events = [], []
+        for partition in range(3):
+            request_id, event_id = f"good-{tag}-{partition}", f"good-{tag}-{partition}"
+            request = {"request_id": request_id, "model": "sea", "features": GOOD}
+            await producer.send(TOPICS.predictions_requests, orjson.dumps(request), partition=partition)
+            observation = {"event_id": event_id, "model": "sea", "features": GOOD, "label": 1,
+                           "event_time": "2026-11-30T10:00:00+00:00"}  # fmt: skip
+            await producer.send(TOPICS.events_raw, orjson.dumps(observation), partition=partition)
+            await producer.send(TOPICS.events_validated, orjson.dumps({**observation, "event_id": event_id + "v"}),
+                                partition=partition)  # fmt: skip
+            requests.append(request_id)
+            events += [event_id, event_id + "v"]
+        await producer.flush()
+        await until(lambda: {r.request_id for r in results.parsed(PredictionResult)} >= set(requests), 30,
+                    "every partition's good request answered")  # fmt: skip
+        for request_id in requests:
+            await producer.send(TOPICS.predictions_feedback,
+                                orjson.dumps({"request_id": request_id, "model": "sea", "label": 1}))  # fmt: skip
+        await producer.flush()
+        await until(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
+                    "every partition's good observation computed")  # fmt: skip
+        await until(lambda: caught_up(stack), 60, "every consumer to commit everything")
+
+        # every record its consumers cannot read is dead-lettered by each of them (inference
+        # answers one whose request id it can still read with an error result instead)
+        letters = _letters(dlq)
+        lettered = {(d.service, d.source_topic, d.source_partition, d.source_offset) for d in letters}
+        answered = {r.request_id for r in results.parsed(PredictionResult) if r.error}
+        for topic, partition, offset, value in sent:
+            if readable(topic, value):
+                continue
+            for service in CONSUMED[topic][1]:
+                salvaged = _salvage_id(value) if service == "inference" else None
+                if salvaged is not None and salvaged[0] in answered:
+                    continue
+                assert (service, topic, partition, offset) in lettered, (service, topic, value)
+        assert [d for d in letters if d.reason == "processing_failed"] == [], "a handler failed on a record"
+        # no metric moved twice: dead letters counted once each, the three labels once each
+        await until(
+            lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 3,
+            30,
+            "the three labels counted",
+        )
+        await asyncio.sleep(2)
+        assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 3
+        # (a batch sent again after a failed send repeats its dead letters on the topic: at least
+        # once; the metric counts each record once. A reader placed at the end of a tansu topic
+        # reads part of its last batch again: only this example's records count.)
+        ours = {(topic, partition, offset) for topic, partition, offset, _ in sent}
+        distinct = {
+            (d.service, d.source_topic, d.source_partition, d.source_offset)
+            for d in _letters(dlq)
+            if (d.source_topic, d.source_partition, d.source_offset) in ours
+        }
+        by_service = {s: sum(1 for d in distinct if d[0] == s) for s in localstack.SERVICES}
+        counted = {s: metric(stack, s, "driftloop_dead_letters_total") - dead_before[s] for s in by_service}
+        assert counted == by_service, sorted(d for d in distinct)
+
+
+# ---------------------------------------------------------------------------- a visible stall
+
+
+@pytest.mark.slow
+async def test_a_stall_shows_in_readiness_while_it_lasts_and_nothing_is_lost(stack, tmp_path):
+    tag = uuid.uuid4().hex[:8]
+    events = [f"stall-{tag}-{p}" for p in range(3)]
+    os.kill(stack.pids["redis"], signal.SIGKILL)  # the online store goes away
+    try:
+        async with Tail(stack.bootstrap, TOPICS.features_computed) as rows, _producer(stack) as producer:
+            for partition, event_id in enumerate(events):
+                observation = {"event_id": event_id, "model": "sea", "entity_id": event_id, "features": GOOD,
+                               "label": 1, "event_time": "2026-11-30T10:00:00+00:00"}  # fmt: skip
+                await producer.send(TOPICS.events_validated, orjson.dumps(observation), partition=partition)
+            await producer.flush()
+
+            await until(
+                lambda: readiness(stack, "feature")[0] == 503, STALL_AFTER_S + 15, "feature not ready"
+            )
+            status, body = readiness(stack, "feature")
+            assert any("no commit for" in why for why in body["stalled"]), body
+            (consumer,) = body["consumers"]
+            assert consumer["failures"] > 0 and "Connection" in (consumer["last_error"] or ""), consumer
+            assert metric(stack, "feature", "driftloop_consumer_stalled_seconds") >= STALL_AFTER_S
+            copies = [r.event_id for r in rows.parsed(FeatureRow)]
+            assert all(copies.count(e) <= 1 for e in events), "rows sent again on every retry"
+
+            await asyncio.to_thread(localstack.respawn, stack, "redis", tmp_path)
+            await until(lambda: readiness(stack, "feature")[0] == 200, 30, "feature ready again")
+            await until(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
+                        "the waiting observations computed")  # fmt: skip
+            assert metric(stack, "feature", "driftloop_consumer_stalled_seconds") == 0
+    finally:
+        if not localstack.alive(stack.pids["redis"]):
+            await asyncio.to_thread(localstack.respawn, stack, "redis", tmp_path)
