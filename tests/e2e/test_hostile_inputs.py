@@ -215,9 +215,10 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
         served = await client.predict("sea", {}, entity_id=entity)
         assert served.error is None and served.model_version == 1, served
 
+        requests = TOPICS.predictions_requests
         expected = {
-            ("inference", "malformed_json", TOPICS.predictions_requests, surrogate.partition, surrogate.offset),
-            ("monitor", "malformed_json", TOPICS.predictions_requests, surrogate.partition, surrogate.offset),
+            ("inference", "malformed_json", requests, surrogate.partition, surrogate.offset),
+            ("monitor", "malformed_json", requests, surrogate.partition, surrogate.offset),
             ("ingest", "event_time_out_of_range", TOPICS.events_raw, far_observation.partition,
              far_observation.offset),
             ("monitor", "timestamp_out_of_range", TOPICS.predictions_requests, far_request.partition,
@@ -328,16 +329,16 @@ async def test_generated_hostile_records_on_every_topic_never_stop_a_consumer(st
             observation = {"event_id": event_id, "model": "sea", "features": GOOD, "label": 1,
                            "event_time": "2026-11-30T10:00:00+00:00"}  # fmt: skip
             await producer.send(TOPICS.events_raw, orjson.dumps(observation), partition=partition)
-            await producer.send(TOPICS.events_validated, orjson.dumps({**observation, "event_id": event_id + "v"}),
-                                partition=partition)  # fmt: skip
+            validated = {**observation, "event_id": event_id + "v"}
+            await producer.send(TOPICS.events_validated, orjson.dumps(validated), partition=partition)
             requests.append(request_id)
             events += [event_id, event_id + "v"]
         await producer.flush()
         await until(lambda: {r.request_id for r in results.parsed(PredictionResult)} >= set(requests), 30,
                     "every partition's good request answered")  # fmt: skip
         for request_id in requests:
-            await producer.send(TOPICS.predictions_feedback,
-                                orjson.dumps({"request_id": request_id, "model": "sea", "label": 1}))  # fmt: skip
+            feedback = {"request_id": request_id, "model": "sea", "label": 1}
+            await producer.send(TOPICS.predictions_feedback, orjson.dumps(feedback))
         await producer.flush()
         await until(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
                     "every partition's good observation computed")  # fmt: skip
@@ -398,7 +399,7 @@ async def test_a_stall_shows_in_readiness_while_it_lasts_and_nothing_is_lost(sta
             await until(
                 lambda: readiness(stack, "feature")[0] == 503, STALL_AFTER_S + 15, "feature not ready"
             )
-            status, body = readiness(stack, "feature")
+            _, body = readiness(stack, "feature")
             assert any("no commit for" in why for why in body["stalled"]), body
             (consumer,) = body["consumers"]
             assert consumer["failures"] > 0 and "Connection" in (consumer["last_error"] or ""), consumer
