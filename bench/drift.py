@@ -29,10 +29,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from river import drift
 
 from bench.common import table, write
 from driftloop import demo, localstack
+from driftloop.algorithms import DETECTORS
 from driftloop.spec import ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,8 +51,7 @@ def offline_adwin(
 ) -> dict[str, Any]:
     """River's ADWIN (spec parameters, spec warm-up) on the 0/1 errors of one version's answers, in
     request order: the first detection at or after the onset, and detections before it."""
-    detector = getattr(drift, {"adwin": "ADWIN", "page_hinkley": "PageHinkley", "kswin": "KSWIN"}[
-        spec.drift.detector])(**spec.drift.params)  # fmt: skip
+    detector = DETECTORS[spec.drift.detector](**spec.drift.params)
     errors = [(i, 1 - correct) for i, v, correct in sorted(answers) if v == version]
     early, delay = 0, None
     for n, (i, error) in enumerate(errors):

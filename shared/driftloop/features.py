@@ -19,9 +19,8 @@ import numpy as np
 import orjson
 
 from driftloop.contracts import InvalidInput
-from driftloop.spec import FeatureSpec, ModelSpec
+from driftloop.spec import UNKNOWN, FeatureSpec, ModelSpec
 
-UNKNOWN = "__unknown__"
 _NUMBERS = frozenset({float, int})
 
 
@@ -228,7 +227,7 @@ class FeatureSet:
                 assert feature.categories is not None
                 offsets = {c: k for k, c in enumerate(feature.categories)}
                 self._blocks.append((len(self.names), offsets, len(feature.categories)))
-                self.names += [f"{feature.name}={c}" for c in [*feature.categories, UNKNOWN]]
+                self.names += feature.columns
         self._numeric_columns = np.array(numeric_columns, dtype=np.intp)
         numeric = self.checker.numeric  # transforms, as vectors over the numeric columns
         self._clip_low = np.array(

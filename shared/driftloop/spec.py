@@ -2,18 +2,28 @@
 
 A spec names the raw features and how to validate them, the label and its classes, the algorithm,
 the training window, the promotion gate and the drift detector. Every service loads the same specs.
+
+Every field is checked when a spec is loaded, so a spec that would break a service later is refused
+at once, alone: `read_specs` returns the valid specs of a directory and, for each refused file, why
+(its path in the spec, e.g. `drift.params.threshold`, and the reason, on one line).
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import re
+import reprlib
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+logger = logging.getLogger(__name__)
 
 MODEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 
@@ -25,12 +35,61 @@ ALGORITHMS = (
 )
 
 
+UNKNOWN = "__unknown__"  # the value, and one-hot column, of a category the spec does not list
+MAX_SPEC_BYTES = 1 << 20
+_MAX_INT = 2**53  # integers beyond this lose precision as JSON numbers and float64
+_MAX_VALUES = 100_000  # in one field (YAML aliases can make a small file huge)
+_QUOTE_IT = "quote it: YAML reads yes, no, on, off, true, false and bare numbers as non-strings"
+
+
+def show(value: Any) -> str:
+    """A short repr of a value from a spec file, whatever its size or depth."""
+    return reprlib.repr(value)
+
+
+class SpecFieldError(ValueError):
+    """A refused value at `path` below the model whose validator raises it."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+def _number_problem(value: Any) -> str | None:
+    """Why a field's value (walked through lists and mappings) cannot be used: a number that is not
+    finite, an integer too large for JSON, or too many values."""
+    stack, seen = [value], 0
+    while stack:
+        item = stack.pop()
+        seen += 1
+        if seen > _MAX_VALUES:
+            return f"holds more than {_MAX_VALUES} values"
+        if isinstance(item, float) and not math.isfinite(item):
+            return f"{item} is not a finite number"
+        if isinstance(item, int) and not -_MAX_INT <= item <= _MAX_INT:
+            return f"{show(item)} is beyond ±2**53"
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list | tuple):
+            stack += item
+    return None
+
+
 class SpecModel(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    # strict: no "5" for 5 nor true for 1; every float finite
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
+
+    @field_validator("*")
+    @classmethod
+    def _usable_numbers(cls, value: Any) -> Any:
+        problem = _number_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
 
 
 class FeatureSpec(SpecModel):
-    name: str = Field(description="Raw feature name, as sent by applications.")
+    name: str = Field(min_length=1, description="Raw feature name, as sent by applications.")
     type: Literal["numeric", "categorical"] = Field(description="Value type.")
     required: bool = Field(default=True, description="Reject input without it.")
     default: float | str | None = Field(default=None, description="Value used when absent.")
@@ -47,19 +106,79 @@ class FeatureSpec(SpecModel):
         description="bucketize: increasing edges; a value becomes the number of edges at or below it.",
     )
 
+    @field_validator("default", mode="before")
+    @classmethod
+    def _plain_default(cls, value: Any) -> Any:
+        # before the union's own checks, whose errors would name its branches (float, str)
+        if isinstance(value, bool) or not isinstance(value, int | float | str | None):
+            raise ValueError(f"{show(value)} is not a number or a string ({_QUOTE_IT})")
+        if (problem := _number_problem(value)) is not None:
+            raise ValueError(problem)
+        return value
+
+    @property
+    def columns(self) -> list[str]:
+        """The encoder's columns of this input: its name, or one per category and the unknown one."""
+        if self.categories is None:
+            return [self.name]
+        return [f"{self.name}={c}" for c in [*self.categories, UNKNOWN]]
+
     @model_validator(mode="after")
     def _check(self) -> FeatureSpec:
-        if self.type == "categorical" and not self.categories:
-            raise ValueError(f"categorical feature {self.name!r} needs categories")
-        if self.transform == "clip" and (self.min is None or self.max is None):
-            raise ValueError(f"feature {self.name!r}: clip needs min and max")
-        if (self.transform == "bucketize") != (self.buckets is not None):
-            raise ValueError(f"feature {self.name!r}: buckets go with transform: bucketize, and only with it")
-        if self.buckets is not None and any(
-            a >= b for a, b in zip(self.buckets, self.buckets[1:], strict=False)
-        ):
-            raise ValueError(f"feature {self.name!r}: bucket edges must increase")
+        if self.type == "categorical":
+            self._check_categorical()
+        else:
+            self._check_numeric()
         return self
+
+    def _check_categorical(self) -> None:
+        if not self.categories:
+            raise SpecFieldError("categories", f"categorical feature {self.name!r} needs categories")
+        for field in ("min", "max", "buckets"):
+            if getattr(self, field) is not None:
+                raise SpecFieldError(field, "is for numeric features only")
+        if self.transform != "none":
+            raise SpecFieldError("transform", "is for numeric features only")
+        seen: set[str] = set()
+        for i, category in enumerate(self.categories):
+            if category in seen:
+                raise SpecFieldError(f"categories[{i}]", f"{category!r} is listed twice")
+            if category == UNKNOWN:
+                raise SpecFieldError(f"categories[{i}]", f"{UNKNOWN!r} is the encoder's unknown bucket")
+            seen.add(category)
+        if self.default is not None and self.default not in seen:
+            # the encoder would take it (as unknown), but it is a typo more often than a wish
+            raise SpecFieldError(
+                "default", f"{show(self.default)} is not one of the categories (quote numbers and yes/no)"
+            )
+
+    def _check_numeric(self) -> None:
+        if self.categories is not None:
+            raise SpecFieldError("categories", "is for categorical features only")
+        low, high = self.min, self.max
+        if low is not None and high is not None and low > high:
+            raise SpecFieldError("min", f"{low} is above max ({high})")
+        if self.transform == "clip" and (low is None or high is None):
+            raise SpecFieldError("transform", f"feature {self.name!r}: clip needs min and max")
+        if (self.transform == "bucketize") != (self.buckets is not None):
+            raise SpecFieldError(
+                "buckets", f"feature {self.name!r}: buckets go with transform: bucketize, and only with it"
+            )
+        if self.buckets is not None:
+            if not self.buckets:
+                raise SpecFieldError("buckets", "needs at least one edge")
+            for i, (a, b) in enumerate(zip(self.buckets, self.buckets[1:], strict=False)):
+                if a >= b:
+                    raise SpecFieldError(f"buckets[{i + 1}]", f"bucket edges must increase ({a}, then {b})")
+        if self.transform == "log1p" and high is not None and high <= -1:
+            raise SpecFieldError("max", f"log1p needs values above -1, max is {high}")
+        if isinstance(self.default, str):
+            raise SpecFieldError("default", f"{self.default!r} is a string, the feature is numeric")
+        if self.default is not None:
+            if (low is not None and self.default < low) or (high is not None and self.default > high):
+                raise SpecFieldError("default", f"{self.default} is outside [{low}, {high}]")
+            if self.transform == "log1p" and self.default <= -1:
+                raise SpecFieldError("default", f"log1p needs values above -1, got {self.default}")
 
 
 class AggregateSpec(SpecModel):
@@ -67,7 +186,7 @@ class AggregateSpec(SpecModel):
     the platform, the same way for training rows (as of each event's time, from events before it)
     and for serving (as of the request, from the entity's events so far)."""
 
-    name: str = Field(description="Input name of the aggregate.")
+    name: str = Field(min_length=1, description="Input name of the aggregate.")
     stat: Literal["count", "mean", "sum", "min", "max", "last"] = Field(description="Statistic.")
     of: str | None = Field(default=None, description="Numeric feature aggregated (not needed for count).")
     last_n: int | None = Field(default=None, ge=1, le=1000, description="Over the entity's last N events ...")
@@ -95,7 +214,7 @@ class TimePartSpec(SpecModel):
     """A part of the event's time as a model input: of the observation's event time for training
     rows, of the request's arrival for serving (the same function computes both)."""
 
-    name: str = Field(description="Input name.")
+    name: str = Field(min_length=1, description="Input name.")
     part: Literal["minute", "hour", "day_of_week", "day_of_month", "month"] = Field(
         description="Which part: day_of_week counts from Monday = 0."
     )
@@ -106,14 +225,32 @@ class TimePartSpec(SpecModel):
     def _known_zone(cls, value: str) -> str:
         try:
             ZoneInfo(value)
-        except (ZoneInfoNotFoundError, ValueError) as exc:
+        except (ZoneInfoNotFoundError, ValueError, OSError) as exc:  # "America" is a directory
             raise ValueError(f"unknown time zone {value!r}") from exc
         return value
 
 
 class LabelSpec(SpecModel):
-    name: str = Field(default="label", description="Name of the label column in data files.")
+    name: str = Field(default="label", min_length=1, description="Name of the label column in data files.")
     classes: list[int | str] = Field(min_length=2, description="Class labels.")
+
+    @field_validator("classes", mode="before")
+    @classmethod
+    def _plain_classes(cls, value: Any) -> Any:
+        for i, label in enumerate(value if isinstance(value, list) else []):
+            if isinstance(label, bool) or not isinstance(label, int | str):
+                raise SpecFieldError(f"[{i}]", f"{show(label)} is not an integer or a string ({_QUOTE_IT})")
+        return value
+
+    @field_validator("classes")
+    @classmethod
+    def _distinct_classes(cls, value: list[int | str]) -> list[int | str]:
+        seen: dict[str, int | str] = {}
+        for i, label in enumerate(value):
+            if str(label) in seen:  # `label_of` takes 1 for "1": they would be one class
+                raise SpecFieldError(f"[{i}]", f"{label!r} is the same class as {seen[str(label)]!r}")
+            seen[str(label)] = label
+        return value
 
 
 class SearchSpec(SpecModel):
@@ -133,15 +270,42 @@ class AlgorithmSpec(SpecModel):
         default=None, description="Successive-halving random search over these parameters."
     )
 
+    @model_validator(mode="after")
+    def _estimator_takes_params(self) -> AlgorithmSpec:
+        from driftloop.algorithms import (  # imported when checked: it is slow
+            estimator_value_problem,
+            unknown_estimator_parameter,
+        )
+
+        for key, value in self.params.items():
+            if (why := estimator_value_problem(self.name, key, value)) is not None:
+                raise SpecFieldError(f"params.{key}", why)
+        candidates = self.search.param_distributions if self.search is not None else {}
+        for key, values in candidates.items():
+            if (why := unknown_estimator_parameter(self.name, key)) is not None:
+                raise SpecFieldError(f"search.param_distributions.{key}", why)
+            if not values:
+                raise SpecFieldError(f"search.param_distributions.{key}", "needs at least one value")
+            for i, value in enumerate(values):
+                if (why := estimator_value_problem(self.name, key, value)) is not None:
+                    raise SpecFieldError(f"search.param_distributions.{key}[{i}]", why)
+        return self
+
 
 class TrainingSpec(SpecModel):
     window_rows: int = Field(default=20_000, ge=10, description="Train on at most the newest N rows.")
     min_rows: int = Field(default=500, ge=10, description="Refuse to train on fewer rows.")
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9, description="Newest share held out.")
-    seed: int = Field(default=0, description="Random seed for the estimator.")
+    seed: int = Field(default=0, ge=0, lt=2**32, description="Random seed for the estimator.")
     parity_tolerance: float = Field(default=1e-3, gt=0, description="Max |p_onnx - p_sklearn|.")
     wait_for_rows_s: float = Field(default=120.0, ge=0, description="Max wait for min_rows to arrive.")
     cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between automatic runs.")
+
+    @model_validator(mode="after")
+    def _can_train(self) -> TrainingSpec:
+        if self.min_rows > self.window_rows:
+            raise SpecFieldError("min_rows", f"{self.min_rows} is above window_rows ({self.window_rows})")
+        return self
 
 
 class GateSpec(SpecModel):
@@ -152,6 +316,20 @@ class GateSpec(SpecModel):
     )
     auto_promote: bool = Field(default=True, description="Promote blessed candidates at once.")
 
+    @model_validator(mode="after")
+    def _floor_in_range(self) -> GateSpec:
+        if self.floor < 0 or (self.metric != "log_loss" and self.floor > 1):
+            bounds = "at least 0" if self.metric == "log_loss" else "in [0, 1]"
+            raise SpecFieldError("floor", f"{self.floor} is not a {self.metric} ({bounds})")
+        return self
+
+
+# how a warning twin is made more sensitive than the detector: (parameter, River default, factor)
+MORE_SENSITIVE = {
+    "adwin": ("delta", 0.002, 25.0),
+    "page_hinkley": ("threshold", 50.0, 0.5),
+    "kswin": ("alpha", 0.005, 10.0),
+}
 
 DISTANCE_DEFAULTS = {"psi": (0.25, 0.1), "ks": (0.15, 0.08), "wasserstein": (0.25, 0.1)}
 
@@ -220,6 +398,36 @@ class DriftSpec(SpecModel):
         default_factory=DistributionDriftSpec, description="Drift of the predicted-class shares."
     )
 
+    @model_validator(mode="after")
+    def _detectors_build(self) -> DriftSpec:
+        from driftloop.algorithms import detector_problem  # imported when checked: it is slow
+
+        if (problem := detector_problem(self.detector, self.params)) is not None:
+            raise SpecFieldError(".".join(filter(None, ("params", problem[0]))), problem[1])
+        twin = warning_params(self)
+        if (problem := detector_problem(self.detector, twin)) is None:
+            return self
+        if self.warning_params is not None:
+            raise SpecFieldError(".".join(filter(None, ("warning_params", problem[0]))), problem[1])
+        name, _, factor = MORE_SENSITIVE[self.detector]
+        raise SpecFieldError(
+            f"params.{name}",
+            f"the warning twin's {name} ({name} x {factor:g} = {show(twin[name])}) is refused: "
+            f"{problem[1]}; change it or give warning_params",
+        )
+
+
+def warning_params(spec: DriftSpec) -> dict[str, Any]:
+    """Parameters of the warning twin: the spec's, or the detector's made more sensitive.
+
+    >>> warning_params(DriftSpec(params={"delta": 0.001}))
+    {'delta': 0.025}
+    """
+    if spec.warning_params is not None:
+        return dict(spec.warning_params)
+    name, default, factor = MORE_SENSITIVE[spec.detector]
+    return {**spec.params, name: spec.params.get(name, default) * factor}
+
 
 class ServingSpec(SpecModel):
     challenger_mode: Literal["shadow", "canary"] = Field(
@@ -255,14 +463,35 @@ class ModelSpec(SpecModel):
         return value
 
     @model_validator(mode="after")
-    def _unique_features(self) -> ModelSpec:
-        names = [f.name for f in self.features] + sorted(self.computed)
-        if len(set(names)) != len(names) or len(self.computed) != len(self.aggregates) + len(self.time_parts):
-            raise ValueError("feature, aggregate and time part names must be unique")
+    def _distinct_inputs(self) -> ModelSpec:
+        paths = [
+            *(f"features[{i}]" for i in range(len(self.features))),
+            *(f"aggregates[{i}]" for i in range(len(self.aggregates))),
+            *(f"time_parts[{i}]" for i in range(len(self.time_parts))),
+        ]
+        names: dict[str, str] = {}
+        columns: dict[str, str] = {}  # the encoder's column -> the input making it
+        for path, feature in zip(paths, self.inputs, strict=True):
+            if feature.name in names:
+                raise SpecFieldError(
+                    f"{path}.name", f"{feature.name!r} is not unique (also {names[feature.name]})"
+                )
+            names[feature.name] = path
+            for column in feature.columns:
+                if column in columns:
+                    raise SpecFieldError(
+                        f"{path}.name",
+                        f"input {feature.name!r} makes column {column!r}, as {columns[column]} does",
+                    )
+                columns[column] = f"{path} ({feature.name!r})"
         numeric = {f.name for f in self.features if f.type == "numeric"}
-        for aggregate in self.aggregates:
+        for i, aggregate in enumerate(self.aggregates):
             if aggregate.of is not None and aggregate.of not in numeric:
-                raise ValueError(f"aggregate {aggregate.name!r}: {aggregate.of!r} is not a numeric feature")
+                raise SpecFieldError(f"aggregates[{i}].of", f"{aggregate.of!r} is not a numeric feature")
+        if self.label.name in names:
+            raise SpecFieldError(
+                "label.name", f"{self.label.name!r} is also an input ({names[self.label.name]})"
+            )
         return self
 
     @property
@@ -298,19 +527,125 @@ class ModelSpec(SpecModel):
         return None
 
 
+_FRIENDLY = {"extra_forbidden": "unknown field", "missing": "required field missing"}
+
+
+def _path(loc: tuple[int | str, ...], below: str = "") -> str:
+    path = ""
+    for part in (*loc, *([below] if below else [])):
+        part = f"[{part}]" if isinstance(part, int) else str(part)
+        path += part if not path or part.startswith("[") else f".{part}"
+    return path or "(the spec)"
+
+
+def describe(exc: ValidationError, most: int = 3) -> str:
+    """A validation error as one line: `path: why` of the first `most` problems."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        cause = error.get("ctx", {}).get("error")
+        if isinstance(cause, SpecFieldError):
+            problem = f"{_path(error['loc'], cause.path)}: {cause.why}"
+        else:
+            why = _FRIENDLY.get(error["type"], error["msg"].removeprefix("Value error, "))
+            if error["type"] == "string_type" and isinstance(error.get("input"), bool | int | float):
+                why = f"{show(error['input'])} is not a string ({_QUOTE_IT})"
+            problem = f"{_path(error['loc'])}: {why}"
+        problems.append(" ".join(problem.split()))
+    more = f" (and {len(problems) - most} more)" if len(problems) > most else ""
+    return "; ".join(problems[:most]) + more
+
+
+class SpecRefused(ValueError):
+    """A spec file that cannot be used, and why (one line); the message names the file."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(f"{path}: {why}")
+        self.path, self.why = path, why
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """The safe loader, refusing a key given twice in one mapping (YAML would keep the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            try:
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {show(key)} is given twice", key_node.start_mark
+                    )
+                seen.add(key)
+            except TypeError:  # an unhashable key: the base loader words its error
+                pass
+        return super().construct_mapping(node, deep)
+
+
 def load_spec(path: Path) -> ModelSpec:
-    """Parse and validate one spec file (YAML, safe loader)."""
-    with path.open(encoding="utf-8") as fh:
-        data = yaml.safe_load(fh)
-    return ModelSpec.model_validate(data)
+    """Parse and validate one spec file (YAML, safe loader); raises `SpecRefused`, naming the file."""
+    try:
+        with path.open("rb") as fh:
+            raw = fh.read(MAX_SPEC_BYTES + 1)
+    except OSError as exc:
+        raise SpecRefused(path, f"cannot be read ({exc.strerror or exc})") from None
+    if len(raw) > MAX_SPEC_BYTES:
+        raise SpecRefused(path, f"is larger than {MAX_SPEC_BYTES} bytes")
+    try:
+        loader = _UniqueKeyLoader(raw)
+        try:
+            data = loader.get_single_data()
+        finally:
+            loader.dispose()  # type: ignore[no-untyped-call]
+    except (yaml.YAMLError, RecursionError, ValueError) as exc:  # ValueError: an int of 5,000 digits
+        raise SpecRefused(path, f"is not valid YAML: {' '.join(str(exc).split())}") from None
+    if not isinstance(data, dict):
+        raise SpecRefused(path, f"holds {type(data).__name__}, not a mapping of spec fields")
+    try:
+        return ModelSpec.model_validate(data)
+    except ValidationError as exc:
+        raise SpecRefused(path, describe(exc)) from None
+    except Exception as exc:  # a check that broke must not stop a service: the file is refused
+        raise SpecRefused(
+            path, f"could not be checked ({type(exc).__name__}: {' '.join(str(exc).split())})"
+        ) from exc
+
+
+@dataclass(frozen=True)
+class SpecCatalog:
+    """The valid specs of a directory by model name, and each refused file with why (one line)."""
+
+    specs: dict[str, ModelSpec]
+    refused: dict[Path, str]
+
+
+def read_specs(directory: Path) -> SpecCatalog:
+    """Every `*.yaml`/`*.yml` spec of a directory, each accepted or refused on its own. A model name
+    declared in more than one file refuses all of them: no file order decides which one serves."""
+    parsed: dict[Path, ModelSpec] = {}
+    refused: dict[Path, str] = {}
+    for path in sorted({*directory.glob("*.yaml"), *directory.glob("*.yml")}):
+        try:
+            parsed[path] = load_spec(path)
+        except SpecRefused as exc:
+            refused[path] = exc.why
+    files: dict[str, list[Path]] = {}
+    for path, spec in parsed.items():
+        files.setdefault(spec.name, []).append(path)
+    specs: dict[str, ModelSpec] = {}
+    for path, spec in parsed.items():
+        if len(files[spec.name]) == 1:
+            specs[spec.name] = spec
+        else:
+            others = ", ".join(str(p) for p in files[spec.name] if p != path)
+            refused[path] = f"model {spec.name!r} is also declared in {others}; every one of them is refused"
+    return SpecCatalog(specs=specs, refused=dict(sorted(refused.items())))
 
 
 def load_specs(directory: Path) -> dict[str, ModelSpec]:
-    """All specs in a directory by model name; a duplicate name is an error."""
-    specs: dict[str, ModelSpec] = {}
-    for path in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
-        spec = load_spec(path)
-        if spec.name in specs:
-            raise ValueError(f"model {spec.name!r} is declared twice (second in {path})")
-        specs[spec.name] = spec
-    return specs
+    """The valid specs of a directory by model name (`read_specs`); each refused file is logged at ERROR."""
+    catalog = read_specs(directory)
+    for path, why in catalog.refused.items():
+        logger.error("model spec %s refused: %s", path, why)
+    return catalog.specs

@@ -10,34 +10,10 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-from river import drift
 
+from driftloop.algorithms import DETECTORS as _DETECTORS
 from driftloop.contracts import FeatureStats
-from driftloop.spec import DistributionDriftSpec, DriftSpec
-
-_DETECTORS: dict[str, Any] = {
-    "adwin": drift.ADWIN,
-    "page_hinkley": drift.PageHinkley,
-    "kswin": drift.KSWIN,
-}
-# how a warning twin is made more sensitive than the detector: (parameter, River default, factor)
-_MORE_SENSITIVE = {
-    "adwin": ("delta", 0.002, 25.0),
-    "page_hinkley": ("threshold", 50.0, 0.5),
-    "kswin": ("alpha", 0.005, 10.0),
-}
-
-
-def warning_params(spec: DriftSpec) -> dict[str, Any]:
-    """Parameters of the warning twin: the spec's, or the detector's made more sensitive.
-
-    >>> warning_params(DriftSpec(params={"delta": 0.001}))
-    {'delta': 0.025}
-    """
-    if spec.warning_params is not None:
-        return dict(spec.warning_params)
-    name, default, factor = _MORE_SENSITIVE[spec.detector]
-    return {**spec.params, name: spec.params.get(name, default) * factor}
+from driftloop.spec import DistributionDriftSpec, DriftSpec, warning_params
 
 
 def estimate_change_point(errors: Sequence[float]) -> int:

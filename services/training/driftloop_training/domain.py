@@ -8,25 +8,13 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import ClassifierMixin
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
 from sklearn.experimental import enable_halving_search_cv  # noqa: F401
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
 from sklearn.model_selection import HalvingRandomSearchCV, TimeSeriesSplit
 
+from driftloop.algorithms import ESTIMATORS as _ESTIMATORS
 from driftloop.contracts import FeatureRow, FeatureStats, Label
 from driftloop.spec import AlgorithmSpec, ModelSpec
-
-_ESTIMATORS: dict[str, Any] = {
-    "logistic_regression": LogisticRegression,
-    "random_forest": RandomForestClassifier,
-    "gradient_boosting": GradientBoostingClassifier,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-}
 
 
 def build_estimator(algorithm: AlgorithmSpec, seed: int) -> ClassifierMixin:
