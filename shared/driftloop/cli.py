@@ -1,56 +1,259 @@
-"""`driftloop`: the command line for people — run the local stack, replay data, train, predict, demo."""
+"""`driftloop`: the command line for people — run the local stack, replay data, train, predict, demo.
+
+An expected error is one line on stderr and an exit code, never a traceback: a `UserError`, or a
+library error `_expected` recognises, told by `main`. Each command imports what it needs when it
+runs, so `driftloop --help` starts fast (`make bench-cli`).
+"""
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import itertools
-import json
 import os
-import shutil
 import sys
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
-import httpx
+from driftloop import datasets
+from driftloop.text import escape
 
-from driftloop import datasets, localstack
-from driftloop.client import PredictionClient, make_producer, send_all
-from driftloop.contracts import (
-    LIFECYCLE,
-    ApproveModel,
-    LifecycleEvent,
-    ModelCommandRefused,
-    Observation,
-    PredictionRequest,
-    PromoteModel,
-    RegistryCommand,
-    RollbackModel,
-    TagModel,
-    TrainModel,
-)
-from driftloop.kafka import tail_from_end
-from driftloop.settings import Topics
-from driftloop.spec import load_specs
+if TYPE_CHECKING:
+    from driftloop.contracts import LifecycleEvent, RegistryCommand
+    from driftloop.localstack import Stack
+    from driftloop.replay import Replay
+    from driftloop.settings import Topics
+    from driftloop.spec import ModelSpec
 
 DEFAULT_RUN_DIR = Path(os.environ.get("DRIFTLOOP_RUN_DIR", ".driftloop"))
 DEFAULT_MODELS_DIR = Path(os.environ.get("DRIFTLOOP_MODELS_DIR", "models"))
+SHOWN = 5  # refusals printed, one line each
+DESCRIPTION = """driftloop: run the local stack, replay data, train, predict, govern models, demo.
+
+Exit codes: 0 done; 1 done, but the platform refused something or did not answer in time;
+2 not done: bad arguments or input, no local stack, the broker or the registry out of reach.
+Errors are one line on stderr."""
+
+
+class UserError(Exception):
+    """An expected failure: one line on stderr (`prog: message`) and exit code `code`."""
+
+    def __init__(self, message: str, code: int = 2, prog: str = "driftloop") -> None:
+        super().__init__(message)
+        self.message, self.code, self.prog = message, code, prog
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with a usage error as one line (the usage itself is one `--help` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UserError(f"{message} (see --help)", prog=self.prog)
+
+
+# ---------------------------------------------------------------- argument types
+
+
+def positive_int(text: str) -> int:
+    """An integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _number(text: str, minimum: float, inclusive: bool) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (value >= minimum if inclusive else value > minimum) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be {'at least' if inclusive else 'above'} {minimum:g}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """A finite number above 0."""
+    return _number(text, 0.0, inclusive=False)
+
+
+def seconds(text: str) -> float:
+    """A finite number of seconds, 0 or more."""
+    return _number(text, 0.0, inclusive=True)
+
+
+def model_name(text: str) -> str:
+    """A name a model spec may have (lowercase letters, digits, `_`, `-`)."""
+    from driftloop.spec import MODEL_NAME
+
+    if not MODEL_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"not a model name: {text!r} (lowercase letters, digits, _ and -)")
+    return text
+
+
+def key_value(text: str) -> tuple[str, str]:
+    """`key=value` as a pair (the value may be empty)."""
+    key, equals, value = text.partition("=")
+    if not equals or not key:
+        raise argparse.ArgumentTypeError(f"expected key=value, got {text!r}")
+    return key, value
+
+
+def concepts(text: str) -> tuple[int, int]:
+    """`before:after`, two concept numbers."""
+    before, colon, after = text.partition(":")
+    if not (colon and before.isdigit() and after.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected two concepts as before:after (e.g. 0:3), got {text!r}")
+    return int(before), int(after)
+
+
+def id_prefix(text: str) -> str:
+    """A prefix of event and request ids: 1 to 64 letters, digits, `.`, `_` or `:`."""
+    if not (0 < len(text) <= 64 and all(c.isascii() and (c.isalnum() or c in "._:") for c in text)):
+        raise argparse.ArgumentTypeError(f"an id prefix is 1 to 64 letters, digits, . _ or :, not {text!r}")
+    return text
+
+
+# ---------------------------------------------------------------- expected errors
+
+
+def _expected(exc: BaseException) -> UserError | None:
+    """The one-line error an expected exception means, or None for a bug (which keeps its traceback).
+    Library errors are recognised only if the library was imported."""
+    if isinstance(exc, UserError):
+        return exc
+    if isinstance(exc, datasets.DataError):
+        return UserError(str(exc))
+    localstack = sys.modules.get("driftloop.localstack")
+    if localstack is not None and isinstance(exc, localstack.StackError):
+        return UserError(str(exc))
+    httpx = sys.modules.get("httpx")
+    if httpx is not None and isinstance(exc, httpx.RequestError):
+        where = exc.request.url.copy_with(query=None)
+        return UserError(
+            f"cannot reach {where} ({exc or type(exc).__name__}); is the stack up? (driftloop status)"
+        )
+    kafka = sys.modules.get("aiokafka.errors")
+    if kafka is not None and isinstance(exc, kafka.KafkaConnectionError):
+        return UserError(
+            f"cannot reach the Kafka broker ({_addresses(str(exc))}); is the stack up? (driftloop status)"
+        )
+    if kafka is not None and isinstance(exc, kafka.KafkaError):
+        return UserError(f"Kafka: {exc}")
+    if isinstance(exc, OSError):
+        return UserError(str(exc))
+    return None
+
+
+def _addresses(text: str) -> str:
+    """aiokafka's words for a failed connection, with (host, port, family) tuples as host:port.
+
+    >>> _addresses("KafkaConnectionError: Unable to bootstrap from [('127.0.0.1', 1, <AF_INET: 2>)]")
+    'Unable to bootstrap from 127.0.0.1:1'
+    """
+    import re
+
+    text = text.removeprefix("KafkaConnectionError: ")
+    return re.sub(r"\[?\('([^']*)', (\d+), [^)]*\)\]?", r"\1:\2", text)
+
+
+def _quiet_libraries() -> None:
+    """Library log lines would add to the one line an error gets (aiokafka logs failed connects)."""
+    import logging
+
+    for name in ("aiokafka", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+# ---------------------------------------------------------------- shared pieces
+
+
+def _stack(args: argparse.Namespace) -> Stack:
+    from driftloop import localstack
+
+    try:
+        return localstack.Stack.load(args.run_dir)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise UserError(
+            f"{args.run_dir}/stack.json is unreadable ({exc!r:.80}); run `driftloop up` again"
+        ) from None
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap or localstack.Stack.load(args.run_dir).bootstrap
+    return args.bootstrap or _stack(args).bootstrap
+
+
+def _topics() -> Topics:
+    """Topic names, with the services' overrides (`DRIFTLOOP_TOPICS__*`) from the environment."""
+    from pydantic import ValidationError
+
+    from driftloop.settings import ServiceSettings
+
+    try:
+        return ServiceSettings().topics
+    except ValidationError as exc:
+        raise UserError(f"settings from the environment: {_first_error(exc)}") from None
+
+
+def _first_error(exc: Any) -> str:
+    """The first message of a pydantic `ValidationError`, with where it applies."""
+    error = exc.errors()[0]
+    where = ".".join(str(p) for p in error["loc"] if p != "[key]")
+    message = str(error["msg"]).removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
+
+
+def _specs(args: argparse.Namespace) -> dict[str, ModelSpec]:
+    import yaml
+    from pydantic import ValidationError
+
+    from driftloop.spec import load_specs
+
+    directory: Path = args.models_dir
+    if not directory.is_dir():
+        raise UserError(f"models directory {directory} does not exist (--models-dir)")
+    try:
+        specs = load_specs(directory)
+    except ValidationError as exc:
+        raise UserError(f"a model spec in {directory} is invalid: {exc.title}: {_first_error(exc)}") from None
+    except (yaml.YAMLError, ValueError) as exc:
+        raise UserError(f"model specs in {directory}: {' '.join(str(exc).split())}") from None
+    if not specs:
+        raise UserError(f"no model specs (*.yaml) in {directory} (--models-dir)")
+    return specs
+
+
+def _spec(args: argparse.Namespace, model: str) -> ModelSpec:
+    """The model's spec from `--models-dir`; a model without one is refused before anything is sent."""
+    specs = _specs(args)
+    if model not in specs:
+        raise UserError(f"no model {model!r} in {args.models_dir} (models: {', '.join(sorted(specs))})")
+    return specs[model]
+
+
+def _say(text: str) -> None:
+    """Print text that may hold user input: each line with its control characters escaped."""
+    print("\n".join(escape(line) for line in text.split("\n")))
+
+
+# ---------------------------------------------------------------- the local stack
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from driftloop import localstack
+
+    _specs(args)  # the services would fail on them one by one
     print(f"starting the local stack in {args.run_dir} ...", flush=True)
-    stack = localstack.up(args.run_dir, args.models_dir)
-    _print_stack(stack)
+    _print_stack(localstack.up(args.run_dir, args.models_dir))
     return 0
 
 
-def _print_stack(stack: localstack.Stack) -> None:
+def _print_stack(stack: Stack) -> None:
+    from driftloop import localstack
+
     print(f"  kafka       {stack.bootstrap}")
     print(f"  redis       {stack.redis_url}")
     if "prometheus" in stack.pids:
@@ -61,41 +264,59 @@ def _print_stack(stack: localstack.Stack) -> None:
 
 
 def cmd_down(args: argparse.Namespace) -> int:
+    from driftloop import localstack
+
     stopped = localstack.down(args.run_dir)
     print(f"stopped: {', '.join(stopped) if stopped else 'nothing was running'}")
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    from driftloop import localstack
+
     for name, text in localstack.status(args.run_dir).items():
         print(f"  {name:<11} {text}")
     try:
-        models = _registry(args, "/v1/models")
-        for row in models:
+        for row in _registry(args, "/v1/models"):
             champion = row["aliases"].get("champion")
-            print(
+            _say(
                 f"  model {row['model']}: champion {'v' + str(champion) if champion else 'none'}"
                 f", {row['versions']} version(s)"
             )
-    except (httpx.HTTPError, localstack.StackError) as exc:
-        print(f"  registry unavailable: {exc}")
+    except Exception as exc:
+        error = _expected(exc)
+        if error is None:
+            raise
+        _say(f"  registry unavailable: {error.message}")
     return 0
 
 
-def _registry(args: argparse.Namespace, path: str, **params: Any) -> Any:
-    stack = localstack.Stack.load(args.run_dir)
-    response = httpx.get(f"{stack.url('registry')}{path}", params=params, timeout=5)
-    response.raise_for_status()
-    return response.json()
+# ---------------------------------------------------------------- the registry
+
+
+def _registry(args: argparse.Namespace, path: str, not_found: str = "", **params: Any) -> Any:
+    """GET a registry endpoint of the local stack: its JSON, or its text for Markdown."""
+    import httpx
+
+    response = httpx.get(f"{_stack(args).url('registry')}{path}", params=params, timeout=5)
+    if response.status_code == 404 and not_found:
+        raise UserError(not_found)
+    if response.status_code >= 400:
+        try:
+            why = response.json().get("error", response.text)
+        except ValueError:
+            why = response.text
+        raise UserError(f"registry answered {response.status_code} to {path}: {' '.join(str(why).split())}")
+    return response.text if params.get("format") == "md" else response.json()
 
 
 def cmd_models_list(args: argparse.Namespace) -> int:
     for row in _registry(args, "/v1/models"):
-        print(f"{row['model']}: aliases {row['aliases']}, {row['versions']} version(s)")
+        _say(f"{row['model']}: aliases {row['aliases']}, {row['versions']} version(s)")
         for version in _registry(args, "/v1/versions", model=row["model"]):
             metrics = ", ".join(f"{k} {v:.4f}" for k, v in version["metrics"].items())
             tags = " ".join(f"{k}={v}" for k, v in version["tags"].items())
-            print(
+            _say(
                 f"  v{version['version']:<3} {version['status']:<10} {version['reason']:<9} "
                 f"rows {version['rows']:<6} {metrics} {tags}".rstrip()
             )
@@ -103,155 +324,295 @@ def cmd_models_list(args: argparse.Namespace) -> int:
 
 
 def cmd_models_show(args: argparse.Namespace) -> int:
+    import json
+
+    missing = f"the registry has no version {args.version} of {args.model}"
     if args.markdown:
-        stack = localstack.Stack.load(args.run_dir)
-        response = httpx.get(
-            f"{stack.url('registry')}/v1/card",
-            params={"model": args.model, "version": args.version, "format": "md"},
-            timeout=5,
-        )
-        response.raise_for_status()
-        print(response.text, end="")
+        card = _registry(args, "/v1/card", missing, model=args.model, version=args.version, format="md")
+        _say(card.rstrip("\n"))
     else:
-        print(json.dumps(_registry(args, "/v1/card", model=args.model, version=args.version), indent=2))
+        card = _registry(args, "/v1/card", missing, model=args.model, version=args.version)
+        print(json.dumps(card, indent=2))  # JSON escapes control characters itself
     return 0
 
 
 def _registry_command(args: argparse.Namespace, command: RegistryCommand) -> int:
-    """Send a registry command and wait for the lifecycle event that answers it."""
-    topics = Topics()
+    """Send a registry command and wait for the lifecycle event that answers it (or the dead
+    letter that refuses it)."""
+    import asyncio
 
-    async def send() -> LifecycleEvent:
-        bootstrap = _bootstrap(args)
-        consumer = await tail_from_end(bootstrap, topics.models_lifecycle)
+    from driftloop.contracts import ModelCommandRefused
+
+    event = asyncio.run(_answer_to(_bootstrap(args), _topics(), command, args.timeout))
+    if event is None:
+        raise UserError(f"no answer from the registry within {args.timeout:g}s; is it running?", code=1)
+    if isinstance(event, str):
+        raise UserError(f"the registry refused the command: {event}", code=1)
+    line = f"{event.event} {event.model} v{event.version}: {event.reason}"
+    if isinstance(event, ModelCommandRefused):
+        raise UserError(line, code=1)
+    _say(line)
+    return 0
+
+
+async def _answer_to(
+    bootstrap: str, topics: Topics, command: RegistryCommand, timeout: float
+) -> LifecycleEvent | str | None:
+    """The lifecycle event answering the command, its dead letter's reason, or None in time."""
+    import asyncio
+    import contextlib
+
+    from driftloop.client import make_producer, send_all
+    from driftloop.kafka import tail_from_end
+
+    async with contextlib.AsyncExitStack() as stack:
+        lifecycle = await tail_from_end(bootstrap, topics.models_lifecycle)
+        stack.push_async_callback(lifecycle.stop)
+        dead = await tail_from_end(bootstrap, topics.events_dlq)
+        stack.push_async_callback(dead.stop)
         producer = make_producer(bootstrap)
+        stack.push_async_callback(producer.stop)
         await producer.start()
-        try:
-            await send_all(producer, topics.models_commands, [command])
-            async with asyncio.timeout(args.timeout):
-                async for record in consumer:
-                    event = LIFECYCLE.validate_json(record.value or b"")
-                    if event.command_id == command.command_id:
-                        return event
-        finally:
-            await producer.stop()
-            await consumer.stop()
-        raise TimeoutError
+        await send_all(producer, topics.models_commands, [command])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for record in _records(await lifecycle.getmany(timeout_ms=100)):
+                event = _lifecycle_event(record.value)
+                if event is not None and event.command_id == command.command_id:
+                    return event
+            for record in _records(await dead.getmany(timeout_ms=100)):
+                refusal = _refusal(record.value, topics.models_commands, command.command_id)
+                if refusal is not None:
+                    return refusal
+            await asyncio.sleep(0)
+    return None
+
+
+def _lifecycle_event(raw: bytes | None) -> LifecycleEvent | None:
+    from pydantic import ValidationError
+
+    from driftloop.contracts import LIFECYCLE
 
     try:
-        event = asyncio.run(send())
-    except TimeoutError:
-        print(f"no answer from the registry within {args.timeout:.0f}s", file=sys.stderr)
-        return 1
-    print(f"{event.event} {event.model} v{event.version}: {event.reason}")
-    return 1 if isinstance(event, ModelCommandRefused) else 0
+        return LIFECYCLE.validate_json(raw or b"")
+    except ValidationError:
+        return None
+
+
+def _refusal(raw: bytes | None, source_topic: str, command_id: str) -> str | None:
+    """`reason: detail` of a dead letter of the command, else None."""
+    import base64
+    import binascii
+
+    import orjson
+
+    try:
+        letter = orjson.loads(raw or b"")
+        if letter.get("source_topic") != source_topic:
+            return None
+        original = orjson.loads(base64.b64decode(letter.get("original", ""), validate=True))
+    except (orjson.JSONDecodeError, binascii.Error, AttributeError, TypeError):
+        return None
+    if not isinstance(original, dict) or original.get("command_id") != command_id:
+        return None
+    return f"{letter.get('reason')}: {letter.get('detail')}"
+
+
+def _records(batches: dict[Any, list[Any]]) -> Iterator[Any]:
+    for records in batches.values():
+        yield from records
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
 
 
 def cmd_models_promote(args: argparse.Namespace) -> int:
+    from driftloop.contracts import ApproveModel, PromoteModel
+
+    _spec(args, args.model)
     kind = ApproveModel if args.command_name == "approve" else PromoteModel
     return _registry_command(
-        args, kind(command_id=uuid.uuid4().hex, model=args.model, version=args.version, reason=args.reason)
+        args, kind(command_id=_new_id(), model=args.model, version=args.version, reason=args.reason)
     )
 
 
 def cmd_models_rollback(args: argparse.Namespace) -> int:
-    command = RollbackModel(
-        command_id=uuid.uuid4().hex, model=args.model, to_version=args.to, reason=args.reason
-    )
+    from driftloop.contracts import RollbackModel
+
+    _spec(args, args.model)
+    command = RollbackModel(command_id=_new_id(), model=args.model, to_version=args.to, reason=args.reason)
     return _registry_command(args, command)
 
 
 def cmd_models_tag(args: argparse.Namespace) -> int:
-    tags = dict(kv.split("=", 1) for kv in args.tags)
-    command = TagModel(
-        command_id=uuid.uuid4().hex, model=args.model, version=args.version, tags=tags, reason=args.reason
-    )
+    from pydantic import ValidationError
+
+    from driftloop.contracts import TagModel
+
+    _spec(args, args.model)
+    try:
+        command = TagModel(
+            command_id=_new_id(),
+            model=args.model,
+            version=args.version,
+            tags=dict(args.tags),
+            reason=args.reason,
+        )
+    except ValidationError as exc:
+        raise UserError(_first_error(exc)) from None
     return _registry_command(args, command)
 
 
+# ---------------------------------------------------------------- train, predict
+
+
 def cmd_train(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from driftloop.contracts import TrainModel
+
+    _spec(args, args.model)
+    command = TrainModel(command_id=_new_id(), model=args.model, reason="manual", last_n=args.last_n)
+
     async def send() -> None:
+        from driftloop.client import make_producer, send_all
+
         producer = make_producer(_bootstrap(args))
-        await producer.start()
         try:
-            command = TrainModel(
-                command_id=uuid.uuid4().hex, model=args.model, reason="manual", last_n=args.last_n
-            )
-            await send_all(producer, Topics().training_requests, [command])
-            print(f"sent TrainModel {command.command_id} for {args.model}")
+            await producer.start()
+            await send_all(producer, _topics().training_requests, [command])
         finally:
             await producer.stop()
 
     asyncio.run(send())
+    print(f"sent TrainModel {command.command_id} for {args.model}")
     return 0
 
 
-def _parse_value(text: str) -> Any:
-    try:
-        return float(text)
-    except ValueError:
-        return text
+def features_of(spec: ModelSpec, pairs: Sequence[tuple[str, str]]) -> dict[str, float | str]:
+    """Feature values from `key=value` pairs, converted by the spec's feature types as CSV cells
+    are (`datasets.cell_value`); an unknown feature or a value that is not finite is refused."""
+    known = {f.name: f for f in spec.features}
+    features: dict[str, float | str] = {}
+    for key, text in pairs:
+        if key not in known:
+            raise UserError(f"{key!r} is not a feature of {spec.name} (features: {', '.join(known)})")
+        try:
+            value = datasets.cell_value(known[key], text)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        if value is not None:
+            features[key] = value
+    return features
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    features = dict(kv.split("=", 1) for kv in args.features)
+    import asyncio
+    import json
+
+    features = features_of(_spec(args, args.model), args.features)
 
     async def ask() -> Any:
-        async with PredictionClient(_bootstrap(args), timeout_s=args.timeout) as client:
-            return await client.predict(
-                args.model, {k: _parse_value(v) for k, v in features.items()}, args.entity
-            )
+        from driftloop.client import PredictionClient
 
-    result = asyncio.run(ask())
-    print(result.model_dump_json(indent=2))
-    return 1 if result.error else 0
+        async with PredictionClient(_bootstrap(args), _topics(), timeout_s=args.timeout) as client:
+            return await client.predict(args.model, features, args.entity)
 
-
-def cmd_replay(args: argparse.Namespace) -> int:
-    if args.source in datasets.SYNTHETIC:
-        spec = load_specs(args.models_dir).get(args.model)
-        rows = datasets.synthetic(args.source, args.concept, args.seed)
-        rows = datasets.conform(spec, rows) if spec else rows
-    else:
-        rows = datasets.csv_rows(Path(args.source), args.label)
-    rows = itertools.islice(rows, args.n) if args.n else rows
-    topics = Topics()
-    prefix = uuid.uuid4().hex[:8]
-
-    def message(i: int, x: dict[str, Any], y: Any) -> Any:
-        if args.to == "requests":
-            return PredictionRequest(request_id=f"{prefix}-{i}", model=args.model, features=x)
-        return Observation(event_id=f"{prefix}-{i}", model=args.model, features=x, label=y)
-
-    topic = topics.predictions_requests if args.to == "requests" else topics.events_raw
-
-    async def replay() -> int:
-        producer = make_producer(_bootstrap(args))
-        await producer.start()
-        sent, started = 0, time.monotonic()
-        try:
-            numbered = (message(i, x, y) for i, (x, y) in enumerate(rows))
-            for chunk in iter(lambda: list(itertools.islice(numbered, 1000)), []):
-                sent += await send_all(producer, topic, chunk)
-                rate = sent / max(1e-6, time.monotonic() - started)
-                print(f"\r  {sent} messages to {topic} ({rate:,.0f}/s)", end="", flush=True)
-        finally:
-            await producer.stop()
-        print()
-        return sent
-
-    asyncio.run(replay())
+    try:
+        result = asyncio.run(ask())
+    except TimeoutError:
+        raise UserError(f"no result within {args.timeout:g}s; is inference running?", code=1) from None
+    print(json.dumps(result.model_dump(mode="json"), indent=2))
+    if result.error:
+        raise UserError(f"{args.model}: {result.error}", code=1)
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from driftloop import demo
+# ---------------------------------------------------------------- replay
 
-    before, _, after = args.drift.partition(":")
+
+def _rows(args: argparse.Namespace, spec: ModelSpec) -> tuple[Iterator[Any], list[str]]:
+    """The rows to replay and notes about them (columns left out, defaults standing in)."""
+    import itertools
+
+    if args.source in datasets.SYNTHETIC:
+        stream = datasets.synthetic(args.source, args.concept, args.seed)
+        first = itertools.islice(datasets.conform(spec, stream), args.n or 10_000)
+        return (datasets.CsvRow(i + 1, x, y) for i, (x, y) in enumerate(first)), []
+    csv_file = datasets.CsvFile(Path(args.source), spec, args.label)
+    notes = []
+    if csv_file.ignored:
+        notes.append(f"columns not in the {spec.name} spec, not sent: {', '.join(csv_file.ignored)}")
+    if csv_file.defaulted:
+        notes.append(f"no column for {', '.join(csv_file.defaulted)}: the spec's defaults apply")
+    if not csv_file.labelled and args.to == "events":
+        notes.append(f"no label column {csv_file.label!r}: observations are sent unlabelled")
+    rows = csv_file.rows()
+    return (itertools.islice(rows, args.n) if args.n else rows), notes
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    import asyncio
+
+    spec = _spec(args, args.model)
+    rows, notes = _rows(args, spec)  # a file that cannot be replayed fails here, before Kafka
+    from driftloop.replay import Replay, Tally
+
+    synthetic = args.source in datasets.SYNTHETIC
+    tally = Tally(args.id_prefix or uuid.uuid4().hex[:8], unit="row" if synthetic else "line")
+    replay = Replay(_bootstrap(args), _topics(), args.model, args.to, tally, args.timeout)
+    replay.progress = _progress(replay.topic)
+    for note in notes:
+        _say(f"note: {note}")
+    asyncio.run(replay.run(rows))
+    if replay.progress:
+        print()
+    return _report(args, replay)
+
+
+def _progress(topic: str) -> Any:
+    if not sys.stdout.isatty():
+        return None
+    started = time.monotonic()
+
+    def show(sent: int) -> None:
+        rate = sent / max(1e-6, time.monotonic() - started)
+        print(f"\r  {sent} messages to {topic} ({rate:,.0f}/s)", end="", flush=True)
+
+    return show
+
+
+def _report(args: argparse.Namespace, replay: Replay) -> int:
+    """Print what the platform did (the first refusals on stderr, one line each); 1 when anything
+    was refused, not sent or not answered."""
+    _say("\n".join(replay.summary(args.source)))
+    for example in replay.tally.first_refusals():
+        print(f"driftloop: {escape(example)}", file=sys.stderr)
+    return 1 if replay.failed else 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    import asyncio
+    import shutil
+
+    from driftloop import demo, localstack
+
+    before, after = args.drift
+    concepts_of, _ = datasets.SYNTHETIC[args.dataset]
+    for concept in (before, after):
+        if concept not in concepts_of:
+            raise UserError(
+                f"{args.dataset} has concepts {concepts_of.start}..{concepts_of.stop - 1}, not {concept}"
+            )
+    _spec(args, args.dataset)
     scenario = demo.Scenario(
         dataset=args.dataset,
-        concept_before=int(before),
-        concept_after=int(after),
+        concept_before=before,
+        concept_after=after,
         rate_per_s=args.rate,
         history=args.history,
         before=args.before,
@@ -308,96 +669,186 @@ def _s(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.1f}"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="driftloop", description=__doc__)
-    parser.add_argument(
+# ---------------------------------------------------------------- the parser
+
+
+def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
+    """--run-dir, --models-dir, --bootstrap: before or after the subcommand. Only the top parser
+    sets defaults, so a subcommand's parser never overwrites a value given before it."""
+
+    def default(value: Any) -> Any:
+        return value if top else argparse.SUPPRESS
+
+    group = parser.add_argument_group("global options (before or after the command)")
+    group.add_argument(
         "--run-dir",
         type=Path,
-        default=DEFAULT_RUN_DIR,
-        help="where the local stack keeps logs, pids and data (default .driftloop)",
+        default=default(DEFAULT_RUN_DIR),
+        help="where the local stack keeps logs, pids, ports and data (default .driftloop, "
+        "or $DRIFTLOOP_RUN_DIR)",
     )
-    parser.add_argument(
+    group.add_argument(
         "--models-dir",
         type=Path,
-        default=DEFAULT_MODELS_DIR,
-        help="directory of model spec files (default models)",
+        default=default(DEFAULT_MODELS_DIR),
+        help="directory of model spec files (default models, or $DRIFTLOOP_MODELS_DIR)",
     )
-    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (default: the local stack's)")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("up", help="start the local stack").set_defaults(func=cmd_up)
-    sub.add_parser("down", help="stop the local stack").set_defaults(func=cmd_down)
-    sub.add_parser("status", help="processes and champions").set_defaults(func=cmd_status)
+    group.add_argument(
+        "--bootstrap",
+        default=default(None),
+        help="Kafka bootstrap servers (default: the local stack's, from <run-dir>/stack.json)",
+    )
 
-    replay = sub.add_parser("replay", help="replay a CSV file or a SEA stream to a topic")
-    replay.add_argument("source", help=f"a CSV file, or a synthetic stream: {', '.join(datasets.SYNTHETIC)}")
-    replay.add_argument("--model", default="sea")
-    replay.add_argument("--to", choices=["events", "requests"], default="events")
-    replay.add_argument("--n", type=int, default=None, help="at most N rows (synthetic: default 10000)")
-    replay.add_argument("--label", default="label", help="label column of a CSV file")
-    replay.add_argument("--concept", type=int, default=0, help="concept of a synthetic stream")
-    replay.add_argument("--seed", type=int, default=1)
-    replay.set_defaults(func=cmd_replay)
 
-    train = sub.add_parser("train", help="send a TrainModel command")
-    train.add_argument("model")
-    train.add_argument("--last-n", type=int, default=None)
+def _command(sub: Any, name: str, help_text: str, **kwargs: Any) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(name, help=help_text, description=help_text, **kwargs)
+    _global_options(parser, top=False)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = Parser(
+        prog="driftloop", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    _global_options(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="command")
+    _command(sub, "up", "start the local stack").set_defaults(func=cmd_up)
+    _command(sub, "down", "stop the local stack").set_defaults(func=cmd_down)
+    _command(sub, "status", "processes and champions").set_defaults(func=cmd_status)
+    _replay_parser(sub)
+
+    train = _command(sub, "train", "send a TrainModel command")
+    train.add_argument("model", type=model_name)
+    train.add_argument("--last-n", type=positive_int, default=None, help="train on at most the newest N rows")
     train.set_defaults(func=cmd_train)
 
-    models = sub.add_parser("models", help="the registry: versions, cards, promote, rollback, tags")
-    registry = models.add_subparsers(dest="command_name", required=True)
-    registry.add_parser("list", help="models, aliases and versions").set_defaults(func=cmd_models_list)
-    show = registry.add_parser("show", help="a version's model card")
-    show.add_argument("model")
-    show.add_argument("version", type=int)
-    show.add_argument("--markdown", action="store_true", help="the Markdown card instead of JSON")
-    show.set_defaults(func=cmd_models_show)
-    for name, helptext in (("promote", "make a version champion (it must have passed the gate)"),
-                           ("approve", "promote the version awaiting approval")):  # fmt: skip
-        change = registry.add_parser(name, help=helptext)
-        change.add_argument("model")
-        change.add_argument("version", type=int)
-        change.set_defaults(func=cmd_models_promote)
-    rollback = registry.add_parser("rollback", help="put the previous (or a given) champion back")
-    rollback.add_argument("model")
-    rollback.add_argument("--to", type=int, default=None, help="version to restore")
-    rollback.set_defaults(func=cmd_models_rollback)
-    tag = registry.add_parser("tag", help="set free tags on a version (key= removes a tag)")
-    tag.add_argument("model")
-    tag.add_argument("version", type=int)
-    tag.add_argument("tags", nargs="+", metavar="key=value")
-    tag.set_defaults(func=cmd_models_tag)
-    for sub_parser in registry.choices.values():
-        sub_parser.add_argument("--reason", default="operator", help="recorded in the audit trail")
-        sub_parser.add_argument("--timeout", type=float, default=30.0)
+    _models_parser(sub)
 
-    predict = sub.add_parser("predict", help="send one prediction request and print its result")
-    predict.add_argument("model")
-    predict.add_argument("features", nargs="*", metavar="key=value")
-    predict.add_argument("--entity", default=None)
-    predict.add_argument("--timeout", type=float, default=10.0)
+    predict = _command(sub, "predict", "send one prediction request and print its result")
+    predict.add_argument("model", type=model_name)
+    predict.add_argument(
+        "features",
+        nargs="*",
+        type=key_value,
+        metavar="key=value",
+        help="converted by the spec's feature types",
+    )
+    predict.add_argument("--entity", default=None, help="entity whose stored features complete the request")
+    predict.add_argument("--timeout", type=positive_float, default=10.0, help="seconds to wait (default 10)")
     predict.set_defaults(func=cmd_predict)
 
-    demo = sub.add_parser("demo", help="run the closed-loop drift demo on the local stack")
+    demo = _command(sub, "demo", "run the closed-loop drift demo on a fresh local stack")
     demo.add_argument("--out", type=Path, default=Path("var/demo"))
-    demo.add_argument("--rate", type=float, default=1000.0, help="requests per second")
-    demo.add_argument("--history", type=int, default=5000)
-    demo.add_argument("--before", type=int, default=5000, help="requests before the drift")
+    demo.add_argument("--rate", type=positive_float, default=1000.0, help="requests per second")
+    demo.add_argument(
+        "--history", type=positive_int, default=5000, help="labelled rows before the first training"
+    )
+    demo.add_argument("--before", type=positive_int, default=5000, help="requests before the drift")
     demo.add_argument("--dataset", default="sea", choices=sorted(datasets.SYNTHETIC), help="synthetic stream")
-    demo.add_argument("--drift", default="0:3", help="concepts before:after the drift (sea 0:3)")
+    demo.add_argument(
+        "--drift", type=concepts, default=(0, 3), help="concepts before:after the drift (default 0:3)"
+    )
     demo.add_argument("--keep-up", action="store_true", help="leave the stack running")
     demo.set_defaults(func=cmd_demo)
     return parser
 
 
+def _replay_parser(sub: Any) -> None:
+    replay = _command(
+        sub,
+        "replay",
+        "replay a CSV file or a synthetic stream and report what the platform did with each row",
+        epilog="CSV: UTF-8 (a BOM is fine), a header row; spec features converted by their type "
+        "(categories kept as the exact text); empty cell = missing (the spec's default applies); "
+        "nan/inf and ragged rows are not sent; other columns are ignored. Exit 1 when anything "
+        "was refused, not sent or not answered.",
+    )
+    replay.add_argument("source", help=f"a CSV file, or a synthetic stream: {', '.join(datasets.SYNTHETIC)}")
+    replay.add_argument(
+        "--model", type=model_name, default="sea", help="the model the rows are for (default sea)"
+    )
+    replay.add_argument(
+        "--to",
+        choices=["events", "requests"],
+        default="events",
+        help="events: observations to events.raw (default); requests: prediction requests",
+    )
+    replay.add_argument(
+        "--n", type=positive_int, default=None, help="at most N rows (synthetic: default 10000)"
+    )
+    replay.add_argument(
+        "--label", default=None, help="label column of a CSV file (default: the spec's label.name)"
+    )
+    replay.add_argument("--concept", type=int, default=0, help="concept of a synthetic stream")
+    replay.add_argument("--seed", type=int, default=1, help="seed of a synthetic stream")
+    replay.add_argument(
+        "--timeout", type=seconds, default=30.0,
+        help="give up waiting for answers after this many seconds without news (default 30; 0: do not wait)",
+    )  # fmt: skip
+    replay.add_argument(
+        "--id-prefix", type=id_prefix, default=None,
+        help="ids are <prefix>-<n> (default: random); the same prefix again replays without storing "
+        "a row twice (ingest drops ids it has stored)",
+    )  # fmt: skip
+    replay.set_defaults(func=cmd_replay)
+
+
+def _models_parser(sub: Any) -> None:
+    models = _command(sub, "models", "the registry: versions, cards, promote, rollback, tags")
+    registry = models.add_subparsers(dest="command_name", required=True, metavar="action")
+    _command(registry, "list", "models, aliases and versions").set_defaults(func=cmd_models_list)
+    show = _command(registry, "show", "a version's model card")
+    show.add_argument("model", type=model_name)
+    show.add_argument("version", type=positive_int)
+    show.add_argument("--markdown", action="store_true", help="the Markdown card instead of JSON")
+    show.set_defaults(func=cmd_models_show)
+    for name, help_text in (("promote", "make a version champion (it must have passed the gate)"),
+                            ("approve", "promote the version awaiting approval")):  # fmt: skip
+        change = _command(registry, name, help_text)
+        change.add_argument("model", type=model_name)
+        change.add_argument("version", type=positive_int)
+        change.set_defaults(func=cmd_models_promote)
+    rollback = _command(registry, "rollback", "put the previous (or a given) champion back")
+    rollback.add_argument("model", type=model_name)
+    rollback.add_argument("--to", type=positive_int, default=None, help="version to restore")
+    rollback.set_defaults(func=cmd_models_rollback)
+    tag = _command(
+        registry,
+        "tag",
+        "set tags on a version (key= removes a tag)",
+        epilog="keys: 1-64 letters, digits or . _ - / : ; values: at most 256 printable characters",
+    )
+    tag.add_argument("model", type=model_name)
+    tag.add_argument("version", type=positive_int)
+    tag.add_argument("tags", nargs="+", type=key_value, metavar="key=value")
+    tag.set_defaults(func=cmd_models_tag)
+    for name in ("promote", "approve", "rollback", "tag"):
+        registry.choices[name].add_argument(
+            "--reason", default="operator", help="recorded in the audit trail"
+        )
+        registry.choices[name].add_argument(
+            "--timeout",
+            type=positive_float,
+            default=30.0,
+            help="seconds to wait for the registry (default 30)",
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "replay" and args.source in datasets.SYNTHETIC and args.n is None:
-        args.n = 10_000
+    """Run one command; an expected error is one line on stderr and its exit code."""
     try:
+        args = build_parser().parse_args(argv)
+        _quiet_libraries()
         return int(args.func(args))
-    except localstack.StackError as exc:
-        print(f"driftloop: {exc}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("driftloop: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        error = _expected(exc)
+        if error is None:
+            raise
+        print(f"{error.prog}: {escape(' '.join(error.message.split()))}", file=sys.stderr)
+        return error.code
 
 
 if __name__ == "__main__":

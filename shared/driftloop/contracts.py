@@ -6,12 +6,14 @@ breaks an old consumer. `schemas/` is generated from this module (`make schemas`
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar, cast
 
 import orjson
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -20,6 +22,7 @@ from pydantic import (
     StrictStr,
     TypeAdapter,
     ValidationError,
+    WithJsonSchema,
 )
 
 SCHEMA_VERSION = 1
@@ -497,12 +500,48 @@ class RollbackModel(_RegistryCommand):
     )
 
 
+TAG_KEY = re.compile(r"[A-Za-z0-9._/:-]{1,64}")
+TAG_VALUE_MAX = 256
+
+
+def check_tag_key(key: str) -> str:
+    """A tag key as given, or `ValueError`: 1 to 64 letters, digits or `. _ - / :` (ASCII)."""
+    if not TAG_KEY.fullmatch(key):
+        raise ValueError(f"tag key {key!r:.80} must be 1 to 64 letters, digits or . _ - / : (ASCII)")
+    return key
+
+
+def check_tag_value(value: str) -> str:
+    """A tag value as given, or `ValueError`: at most 256 printable characters (`str.isprintable`:
+    no control characters such as newlines or terminal escapes); empty removes the tag."""
+    if len(value) > TAG_VALUE_MAX:
+        raise ValueError(f"tag value is {len(value)} characters, more than {TAG_VALUE_MAX}")
+    if not value.isprintable():
+        raise ValueError(f"tag value {value!r:.80} has control or other non-printable characters")
+    return value
+
+
+Tags = Annotated[
+    dict[Annotated[str, AfterValidator(check_tag_key)], Annotated[str, AfterValidator(check_tag_value)]],
+    WithJsonSchema(
+        {
+            "type": "object",
+            "propertyNames": {"pattern": f"^{TAG_KEY.pattern}$"},
+            "additionalProperties": {"type": "string", "maxLength": TAG_VALUE_MAX},
+        }
+    ),
+]
+
+
 class TagModel(_RegistryCommand):
     """Command on `models.commands`: set free tags on a version (an empty value removes one)."""
 
     command: Literal["TagModel"] = Field(default="TagModel", description="Command type.")
     version: int = Field(ge=1, description="Version to tag.")
-    tags: dict[str, str] = Field(description="Tags to set.")
+    tags: Tags = Field(
+        description="Tags to set: keys of 1-64 letters, digits or `. _ - / :`; values of at most 256 "
+        "printable characters (an empty value removes the tag)."
+    )
 
 
 class AnnounceModel(_RegistryCommand):

@@ -21,9 +21,6 @@ from pathlib import Path
 
 import httpx
 
-from driftloop.kafka import ensure_topics
-from driftloop.settings import ServiceSettings
-
 SERVICES = ("ingest", "feature", "training", "registry", "inference", "monitor")
 PREFERRED = {"kafka": 19092, "redis": 16379, "prometheus": 19090} | {
     s: 18001 + i for i, s in enumerate(SERVICES)
@@ -167,6 +164,16 @@ def _prometheus_config(stack: Stack) -> Path:
     return path
 
 
+def create_topics(stack: Stack) -> None:
+    """Create every platform topic on the stack's broker (the Kafka client is imported here: the
+    CLI's other uses of this module stay light)."""
+    from driftloop.kafka import ensure_topics
+    from driftloop.settings import ServiceSettings
+
+    settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
+    asyncio.run(ensure_topics(settings, settings.topics.all()))
+
+
 def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
     """Start broker, redis, Prometheus (when installed) and the six services; wait until ready."""
     run_dir = run_dir.resolve()
@@ -193,8 +200,7 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
         _spawn(stack, "redis", redis_command(ports["redis"], redis_dir, append_only=True))
         wait_port(ports["kafka"], 20, "broker")
         wait_port(ports["redis"], 20, "redis")
-        settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
-        asyncio.run(ensure_topics(settings, settings.topics.all()))
+        create_topics(stack)
         for service in SERVICES:
             _spawn(
                 stack,
@@ -230,8 +236,7 @@ def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) ->
     if name == "broker":
         _spawn(stack, "broker", broker_command(stack.ports["kafka"]))
         wait_port(stack.ports["kafka"], 20, "broker")
-        settings = ServiceSettings(kafka_bootstrap=stack.bootstrap)
-        asyncio.run(ensure_topics(settings, settings.topics.all()))
+        create_topics(stack)
     elif name == "redis":
         _spawn(stack, "redis", redis_command(stack.ports["redis"], stack.run_dir / "redis", append_only=True))
         wait_port(stack.ports["redis"], 20, "redis")

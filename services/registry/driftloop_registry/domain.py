@@ -8,6 +8,7 @@ from typing import Any
 
 from driftloop.contracts import ModelTrained
 from driftloop.spec import ModelSpec
+from driftloop.text import markdown
 
 
 @dataclass(frozen=True)
@@ -79,31 +80,34 @@ def placing_event(events: Sequence[Mapping[str, Any]], alias: str) -> Mapping[st
 
 
 def render_card(record: Mapping[str, Any], state: str) -> str:
-    """A model card in Markdown: decision, metrics against the champion, data, lineage, history."""
+    """A model card in Markdown: decision, metrics against the champion, data, lineage, history.
+    Text that comes from outside the code (reasons, tags, command ids, decisions, parameters) is
+    escaped (`driftloop.text.markdown`): it cannot break a line, the table or a code span."""
     trained = record["trained"]
     dataset = trained["dataset"]
     champion = trained.get("champion_metrics") or {}
+    tags = ", ".join(f"{markdown(k)}={markdown(v)}" for k, v in sorted(record["tags"].items()))
     lines = [
-        f"# Model card: {trained['model']} v{record['version']}",
+        f"# Model card: {markdown(trained['model'])} v{record['version']}",
         "",
         f"- **Status:** {state}",
-        f"- **Gate:** {'passed' if record['blessed'] else 'failed'} — {record['decision']}",
-        f"- **Trained because:** {trained['reason']} (command `{trained['command_id']}`)",
+        f"- **Gate:** {'passed' if record['blessed'] else 'failed'} — {markdown(record['decision'])}",
+        f"- **Trained because:** {markdown(trained['reason'])} (command {markdown(trained['command_id'])})",
         f"- **Algorithm:** {trained['algorithm']}",
         f"- **Artifact:** `{trained['artifact']['uri']}` ({trained['artifact']['size_bytes']} bytes, "
         f"sha256 `{trained['artifact']['sha256']}`)",
         f"- **ONNX parity:** max |p_onnx - p_sklearn| = {trained['parity_max_abs_diff']:.2e}",
-        f"- **Code version:** {trained['code_version']}",
-        f"- **Tags:** {', '.join(f'{k}={v}' for k, v in sorted(record['tags'].items())) or 'none'}",
+        f"- **Code version:** {markdown(trained['code_version'])}",
+        f"- **Tags:** {tags or 'none'}",
         "",
         f"## Metrics on the holdout ({dataset['holdout_rows']} newest rows)",
         "",
         f"| metric | candidate | champion v{trained.get('champion_version') or '-'} |",
         "|---|---|---|",
         *[
-            f"| {name} | {value:.4f} | {champion[name]:.4f} |"
+            f"| {markdown(name)} | {value:.4f} | {champion[name]:.4f} |"
             if name in champion
-            else f"| {name} | {value:.4f} | - |"
+            else f"| {markdown(name)} | {value:.4f} | - |"
             for name, value in sorted(trained["candidate_metrics"].items())
         ],
         "",
@@ -114,18 +118,19 @@ def render_card(record: Mapping[str, Any], state: str) -> str:
         f"- Event time {dataset['first_event_time']} .. {dataset['last_event_time']}",
         f"- Window: since {dataset['since']}, until {dataset['until']}, newest {dataset['last_n']}, "
         f"store rows up to #{dataset['max_seq']}",
-        f"- Features: {', '.join(trained['feature_names'])}; classes {trained['classes']}",
+        f"- Features: {markdown(', '.join(trained['feature_names']))}; "
+        f"classes {markdown(str(trained['classes']))}",
         "",
         "## Parameters",
         "",
-        *[f"- `{k}` = {v}" for k, v in sorted(trained["params"].items())],
+        *[f"- {markdown(k)} = {markdown(str(v))}" for k, v in sorted(trained["params"].items())],
         "",
         "## Durations (s)",
         "",
-        *[f"- {k}: {v:.3f}" for k, v in trained["durations_s"].items()],
+        *[f"- {markdown(k)}: {v:.3f}" for k, v in trained["durations_s"].items()],
         "",
         "## History",
         "",
-        *[f"- {e['at']} {e['event']}: {e['reason']}" for e in record["events"]],
+        *[f"- {e['at']} {markdown(e['event'])}: {markdown(e['reason'])}" for e in record["events"]],
     ]
     return "\n".join(lines) + "\n"
