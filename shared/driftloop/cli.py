@@ -207,30 +207,28 @@ def _first_error(exc: Any) -> str:
 
 
 def _specs(args: argparse.Namespace) -> dict[str, ModelSpec]:
-    import yaml
-    from pydantic import ValidationError
-
-    from driftloop.spec import load_specs
+    from driftloop.spec import read_specs
 
     directory: Path = args.models_dir
     if not directory.is_dir():
         raise UserError(f"models directory {directory} does not exist (--models-dir)")
-    try:
-        specs = load_specs(directory)
-    except ValidationError as exc:
-        raise UserError(f"a model spec in {directory} is invalid: {exc.title}: {_first_error(exc)}") from None
-    except (yaml.YAMLError, ValueError) as exc:
-        raise UserError(f"model specs in {directory}: {' '.join(str(exc).split())}") from None
-    if not specs:
+    catalog = read_specs(directory)
+    args.refused_specs = catalog.refused
+    if not catalog.specs and catalog.refused:
+        (path, why), more = next(iter(catalog.refused.items())), len(catalog.refused) - 1
+        raise UserError(f"model spec {path} refused: {why}" + (f" (and {more} more)" if more else ""))
+    if not catalog.specs:
         raise UserError(f"no model specs (*.yaml) in {directory} (--models-dir)")
-    return specs
+    return catalog.specs
 
 
 def _spec(args: argparse.Namespace, model: str) -> ModelSpec:
     """The model's spec from `--models-dir`; a model without one is refused before anything is sent."""
     specs = _specs(args)
     if model not in specs:
-        raise UserError(f"no model {model!r} in {args.models_dir} (models: {', '.join(sorted(specs))})")
+        refused = ", ".join(p.name for p in args.refused_specs)
+        also = f"; refused files: {refused}" if refused else ""
+        raise UserError(f"no model {model!r} in {args.models_dir} (models: {', '.join(sorted(specs))}{also})")
     return specs[model]
 
 

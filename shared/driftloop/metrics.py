@@ -36,6 +36,11 @@ MODEL_VERSION = Gauge(
     ["service", "model"],
 )
 UP = Gauge("driftloop_service_up", "1 while the service is running.", ["service"])
+SPECS_REFUSED = Gauge(
+    "driftloop_specs_refused",
+    "Model spec files the service refused at start-up (their models are not served; see /readyz).",
+    ["service"],
+)
 CONSUMER_LAG = Gauge(
     "driftloop_consumer_lag",
     "Records between the service's committed offset and the partition's end (high watermark), by "

@@ -20,8 +20,9 @@ from faststream.kafka import KafkaBroker
 from faststream.specification import AsyncAPI
 from prometheus_client import make_asgi_app
 
-from driftloop.metrics import UP
+from driftloop.metrics import SPECS_REFUSED, UP
 from driftloop.settings import ServiceSettings
+from driftloop.spec import SpecCatalog, read_specs
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -77,16 +78,31 @@ class Watched(Protocol):
     def health(self) -> Any: ...
 
 
+def model_specs(service: str, settings: ServiceSettings) -> SpecCatalog:
+    """The service's model specs: the valid ones serve; each refused file is logged, counted
+    (`driftloop_specs_refused`) and shown by `/readyz` (`Readiness(specs=...)`)."""
+    catalog = read_specs(settings.models_dir)
+    for path, why in catalog.refused.items():
+        logging.getLogger(f"driftloop.{service}").error("model spec %s refused: %s", path, why)
+    SPECS_REFUSED.labels(service).set(len(catalog.refused))
+    return catalog
+
+
 class Readiness:
     """Set when a service has finished its start-up work (e.g. loaded its champion); not ready
-    while one of its `consumers` is stalled."""
+    while one of its `consumers` is stalled. A spec file refused at start-up does not make it
+    unready (the other models serve) but is listed."""
 
     def __init__(
-        self, describe: Callable[[], dict[str, Any]] = dict, consumers: Sequence[Watched] = ()
+        self,
+        describe: Callable[[], dict[str, Any]] = dict,
+        consumers: Sequence[Watched] = (),
+        specs: SpecCatalog | None = None,
     ) -> None:
         self.ready = False
         self.describe = describe  # extra, current facts for /readyz
         self.consumers = list(consumers)
+        self.refused = {str(path): why for path, why in (specs.refused if specs else {}).items()}
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, facts): start-up done and no consumer stalled; each consumer's health."""
@@ -94,6 +110,8 @@ class Readiness:
         facts: dict[str, Any] = {"consumers": [asdict(c.health()) for c in self.consumers]}
         if stalled:
             facts["stalled"] = stalled
+        if self.refused:
+            facts["refused_specs"] = self.refused
         return self.ready and not stalled, facts | self.describe()
 
 

@@ -104,6 +104,10 @@ def metric(stack: localstack.Stack, service: str, name: str, **labels: str) -> f
     return total
 
 
+def stack_models(stack: localstack.Stack) -> Any:
+    return stack.run_dir.parent / "models"
+
+
 def readiness(stack: localstack.Stack, service: str) -> tuple[int, dict[str, Any]]:
     response = httpx.get(f"{stack.url(service)}/readyz", timeout=5)
     return response.status_code, response.json()
@@ -124,6 +128,9 @@ async def stack(tmp_path_factory):
     models = root / "models"
     models.mkdir()
     (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
+    # 5. a spec whose detector has no such parameter: refused alone at start-up, by every service
+    bad = (ROOT / "models" / "sea.yaml").read_text().replace("name: sea", "name: bad")
+    (models / "bad.yaml").write_text(bad.replace("params: {delta: 0.002}", "params: {threshold: 50}"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DRIFTLOOP_STALL_AFTER_S", str(STALL_AFTER_S))
         running = await asyncio.to_thread(localstack.up, root / "run", models)
@@ -203,6 +210,17 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
                  "label": 1, "event_time": "2026-11-30T10:00:00+00:00"}  # fmt: skip
         await producer.send_and_wait(TOPICS.events_raw, orjson.dumps(event), key=entity.encode())
 
+        # 5. the refused spec's model is unknown to the platform: a command for it is refused
+        train_bad = TrainModel(command_id=f"bad-{tag}", model="bad", reason="test")
+        bad_command = await producer.send_and_wait(
+            TOPICS.training_requests, train_bad.model_dump_json().encode()
+        )
+        for service in localstack.SERVICES:
+            status, body = readiness(stack, service)
+            assert status == 200 and list(body["refused_specs"]) == [str(stack_models(stack) / "bad.yaml")]
+            assert "threshold" in body["refused_specs"][str(stack_models(stack) / "bad.yaml")]
+            assert metric(stack, service, "driftloop_specs_refused") == 1
+
         # ordinary traffic is answered, and labelled once each
         ordinary = await client.predict_many("sea", [GOOD] * 15)
         assert [(r.error, r.model_version) for r in ordinary] == [(None, 1)] * 15
@@ -223,6 +241,8 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
              far_observation.offset),
             ("monitor", "timestamp_out_of_range", TOPICS.predictions_requests, far_request.partition,
              far_request.offset),
+            ("training", "unknown_model", TOPICS.training_requests, bad_command.partition,
+             bad_command.offset),
         }  # fmt: skip
 
         def found() -> set[tuple]:
@@ -231,7 +251,7 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
                 for d in _letters(dlq)
             }
 
-        await until(lambda: expected <= found(), 20, "the four dead letters")
+        await until(lambda: expected <= found(), 20, "the five dead letters")
         await until(
             lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 15,
             30,

@@ -10,8 +10,7 @@ from driftloop.connections import redis_client
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
-from driftloop.runtime import Readiness, build_app, run_service
-from driftloop.spec import load_specs
+from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.handlers import SERVICE, FeatureHandler
 from driftloop_feature.histories import HistoryCache
@@ -21,9 +20,10 @@ from driftloop_feature.settings import FeatureSettings
 def create_app(settings: FeatureSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
+    catalog = model_specs(SERVICE, settings)
     redis = redis_client(settings)
     handler = FeatureHandler(
-        load_specs(settings.models_dir),
+        catalog.specs,
         OnlineStore(redis, settings.online_ttl_s),
         topics,
         HistoryCache(settings.history_cache_entities, settings.online_ttl_s),
@@ -45,7 +45,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     return build_app(
         SERVICE,
         broker,
-        Readiness(consumers=[hot_path]),
+        Readiness(consumers=[hot_path], specs=catalog),
         on_startup=[start],
         on_shutdown=[stop],
         documented=documented,

@@ -15,8 +15,7 @@ from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionReques
 from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import Readiness, build_app, run_service
-from driftloop.spec import load_specs
+from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
 from driftloop_inference.handlers import SERVICE, InferenceHandler
 from driftloop_inference.settings import InferenceSettings
@@ -27,7 +26,8 @@ log = logging.getLogger(__name__)
 def create_app(settings: InferenceSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    specs = load_specs(settings.models_dir)
+    catalog = model_specs(SERVICE, settings)
+    specs = catalog.specs
     redis = redis_client(settings)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
     tasks: list[asyncio.Task[None]] = []
@@ -35,7 +35,9 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     follower = follow_models(broker, settings, holder.on_lifecycle, list(specs))
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness(
-        lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}}, [hot_path]
+        lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}},
+        [hot_path],
+        specs=catalog,
     )
 
     broker.publisher(topics.predictions_results, title="to_predictions_results", schema=PredictionResult)

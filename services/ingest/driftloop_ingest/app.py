@@ -11,8 +11,7 @@ from faststream.asgi import AsgiFastStream
 from driftloop.contracts import DeadLetter, Observation
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
-from driftloop.runtime import Readiness, build_app, run_service
-from driftloop.spec import load_specs
+from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop.store import RowStore
 from driftloop_ingest.handlers import SERVICE, IngestHandler
 from driftloop_ingest.settings import IngestSettings
@@ -21,14 +20,13 @@ from driftloop_ingest.settings import IngestSettings
 def create_app(settings: IngestSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
+    catalog = model_specs(SERVICE, settings)
     store = RowStore(
         settings.offline_dir,
         partition_days=settings.offline_partition_days,
         min_free_bytes=settings.offline_min_free_mb * 2**20,
     )
-    handler = IngestHandler(
-        load_specs(settings.models_dir), store, topics, timedelta(seconds=settings.max_future_s)
-    )
+    handler = IngestHandler(catalog.specs, store, topics, timedelta(seconds=settings.max_future_s))
     hot_path = FastPath(settings, SERVICE, topics.events_raw, settings.group_id, reset=handler.reset)
 
     broker.publisher(topics.events_validated, title="to_events_validated", schema=Observation)
@@ -46,7 +44,7 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
     return build_app(
         SERVICE,
         broker,
-        Readiness(consumers=[hot_path]),
+        Readiness(consumers=[hot_path], specs=catalog),
         on_startup=[start],
         on_shutdown=[stop],
         documented=documented,

@@ -21,8 +21,7 @@ from driftloop.contracts import (
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import Readiness, build_app, run_service
-from driftloop.spec import load_specs
+from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
 from driftloop_monitor.settings import MonitorSettings
@@ -33,9 +32,10 @@ log = logging.getLogger(__name__)
 def create_app(settings: MonitorSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
+    catalog = model_specs(SERVICE, settings)
     redis = redis_client(settings)
     monitor = Monitor(
-        load_specs(settings.models_dir),
+        catalog.specs,
         JoinStore(redis, settings.join_ttl_s, settings.orphan_grace_s),
         topics,
         settings.quality_window,
@@ -89,7 +89,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     return build_app(
         SERVICE,
         broker,
-        Readiness(consumers=[stream]),
+        Readiness(consumers=[stream], specs=catalog),
         on_startup=[start],
         on_shutdown=[stop],
         documented=documented,

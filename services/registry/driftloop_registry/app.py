@@ -19,8 +19,8 @@ from driftloop.contracts import (
 )
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
-from driftloop.runtime import Readiness, build_app, json_response, run_service
-from driftloop.spec import MODEL_NAME, load_specs
+from driftloop.runtime import Readiness, build_app, json_response, model_specs, run_service
+from driftloop.spec import MODEL_NAME
 from driftloop_registry.adapters import CardWriter, RegistryRepository
 from driftloop_registry.domain import render_card
 from driftloop_registry.handlers import SERVICE, Registry
@@ -35,9 +35,10 @@ def _query(scope: Any) -> dict[str, str]:
 def create_app(settings: RegistrySettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
+    catalog = model_specs(SERVICE, settings)
     redis = redis_client(settings)
     registry = Registry(
-        load_specs(settings.models_dir),
+        catalog.specs,
         RegistryRepository(redis),
         ArtifactStore(settings.artifacts_dir),
         CardWriter(settings.data_dir / "cards"),
@@ -111,7 +112,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
     return build_app(
         SERVICE,
         broker,
-        Readiness(consumers=[on_model_trained, on_registry_command]),
+        Readiness(consumers=[on_model_trained, on_registry_command], specs=catalog),
         on_startup=[start],
         on_shutdown=[stop],
         documented=documented,

@@ -17,8 +17,7 @@ from driftloop.contracts import (
 from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import Readiness, build_app, run_service
-from driftloop.spec import load_specs
+from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
 from driftloop_training.handlers import SERVICE, Trainer
@@ -28,13 +27,14 @@ from driftloop_training.settings import TrainingSettings
 def create_app(settings: TrainingSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
+    catalog = model_specs(SERVICE, settings)
     store = RowStore(
         settings.training_dir,
         partition_days=settings.training_partition_days,
         min_free_bytes=settings.training_min_free_mb * 2**20,
     )
     trainer = Trainer(
-        load_specs(settings.models_dir),
+        catalog.specs,
         store,
         ArtifactStore(settings.artifacts_dir),
         DatasetCatalog(settings.training_dir / "datasets"),
@@ -83,7 +83,7 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         *on_train_model.describe(TrainModel),
         follower.describe(),
     ]
-    readiness = Readiness(consumers=[on_features_computed, on_train_model])
+    readiness = Readiness(consumers=[on_features_computed, on_train_model], specs=catalog)
     return build_app(
         SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop], documented=documented
     )
