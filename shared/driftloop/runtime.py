@@ -78,10 +78,11 @@ class Watched(Protocol):
     def health(self) -> Any: ...
 
 
-def model_specs(service: str, settings: ServiceSettings) -> SpecCatalog:
+def model_specs(service: str, settings: ServiceSettings, build: frozenset[str] = frozenset()) -> SpecCatalog:
     """The service's model specs: the valid ones serve; each refused file is logged, counted
-    (`driftloop_specs_refused`) and shown by `/readyz` (`Readiness(specs=...)`)."""
-    catalog = read_specs(settings.models_dir)
+    (`driftloop_specs_refused`) and shown by `/readyz` (`Readiness(specs=...)`). `build`: the
+    algorithms the service builds, tried with each spec's parameters (`driftloop.spec.BUILDS`)."""
+    catalog = read_specs(settings.models_dir, build)
     for path, why in catalog.refused.items():
         logging.getLogger(f"driftloop.{service}").error("model spec %s refused: %s", path, why)
     SPECS_REFUSED.labels(service).set(len(catalog.refused))

@@ -21,7 +21,17 @@ from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from driftloop.parameters import rule_problem
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +55,16 @@ _QUOTE_IT = "quote it: YAML reads yes, no, on, off, true, false and bare numbers
 def show(value: Any) -> str:
     """A short repr of a value from a spec file, whatever its size or depth."""
     return reprlib.repr(value)
+
+
+# What checking a spec may build to try its parameters: the River drift detectors, the
+# scikit-learn estimators (`driftloop.algorithms`; slow to import). Without them, detector
+# parameters are checked against `driftloop.parameters`, estimator parameters when training loads.
+BUILDS = frozenset({"detectors", "estimators"})
+
+
+def _builds(info: ValidationInfo, what: str) -> bool:
+    return what in (info.context or {}).get("build", BUILDS)
 
 
 class SpecFieldError(ValueError):
@@ -271,7 +291,9 @@ class AlgorithmSpec(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _estimator_takes_params(self) -> AlgorithmSpec:
+    def _estimator_takes_params(self, info: ValidationInfo) -> AlgorithmSpec:
+        if not _builds(info, "estimators"):
+            return self
         from driftloop.algorithms import (  # imported when checked: it is slow
             estimator_value_problem,
             unknown_estimator_parameter,
@@ -399,13 +421,17 @@ class DriftSpec(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _detectors_build(self) -> DriftSpec:
-        from driftloop.algorithms import detector_problem  # imported when checked: it is slow
+    def _detectors_build(self, info: ValidationInfo) -> DriftSpec:
+        if _builds(info, "detectors"):
+            from driftloop.algorithms import detector_problem  # imported when checked: it is slow
 
-        if (problem := detector_problem(self.detector, self.params)) is not None:
+            check = detector_problem
+        else:
+            check = rule_problem
+        if (problem := check(self.detector, self.params)) is not None:
             raise SpecFieldError(".".join(filter(None, ("params", problem[0]))), problem[1])
         twin = warning_params(self)
-        if (problem := detector_problem(self.detector, twin)) is None:
+        if (problem := check(self.detector, twin)) is None:
             return self
         if self.warning_params is not None:
             raise SpecFieldError(".".join(filter(None, ("warning_params", problem[0]))), problem[1])
@@ -583,8 +609,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_spec(path: Path) -> ModelSpec:
-    """Parse and validate one spec file (YAML, safe loader); raises `SpecRefused`, naming the file."""
+def load_spec(path: Path, build: frozenset[str] = BUILDS) -> ModelSpec:
+    """Parse and validate one spec file (YAML, safe loader); raises `SpecRefused`, naming the file.
+    `build`: which algorithms to build to check the spec's parameters (`BUILDS`)."""
     try:
         with path.open("rb") as fh:
             raw = fh.read(MAX_SPEC_BYTES + 1)
@@ -603,7 +630,7 @@ def load_spec(path: Path) -> ModelSpec:
     if not isinstance(data, dict):
         raise SpecRefused(path, f"holds {type(data).__name__}, not a mapping of spec fields")
     try:
-        return ModelSpec.model_validate(data)
+        return ModelSpec.model_validate(data, context={"build": build})
     except ValidationError as exc:
         raise SpecRefused(path, describe(exc)) from None
     except Exception as exc:  # a check that broke must not stop a service: the file is refused
@@ -620,14 +647,15 @@ class SpecCatalog:
     refused: dict[Path, str]
 
 
-def read_specs(directory: Path) -> SpecCatalog:
+def read_specs(directory: Path, build: frozenset[str] = BUILDS) -> SpecCatalog:
     """Every `*.yaml`/`*.yml` spec of a directory, each accepted or refused on its own. A model name
-    declared in more than one file refuses all of them: no file order decides which one serves."""
+    declared in more than one file refuses all of them: no file order decides which one serves.
+    `build`: as for `load_spec`."""
     parsed: dict[Path, ModelSpec] = {}
     refused: dict[Path, str] = {}
     for path in sorted({*directory.glob("*.yaml"), *directory.glob("*.yml")}):
         try:
-            parsed[path] = load_spec(path)
+            parsed[path] = load_spec(path, build)
         except SpecRefused as exc:
             refused[path] = exc.why
     files: dict[str, list[Path]] = {}
@@ -643,9 +671,9 @@ def read_specs(directory: Path) -> SpecCatalog:
     return SpecCatalog(specs=specs, refused=dict(sorted(refused.items())))
 
 
-def load_specs(directory: Path) -> dict[str, ModelSpec]:
+def load_specs(directory: Path, build: frozenset[str] = BUILDS) -> dict[str, ModelSpec]:
     """The valid specs of a directory by model name (`read_specs`); each refused file is logged at ERROR."""
-    catalog = read_specs(directory)
+    catalog = read_specs(directory, build)
     for path, why in catalog.refused.items():
         logger.error("model spec %s refused: %s", path, why)
     return catalog.specs

@@ -7,9 +7,11 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from driftloop.algorithms import DETECTOR_PARAMETERS, DETECTORS, ESTIMATORS
+from driftloop.algorithms import DETECTORS, ESTIMATORS
+from driftloop.parameters import DETECTOR_CLASSES, DETECTOR_PARAMETERS, DETECTOR_SIGNATURES
 from driftloop.spec import (
     ALGORITHMS,
+    BUILDS,
     DriftSpec,
     ModelSpec,
     SpecRefused,
@@ -310,7 +312,23 @@ def test_the_detector_and_estimator_tables_are_the_ones_the_services_build_from(
 
 @pytest.mark.parametrize("detector", sorted(DETECTORS))
 def test_every_settable_detector_parameter_is_in_rivers_signature(detector):
-    assert set(DETECTOR_PARAMETERS[detector]) <= set(inspect.signature(DETECTORS[detector]).parameters)
+    signature = tuple(inspect.signature(DETECTORS[detector]).parameters)
+    assert DETECTOR_SIGNATURES[detector] == signature
+    assert set(DETECTOR_PARAMETERS[detector]) <= set(signature)
+    assert DETECTOR_CLASSES[detector] == DETECTORS[detector].__name__
+
+
+@pytest.mark.parametrize("params", [{"threshold": 50}, {"delta": -1}, {"window": [0, 1]}, {"clock": 0}])
+def test_services_that_do_not_build_detectors_refuse_the_same_parameters(params):
+    """Ingest, feature, inference and the registry check detector parameters against the table
+    alone (River is slow to import): they refuse what the monitor, which builds them, refuses."""
+    data = _data(drift={"detector": "adwin" if "window" not in params else "kswin", "params": params})
+    refusals = []
+    for build in (frozenset(), BUILDS):
+        with pytest.raises(ValidationError) as refused:
+            ModelSpec.model_validate(data, context={"build": build})
+        refusals.append(refused.value.errors()[0]["msg"])
+    assert refusals[0] == refusals[1]
 
 
 def _write(directory: Path, name: str, content: str | bytes) -> Path:

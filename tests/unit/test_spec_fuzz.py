@@ -13,9 +13,11 @@ from typing import Any
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
-from driftloop.algorithms import DETECTOR_PARAMETERS, ESTIMATORS, detector_parameters, estimator_parameters
+from driftloop.algorithms import ESTIMATORS, detector_parameters, estimator_parameters
 from driftloop.features import FeatureSet, check_features
+from driftloop.parameters import DETECTOR_PARAMETERS
 from driftloop.spec import ModelSpec, read_specs
 from driftloop_monitor.domain import ConceptDriftMonitor
 from driftloop_training.domain import build_estimator
@@ -265,6 +267,16 @@ def test_any_detector_and_estimator_parameters_are_refused_at_load_or_work(data)
     names = st.sampled_from([*estimator_parameters(algorithm["name"]), "x"])
     algorithm["params"] = data.draw(st.dictionaries(names, PARAMETER_VALUES, max_size=2), label="estimator")
     _check(spec)
+    # the services that do not build detectors (River is slow to import) accept and refuse the same
+    # drift sections as the monitor, which builds them
+    verdicts = []
+    for build in (frozenset(), frozenset({"detectors"})):
+        try:
+            ModelSpec.model_validate({**spec, "algorithm": BASE["algorithm"]}, context={"build": build})
+            verdicts.append(None)
+        except ValidationError as exc:
+            verdicts.append(exc.errors()[0]["msg"])
+    assert verdicts[0] == verdicts[1]
 
 
 TOKENS = [*"abc:-[]{}&*!|>'\"#%@`, \t0123456789.", "\n", "\n  ", "name", "features", "yes", "~", ".nan"]

@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 def create_app(settings: MonitorSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
+    catalog = model_specs(SERVICE, settings, build=frozenset({"detectors"}))  # builds them
     redis = redis_client(settings)
     monitor = Monitor(
         catalog.specs,

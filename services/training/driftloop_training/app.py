@@ -27,7 +27,7 @@ from driftloop_training.settings import TrainingSettings
 def create_app(settings: TrainingSettings) -> AsgiFastStream:
     broker = make_broker(settings, SERVICE)
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
+    catalog = model_specs(SERVICE, settings, build=frozenset({"estimators"}))  # builds them
     store = RowStore(
         settings.training_dir,
         partition_days=settings.training_partition_days,
