@@ -274,6 +274,8 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for name, text in localstack.status(args.run_dir).items():
         print(f"  {name:<11} {text}")
+    for line in _consumers(_stack(args)):
+        _say(line)
     try:
         for row in _registry(args, "/v1/models"):
             champion = row["aliases"].get("champion")
@@ -287,6 +289,31 @@ def cmd_status(args: argparse.Namespace) -> int:
             raise
         _say(f"  registry unavailable: {error.message}")
     return 0
+
+
+def _consumers(stack: Stack) -> list[str]:
+    """A line per consumer of each running service, from its `/readyz`: lag, stall, last error;
+    and each spec file it refused."""
+    import httpx
+
+    from driftloop import localstack
+
+    lines = []
+    for service in localstack.SERVICES:
+        try:
+            body = httpx.get(f"{stack.url(service)}/readyz", timeout=2).json()
+        except (httpx.HTTPError, ValueError):
+            continue
+        for consumer in body.get("consumers", []):
+            line = f"  {service:<11} {consumer['consumer']}: lag {consumer['lag']}"
+            if consumer["stalled_s"]:
+                line += f", no commit for {consumer['stalled_s']:.0f} s"
+            if consumer["last_error"]:
+                line += f", failing ({consumer['failures']} in a row): {consumer['last_error']}"
+            lines.append(line)
+        for path, why in body.get("refused_specs", {}).items():
+            lines.append(f"  {service:<11} refused spec {path}: {why}")
+    return lines
 
 
 # ---------------------------------------------------------------- the registry
@@ -341,7 +368,8 @@ def _registry_command(args: argparse.Namespace, command: RegistryCommand) -> int
 
     from driftloop.contracts import ModelCommandRefused
 
-    event = asyncio.run(_answer_to(_bootstrap(args), _topics(), command, args.timeout))
+    topics = _topics()
+    event = asyncio.run(_answer_to(_bootstrap(args), topics, topics.models_commands, command, args.timeout))
     if event is None:
         raise UserError(f"no answer from the registry within {args.timeout:g}s; is it running?", code=1)
     if isinstance(event, str):
@@ -354,13 +382,15 @@ def _registry_command(args: argparse.Namespace, command: RegistryCommand) -> int
 
 
 async def _answer_to(
-    bootstrap: str, topics: Topics, command: RegistryCommand, timeout: float
+    bootstrap: str, topics: Topics, topic: str, command: Any, timeout: float
 ) -> LifecycleEvent | str | None:
-    """The lifecycle event answering the command, its dead letter's reason, or None in time."""
+    """Send a command to `topic`: the lifecycle event answering it, its dead letter's reason, or
+    None in time. Progress on the way (`ModelTrainingDeferred`) is printed, not an answer."""
     import asyncio
     import contextlib
 
     from driftloop.client import make_producer, send_all
+    from driftloop.contracts import ModelTrainingDeferred
     from driftloop.kafka import tail_from_end
 
     async with contextlib.AsyncExitStack() as stack:
@@ -371,15 +401,18 @@ async def _answer_to(
         producer = make_producer(bootstrap)
         stack.push_async_callback(producer.stop)
         await producer.start()
-        await send_all(producer, topics.models_commands, [command])
+        await send_all(producer, topic, [command])
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for record in _records(await lifecycle.getmany(timeout_ms=100)):
                 event = _lifecycle_event(record.value)
-                if event is not None and event.command_id == command.command_id:
+                if event is None or event.command_id != command.command_id:
+                    continue
+                if not isinstance(event, ModelTrainingDeferred):
                     return event
+                _say(f"waiting for rows: {event.rows} of {event.rows_needed} (at most {event.wait_s:g} s)")
             for record in _records(await dead.getmany(timeout_ms=100)):
-                refusal = _refusal(record.value, topics.models_commands, command.command_id)
+                refusal = _refusal(record.value, topic, command.command_id)
                 if refusal is not None:
                     return refusal
             await asyncio.sleep(0)
@@ -466,25 +499,27 @@ def cmd_models_tag(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """Send `TrainModel` and report what the platform did with it: refused, waiting for rows, not
+    trained (and why), or trained and then rejected, promoted or awaiting approval."""
     import asyncio
 
-    from driftloop.contracts import TrainModel
+    from driftloop.contracts import ModelAwaitingApproval, ModelPromoted, TrainModel
 
     _spec(args, args.model)
     command = TrainModel(command_id=_new_id(), model=args.model, reason="manual", last_n=args.last_n)
-
-    async def send() -> None:
-        from driftloop.client import make_producer, send_all
-
-        producer = make_producer(_bootstrap(args))
-        try:
-            await producer.start()
-            await send_all(producer, _topics().training_requests, [command])
-        finally:
-            await producer.stop()
-
-    asyncio.run(send())
-    print(f"sent TrainModel {command.command_id} for {args.model}")
+    topics = _topics()
+    _say(f"sent TrainModel {command.command_id} for {args.model}; waiting for the platform's answer")
+    event = asyncio.run(_answer_to(_bootstrap(args), topics, topics.training_requests, command, args.timeout))
+    if event is None:
+        raise UserError(f"no answer within {args.timeout:g}s; are training and the registry running?", code=1)
+    if isinstance(event, str):
+        raise UserError(f"training refused the command: {event}", code=1)
+    line = f"{event.event} {event.model} v{event.version}: {event.reason}"
+    if isinstance(event, ModelAwaitingApproval):
+        line += f" (approve it: driftloop models approve {event.model} {event.version})"
+    if not isinstance(event, ModelPromoted | ModelAwaitingApproval):
+        raise UserError(line, code=1)
+    _say(line)
     return 0
 
 
@@ -712,12 +747,18 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
     _command(sub, "up", "start the local stack").set_defaults(func=cmd_up)
     _command(sub, "down", "stop the local stack").set_defaults(func=cmd_down)
-    _command(sub, "status", "processes and champions").set_defaults(func=cmd_status)
+    _command(sub, "status", "processes, consumers (lag, stalls, last error) and champions").set_defaults(
+        func=cmd_status
+    )
     _replay_parser(sub)
 
-    train = _command(sub, "train", "send a TrainModel command")
+    train = _command(sub, "train", "train a candidate and report what became of it")
     train.add_argument("model", type=model_name)
     train.add_argument("--last-n", type=positive_int, default=None, help="train on at most the newest N rows")
+    train.add_argument(
+        "--timeout", type=positive_float, default=300.0,
+        help="seconds to wait for the outcome (default 300: training may wait for rows, then fit)",
+    )  # fmt: skip
     train.set_defaults(func=cmd_train)
 
     _models_parser(sub)

@@ -11,7 +11,10 @@ import contextlib
 import itertools
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -108,6 +111,13 @@ def stack_models(stack: localstack.Stack) -> Any:
     return stack.run_dir.parent / "models"
 
 
+def driftloop(stack: localstack.Stack, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    """The CLI as a user runs it, against this stack."""
+    command = [sys.executable, "-m", "driftloop.cli", *args, "--run-dir", str(stack.run_dir),
+               "--models-dir", str(stack_models(stack))]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
 def readiness(stack: localstack.Stack, service: str) -> tuple[int, dict[str, Any]]:
     response = httpx.get(f"{stack.url(service)}/readyz", timeout=5)
     return response.status_code, response.json()
@@ -131,6 +141,9 @@ async def stack(tmp_path_factory):
     # 5. a spec whose detector has no such parameter: refused alone at start-up, by every service
     bad = (ROOT / "models" / "sea.yaml").read_text().replace("name: sea", "name: bad")
     (models / "bad.yaml").write_text(bad.replace("params: {delta: 0.002}", "params: {threshold: 50}"))
+    # a model without any rows yet, whose training waits one second for them
+    thin = (ROOT / "models" / "sea.yaml").read_text().replace("name: sea", "name: thin")
+    (models / "thin.yaml").write_text(thin.replace("wait_for_rows_s: 120", "wait_for_rows_s: 1"))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("DRIFTLOOP_STALL_AFTER_S", str(STALL_AFTER_S))
         running = await asyncio.to_thread(localstack.up, root / "run", models)
@@ -217,7 +230,9 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
         )
         for service in localstack.SERVICES:
             status, body = readiness(stack, service)
-            assert status == 200 and list(body["refused_specs"]) == [str(stack_models(stack) / "bad.yaml")]
+            assert status == 200 and list(body["refused_specs"]) == [str(stack_models(stack) / "bad.yaml")], (
+                body
+            )
             assert "threshold" in body["refused_specs"][str(stack_models(stack) / "bad.yaml")]
             assert metric(stack, service, "driftloop_specs_refused") == 1
 
@@ -262,6 +277,26 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
         assert found() == expected, "other records were dead-lettered"
         assert [d for d in _letters(dlq) if d.reason == "processing_failed"] == []
     await until(lambda: caught_up(stack), 30, "every consumer to catch up")
+
+
+@pytest.mark.slow
+async def test_the_cli_reports_what_training_did(stack):
+    """`driftloop train` follows its command through the platform and says how it ended."""
+    waited = await asyncio.to_thread(driftloop, stack, "train", "thin")
+    assert waited.returncode == 1, waited
+    assert "waiting for rows: 0 of 500 (at most 1 s)" in waited.stdout
+    assert waited.stderr.strip().startswith("driftloop: ModelTrainingFailed thin v0: insufficient_data"), (
+        waited
+    )
+    trained = await asyncio.to_thread(driftloop, stack, "train", "sea", "--last-n", "2000")
+    outcome = (trained.stdout + trained.stderr).strip().splitlines()[-1]
+    # a candidate on the newest rows: it beats the champion on their holdout or it does not
+    expected = (
+        r"ModelPromoted sea v\d+: manual: " if trained.returncode == 0 else r"driftloop: ModelRejected sea v"
+    )
+    assert trained.returncode in (0, 1) and re.match(expected, outcome), trained
+    unknown = await asyncio.to_thread(driftloop, stack, "train", "bad")
+    assert unknown.returncode == 2 and "no model 'bad'" in unknown.stderr and "bad.yaml" in unknown.stderr
 
 
 # ---------------------------------------------------------------------------- generated records
@@ -424,6 +459,9 @@ async def test_a_stall_shows_in_readiness_while_it_lasts_and_nothing_is_lost(sta
             (consumer,) = body["consumers"]
             assert consumer["failures"] > 0 and "Connection" in (consumer["last_error"] or ""), consumer
             assert metric(stack, "feature", "driftloop_consumer_stalled_seconds") >= STALL_AFTER_S
+            status = await asyncio.to_thread(driftloop, stack, "status")
+            feature = [line for line in status.stdout.splitlines() if "events.validated: lag" in line]
+            assert feature and "failing" in feature[0] and "Connection" in feature[0], status.stdout
             copies = [r.event_id for r in rows.parsed(FeatureRow)]
             assert all(copies.count(e) <= 1 for e in events), "rows sent again on every retry"
 
