@@ -15,6 +15,7 @@ from faststream.specification import AsyncAPI
 
 from driftloop.contracts import CONTRACTS
 from driftloop.localstack import SERVICES
+from driftloop.settings import service_settings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,11 +34,7 @@ def generate(out: Path) -> list[Path]:
         written.append(path)
     for service in SERVICES:
         app_module = importlib.import_module(f"driftloop_{service}.app")
-        settings_module = importlib.import_module(f"driftloop_{service}.settings")
-        settings_cls = next(
-            v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
-        )
-        app = app_module.create_app(settings_cls(models_dir=ROOT / "models"))
+        app = app_module.create_app(service_settings(service)(models_dir=ROOT / "models"))
         spec = AsyncAPI(
             *app.schema.brokers,  # its FastStream broker, and what it consumes outside FastStream
             title=f"driftloop-{service}",

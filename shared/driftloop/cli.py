@@ -364,21 +364,28 @@ def cmd_models_show(args: argparse.Namespace) -> int:
 def _registry_command(args: argparse.Namespace, command: RegistryCommand) -> int:
     """Send a registry command and wait for the lifecycle event that answers it (or the dead
     letter that refuses it)."""
-    import asyncio
 
     from driftloop.contracts import ModelCommandRefused
 
-    topics = _topics()
-    event = asyncio.run(_answer_to(_bootstrap(args), topics, topics.models_commands, command, args.timeout))
-    if event is None:
-        raise UserError(f"no answer from the registry within {args.timeout:g}s; is it running?", code=1)
-    if isinstance(event, str):
-        raise UserError(f"the registry refused the command: {event}", code=1)
+    event = _outcome(args, _topics().models_commands, command, "the registry")
     line = f"{event.event} {event.model} v{event.version}: {event.reason}"
     if isinstance(event, ModelCommandRefused):
         raise UserError(line, code=1)
     _say(line)
     return 0
+
+
+def _outcome(args: argparse.Namespace, topic: str, command: Any, who: str) -> LifecycleEvent:
+    """Send a command and return the lifecycle event that answers it; a dead letter or silence
+    past `--timeout` is a `UserError` (exit 1)."""
+    import asyncio
+
+    event = asyncio.run(_answer_to(_bootstrap(args), _topics(), topic, command, args.timeout))
+    if event is None:
+        raise UserError(f"no answer from {who} within {args.timeout:g}s; is it running?", code=1)
+    if isinstance(event, str):
+        raise UserError(f"{who} refused the command: {event}", code=1)
+    return event
 
 
 async def _answer_to(
@@ -501,19 +508,13 @@ def cmd_models_tag(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Send `TrainModel` and report what the platform did with it: refused, waiting for rows, not
     trained (and why), or trained and then rejected, promoted or awaiting approval."""
-    import asyncio
 
     from driftloop.contracts import ModelAwaitingApproval, ModelPromoted, TrainModel
 
     _spec(args, args.model)
     command = TrainModel(command_id=_new_id(), model=args.model, reason="manual", last_n=args.last_n)
-    topics = _topics()
-    _say(f"sent TrainModel {command.command_id} for {args.model}; waiting for the platform's answer")
-    event = asyncio.run(_answer_to(_bootstrap(args), topics, topics.training_requests, command, args.timeout))
-    if event is None:
-        raise UserError(f"no answer within {args.timeout:g}s; are training and the registry running?", code=1)
-    if isinstance(event, str):
-        raise UserError(f"training refused the command: {event}", code=1)
+    _say(f"sending TrainModel {command.command_id} for {args.model}; waiting for the platform's answer")
+    event = _outcome(args, _topics().training_requests, command, "training")
     line = f"{event.event} {event.model} v{event.version}: {event.reason}"
     if isinstance(event, ModelAwaitingApproval):
         line += f" (approve it: driftloop models approve {event.model} {event.version})"

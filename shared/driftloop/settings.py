@@ -110,3 +110,34 @@ class ServiceSettings(BaseSettings):
         if self.redis_ca_file is not None and not self.redis_url.startswith("rediss://"):
             raise ValueError("redis_ca_file is for TLS: use a rediss:// redis_url")
         return self
+
+
+class StoreSettings(ServiceSettings):
+    """A service that keeps a row store (`driftloop.store.RowStore`): ingest's offline store,
+    training's store. One store per service, so the names are the same in both."""
+
+    store_partition_days: int = Field(
+        default=31,
+        ge=0,
+        description="Days before a batch's newest row that get a date partition each; older rows share "
+        "one file per batch in the null partition (a batch writes at most this + 2 files).",
+    )
+    store_min_free_mb: int = Field(
+        default=256,
+        ge=0,
+        description="Free MiB the store's filesystem must have before a batch's output goes out (else the "
+        "batch waits and is retried); 0: no check.",
+    )
+
+
+def service_settings(service: str) -> type[ServiceSettings]:
+    """The settings class of a service (`driftloop_<service>.settings`): the one that module
+    defines, not the bases it imports."""
+    import importlib
+
+    module = importlib.import_module(f"driftloop_{service}.settings")
+    return next(
+        v
+        for v in vars(module).values()
+        if isinstance(v, type) and issubclass(v, ServiceSettings) and v.__module__ == module.__name__
+    )

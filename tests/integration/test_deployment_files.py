@@ -18,6 +18,7 @@ import pytest
 import yaml
 
 from driftloop.localstack import SERVICES
+from driftloop.settings import service_settings
 from tests.conftest import ROOT
 
 
@@ -76,10 +77,7 @@ def test_compose_names_every_service_with_a_real_target_entry_point_and_settings
         project = tomllib.loads((ROOT / "services" / service / "pyproject.toml").read_text())
         module, func = project["project"]["scripts"][f"driftloop-{service}"].split(":")
         assert callable(getattr(importlib.import_module(module), func))
-        settings_module = importlib.import_module(f"driftloop_{service}.settings")
-        settings_cls = next(
-            v for k, v in vars(settings_module).items() if k.endswith("Settings") and k != "ServiceSettings"
-        )
+        settings_cls = service_settings(service)
         for variable in entry["environment"]:
             field = variable.removeprefix("DRIFTLOOP_").lower().split("__")[0]
             assert field in settings_cls.model_fields, f"{service}: {variable} is not a setting"
@@ -118,11 +116,7 @@ def test_the_secure_compose_variant_gives_every_service_valid_tls_and_sasl_setti
     assert "--tls-port 6380" in " ".join(config["redis"]["command"])
     for service in SERVICES:
         env = config[service]["environment"]
-        settings_cls = next(
-            v
-            for k, v in vars(importlib.import_module(f"driftloop_{service}.settings")).items()
-            if k.endswith("Settings") and k != "ServiceSettings"
-        )
+        settings_cls = service_settings(service)
         fields = {k.removeprefix("DRIFTLOOP_").lower(): v for k, v in env.items() if "__" not in k}
         settings = settings_cls.model_validate(fields)  # the model validator checks completeness
         assert settings.kafka_security_protocol == "SASL_SSL" and settings.redis_url.startswith("rediss://")
@@ -210,11 +204,6 @@ def _dockerfile_stages() -> dict[str, Stage]:
     return stages
 
 
-def _settings_class(service: str) -> type:
-    module = importlib.import_module(f"driftloop_{service}.settings")
-    return next(v for k, v in vars(module).items() if k.endswith("Settings") and k != "ServiceSettings")
-
-
 def _path_settings(settings_cls: type) -> list[str]:
     """The settings typed `Path` (or `Path | None`)."""
 
@@ -239,7 +228,7 @@ def _settings_under(settings_cls: type, env: dict[str, str], monkeypatch):
 def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_its_user(monkeypatch):
     stages = _dockerfile_stages()
     for service in SERVICES:
-        stage, settings_cls = stages[service], _settings_class(service)
+        stage, settings_cls = stages[service], service_settings(service)
         for variable in stage.env:
             if variable.startswith("DRIFTLOOP_"):
                 field_name = variable.removeprefix("DRIFTLOOP_").lower().split("__")[0]
@@ -275,7 +264,7 @@ def test_compose_keeps_every_written_directory_absolute_and_on_the_data_volume(f
     config = yaml.safe_load(result.stdout)["services"]
     stages = _dockerfile_stages()
     for service in SERVICES:
-        settings_cls = _settings_class(service)
+        settings_cls = service_settings(service)
         env = {**stages[service].env, **config[service]["environment"]}
         settings = _settings_under(settings_cls, env, monkeypatch)
         mounts = [PurePosixPath(str(v).split(":")[1] if isinstance(v, str) else v["target"])

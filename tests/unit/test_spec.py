@@ -109,7 +109,11 @@ REFUSED = {
         "drift.params.threshold",
         "greater than 0",
     ),
-    "kswin stat_size": (_drift(detector="kswin", params={"window_size": 10}), "drift.params", "KSWIN("),
+    "kswin stat_size": (
+        _drift(detector="kswin", params={"window_size": 10}),
+        "drift.params",
+        "KSWIN needs stat_size (30) below window_size (10)",
+    ),
     "kswin window": (
         _drift(detector="kswin", params={"window": [0, 1]}),
         "drift.params.window",

@@ -23,8 +23,8 @@ def create_app(settings: IngestSettings) -> AsgiFastStream:
     catalog = model_specs(SERVICE, settings)
     store = RowStore(
         settings.offline_dir,
-        partition_days=settings.offline_partition_days,
-        min_free_bytes=settings.offline_min_free_mb * 2**20,
+        partition_days=settings.store_partition_days,
+        min_free_bytes=settings.store_min_free_mb * 2**20,
     )
     handler = IngestHandler(catalog.specs, store, topics, timedelta(seconds=settings.max_future_s))
     hot_path = FastPath(settings, SERVICE, topics.events_raw, settings.group_id, reset=handler.reset)

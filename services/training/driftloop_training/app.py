@@ -30,8 +30,8 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
     catalog = model_specs(SERVICE, settings, build=frozenset({"estimators"}))  # builds them
     store = RowStore(
         settings.training_dir,
-        partition_days=settings.training_partition_days,
-        min_free_bytes=settings.training_min_free_mb * 2**20,
+        partition_days=settings.store_partition_days,
+        min_free_bytes=settings.store_min_free_mb * 2**20,
     )
     trainer = Trainer(
         catalog.specs,
