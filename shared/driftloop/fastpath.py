@@ -41,7 +41,7 @@ from pydantic import BaseModel
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
-from driftloop.faults import describe, is_transient
+from driftloop.faults import backoff_s, describe, is_transient
 from driftloop.kafka import TruncationWatch, dead_letter, documented_consumer, encode
 from driftloop.metrics import (
     BATCH_FAILURES,
@@ -57,8 +57,6 @@ from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST_S = 0.25  # the pause after a transient failure, doubled per failure in a row ...
-BACKOFF_MAX_S = 5.0  # ... up to this
 PROCESSING_FAILED = "processing_failed"  # the reason of a record that failed its handler alone
 
 
@@ -558,7 +556,7 @@ class FastPath:
         await self._isolate(handle, records)
 
     async def _back_off(self) -> None:
-        await asyncio.sleep(min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, self.failures - 1)))
+        await asyncio.sleep(backoff_s(self.failures))
 
     async def _isolate(self, handle: Handler, records: Sequence[ConsumerRecord]) -> None:
         """Handle `records` once more, then in ever smaller parts, each sent and committed before

@@ -17,6 +17,19 @@ from aiokafka import errors as kafka_errors
 from redis import exceptions as redis_errors
 
 
+BACKOFF_FIRST_S = 0.25  # the pause after a transient failure, doubled per failure in a row ...
+BACKOFF_MAX_S = 2.0  # ... up to this: a dependency that is back is used again within 2 s
+
+
+def backoff_s(failures: int) -> float:
+    """The pause before retrying after `failures` transient failures in a row.
+
+    >>> [backoff_s(n) for n in (1, 2, 3, 4, 5)]
+    [0.25, 0.5, 1.0, 2.0, 2.0]
+    """
+    return min(BACKOFF_MAX_S, BACKOFF_FIRST_S * 2 ** max(0, failures - 1))
+
+
 class Unavailable(Exception):
     """A dependency is unavailable or unfit for now (e.g. a full disk): retry, never dead-letter."""
 

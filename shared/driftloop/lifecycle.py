@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from driftloop.connections import kafka_options
 from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.fastpath import BatchSender, Output
-from driftloop.faults import describe, is_transient
+from driftloop.faults import backoff_s, describe, is_transient
 from driftloop.kafka import documented_consumer, follow_truncation, read_from_start
 from driftloop.settings import ServiceSettings
 
@@ -126,7 +126,7 @@ class LifecycleFollower:
                     return
                 failures += 1
                 log.warning("lifecycle event %s: %s; retrying", event.event, describe(exc))
-                await asyncio.sleep(min(5.0, 0.25 * 2 ** (failures - 1)))
+                await asyncio.sleep(backoff_s(failures))
 
     async def catch_up(self) -> None:
         """Replay every event already on the topic, then return."""
