@@ -16,7 +16,6 @@ import sqlite3
 from aiokafka import errors as kafka_errors
 from redis import exceptions as redis_errors
 
-
 BACKOFF_FIRST_S = 0.25  # the pause after a transient failure, doubled per failure in a row ...
 BACKOFF_MAX_S = 2.0  # ... up to this: a dependency that is back is used again within 2 s
 
