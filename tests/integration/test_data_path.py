@@ -303,8 +303,13 @@ async def test_any_stored_entity_hash_is_overwritten_or_read_never_fails_the_bat
         await handled.alongside
         assert [o.topic for o in handled.outputs] == ["features.computed"]
         after = await redis.hgetall(key)
-        assert after[b"event_ts"] == b"%.6f" % datetime(2026, 11, 22, 10, tzinfo=UTC).timestamp()
-        assert orjson.loads(after[b"features"]) == {"amount": 5.0}
+        written = b"%.6f" % datetime(2026, 11, 22, 10, tzinfo=UTC).timestamp()
+        if after[b"event_ts"] == written:
+            assert orjson.loads(after[b"features"]) == {"amount": 5.0}
+        else:  # a stored time Lua reads as a number at least as new: the newest row stays
+            assert after[b"event_ts"] == stored[b"event_ts"] and after.get(b"features") == stored.get(
+                b"features"
+            )
         # inference reads whatever is there
         await redis.hset(key, mapping=stored or {b"other": b"x"})
         inference = InferenceHandler({"payments": spec}, SimpleNamespace(lineup=Lineup()),
