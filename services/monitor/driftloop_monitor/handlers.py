@@ -310,8 +310,9 @@ class Monitor:
 
     def _forget_oldest(self) -> None:
         """Bound what is kept for records that may come again (those of revoked partitions stay)."""
-        for key in list(self.learned)[: max(0, len(self.learned) - MEMORY)]:
-            del self.learned[key]
+        if len(self.learned) > MEMORY:  # rare: batches are forgotten once committed
+            for key in list(self.learned)[: len(self.learned) - MEMORY]:
+                del self.learned[key]
 
     def _shift_event(
         self,
