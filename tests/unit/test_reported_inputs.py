@@ -107,3 +107,68 @@ async def test_a_full_disk_stops_ingest_before_anything_is_published(tmp_path):
     with pytest.raises(StoreFull) as refused:
         await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(observation)]))
     assert is_transient(refused.value)  # the loop retries it with a growing pause, never dead-letters
+
+
+class Joins:
+    """The monitor's join store, in memory: the same contract as `JoinStore` on Redis."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, dict[str, bytes]] = {}
+        self.done: set[str] = set()
+
+    async def put(self, parts, now_ms):
+        touched = []
+        for request_id, name, body, _ in parts:
+            self.parts.setdefault(request_id, {})[name] = body
+            touched.append(request_id)
+        return {
+            rid: dict(self.parts[rid])
+            for rid in dict.fromkeys(touched)
+            if len(self.parts[rid]) == 3 and rid not in self.done
+        }
+
+    async def mark_done(self, request_ids):
+        self.done.update(request_ids)
+
+
+async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once():
+    from driftloop.contracts import ArtifactRef, ModelPromoted, result_json
+    from driftloop_monitor.handlers import LABELLED
+
+    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    artifact = ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1)
+    await monitor.on_lifecycle(ModelPromoted(model="sea", version=1, reason="test", artifact=artifact,
+                                             classes=[0, 1], feature_names=["x0", "x1", "x2"]))  # fmt: skip
+
+    def record(topic: str, offset: int, ms: int, body: dict) -> ConsumerRecord:
+        return ConsumerRecord(topic, 0, offset, ms, 0, None, orjson.dumps(body), None, 0, 0, ())
+
+    batch = []
+    for i in range(10):
+        rid, x = f"r{i}", {"x0": 1, "x1": 2, "x2": 3}
+        answer = result_json(rid, "sea", 1, prediction=1, probabilities={"0": 0.2, "1": 0.8})
+        batch += [
+            record(
+                TOPICS.predictions_requests, i, 1_000 + i, {"request_id": rid, "model": "sea", "features": x}
+            ),
+            record(TOPICS.predictions_results, i, 1_000 + i, answer),
+            record(
+                TOPICS.predictions_feedback, i, 2_000 + i, {"request_id": rid, "model": "sea", "label": i % 2}
+            ),
+        ]
+    correct = LABELLED.labels("sea", "1", "correct")._value.get()
+
+    first = await monitor.handle(batch)  # its send fails: the loop handles the batch again
+    again = await monitor.handle(batch)
+
+    assert [o for o in first.outputs] == [o for o in again.outputs]  # the same rows go out again
+    assert sum(o.topic == TOPICS.events_raw for o in again.outputs) == 10
+    assert monitor.drift["sea"].samples_seen == 10, "the detector learned the batch twice"
+    assert len(monitor.quality[("sea", 1)].correct) == 10
+    assert again.tally is not None and again.committed is not None and again.then is not None
+    await again.then()  # the loop: outputs acknowledged, joins marked done, offsets committed
+    again.tally.apply()
+    again.committed()
+    assert LABELLED.labels("sea", "1", "correct")._value.get() == correct + 5
+    assert monitor.learned == {}, "kept what a committed batch taught"
+    assert (await monitor.handle(batch)).outputs == [], "a committed join came back"

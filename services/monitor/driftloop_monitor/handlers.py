@@ -127,6 +127,14 @@ class Part(NamedTuple):
 Sends = list[tuple[str, BaseModel]]  # (topic, message)
 
 
+class Learned(NamedTuple):
+    """What learning from one part (a request, a result, a complete join) sent and counted: its
+    counts are applied once, by whichever batch holding the part is committed first."""
+
+    sends: Sends
+    tally: Tally
+
+
 def moment(ms: int | float) -> datetime:
     """A record timestamp (ms since the epoch) as a UTC time; `InvalidInput` when no date holds it.
 
@@ -142,8 +150,8 @@ def moment(ms: int | float) -> datetime:
 class Monitor:
     """Joins, quality and drift of every model's champion. What it learned from a record is kept
     until that record's batch is committed (`learned`, by request and part): a batch handled
-    again (a retry, a rewind, the search for a bad record) sends the same outputs again but
-    teaches the detectors and counts each record once."""
+    again (a retry, a rewind, the search for a bad record) sends the same outputs again, teaches
+    the detectors once, and its counts are applied once, when a batch holding it commits."""
 
     def __init__(
         self,
@@ -164,7 +172,7 @@ class Monitor:
         self.predictions: dict[str, PredictionMonitor] = {}
         self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
         self.refresh: dict[str, DriftDetected] = {}  # a drift whose retrain gets a refresh
-        self.learned: dict[str, Sends] = {}  # what learning a part sent, until its batch commits
+        self.learned: dict[str, Learned] = {}  # by part, until a batch holding it commits
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         for name, spec in specs.items():
             if spec.gate.metric != "log_loss":
@@ -256,23 +264,23 @@ class Monitor:
         complete = await self.joins.put(
             [(p.request_id, p.name, p.body, p.model) for p in parts], int(time.time() * 1000)
         )
-        sends: Sends = []
-        keys: list[str] = []  # parts learned from in this batch
+        keys: list[str] = []  # the parts this batch learned from or recalled
         requests = [p.message for p in parts if isinstance(p.message, PredictionRequest)]
         results = [p.message for p in parts if isinstance(p.message, PredictionResult)]
-        sends += self._recall_or_learn("request", requests, keys, out.tally, self._covariate_shifts)
-        sends += self._recall_or_learn("result", results, keys, out.tally, self._prediction_shifts)
+        self._learn_once("request", requests, keys, self._covariate_shifts)
+        self._learn_once("result", results, keys, self._prediction_shifts)
         # Outcomes reach the detectors in the order the predictions were made, not in the order
         # the partitions of three topics happened to complete the joins.
         requested = {request_id: orjson.loads(fields["request"]) for request_id, fields in complete.items()}
         for request_id in sorted(complete, key=lambda rid: requested[rid]["ts"]):
             key = f"join:{request_id}"
             if key not in self.learned:
-                keys.append(key)
-                self.learned[key] = self._learn(
-                    request_id, complete[request_id], requested[request_id], out.tally
-                )
-            sends += self.learned[key]
+                tally = Tally()
+                sends = self._learn(request_id, complete[request_id], requested[request_id], tally)
+                self.learned[key] = Learned(sends, tally)
+            keys.append(key)
+        keys = list(dict.fromkeys(keys))  # a part twice in a batch sends once
+        sends = [sent for key in keys for sent in self.learned[key].sends]
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
             out.publish(topic, [message for to, message in sends if to == topic])
         out.tally.count(SERVICE, "predictions", "ok", len(parts))
@@ -280,33 +288,25 @@ class Monitor:
         self._forget_oldest()
         done = list(complete)
 
-        def forget() -> None:
+        def committed() -> None:
             for key in keys:
-                self.learned.pop(key, None)
+                learned = self.learned.pop(key, None)
+                if learned is not None:  # not yet applied by another batch holding the part
+                    learned.tally.apply()
 
-        return out.handled(then=lambda: self.joins.mark_done(done), committed=forget)
+        return out.handled(then=lambda: self.joins.mark_done(done), committed=committed)
 
-    def _recall_or_learn(
-        self, part: str, messages: Sequence[_M], keys: list[str], tally: Tally, learn: Any
-    ) -> Sends:
-        """What learning from these requests (or results) sent: recalled for those learned from
-        before, learned now for the others (the sends booked under the last of them)."""
-        recalled: Sends = []
-        new = []
-        for message in messages:
-            key = f"{part}:{message.request_id}"
-            if key in self.learned:
-                recalled += self.learned[key]
-            else:
-                new.append(message)
-        if not new:
-            return recalled
-        sent: Sends = learn(new, tally)
-        for message in new:
-            keys.append(f"{part}:{message.request_id}")
-            self.learned[keys[-1]] = []
-        self.learned[keys[-1]] = sent
-        return recalled + sent
+    def _learn_once(self, part: str, messages: Sequence[_M], keys: list[str], learn: Any) -> None:
+        """Learn from the requests (or results) not learned from before; what they send and count
+        is booked under the last of them. Every one's key goes to `keys`."""
+        new = [m for m in messages if f"{part}:{m.request_id}" not in self.learned]
+        if new:
+            tally = Tally()
+            sends: Sends = learn(new, tally)
+            for message in new:
+                self.learned[f"{part}:{message.request_id}"] = Learned([], Tally())
+            self.learned[f"{part}:{new[-1].request_id}"] = Learned(sends, tally)
+        keys += [f"{part}:{m.request_id}" for m in messages]
 
     def _forget_oldest(self) -> None:
         """Bound what is kept for records that may come again (those of revoked partitions stay)."""
