@@ -302,6 +302,11 @@ def service_detail() -> dict[str, Any]:
                 (f"driftloop_consumer_lag{{{sel}}}", "{{topic}}[{{partition}}]"),
             ),
             panel(
+                "Stalled: seconds without a commit while records wait (or batches fail)",
+                (f"driftloop_consumer_stalled_seconds{{{sel}}}", "{{consumer}}"),
+                unit="s",
+            ),
+            panel(
                 "Model version in service",
                 (f"driftloop_model_version{{{sel}}}", "{{model}}"),
                 defaults={"decimals": 0},
