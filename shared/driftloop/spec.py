@@ -63,10 +63,6 @@ def show(value: Any) -> str:
 BUILDS = frozenset({"detectors", "estimators"})
 
 
-def _builds(info: ValidationInfo, what: str) -> bool:
-    return what in (info.context or {}).get("build", BUILDS)
-
-
 class SpecFieldError(ValueError):
     """A refused value at `path` below the model whose validator raises it."""
 
@@ -291,9 +287,15 @@ class AlgorithmSpec(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _estimator_takes_params(self, info: ValidationInfo) -> AlgorithmSpec:
-        if not _builds(info, "estimators"):
-            return self
+    def _candidates(self) -> AlgorithmSpec:
+        for key, values in (self.search.param_distributions if self.search is not None else {}).items():
+            if not values:
+                raise SpecFieldError(f"search.param_distributions.{key}", "needs at least one value")
+        return self
+
+    def build_problem(self) -> SpecFieldError | None:
+        """Why scikit-learn's estimator refuses the parameters or a search candidate (it imports
+        scikit-learn: `ModelSpec` asks only where estimators are built)."""
         from driftloop.algorithms import (  # imported when checked: it is slow
             estimator_value_problem,
             unknown_estimator_parameter,
@@ -301,17 +303,15 @@ class AlgorithmSpec(SpecModel):
 
         for key, value in self.params.items():
             if (why := estimator_value_problem(self.name, key, value)) is not None:
-                raise SpecFieldError(f"params.{key}", why)
+                return SpecFieldError(f"params.{key}", why)
         candidates = self.search.param_distributions if self.search is not None else {}
         for key, values in candidates.items():
             if (why := unknown_estimator_parameter(self.name, key)) is not None:
-                raise SpecFieldError(f"search.param_distributions.{key}", why)
-            if not values:
-                raise SpecFieldError(f"search.param_distributions.{key}", "needs at least one value")
+                return SpecFieldError(f"search.param_distributions.{key}", why)
             for i, value in enumerate(values):
                 if (why := estimator_value_problem(self.name, key, value)) is not None:
-                    raise SpecFieldError(f"search.param_distributions.{key}[{i}]", why)
-        return self
+                    return SpecFieldError(f"search.param_distributions.{key}[{i}]", why)
+        return None
 
 
 class TrainingSpec(SpecModel):
@@ -421,22 +421,27 @@ class DriftSpec(SpecModel):
     )
 
     @model_validator(mode="after")
-    def _detectors_build(self, info: ValidationInfo) -> DriftSpec:
-        if _builds(info, "detectors"):
+    def _detector_parameters(self) -> DriftSpec:
+        if (problem := self.detector_problem(rule_problem)) is not None:
+            raise problem
+        return self
+
+    def detector_problem(self, check: Any = None) -> SpecFieldError | None:
+        """Why the detector refuses `params` or its warning twin's (`check`: the parameter table by
+        default, or `driftloop.algorithms.detector_problem`, which builds River's detector)."""
+        if check is None:
             from driftloop.algorithms import detector_problem  # imported when checked: it is slow
 
             check = detector_problem
-        else:
-            check = rule_problem
         if (problem := check(self.detector, self.params)) is not None:
-            raise SpecFieldError(".".join(filter(None, ("params", problem[0]))), problem[1])
+            return SpecFieldError(".".join(filter(None, ("params", problem[0]))), problem[1])
         twin = warning_params(self)
         if (problem := check(self.detector, twin)) is None:
-            return self
+            return None
         if self.warning_params is not None:
-            raise SpecFieldError(".".join(filter(None, ("warning_params", problem[0]))), problem[1])
+            return SpecFieldError(".".join(filter(None, ("warning_params", problem[0]))), problem[1])
         name, _, factor = MORE_SENSITIVE[self.detector]
-        raise SpecFieldError(
+        return SpecFieldError(
             f"params.{name}",
             f"the warning twin's {name} ({name} x {factor:g} = {show(twin[name])}) is refused: "
             f"{problem[1]}; change it or give warning_params",
@@ -518,6 +523,17 @@ class ModelSpec(SpecModel):
             raise SpecFieldError(
                 "label.name", f"{self.label.name!r} is also an input ({names[self.label.name]})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _algorithms_build(self, info: ValidationInfo) -> ModelSpec:
+        """Where the service builds them (the validation context's `build`, all by default), the
+        spec's drift detectors and estimator are built with its parameters."""
+        builds = (info.context or {}).get("build", BUILDS)
+        if "detectors" in builds and (problem := self.drift.detector_problem()) is not None:
+            raise SpecFieldError(f"drift.{problem.path}", problem.why)
+        if "estimators" in builds and (problem := self.algorithm.build_problem()) is not None:
+            raise SpecFieldError(f"algorithm.{problem.path}", problem.why)
         return self
 
     @property

@@ -401,3 +401,27 @@ def test_deeply_nested_yaml_is_refused_not_a_crash(tmp_path):
     path = _write(tmp_path, "deep.yaml", "[" * 5_000 + "]" * 5_000)
     with pytest.raises(SpecRefused, match="not valid YAML"):
         load_spec(path)
+
+
+def test_services_that_build_nothing_load_specs_without_river_or_scikit_learn(tmp_path):
+    """Ingest, feature, inference and the registry load specs without the 1.7 s and ~130 MB of
+    River and scikit-learn (a spec without a drift section too: its default one is checked)."""
+    import subprocess
+    import sys
+
+    plain = {
+        "name": "plain",
+        "features": [{"name": "a", "type": "numeric"}],
+        "label": {"classes": [0, 1]},
+        "algorithm": {"name": "hist_gradient_boosting", "params": {"max_iter": 10}},
+    }
+    _write(tmp_path, "plain.yaml", yaml.safe_dump(plain))
+    for spec in (ROOT / "models").glob("*.yaml"):
+        _write(tmp_path, spec.name, spec.read_text())
+    check = (
+        "import sys; from pathlib import Path; from driftloop.spec import read_specs; "
+        f"catalog = read_specs(Path({str(tmp_path)!r}), frozenset()); "
+        "print(sorted(catalog.specs), sorted(m for m in ('river', 'sklearn') if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", check], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "['agrawal', 'plain', 'sea', 'stagger'] []", done.stdout + done.stderr
