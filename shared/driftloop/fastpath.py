@@ -86,20 +86,13 @@ class Handled:
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
 
 
-def dead_letter_outputs(topic: str, letters: Sequence[DeadLetter], tally: Tally) -> list[Output]:
-    """Dead letters as outputs to the DLQ topic, counted by reason once the batch is committed."""
-    for letter in letters:
-        tally.inc(DEAD_LETTERS.labels(letter.service, letter.reason))
-    return [Output(topic, None, encode(letter)) for letter in letters]
-
-
 class Outbox:
     """What a handler sends for one batch, built as it goes: contracts to topics, dead letters,
     and the batch's metric changes (`handled()` turns it into the loop's `Handled`)."""
 
-    def __init__(self, dlq_topic: str) -> None:
+    def __init__(self, dlq_topic: str, outputs: list[Output] | None = None) -> None:
         self.dlq_topic = dlq_topic
-        self.outputs: list[Output] = []
+        self.outputs: list[Output] = outputs if outputs is not None else []  # the hot paths build theirs
         self.tally = Tally()
 
     def publish(
@@ -110,7 +103,9 @@ class Outbox:
 
     def dead_letters(self, letters: Sequence[DeadLetter]) -> None:
         """Send dead letters, counted by reason once the batch is committed."""
-        self.outputs += dead_letter_outputs(self.dlq_topic, letters, self.tally)
+        for letter in letters:
+            self.tally.inc(DEAD_LETTERS.labels(letter.service, letter.reason))
+        self.outputs += [Output(self.dlq_topic, None, encode(letter)) for letter in letters]
 
     def handled(self, **effects: Any) -> Handled:
         """The loop's `Handled`: these outputs and tally, with `effects` (`then`, `committed`, ...)."""
@@ -207,8 +202,12 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
         self.loop = loop
 
     async def on_partitions_revoked(self, revoked: object) -> None:
-        async with self.loop.in_flight:  # the batch being handled finishes first
-            failed = await self.loop.settle()  # and every handled batch is committed or comes again
+        self.loop.revoking = True  # a search for a bad record stops at its next part
+        try:
+            async with self.loop.in_flight:  # the batch being handled finishes first
+                failed = await self.loop.settle()  # and every handled batch is committed or comes again
+        finally:
+            self.loop.revoking = False
         if failed is not None:
             self.loop.rewind([failed])
         self.loop.reset()
@@ -311,11 +310,8 @@ class FastPath:
         self.last_error: str | None = None
         self._progress = time.monotonic()  # last commit, or last time nothing waited
         self._lag = 0
-        STALLED.labels(service, self.name).set_function(self._stalled_s)  # as of each scrape
-
-    @property
-    def topic(self) -> str:
-        return self.topics[0]
+        self.revoking = False  # a rebalance waits for the batch in flight: finish it soon
+        STALLED.labels(service, self.name).set_function(self._reported_stall_s)  # as of each scrape
 
     def describe(self, payload: Any, name: str | None = None) -> list[KafkaBroker]:
         """This loop's subscriptions, for the service's AsyncAPI document (`documented_consumer`):
@@ -325,15 +321,15 @@ class FastPath:
         documented = []
         for topic in self.topics:
             kind = payloads[topic]
-            name = name or getattr(kind, "__name__", None) or str(kind)
+            called = name or getattr(kind, "__name__", None) or str(kind)
             documented.append(
                 documented_consumer(
                     self.settings.kafka_bootstrap,
                     topic,
                     self.group_id,
                     kind,
-                    name,
-                    f"Batches of `{name}` (schemas/json/) read by the stream loop (driftloop.fastpath): "
+                    called,
+                    f"Batches of `{called}` (schemas/json/) read by the stream loop (driftloop.fastpath): "
                     "invalid records are dead-lettered, outputs acknowledged, then offsets committed; "
                     "a record its handler fails on is isolated and dead-lettered.",
                 )
@@ -366,6 +362,7 @@ class FastPath:
     async def stop(self) -> None:
         """Finish the batch in flight, commit, and leave the group."""
         if self._task is not None:
+            self.revoking = True  # a search for a bad record stops at the next part
             async with self.in_flight:
                 self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -375,18 +372,24 @@ class FastPath:
 
     def health(self) -> Health:
         """Lag, stall and the latest failure, as of the last fetch."""
-        return Health(self.name, self._lag, self._stalled_s(), self.failures, self.last_error)
+        return Health(self.name, self._lag, self._reported_stall_s(), self.failures, self.last_error)
 
     def stalled(self) -> str | None:
         """Why this consumer is not keeping up (for `/readyz`), or None."""
-        stalled_s = self._stalled_s()
-        if stalled_s < self.settings.stall_after_s or (self.may_block and not self.failures):
+        if self._task is not None and self._task.done() and not self._task.cancelled():
+            return f"{self.name}: its loop ended: {describe(self._task.exception() or RuntimeError())}"
+        stalled_s = self._reported_stall_s()
+        if stalled_s < self.settings.stall_after_s:
             return None
         why = f"{self.name}: no commit for {stalled_s:.0f} s with {self._lag} records waiting"
         return f"{why}; last error: {self.last_error}" if self.last_error else why
 
-    def _stalled_s(self) -> float:
-        return 0.0 if not (self._lag or self.failures) else max(0.0, time.monotonic() - self._progress)
+    def _reported_stall_s(self) -> float:
+        """Seconds without a commit while records wait or batches fail; a loop whose handler may
+        take long (`may_block`) counts only while it fails."""
+        if not (self._lag or self.failures) or (self.may_block and not self.failures):
+            return 0.0
+        return max(0.0, time.monotonic() - self._progress)
 
     def reset(self) -> None:
         """Tell the handler that records may come again."""
@@ -441,12 +444,15 @@ class FastPath:
             if inspect.isawaitable(effect):
                 await effect
         await self._commit(batch.nexts)
-        BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
-        BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
-        if handled.tally is not None:
-            handled.tally.apply()
-        if handled.committed is not None:
-            handled.committed()
+        try:  # committed: nothing after this may bring the batch back
+            BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
+            BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
+            if handled.tally is not None:
+                handled.tally.apply()
+            if handled.committed is not None:
+                handled.committed()
+        except Exception:
+            log.exception("%s %s: after a commit", self.service, self.name)
 
     async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         await self.consumer.commit(dict(offsets))
@@ -487,48 +493,62 @@ class FastPath:
     async def _run(self, handle: Handler) -> None:
         watch = TruncationWatch(self.consumer)
         while True:
-            fetched = await self.consumer.getmany(
-                timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
-            )
-            self._observe_lag()
-            if not fetched:
+            try:
+                await self._step(handle, watch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # a fetch, a seek, a handler's reset: retried, never the end
+                self._failed(exc, 0)
+                await asyncio.sleep(backoff_s(self.failures))
+
+    async def _step(self, handle: Handler, watch: TruncationWatch) -> None:
+        """Fetch one batch and handle it (or settle the batch being sent, when nothing came)."""
+        fetched = await self.consumer.getmany(
+            timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
+        )
+        generation = self.generation  # a rebalance may come at any await from here on
+        self._observe_lag()
+        if not fetched:
+            if self._sending is not None:  # idle: do not hold a commit back
                 async with self.in_flight:
-                    failed = await self.settle()  # idle: do not hold a commit back
+                    failed = await self.settle()
                     if failed is not None:
                         await self._recover(handle, [failed], failed.error)
-                if failed is None:
-                    await watch.fetched(0)
-                continue
-            await watch.fetched(sum(map(len, fetched.values())))  # a partition past its end
-            batch = _Batch.of(fetched, self.generation)
-            async with self.in_flight:
-                try:
-                    started = time.perf_counter()
-                    handled = _as_handled(await handle(batch.records))
-                    batch.seconds = time.perf_counter() - started
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failed = await self.settle()
-                    if failed is None:
-                        await self._recover(handle, [batch], exc)
-                    else:  # the earlier batch's failure first: this one comes after it anyway
-                        await self._recover(handle, [failed, batch], failed.error)
-                    continue
+                        return
+            await watch.fetched(0)
+            return
+        await watch.fetched(sum(map(len, fetched.values())))  # a partition past its end
+        batch = _Batch.of(fetched, generation)
+        async with self.in_flight:
+            if batch.generation != self.generation:
+                return  # fetched before a rebalance: positions now come from the group's commits
+            try:
+                started = time.perf_counter()
+                handled = _as_handled(await handle(batch.records))
+                batch.seconds = time.perf_counter() - started
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
                 failed = await self.settle()
-                if failed is not None:  # this batch comes again after the failed one
-                    await self._recover(handle, [failed, batch], failed.error)
-                    continue
-                if self.pipelined:
-                    batch.done = asyncio.create_task(self._finish(batch, handled))
-                    self._sending = batch
-                    continue
-                try:
-                    await self._finish(batch, handled)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
+                if failed is None:
                     await self._recover(handle, [batch], exc)
+                else:  # the earlier batch's failure first: this one comes after it anyway
+                    await self._recover(handle, [failed, batch], failed.error)
+                return
+            failed = await self.settle()
+            if failed is not None:  # this batch comes again after the failed one
+                await self._recover(handle, [failed, batch], failed.error)
+                return
+            if self.pipelined:
+                batch.done = asyncio.create_task(self._finish(batch, handled))
+                self._sending = batch
+                return
+            try:
+                await self._finish(batch, handled)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                await self._recover(handle, [batch], exc)
 
     def _failed(self, exc: BaseException | None, records: int) -> None:
         transient = exc is not None and is_transient(exc)
@@ -566,6 +586,9 @@ class FastPath:
         generation = self.generation
         parts = [list(records)]  # a stack: the first part on top
         while parts:
+            if self.revoking:  # a rebalance or a stop waits: the rest comes again (rewound)
+                self.rewind([_Batch.of_records([r for p in parts for r in p], generation)])
+                return
             part = parts.pop()
             batch = _Batch.of_records(part, generation)
             self.reset()

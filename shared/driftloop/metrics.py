@@ -91,9 +91,3 @@ class Tally:
         changes, self._changes = self._changes, []
         for change, value in changes:
             change(value)
-
-
-def count(service: str, topic: str, outcome: str, n: int = 1) -> None:
-    """Count `n` messages of one outcome."""
-    if n:
-        MESSAGES.labels(service, topic, outcome).inc(n)

@@ -418,3 +418,130 @@ def test_lag_counts_from_the_committed_offsets_and_a_consumer_is_stalled_only_wh
     assert slow.stalled() is None
     slow.failures, slow.last_error = 3, "ValueError: x"
     assert "ValueError: x" in (slow.stalled() or "")
+
+
+async def test_a_fetch_that_raises_is_retried_and_the_loop_never_ends(monkeypatch):
+    # a corrupt batch on the broker, a seek that fails: the loop reports it and tries again
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6, stall_after_s=0.001), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    real_getmany, fails, seen = log.getmany, [0], []
+
+    async def getmany(timeout_ms: int, max_records: int) -> dict:
+        if fails[0] < 5:
+            fails[0] += 1
+            await asyncio.sleep(0.002)
+            seen.append(loop.stalled())
+            raise RuntimeError("CorruptRecordException: the record is corrupt")
+        return await real_getmany(timeout_ms, max_records)
+
+    log.getmany = getmany  # type: ignore[method-assign]
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    await _run_until_committed(loop, log, handle)
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert seen[-1] is not None and "CorruptRecordException" in seen[-1], seen
+
+
+async def test_a_batch_fetched_before_a_rebalance_is_not_handled_or_committed(monkeypatch):
+    # batch 1's send fails; while batch 2 is on its way, the group rebalances: the revocation
+    # settles batch 1 (it must come again) and the same partitions come back, positions from the
+    # committed offsets. Batch 2, fetched before all that, must not be committed: that would
+    # commit past batch 1's records, which never went out.
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, fail_on={1}, ack_s=0.01)  # type: ignore[assignment]
+    from driftloop.kafka import TruncationWatch
+
+    real_fetched, fetches = TruncationWatch.fetched, [0]
+
+    async def fetched(watch: TruncationWatch, count: int) -> bool:  # the loop's first await after a fetch
+        fetches[0] += bool(count)
+        if fetches[0] == 2 and count:  # the rebalance, as _DrainOnRevoke and aiokafka do it
+            failed = await loop.settle()
+            if failed is not None:
+                loop.rewind([failed])
+            loop.generation += 1
+            log.positions = dict(log.committed)
+        return await real_fetched(watch, count)
+
+    monkeypatch.setattr(TruncationWatch, "fetched", fetched)
+    real_commit, refused = log.commit, []
+
+    async def commit(offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await real_commit(offsets)
+        except AssertionError as exc:  # the loop would only retry: remember it happened
+            refused.append(str(exc))
+            raise
+
+    log.commit = commit  # type: ignore[method-assign]
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    await _run_until_committed(loop, log, handle)
+    assert refused == [], "a commit went past records that were never sent"
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
+
+
+async def test_a_failure_after_the_commit_does_not_bring_the_batch_back(monkeypatch):
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    counted: dict = {}
+
+    class Broken:
+        def inc(self, amount: float) -> None:
+            raise ValueError("a metric that cannot be set")
+
+    async def handle(records: list[ConsumerRecord]) -> Handled:
+        tally = Tally()
+        for record in records:
+            tally.inc(PerRecord((record.partition, record.offset), counted))
+        tally.inc(Broken())
+        return Handled(
+            [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records], tally=tally
+        )
+
+    await _run_until_committed(loop, log, handle)
+    assert counted == {(p, o): 1 for p in range(2) for o in range(PER_PARTITION)}
+    assert loop.failures == 0
+
+
+async def test_a_rebalance_stops_the_search_for_a_bad_record_and_the_rest_comes_again(monkeypatch):
+    # the search holds the loop's lock for up to two handler calls per record: a rebalance (or a
+    # stop) that waits for it makes it rewind what it has not done yet and let go
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    sender = Sender(log, set())
+    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    calls, revoked = 0, []
+
+    async def revoke() -> None:  # what _DrainOnRevoke does: flag, then wait for the lock
+        loop.revoking = True
+        async with loop.in_flight:
+            revoked.append(calls)
+        loop.revoking = False
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        nonlocal calls
+        calls += 1
+        if calls == 5:  # the search is under way: a rebalance comes
+            asyncio.get_running_loop().create_task(revoke())
+        if POISON in [(r.partition, r.offset) for r in records]:
+            raise ValueError("bad record")
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    await _run_until_committed(loop, log, handle)
+    assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
+    assert [(d.source_partition, d.source_offset) for d in sender.dead] == [POISON]
+    assert revoked and revoked[0] <= 7, "the rebalance waited for the whole search"
+    assert len(log.seeks) >= 1, "what the search had not done was not rewound"

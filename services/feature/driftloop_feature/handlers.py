@@ -10,10 +10,9 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from driftloop.aggregates import Changes, History
-from driftloop.fastpath import Handled, Output, dead_letter_outputs
+from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
-from driftloop.metrics import Tally
 from driftloop.observations import CheckedBatch, checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -69,11 +68,11 @@ class FeatureHandler:
         self._writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
         self._writing.add_done_callback(_retrieved)  # a rewound batch's failed write is not awaited
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
-        tally = Tally()
-        tally.count(SERVICE, self.topics.events_validated, "ok", len(outputs))
-        tally.count(SERVICE, self.topics.events_validated, "rejected", len(dead))
-        outputs += dead_letter_outputs(self.topics.events_dlq, dead, tally)
-        return Handled(outputs, alongside=self._writing, tally=tally)
+        out = Outbox(self.topics.events_dlq, outputs)
+        out.tally.count(SERVICE, self.topics.events_validated, "ok", len(outputs))
+        out.tally.count(SERVICE, self.topics.events_validated, "rejected", len(dead))
+        out.dead_letters(dead)
+        return out.handled(alongside=self._writing)
 
     async def _histories(self, valid: Mapping[str, CheckedBatch]) -> dict[str, dict[str, History]]:
         """The histories of the batch's entities, by model, for the models that declare

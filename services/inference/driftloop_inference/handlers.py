@@ -16,10 +16,9 @@ from prometheus_client import Counter
 
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
-from driftloop.fastpath import Handled, Output, dead_letter_outputs
+from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.features import FEATURES_FIELD, decode_stored, missing_features, time_parts
 from driftloop.kafka import triage
-from driftloop.metrics import Tally
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
@@ -102,10 +101,15 @@ class InferenceHandler:
         scored = score(requests, self.specs, lineup)
         results = early + unresolved + scored.results
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
-        outputs = [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
-        outputs += [Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow]
-        tally = Tally()
-        outputs += dead_letter_outputs(self.topics.events_dlq, dead, tally)
+        out = Outbox(
+            self.topics.events_dlq,
+            [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results],
+        )
+        out.outputs += [
+            Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow
+        ]
+        out.dead_letters(dead)
+        tally = out.tally
         shadows = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
         for (model, version), n in shadows.items():
             tally.inc(SHADOW.labels(model, str(version)), n)
@@ -120,7 +124,7 @@ class InferenceHandler:
             tally.inc(PREDICTIONS.labels(*labels), n)
         tally.count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         tally.count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
-        return Handled(outputs, tally=tally)
+        return out.handled()
 
     def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
         """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""

@@ -8,9 +8,8 @@ from datetime import UTC, datetime, timedelta
 from aiokafka import ConsumerRecord
 
 from driftloop.contracts import InvalidInput, utcnow
-from driftloop.fastpath import Handled, Output, dead_letter_outputs
+from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.kafka import dead_letter
-from driftloop.metrics import Tally
 from driftloop.observations import checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -78,10 +77,11 @@ class IngestHandler:
             ]
             self.unstored.update((model, o.event_id) for o in fresh[model])
         topic = self.topics.events_validated
-        outputs = [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
+        out = Outbox(
+            self.topics.events_dlq, [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
+        )
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
-        tally = Tally()
-        outputs += dead_letter_outputs(self.topics.events_dlq, dead, tally)
+        out.dead_letters(dead)
 
         def store() -> None:
             for model, new in fresh.items():
@@ -89,7 +89,7 @@ class IngestHandler:
                 self.unstored.difference_update((model, o.event_id) for o in new)
 
         published = sum(map(len, fresh.values()))
-        tally.count(SERVICE, self.topics.events_raw, "ok", published)
-        tally.count(SERVICE, self.topics.events_raw, "rejected", len(dead))
-        tally.count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
-        return Handled(outputs, then=store, tally=tally)
+        out.tally.count(SERVICE, self.topics.events_raw, "ok", published)
+        out.tally.count(SERVICE, self.topics.events_raw, "rejected", len(dead))
+        out.tally.count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
+        return out.handled(then=store)
