@@ -172,3 +172,45 @@ async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once()
     assert LABELLED.labels("sea", "1", "correct")._value.get() == correct + 5
     assert monitor.learned == {}, "kept what a committed batch taught"
     assert (await monitor.handle(batch)).outputs == [], "a committed join came back"
+
+
+async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_once():
+    """Isolation handles a batch, then its halves, each committed on its own: every request and
+    result is counted once (not only those of the part that happens to hold the group's last
+    record), and a record repeated within a batch teaches the drift monitors once."""
+    from driftloop.contracts import ArtifactRef, FeatureStats, ModelPromoted, result_json
+    from driftloop_monitor.handlers import PREDICTED
+
+    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    stats = FeatureStats(mean=5, std=2.9, min=0, max=10, quantiles=[float(q) for q in range(1, 10)])
+    names = ["x0", "x1", "x2"]
+    await monitor.on_lifecycle(ModelPromoted(
+        model="sea", version=1, reason="test", artifact=ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1),
+        classes=[0, 1], feature_names=names, reference_stats=dict.fromkeys(names, stats),
+        prediction_shares={"0": 0.5, "1": 0.5}))  # fmt: skip
+
+    def record(topic: str, offset: int, body: dict) -> ConsumerRecord:
+        return ConsumerRecord(topic, 0, offset, 1_000 + offset, 0, None, orjson.dumps(body), None, 0, 0, ())
+
+    results = [
+        record(TOPICS.predictions_results, i, result_json(f"r{i}", "sea", 1, prediction=1)) for i in range(10)
+    ]
+    request = {"request_id": "q0", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3}}
+    requests = [
+        record(TOPICS.predictions_requests, 0, request),
+        record(TOPICS.predictions_requests, 1, request),
+    ]
+    predicted = PREDICTED.labels("sea", "1", "1")._value.get()
+
+    whole = await monitor.handle([*results, *requests])  # fails (a bad record): never committed
+    assert whole.committed is not None
+    assert monitor.covariate["sea"].samples_seen == 1, "a request repeated in a batch was learned twice"
+    for part in (results[:5], [*results[5:], *requests]):  # the halves, each sent and committed
+        handled = await monitor.handle(part)
+        assert handled.then is not None and handled.tally is not None and handled.committed is not None
+        await handled.then()
+        handled.tally.apply()
+        handled.committed()
+    assert PREDICTED.labels("sea", "1", "1")._value.get() == predicted + 10
+    assert monitor.predictions["sea"].samples_seen == 10 and monitor.covariate["sea"].samples_seen == 1
+    assert monitor.learned == {}

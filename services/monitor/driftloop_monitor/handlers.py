@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -127,12 +129,15 @@ class Part(NamedTuple):
 Sends = list[tuple[str, BaseModel]]  # (topic, message)
 
 
-class Learned(NamedTuple):
-    """What learning from one part (a request, a result, a complete join) sent and counted: its
-    counts are applied once, by whichever batch holding the part is committed first."""
+@dataclass
+class Learned:
+    """What learning from some parts (a complete join; the requests, or results, of one batch fed
+    to a drift monitor together) sent and counted. Every part's key points to it until a batch
+    holding one of them commits: then its counts are applied, once, and it sends nothing more."""
 
     sends: Sends
     tally: Tally
+    done: bool = False
 
 
 def moment(ms: int | float) -> datetime:
@@ -264,6 +269,7 @@ class Monitor:
         complete = await self.joins.put(
             [(p.request_id, p.name, p.body, p.model) for p in parts], int(time.time() * 1000)
         )
+        self._forget_oldest()
         keys: list[str] = []  # the parts this batch learned from or recalled
         requests = [p.message for p in parts if isinstance(p.message, PredictionRequest)]
         results = [p.message for p in parts if isinstance(p.message, PredictionResult)]
@@ -279,39 +285,41 @@ class Monitor:
                 sends = self._learn(request_id, complete[request_id], requested[request_id], tally)
                 self.learned[key] = Learned(sends, tally)
             keys.append(key)
-        keys = list(dict.fromkeys(keys))  # a part twice in a batch sends once
-        sends = [sent for key in keys for sent in self.learned[key].sends]
+        learned = list({id(self.learned[k]): self.learned[k] for k in keys}.values())  # each once
+        sends = [sent for group in learned if not group.done for sent in group.sends]
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
             out.publish(topic, [message for to, message in sends if to == topic])
         out.tally.count(SERVICE, "predictions", "ok", len(parts))
         out.tally.count(SERVICE, "predictions", "rejected", len(dead))
-        self._forget_oldest()
         done = list(complete)
 
         def committed() -> None:
+            for group in learned:
+                if not group.done:  # another batch holding one of its parts may have come first
+                    group.tally.apply()
+                    group.done = True
             for key in keys:
-                learned = self.learned.pop(key, None)
-                if learned is not None:  # not yet applied by another batch holding the part
-                    learned.tally.apply()
+                self.learned.pop(key, None)
 
         return out.handled(then=lambda: self.joins.mark_done(done), committed=committed)
 
     def _learn_once(self, part: str, messages: Sequence[_M], keys: list[str], learn: Any) -> None:
-        """Learn from the requests (or results) not learned from before; what they send and count
-        is booked under the last of them. Every one's key goes to `keys`."""
-        new = [m for m in messages if f"{part}:{m.request_id}" not in self.learned]
+        """Learn from the requests (or results) not learned from before, together: every one's key
+        points to what they sent and counted. Every one's key goes to `keys`."""
+        new = {f"{part}:{m.request_id}": m for m in messages}
+        new = {key: m for key, m in new.items() if key not in self.learned}  # a repeat learns once
         if new:
             tally = Tally()
-            sends: Sends = learn(new, tally)
-            for message in new:
-                self.learned[f"{part}:{message.request_id}"] = Learned([], Tally())
-            self.learned[f"{part}:{new[-1].request_id}"] = Learned(sends, tally)
+            group = Learned(learn(list(new.values()), tally), tally)
+            self.learned.update(dict.fromkeys(new, group))
         keys += [f"{part}:{m.request_id}" for m in messages]
 
     def _forget_oldest(self) -> None:
-        """Bound what is kept for records that may come again (those of revoked partitions stay)."""
-        if len(self.learned) > MEMORY:  # rare: batches are forgotten once committed
-            for key in list(self.learned)[: len(self.learned) - MEMORY]:
+        """Bound what is kept for records that may come again (those of revoked partitions stay):
+        before a batch, so its own parts are never forgotten."""
+        excess = len(self.learned) - MEMORY
+        if excess > 0:  # rare: a batch's parts are forgotten once it commits
+            for key in list(itertools.islice(self.learned, excess)):
                 del self.learned[key]
 
     def _shift_event(
