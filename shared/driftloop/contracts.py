@@ -451,7 +451,8 @@ class ModelTrainingFailed(_Lifecycle):
 
     event: Literal["ModelTrainingFailed"] = Field(default="ModelTrainingFailed", description="Event type.")
     outcome: str = Field(
-        description="Why: insufficient_data, cooldown, unknown_dataset, dataset_mismatch or failed."
+        description="Why: insufficient_data, cooldown, unknown_dataset, dataset_mismatch, failed, or "
+        "coalesced (a later command for the same model in the same batch trains instead)."
     )
 
 

@@ -38,7 +38,12 @@ _TRANSIENT_ERRNO = {
     errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.EROFS, errno.EAGAIN, errno.EBUSY, errno.EMFILE,
     errno.ENFILE, errno.ENOMEM, errno.ETIMEDOUT, errno.ECONNREFUSED, errno.ECONNRESET, errno.EPIPE,
     errno.ECONNABORTED, errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EACCES, errno.EPERM,
+    errno.ENOENT,  # a store or artifact directory that is gone: not the record's doing
 }  # fmt: skip
+# replies of a Redis that cannot serve for now (persistence failing, loading, busy with a script,
+# out of memory, a replica): a plain ResponseError, told apart by its first word
+_REDIS_TRANSIENT_REPLIES = ("MISCONF", "LOADING", "BUSY", "MASTERDOWN", "READONLY", "OOM", "TRYAGAIN",
+                            "CLUSTERDOWN", "NOREPLICAS")  # fmt: skip
 _REDIS_TRANSIENT = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
@@ -66,13 +71,18 @@ def is_transient(exc: BaseException) -> bool:
     (True, True)
     >>> is_transient(ValueError("year 11476 is out of range")), is_transient(KeyError("x"))
     (False, False)
+    >>> from redis.exceptions import ResponseError
+    >>> is_transient(ResponseError("MISCONF Redis is configured to save RDB snapshots, but ..."))
+    True
+    >>> is_transient(ResponseError("Error running script: user_script:3: attempt to compare nil"))
+    False
     """
     if isinstance(exc, Unavailable | ConnectionError | TimeoutError | sqlite3.OperationalError):
         return True
     if isinstance(exc, kafka_errors.KafkaError):
         return not isinstance(exc, _KAFKA_DATA)
     if isinstance(exc, redis_errors.RedisError):
-        return isinstance(exc, _REDIS_TRANSIENT)
+        return isinstance(exc, _REDIS_TRANSIENT) or str(exc).startswith(_REDIS_TRANSIENT_REPLIES)
     if isinstance(exc, sqlite3.DatabaseError):  # a damaged index: no record can fix it
         return True
     if isinstance(exc, OSError):

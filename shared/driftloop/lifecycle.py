@@ -101,21 +101,23 @@ class LifecycleFollower:
                 except ValidationError as exc:
                     log.warning("ignoring malformed lifecycle event at %s: %s", record.offset, exc)
                     continue
-                if isinstance(event, ModelPromoted | ModelRolledBack):
-                    self.serving.add(event.model)
-                await self._handle(event, record.offset)
+                if await self._handle(event, record.offset) and isinstance(
+                    event, ModelPromoted | ModelRolledBack
+                ):
+                    self.serving.add(event.model)  # a skipped event leaves the model to ask for
                 count += 1
         return count
 
-    async def _handle(self, event: LifecycleEvent, offset: int) -> None:
-        """Hand one event to the handler: retried while an infrastructure fault lasts; an event the
-        handler fails on otherwise is logged, counted and skipped, so one bad event (or a handler's
-        bug on it) never stops the service from starting or following the others."""
+    async def _handle(self, event: LifecycleEvent, offset: int) -> bool:
+        """Hand one event to the handler (True once it took it): retried while an infrastructure
+        fault lasts; an event the handler fails on otherwise is logged, counted and skipped
+        (False), so one bad event (or a handler's bug on it) never stops the service from starting
+        or following the others."""
         failures = 0
         while True:
             try:
                 await self.handler(event)
-                return
+                return True
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -123,7 +125,7 @@ class LifecycleFollower:
                     LIFECYCLE_ERRORS.labels(event.event).inc()
                     log.error("skipping lifecycle event %s (offset %d): %s", event.event, offset,
                               describe(exc), exc_info=exc)  # fmt: skip
-                    return
+                    return False
                 failures += 1
                 log.warning("lifecycle event %s: %s; retrying", event.event, describe(exc))
                 await asyncio.sleep(backoff_s(failures))

@@ -15,9 +15,7 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -48,7 +46,7 @@ from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop_inference.handlers import _salvage_id
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.helpers import JSON, served_versions
 
 TOPICS = Topics()
@@ -88,14 +86,6 @@ class Tail:
             with contextlib.suppress(ValueError):
                 out.append(kind.model_validate_json(record.value or b""))
         return out
-
-
-async def until(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.2)
 
 
 def metric(stack: localstack.Stack, service: str, name: str, **labels: str) -> float:
@@ -243,7 +233,7 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
             feedback = {"request_id": result.request_id, "model": "sea", "label": 1}
             await producer.send(TOPICS.predictions_feedback, orjson.dumps(feedback))
         await producer.flush()
-        await until(lambda: any(r.value and f"edited-{tag}".encode() in r.value for r in rows.records), 30,
+        await wait_for(lambda: any(r.value and f"edited-{tag}".encode() in r.value for r in rows.records), 30,
                     "the hand-edited entity's feature row")  # fmt: skip
         served = await client.predict("sea", {}, entity_id=entity)
         assert served.error is None and served.model_version == 1, served
@@ -266,17 +256,17 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
                 for d in _letters(dlq)
             }
 
-        await until(lambda: expected <= found(), 20, "the five dead letters")
-        await until(
+        await wait_for(lambda: expected <= found(), 20, "the five dead letters")
+        await wait_for(
             lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 15,
             30,
             "the monitor to count the 15 labels",
         )
-        await asyncio.sleep(3)  # anything counted twice would show by now
+        await wait_for(lambda: caught_up(stack), 30, "every consumer to commit (and count) everything")
         assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 15
         assert found() == expected, "other records were dead-lettered"
         assert [d for d in _letters(dlq) if d.reason == "processing_failed"] == []
-    await until(lambda: caught_up(stack), 30, "every consumer to catch up")
+    await wait_for(lambda: caught_up(stack), 30, "every consumer to catch up")
 
 
 @pytest.mark.slow
@@ -389,15 +379,15 @@ async def test_generated_hostile_records_on_every_topic_never_stop_a_consumer(st
             requests.append(request_id)
             events += [event_id, event_id + "v"]
         await producer.flush()
-        await until(lambda: {r.request_id for r in results.parsed(PredictionResult)} >= set(requests), 30,
+        await wait_for(lambda: {r.request_id for r in results.parsed(PredictionResult)} >= set(requests), 30,
                     "every partition's good request answered")  # fmt: skip
         for request_id in requests:
             feedback = {"request_id": request_id, "model": "sea", "label": 1}
             await producer.send(TOPICS.predictions_feedback, orjson.dumps(feedback))
         await producer.flush()
-        await until(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
+        await wait_for(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
                     "every partition's good observation computed")  # fmt: skip
-        await until(lambda: caught_up(stack), 60, "every consumer to commit everything")
+        await wait_for(lambda: caught_up(stack), 60, "every consumer to commit everything")
 
         # every record its consumers cannot read is dead-lettered by each of them (inference
         # answers one whose request id it can still read with an error result instead)
@@ -414,12 +404,12 @@ async def test_generated_hostile_records_on_every_topic_never_stop_a_consumer(st
                 assert (service, topic, partition, offset) in lettered, (service, topic, value)
         assert [d for d in letters if d.reason == "processing_failed"] == [], "a handler failed on a record"
         # no metric moved twice: dead letters counted once each, the three labels once each
-        await until(
+        await wait_for(
             lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 3,
             30,
             "the three labels counted",
         )
-        await asyncio.sleep(2)
+        await wait_for(lambda: caught_up(stack), 30, "every consumer to commit (and count) everything")
         assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 3
         # (a batch sent again after a failed send repeats its dead letters on the topic: at least
         # once; the metric counts each record once. A reader placed at the end of a tansu topic
@@ -451,7 +441,7 @@ async def test_a_stall_shows_in_readiness_while_it_lasts_and_nothing_is_lost(sta
                 await producer.send(TOPICS.events_validated, orjson.dumps(observation), partition=partition)
             await producer.flush()
 
-            await until(
+            await wait_for(
                 lambda: readiness(stack, "feature")[0] == 503, STALL_AFTER_S + 15, "feature not ready"
             )
             _, body = readiness(stack, "feature")
@@ -466,8 +456,8 @@ async def test_a_stall_shows_in_readiness_while_it_lasts_and_nothing_is_lost(sta
             assert all(copies.count(e) <= 1 for e in events), "rows sent again on every retry"
 
             await asyncio.to_thread(localstack.respawn, stack, "redis", tmp_path)
-            await until(lambda: readiness(stack, "feature")[0] == 200, 30, "feature ready again")
-            await until(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
+            await wait_for(lambda: readiness(stack, "feature")[0] == 200, 30, "feature ready again")
+            await wait_for(lambda: {r.event_id for r in rows.parsed(FeatureRow)} >= set(events), 30,
                         "the waiting observations computed")  # fmt: skip
             assert metric(stack, "feature", "driftloop_consumer_stalled_seconds") == 0
     finally:

@@ -4,11 +4,10 @@ committed; a restarted consumer does not see it again."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
 
 import orjson
-from aiokafka import AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaProducer, ConsumerRecord, TopicPartition
 
 from driftloop.contracts import DeadLetter
 from driftloop.fastpath import PROCESSING_FAILED, FastPath, Handled, Output
@@ -85,8 +84,10 @@ async def test_a_poison_record_is_isolated_on_a_real_broker(kafka_bootstrap, top
     again = Handler(out)
     later = FastPath(settings, "test", source, "isolation-test")
     await later.start(again.handle)
-    try:
-        await asyncio.sleep(3)
+    try:  # assigned, and a fetch answered (the partition's end is known): nothing came
+        partition = TopicPartition(source, 0)
+        await wait_for(lambda: later.committed.get(partition) == 300, 30, "the group's offset")
+        await wait_for(lambda: later.consumer.highwater(partition) == 300, 10, "a fetch")
     finally:
         await later.stop()
     assert again.handled == [] and again.calls == 0

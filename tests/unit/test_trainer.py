@@ -61,6 +61,8 @@ async def test_commands_for_one_model_in_a_batch_coalesce_and_windows_apply(tmp_
     handled = await trainer.handle_commands([_record("training.requests", c) for c in commands])
     (trained,) = _sent(handled, Topics().models_trained, ModelTrained)
     assert trained.command_id == "b"
+    (coalesced,) = _sent(handled, Topics().models_lifecycle, ModelTrainingFailed)  # "a" hears of it
+    assert (coalesced.command_id, coalesced.outcome) == ("a", "coalesced")
     assert trained.dataset.rows == 900
     assert trained.dataset.first_event_time == T0 + timedelta(minutes=100)
     assert trained.dataset.last_event_time == T0 + timedelta(minutes=999)
@@ -121,3 +123,24 @@ def test_a_spec_search_picks_parameters_on_time_ordered_folds(sea_spec):
     assert chosen["search.best.max_depth"] in {2, 4, 8}
     assert estimator.max_depth == chosen["search.best.max_depth"]
     assert 0.5 < chosen["search.best_score"] <= 1.0
+
+
+async def test_a_command_its_training_fails_on_is_reported_not_trained_again(tmp_path, sea_spec, monkeypatch):
+    # a bug on one command's data (not a TrainingFailed): reported as failed, and a retry of its
+    # batch before the commit does not train again
+    trainer, _ = _trainer(tmp_path, sea_spec)
+    calls = []
+
+    async def broken(spec, command):
+        calls.append(command.command_id)
+        raise KeyError("a field the rows did not have")
+
+    monkeypatch.setattr(trainer, "_train", broken)
+    batch = [_record("training.requests", TrainModel(command_id="m1", model="sea"))]
+    first = await trainer.handle_commands(batch)
+    again = await trainer.handle_commands(batch)
+    (failed,) = _sent(first, Topics().models_lifecycle, ModelTrainingFailed)
+    assert failed.outcome == "failed" and "KeyError" in failed.reason
+    (repeated,) = _sent(again, Topics().models_lifecycle, ModelTrainingFailed)
+    assert (repeated.command_id, repeated.outcome, repeated.reason) == ("m1", "failed", failed.reason)
+    assert calls == ["m1"]

@@ -16,16 +16,34 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+# KEYS: the model's runs hash, its version counter; ARGV: the run id. The run's version: the one
+# it was given before (a candidate handled again), else the next number, recorded at once.
+_RESERVE = """
+local known = redis.call('HGET', KEYS[1], ARGV[1])
+if known then return tonumber(known) end
+local version = redis.call('INCR', KEYS[2])
+redis.call('HSET', KEYS[1], ARGV[1], version)
+return version
+"""
+# KEYS: the model's champion history; ARGV: a version, appended unless it is the last one already
+_PUSH_CHAMPION = """
+local last = redis.call('LINDEX', KEYS[1], -1)
+if last ~= ARGV[1] then redis.call('RPUSH', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 class RegistryRepository:
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
+        self._reserve = redis.register_script(_RESERVE)
+        self._push_champion = redis.register_script(_PUSH_CHAMPION)
 
-    async def version_of_run(self, model: str, run_id: str) -> int | None:
-        raw = await self.redis.hget(f"registry:{model}:runs", run_id)
-        return None if raw is None else int(raw)
-
-    async def next_version(self, model: str) -> int:
-        return int(await self.redis.incr(f"registry:{model}:next_version"))
+    async def reserve_version(self, model: str, run_id: str) -> int:
+        """The version number of a training run: the same every time the run is registered again
+        (a redelivery, a retry), so a candidate never takes two numbers."""
+        keys = [f"registry:{model}:runs", f"registry:{model}:next_version"]
+        return int(await self._reserve(keys=keys, args=[run_id]))
 
     async def save_version(self, model: str, record: dict[str, Any]) -> None:
         """Store a version record and index its training run, in one transaction."""
@@ -54,7 +72,8 @@ class RegistryRepository:
         return {_text(k): int(v) for k, v in raw.items()}
 
     async def push_champion(self, model: str, version: int) -> None:
-        await self.redis.rpush(f"registry:{model}:champions", version)
+        """Append to the champion history (not twice in a row: a change carried out again)."""
+        await self._push_champion(keys=[f"registry:{model}:champions"], args=[str(version)])
 
     async def champion_history(self, model: str) -> list[int]:
         return [int(v) for v in await self.redis.lrange(f"registry:{model}:champions", 0, -1)]

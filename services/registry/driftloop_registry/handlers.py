@@ -81,15 +81,15 @@ class Registry:
         return out.handled()
 
     async def register(self, trained: ModelTrained, out: Outbox) -> None:
-        """Version, gate and announce a candidate. A redelivered run re-announces its decision."""
-        known = await self.repo.version_of_run(trained.model, trained.run_id)
-        if known is not None:
-            existing = await self.repo.get_version(trained.model, known)
-            if existing and existing["events"]:
-                out.publish(self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])])
+        """Version, gate and announce a candidate. A run registered before re-announces its
+        decision, then what serves now (a later change may have replaced what it decided)."""
+        version = await self.repo.reserve_version(trained.model, trained.run_id)
+        existing = await self.repo.get_version(trained.model, version)
+        if existing and existing["events"]:
+            out.publish(self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])])
+            await self.announce(trained.model, out)
             return
         spec = self.specs[trained.model]
-        version = await self.repo.next_version(trained.model)
         try:
             self.artifacts.get(trained.artifact)
             decision = domain.gate(spec, trained)
@@ -155,9 +155,10 @@ class Registry:
     async def execute(self, command: RegistryCommand, out: Outbox) -> LifecycleEvent:
         """Carry out a command once; a redelivered command re-announces its first outcome."""
         done = await self.repo.command_outcome(command.command_id)
-        if done is not None:
+        if done is not None:  # its first outcome, then what serves now (a later change may differ)
             event = LIFECYCLE.validate_python(done)
             out.publish(self.topics.models_lifecycle, [event])
+            await self.announce(command.model, out)
             return event
         try:
             event = await self._apply(command, out)

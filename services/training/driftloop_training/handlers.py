@@ -30,6 +30,7 @@ from driftloop.contracts import (
     parse,
 )
 from driftloop.fastpath import Handled, Outbox
+from driftloop.faults import describe, is_transient
 from driftloop.features import FeatureSet
 from driftloop.kafka import triage
 from driftloop.runtime import code_version
@@ -170,8 +171,13 @@ class Trainer:
         out.dead_letters(dead)
         latest: dict[str, TrainModel] = {}
         for command in commands:
-            if command.model in latest:
+            if command.model in latest:  # the later one trains for both: say so to the earlier
+                earlier = latest[command.model]
                 out.tally.inc(RUNS.labels(command.model, "coalesced"))
+                out.publish(self.topics.models_lifecycle, [ModelTrainingFailed(
+                    model=command.model, version=0, command_id=earlier.command_id, outcome="coalesced",
+                    reason=f"coalesced: {command.command_id} trains instead",
+                )])  # fmt: skip
             latest[command.model] = command
         for command in latest.values():
             known = self.outcomes.get(command.command_id)
@@ -216,6 +222,11 @@ class Trainer:
         except TrainingFailed as exc:
             log.warning("training %s for %s failed: %s", command.command_id, command.model, exc)
             return Outcome(exc.outcome, detail=str(exc))
+        except Exception as exc:  # a bug on this command's data: reported, not trained again
+            if is_transient(exc):
+                raise
+            log.exception("training %s for %s failed", command.command_id, command.model)
+            return Outcome("failed", detail=describe(exc, 500))
         if automatic:  # the cooldown spaces out automatic runs; people may always train
             self.last_automatic_run[command.model] = time.monotonic()
         return Outcome("trained", trained, seconds=time.perf_counter() - started)
