@@ -122,6 +122,16 @@ def caught_up(stack: localstack.Stack) -> bool:
     return True
 
 
+async def labels_counted_once(stack: localstack.Stack, before: float, labels: int) -> None:
+    """The monitor counts `labels` more labels, and no more once every consumer has committed."""
+    labelled = "driftloop_monitor_labelled_total"
+    await wait_for(
+        lambda: metric(stack, "monitor", labelled) >= before + labels, 30, f"{labels} labels counted"
+    )
+    await wait_for(lambda: caught_up(stack), 30, "every consumer to commit (and count) everything")
+    assert metric(stack, "monitor", labelled) == before + labels
+
+
 @pytest.fixture(scope="module")
 async def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("hostile")
@@ -257,13 +267,7 @@ async def test_each_input_that_stopped_a_service_is_dead_lettered_and_the_stack_
             }
 
         await wait_for(lambda: expected <= found(), 20, "the five dead letters")
-        await wait_for(
-            lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 15,
-            30,
-            "the monitor to count the 15 labels",
-        )
-        await wait_for(lambda: caught_up(stack), 30, "every consumer to commit (and count) everything")
-        assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 15
+        await labels_counted_once(stack, labelled_before, 15)
         assert found() == expected, "other records were dead-lettered"
         assert [d for d in _letters(dlq) if d.reason == "processing_failed"] == []
     await wait_for(lambda: caught_up(stack), 30, "every consumer to catch up")
@@ -404,13 +408,7 @@ async def test_generated_hostile_records_on_every_topic_never_stop_a_consumer(st
                 assert (service, topic, partition, offset) in lettered, (service, topic, value)
         assert [d for d in letters if d.reason == "processing_failed"] == [], "a handler failed on a record"
         # no metric moved twice: dead letters counted once each, the three labels once each
-        await wait_for(
-            lambda: metric(stack, "monitor", "driftloop_monitor_labelled_total") >= labelled_before + 3,
-            30,
-            "the three labels counted",
-        )
-        await wait_for(lambda: caught_up(stack), 30, "every consumer to commit (and count) everything")
-        assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == labelled_before + 3
+        await labels_counted_once(stack, labelled_before, 3)
         # (a batch sent again after a failed send repeats its dead letters on the topic: at least
         # once; the metric counts each record once. A reader placed at the end of a tansu topic
         # reads part of its last batch again: only this example's records count.)
