@@ -21,11 +21,11 @@ from driftloop import datasets, localstack
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelTrained, Observation, PredictionRequest, PredictionResult, TrainModel
 from driftloop.features import FeatureSet, check_features
+from driftloop.fitting import fit, holdout_start
 from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
 from driftloop.spec import load_spec
 from driftloop_training.adapters import convert
-from driftloop_training.domain import fit, holdout_start
 from driftloop_training.settings import TrainingSettings
 
 ROOT = Path(__file__).resolve().parents[1]

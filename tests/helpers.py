@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from driftloop import datasets
 from driftloop.features import FeatureSet, check_features
+from driftloop.fitting import build_estimator
 from driftloop.spec import AlgorithmSpec, ModelSpec
 from driftloop_training.adapters import convert
-from driftloop_training.domain import build_estimator
 
 
 def sea_rows(n: int, variant: int = 0, seed: int = 1) -> list[tuple[dict, int]]:
@@ -76,11 +76,14 @@ def model_trained(
     champion=None,
     parity=1e-7,
     model="sea",
+    holdout=600,
+    comparison=None,
 ):
-    """A `ModelTrained` event with the given gate inputs and placeholder lineage."""
+    """A `ModelTrained` event with the given gate inputs and placeholder lineage; `comparison`:
+    (mean difference, standard error) of the paired comparison with the champion."""
     from datetime import UTC, datetime
 
-    from driftloop.contracts import ArtifactRef, DatasetRef, ModelTrained
+    from driftloop.contracts import ArtifactRef, DatasetRef, ModelTrained, PairedComparison
 
     moment = datetime(2026, 1, 1, tzinfo=UTC)
     return ModelTrained(
@@ -91,8 +94,10 @@ def model_trained(
         champion_version=1 if champion is not None else None,
         champion_metrics={"accuracy": champion} if champion is not None else None,
         parity_max_abs_diff=parity,
-        dataset=DatasetRef(version="d", last_n=600, max_seq=600, rows=600, train_rows=480,
-                           holdout_rows=120, first_event_time=moment, last_event_time=moment,
+        comparison=None if comparison is None else PairedComparison(
+            rows=holdout, mean_difference=comparison[0], std_error=comparison[1]),
+        dataset=DatasetRef(version="d", last_n=3000, max_seq=3000, rows=3000, train_rows=3000 - holdout,
+                           holdout_rows=holdout, first_event_time=moment, last_event_time=moment,
                            sha256="d" * 64),
         reference_stats={}, code_version="test", durations_s={},
     )  # fmt: skip

@@ -332,6 +332,16 @@ class DatasetRef(Message):
     )
 
 
+class PairedComparison(Message):
+    """Candidate against champion on the same holdout rows, row by row, in the gate metric."""
+
+    rows: int = Field(description="Holdout rows both models scored.")
+    mean_difference: float = Field(
+        description="Mean of candidate minus champion per row, higher is better (log loss: negated)."
+    )
+    std_error: float = Field(description="Standard error of that mean (sample std / sqrt(rows)).")
+
+
 class ModelTrained(Message):
     """Event on `models.trained`: a candidate was fitted, converted and evaluated."""
 
@@ -351,6 +361,9 @@ class ModelTrained(Message):
     )
     champion_metrics: dict[str, float] | None = Field(
         default=None, description="Champion's metrics on the same holdout."
+    )
+    comparison: PairedComparison | None = Field(
+        default=None, description="Row-by-row comparison with the champion on the same holdout, if any."
     )
     parity_max_abs_diff: float = Field(description="Max |p_onnx - p_sklearn| on the holdout.")
     dataset: DatasetRef = Field(description="Rows used.")
@@ -451,7 +464,7 @@ class ModelTrainingFailed(_Lifecycle):
 
     event: Literal["ModelTrainingFailed"] = Field(default="ModelTrainingFailed", description="Event type.")
     outcome: str = Field(
-        description="Why: insufficient_data, cooldown, unknown_dataset, dataset_mismatch, failed, or "
+        description="Why: insufficient_data, unknown_dataset, dataset_mismatch, failed, or "
         "coalesced (a later command for the same model in the same batch trains instead)."
     )
 

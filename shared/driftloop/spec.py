@@ -320,8 +320,12 @@ class TrainingSpec(SpecModel):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9, description="Newest share held out.")
     seed: int = Field(default=0, ge=0, lt=2**32, description="Random seed for the estimator.")
     parity_tolerance: float = Field(default=1e-3, gt=0, description="Max |p_onnx - p_sklearn|.")
-    wait_for_rows_s: float = Field(default=120.0, ge=0, description="Max wait for min_rows to arrive.")
-    cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between automatic runs.")
+    wait_for_rows_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="Max wall-clock seconds a run waits for the rows its command counted to reach the "
+        "training store (delivery through ingest and feature; never a policy decision).",
+    )
 
     @model_validator(mode="after")
     def _can_train(self) -> TrainingSpec:
@@ -337,6 +341,20 @@ class GateSpec(SpecModel):
         default=0.01, ge=0, description="Candidate may trail the champion by at most this."
     )
     auto_promote: bool = Field(default=True, description="Promote blessed candidates at once.")
+    min_holdout_rows: int = Field(
+        default=500,
+        ge=1,
+        description="Holdout at least this many of the newest rows (at most half the window); a "
+        "candidate whose holdout is smaller is not compared with a champion: it is rejected.",
+    )
+    confidence: float | None = Field(
+        default=0.95,
+        gt=0.5,
+        lt=1,
+        description="Reject a candidate only when, row by row on the same holdout, it trails the "
+        "champion by more than max_regression with this one-sided confidence (null: compare the two "
+        "point estimates, a bare margin).",
+    )
 
     @model_validator(mode="after")
     def _floor_in_range(self) -> GateSpec:
@@ -404,15 +422,9 @@ class DriftSpec(SpecModel):
         default=True, description="Ignore detections where the error rate went down (nothing to fix)."
     )
     warmup_samples: int = Field(default=200, ge=0, description="Ignore a new champion's first N.")
-    retrain_min_rows: int = Field(default=1_500, ge=10, description="Post-change rows the retrain waits for.")
-    refresh_after_samples: int | None = Field(
-        default=5_000,
-        ge=1,
-        description="After a drift retrain (fast, on the minimum of post-change rows), retrain once more "
-        "on all rows since the change point when the new champion has this many labelled samples; "
-        "null: never.",
+    cooldown_rows: int = Field(
+        default=1_000, ge=0, description="Min labelled rows between two detections (and drift retrains)."
     )
-    cooldown_s: float = Field(default=30.0, ge=0, description="Min seconds between detections.")
     covariate: DistributionDriftSpec = Field(
         default_factory=DistributionDriftSpec, description="Per-feature drift of request inputs."
     )
@@ -460,6 +472,65 @@ def warning_params(spec: DriftSpec) -> dict[str, Any]:
     return {**spec.params, name: spec.params.get(name, default) * factor}
 
 
+class RetrainSpec(SpecModel):
+    """When the loop retrains a model on its own, and on which rows. Counts are labelled rows of the
+    model's stream and durations are in its event time (never wall-clock seconds), so a backtest
+    and the live stream decide alike."""
+
+    trigger: Literal["drift", "periodic", "both", "none"] = Field(
+        default="both",
+        description="drift: when the concept-drift detector fires; periodic: on a schedule; both; none.",
+    )
+    every_rows: int | None = Field(
+        default=2_000, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."
+    )
+    every_s: float | None = Field(
+        default=None, gt=0, description="Periodic: retrain after this many seconds of event time (null: not)."
+    )
+    window_rows: int = Field(
+        default=5_000, ge=10, description="Rows of an automatic retrain: the newest N labelled rows (W)."
+    )
+    window: Literal["since_change", "last", "since_change_at_least"] = Field(
+        default="since_change_at_least",
+        description="A drift retrain's rows: since_change (rows since the estimated change point), last "
+        "(the newest W, pre-change rows too), since_change_at_least (since the change point, extended "
+        "back to W rows when there are fewer).",
+    )
+    min_rows: int = Field(
+        default=1_000, ge=10, description="Labelled rows since the change point a drift retrain waits for."
+    )
+    recency_half_life_rows: int | None = Field(
+        default=None, ge=1, description="Weight rows by recency: a row's weight halves every N rows back."
+    )
+    retry_rejected: bool = Field(
+        default=True,
+        description="Retry a rejected or failed automatic retrain once, with twice the rows, when half "
+        "as many new rows again have arrived.",
+    )
+    below_floor_rows: int | None = Field(
+        default=1_000,
+        ge=10,
+        description="When the champion's accuracy over this many labelled rows is below the gate floor, "
+        "retrain on the newest W rows (again after as many rows while it stays below; null: never).",
+    )
+
+    @model_validator(mode="after")
+    def _periodic_has_a_period(self) -> RetrainSpec:
+        if self.trigger in ("periodic", "both") and self.every_rows is None and self.every_s is None:
+            raise SpecFieldError("every_rows", f"trigger {self.trigger} needs every_rows or every_s")
+        return self
+
+
+# settings that moved, and where: a spec that still has one is refused with the hint
+MOVED = {
+    ("training", "cooldown_s"): "automatic retrains are spaced in labelled rows now: drift.cooldown_rows, "
+    "retrain.every_rows",
+    ("drift", "cooldown_s"): "use drift.cooldown_rows (labelled rows, not seconds)",
+    ("drift", "retrain_min_rows"): "moved to retrain.min_rows",
+    ("drift", "refresh_after_samples"): "replaced by periodic retrains (retrain.trigger, retrain.every_rows)",
+}
+
+
 class ServingSpec(SpecModel):
     challenger_mode: Literal["shadow", "canary"] = Field(
         default="shadow",
@@ -484,7 +555,17 @@ class ModelSpec(SpecModel):
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     gate: GateSpec = Field(default_factory=GateSpec)
     drift: DriftSpec = Field(default_factory=DriftSpec)
+    retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for (section, key), hint in MOVED.items():
+                if isinstance(data.get(section), dict) and key in data[section]:
+                    raise SpecFieldError(f"{section}.{key}", f"no longer a setting: {hint}")
+        return data
 
     @field_validator("name")
     @classmethod
@@ -534,6 +615,20 @@ class ModelSpec(SpecModel):
             raise SpecFieldError(f"drift.{problem.path}", problem.why)
         if "estimators" in builds and (problem := self.algorithm.build_problem()) is not None:
             raise SpecFieldError(f"algorithm.{problem.path}", problem.why)
+        return self
+
+    @model_validator(mode="after")
+    def _windows_fit(self) -> ModelSpec:
+        if self.retrain.window_rows > self.training.window_rows:
+            raise SpecFieldError(
+                "retrain.window_rows", f"{self.retrain.window_rows} is above training.window_rows "
+                f"({self.training.window_rows})",
+            )  # fmt: skip
+        if self.retrain.window_rows < self.training.min_rows:
+            raise SpecFieldError(
+                "retrain.window_rows", f"{self.retrain.window_rows} is below training.min_rows "
+                f"({self.training.min_rows})",
+            )  # fmt: skip
         return self
 
     @property

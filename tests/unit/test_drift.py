@@ -4,18 +4,17 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from driftloop import fitting as training_domain
 from driftloop.contracts import FeatureStats
+from driftloop.policy import ConceptDriftMonitor, estimate_change_point
 from driftloop.spec import DistributionDriftSpec, DriftSpec
 from driftloop_monitor.domain import (
-    ConceptDriftMonitor,
     CovariateMonitor,
     PredictionMonitor,
     Reference,
     RollingQuality,
     class_psi,
-    estimate_change_point,
 )
-from driftloop_training import domain as training_domain
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -25,11 +24,11 @@ def _errors(rates_and_lengths, seed=3):
     return [int(rng.random() < rate) for rate, n in rates_and_lengths for _ in range(n)]
 
 
-def _run(errors, spec, clock_step=0.001):
+def _run(errors, spec):
     monitor = ConceptDriftMonitor(spec)
     detections = []
     for i, error in enumerate(errors):
-        d = monitor.update(error, T0 + timedelta(seconds=i), clock=i * clock_step)
+        d = monitor.update(error, T0 + timedelta(seconds=i))
         if d is not None:
             detections.append((i, d))
     return detections
@@ -41,7 +40,7 @@ def test_change_point_estimate_finds_a_shift_in_mean():
 
 
 def test_abrupt_drift_is_detected_after_onset_with_a_change_point_estimate():
-    spec = DriftSpec(warmup_samples=200, cooldown_s=30)
+    spec = DriftSpec(warmup_samples=200, cooldown_rows=1000)
     detections = _run(_errors([(0.11, 5000), (0.2, 3000)]), spec)
     assert detections, "the drift was not detected"
     first_at, first = detections[0]
@@ -57,8 +56,9 @@ def test_stationary_stream_raises_no_alarm():
 
 def test_warmup_ignores_the_first_samples_and_cooldown_spaces_detections():
     errors = _errors([(0.05, 3000), (0.5, 3000), (0.05, 3000)])
-    spec = DriftSpec(warmup_samples=0, cooldown_s=1e9)
+    spec = DriftSpec(warmup_samples=0, cooldown_rows=10_000)
     assert len(_run(errors, spec)) == 1  # the second change falls inside the cooldown
+    assert len(_run(errors, DriftSpec(warmup_samples=0, cooldown_rows=1000))) == 2  # counted in rows
     late = DriftSpec(warmup_samples=9000)
     assert _run(errors, late) == []
 
@@ -141,10 +141,10 @@ def test_spec_refuses_a_clear_level_above_the_threshold():
 
 def test_a_gradual_rise_warns_before_it_is_called_drift():
     errors = _errors([(0.1, 5000), (0.14, 1500), (0.3, 3000)], seed=8)
-    monitor = ConceptDriftMonitor(DriftSpec(warmup_samples=200, cooldown_s=1e9))
+    monitor = ConceptDriftMonitor(DriftSpec(warmup_samples=200, cooldown_rows=100_000))
     first_warning = first_drift = None
     for i, error in enumerate(errors):
-        detection = monitor.update(error, T0, clock=0.0)
+        detection = monitor.update(error, T0)
         if monitor.warnings and first_warning is None:
             first_warning = i
         if detection is not None and first_drift is None:

@@ -163,7 +163,8 @@ async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once()
 
     assert [o for o in first.outputs] == [o for o in again.outputs]  # the same rows go out again
     assert sum(o.topic == TOPICS.events_raw for o in again.outputs) == 10
-    assert monitor.drift["sea"].samples_seen == 10, "the detector learned the batch twice"
+    assert monitor.policies["sea"].detector_samples == 10, "the detector learned the batch twice"
+    assert monitor.policies["sea"].labelled == 10, "the policy counted the batch twice"
     assert len(monitor.quality[("sea", 1)].correct) == 10
     assert again.tally is not None and again.committed is not None and again.then is not None
     await again.then()  # the loop: outputs acknowledged, joins marked done, offsets committed

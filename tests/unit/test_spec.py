@@ -305,10 +305,8 @@ def test_good_fields_are_accepted(overrides):
 
 
 def test_the_detector_and_estimator_tables_are_the_ones_the_services_build_from():
-    from driftloop_monitor import domain as monitor
-    from driftloop_training import domain as training
+    from driftloop import fitting as training
 
-    assert monitor._DETECTORS is DETECTORS
     assert training._ESTIMATORS is ESTIMATORS
     assert set(get_args(DriftSpec.model_fields["detector"].annotation)) == set(DETECTORS)
     assert set(ALGORITHMS) == set(ESTIMATORS)

@@ -17,10 +17,10 @@ from pydantic import ValidationError
 
 from driftloop.algorithms import ESTIMATORS, detector_parameters, estimator_parameters
 from driftloop.features import FeatureSet, check_features
+from driftloop.fitting import build_estimator
 from driftloop.parameters import DETECTOR_PARAMETERS
+from driftloop.policy import ConceptDriftMonitor
 from driftloop.spec import ModelSpec, read_specs
-from driftloop_monitor.domain import ConceptDriftMonitor
-from driftloop_training.domain import build_estimator
 
 BASE: dict[str, Any] = {
     "name": "fuzz",
@@ -45,9 +45,15 @@ BASE: dict[str, Any] = {
         "seed": 7,
         "parity_tolerance": 0.001,
         "wait_for_rows_s": 120,
-        "cooldown_s": 30,
     },
-    "gate": {"metric": "accuracy", "floor": 0.6, "max_regression": 0.01, "auto_promote": True},
+    "gate": {
+        "metric": "accuracy",
+        "floor": 0.6,
+        "max_regression": 0.01,
+        "auto_promote": True,
+        "min_holdout_rows": 500,
+        "confidence": 0.95,
+    },
     "drift": {
         "detector": "adwin",
         "params": {"delta": 0.002},
@@ -55,11 +61,20 @@ BASE: dict[str, Any] = {
         "warning_hold_samples": 1000,
         "only_degradation": True,
         "warmup_samples": 0,
-        "retrain_min_rows": 2000,
-        "refresh_after_samples": 5000,
-        "cooldown_s": 30,
+        "cooldown_rows": 1000,
         "covariate": {"statistic": "psi", "threshold": None, "clear": None, "window": 1000, "every": 250},
         "prediction": {"window": 1000, "every": 250, "confirmations": 2},
+    },
+    "retrain": {
+        "trigger": "both",
+        "every_rows": 2000,
+        "every_s": None,
+        "window_rows": 5000,
+        "window": "since_change_at_least",
+        "min_rows": 1000,
+        "recency_half_life_rows": None,
+        "retry_rejected": True,
+        "below_floor_rows": 1000,
     },
     "serving": {"challenger_mode": "shadow", "canary_share": 0.1},
 }
@@ -190,7 +205,7 @@ def _behaves(spec: ModelSpec) -> None:
     monitor = ConceptDriftMonitor(spec.drift)
     now = datetime(2026, 11, 22, tzinfo=UTC)
     for i in range(150):
-        monitor.update(int(i >= 75), now, clock=float(i))
+        monitor.update(int(i >= 75), now)
         monitor.detector.update(i % 2)
         monitor.warning_detector.update(i % 2)
     build_estimator(spec.algorithm, spec.training.seed)

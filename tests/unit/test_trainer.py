@@ -8,12 +8,12 @@ from aiokafka import ConsumerRecord
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import FeatureRow, ModelTrained, ModelTrainingFailed, TrainModel
 from driftloop.features import FeatureSet, check_features
+from driftloop.fitting import fit
 from driftloop.kafka import encode
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
-from driftloop_training.domain import fit
 from driftloop_training.handlers import Trainer
 from tests.helpers import sea_rows
 
@@ -68,16 +68,16 @@ async def test_commands_for_one_model_in_a_batch_coalesce_and_windows_apply(tmp_
     assert trained.dataset.last_event_time == T0 + timedelta(minutes=999)
 
 
-async def test_automatic_retrains_respect_the_cooldown_but_people_do_not(tmp_path, sea_spec):
+async def test_automatic_retrains_are_not_spaced_by_the_wall_clock(tmp_path, sea_spec):
+    # the policy spaces them, in labelled rows: two in a row are both trained
     trainer, _ = _trainer(tmp_path, sea_spec)
     assert (await trainer.run(TrainModel(command_id="d1", model="sea", reason="drift"))).outcome == "trained"
-    assert (await trainer.run(TrainModel(command_id="d2", model="sea", reason="drift"))).outcome == "cooldown"
-    assert (await trainer.run(TrainModel(command_id="m1", model="sea", reason="manual"))).outcome == "trained"
+    assert (await trainer.run(TrainModel(command_id="d2", model="sea", reason="drift"))).outcome == "trained"
 
 
 async def test_a_command_handled_again_before_its_commit_is_not_trained_again(tmp_path, sea_spec):
-    # a retried batch (its send failed): the drift retrain is not refused for the cooldown its own
-    # first attempt started, and it is not trained twice; its candidate is sent again
+    # a retried batch (its send failed), or the command sent again after its batch committed: it is
+    # not trained twice; its candidate is sent again (the registry gives a run id one version)
     trainer, _ = _trainer(tmp_path, sea_spec)
     batch = [_record("training.requests", TrainModel(command_id="d1", model="sea", reason="drift"))]
     first = await trainer.handle_commands(batch)
@@ -87,9 +87,7 @@ async def test_a_command_handled_again_before_its_commit_is_not_trained_again(tm
     assert again.committed is not None
     again.committed()  # the batch is committed: a later copy of the command is a new one
     later = await trainer.handle_commands(batch)
-    assert _sent(later, Topics().models_trained, ModelTrained) == []
-    (failed,) = _sent(later, Topics().models_lifecycle, ModelTrainingFailed)
-    assert failed.outcome == "cooldown" and failed.command_id == "d1"
+    assert _sent(later, Topics().models_trained, ModelTrained) == [trained]
 
 
 async def test_a_window_too_small_is_refused_after_the_bounded_wait(tmp_path, sea_spec):

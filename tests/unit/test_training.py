@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
+from driftloop import fitting as domain
 from driftloop.artifacts import OnnxClassifier
 from driftloop.features import FeatureSet, check_features
 from driftloop.spec import AlgorithmSpec
-from driftloop_training import domain
 from driftloop_training.adapters import convert
 from tests.helpers import sea_rows
 

@@ -1,4 +1,5 @@
-"""Drift and quality logic on a champion's labelled stream: pure, River-style classes."""
+"""Quality and distribution drift of a champion's stream: pure, River-style classes (concept drift
+and the retraining policy are `driftloop.policy`, shared with the backtest)."""
 
 from __future__ import annotations
 
@@ -6,117 +7,12 @@ import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 import numpy as np
 
-from driftloop.algorithms import DETECTORS as _DETECTORS
 from driftloop.contracts import FeatureStats
-from driftloop.spec import DistributionDriftSpec, DriftSpec, warning_params
-
-
-def estimate_change_point(errors: Sequence[float]) -> int:
-    """Index of the first sample after the most likely single shift in mean (CUSUM statistic).
-
-    >>> estimate_change_point([0] * 50 + [1] * 50)
-    50
-    """
-    x = np.asarray(errors, dtype=np.float64)
-    n = len(x)
-    if n < 2:
-        return 0
-    k = np.arange(1, n)
-    left = np.cumsum(x)[:-1] / k
-    right = (x.sum() - np.cumsum(x)[:-1]) / (n - k)
-    statistic = np.abs(left - right) * np.sqrt(k * (n - k) / n)
-    return int(k[int(statistic.argmax())])
-
-
-@dataclass(frozen=True)
-class Detection:
-    samples_seen: int
-    change_point_sample: int
-    change_point_time: datetime
-    error_rate_before: float
-    error_rate_after: float
-
-
-class ConceptDriftMonitor:
-    """A streaming detector on one champion's 0/1 error stream, with warm-up, cooldown and a warning
-    state (a more sensitive twin fired; lasts `warning_hold_samples`). With `only_degradation`, a
-    detection whose error rate went down is dropped: the model got better, there is nothing to fix.
-
-    >>> from datetime import UTC, datetime
-    >>> monitor = ConceptDriftMonitor(DriftSpec(warmup_samples=0))
-    >>> now = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> fired = [monitor.update(int(i >= 2000 and i % 2 == 0), now, clock=0.0) for i in range(3000)]
-    >>> next(i for i, d in enumerate(fired) if d) > 2000
-    True
-    """
-
-    def __init__(self, spec: DriftSpec, buffer: int = 20_000) -> None:
-        self.spec = spec
-        self.detector = _DETECTORS[spec.detector](**spec.params)
-        self.warning_detector = _DETECTORS[spec.detector](**warning_params(spec))
-        self.errors: deque[int] = deque(maxlen=buffer)
-        self.times: deque[datetime] = deque(maxlen=buffer)
-        self.samples_seen = 0
-        self.last_fired: float | None = None
-        self.warning_until = 0
-        self.warnings = 0  # warnings raised so far
-        self.ignored = 0  # detections dropped because the error rate went down
-
-    @property
-    def warming_up(self) -> bool:
-        return self.samples_seen < self.spec.warmup_samples
-
-    def cooling_down(self, clock: float) -> bool:
-        return self.last_fired is not None and clock - self.last_fired < self.spec.cooldown_s
-
-    @property
-    def in_warning(self) -> bool:
-        return self.samples_seen < self.warning_until
-
-    def update(self, error: int, event_time: datetime, clock: float) -> Detection | None:
-        """Learn one outcome (1 = wrong); a `Detection` when the detector fires outside cooldown."""
-        self.samples_seen += 1
-        self.errors.append(error)
-        self.times.append(event_time)
-        if self.warming_up:
-            return None
-        self.detector.update(error)
-        self.warning_detector.update(error)
-        if self.warning_detector.drift_detected and self._degraded() is not None:
-            if not self.in_warning:
-                self.warnings += 1
-            self.warning_until = self.samples_seen + self.spec.warning_hold_samples
-        if not self.detector.drift_detected or self.cooling_down(clock):
-            return None
-        detection = self._degraded()
-        if detection is None:
-            self.ignored += 1
-            return None
-        self.last_fired = clock
-        self.warning_until = 0
-        return detection
-
-    def _degraded(self) -> Detection | None:
-        """The change point and error rates around it; None if errors went down (and that matters)."""
-        errors = list(self.errors)[-min(len(self.errors), self.samples_seen - self.spec.warmup_samples) :]
-        split = estimate_change_point(errors)
-        offset = len(self.errors) - len(errors)
-        before, after = errors[:split], errors[split:]
-        rate_before, rate_after = sum(before) / max(1, len(before)), sum(after) / max(1, len(after))
-        if self.spec.only_degradation and rate_after <= rate_before:
-            return None
-        return Detection(
-            samples_seen=self.samples_seen,
-            change_point_sample=self.samples_seen - len(errors) + split,
-            change_point_time=self.times[offset + split],
-            error_rate_before=rate_before,
-            error_rate_after=rate_after,
-        )
+from driftloop.spec import DistributionDriftSpec
 
 
 class RollingQuality:

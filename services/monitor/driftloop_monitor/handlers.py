@@ -22,7 +22,9 @@ from driftloop.contracts import (
     InvalidInput,
     LifecycleEvent,
     ModelPromoted,
+    ModelRejected,
     ModelRolledBack,
+    ModelTrainingFailed,
     Observation,
     PredictionRequest,
     PredictionResult,
@@ -33,11 +35,11 @@ from driftloop.fastpath import Handled, Outbox
 from driftloop.features import FeatureSet
 from driftloop.kafka import encode, triage
 from driftloop.metrics import MODEL_VERSION, Tally
+from driftloop.policy import Detection, Retrain, RetrainPolicy
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.domain import (
-    ConceptDriftMonitor,
     CovariateMonitor,
     PredictionMonitor,
     RollingQuality,
@@ -73,7 +75,9 @@ DETECTIONS = Counter(
     ["model", "detector", "kind"],
 )
 RETRAINS = Counter(
-    "driftloop_monitor_retrain_requests_total", "TrainModel commands sent, by model.", ["model"]
+    "driftloop_monitor_retrain_requests_total",
+    "TrainModel commands sent, by model and reason (drift, periodic, retry, below_floor).",
+    ["model", "reason"],
 )
 FEATURE_DRIFT = Gauge(
     "driftloop_monitor_feature_drift",
@@ -170,13 +174,12 @@ class Monitor:
         self.topics = topics
         self.quality_window = quality_window
         self.champion: dict[str, int] = {}
-        self.drift: dict[str, ConceptDriftMonitor] = {}
+        self.policies = {name: RetrainPolicy(spec) for name, spec in specs.items()}
         self.quality: dict[tuple[str, int], RollingQuality] = {}
         self.state: dict[str, int] = {}
         self.covariate: dict[str, CovariateMonitor] = {}
         self.predictions: dict[str, PredictionMonitor] = {}
         self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
-        self.refresh: dict[str, DriftDetected] = {}  # a drift whose retrain gets a refresh
         self.learned: dict[str, Learned] = {}  # by part, until a batch holding it commits
         self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         for name, spec in specs.items():
@@ -187,7 +190,8 @@ class Monitor:
             DETECTIONS.labels(name, spec.drift.covariate.statistic, "covariate")
             DETECTIONS.labels(name, "psi", "prediction")
             WARNINGS.labels(name, spec.drift.detector)
-            RETRAINS.labels(name)
+            for reason in ("drift", "periodic", "retry", "below_floor"):
+                RETRAINS.labels(name, reason)
             UNLABELLED.labels(name)
             EXPIRED.labels(name)
 
@@ -196,7 +200,11 @@ class Monitor:
         DRIFT_STATE.labels(model).set(state)
 
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
-        if not isinstance(event, ModelPromoted | ModelRolledBack) or event.model not in self.specs:
+        if event.model not in self.specs:
+            return
+        if isinstance(event, ModelRejected | ModelTrainingFailed) and event.command_id is not None:
+            self.policies[event.model].rejected(event.command_id)  # a retrain it asked for came to nothing
+        if not isinstance(event, ModelPromoted | ModelRolledBack):
             return
         model, spec = event.model, self.specs[event.model].drift
         if self.champion.get(model) == event.version:
@@ -205,13 +213,13 @@ class Monitor:
         computed = self.specs[model].computed
         reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
         watchers = (  # built before anything changes: a failure leaves the model as it was
-            ConceptDriftMonitor(spec),
             CovariateMonitor(self.feature_sets[model].names, reference, spec.covariate),
             PredictionMonitor(event.prediction_shares, spec.prediction),
         )
         retired = self.champion.get(model)
         self.champion[model] = event.version
-        self.drift[model], self.covariate[model], self.predictions[model] = watchers
+        self.policies[model].promoted(event.version)
+        self.covariate[model], self.predictions[model] = watchers
         MODEL_VERSION.labels(SERVICE, model).set(event.version)
         self._set_state(model, WARMING_UP)
         self.retired.setdefault(model, set()).discard(event.version)
@@ -422,36 +430,46 @@ class Monitor:
             event_time=requested_at,
         )
         sends: Sends = [(self.topics.events_raw, observation)]
-        monitor = self.drift.get(result.model)
-        if monitor is not None and self.champion.get(result.model) == version:
-            detected = self._detect(monitor, spec, version, request_id, correct, requested_at, tally)
-            if detected is not None:
-                sends += [(self.topics.monitor_drift, detected), self._retrain(detected, tally)]
-                self.refresh[detected.model] = detected
-            sends += self._refresh(result.model, tally)
+        if result.model in self.champion:  # the policy starts with the first champion
+            sends += self._policy_step(spec, version, request_id, correct, requested_at, tally)
         return sends
 
-    def _detect(
+    def _policy_step(
         self,
-        monitor: ConceptDriftMonitor,
         spec: ModelSpec,
         version: int,
         request_id: str,
         correct: bool,
         requested_at: datetime,
         tally: Tally,
-    ) -> DriftDetected | None:
-        """Feed one outcome of the champion to its concept-drift detector."""
-        model = spec.name
-        warnings = monitor.warnings
-        detection = monitor.update(0 if correct else 1, requested_at, time.monotonic())
-        if monitor.warnings > warnings:
+    ) -> Sends:
+        """Feed one labelled outcome to the model's retraining policy: its detection becomes a
+        `DriftDetected`, its retrains `TrainModel` commands."""
+        model, policy = spec.name, self.policies[spec.name]
+        step = policy.observe(version, correct, requested_at)
+        if step.warned:
             tally.inc(WARNINGS.labels(model, spec.drift.detector))
-            log.info("drift warning on %s v%s after %s samples", model, version, monitor.samples_seen)
-        if self.state.get(model) != DRIFT and not monitor.warming_up:
-            self._set_state(model, WARNING if monitor.in_warning else WATCHING)
-        if detection is None:
-            return None
+            log.info("drift warning on %s v%s after %s samples", model, version, policy.detector_samples)
+        if self.state.get(model) != DRIFT and not policy.warming_up:
+            self._set_state(model, WARNING if policy.in_warning else WATCHING)
+        sends: Sends = []
+        if step.detection is not None:
+            sends.append(
+                (
+                    self.topics.monitor_drift,
+                    self._drift_event(spec, version, request_id, step.detection, tally),
+                )
+            )
+        for retrain in step.retrains:
+            tally.inc(RETRAINS.labels(model, retrain.reason))
+            log.info("%s retrain of %s v%s on %s rows", retrain.reason, model, version, retrain.rows)
+            sends.append((self.topics.training_requests, _command(model, retrain)))
+        return sends
+
+    def _drift_event(
+        self, spec: ModelSpec, version: int, request_id: str, detection: Detection, tally: Tally
+    ) -> DriftDetected:
+        model = spec.name
         tally.inc(DETECTIONS.labels(model, spec.drift.detector, "concept"))
         self._set_state(model, DRIFT)
         log.warning(
@@ -476,42 +494,18 @@ class Monitor:
             error_rate_after=detection.error_rate_after,
         )
 
-    def _refresh(self, model: str, tally: Tally) -> Sends:
-        """Once the champion that replaced a drifted version has seen `refresh_after_samples` labels,
-        retrain on everything since the change point: the drift retrain had only the minimum."""
-        drifted, monitor = self.refresh.get(model), self.drift.get(model)
-        after = self.specs[model].drift.refresh_after_samples
-        if drifted is None or monitor is None or after is None or self.champion[model] == drifted.version:
-            return []
-        if monitor.samples_seen < after:
-            return []
-        del self.refresh[model]
-        tally.inc(RETRAINS.labels(model))
-        log.info(
-            "refresh retrain of %s v%s on rows since %s",
-            model,
-            self.champion[model],
-            drifted.change_point_time,
-        )
-        command = TrainModel(
-            command_id=f"refresh-{model}-v{self.champion[model]}",
-            model=model,
-            reason="refresh",
-            since=drifted.change_point_time,
-            min_rows=self.specs[model].drift.retrain_min_rows,
-        )
-        return [(self.topics.training_requests, command)]
 
-    def _retrain(self, detected: DriftDetected, tally: Tally) -> tuple[str, TrainModel]:
-        tally.inc(RETRAINS.labels(detected.model))
-        command = TrainModel(
-            command_id=f"drift-{detected.model}-v{detected.version}-{detected.samples_seen}",
-            model=detected.model,
-            reason="drift",
-            since=detected.change_point_time,
-            min_rows=self.specs[detected.model].drift.retrain_min_rows,
-        )
-        return self.topics.training_requests, command
+def _command(model: str, retrain: Retrain) -> TrainModel:
+    """The `TrainModel` command for a retrain the policy asked for."""
+    return TrainModel(
+        command_id=retrain.command_id,
+        model=model,
+        reason=retrain.reason,
+        since=retrain.since,
+        until=retrain.until,
+        last_n=retrain.last_n,
+        min_rows=retrain.rows,
+    )
 
 
 def _by_model(messages: Sequence[_M], wanted: Mapping[str, object]) -> dict[str, list[_M]]:

@@ -31,6 +31,7 @@ from driftloop.contracts import (
     parse,
 )
 from driftloop.fastpath import Handled, Outbox
+from driftloop.gate import Decision, gate
 from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
@@ -92,9 +93,9 @@ class Registry:
         spec = self.specs[trained.model]
         try:
             self.artifacts.get(trained.artifact)
-            decision = domain.gate(spec, trained)
+            decision = gate(spec, trained)
         except ArtifactIntegrityError as exc:
-            decision = domain.Decision(False, f"artifact refused: {exc}")
+            decision = Decision(False, f"artifact refused: {exc}")
         record: dict[str, Any] = {
             "version": version,
             "blessed": decision.blessed,

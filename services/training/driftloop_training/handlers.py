@@ -6,7 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 import numpy as np
@@ -15,6 +15,7 @@ from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
+from driftloop import fitting as domain
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
 from driftloop.contracts import (
     DatasetRef,
@@ -37,16 +38,15 @@ from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
-from driftloop_training import domain
 from driftloop_training.adapters import DatasetCatalog, convert
 
 SERVICE = "training"
-AUTOMATIC = {"drift"}
+REMEMBERED = 1_024  # outcomes kept by command id: a command sent again is answered, not trained again
 log = logging.getLogger(__name__)
 
 RUNS = Counter(
     "driftloop_training_runs_total",
-    "Training commands by model and outcome (trained, coalesced, cooldown, insufficient_data, failed).",
+    "Training commands by model and outcome (trained, coalesced, insufficient_data, failed).",
     ["model", "outcome"],
 )
 RUN_SECONDS = Histogram(
@@ -87,10 +87,11 @@ class Window:
 class Outcome:
     """What a command came to: a candidate, or why not (`outcome` names it)."""
 
-    outcome: str  # trained, cooldown, insufficient_data, failed, ...
+    outcome: str  # trained, insufficient_data, failed, ...
     trained: ModelTrained | None = None
     detail: str = ""
     seconds: float = 0.0
+    counted: bool = False  # its metrics were applied (its batch committed)
 
 
 Notify = Callable[[LifecycleEvent], Awaitable[None]]
@@ -128,8 +129,7 @@ class Trainer:
         self.topics = topics
         self.notify = notify  # progress (waiting for rows) as it happens, before the batch's outputs
         self.champions: dict[str, Champion] = {}
-        self.last_automatic_run: dict[str, float] = {}
-        self.outcomes: dict[str, Outcome] = {}  # by command id, until the command's batch commits
+        self.outcomes: dict[str, Outcome] = {}  # by command id: the newest REMEMBERED
 
     # ------------------------------------------------------------------ training store
 
@@ -164,8 +164,8 @@ class Trainer:
     async def handle_commands(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Train each model at most once per batch: later commands for a model coalesce. A
         candidate goes to `models.trained`; a command that made none, `ModelTrainingFailed` to
-        `models.lifecycle`. A command handled again before its batch committed (a retry) is not
-        trained again: its outcome is sent again."""
+        `models.lifecycle`. A command handled again (a retried batch, or the command sent again) is
+        not trained again: its outcome is sent again, and counted once."""
         commands, dead = triage(SERVICE, records, lambda r: parse(TrainModel, r.value, self.specs))
         out = Outbox(self.topics.events_dlq)
         out.dead_letters(dead)
@@ -183,7 +183,9 @@ class Trainer:
             known = self.outcomes.get(command.command_id)
             outcome = known or await self.run(command)
             self.outcomes[command.command_id] = outcome
-            if known is None:
+            while len(self.outcomes) > REMEMBERED:
+                del self.outcomes[next(iter(self.outcomes))]
+            if not outcome.counted:
                 out.tally.inc(RUNS.labels(command.model, outcome.outcome))
                 if outcome.trained is not None:
                     out.tally.observe(RUN_SECONDS.labels(command.model), outcome.seconds)
@@ -200,22 +202,16 @@ class Trainer:
                 out.publish(self.topics.models_lifecycle, [failed])
         done = [c.command_id for c in latest.values()]
 
-        def forget() -> None:
+        def counted() -> None:
             for command_id in done:
-                self.outcomes.pop(command_id, None)
+                if command_id in self.outcomes:
+                    self.outcomes[command_id] = replace(self.outcomes[command_id], counted=True)
 
-        return out.handled(committed=forget)
+        return out.handled(committed=counted)
 
     async def run(self, command: TrainModel) -> Outcome:
         """Train a candidate for a command, or say why not."""
         spec = self.specs[command.model]
-        automatic = command.reason in AUTOMATIC
-        last = self.last_automatic_run.get(command.model)
-        if automatic and last is not None and time.monotonic() - last < spec.training.cooldown_s:
-            log.info("skipping %s for %s: in cooldown", command.command_id, command.model)
-            return Outcome(
-                "cooldown", detail=f"an automatic run less than {spec.training.cooldown_s:g} s ago"
-            )
         started = time.perf_counter()
         try:
             trained = await self._train(spec, command)
@@ -227,8 +223,6 @@ class Trainer:
                 raise
             log.exception("training %s for %s failed", command.command_id, command.model)
             return Outcome("failed", detail=describe(exc, 500))
-        if automatic:  # the cooldown spaces out automatic runs; people may always train
-            self.last_automatic_run[command.model] = time.monotonic()
         return Outcome("trained", trained, seconds=time.perf_counter() - started)
 
     async def _wait_for_rows(self, spec: ModelSpec, command: TrainModel) -> None:
@@ -284,8 +278,9 @@ class Trainer:
 
     def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label], cut: int) -> Fitted:
         t0 = time.perf_counter()
+        weights = domain.recency_weights(cut, spec.retrain.recency_half_life_rows)
         with threadpool_limits(limits=self.threads):  # spinning OpenMP threads starve the services
-            estimator, search = domain.fit(spec, X[:cut], y[:cut])
+            estimator, search = domain.fit(spec, X[:cut], y[:cut], weights)
         t1 = time.perf_counter()
         onnx = convert(estimator, X.shape[1])
         t2 = time.perf_counter()
@@ -302,9 +297,10 @@ class Trainer:
             convert_s=t2 - t1,
         )
 
-    def _champion_metrics(
-        self, spec: ModelSpec, X_holdout: np.ndarray, y_holdout: list[Label], classes: list[Label]
-    ) -> tuple[int | None, dict[str, float] | None]:
+    def _champion_proba(
+        self, spec: ModelSpec, X_holdout: np.ndarray, classes: list[Label]
+    ) -> tuple[int | None, np.ndarray | None]:
+        """The champion's probabilities on the holdout (columns in `classes` order), if it can give them."""
         champion = self.champions.get(spec.name)
         if champion is None:
             return None, None
@@ -320,8 +316,7 @@ class Trainer:
         ) as exc:  # a broken champion must not block training
             log.warning("champion v%s unusable for evaluation: %s", champion.version, exc)
             return champion.version, None
-        proba = domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
-        return champion.version, domain.metrics(y_holdout, proba, classes)
+        return champion.version, domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
 
     async def _train(self, spec: ModelSpec, command: TrainModel) -> ModelTrained:
         window = await self._window(spec, command)
@@ -332,7 +327,7 @@ class Trainer:
         if len(rows) < spec.training.min_rows:
             raise TrainingFailed("insufficient_data", f"{len(rows)} usable rows")
         y = [r.label for r in rows if r.label is not None]
-        cut = domain.holdout_start(len(rows), spec.training.holdout_fraction)
+        cut = domain.holdout_start(len(rows), spec.training.holdout_fraction, spec.gate.min_holdout_rows)
         if len(set(map(str, y[:cut]))) < 2:
             raise TrainingFailed("insufficient_data", "fewer than two classes in the training rows")
         try:
@@ -341,7 +336,13 @@ class Trainer:
             raise TrainingFailed("failed", f"fit or conversion failed: {exc}") from exc
         t0 = time.perf_counter()
         candidate = domain.metrics(y[cut:], fitted.proba_onnx, fitted.classes)
-        champion_version, champion = self._champion_metrics(spec, X[cut:], y[cut:], fitted.classes)
+        champion_version, champion_proba = self._champion_proba(spec, X[cut:], fitted.classes)
+        champion, comparison = None, None
+        if champion_proba is not None:
+            champion = domain.metrics(y[cut:], champion_proba, fitted.classes)
+            comparison = domain.compare(
+                spec.gate.metric, y[cut:], fitted.proba_onnx, champion_proba, fitted.classes
+            )
         evaluate_s = time.perf_counter() - t0
         artifact = self.artifacts.put(fitted.onnx)
         dataset = DatasetRef(
@@ -373,6 +374,7 @@ class Trainer:
             candidate_metrics=candidate,
             champion_version=champion_version,
             champion_metrics=champion,
+            comparison=comparison,
             parity_max_abs_diff=float(np.abs(fitted.proba_onnx - fitted.proba_sklearn).max()),
             dataset=dataset,
             reference_stats=domain.reference_stats(X[:cut], self.feature_sets[spec.name].names),

@@ -1,4 +1,6 @@
-"""Training logic: estimators from the spec, holdout split, metrics, reference statistics. Pure."""
+"""Fitting a candidate, pure: estimators from the spec, recency weights, the holdout split, metrics,
+the paired comparison with the champion, reference statistics. The trainer and the backtest both
+call it."""
 
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
 from sklearn.model_selection import HalvingRandomSearchCV, TimeSeriesSplit
 
 from driftloop.algorithms import ESTIMATORS as _ESTIMATORS
-from driftloop.contracts import FeatureRow, FeatureStats, Label
+from driftloop.contracts import FeatureRow, FeatureStats, Label, PairedComparison
 from driftloop.spec import AlgorithmSpec, ModelSpec
 
 
@@ -25,16 +27,32 @@ def build_estimator(algorithm: AlgorithmSpec, seed: int) -> ClassifierMixin:
     return estimator
 
 
-def fit(spec: ModelSpec, X: np.ndarray, y: Sequence[Label]) -> tuple[Any, dict[str, Any]]:
+def recency_weights(rows: int, half_life: int | None) -> np.ndarray | None:
+    """Sample weights that halve every `half_life` rows back from the newest (None: all equal).
+
+    >>> recency_weights(3, 1).tolist()
+    [0.25, 0.5, 1.0]
+    """
+    if half_life is None:
+        return None
+    age = np.arange(rows - 1, -1, -1, dtype=np.float64)
+    return np.power(0.5, age / half_life)
+
+
+def fit(
+    spec: ModelSpec, X: np.ndarray, y: Sequence[Label], weights: np.ndarray | None = None
+) -> tuple[Any, dict[str, Any]]:
     """The fitted estimator the spec asks for, and what a search chose (empty without one).
 
     With `algorithm.search`, candidates are compared by successive halving on time-ordered folds
     (never training on rows newer than those it is scored on), then the best is refitted on all rows.
+    `weights` (recency weighting) go to the estimator's `sample_weight`.
     """
     estimator = build_estimator(spec.algorithm, spec.training.seed)
     search_spec = spec.algorithm.search
+    fit_params = {} if weights is None else {"sample_weight": weights}
     if search_spec is None:
-        estimator.fit(X, y)
+        estimator.fit(X, y, **fit_params)
         return estimator, {}
     search = HalvingRandomSearchCV(
         estimator,
@@ -46,7 +64,7 @@ def fit(spec: ModelSpec, X: np.ndarray, y: Sequence[Label]) -> tuple[Any, dict[s
         refit=True,
         n_jobs=1,
     )
-    search.fit(X, y)
+    search.fit(X, y, **fit_params)
     chosen = {f"search.best.{k}": v for k, v in search.best_params_.items()}
     return search.best_estimator_, chosen | {
         "search.candidates": search_spec.n_candidates,
@@ -54,10 +72,15 @@ def fit(spec: ModelSpec, X: np.ndarray, y: Sequence[Label]) -> tuple[Any, dict[s
     }
 
 
-def holdout_start(rows: int, fraction: float) -> int:
-    """Index of the first holdout row: the newest `fraction` of rows (at least one) is held out."""
-    held = max(1, round(rows * fraction))
-    return rows - held
+def holdout_start(rows: int, fraction: float, at_least: int = 1) -> int:
+    """Index of the first holdout row: the newest `fraction` of rows is held out, but at least
+    `at_least` rows (and at least one), and never more than half of them (at least one is fitted).
+
+    >>> holdout_start(1000, 0.2), holdout_start(1000, 0.2, at_least=300), holdout_start(400, 0.2, 300)
+    (800, 700, 200)
+    """
+    held = max(1, round(rows * fraction), min(at_least, rows // 2))
+    return max(1, rows - held) if rows > 1 else rows
 
 
 def metrics(y_true: Sequence[Label], proba: np.ndarray, classes: Sequence[Label]) -> dict[str, float]:
@@ -72,6 +95,53 @@ def metrics(y_true: Sequence[Label], proba: np.ndarray, classes: Sequence[Label]
             log_loss(truth, clipped / clipped.sum(axis=1, keepdims=True), labels=list(classes))
         ),
     }
+
+
+def row_scores(
+    metric: str, y_true: Sequence[Label], proba: np.ndarray, classes: Sequence[Label]
+) -> np.ndarray:
+    """Each row's share of the metric, oriented so that higher is better: their mean is the
+    accuracy, the balanced accuracy (a row counts inversely to its class's frequency), or minus
+    the log loss. Two models' scores on the same rows give a paired comparison.
+
+    >>> row_scores("accuracy", [0, 1], np.array([[0.9, 0.1], [0.8, 0.2]]), [0, 1]).tolist()
+    [1.0, 0.0]
+    """
+    truth = [str(t) for t in y_true]
+    column = {str(c): i for i, c in enumerate(classes)}
+    index = np.array([column.get(t, -1) for t in truth])
+    if metric == "log_loss":
+        clipped = np.clip(proba, 1e-7, 1 - 1e-7)
+        clipped = clipped / clipped.sum(axis=1, keepdims=True)
+        picked = np.where(index >= 0, clipped[np.arange(len(truth)), np.maximum(index, 0)], 1e-7)
+        return np.log(picked)
+    correct = (proba.argmax(axis=1) == index).astype(np.float64)
+    if metric == "balanced_accuracy":
+        counts = {t: truth.count(t) for t in set(truth)}
+        return correct * len(truth) / (len(counts) * np.array([counts[t] for t in truth], dtype=np.float64))
+    return correct
+
+
+def compare(
+    metric: str,
+    y_true: Sequence[Label],
+    candidate: np.ndarray,
+    champion: np.ndarray,
+    classes: Sequence[Label],
+) -> PairedComparison:
+    """Candidate against champion, row by row on the same rows (probability columns in `classes`
+    order): the mean difference of their row scores and its standard error.
+
+    >>> proba = lambda p: np.array([[1 - q, q] for q in p])
+    >>> compare("accuracy", [1, 1, 0, 1], proba([.9, .9, .9, .9]), proba([.9, .1, .9, .9]), [0, 1])
+    PairedComparison(schema_version=1, rows=4, mean_difference=0.25, std_error=0.25)
+    """
+    difference = row_scores(metric, y_true, candidate, classes) - row_scores(
+        metric, y_true, champion, classes
+    )
+    n = len(difference)
+    error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else 1e6  # one row tells nothing
+    return PairedComparison(rows=n, mean_difference=float(difference.mean()) if n else 0.0, std_error=error)
 
 
 def align_columns(proba: np.ndarray, source: Sequence[Label], target: Sequence[Label]) -> np.ndarray:
