@@ -626,6 +626,76 @@ def _report(args: argparse.Namespace, replay: Replay) -> int:
     return 1 if replay.failed else 0
 
 
+# ---------------------------------------------------------------- backtest
+
+
+def cmd_backtest(args: argparse.Namespace) -> int:
+    from driftloop import backtesting
+
+    spec = _spec(args, args.model)
+    since = backtesting.moment(args.since) if args.since else None
+    until = backtesting.moment(args.until) if args.until else None
+    loaded = backtesting.load(
+        args.source, spec, label=args.label, time_column=args.time_column, n=args.n, since=since, until=until
+    )
+    out = args.out or Path("var/backtest") / args.model
+    delay = args.label_delay or backtesting.parse_delay("0")
+    backtesting.main(spec, loaded, delay, args.initial, out, args.max_retrains, args.policies)
+    return 0
+
+
+def label_delay(text: str) -> Any:
+    """A label delay in rows (48) or event time (30m, 12h, 1d)."""
+    from driftloop.backtesting import parse_delay
+
+    try:
+        return parse_delay(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _backtest_parser(sub: Any) -> None:
+    backtest = _command(
+        sub,
+        "backtest",
+        "replay a labelled history under retraining policies and recommend one (no stack needed)",
+        epilog="DATA: a CSV or Parquet file (the spec's features, its label, an optional event-time column), "
+        "the offline store's directory (rows of --model between --since and --until), or a named stream "
+        "(weather, sea_abrupt, ... see docs/backtest.md). Writes backtest.json and backtest.png to --out.",
+    )
+    backtest.add_argument("source", metavar="DATA", help="a file, the offline store directory, or a stream")
+    backtest.add_argument("--model", type=model_name, required=True, help="the model spec to replay under")
+    backtest.add_argument(
+        "--label-delay", type=label_delay, default=None,
+        help="labels arrive this late: rows (48) or event time (30m, 12h, 1d); default 0 rows",
+    )  # fmt: skip
+    backtest.add_argument(
+        "--initial", type=positive_int, default=None,
+        help="rows that train the first champion (default: retrain.window_rows, at most a quarter)",
+    )  # fmt: skip
+    backtest.add_argument(
+        "--max-retrains",
+        type=positive_int,
+        default=None,
+        help="recommend only policies with at most N retrains",
+    )
+    backtest.add_argument(
+        "--policies", type=lambda t: [p for p in t.split(",") if p], default=None,
+        help="comma-separated policies of the grid to run (default: all)",
+    )  # fmt: skip
+    backtest.add_argument("--label", default=None, help="label column (default: the spec's label.name)")
+    backtest.add_argument(
+        "--time-column", default=None, help="event-time column (default: event_time if present)"
+    )
+    backtest.add_argument("--since", default=None, help="offline store: rows at or after this event time")
+    backtest.add_argument("--until", default=None, help="offline store: rows before this event time")
+    backtest.add_argument("--n", type=positive_int, default=None, help="at most the first N rows")
+    backtest.add_argument(
+        "--out", type=Path, default=None, help="output directory (default var/backtest/MODEL)"
+    )
+    backtest.set_defaults(func=cmd_backtest)
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -752,6 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
         func=cmd_status
     )
     _replay_parser(sub)
+    _backtest_parser(sub)
 
     train = _command(sub, "train", "train a candidate and report what became of it")
     train.add_argument("model", type=model_name)

@@ -395,6 +395,11 @@ class _ServeVersion(_Lifecycle):
     prediction_shares: dict[str, float] = Field(
         default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
     )
+    data_until: datetime | None = Field(
+        default=None,
+        description="Event time of the newest row of the version's dataset: a later candidate is compared "
+        "with it only on holdout rows after this (rows it never saw).",
+    )
 
 
 class ModelPromoted(_ServeVersion):

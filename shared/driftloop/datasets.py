@@ -105,6 +105,7 @@ class CsvRow:
     line: int
     features: dict[str, FeatureValue]
     label: Label | None
+    time: str | None = None  # the event-time cell, when the file has the column asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +154,9 @@ class CsvFile:
     """A CSV file read against a model spec (the rules are in this module's header): the header
     is checked when it is opened, rows are converted as they are read."""
 
-    def __init__(self, path: Path, spec: ModelSpec, label: str | None = None) -> None:
+    def __init__(
+        self, path: Path, spec: ModelSpec, label: str | None = None, time_column: str | None = None
+    ) -> None:
         self.path, self.spec = path, spec
         with self._open() as fh:
             header = self._header(fh)
@@ -161,10 +164,15 @@ class CsvFile:
         self.label = label or spec.label.name
         if label is not None and label not in header:
             raise DataError(f"{path}: no label column {label!r} (columns: {', '.join(header)})")
+        if time_column is not None and time_column not in header:
+            raise DataError(f"{path}: no event-time column {time_column!r} (columns: {', '.join(header)})")
+        self.time_column = time_column or ("event_time" if "event_time" in header else None)
         self.labelled = self.label in header
         features = {f.name: f for f in spec.features}
         self.used = {i: features[name] for i, name in enumerate(header) if name in features}
-        self.ignored = [name for name in header if name not in features and name != self.label]
+        self.ignored = [
+            name for name in header if name not in features and name not in (self.label, self.time_column)
+        ]
         absent = [f.name for f in spec.features if f.name not in header]
         required = [name for name in absent if features[name].required and features[name].default is None]
         if required:
@@ -229,4 +237,5 @@ class CsvFile:
             if value is not None:
                 features[feature.name] = value
         label = None if label_at is None else label_value(self.spec, cells[label_at])
-        return CsvRow(line, features, label)
+        at = None if self.time_column is None else cells[self.columns.index(self.time_column)]
+        return CsvRow(line, features, label, at)

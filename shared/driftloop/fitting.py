@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -70,6 +71,55 @@ def fit(
         "search.candidates": search_spec.n_candidates,
         "search.best_score": float(search.best_score_),
     }
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A fitted candidate: the estimator, its parameters (with what a search and the window choice
+    chose), the rows it was fitted on (`fitted_from` up to the holdout at `cut`) and its
+    probabilities on the holdout (columns in `classes` order)."""
+
+    estimator: Any
+    params: dict[str, Any]
+    classes: list[Label]
+    fitted_from: int
+    cut: int
+    proba: np.ndarray
+
+
+def classes_of(estimator: Any) -> list[Label]:
+    """A fitted estimator's classes as plain values, in probability-column order."""
+    return [c.item() if hasattr(c, "item") else c for c in estimator.classes_]
+
+
+def train_candidate(spec: ModelSpec, X: np.ndarray, y: Sequence[Label]) -> Candidate:
+    """Fit the spec's candidate on a window (rows in event-time order): the newest rows are held
+    out; with `retrain.window_choices`, one fit per window size before them, the best on the
+    holdout kept. Recency weights apply to each fit."""
+    cut = holdout_start(len(y), spec.training.holdout_fraction, spec.gate.min_holdout_rows)
+    sizes = sorted({min(cut, size) for size in spec.retrain.window_choices or [cut]})
+    best: Candidate | None = None
+    best_score = -np.inf
+    for size in sizes:
+        start = cut - size
+        weights = recency_weights(size, spec.retrain.recency_half_life_rows)
+        estimator, chosen = fit(spec, X[start:cut], y[start:cut], weights)
+        classes = classes_of(estimator)
+        proba = estimator.predict_proba(X[cut:])
+        score = float(row_scores(spec.gate.metric, y[cut:], proba, classes).mean()) if len(sizes) > 1 else 0.0
+        if best is None or score > best_score:
+            params = chosen | ({"window.rows": size, "window.holdout_score": score} if len(sizes) > 1 else {})
+            best, best_score = Candidate(estimator, params, classes, start, cut, proba), score
+    assert best is not None
+    return best
+
+
+def refit(spec: ModelSpec, candidate: Candidate, X: np.ndarray, y: Sequence[Label]) -> Any:
+    """The candidate fitted again on its rows and the holdout (`training.refit_with_holdout`)."""
+    start = candidate.fitted_from
+    weights = recency_weights(len(y) - start, spec.retrain.recency_half_life_rows)
+    estimator, _ = fit(spec, X[start:], y[start:], weights)
+    return estimator
 
 
 def holdout_start(rows: int, fraction: float, at_least: int = 1) -> int:
@@ -142,6 +192,36 @@ def compare(
     n = len(difference)
     error = float(difference.std(ddof=1) / np.sqrt(n)) if n > 1 else 1e6  # one row tells nothing
     return PairedComparison(rows=n, mean_difference=float(difference.mean()) if n else 0.0, std_error=error)
+
+
+def evaluate(
+    metric: str,
+    y_holdout: Sequence[Label],
+    candidate: np.ndarray,
+    champion: np.ndarray | None,
+    classes: Sequence[Label],
+    unseen: np.ndarray | None = None,
+) -> tuple[dict[str, float], dict[str, float] | None, PairedComparison | None]:
+    """The candidate's metrics on the holdout; with the champion's probabilities on the same rows,
+    both compared (metrics and the paired comparison in the gate `metric`) on the holdout rows the
+    champion never saw (`unseen`, a boolean mask; all rows when None; none: a comparison of 0 rows)."""
+    scores = metrics(y_holdout, candidate, classes)
+    if champion is None:
+        return scores, None, None
+    if unseen is not None:
+        if not unseen.any():  # nothing fair to compare on
+            return (
+                scores,
+                metrics(y_holdout, champion, classes),
+                PairedComparison(rows=0, mean_difference=0.0, std_error=0.0),
+            )
+        y_holdout = [y for y, fresh in zip(y_holdout, unseen, strict=True) if fresh]
+        candidate, champion = candidate[unseen], champion[unseen]
+    return (
+        scores,
+        metrics(y_holdout, champion, classes),
+        compare(metric, y_holdout, candidate, champion, classes),
+    )
 
 
 def align_columns(proba: np.ndarray, source: Sequence[Label], target: Sequence[Label]) -> np.ndarray:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from statistics import NormalDist
 
-from driftloop.contracts import ModelTrained
+from driftloop.contracts import ModelTrained, PairedComparison
 from driftloop.spec import ModelSpec
 
 
@@ -15,7 +16,31 @@ class Decision:
     reason: str
 
 
-def gate(spec: ModelSpec, trained: ModelTrained) -> Decision:
+@dataclass(frozen=True)
+class Evidence:
+    """What the gate weighs: the candidate's metrics on the holdout, the champion's on the same rows
+    and their row-by-row comparison, and the ONNX conversion's largest probability difference."""
+
+    candidate_metrics: Mapping[str, float]
+    champion_metrics: Mapping[str, float] | None
+    champion_version: int | None
+    holdout_rows: int
+    comparison: PairedComparison | None
+    parity_max_abs_diff: float = 0.0
+
+    @classmethod
+    def of(cls, trained: ModelTrained) -> Evidence:
+        return cls(
+            trained.candidate_metrics,
+            trained.champion_metrics,
+            trained.champion_version,
+            trained.dataset.holdout_rows,
+            trained.comparison,
+            trained.parity_max_abs_diff,
+        )
+
+
+def gate(spec: ModelSpec, trained: Evidence) -> Decision:
     """Bless a candidate that converts faithfully, clears the floor and does not trail the champion.
 
     Against a champion, the holdout must hold `gate.min_holdout_rows`. With `gate.confidence`, the
@@ -42,10 +67,18 @@ def gate(spec: ModelSpec, trained: ModelTrained) -> Decision:
     if champion is None:
         return Decision(True, f"{rules.metric} {value:.4f} (no champion)")
     versus = f"champion v{trained.champion_version} ({champion:.4f})"
-    held = trained.dataset.holdout_rows
+    held = trained.holdout_rows
     if held < rules.min_holdout_rows:
         return Decision(False, f"holdout of {held} rows is below min_holdout_rows ({rules.min_holdout_rows})")
     paired = trained.comparison
+    if paired is not None and paired.rows < rules.min_holdout_rows:
+        # the champion was fitted on most of the holdout: too few rows are fair to both; the
+        # candidate is fitted on newer rows and cleared the floor
+        return Decision(
+            True,
+            f"{rules.metric} {value:.4f}; {versus} saw all but {paired.rows} holdout rows: "
+            "too few to compare",
+        )
     if rules.confidence is not None and paired is not None:
         z = NormalDist().inv_cdf(rules.confidence)
         optimistic = paired.mean_difference + z * paired.std_error

@@ -190,6 +190,7 @@ class RetrainPolicy:
     last_asked_at: datetime | None = None
     pending: list[_Pending] = field(default_factory=list)
     asked: dict[str, Retrain] = field(default_factory=dict)  # recent requests, for retries
+    floor: datetime | None = None  # window since_change: no retrain reads rows before this change point
     champion_outcomes: deque[int] = field(default_factory=deque)
 
     @property
@@ -257,10 +258,11 @@ class RetrainPolicy:
             elif pending.reason == "drift":
                 wanted.append(self._drift_window(pending.since, pending.counted))
             else:
-                wanted.append(self._request("retry", None, pending.last_n))
+                wanted.append(self._request("retry", self.floor, pending.last_n))
         self.pending = still
         since_asked = self.labelled - self.last_asked
-        if not wanted and rules.trigger in ("periodic", "both"):
+        waiting_for_drift = any(p.reason == "drift" for p in self.pending)  # it retrains soon, on newer rows
+        if not wanted and not waiting_for_drift and rules.trigger in ("periodic", "both"):
             by_rows = rules.every_rows is not None and since_asked >= rules.every_rows
             by_time = (
                 rules.every_s is not None
@@ -268,9 +270,9 @@ class RetrainPolicy:
                 and now - self.last_asked_at >= timedelta(seconds=rules.every_s)
             )
             if by_rows or by_time:
-                wanted.append(self._request("periodic", None, rules.window_rows))
+                wanted.append(self._request("periodic", self.floor, rules.window_rows))
         if not wanted and self._below_floor() and since_asked >= len(self.champion_outcomes):
-            wanted.append(self._request("below_floor", None, rules.window_rows))
+            wanted.append(self._request("below_floor", self.floor, rules.window_rows))
         for request in wanted[-1:]:  # several due at once: the last asked covers them
             self.last_asked, self.last_asked_at = self.labelled, now
             self.asked[request.command_id] = request
@@ -288,7 +290,10 @@ class RetrainPolicy:
     def _drift_window(self, change: datetime | None, since_change: int) -> Retrain:
         rules, cap = self.spec.retrain, self.spec.training.window_rows
         if rules.window == "since_change":
-            return self._request("drift", change, cap, rows=since_change)
+            self.floor = change  # the rows before the change are another concept: no retrain reads them
+            return self._request(
+                "drift", change, rules.window_rows, rows=min(rules.window_rows, since_change)
+            )
         if rules.window == "last":
             return self._request("drift", None, rules.window_rows)
         return self._request("drift", None, min(cap, max(rules.window_rows, since_change)))

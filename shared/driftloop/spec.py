@@ -320,6 +320,12 @@ class TrainingSpec(SpecModel):
     holdout_fraction: float = Field(default=0.2, gt=0, lt=0.9, description="Newest share held out.")
     seed: int = Field(default=0, ge=0, lt=2**32, description="Random seed for the estimator.")
     parity_tolerance: float = Field(default=1e-3, gt=0, description="Max |p_onnx - p_sklearn|.")
+    refit_with_holdout: bool = Field(
+        default=False,
+        description="Once the gate blessed a candidate, fit it again on all the window's rows, the "
+        "holdout too, and serve that (the newest rows matter most on a drifting stream; the gate's "
+        "evidence is the first fit's).",
+    )
     wait_for_rows_s: float = Field(
         default=120.0,
         ge=0,
@@ -501,6 +507,12 @@ class RetrainSpec(SpecModel):
     )
     recency_half_life_rows: int | None = Field(
         default=None, ge=1, description="Weight rows by recency: a row's weight halves every N rows back."
+    )
+    window_choices: list[int] | None = Field(
+        default=None,
+        description="Fit one candidate on each of these numbers of the newest rows before the holdout "
+        "(at most W) and keep the one that scores best on the holdout: the window adapts to how fast "
+        "the stream changes (null: fit on all of them).",
     )
     retry_rejected: bool = Field(
         default=True,

@@ -1,7 +1,12 @@
 import pytest
 
-from driftloop.gate import gate
+from driftloop.gate import Evidence
+from driftloop.gate import gate as decide
 from tests.helpers import model_trained
+
+
+def gate(spec, trained):
+    return decide(spec, Evidence.of(trained))
 
 
 def _trained(candidate, champion=None, parity=1e-6):

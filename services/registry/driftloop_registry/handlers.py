@@ -31,7 +31,7 @@ from driftloop.contracts import (
     parse,
 )
 from driftloop.fastpath import Handled, Outbox
-from driftloop.gate import Decision, gate
+from driftloop.gate import Decision, Evidence, gate
 from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
@@ -93,7 +93,7 @@ class Registry:
         spec = self.specs[trained.model]
         try:
             self.artifacts.get(trained.artifact)
-            decision = gate(spec, trained)
+            decision = gate(spec, Evidence.of(trained))
         except ArtifactIntegrityError as exc:
             decision = Decision(False, f"artifact refused: {exc}")
         record: dict[str, Any] = {
@@ -243,6 +243,7 @@ class Registry:
             command_id=command_id,
             reference_stats=trained.reference_stats,
             prediction_shares=trained.prediction_shares,
+            data_until=trained.dataset.last_event_time,
         )
         await self.repo.set_alias(trained.model, "champion", record["version"])
         if aliases.get("challenger") == record["version"]:

@@ -65,7 +65,13 @@ class Champion:
 
 @dataclass(frozen=True)
 class Fitted:
-    classes: list[Label]
+    """A candidate (`fitting.train_candidate`: its holdout probabilities are the gate's evidence)
+    and what serves: the ONNX conversion of it, or of its refit on the holdout too; the served
+    model's probabilities on the holdout, from scikit-learn and from ONNX (the parity check)."""
+
+    classes: list[Label]  # the served model's, in probability-column order
+    cut: int  # the first holdout row
+    evidence: np.ndarray  # the candidate's probabilities on the holdout (columns in `classes` order)
     onnx: bytes
     proba_sklearn: np.ndarray
     proba_onnx: np.ndarray
@@ -276,23 +282,27 @@ class Trainer:
                 rows.append(row)
         return rows, feature_set.from_named(r.features for r in rows)
 
-    def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label], cut: int) -> Fitted:
+    def _fit(self, spec: ModelSpec, X: np.ndarray, y: list[Label]) -> Fitted:
         t0 = time.perf_counter()
-        weights = domain.recency_weights(cut, spec.retrain.recency_half_life_rows)
         with threadpool_limits(limits=self.threads):  # spinning OpenMP threads starve the services
-            estimator, search = domain.fit(spec, X[:cut], y[:cut], weights)
+            candidate = domain.train_candidate(spec, X, y)
+            served = candidate.estimator
+            if spec.training.refit_with_holdout:
+                served = domain.refit(spec, candidate, X, y)
         t1 = time.perf_counter()
-        onnx = convert(estimator, X.shape[1])
+        onnx = convert(served, X.shape[1])
         t2 = time.perf_counter()
-        classes = [c.item() if hasattr(c, "item") else c for c in estimator.classes_]
-        names = self.feature_sets[spec.name].names
-        proba_onnx = OnnxClassifier(onnx, classes, names).predict_proba(X[cut:])
+        held, classes = X[candidate.cut :], domain.classes_of(served)
+        proba_onnx = OnnxClassifier(onnx, classes, self.feature_sets[spec.name].names).predict_proba(held)
+        refit = {"refit_with_holdout": True} if spec.training.refit_with_holdout else {}
         return Fitted(
             classes=classes,
+            cut=candidate.cut,
+            evidence=domain.align_columns(candidate.proba, candidate.classes, classes),
             onnx=onnx,
-            proba_sklearn=estimator.predict_proba(X[cut:]),
+            proba_sklearn=served.predict_proba(held),
             proba_onnx=proba_onnx,
-            params={k: v for k, v in estimator.get_params().items() if _plain(v)} | search,
+            params={k: v for k, v in served.get_params().items() if _plain(v)} | candidate.params | refit,
             fit_s=t1 - t0,
             convert_s=t2 - t1,
         )
@@ -331,18 +341,16 @@ class Trainer:
         if len(set(map(str, y[:cut]))) < 2:
             raise TrainingFailed("insufficient_data", "fewer than two classes in the training rows")
         try:
-            fitted = await asyncio.to_thread(self._fit, spec, X, y, cut)
+            fitted = await asyncio.to_thread(self._fit, spec, X, y)
         except Exception as exc:
             raise TrainingFailed("failed", f"fit or conversion failed: {exc}") from exc
         t0 = time.perf_counter()
-        candidate = domain.metrics(y[cut:], fitted.proba_onnx, fitted.classes)
         champion_version, champion_proba = self._champion_proba(spec, X[cut:], fitted.classes)
-        champion, comparison = None, None
-        if champion_proba is not None:
-            champion = domain.metrics(y[cut:], champion_proba, fitted.classes)
-            comparison = domain.compare(
-                spec.gate.metric, y[cut:], fitted.proba_onnx, champion_proba, fitted.classes
-            )
+        seen_until = self.champions[spec.name].event.data_until if champion_proba is not None else None
+        unseen = None if seen_until is None else np.array([r.event_time > seen_until for r in rows[cut:]])
+        candidate, champion, comparison = domain.evaluate(
+            spec.gate.metric, y[cut:], fitted.evidence, champion_proba, fitted.classes, unseen
+        )
         evaluate_s = time.perf_counter() - t0
         artifact = self.artifacts.put(fitted.onnx)
         dataset = DatasetRef(
