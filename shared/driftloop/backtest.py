@@ -198,7 +198,7 @@ class Backtest:
         )
         labelled = start  # rows [0, labelled) in arrival order have their label (history: at once)
         served_by = np.zeros(n, dtype=np.int32)
-        waiting: list[tuple[int, Any, int]] = []  # (serves from row, estimator, trained until)
+        waiting: list[tuple[int, Any, int, str]] = []  # (serves from row, estimator, trained until, command)
         next_version = 2
         for row in range(start, n):
             while labelled < n and due[arrivals[labelled]] <= row:
@@ -214,11 +214,11 @@ class Backtest:
                     if outcome is None:
                         policy.rejected(retrain.command_id)
                     else:
-                        waiting.append((row + self.deploy_rows, *outcome))
+                        waiting.append((row + self.deploy_rows, *outcome, retrain.command_id))
             while waiting and waiting[0][0] <= row:
-                _, estimator, until = waiting.pop(0)
+                _, estimator, until, command_id = waiting.pop(0)
                 champion = _Champion(estimator, next_version, until, history.X)
-                policy.promoted(next_version)
+                policy.promoted(next_version, command_id)
                 next_version += 1
             proba = champion.at(row)
             classes = fitting.classes_of(champion.estimator)
@@ -306,29 +306,45 @@ def variant(spec: ModelSpec, **sections: dict[str, Any]) -> ModelSpec:
 
 
 def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
-    """The policies a backtest compares by default: the spec's own, none, periodic schedules of
-    about 5, 10 and 20 retrains over `served` rows, drift-triggered with each window kind, other
-    detectors and sensitivities, both triggers, recency weighting, and gate variants."""
-    w = spec.retrain.window_rows
+    """The policies a backtest compares by default, over `served` rows:
+
+    - `spec`: the spec's own policy; `never`: no retraining;
+    - `periodic/N/plain`: every N labelled rows on the newest W, without refitting on the holdout
+      (the plain schedule), and `periodic/N`: the same with the spec's training, for schedules of
+      about 5, 10 and 20 retrains;
+    - `drift`, `drift/last`: on detections only, reading rows since the change point or the newest W;
+    - `both/N...`: periodic and drift (about 20 scheduled retrains), with the window `last`,
+      recency weighting, window choices, the bare-margin gate, no refit, and other detectors.
+    """
+    rules = spec.retrain
     out = {"spec": spec, "never": variant(spec, retrain={"trigger": "none"})}
     for retrains in (5, 10, 20):
-        every = max(spec.drift.cooldown_rows, served // retrains)
-        out[f"periodic/{every}"] = variant(
-            spec, retrain={"trigger": "periodic", "every_rows": every, "every_s": None}
+        every = max(100, served // retrains)
+        periodic = {"trigger": "periodic", "every_rows": every, "every_s": None, "window": "last"}
+        out[f"periodic/{every}/plain"] = variant(
+            spec, retrain=periodic, training={"refit_with_holdout": False}
         )
-    for window in ("since_change", "last", "since_change_at_least"):
-        out[f"drift/{window}"] = variant(spec, retrain={"trigger": "drift", "window": window})
-    out["drift/adwin-0.02"] = variant(
-        spec, retrain={"trigger": "drift"}, drift={"detector": "adwin", "params": {"delta": 0.02}}
-    )
-    out["drift/page_hinkley"] = variant(
-        spec, retrain={"trigger": "drift"}, drift={"detector": "page_hinkley", "params": {}}
-    )
-    every = max(spec.drift.cooldown_rows, served // 10)
-    both = {"trigger": "both", "every_rows": every, "every_s": None}
+        out[f"periodic/{every}"] = variant(spec, retrain=periodic)
+    out["drift"] = variant(spec, retrain={"trigger": "drift", "window": "since_change"})
+    out["drift/last"] = variant(spec, retrain={"trigger": "drift", "window": "last"})
+    every = max(100, served // 20)
+    both = {"trigger": "both", "every_rows": every, "every_s": None, "window": "since_change"}
     out[f"both/{every}"] = variant(spec, retrain=both)
-    out[f"both/{every}/recency"] = variant(spec, retrain={**both, "recency_half_life_rows": max(1, w // 2)})
+    out[f"both/{every}/last"] = variant(spec, retrain={**both, "window": "last"})
+    out[f"both/{every}/recency"] = variant(
+        spec, retrain={**both, "recency_half_life_rows": max(1, rules.window_rows // 2)}
+    )
+    w = rules.window_rows
+    choices = sorted({max(spec.training.min_rows, w // k) for k in (8, 4, 2, 1)})
+    out[f"both/{every}/window-choices"] = variant(spec, retrain={**both, "window_choices": choices})
     out[f"both/{every}/margin-gate"] = variant(spec, retrain=both, gate={"confidence": None})
+    out[f"both/{every}/no-refit"] = variant(spec, retrain=both, training={"refit_with_holdout": False})
+    out[f"both/{every}/adwin-0.02"] = variant(
+        spec, retrain=both, drift={"detector": "adwin", "params": {"delta": 0.02}, "warning_params": None}
+    )
+    out[f"both/{every}/page_hinkley"] = variant(
+        spec, retrain=both, drift={"detector": "page_hinkley", "params": {}, "warning_params": None}
+    )
     return out
 
 

@@ -206,12 +206,18 @@ class RetrainPolicy:
         """The champion's labelled outcomes its detector has seen."""
         return 0 if self.detector is None else self.detector.samples_seen
 
-    def promoted(self, version: int) -> None:
-        """A new champion (promoted or rolled back to): a fresh detector, warming up."""
+    def promoted(self, version: int, command_id: str | None = None) -> None:
+        """A new champion (promoted or rolled back to). A routine one, from a periodic retrain the
+        policy asked for, keeps watching with the same detector: the concept has not been declared
+        over, and resetting it after every refresh would leave it too few rows to ever fire. Any
+        other champion (after a drift, a retry, a rollback, a person's command) starts a fresh
+        detector, warming up."""
         if version == self.champion:
             return
         self.champion = version
-        self.detector = ConceptDriftMonitor(self.spec.drift)
+        request = self.asked.get(command_id or "")
+        if self.detector is None or request is None or request.reason != "periodic":
+            self.detector = ConceptDriftMonitor(self.spec.drift)
         self.champion_outcomes = deque(maxlen=self.spec.retrain.below_floor_rows or 1)
 
     def observe(self, version: int, correct: bool, event_time: datetime) -> Step:
@@ -221,6 +227,8 @@ class RetrainPolicy:
         self.latest = event_time if self.latest is None else max(self.latest, event_time)
         if self.last_asked_at is None:
             self.last_asked_at = event_time
+        for pending in self.pending:  # this row counts for the retrains already waiting
+            pending.counted += 1
         detection, warned = None, False
         if version == self.champion and self.detector is not None:
             warnings = self.detector.warnings
@@ -252,7 +260,6 @@ class RetrainPolicy:
         wanted: list[Retrain] = []
         still: list[_Pending] = []
         for pending in self.pending:
-            pending.counted += 1
             if pending.counted < pending.needed:
                 still.append(pending)
             elif pending.reason == "drift":

@@ -321,7 +321,7 @@ class TrainingSpec(SpecModel):
     seed: int = Field(default=0, ge=0, lt=2**32, description="Random seed for the estimator.")
     parity_tolerance: float = Field(default=1e-3, gt=0, description="Max |p_onnx - p_sklearn|.")
     refit_with_holdout: bool = Field(
-        default=False,
+        default=True,
         description="Once the gate blessed a candidate, fit it again on all the window's rows, the "
         "holdout too, and serve that (the newest rows matter most on a drifting stream; the gate's "
         "evidence is the first fit's).",
@@ -488,7 +488,7 @@ class RetrainSpec(SpecModel):
         description="drift: when the concept-drift detector fires; periodic: on a schedule; both; none.",
     )
     every_rows: int | None = Field(
-        default=2_000, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."
+        default=1_000, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."
     )
     every_s: float | None = Field(
         default=None, gt=0, description="Periodic: retrain after this many seconds of event time (null: not)."
@@ -497,10 +497,11 @@ class RetrainSpec(SpecModel):
         default=5_000, ge=10, description="Rows of an automatic retrain: the newest N labelled rows (W)."
     )
     window: Literal["since_change", "last", "since_change_at_least"] = Field(
-        default="since_change_at_least",
-        description="A drift retrain's rows: since_change (rows since the estimated change point), last "
-        "(the newest W, pre-change rows too), since_change_at_least (since the change point, extended "
-        "back to W rows when there are fewer).",
+        default="since_change",
+        description="since_change: from a drift retrain on, every retrain reads the newest W rows since "
+        "the last estimated change point (the rows before it are another concept); last: the newest W "
+        "rows, pre-change rows too; since_change_at_least: a drift retrain reads the rows since the "
+        "change point, extended back to W rows when there are fewer.",
     )
     min_rows: int = Field(
         default=1_000, ge=10, description="Labelled rows since the change point a drift retrain waits for."

@@ -218,7 +218,7 @@ class Monitor:
         )
         retired = self.champion.get(model)
         self.champion[model] = event.version
-        self.policies[model].promoted(event.version)
+        self.policies[model].promoted(event.version, event.command_id)
         self.covariate[model], self.predictions[model] = watchers
         MODEL_VERSION.labels(SERVICE, model).set(event.version)
         self._set_state(model, WARMING_UP)

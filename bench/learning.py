@@ -1,0 +1,123 @@
+"""`make bench-learning`: which retraining policy keeps a model best, on real and synthetic drifting
+streams, with labels arriving late. Every stream of `driftloop.streams` is replayed by
+`driftloop.backtest` under the default policy grid (the model spec's own policy, never retrain,
+periodic schedules with and without refitting on the holdout, drift-triggered with each window
+kind, detector and sensitivity variants, both triggers, recency weighting, window choices, the
+bare-margin gate). The references are measured in the same run, on the same rows: never
+retraining, and the best plain periodic schedule of at most 20 retrains ("retrain every N rows
+on the last W", no refit) as well as the best periodic schedule with the spec's training.
+
+Prints one table per stream and a summary; writes `bench/results/learning.json`.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import sys
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from bench.common import write
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DELAY_S = 86_400.0  # real streams: the label comes a day of event time later
+SYNTHETIC_DELAY_ROWS = 100
+MAX_PERIODIC_RETRAINS = 20
+
+
+def one(name: str) -> dict[str, Any]:
+    """Backtest one stream under the grid: its report, and the reference figures."""
+    from threadpoolctl import threadpool_limits
+
+    from driftloop import backtesting, streams
+    from driftloop.backtest import Delay, recommend
+    from driftloop.spec import read_specs
+
+    started = time.perf_counter()
+    stream = streams.stream(name)
+    spec = read_specs(ROOT / "models").specs[stream.spec]
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rows = [(x, y, epoch + timedelta(seconds=t)) for x, y, t in stream.rows]
+    history, _ = backtesting.encode(spec, rows, stream.drifts)
+    delay = Delay(seconds=REAL_DELAY_S) if stream.kind == "real" else Delay(rows=SYNTHETIC_DELAY_ROWS)
+    initial = min(spec.retrain.window_rows, len(history) // 4)
+    with threadpool_limits(limits=1):
+        results = backtesting.run(spec, history, delay, initial)
+    chosen = recommend(results)
+    report = backtesting.summary(results, history, delay, f"stream {name}", chosen, None)
+    by_name = {r.name: r for r in results}
+    periodic = [r for r in results if r.name.startswith("periodic/") and r.retrains <= MAX_PERIODIC_RETRAINS]
+    plain = [r for r in periodic if r.name.endswith("/plain")]
+    report["kind"] = stream.kind
+    report["description"] = stream.description
+    report["references"] = {
+        "never": by_name["never"].accuracy,
+        "best_plain_periodic": max(plain, key=lambda r: r.accuracy).name if plain else None,
+        "best_plain_periodic_accuracy": max((r.accuracy for r in plain), default=None),
+        "best_periodic": max(periodic, key=lambda r: r.accuracy).name if periodic else None,
+        "best_periodic_accuracy": max((r.accuracy for r in periodic), default=None),
+        "spec": by_name["spec"].accuracy,
+        "recommended": chosen.accuracy,
+    }
+    report["wall_s"] = time.perf_counter() - started
+    return report
+
+
+def main() -> int:
+    from driftloop import backtesting, streams
+
+    names = [*streams.real_names(), *streams.synthetic_names()]
+    if len(sys.argv) > 1:
+        names = [n for n in names if n in sys.argv[1:]]
+    started = time.perf_counter()
+    for name in names:  # fetch the real data once, before the workers start
+        streams.stream(name, n=10)
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        reports = pool.map(one, names)
+    summary = []
+    for report in reports:
+        refs = report["references"]
+        late = report["label_delay"]
+        print(f"\n== {report['source']} ({report['kind']}): {report['rows']} rows, labels {late} late")
+        print(backtesting.table(report))
+        plain, periodic = refs["best_plain_periodic_accuracy"], refs["best_periodic_accuracy"]
+        summary.append(
+            {
+                "stream": report["source"].removeprefix("stream "),
+                "kind": report["kind"],
+                "rows": report["rows"],
+                "never": refs["never"],
+                "best_plain_periodic": plain,
+                "best_periodic": periodic,
+                "spec_default": refs["spec"],
+                "recommended": report["recommended"],
+                "recommended_accuracy": refs["recommended"],
+                "spec_vs_never_points": 100 * (refs["spec"] - refs["never"]),
+                "spec_vs_plain_periodic_points": None if plain is None else 100 * (refs["spec"] - plain),
+                "spec_vs_periodic_points": None if periodic is None else 100 * (refs["spec"] - periodic),
+            }
+        )
+    print("\nsummary: accuracy (prequential, labels late), best periodic with at most 20 retrains")
+    head = ["never", "plain per.", "periodic", "default", "vs never", "vs plain", "vs per."]
+    print(f"{'stream':20} " + " ".join(f"{h:>10}" for h in head) + "  recommended")
+    for s in summary:
+        figures = [s["never"], s["best_plain_periodic"], s["best_periodic"], s["spec_default"]]
+        gains = [s["spec_vs_never_points"], s["spec_vs_plain_periodic_points"], s["spec_vs_periodic_points"]]
+        print(
+            f"{s['stream']:20} "
+            + " ".join(f"{f:10.4f}" for f in figures)
+            + " "
+            + " ".join(f"{g:+10.2f}" for g in gains)
+            + f"  {s['recommended']}"
+        )
+    path = write(
+        "learning", {"summary": summary, "streams": reports, "wall_s": time.perf_counter() - started}
+    )
+    print(f"\nwrote {path} in {time.perf_counter() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""The backtest: a history replayed through the policy, fitting and gate the services use."""
+
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+import pytest
+
+from driftloop import datasets
+from driftloop.backtest import Backtest, Delay, History, Result, recommend, variant
+from driftloop.backtesting import encode, load, parse_delay
+from driftloop.cli import main
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _sea(n_before, n_after, seed=1):
+    rows = itertools.chain(
+        itertools.islice(datasets.sea(0, seed), n_before),
+        itertools.islice(datasets.sea(3, seed + 1), n_after),
+    )
+    return [(x, y, T0 + timedelta(seconds=i)) for i, (x, y) in enumerate(rows)]
+
+
+@pytest.fixture(scope="module")
+def abrupt(request):
+    from pathlib import Path
+
+    from driftloop.spec import read_specs
+
+    spec = read_specs(Path("models")).specs["sea"]
+    history, left_out = encode(spec, _sea(6000, 6000), drifts=(6000,))
+    assert left_out == 0
+    return spec, history
+
+
+def test_labels_arrive_after_their_row_was_served():
+    history = History(np.zeros((5, 1)), [0] * 5, [T0 + timedelta(hours=i) for i in range(5)])
+    assert Delay(rows=0).due(history).tolist() == [1, 2, 3, 4, 5]
+    assert Delay(rows=2).due(history).tolist() == [3, 4, 5, 5, 5]
+    assert Delay(seconds=2 * 3600).due(history).tolist() == [2, 3, 4, 5, 5]
+    assert Delay(seconds=1).due(history).tolist() == [1, 2, 3, 4, 5]  # never before the row itself
+    assert parse_delay("48") == Delay(rows=48) and parse_delay("12h") == Delay(seconds=43_200.0)
+    with pytest.raises(ValueError, match="not a delay"):
+        parse_delay("soon")
+
+
+def test_a_drift_policy_detects_retrains_on_post_change_rows_and_beats_never(abrupt):
+    spec, history = abrupt
+    drift = variant(spec, retrain={"trigger": "drift", "window": "since_change", "min_rows": 1000})
+    never = variant(spec, retrain={"trigger": "none"})
+    result = Backtest(drift, history, Delay(rows=10), initial=3000).run()
+    baseline = Backtest(never, history, Delay(rows=10), initial=3000).run()
+    figures = result.drift_figures(history.drifts)
+    (delay,) = figures["detection_delays"]
+    assert delay is not None and 0 < delay < 1500
+    (training,) = [t for t in result.trainings if t.reason == "drift"]
+    # it waited for 1,000 labelled rows after the estimated change point, and read only those
+    assert training.blessed and training.rows == 1000 and training.row > result.detections[0]
+    assert result.accuracy > baseline.accuracy + 0.02
+    assert figures["stale_rows"] < baseline.drift_figures(history.drifts)["stale_rows"]
+    assert result.replay_cpu_s >= 0 and result.train_cpu_s > 0
+
+
+def test_the_training_window_reads_what_the_store_would(abrupt):
+    spec, history = abrupt
+    backtest = Backtest(spec, history)
+    labelled = np.arange(0, 5000)  # rows whose label has arrived
+    rows = backtest._window(labelled, T0 + timedelta(seconds=1000), T0 + timedelta(seconds=4000), 500)
+    assert rows.tolist() == list(range(3500, 4000))  # [since, until), the newest last_n
+    assert backtest._window(labelled, None, T0 + timedelta(days=1), 10_000).tolist() == list(range(5000))
+
+
+def test_a_replay_is_deterministic(abrupt):
+    spec, history = abrupt
+    periodic = variant(spec, retrain={"trigger": "periodic", "every_rows": 2000, "window": "last"})
+    first, second = (Backtest(periodic, history, Delay(rows=5), initial=3000).run() for _ in range(2))
+    assert first.accuracy == second.accuracy
+    assert [(t.row, t.rows, t.blessed) for t in first.trainings] == [
+        (t.row, t.rows, t.blessed) for t in second.trainings
+    ]
+    assert [t.row for t in first.trainings] == [5005, 7005, 9005, 11005]  # every 2,000 labels
+
+
+def _result(name, accuracy, retrains):
+    correct = np.arange(100) < round(accuracy * 100)
+    result = Result(name, None, 0, correct, np.zeros(100), np.zeros(100), np.zeros(100))
+    result.trainings = [None] * retrains
+    return result
+
+
+def test_the_recommendation_trains_least_among_the_best_and_keeps_the_budget():
+    results = [
+        _result("a", 0.80, 30),
+        _result("b", 0.80, 10),
+        _result("c", 0.78, 2),
+        _result("never", 0.7, 0),
+    ]
+    assert recommend(results).name == "b"
+    assert recommend(results, max_retrains=5).name == "c"
+
+
+def test_backtest_command_on_a_csv_file(tmp_path, capsys):
+    rows = _sea(2500, 2500)
+    path = tmp_path / "history.csv"
+    lines = ["event_time,x0,x1,x2,y"] + [
+        f"{at.isoformat()},{x['x0']},{x['x1']},{x['x2']},{y}"
+        for x, y, at in reversed(rows)  # any order
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    code = main(["backtest", str(path), "--model", "sea", "--label-delay", "1m", "--initial", "1500",
+                 "--policies", "spec,never", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "recommended" in printed and "retrain:" in printed and "labels 0:01:00 late" in printed
+    report = json.loads((out / "backtest.json").read_text())
+    assert {p["name"] for p in report["policies"]} == {"spec", "never"}
+    assert report["rows"] == 5000 and report["initial_rows"] == 1500
+    assert (out / "backtest.png").stat().st_size > 10_000
+
+
+def test_backtest_refuses_what_it_cannot_replay(tmp_path, sea_spec):
+    path = tmp_path / "short.csv"
+    path.write_text("x0,x1,x2,y\n1,2,3,0\n")
+    from driftloop.datasets import DataError
+
+    with pytest.raises(DataError, match="usable rows"):
+        load(str(path), sea_spec)
+    assert main(["backtest", str(path), "--model", "sea", "--policies", "nope"]) == 2
