@@ -215,3 +215,27 @@ async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_on
     assert PREDICTED.labels("sea", "1", "1")._value.get() == predicted + 10
     assert monitor.predictions["sea"].samples_seen == 10 and monitor.covariate["sea"].samples_seen == 1
     assert monitor.learned == {}
+
+
+async def test_the_monitor_tells_its_policy_which_retrains_came_to_nothing():
+    from datetime import UTC, datetime
+
+    from driftloop.contracts import ArtifactRef, ModelPromoted, ModelRejected, ModelTrainingFailed
+
+    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    artifact = ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1)
+    await monitor.on_lifecycle(ModelPromoted(model="sea", version=1, reason="test", artifact=artifact,
+                                             classes=[0, 1], feature_names=["x0", "x1", "x2"]))  # fmt: skip
+    policy = monitor.policies["sea"]
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    asked = [r for _ in range(1200) for r in policy.observe(1, False, at).retrains]  # below the floor
+    (retrain,) = asked
+    assert retrain.reason == "below_floor" and retrain.command_id in policy.asked
+    await monitor.on_lifecycle(ModelRejected(model="sea", version=2, reason="gate", command_id="other"))
+    assert not policy.pending  # not one of its own: nothing to retry
+    await monitor.on_lifecycle(
+        ModelTrainingFailed(
+            model="sea", version=0, reason="x", command_id=retrain.command_id, outcome="failed"
+        )
+    )
+    assert [p.reason for p in policy.pending] == ["retry"]
