@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning
+.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning bench-learning-live
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -89,6 +89,9 @@ bench-cli: install ## start-up of `driftloop --help` and subcommand helps vs `py
 
 bench-learning: install ## retraining policies backtested on real and synthetic drifting streams, labels late
 	$(BIN)/python -m bench.learning
+
+bench-learning-live: install ## the live loop on a real stream vs its backtest, same rows and policy
+	$(BIN)/python -m bench.learning_live
 
 bench-governance: install ## TrainModel -> new version serving, p50 of 5 runs on 20k SEA rows
 	$(BIN)/python -m bench.governance

@@ -23,7 +23,7 @@ import numpy as np
 from driftloop import fitting
 from driftloop.contracts import Label
 from driftloop.gate import Evidence, gate
-from driftloop.policy import RetrainPolicy
+from driftloop.policy import Detection, Retrain, RetrainPolicy
 from driftloop.spec import ModelSpec
 
 PREDICT_CHUNK = 2_048  # rows a champion predicts at once
@@ -88,6 +88,8 @@ class Result:
     trained_until: np.ndarray  # per row: newest row the serving model was trained on
     trainings: list[Training] = field(default_factory=list)
     detections: list[int] = field(default_factory=list)  # stream rows at which drift was detected
+    detected: list[Detection] = field(default_factory=list)  # what the detector said, each time
+    requests: list[Retrain] = field(default_factory=list)  # every retrain the policy asked for
     train_cpu_s: float = 0.0
     replay_cpu_s: float = 0.0
 
@@ -209,6 +211,8 @@ class Backtest:
                 step = policy.observe(int(served_by[j]), bool(result.correct[j - start]), history.times[j])
                 if step.detection is not None:
                     result.detections.append(row)
+                    result.detected.append(step.detection)
+                result.requests += step.retrains
                 for retrain in step.retrains:
                     outcome = self._retrain(retrain, arrivals[:labelled], champion, row, result)
                     if outcome is None:
@@ -291,10 +295,14 @@ class Backtest:
         return candidate.estimator, evidence
 
     def _fit(self, first: int, end: int) -> tuple[Any, float]:
+        """The first champion, as the trainer makes it from the same rows."""
         t0 = time.process_time()
-        y = list(self.history.y[first:end])
-        estimator, _ = fitting.fit(self.spec, self.history.X[first:end], y)
-        return estimator, time.process_time() - t0
+        X, y = self.history.X[first:end], list(self.history.y[first:end])
+        candidate = fitting.train_candidate(self.spec, X, y)
+        estimator = (
+            fitting.refit(self.spec, candidate, X, y) if self.spec.training.refit_with_holdout else None
+        )
+        return estimator or candidate.estimator, time.process_time() - t0
 
 
 def variant(spec: ModelSpec, **sections: dict[str, Any]) -> ModelSpec:

@@ -1,0 +1,182 @@
+"""A labelled history played through the running stack as an application would: the first rows as
+labelled observations and a bootstrap `TrainModel`, then every row as a prediction request (its
+Kafka timestamp is the row's event time), and its label as feedback once `delay_rows` more rows
+were sent. Every answer is scored as it comes: the prequential accuracy of the live loop, to set
+beside `driftloop backtest`'s figure for the same rows, delay and spec (`make bench-learning-live`).
+
+Event times are shifted as a block so the last row falls a day before now: Kafka timestamps cannot
+be negative (some histories start before 1970) and ingest refuses event times in the future.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from driftloop.client import make_producer, send_all
+from driftloop.contracts import DriftDetected, Feedback, Observation, PredictionRequest, TrainModel
+from driftloop.demo import Watcher
+from driftloop.kafka import tail_from_end
+from driftloop.settings import Topics
+
+Row = tuple[dict[str, Any], Any, datetime]
+
+
+@dataclass
+class LiveRun:
+    """What the live loop served: per row after the first `initial`, correct or not, and by which
+    version; the versions promoted, and when (the row being sent)."""
+
+    initial: int
+    correct: list[bool] = field(default_factory=list)
+    versions: list[int] = field(default_factory=list)
+    promotions: list[tuple[int, str]] = field(default_factory=list)  # (version, command id)
+    drifts: list[DriftDetected] = field(default_factory=list)  # concept drift the monitor reported
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return sum(self.correct) / len(self.correct) if self.correct else float("nan")
+
+
+def shifted(rows: Sequence[Row], now: datetime) -> list[Row]:
+    """The rows with their event times moved as a block to end a day before `now`."""
+    offset = (now - timedelta(days=1)) - rows[-1][2]
+    return [(x, y, t + offset) for x, y, t in rows]
+
+
+async def play(
+    bootstrap: str,
+    model: str,
+    rows: Sequence[Row],
+    initial: int,
+    delay_rows: int,
+    rate_per_s: float,
+    topics: Topics | None = None,
+    timeout_s: float = 600.0,
+    progress: Any = None,
+    shift: bool = True,
+) -> LiveRun:
+    """Play `rows` (in event-time order) through the stack at `rate_per_s` requests a second (their
+    event times `shifted` first, unless `shift` is false)."""
+    topics = topics or Topics()
+    rows = shifted(rows, datetime.now(UTC)) if shift else rows
+    run_id = uuid.uuid4().hex[:8]
+    started = time.monotonic()
+    watcher = Watcher(
+        {
+            "results": await tail_from_end(bootstrap, topics.predictions_results),
+            "lifecycle": await tail_from_end(bootstrap, topics.models_lifecycle),
+            "drift": await tail_from_end(bootstrap, topics.monitor_drift),
+        },
+        topics,
+    )
+    producer = make_producer(bootstrap)
+    await producer.start()
+    run = LiveRun(initial)
+    try:
+        history = [
+            Observation(event_id=f"{run_id}-h{i}", model=model, features=x, label=y, event_time=t)
+            for i, (x, y, t) in enumerate(rows[:initial])
+        ]
+        for start in range(0, len(history), 1_000):
+            await send_all(
+                producer, topics.events_raw, history[start : start + 1_000], key_of=lambda o: o.event_id
+            )
+        bootstrap_command = TrainModel(
+            command_id=f"{run_id}-bootstrap", model=model, reason="bootstrap", min_rows=initial
+        )
+        await send_all(producer, topics.training_requests, [bootstrap_command])
+        await _until(lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model")
+        await _traffic(producer, topics, watcher, model, rows, initial, delay_rows, rate_per_s, run_id, run,
+                       timeout_s, progress)  # fmt: skip
+        run.promotions = [(p.version, p.command_id or "") for p in watcher.promotions if p.model == model]
+        run.drifts = [d for d in watcher.drifts if d.model == model]
+    finally:
+        await producer.stop()
+        await watcher.close()
+    run.seconds = time.monotonic() - started
+    return run
+
+
+async def _traffic(
+    producer: Any,
+    topics: Topics,
+    watcher: Watcher,
+    model: str,
+    rows: Sequence[Row],
+    initial: int,
+    delay_rows: int,
+    rate_per_s: float,
+    run_id: str,
+    run: LiveRun,
+    timeout_s: float,
+    progress: Any,
+) -> None:
+    truth: dict[str, tuple[int, Any]] = {}
+    answered: dict[int, tuple[bool, int]] = {}
+    labels: deque[tuple[int, str, Any]] = deque()  # (row, request id, label) awaiting their turn
+    row, started, tick = initial, time.monotonic(), 0.02
+    while len(answered) < len(rows) - initial:
+        due = min(len(rows), initial + int((time.monotonic() - started) * rate_per_s) + 1)
+        requests = []
+        for i in range(row, due):
+            x, y, _ = rows[i]
+            request_id = f"{run_id}-r{i}"
+            truth[request_id] = (i, y)
+            labels.append((i, request_id, y))
+            requests.append(PredictionRequest(request_id=request_id, model=model, features=x))
+        for start in range(0, len(requests), 500):
+            await _send_at(producer, topics.predictions_requests, requests[start : start + 500], rows)
+        row = due
+        feedback = []
+        while labels and (labels[0][0] + delay_rows < row or row == len(rows)):
+            _, request_id, label = labels.popleft()
+            feedback.append(Feedback(request_id=request_id, model=model, label=label))
+        await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
+        while watcher.results:
+            request_id, version, prediction = watcher.results.popleft()
+            if request_id in truth:
+                i, y = truth.pop(request_id)
+                answered[i] = (prediction == str(y), version)
+        if progress is not None:
+            progress(row, len(answered))
+        if time.monotonic() - started > timeout_s:
+            raise TimeoutError(
+                f"{len(rows) - initial - len(answered)} requests unanswered after {timeout_s:.0f}s"
+            )
+        await asyncio.sleep(tick)
+    for i in range(initial, len(rows)):
+        correct, version = answered[i]
+        run.correct.append(correct)
+        run.versions.append(version)
+
+
+async def _send_at(
+    producer: Any, topic: str, requests: Sequence[PredictionRequest], rows: Sequence[Row]
+) -> None:
+    """Send requests with their row's event time as the record timestamp (the monitor's request time)."""
+    from driftloop.kafka import encode
+
+    futures = []
+    for request in requests:
+        i = int(request.request_id.rsplit("-r", 1)[1])
+        stamp = int(rows[i][2].timestamp() * 1000)
+        futures.append(
+            await producer.send(topic, encode(request), key=request.request_id.encode(), timestamp_ms=stamp)
+        )
+    await asyncio.gather(*futures)
+
+
+async def _until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
+        await asyncio.sleep(0.05)
