@@ -123,6 +123,18 @@ class Watcher:
                 else:
                     self.distribution.append(drift)
 
+    @classmethod
+    async def tail(cls, bootstrap: str, topics: Topics) -> Watcher:
+        """A watcher of results, lifecycle and drift events from now on."""
+        return cls(
+            {
+                "results": await tail_from_end(bootstrap, topics.predictions_results),
+                "lifecycle": await tail_from_end(bootstrap, topics.models_lifecycle),
+                "drift": await tail_from_end(bootstrap, topics.monitor_drift),
+            },
+            topics,
+        )
+
     async def close(self) -> None:
         for task in self.tasks:
             task.cancel()
@@ -131,7 +143,8 @@ class Watcher:
             await consumer.stop()
 
 
-async def _wait(condition: Any, timeout: float, what: str) -> None:
+async def wait_until(condition: Any, timeout: float, what: str) -> None:
+    """Poll `condition` every 50 ms; `TimeoutError` naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
@@ -155,14 +168,7 @@ async def run(
     spec = load_specs(models_dir)[scenario.model_name]
     out_dir.mkdir(parents=True, exist_ok=True)
     timeline = Timeline()
-    watcher = Watcher(
-        {
-            "results": await tail_from_end(bootstrap, topics.predictions_results),
-            "lifecycle": await tail_from_end(bootstrap, topics.models_lifecycle),
-            "drift": await tail_from_end(bootstrap, topics.monitor_drift),
-        },
-        topics,
-    )
+    watcher = await Watcher.tail(bootstrap, topics)
     producer = make_producer(bootstrap)
     await producer.start()
     try:
@@ -210,7 +216,7 @@ async def _play(
             )
         ],
     )
-    await _wait(
+    await wait_until(
         lambda: any(p.model == spec.name for p in watcher.promotions),
         s.timeout_s,
         "the first promotion",

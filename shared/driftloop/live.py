@@ -21,8 +21,7 @@ from typing import Any
 
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import DriftDetected, Feedback, Observation, PredictionRequest, TrainModel
-from driftloop.demo import Watcher
-from driftloop.kafka import tail_from_end
+from driftloop.demo import Watcher, wait_until
 from driftloop.settings import Topics
 
 Row = tuple[dict[str, Any], Any, datetime]
@@ -69,14 +68,7 @@ async def play(
     rows = shifted(rows, datetime.now(UTC)) if shift else rows
     run_id = uuid.uuid4().hex[:8]
     started = time.monotonic()
-    watcher = Watcher(
-        {
-            "results": await tail_from_end(bootstrap, topics.predictions_results),
-            "lifecycle": await tail_from_end(bootstrap, topics.models_lifecycle),
-            "drift": await tail_from_end(bootstrap, topics.monitor_drift),
-        },
-        topics,
-    )
+    watcher = await Watcher.tail(bootstrap, topics)
     producer = make_producer(bootstrap)
     await producer.start()
     run = LiveRun(initial)
@@ -93,7 +85,9 @@ async def play(
             command_id=f"{run_id}-bootstrap", model=model, reason="bootstrap", min_rows=initial
         )
         await send_all(producer, topics.training_requests, [bootstrap_command])
-        await _until(lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model")
+        await wait_until(
+            lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model"
+        )
         await _traffic(producer, topics, watcher, model, rows, initial, delay_rows, rate_per_s, run_id, run,
                        timeout_s, progress)  # fmt: skip
         run.promotions = [(p.version, p.command_id or "") for p in watcher.promotions if p.model == model]
@@ -172,11 +166,3 @@ async def _send_at(
             await producer.send(topic, encode(request), key=request.request_id.encode(), timestamp_ms=stamp)
         )
     await asyncio.gather(*futures)
-
-
-async def _until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(0.05)
