@@ -317,8 +317,9 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
     """The policies a backtest compares by default, over `served` rows:
 
     - `spec`: the spec's own policy; `never`: no retraining;
-    - `periodic/N/plain`: every N labelled rows on the newest W, without refitting on the holdout
-      (the plain schedule), and `periodic/N`: the same with the spec's training, for schedules of
+    - `periodic/N/plain`: every N labelled rows on the newest W, all rows weighted alike, without
+      refitting on the holdout (the plain schedule), and `periodic/N`: the same with the spec's
+      training and weighting, for schedules of
       about 5, 10 and 20 retrains;
     - `drift`, `drift/last`: on detections only, reading rows since the change point or the newest W;
     - `both/N...`: periodic and drift (about 20 scheduled retrains), with the window `last`,

@@ -488,7 +488,7 @@ class RetrainSpec(SpecModel):
         description="drift: when the concept-drift detector fires; periodic: on a schedule; both; none.",
     )
     every_rows: int | None = Field(
-        default=1_000, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."
+        default=500, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."
     )
     every_s: float | None = Field(
         default=None, gt=0, description="Periodic: retrain after this many seconds of event time (null: not)."
@@ -507,7 +507,9 @@ class RetrainSpec(SpecModel):
         default=1_000, ge=10, description="Labelled rows since the change point a drift retrain waits for."
     )
     recency_half_life_rows: int | None = Field(
-        default=None, ge=1, description="Weight rows by recency: a row's weight halves every N rows back."
+        default=2_500,
+        ge=1,
+        description="Weight rows by recency: a row's weight halves every N rows back (null: all alike).",
     )
     window_choices: list[int] | None = Field(
         default=None,
