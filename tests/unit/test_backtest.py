@@ -129,3 +129,34 @@ def test_backtest_refuses_what_it_cannot_replay(tmp_path, sea_spec):
     with pytest.raises(DataError, match="usable rows"):
         load(str(path), sea_spec)
     assert main(["backtest", str(path), "--model", "sea", "--policies", "nope"]) == 2
+
+
+def test_a_history_loads_from_a_stream_a_parquet_file_and_the_offline_store(tmp_path, sea_spec):
+    import orjson
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from driftloop.store import RowStore
+
+    named = load("sea_abrupt", sea_spec, n=2000)
+    assert len(named.history) == 2000 and named.history.drifts == (1000,)
+
+    rows = _sea(1500, 0)
+    table = pa.table({
+        "x0": [x["x0"] for x, _, _ in rows], "x1": [x["x1"] for x, _, _ in rows],
+        "x2": [x["x2"] for x, _, _ in rows], "y": [y for _, y, _ in rows],
+        "event_time": [at for _, _, at in rows],
+    })  # fmt: skip
+    pq.write_table(table, tmp_path / "history.parquet")
+    parquet = load(str(tmp_path / "history.parquet"), sea_spec)
+    assert len(parquet.history) == 1500 and list(parquet.history.times) == [at for _, _, at in rows]
+
+    store = RowStore(tmp_path / "offline")
+    bodies = [
+        (f"e{i}", at, orjson.dumps({"features": x, "label": y, "event_time": at.isoformat(), "model": "sea"}))
+        for i, (x, y, at) in enumerate(rows)
+    ]
+    store.append("sea", bodies)
+    since = T0 + timedelta(seconds=200)
+    stored = load(str(tmp_path / "offline"), sea_spec, since=since)
+    assert len(stored.history) == 1300 and stored.history.times[0] == since
