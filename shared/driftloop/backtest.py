@@ -330,9 +330,8 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
     for retrains in (5, 10, 20):
         every = max(100, served // retrains)
         periodic = {"trigger": "periodic", "every_rows": every, "every_s": None, "window": "last"}
-        out[f"periodic/{every}/plain"] = variant(
-            spec, retrain=periodic, training={"refit_with_holdout": False}
-        )
+        plain = {**periodic, "recency_half_life_rows": None, "window_choices": None}
+        out[f"periodic/{every}/plain"] = variant(spec, retrain=plain, training={"refit_with_holdout": False})
         out[f"periodic/{every}"] = variant(spec, retrain=periodic)
     out["drift"] = variant(spec, retrain={"trigger": "drift", "window": "since_change"})
     out["drift/last"] = variant(spec, retrain={"trigger": "drift", "window": "last"})
