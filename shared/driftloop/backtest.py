@@ -323,7 +323,8 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
       about 5, 10 and 20 retrains;
     - `drift`, `drift/last`: on detections only, reading rows since the change point or the newest W;
     - `both/N...`: periodic and drift (about 20 scheduled retrains), with the window `last`,
-      recency weighting, window choices, the bare-margin gate, no refit, and other detectors.
+      recency weighting on or off (whichever the spec does not do), window choices, the
+      bare-margin gate, no refit, and other detectors.
     """
     rules = spec.retrain
     out = {"spec": spec, "never": variant(spec, retrain={"trigger": "none"})}
@@ -339,9 +340,11 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
     both = {"trigger": "both", "every_rows": every, "every_s": None, "window": "since_change"}
     out[f"both/{every}"] = variant(spec, retrain=both)
     out[f"both/{every}/last"] = variant(spec, retrain={**both, "window": "last"})
-    out[f"both/{every}/recency"] = variant(
-        spec, retrain={**both, "recency_half_life_rows": max(1, rules.window_rows // 2)}
-    )
+    if rules.recency_half_life_rows is None:
+        half_life = max(1, rules.window_rows // 2)
+        out[f"both/{every}/recency"] = variant(spec, retrain={**both, "recency_half_life_rows": half_life})
+    else:
+        out[f"both/{every}/no-recency"] = variant(spec, retrain={**both, "recency_half_life_rows": None})
     w = rules.window_rows
     choices = sorted({max(spec.training.min_rows, w // k) for k in (8, 4, 2, 1)})
     out[f"both/{every}/window-choices"] = variant(spec, retrain={**both, "window_choices": choices})
