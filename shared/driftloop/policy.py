@@ -191,7 +191,7 @@ class RetrainPolicy:
     pending: list[_Pending] = field(default_factory=list)
     asked: dict[str, Retrain] = field(default_factory=dict)  # recent requests, for retries
     floor: datetime | None = None  # window since_change: no retrain reads rows before this change point
-    champion_outcomes: deque[int] = field(default_factory=deque)
+    champion_outcomes: deque[int] = field(default_factory=deque)  # the newest, for the floor
 
     @property
     def warming_up(self) -> bool:
@@ -211,14 +211,14 @@ class RetrainPolicy:
         policy asked for, keeps watching with the same detector: the concept has not been declared
         over, and resetting it after every refresh would leave it too few rows to ever fire. Any
         other champion (after a drift, a retry, a rollback, a person's command) starts a fresh
-        detector, warming up."""
+        detector, warming up, and a fresh count of outcomes for the floor."""
         if version == self.champion:
             return
         self.champion = version
         request = self.asked.get(command_id or "")
         if self.detector is None or request is None or request.reason != "periodic":
             self.detector = ConceptDriftMonitor(self.spec.drift)
-        self.champion_outcomes = deque(maxlen=self.spec.retrain.below_floor_rows or 1)
+            self.champion_outcomes = deque(maxlen=self.spec.retrain.below_floor_rows or 1)
 
     def observe(self, version: int, correct: bool, event_time: datetime) -> Step:
         """Learn one labelled outcome of `version`'s prediction made at `event_time`."""

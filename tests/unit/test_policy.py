@@ -138,3 +138,20 @@ def test_moved_settings_are_refused_with_where_they_went(section, field, hint):
 def test_a_periodic_trigger_needs_a_period():
     with pytest.raises(ValueError, match="every_rows or every_s"):
         _spec(retrain={"trigger": "periodic", "every_rows": None})
+
+
+def test_routine_refreshes_keep_watching_and_other_champions_start_afresh():
+    spec = _spec(retrain={"trigger": "both", "every_rows": 500, "below_floor_rows": 800}, gate={"floor": 0.7})
+    policy = RetrainPolicy(spec)
+    policy.promoted(1)
+    version, reasons = 1, []
+    for i, error in enumerate(_errors([(0.45, 2000)])):  # below the floor from the start
+        step = policy.observe(version, not error, T0 + timedelta(seconds=i))
+        for retrain in step.retrains:
+            reasons.append(retrain.reason)
+            version += 1
+            policy.promoted(version, retrain.command_id)  # every periodic candidate is promoted
+    assert reasons.count("periodic") >= 3
+    assert policy.detector_samples > 1500  # one detector across the routine refreshes
+    policy.promoted(version + 1, "a person's command")
+    assert policy.detector_samples == 0 and len(policy.champion_outcomes) == 0
