@@ -3,8 +3,9 @@
 One local stack (broker, redis, six services) serves one model per stream; each stream is a model
 spec from `models/` under its own name (`sea-0-3`, ...). Per stream: 5,000 labelled rows of the first
 concept train v1, then 100,000 stationary requests (false alarms are counted here), then an abrupt
-drift and 20,000 more requests at 1,000 requests/s: the drift retrain (on the spec's minimum of
-post-change rows) serves first, then the refresh retrain on all rows since the change point.
+drift and 20,000 more requests at 1,000 requests/s: the drift retrain (on the spec's
+`retrain.min_rows` labelled rows after the change point, refitted on its holdout) serves; the demo
+specs retrain on detections only.
 Accuracy before the drift is that of the last 5,000 answers before the onset, after recovery that of
 the last 5,000 answers. Labels come back 0.5 s after each request, as an
 application would send them.
