@@ -278,7 +278,8 @@ class RetrainPolicy:
             )
             if by_rows or by_time:
                 wanted.append(self._request("periodic", self.floor, rules.window_rows))
-        if not wanted and self._below_floor() and since_asked >= len(self.champion_outcomes):
+        below = self._below_floor() and since_asked >= len(self.champion_outcomes)
+        if not wanted and not waiting_for_drift and below:  # a detected change is retrained after it
             wanted.append(self._request("below_floor", self.floor, rules.window_rows))
         for request in wanted[-1:]:  # several due at once: the last asked covers them
             self.last_asked, self.last_asked_at = self.labelled, now

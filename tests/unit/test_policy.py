@@ -155,3 +155,14 @@ def test_routine_refreshes_keep_watching_and_other_champions_start_afresh():
     assert policy.detector_samples > 1500  # one detector across the routine refreshes
     policy.promoted(version + 1, "a person's command")
     assert policy.detector_samples == 0 and len(policy.champion_outcomes) == 0
+
+
+def test_below_the_floor_after_a_detection_waits_for_the_drift_retrain():
+    # an abrupt drift takes the champion below the floor: the retrain is the drift one, on rows
+    # after the change, not a below-floor one on the newest W rows (mostly the old concept)
+    spec = _spec(retrain={"trigger": "drift", "min_rows": 1000, "below_floor_rows": 500}, gate={"floor": 0.7})
+    policy = RetrainPolicy(spec)
+    policy.promoted(1)
+    asked = _feed(policy, _errors([(0.05, 4000), (0.8, 2000)]))
+    assert [r.reason for _, r in asked][:1] == ["drift"]
+    assert asked[0][1].since is not None
