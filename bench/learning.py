@@ -46,7 +46,7 @@ def one(name: str) -> dict[str, Any]:
     with threadpool_limits(limits=1):
         results = backtesting.run(spec, history, delay, initial)
     chosen = recommend(results)
-    report = backtesting.summary(results, history, delay, f"stream {name}", chosen, None)
+    report = backtesting.summary(results, history, delay, f"stream {name}", chosen, None, spec)
     by_name = {r.name: r for r in results}
     periodic = [r for r in results if r.name.startswith("periodic/") and r.retrains <= MAX_PERIODIC_RETRAINS]
     plain = [r for r in periodic if r.name.endswith("/plain")]

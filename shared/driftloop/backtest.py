@@ -75,6 +75,14 @@ class Training:
     cpu_s: float
 
 
+@dataclass(frozen=True)
+class Detected:
+    """A detection: the stream row being served when it fired, and what the detector said."""
+
+    row: int
+    detection: Detection
+
+
 @dataclass
 class Result:
     """What one policy did over a history."""
@@ -87,8 +95,7 @@ class Result:
     versions: np.ndarray  # serving version per row
     trained_until: np.ndarray  # per row: newest row the serving model was trained on
     trainings: list[Training] = field(default_factory=list)
-    detections: list[int] = field(default_factory=list)  # stream rows at which drift was detected
-    detected: list[Detection] = field(default_factory=list)  # what the detector said, each time
+    detections: list[Detected] = field(default_factory=list)  # every detection, in stream order
     requests: list[Retrain] = field(default_factory=list)  # every retrain the policy asked for
     train_cpu_s: float = 0.0
     replay_cpu_s: float = 0.0
@@ -123,11 +130,12 @@ class Result:
         """Where drift onsets are known: the delay (rows) of the first detection after each onset,
         the detections that were not such a first one (false alarms), and the rows served after
         an onset by a model trained on rows before it (stale)."""
+        rows = [d.row for d in self.detections]
         delays: list[int | None] = []
         firsts: set[int] = set()
         for k, onset in enumerate(drifts):
             end = drifts[k + 1] if k + 1 < len(drifts) else None
-            after = [d for d in self.detections if d >= onset and (end is None or d < end)]
+            after = [d for d in rows if d >= onset and (end is None or d < end)]
             delays.append(after[0] - onset if after else None)
             firsts.update(after[:1])
         stale = 0
@@ -137,7 +145,7 @@ class Result:
             stale += int((self.trained_until[served] < onset).sum())
         return {
             "detection_delays": delays,
-            "false_alarms": len([d for d in self.detections if d not in firsts]),
+            "false_alarms": len([d for d in rows if d not in firsts]),
             "stale_rows": stale,
         }
 
@@ -210,8 +218,7 @@ class Backtest:
                     continue
                 step = policy.observe(int(served_by[j]), bool(result.correct[j - start]), history.times[j])
                 if step.detection is not None:
-                    result.detections.append(row)
-                    result.detected.append(step.detection)
+                    result.detections.append(Detected(row, step.detection))
                 result.requests += step.retrains
                 for retrain in step.retrains:
                     outcome = self._retrain(retrain, arrivals[:labelled], champion, row, result)
@@ -323,8 +330,8 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
       about 5, 10 and 20 retrains;
     - `drift`, `drift/last`: on detections only, reading rows since the change point or the newest W;
     - `both/N...`: periodic and drift (about 20 scheduled retrains), with the window `last`,
-      recency weighting on or off (whichever the spec does not do), window choices, the
-      bare-margin gate, no refit, and other detectors.
+      recency weighting on or off (whichever the spec does not do), window choices, a window four
+      times as wide (also periodic only), the bare-margin gate, no refit, and other detectors.
     """
     rules = spec.retrain
     out = {"spec": spec, "never": variant(spec, retrain={"trigger": "none"})}
@@ -348,6 +355,14 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
     w = rules.window_rows
     choices = sorted({max(spec.training.min_rows, w // k) for k in (8, 4, 2, 1)})
     out[f"both/{every}/window-choices"] = variant(spec, retrain={**both, "window_choices": choices})
+    wide = min(4 * w, spec.training.window_rows)
+    if wide > w:  # on a stream that barely drifts, more rows beat newer ones
+        half_life = rules.recency_half_life_rows and rules.recency_half_life_rows * wide // w
+        widened = {**both, "window_rows": wide, "recency_half_life_rows": half_life}
+        out[f"periodic/{every}/window-{wide}"] = variant(
+            spec, retrain={**widened, "trigger": "periodic", "window": "last"}
+        )
+        out[f"both/{every}/window-{wide}"] = variant(spec, retrain=widened)
     out[f"both/{every}/margin-gate"] = variant(spec, retrain=both, gate={"confidence": None})
     out[f"both/{every}/no-refit"] = variant(spec, retrain=both, training={"refit_with_holdout": False})
     out[f"both/{every}/adwin-0.02"] = variant(
@@ -384,12 +399,26 @@ def recommend(results: Sequence[Result], max_retrains: int | None = None, tie: f
     return min((r for r in allowed if r.accuracy >= best - tie), key=lambda r: (r.retrains, -r.accuracy))
 
 
-def spec_sections(result: Result) -> str:
-    """The recommended policy's spec sections (retrain, drift detector, gate), ready to paste."""
+POLICY_SECTIONS = ("retrain", "drift", "gate", "training")
+
+
+def policy_changes(chosen: ModelSpec, base: ModelSpec) -> dict[str, dict[str, Any]]:
+    """The fields of the policy's sections (retrain, drift, gate, training) where `chosen` differs
+    from `base`: what to change in the spec to run the chosen policy."""
+    changes = {}
+    for section in POLICY_SECTIONS:
+        new, old = getattr(chosen, section).model_dump(), getattr(base, section).model_dump()
+        changed = {k: v for k, v in new.items() if v != old[k]}
+        if changed:
+            changes[section] = changed
+    return changes
+
+
+def spec_sections(chosen: ModelSpec, base: ModelSpec) -> str:
+    """`policy_changes` as YAML, ready to paste into the spec file."""
     import yaml
 
-    spec = result.spec
-    drift = {k: v for k, v in spec.drift.model_dump().items() if k in ("detector", "params", "cooldown_rows")}
-    gate_rules = {k: v for k, v in spec.gate.model_dump().items() if k in ("min_holdout_rows", "confidence")}
-    sections = {"retrain": spec.retrain.model_dump(), "drift": drift, "gate": gate_rules}
-    return yaml.safe_dump(sections, sort_keys=False, default_flow_style=False)
+    changes = policy_changes(chosen, base)
+    if not changes:
+        return "# the spec's own policy: nothing to change\n"
+    return yaml.safe_dump(changes, sort_keys=False, default_flow_style=False)

@@ -23,7 +23,16 @@ from typing import Any
 
 import numpy as np
 
-from driftloop.backtest import Backtest, Delay, History, Result, grid, recommend, spec_sections
+from driftloop.backtest import (
+    Backtest,
+    Delay,
+    History,
+    Result,
+    grid,
+    policy_changes,
+    recommend,
+    spec_sections,
+)
 from driftloop.datasets import CsvFile, CsvRow, DataError
 from driftloop.spec import ModelSpec
 
@@ -217,6 +226,7 @@ def summary(
     source: str,
     chosen: Result,
     max_retrains: int | None,
+    spec: ModelSpec,
 ) -> dict[str, Any]:
     """The report as JSON-ready data."""
     window = max(1, (len(history) - results[0].start) // 20)
@@ -230,7 +240,7 @@ def summary(
         "window_rows": window,
         "max_retrains": max_retrains,
         "recommended": chosen.name,
-        "recommended_sections": spec_sections(chosen),
+        "recommended_changes": policy_changes(chosen.spec, spec),
         "policies": [
             {
                 "name": r.name,
@@ -241,7 +251,7 @@ def summary(
                 "promotions": r.promotions,
                 "train_cpu_s": r.train_cpu_s,
                 "replay_cpu_s": r.replay_cpu_s,
-                "detections": r.detections,
+                "detections": [d.row for d in r.detections],
                 "accuracy_per_window": r.windows(window),
                 "trainings": [t.__dict__ for t in r.trainings],
                 **(r.drift_figures(history.drifts) if history.drifts else {}),
@@ -348,7 +358,7 @@ def main(
     if sys.stderr.isatty():
         sys.stderr.write("\n")
     chosen = recommend(results, max_retrains)
-    report = summary(results, history, delay, loaded.source, chosen, max_retrains)
+    report = summary(results, history, delay, loaded.source, chosen, max_retrains, spec)
     out.mkdir(parents=True, exist_ok=True)
     (out / "backtest.json").write_text(json.dumps(report, indent=2, default=str) + "\n")
     plot(results, history, out / "backtest.png", chosen)
@@ -362,8 +372,8 @@ def main(
         print(f"note: {note}")
     print(table(report))
     budget = "" if max_retrains is None else f" within {max_retrains} retrains"
-    print(f"\nrecommended{budget}: {chosen.name} (accuracy {chosen.accuracy:.4f}); spec sections:\n")
-    print(spec_sections(chosen))
+    print(f"\nrecommended{budget}: {chosen.name} (accuracy {chosen.accuracy:.4f}); in the spec:\n")
+    print(spec_sections(chosen.spec, spec))
     print(
         f"CPU: training {train:.1f} s, replay {replay:.1f} s ({replay / max(1e-9, train + replay):.0%}); "
         f"wall {time.perf_counter() - wall:.1f} s. Wrote {out / 'backtest.json'} and {out / 'backtest.png'}"

@@ -121,13 +121,13 @@ async def _traffic(
         due = min(len(rows), initial + int((time.monotonic() - started) * rate_per_s) + 1)
         requests = []
         for i in range(row, due):
-            x, y, _ = rows[i]
+            x, y, event_time = rows[i]
             request_id = f"{run_id}-r{i}"
             truth[request_id] = (i, y)
             labels.append((i, request_id, y))
-            requests.append(PredictionRequest(request_id=request_id, model=model, features=x))
+            requests.append((PredictionRequest(request_id=request_id, model=model, features=x), event_time))
         for start in range(0, len(requests), 500):
-            await _send_at(producer, topics.predictions_requests, requests[start : start + 500], rows)
+            await _send_at(producer, topics.predictions_requests, requests[start : start + 500])
         row = due
         feedback = []
         while labels and (labels[0][0] + delay_rows < row or row == len(rows)):
@@ -152,16 +152,13 @@ async def _traffic(
         run.versions.append(version)
 
 
-async def _send_at(
-    producer: Any, topic: str, requests: Sequence[PredictionRequest], rows: Sequence[Row]
-) -> None:
+async def _send_at(producer: Any, topic: str, requests: Sequence[tuple[PredictionRequest, datetime]]) -> None:
     """Send requests with their row's event time as the record timestamp (the monitor's request time)."""
     from driftloop.kafka import encode
 
     futures = []
-    for request in requests:
-        i = int(request.request_id.rsplit("-r", 1)[1])
-        stamp = int(rows[i][2].timestamp() * 1000)
+    for request, event_time in requests:
+        stamp = int(event_time.timestamp() * 1000)
         futures.append(
             await producer.send(topic, encode(request), key=request.request_id.encode(), timestamp_ms=stamp)
         )

@@ -190,7 +190,8 @@ async def test_live_loop_and_backtest_decide_alike(stack):
 
     # the same detection: the detector fired on the same labelled outcome, the same change point
     (live_drift,) = run.drifts
-    (detection,) = replayed.detected
+    (detected,) = replayed.detections
+    detection = detected.detection
     assert abs(live_drift.samples_seen - detection.samples_seen) <= TOLERANCE
     live_change = bisect.bisect_left(times, live_drift.change_point_time)
     replayed_change = bisect.bisect_left(times, detection.change_point_time)

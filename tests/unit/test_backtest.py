@@ -6,9 +6,19 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pytest
+import yaml
 
 from driftloop import datasets
-from driftloop.backtest import Backtest, Delay, History, Result, recommend, variant
+from driftloop.backtest import (
+    Backtest,
+    Delay,
+    History,
+    Result,
+    policy_changes,
+    recommend,
+    spec_sections,
+    variant,
+)
 from driftloop.backtesting import encode, load, parse_delay
 from driftloop.cli import main
 
@@ -57,7 +67,7 @@ def test_a_drift_policy_detects_retrains_on_post_change_rows_and_beats_never(abr
     assert delay is not None and 0 < delay < 1500
     (training,) = [t for t in result.trainings if t.reason == "drift"]
     # it waited for 1,000 labelled rows after the estimated change point, and read only those
-    assert training.blessed and training.rows == 1000 and training.row > result.detections[0]
+    assert training.blessed and training.rows == 1000 and training.row > result.detections[0].row
     assert result.accuracy > baseline.accuracy + 0.02
     assert figures["stale_rows"] < baseline.drift_figures(history.drifts)["stale_rows"]
     assert result.replay_cpu_s >= 0 and result.train_cpu_s > 0
@@ -101,6 +111,16 @@ def test_the_recommendation_trains_least_among_the_best_and_keeps_the_budget():
     assert recommend(results, max_retrains=5).name == "c"
 
 
+def test_recommended_policy_is_printed_as_the_changes_to_the_spec(sea_spec):
+    wide = variant(sea_spec, retrain={"trigger": "periodic", "window_rows": 4000}, gate={"confidence": None})
+    assert policy_changes(wide, sea_spec) == {
+        "retrain": {"trigger": "periodic", "window_rows": 4000},
+        "gate": {"confidence": None},
+    }
+    assert yaml.safe_load(spec_sections(wide, sea_spec)) == policy_changes(wide, sea_spec)
+    assert policy_changes(sea_spec, sea_spec) == {}
+
+
 def test_backtest_command_on_a_csv_file(tmp_path, capsys):
     rows = _sea(2500, 2500)
     path = tmp_path / "history.csv"
@@ -114,8 +134,11 @@ def test_backtest_command_on_a_csv_file(tmp_path, capsys):
                  "--policies", "spec,never", "--out", str(out)])  # fmt: skip
     assert code == 0
     printed = capsys.readouterr().out
-    assert "recommended" in printed and "retrain:" in printed and "labels 0:01:00 late" in printed
+    assert "labels 0:01:00 late" in printed
     report = json.loads((out / "backtest.json").read_text())
+    # the spec's own policy (retrain on the detected drift) wins: nothing to change in the spec
+    assert report["recommended"] == "spec" and report["recommended_changes"] == {}
+    assert "recommended: spec" in printed and "nothing to change" in printed
     assert {p["name"] for p in report["policies"]} == {"spec", "never"}
     assert report["rows"] == 5000 and report["initial_rows"] == 1500
     assert (out / "backtest.png").stat().st_size > 10_000
