@@ -90,8 +90,9 @@ bench-cli: install ## start-up of `driftloop --help` and subcommand helps vs `py
 bench-learning: install ## retraining policies backtested on real and synthetic drifting streams, labels late
 	$(BIN)/python -m bench.learning
 
-bench-learning-live: install ## the live loop on a real stream vs its backtest, same rows and policy
-	$(BIN)/python -m bench.learning_live
+bench-learning-live: install ## the live loop on two real streams vs their backtest, the recommended policy
+	$(BIN)/python -m bench.learning_live weather
+	$(BIN)/python -m bench.learning_live bikeshare
 
 bench-governance: install ## TrainModel -> new version serving, p50 of 5 runs on 20k SEA rows
 	$(BIN)/python -m bench.governance
