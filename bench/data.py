@@ -27,7 +27,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from bench.common import batch_totals, start_broker_and_redis, stop_processes, table, wait_ready, write
-from bench.inference import Reader, burst, latency, offered_load
+from bench.traffic import Reader, burst, latency, offered_load
 from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
 from driftloop.localstack import free_port

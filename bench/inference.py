@@ -12,26 +12,24 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import orjson
-from aiokafka import ConsumerRecord
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from bench.common import start_broker_and_redis, stop_processes, table, wait_ready, write
+from bench.traffic import Reader, burst, latency, offered_load
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelPromoted
-from driftloop.fastpath import BatchSender, Output
-from driftloop.kafka import ensure_topics, tail_from_end
+from driftloop.fastpath import BatchSender
+from driftloop.kafka import ensure_topics
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
 from driftloop_training.adapters import convert
@@ -78,103 +76,6 @@ def payloads(n: int, seed: int = 0) -> list[tuple[bytes, bytes]]:
         }
         out.append((request_id.encode(), orjson.dumps(body)))
     return out
-
-
-class Reader:
-    """Reads a response topic and records, per request id, when each response arrived."""
-
-    def __init__(self, bootstrap: str, topic: str) -> None:
-        self.bootstrap, self.topic = bootstrap, topic
-        self.arrivals: dict[bytes, list[float]] = {}
-        self.versions: dict[bytes, int] = {}
-        self.track_versions = False  # parsing results costs CPU: only during the swap
-        self._awaited: set[bytes] = set()  # keys `wait_for` waits for that have not arrived
-        self._all_arrived = asyncio.Event()
-
-    async def start(self) -> None:
-        wait = ServiceSettings().kafka_fetch_max_wait_ms
-        self.consumer = await tail_from_end(self.bootstrap, self.topic, wait)
-        self.task = asyncio.create_task(self._read())
-
-    async def _read(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=20, max_records=5000)
-            now = time.perf_counter()
-            for records in batches.values():
-                for record in records:
-                    key = self.key(record)
-                    self.arrivals.setdefault(key, []).append(now)
-                    if self.track_versions and record.value:
-                        self.versions[key] = orjson.loads(record.value)["model_version"]
-                    if key in self._awaited:
-                        self._awaited.discard(key)
-                        if not self._awaited:
-                            self._all_arrived.set()
-
-    def key(self, record: ConsumerRecord) -> bytes:
-        """What identifies an answer: its request id, the record key."""
-        return record.key or b""
-
-    async def stop(self) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.consumer.stop()
-
-    async def wait_for(self, keys: set[bytes], timeout: float) -> None:
-        """Until every key has arrived (checked as records come: polling a set of 50,000 keys
-        would take CPU from what is measured), or the timeout."""
-        self._awaited = keys - self.arrivals.keys()
-        self._all_arrived.clear()
-        if self._awaited:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._all_arrived.wait(), timeout)
-        self._awaited = set()
-
-
-async def burst(sender: BatchSender, reader: Reader, topic: str, items: list[tuple[bytes, bytes]]) -> float:
-    """Requests/s answered for a burst sent as fast as the producer can."""
-    started = time.perf_counter()
-    for i in range(0, len(items), 2000):
-        await sender.send([Output(topic, k, v) for k, v in items[i : i + 2000]])
-    keys = {k for k, _ in items}
-    await reader.wait_for(keys, 120)
-    done = max(reader.arrivals[k][0] for k in keys if k in reader.arrivals)
-    return len(keys & reader.arrivals.keys()) / (done - started)
-
-
-async def offered_load(
-    sender: BatchSender,
-    reader: Reader,
-    topic: str,
-    items: list[tuple[bytes, bytes]],
-    rate: float,
-    during=None,
-) -> tuple[dict[bytes, float], int]:
-    """Send at a fixed rate (5 ms ticks); returns send times; `during` runs halfway through."""
-    sent: dict[bytes, float] = {}
-    started = time.perf_counter()
-    index = 0
-    fired = during is None
-    while index < len(items):
-        due = min(len(items), int((time.perf_counter() - started) * rate))
-        if due > index:
-            chunk = items[index:due]
-            now = time.perf_counter()
-            await sender.send([Output(topic, k, v) for k, v in chunk])
-            for k, _ in chunk:
-                sent[k] = now
-            index = due
-        if not fired and index >= len(items) // 2:
-            fired = True
-            await during()
-        await asyncio.sleep(0.005)
-    await reader.wait_for(set(sent), 30)
-    return sent, index
-
-
-def latency(sent: dict[bytes, float], reader: Reader) -> dict[str, float]:
-    delays = np.array([(reader.arrivals[k][0] - t) * 1000 for k, t in sent.items() if k in reader.arrivals])
-    return {q: float(np.percentile(delays, p)) for q, p in (("p50", 50), ("p99", 99), ("p999", 99.9))}
 
 
 def rss_peak_mb(pid: int) -> float:

@@ -136,6 +136,61 @@ async def ensure_topics(settings: ServiceSettings, names: Sequence[str]) -> None
         await admin.close()
 
 
+async def group_lag(
+    bootstrap: str, groups: Mapping[str, Sequence[str]], options: Mapping[str, Any] | None = None
+) -> dict[str, int]:
+    """Records each consumer group has yet to commit on the topics it reads (`groups`: group ->
+    topics): the end of every partition minus the group's committed offset there (the start of
+    the partition where it committed nothing yet). What the broker says, not what a member last
+    saw. A consumer of each group that never subscribes reads its offsets without joining it; the
+    ends are the high-water marks of a fetch (tansu answers a ListOffsets for the latest offset
+    wrongly)."""
+    options = options or {}
+    ends = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20, **options
+    )
+    readers = {
+        group: AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options
+        )
+        for group in groups
+    }
+    try:
+        for consumer in (ends, *readers.values()):
+            await consumer.start()
+        partitions = {
+            topic: [TopicPartition(topic, p) for p in sorted(ends.partitions_for_topic(topic) or ())]
+            for topic in {t for topics in groups.values() for t in topics}
+        }
+        every = [tp for tps in partitions.values() for tp in tps]
+        starts = await ends.beginning_offsets(every)
+        highwater = await _highwaters(ends, every)
+        lag = {}
+        for group, topics in groups.items():
+            owned = [tp for topic in topics for tp in partitions[topic]]
+            committed = [await readers[group].committed(tp) for tp in owned]
+            lag[group] = sum(
+                highwater[tp] - (starts[tp] if at is None else at)
+                for tp, at in zip(owned, committed, strict=True)
+            )
+        return lag
+    finally:
+        for consumer in (ends, *readers.values()):
+            await consumer.stop()
+
+
+async def _highwaters(
+    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+) -> dict[TopicPartition, int]:
+    """The high-water mark of every partition, from fetches of one record at its start."""
+    consumer.assign(list(partitions))
+    await consumer.seek_to_beginning(*partitions)
+    deadline = time.monotonic() + 10
+    while any(consumer.highwater(tp) is None for tp in partitions) and time.monotonic() < deadline:
+        await consumer.getmany(timeout_ms=50, max_records=1)
+    return {tp: consumer.highwater(tp) or 0 for tp in partitions}
+
+
 async def _assign_all(
     bootstrap: str, topic: str, fetch_max_wait_ms: int, options: Mapping[str, Any] | None
 ) -> AIOKafkaConsumer:

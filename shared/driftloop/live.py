@@ -73,21 +73,7 @@ async def play(
     await producer.start()
     run = LiveRun(initial)
     try:
-        history = [
-            Observation(event_id=f"{run_id}-h{i}", model=model, features=x, label=y, event_time=t)
-            for i, (x, y, t) in enumerate(rows[:initial])
-        ]
-        for start in range(0, len(history), 1_000):
-            await send_all(
-                producer, topics.events_raw, history[start : start + 1_000], key_of=lambda o: o.event_id
-            )
-        bootstrap_command = TrainModel(
-            command_id=f"{run_id}-bootstrap", model=model, reason="bootstrap", min_rows=initial
-        )
-        await send_all(producer, topics.training_requests, [bootstrap_command])
-        await wait_until(
-            lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model"
-        )
+        await first_model(producer, watcher, topics, model, rows[:initial], run_id, timeout_s)
         await _traffic(producer, topics, watcher, model, rows, initial, delay_rows, rate_per_s, run_id, run,
                        timeout_s, progress)  # fmt: skip
         run.promotions = [(p.version, p.command_id or "") for p in watcher.promotions if p.model == model]
@@ -97,6 +83,32 @@ async def play(
         await watcher.close()
     run.seconds = time.monotonic() - started
     return run
+
+
+async def first_model(
+    producer: Any,
+    watcher: Watcher,
+    topics: Topics,
+    model: str,
+    rows: Sequence[Row],
+    run_id: str,
+    timeout_s: float,
+) -> None:
+    """Send `rows` as labelled observations and a bootstrap `TrainModel` on all of them; return once
+    a version of `model` is promoted."""
+    history = [
+        Observation(event_id=f"{run_id}-h{i}", model=model, features=x, label=y, event_time=t)
+        for i, (x, y, t) in enumerate(rows)
+    ]
+    for start in range(0, len(history), 1_000):
+        await send_all(
+            producer, topics.events_raw, history[start : start + 1_000], key_of=lambda o: o.event_id
+        )
+    command = TrainModel(
+        command_id=f"{run_id}-bootstrap", model=model, reason="bootstrap", min_rows=len(rows)
+    )
+    await send_all(producer, topics.training_requests, [command])
+    await wait_until(lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model")
 
 
 async def _traffic(

@@ -257,6 +257,8 @@ class RetrainPolicy:
 
     def _due(self, now: datetime) -> list[Retrain]:
         rules = self.spec.retrain
+        if rules.trigger == "none":  # no automatic retraining at all, not even below the floor
+            return []
         wanted: list[Retrain] = []
         still: list[_Pending] = []
         for pending in self.pending:

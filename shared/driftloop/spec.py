@@ -485,7 +485,8 @@ class RetrainSpec(SpecModel):
 
     trigger: Literal["drift", "periodic", "both", "none"] = Field(
         default="both",
-        description="drift: when the concept-drift detector fires; periodic: on a schedule; both; none.",
+        description="drift: when the concept-drift detector fires; periodic: on a schedule; both; "
+        "none: no automatic retraining (not below the floor either).",
     )
     every_rows: int | None = Field(
         default=500, ge=1, description="Periodic: retrain after this many labelled rows (null: not)."

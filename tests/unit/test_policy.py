@@ -111,6 +111,13 @@ def test_a_champion_below_the_floor_is_retrained_without_a_detection():
     assert rows[0] >= 499 and all(b - a >= 500 for a, b in itertools.pairwise(rows))
 
 
+def test_trigger_none_never_retrains_not_even_below_the_floor_or_after_a_change():
+    spec = _spec(retrain={"trigger": "none", "below_floor_rows": 500}, gate={"floor": 0.7})
+    policy = RetrainPolicy(spec)
+    policy.promoted(1)
+    assert _feed(policy, _errors([(0.1, 3000), (0.6, 3000)])) == []
+
+
 def test_command_ids_are_stable_for_the_same_stream():
     spec = _spec(retrain={"trigger": "periodic", "every_rows": 500})
     ids = []

@@ -1,0 +1,371 @@
+"""`make bench-stack`: the whole local stack as deployed (broker, Redis, Prometheus, six services),
+under labelled traffic as an application makes it: requests, their results, each label sent as
+feedback half a second after its result, and the labelled rows going round through ingest, feature
+and the training store. In one run, on one machine:
+
+1. the ceiling: a bare echo (bench/echo.py) on the same broker, answering each request;
+2. results/s for 50,000 requests sent as fast as possible, stack vs echo;
+3. request -> result latency at 1,000 requests/s, stack vs echo, three alternating rounds;
+4. the highest sustained closed-loop rate: offered rates double from 500/s while every consumer
+   group's lag stays bounded (at most `LAG_S` seconds of its input in the second half of a step of
+   `STEP_S` seconds) and every request is answered, then two bisection steps;
+5. per step, the CPU share of every process and the lag of every group.
+
+Usage: python -m bench.stack   (BENCH_STACK_STEP_S=20 for a quicker, rougher search)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.common import table, write
+from bench.traffic import Reader, burst, latency, offer, offered_load
+from driftloop import datasets, live, localstack
+from driftloop.client import make_producer
+from driftloop.demo import Watcher
+from driftloop.fastpath import BatchSender, Output
+from driftloop.kafka import ensure_topics, group_lag
+from driftloop.settings import ServiceSettings, Topics
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = "sea"
+POOL = 20_000  # distinct SEA rows; requests cycle through them
+BURST = 50_000
+LATENCY_RATE, LATENCY_ROUNDS, LATENCY_S = 1_000, 3, 10
+STEP_S = float(os.environ.get("BENCH_STACK_STEP_S", "60"))
+FIRST_RATE = 500
+LAG_S = 2.0  # a group keeps up when its lag stays within this many seconds of its input
+FEEDBACK_DELAY_S = 0.5
+ECHO = ("echo.requests", "echo.responses")
+
+
+def groups(topics: Topics) -> dict[str, list[str]]:
+    """The consumer groups on the prediction and data paths, and what they read."""
+    return {
+        "inference": [topics.predictions_requests],
+        "monitor": [topics.predictions_requests, topics.predictions_results, topics.predictions_feedback],
+        "ingest": [topics.events_raw],
+        "feature": [topics.events_validated],
+        "training-store": [topics.features_computed],
+    }
+
+
+class Traffic:
+    """Request payloads cycling through a pool of SEA rows, and the label of every request sent."""
+
+    def __init__(self, seed: int = 3) -> None:
+        self.pool = list(itertools.islice(datasets.sea(0, seed), POOL))
+        self.labels: dict[bytes, int] = {}
+        self.count = 0
+
+    def requests(self, n: int, remember: bool = True) -> list[tuple[bytes, bytes]]:
+        out = []
+        for _ in range(n):
+            x, y = self.pool[self.count % POOL]
+            request_id = f"s{self.count}".encode()
+            self.count += 1
+            if remember:
+                self.labels[request_id] = y
+            out.append(
+                (request_id, orjson.dumps({"request_id": request_id.decode(), "model": MODEL, "features": x}))
+            )
+        return out
+
+
+async def feedback(sender: BatchSender, reader: Reader, traffic: Traffic, topic: str) -> None:
+    """Forever: each answered request's label, `FEEDBACK_DELAY_S` after its result arrived."""
+    assert reader.answered is not None
+    while True:
+        due = time.perf_counter() - FEEDBACK_DELAY_S
+        out = []
+        while reader.answered and reader.answered[0][1] <= due:
+            key, _ = reader.answered.popleft()
+            label = traffic.labels.pop(key, None)
+            if label is not None:
+                body = orjson.dumps({"request_id": key.decode(), "model": MODEL, "label": label})
+                out.append(Output(topic, key, body))
+        if out:
+            await sender.send(out)
+        await asyncio.sleep(0.05)
+
+
+class Cpu:
+    """CPU seconds of a set of processes, from /proc."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.mark()
+
+    def _seconds(self, pid: int) -> float:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / self.tick  # utime + stime
+
+    def mark(self) -> None:
+        self.at = time.perf_counter()
+        self.used = {name: self._seconds(pid) for name, pid in self.pids.items()}
+
+    def shares(self) -> dict[str, float]:
+        """Percent of one core each process used since the last `mark`."""
+        wall = time.perf_counter() - self.at
+        return {name: 100 * (self._seconds(pid) - self.used[name]) / wall for name, pid in self.pids.items()}
+
+
+async def lag_samples(
+    bootstrap: str, watched: dict[str, list[str]], into: list[tuple[float, dict[str, int]]]
+) -> None:
+    """Forever: every group's lag, about every 2 seconds."""
+    while True:
+        into.append((time.perf_counter(), await group_lag(bootstrap, watched)))
+        await asyncio.sleep(2)
+
+
+async def drain(bootstrap: str, watched: dict[str, list[str]], timeout: float = 120) -> dict[str, int]:
+    """Wait until no group has more than a few hundred records left; the lags at the end."""
+    deadline = time.monotonic() + timeout
+    while True:
+        lag = await group_lag(bootstrap, watched)
+        if max(lag.values()) <= 500 or time.monotonic() > deadline:
+            return lag
+        await asyncio.sleep(2)
+
+
+async def step(
+    rate: float,
+    sender: BatchSender,
+    reader: Reader,
+    traffic: Traffic,
+    topics: Topics,
+    bootstrap: str,
+    cpu: Cpu,
+) -> dict[str, Any]:
+    """Offer `rate` requests/s for `STEP_S` seconds: kept up or not, lags, CPU shares, latency."""
+    watched = groups(topics)
+    samples: list[tuple[float, dict[str, int]]] = []
+    items = traffic.requests(int(rate * STEP_S))
+    cpu.mark()
+    sampler = asyncio.create_task(lag_samples(bootstrap, watched, samples))
+    started = time.perf_counter()
+    try:
+        sent = await offer(sender, topics.predictions_requests, items, rate)
+    finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
+    wall = time.perf_counter() - started
+    shares = cpu.shares()
+    await reader.wait_for(set(sent), 10)
+    answered = sum(1 for k in sent if k in reader.arrivals)
+    second_half = [lag for at, lag in samples if at >= started + wall / 2] or [samples[-1][1]]
+    worst = {group: max(lag[group] for lag in second_half) for group in watched}
+    bound = {group: LAG_S * rate * len(inputs) for group, inputs in watched.items()}
+    behind = sorted(group for group in watched if worst[group] > bound[group])
+    kept_up = not behind and answered == len(sent) and wall < STEP_S * 1.1
+    print(
+        f"  {rate:>7.0f}/s for {wall:.0f} s: {'kept up' if kept_up else 'fell behind'}"
+        + (f" ({', '.join(behind)})" if behind else "")
+        + f"; answered {answered}/{len(sent)}; worst lag {worst}",
+        flush=True,
+    )
+    return {
+        "rate": rate,
+        "kept_up": kept_up,
+        "behind": behind,
+        "answered": answered,
+        "sent": len(sent),
+        "wall_s": wall,
+        "worst_lag_second_half": worst,
+        "lag_samples": [lag for _, lag in samples],
+        "cpu_percent": shares,
+        "latency_ms": latency(sent, reader),
+    }
+
+
+async def sustained(
+    sender: BatchSender,
+    reader: Reader,
+    traffic: Traffic,
+    topics: Topics,
+    bootstrap: str,
+    cpu: Cpu,
+    ceiling: float,
+) -> tuple[float, list[dict[str, Any]]]:
+    """The highest offered rate the closed loop kept up with, and every step."""
+    steps: list[dict[str, Any]] = []
+    good, bad = 0.0, None
+    rate = float(FIRST_RATE)
+    while bad is None and rate <= ceiling:
+        result = await step(rate, sender, reader, traffic, topics, bootstrap, cpu)
+        steps.append(result)
+        if result["kept_up"]:
+            good, rate = rate, rate * 2
+        else:
+            bad = rate
+        await drain(bootstrap, groups(topics))
+    for _ in range(2 if bad is not None and good else 0):
+        rate = round((good + bad) / 2, -1)
+        result = await step(rate, sender, reader, traffic, topics, bootstrap, cpu)
+        steps.append(result)
+        good, bad = (rate, bad) if result["kept_up"] else (good, rate)
+        await drain(bootstrap, groups(topics))
+    return good, steps
+
+
+async def run(tmp: Path) -> dict[str, Any]:
+    models = tmp / "models"
+    models.mkdir()
+    shutil.copy(ROOT / "models" / f"{MODEL}.yaml", models)
+    stack = localstack.up(tmp / "run", models)
+    echo = None
+    try:
+        bootstrap, topics = stack.bootstrap, Topics()
+        await ensure_topics(ServiceSettings(kafka_bootstrap=bootstrap), list(ECHO))
+        env = {**os.environ, "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap, "DRIFTLOOP_LOG_LEVEL": "WARNING"}
+        echo = subprocess.Popen(
+            [sys.executable, "-m", "bench.echo", *ECHO], env=env, stdout=subprocess.PIPE, text=True
+        )
+        assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
+
+        traffic = Traffic()
+        now = datetime.now(UTC) - timedelta(hours=1)
+        first = [(x, y, now + timedelta(milliseconds=i)) for i, (x, y) in enumerate(traffic.pool[:5_000])]
+        producer = make_producer(bootstrap)
+        await producer.start()
+        watcher = await Watcher.tail(bootstrap, topics)
+        try:
+            await live.first_model(producer, watcher, topics, MODEL, first, uuid.uuid4().hex[:8], 180)
+        finally:
+            await watcher.close()
+            await producer.stop()
+        await asyncio.sleep(4)  # the echo's group has joined (a join takes 3 s on tansu)
+
+        sender = await BatchSender.connect(bootstrap, "bench-stack")
+        echo_reader, reader = Reader(bootstrap, ECHO[1]), Reader(bootstrap, topics.predictions_results)
+        reader.answered = deque()
+        await echo_reader.start()
+        await reader.start()
+        labels = asyncio.create_task(feedback(sender, reader, traffic, topics.predictions_feedback))
+        pids = {**stack.pids, "echo": echo.pid, "load generator": os.getpid()}
+        cpu = Cpu(pids)
+        figures: dict[str, Any] = {"processes": sorted(pids)}
+        try:
+            await burst(sender, echo_reader, ECHO[0], traffic.requests(2_000, remember=False))
+            await burst(sender, reader, topics.predictions_requests, traffic.requests(2_000))
+            await drain(bootstrap, groups(topics))
+            print("bursts of 50,000 requests ...", flush=True)
+            figures["echo_per_s"] = await burst(
+                sender, echo_reader, ECHO[0], traffic.requests(BURST, remember=False)
+            )
+            cpu.mark()
+            figures["stack_per_s"] = await burst(
+                sender, reader, topics.predictions_requests, traffic.requests(BURST)
+            )
+            figures["burst_cpu_percent"] = cpu.shares()
+            figures["burst_drained_lag"] = await drain(bootstrap, groups(topics))
+            print(f"latency at {LATENCY_RATE}/s ...", flush=True)
+            echo_sent: dict[bytes, float] = {}
+            stack_sent: dict[bytes, float] = {}
+            for _ in range(LATENCY_ROUNDS):
+                n = LATENCY_RATE * LATENCY_S
+                echo_sent.update(
+                    (
+                        await offered_load(
+                            sender, echo_reader, ECHO[0], traffic.requests(n, False), LATENCY_RATE
+                        )
+                    )[0]
+                )
+                cpu.mark()
+                stack_sent.update(
+                    (
+                        await offered_load(
+                            sender, reader, topics.predictions_requests, traffic.requests(n), LATENCY_RATE
+                        )
+                    )[0]
+                )
+                figures["latency_cpu_percent"] = cpu.shares()
+            figures["echo_latency_ms"] = latency(echo_sent, echo_reader)
+            figures["stack_latency_ms"] = latency(stack_sent, reader)
+            await drain(bootstrap, groups(topics))
+            print(f"sustained closed-loop rate, steps of {STEP_S:.0f} s ...", flush=True)
+            figures["sustained_per_s"], figures["steps"] = await sustained(
+                sender, reader, traffic, topics, bootstrap, cpu, ceiling=figures["echo_per_s"]
+            )
+        finally:
+            labels.cancel()
+            await asyncio.gather(labels, return_exceptions=True)
+            await sender.stop()
+            await echo_reader.stop()
+            await reader.stop()
+        return figures
+    finally:
+        if echo is not None:
+            echo.terminate()
+            echo.wait(10)
+        localstack.down(tmp / "run")
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="driftloop-bench-stack-") as tmp:
+        f = asyncio.run(run(Path(tmp)))
+    passed = [s for s in f["steps"] if s["kept_up"]]
+    top = max(passed, key=lambda s: s["rate"]) if passed else None
+    result = {
+        "echo_per_s": round(f["echo_per_s"]),
+        "stack_per_s": round(f["stack_per_s"]),
+        "ratio": round(f["stack_per_s"] / f["echo_per_s"], 3),
+        "sustained_closed_loop_per_s": f["sustained_per_s"],
+        "sustained_ratio": round(f["sustained_per_s"] / f["echo_per_s"], 3),
+        "p50_ms_1k": round(f["stack_latency_ms"]["p50"], 2),
+        "p99_ms_1k": round(f["stack_latency_ms"]["p99"], 2),
+        "echo_p50_ms_1k": round(f["echo_latency_ms"]["p50"], 2),
+        "echo_p99_ms_1k": round(f["echo_latency_ms"]["p99"], 2),
+        "added_p99_ms_1k": round(f["stack_latency_ms"]["p99"] - f["echo_latency_ms"]["p99"], 2),
+        "step_s": STEP_S,
+        "lag_bound_s": LAG_S,
+        "feedback_delay_s": FEEDBACK_DELAY_S,
+        "fetch_max_wait_ms": ServiceSettings().kafka_fetch_max_wait_ms,
+        "cpu_percent_at_sustained": top["cpu_percent"] if top else None,
+        "cpu_percent_burst": f["burst_cpu_percent"],
+        "cpu_percent_1k": f["latency_cpu_percent"],
+        "steps": f["steps"],
+    }
+    print()
+    print(
+        table(
+            "bench-stack, one run (goals: ratio >= 0.5, added p99 at 1k/s <= 10 ms)",
+            [(k, v) for k, v in result.items() if k not in ("steps",) and not k.startswith("cpu_")],
+        )
+    )
+    for title, shares in (
+        (
+            f"CPU, % of one core, at {f['sustained_per_s']:.0f} req/s sustained",
+            result["cpu_percent_at_sustained"],
+        ),
+        ("CPU, % of one core, burst", result["cpu_percent_burst"]),
+        (f"CPU, % of one core, {LATENCY_RATE} req/s", result["cpu_percent_1k"]),
+    ):
+        if shares:
+            print()
+            print(table(title, sorted(((k, round(v, 1)) for k, v in shares.items()), key=lambda kv: -kv[1])))
+    print(f"\nwrote {write('stack', result)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
