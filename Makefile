@@ -58,6 +58,9 @@ status: ## processes of the local stack and the champion per model
 schemas: install ## regenerate schemas/ (JSON Schema per message, AsyncAPI per service)
 	$(BIN)/python schemas/generate.py
 
+dashboards: install ## regenerate the Grafana dashboards (infra/grafana/dashboards/*.json)
+	$(BIN)/python infra/grafana/dashboards.py
+
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

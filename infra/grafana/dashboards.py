@@ -288,6 +288,24 @@ def service_detail() -> dict[str, Any]:
                 unit="s",
             ),
             panel(
+                "Latency budget: p99 per record by hop (queued, waiting, handling and its stages, "
+                "acknowledged, committed, total)",
+                (
+                    _quantile(0.99, "driftloop_record_hop_seconds", "consumer, hop", sel=sel),
+                    "{{consumer}} {{hop}}",
+                ),
+                unit="s",
+            ),
+            panel(
+                "Latency budget: mean per record by hop",
+                (
+                    f"sum by (consumer, hop) (rate(driftloop_record_hop_seconds_sum{{{sel}}}[1m])) / "
+                    f"sum by (consumer, hop) (rate(driftloop_record_hop_seconds_count{{{sel}}}[1m]))",
+                    "{{consumer}} {{hop}}",
+                ),
+                unit="s",
+            ),
+            panel(
                 "Batch size p50 / max by topic (records)",
                 (_quantile(0.5, "driftloop_batch_size", "topic", sel=sel), "{{topic}} p50"),
                 (_quantile(1.0, "driftloop_batch_size", "topic", sel=sel), "{{topic}} max"),

@@ -7,7 +7,7 @@ breaks an old consumer. `schemas/` is generated from this module (`make schemas`
 from __future__ import annotations
 
 import re
-from collections.abc import Container
+from collections.abc import Callable, Container
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal, TypeVar, cast
 
@@ -49,6 +49,7 @@ def as_utc(moment: datetime) -> datetime:
 
 MAX_MESSAGE_BYTES = 1_000_000
 M = TypeVar("M")
+C = TypeVar("C", bound=BaseModel)
 
 
 class InvalidInput(ValueError):
@@ -188,6 +189,56 @@ def result_json(
         "error": error,
         "features": features,
     }
+
+
+def plain_request(data: dict[str, Any]) -> bool:
+    """Whether a decoded `PredictionRequest` has every field of exactly its contract type (what
+    the contract would accept unchanged): the hot paths read such requests without validating."""
+    request_id, features, entity_id = data.get("request_id"), data.get("features", {}), data.get("entity_id")
+    return (
+        type(request_id) is str
+        and 0 < len(request_id) <= 256
+        and type(data.get("model")) is str
+        and type(features) is dict
+        and type(entity_id) in (str, type(None))
+        and type(data.get("schema_version", 1)) is int
+        and set(map(type, features.values())) <= PLAIN_VALUES
+    )
+
+
+def plain_result(data: dict[str, Any]) -> bool:
+    """Whether a decoded `PredictionResult` has every field of exactly its contract type (as the
+    inference service writes them)."""
+    probabilities, features = data.get("probabilities"), data.get("features")
+    return (
+        type(data.get("request_id")) is str
+        and type(data.get("model")) is str
+        and type(data.get("model_version")) is int
+        and type(data.get("prediction")) in _LABELS
+        and type(data.get("error")) in (str, type(None))
+        and type(data.get("schema_version", 1)) is int
+        and (
+            probabilities is None
+            or (type(probabilities) is dict and set(map(type, probabilities.values())) <= {float})
+        )
+        and (
+            features is None or (type(features) is dict and set(map(type, features.values())) <= PLAIN_VALUES)
+        )
+    )
+
+
+_LABELS = (int, float, str, type(None))
+
+
+def read(kind: type[C], raw: bytes | None, plain: Callable[[dict[str, Any]], bool]) -> C:
+    """A contract from its bytes: when `plain` says the decoded fields are exactly the contract's
+    types, built without validation (the hot paths' reader); anything else goes through `parse`,
+    which accepts or refuses it with a reason. Property tests hold both paths equal."""
+    data = json_object(raw)
+    if data is not None and plain(data):
+        fields = kind.model_fields
+        return kind.model_construct(**{k: v for k, v in data.items() if k in fields})
+    return parse(kind, raw)
 
 
 class Feedback(Message):

@@ -25,9 +25,10 @@ import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+import numpy as np
 from aiokafka import (
     AIOKafkaConsumer,
     AIOKafkaProducer,
@@ -49,8 +50,10 @@ from driftloop.metrics import (
     BATCH_SIZE,
     CONSUMER_LAG,
     DEAD_LETTERS,
+    HOP_SECONDS,
     STALLED,
     Tally,
+    observe_many,
 )
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
@@ -81,6 +84,7 @@ class Handled:
     alongside: asyncio.Future[Any] | None = None
     tally: Tally | None = None
     committed: Callable[[], None] | None = None
+    stages: Mapping[str, float] | None = None  # seconds of named parts of the handling (`HOP_SECONDS`)
 
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
@@ -225,6 +229,8 @@ class _Batch:
     firsts: dict[TopicPartition, int]  # offset of each partition's first record
     nexts: dict[TopicPartition, int]  # and the offset after its last: what to commit
     seconds: float = 0.0  # handling time
+    fetched_at: float = 0.0  # wall clock (seconds) when fetched, to compare with record timestamps
+    clock: dict[str, float] = field(default_factory=dict)  # perf_counter at fetched, handled, sending
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
     error: BaseException | None = None  # why `done` failed
 
@@ -432,6 +438,7 @@ class FastPath:
                 self._sending = None
 
     async def _finish(self, batch: _Batch, handled: Handled) -> None:
+        batch.clock["sending"] = time.perf_counter()
         if handled.alongside is None:
             await self.sender.send(handled.outputs)
         elif self.failures:  # retrying: the effect first, so an outage does not resend every time
@@ -439,6 +446,7 @@ class FastPath:
             await self.sender.send(handled.outputs)
         else:
             await asyncio.gather(self.sender.send(handled.outputs), handled.alongside)
+        batch.clock["acknowledged"] = time.perf_counter()
         if handled.then is not None:
             effect = handled.then()
             if inspect.isawaitable(effect):
@@ -447,12 +455,34 @@ class FastPath:
         try:  # committed: nothing after this may bring the batch back
             BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
             BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
+            self._observe_hops(batch, handled.stages)
             if handled.tally is not None:
                 handled.tally.apply()
             if handled.committed is not None:
                 handled.committed()
         except Exception:
             log.exception("%s %s: after a commit", self.service, self.name)
+
+    def _observe_hops(self, batch: _Batch, stages: Mapping[str, float] | None) -> None:
+        """Where the time of every record of a committed batch went (`HOP_SECONDS`)."""
+        clock, n = batch.clock, len(batch.records)
+        if n == 0 or "handled" not in clock or "acknowledged" not in clock:
+            return  # a batch handled on the way to isolating a bad record: not a record's usual path
+        committed, now = time.perf_counter(), time.time()
+        stamps = np.fromiter((r.timestamp for r in batch.records), np.float64, n) / 1000
+        hop = HOP_SECONDS.labels
+        service, name = self.service, self.name
+        observe_many(hop(service, name, "queued"), np.maximum(0.0, batch.fetched_at - stamps))
+        observe_many(hop(service, name, "total"), np.maximum(0.0, now - stamps))
+        waiting = (clock["handling"] - clock["fetched"]) + (clock["sending"] - clock["handled"])
+        for label, seconds in (
+            ("waiting", waiting),
+            ("handling", batch.seconds),
+            ("acknowledged", clock["acknowledged"] - clock["sending"]),
+            ("committed", committed - clock["acknowledged"]),
+            *(stages or {}).items(),
+        ):
+            observe_many(hop(service, name, label), [max(0.0, seconds)], times=n)
 
     async def _commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         await self.consumer.commit(dict(offsets))
@@ -506,6 +536,7 @@ class FastPath:
         fetched = await self.consumer.getmany(
             timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
         )
+        fetched_at, fetched_clock = time.time(), time.perf_counter()
         generation = self.generation  # a rebalance may come at any await from here on
         self._observe_lag()
         if not fetched:
@@ -519,13 +550,15 @@ class FastPath:
             return
         await watch.fetched(sum(map(len, fetched.values())))  # a partition past its end
         batch = _Batch.of(fetched, generation)
+        batch.fetched_at, batch.clock["fetched"] = fetched_at, fetched_clock
         async with self.in_flight:
             if batch.generation != self.generation:
                 return  # fetched before a rebalance: positions now come from the group's commits
             try:
-                started = time.perf_counter()
+                started = batch.clock["handling"] = time.perf_counter()
                 handled = _as_handled(await handle(batch.records))
-                batch.seconds = time.perf_counter() - started
+                batch.clock["handled"] = time.perf_counter()
+                batch.seconds = batch.clock["handled"] - started
             except asyncio.CancelledError:
                 raise
             except Exception as exc:

@@ -78,6 +78,14 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
 
     metrics = httpx.get(f"{stack.url('monitor')}/metrics").text
     assert 'driftloop_monitor_drift_detections_total{detector="adwin",kind="concept",model="sea"}' in metrics
+    # where each request's time went, per hop, one observation per request
+    hops = {}
+    for line in httpx.get(f"{stack.url('inference')}/metrics").text.splitlines():
+        if line.startswith("driftloop_record_hop_seconds_count{"):
+            hops[line.split('hop="')[1].split('"')[0]] = float(line.rsplit(" ", 1)[1])
+    every = {"queued", "waiting", "handling", "acknowledged", "committed", "total"}
+    assert every | {"decode", "features", "validate", "model", "encode"} <= set(hops)
+    assert len({hops[h] for h in every}) == 1 and hops["total"] >= 2000  # each request counted once
 
     cli = [sys.executable, "-m", "driftloop.cli", "--run-dir", str(stack.run_dir)]
 

@@ -545,3 +545,28 @@ async def test_a_rebalance_stops_the_search_for_a_bad_record_and_the_rest_comes_
     assert [(d.source_partition, d.source_offset) for d in sender.dead] == [POISON]
     assert revoked and revoked[0] <= 7, "the rebalance waited for the whole search"
     assert len(log.seeks) >= 1, "what the search had not done was not rewound"
+
+
+def test_observe_many_counts_like_observing_each_value():
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from driftloop.metrics import observe_many
+
+    registry = CollectorRegistry()
+    one = Histogram("one", "", ["k"], buckets=(0.01, 0.1, 1), registry=registry).labels("a")
+    many = Histogram("many", "", ["k"], buckets=(0.01, 0.1, 1), registry=registry).labels("a")
+    values = [0.0, 0.01, 0.05, 0.1, 0.5, 2.0, 30.0]
+    for value in values:
+        for _ in range(3):
+            one.observe(value)
+    observe_many(many, values, times=3)
+    observe_many(many, [])
+    samples = {
+        m.name: {
+            (s.name[len(m.name) :], s.labels.get("le")): s.value for s in m.samples if "created" not in s.name
+        }
+        for m in registry.collect()
+    }
+    one_sum, many_sum = samples["one"].pop(("_sum", None)), samples["many"].pop(("_sum", None))
+    assert samples["many"] == samples["one"] and samples["many"][("_count", None)] == 21
+    assert many_sum == pytest.approx(one_sum) == pytest.approx(3 * sum(values))

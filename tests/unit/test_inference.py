@@ -4,7 +4,15 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import InvalidInput, PredictionRequest, PredictionResult
+from driftloop.contracts import (
+    InvalidInput,
+    PredictionRequest,
+    PredictionResult,
+    plain_request,
+    plain_result,
+    read,
+    result_json,
+)
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Lineup, Request, ServingModel, read_request, score, to_canary
@@ -100,4 +108,56 @@ def test_the_fast_reader_agrees_with_the_contract(payload):
     request = read_request(raw)
     assert request == Request(
         contract.request_id, contract.model, dict(contract.features), contract.entity_id
+    )
+
+
+@given(REQUESTS)
+def test_the_shared_reader_agrees_with_the_contract_on_requests(payload):
+    raw = orjson.dumps(payload)
+    try:
+        contract = PredictionRequest.model_validate(orjson.loads(raw))
+    except ValueError:
+        with pytest.raises(InvalidInput):
+            read(PredictionRequest, raw, plain_request)
+        return
+    assert read(PredictionRequest, raw, plain_request) == contract
+
+
+NUMBERS = st.one_of(st.floats(allow_nan=False), st.integers(-(10**6), 10**6))
+RESULTS = st.fixed_dictionaries(
+    {
+        "request_id": st.one_of(st.text(max_size=5), st.integers(-5, 5)),
+        "model": st.one_of(st.text(max_size=5), st.none()),
+        "model_version": st.one_of(st.integers(0, 10), st.floats(allow_nan=False), st.text(max_size=2)),
+    },
+    optional={
+        "prediction": st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=3), JSON),
+        "probabilities": st.one_of(
+            st.none(), st.dictionaries(st.text(max_size=3), NUMBERS, max_size=3), JSON
+        ),
+        "error": st.one_of(st.none(), st.text(max_size=5), st.integers(0, 3)),
+        "features": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), JSON, max_size=3), JSON),
+        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
+        "extra": JSON,
+    },
+)
+
+
+@given(RESULTS)
+def test_the_shared_reader_agrees_with_the_contract_on_results(payload):
+    raw = orjson.dumps(payload)
+    try:
+        contract = PredictionResult.model_validate(orjson.loads(raw))
+    except ValueError:
+        with pytest.raises(InvalidInput):
+            read(PredictionResult, raw, plain_result)
+        return
+    assert read(PredictionResult, raw, plain_result) == contract
+
+
+def test_results_as_inference_writes_them_are_read_without_validation():
+    raw = orjson.dumps(result_json("r1", "sea", 3, prediction=1, probabilities={"0": 0.25, "1": 0.75}))
+    assert plain_result(orjson.loads(raw))
+    assert read(PredictionResult, raw, plain_result) == PredictionResult(
+        request_id="r1", model="sea", model_version=3, prediction=1, probabilities={"0": 0.25, "1": 0.75}
     )

@@ -3,6 +3,7 @@ shadow and canary routing. Pure but for the ONNX sessions it is handed."""
 
 from __future__ import annotations
 
+import time
 import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -11,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from driftloop.artifacts import OnnxClassifier
-from driftloop.contracts import PLAIN_VALUES, PredictionRequest, json_object, parse, result_json
+from driftloop.contracts import PredictionRequest, json_object, parse, plain_request, result_json
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 
@@ -32,19 +33,8 @@ def read_request(raw: bytes | None) -> Request:
     with orjson alone; anything else goes through the `PredictionRequest` contract, which accepts
     or refuses it with a reason (`InvalidInput`). A property test holds both paths equal."""
     data = json_object(raw)
-    if data is not None:
-        request_id, model = data.get("request_id"), data.get("model")
-        features, entity_id = data.get("features", {}), data.get("entity_id")
-        if (
-            type(request_id) is str
-            and 0 < len(request_id) <= 256
-            and type(model) is str
-            and type(features) is dict
-            and type(entity_id) in (str, type(None))
-            and type(data.get("schema_version", 1)) is int
-            and set(map(type, features.values())) <= PLAIN_VALUES
-        ):
-            return Request(request_id, model, features, entity_id)
+    if data is not None and plain_request(data):
+        return Request(data["request_id"], data["model"], data.get("features", {}), data.get("entity_id"))
     request = parse(PredictionRequest, raw)
     return Request(request.request_id, request.model, dict(request.features), request.entity_id)
 
@@ -71,6 +61,7 @@ class Lineup:
 class Scored:
     results: list[dict[str, Any]]  # to predictions.results, one per request, in request order
     shadow: list[dict[str, Any]]  # to predictions.shadow: the shadow challenger's answers
+    stages: dict[str, float] = field(default_factory=dict)  # seconds: validate (inputs), model
 
 
 def to_canary(request_id: str, share: float) -> bool:
@@ -104,6 +95,7 @@ def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: L
     results: list[dict[str, Any] | None] = [None] * len(requests)
     shadow: list[dict[str, Any]] = []
     by_model: dict[str, list[int]] = {}
+    stages = {"validate": 0.0, "model": 0.0}
     for i, request in enumerate(requests):
         if request.model not in specs:
             results[i] = result_json(request.request_id, request.model, 0, error="unknown_model")
@@ -114,7 +106,10 @@ def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: L
     for model, indices in by_model.items():
         champion = lineup.champions[model]
         challenger = lineup.challengers.get(model)
+        started = time.perf_counter()
         X, valid, errors = champion.feature_set.encode_many([requests[i].features for i in indices])
+        encoded = time.perf_counter()
+        stages["validate"] += encoded - started
         for position, exc in errors.items():
             i = indices[position]
             results[i] = result_json(requests[i].request_id, model, 0, error=str(exc))
@@ -135,4 +130,5 @@ def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: L
                     results[i] = answer
         if challenger is not None and mode.challenger_mode == "shadow" and served:
             shadow += _answers(challenger, X, [requests[i] for i in served])
-    return Scored([r for r in results if r is not None], shadow)
+        stages["model"] += time.perf_counter() - encoded
+    return Scored([r for r in results if r is not None], shadow, stages)

@@ -94,11 +94,15 @@ class InferenceHandler:
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """One result per request (keyed by request id), dead letters for the unreadable."""
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
+        started = time.perf_counter()
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
+        decoded = time.perf_counter()
         requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)])
         requests = self._with_time_parts(requests, datetime.now(UTC))
+        completed = time.perf_counter()
         scored = score(requests, self.specs, lineup)
+        scoring_done = time.perf_counter()
         results = early + unresolved + scored.results
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         out = Outbox(
@@ -109,6 +113,12 @@ class InferenceHandler:
             Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow
         ]
         out.dead_letters(dead)
+        stages = {
+            "decode": decoded - started,
+            "features": completed - decoded,
+            **scored.stages,
+            "encode": time.perf_counter() - scoring_done,
+        }
         tally = out.tally
         shadows = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
         for (model, version), n in shadows.items():
@@ -124,7 +134,7 @@ class InferenceHandler:
             tally.inc(PREDICTIONS.labels(*labels), n)
         tally.count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         tally.count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
-        return out.handled()
+        return out.handled(stages=stages)
 
     def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
         """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""
