@@ -50,6 +50,7 @@ STEP_S = float(os.environ.get("BENCH_STACK_STEP_S", "60"))
 FIRST_RATE = 500
 LAG_S = 2.0  # a group keeps up when its lag stays within this many seconds of its input
 FEEDBACK_DELAY_S = 0.5
+IDLE_S = 15  # the stack with no traffic: what polling alone costs
 ECHO = ("echo.requests", "echo.responses")
 
 
@@ -131,10 +132,10 @@ class Cpu:
 async def lag_samples(
     bootstrap: str, watched: dict[str, list[str]], into: list[tuple[float, dict[str, int]]]
 ) -> None:
-    """Forever: every group's lag, about every 2 seconds."""
+    """Forever: every group's lag, about every 5 seconds."""
     while True:
         into.append((time.perf_counter(), await group_lag(bootstrap, watched)))
-        await asyncio.sleep(2)
+        await asyncio.sleep(5)
 
 
 async def drain(bootstrap: str, watched: dict[str, list[str]], timeout: float = 120) -> dict[str, int]:
@@ -227,11 +228,7 @@ async def sustained(
     return good, steps
 
 
-async def run(tmp: Path) -> dict[str, Any]:
-    models = tmp / "models"
-    models.mkdir()
-    shutil.copy(ROOT / "models" / f"{MODEL}.yaml", models)
-    stack = localstack.up(tmp / "run", models)
+async def run(stack: localstack.Stack) -> dict[str, Any]:
     echo = None
     try:
         bootstrap, topics = stack.bootstrap, Topics()
@@ -265,6 +262,9 @@ async def run(tmp: Path) -> dict[str, Any]:
         cpu = Cpu(pids)
         figures: dict[str, Any] = {"processes": sorted(pids)}
         try:
+            cpu.mark()
+            await asyncio.sleep(IDLE_S)
+            figures["idle_cpu_percent"] = cpu.shares()
             await burst(sender, echo_reader, ECHO[0], traffic.requests(2_000, remember=False))
             await burst(sender, reader, topics.predictions_requests, traffic.requests(2_000))
             await drain(bootstrap, groups(topics))
@@ -317,12 +317,18 @@ async def run(tmp: Path) -> dict[str, Any]:
         if echo is not None:
             echo.terminate()
             echo.wait(10)
-        localstack.down(tmp / "run")
 
 
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-stack-") as tmp:
-        f = asyncio.run(run(Path(tmp)))
+        models = Path(tmp) / "models"
+        models.mkdir()
+        shutil.copy(ROOT / "models" / f"{MODEL}.yaml", models)
+        stack = localstack.up(Path(tmp) / "run", models)
+        try:
+            f = asyncio.run(run(stack))
+        finally:
+            localstack.down(Path(tmp) / "run")
     passed = [s for s in f["steps"] if s["kept_up"]]
     top = max(passed, key=lambda s: s["rate"]) if passed else None
     result = {
@@ -340,6 +346,7 @@ def main() -> int:
         "lag_bound_s": LAG_S,
         "feedback_delay_s": FEEDBACK_DELAY_S,
         "fetch_max_wait_ms": ServiceSettings().kafka_fetch_max_wait_ms,
+        "cpu_percent_idle": f["idle_cpu_percent"],
         "cpu_percent_at_sustained": top["cpu_percent"] if top else None,
         "cpu_percent_burst": f["burst_cpu_percent"],
         "cpu_percent_1k": f["latency_cpu_percent"],
@@ -353,6 +360,7 @@ def main() -> int:
         )
     )
     for title, shares in (
+        ("CPU, % of one core, no traffic", result["cpu_percent_idle"]),
         (
             f"CPU, % of one core, at {f['sustained_per_s']:.0f} req/s sustained",
             result["cpu_percent_at_sustained"],

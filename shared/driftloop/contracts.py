@@ -230,6 +230,18 @@ def plain_result(data: dict[str, Any]) -> bool:
 _LABELS = (int, float, str, type(None))
 
 
+def plain_feedback(data: dict[str, Any]) -> bool:
+    """Whether a decoded `Feedback` has every field of exactly its contract type."""
+    request_id = data.get("request_id")
+    return (
+        type(request_id) is str
+        and 0 < len(request_id) <= 256
+        and type(data.get("model")) is str
+        and type(data.get("label")) in _LABELS[:3]
+        and type(data.get("schema_version", 1)) is int
+    )
+
+
 def read(kind: type[C], raw: bytes | None, plain: Callable[[dict[str, Any]], bool]) -> C:
     """A contract from its bytes: when `plain` says the decoded fields are exactly the contract's
     types, built without validation (the hot paths' reader); anything else goes through `parse`,

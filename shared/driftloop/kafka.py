@@ -146,8 +146,12 @@ async def group_lag(
     ends are the high-water marks of a fetch (tansu answers a ListOffsets for the latest offset
     wrongly)."""
     options = options or {}
-    ends = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, fetch_max_wait_ms=20, **options
+    ends = AIOKafkaConsumer(  # fetches of a few bytes: only their high-water marks are read
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=20,
+        max_partition_fetch_bytes=1024,
+        **options,
     )
     readers = {
         group: AIOKafkaConsumer(
@@ -164,27 +168,32 @@ async def group_lag(
         }
         every = [tp for tps in partitions.values() for tp in tps]
         starts = await ends.beginning_offsets(every)
-        highwater = await _highwaters(ends, every)
-        lag = {}
-        for group, topics in groups.items():
-            owned = [tp for topic in topics for tp in partitions[topic]]
-            committed = [await readers[group].committed(tp) for tp in owned]
-            lag[group] = sum(
-                highwater[tp] - (starts[tp] if at is None else at)
-                for tp, at in zip(owned, committed, strict=True)
-            )
-        return lag
+        committed = {  # before the ends: on a busy topic, the lag errs on the high side
+            group: {tp: await readers[group].committed(tp) for topic in topics for tp in partitions[topic]}
+            for group, topics in groups.items()
+        }
+        newest = {}  # where the fetches start: the furthest any group got, so they read little
+        for offsets in committed.values():
+            for tp, at in offsets.items():
+                newest[tp] = max(newest.get(tp, starts[tp]), starts[tp] if at is None else at)
+        highwater = await _highwaters(ends, newest)
+        return {
+            group: sum(highwater[tp] - (starts[tp] if at is None else at) for tp, at in offsets.items())
+            for group, offsets in committed.items()
+        }
     finally:
         for consumer in (ends, *readers.values()):
             await consumer.stop()
 
 
 async def _highwaters(
-    consumer: AIOKafkaConsumer, partitions: Sequence[TopicPartition]
+    consumer: AIOKafkaConsumer, start: Mapping[TopicPartition, int]
 ) -> dict[TopicPartition, int]:
-    """The high-water mark of every partition, from fetches of one record at its start."""
-    consumer.assign(list(partitions))
-    await consumer.seek_to_beginning(*partitions)
+    """The high-water mark of every partition, from fetches of one record at `start`."""
+    partitions = list(start)
+    consumer.assign(partitions)
+    for tp, offset in start.items():
+        consumer.seek(tp, offset)
     deadline = time.monotonic() + 10
     while any(consumer.highwater(tp) is None for tp in partitions) and time.monotonic() < deadline:
         await consumer.getmany(timeout_ms=50, max_records=1)

@@ -19,6 +19,7 @@ from datetime import datetime, timedelta
 
 import numpy as np
 
+from driftloop.rolling import RollingMean
 from driftloop.spec import DriftSpec, ModelSpec, warning_params
 
 
@@ -191,7 +192,7 @@ class RetrainPolicy:
     pending: list[_Pending] = field(default_factory=list)
     asked: dict[str, Retrain] = field(default_factory=dict)  # recent requests, for retries
     floor: datetime | None = None  # window since_change: no retrain reads rows before this change point
-    champion_outcomes: deque[int] = field(default_factory=deque)  # the newest, for the floor
+    champion_outcomes: RollingMean = field(default_factory=lambda: RollingMean(1))  # for the floor
 
     @property
     def warming_up(self) -> bool:
@@ -218,7 +219,7 @@ class RetrainPolicy:
         request = self.asked.get(command_id or "")
         if self.detector is None or request is None or request.reason != "periodic":
             self.detector = ConceptDriftMonitor(self.spec.drift)
-            self.champion_outcomes = deque(maxlen=self.spec.retrain.below_floor_rows or 1)
+            self.champion_outcomes = RollingMean(self.spec.retrain.below_floor_rows or 1)
 
     def observe(self, version: int, correct: bool, event_time: datetime) -> Step:
         """Learn one labelled outcome of `version`'s prediction made at `event_time`."""
@@ -295,7 +296,7 @@ class RetrainPolicy:
         outcomes = self.champion_outcomes
         if self.spec.retrain.below_floor_rows is None or gate.metric == "log_loss":
             return False
-        return len(outcomes) == outcomes.maxlen and sum(outcomes) / len(outcomes) < gate.floor
+        return outcomes.full and outcomes.mean < gate.floor
 
     def _drift_window(self, change: datetime | None, since_change: int) -> Retrain:
         rules, cap = self.spec.retrain, self.spec.training.window_rows

@@ -5,9 +5,11 @@ from hypothesis import strategies as st
 
 from driftloop.artifacts import OnnxClassifier
 from driftloop.contracts import (
+    Feedback,
     InvalidInput,
     PredictionRequest,
     PredictionResult,
+    plain_feedback,
     plain_request,
     plain_result,
     read,
@@ -161,3 +163,28 @@ def test_results_as_inference_writes_them_are_read_without_validation():
     assert read(PredictionResult, raw, plain_result) == PredictionResult(
         request_id="r1", model="sea", model_version=3, prediction=1, probabilities={"0": 0.25, "1": 0.75}
     )
+
+
+FEEDBACK = st.fixed_dictionaries(
+    {
+        "request_id": st.one_of(st.text(max_size=300), st.integers(-5, 5)),
+        "model": st.one_of(st.text(max_size=3), st.none()),
+    },
+    optional={
+        "label": st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=3), JSON),
+        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
+        "extra": JSON,
+    },
+)
+
+
+@given(FEEDBACK)
+def test_the_shared_reader_agrees_with_the_contract_on_feedback(payload):
+    raw = orjson.dumps(payload)
+    try:
+        contract = Feedback.model_validate(orjson.loads(raw))
+    except ValueError:
+        with pytest.raises(InvalidInput):
+            read(Feedback, raw, plain_feedback)
+        return
+    assert read(Feedback, raw, plain_feedback) == contract

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from driftloop.contracts import FeatureStats
+from driftloop.rolling import RollingMean
 from driftloop.spec import DistributionDriftSpec
 
 
@@ -19,8 +20,8 @@ class RollingQuality:
     """Accuracy and log loss over the last `window` labelled predictions."""
 
     def __init__(self, window: int) -> None:
-        self.correct: deque[int] = deque(maxlen=window)
-        self.losses: deque[float] = deque(maxlen=window)
+        self.correct = RollingMean(window)
+        self.losses = RollingMean(window)
 
     def update(self, correct: bool, p_true: float | None) -> None:
         self.correct.append(int(correct))
@@ -29,11 +30,11 @@ class RollingQuality:
 
     @property
     def accuracy(self) -> float:
-        return sum(self.correct) / len(self.correct) if self.correct else math.nan
+        return self.correct.mean
 
     @property
     def log_loss(self) -> float:
-        return sum(self.losses) / len(self.losses) if self.losses else math.nan
+        return self.losses.mean
 
 
 _MID = (np.arange(100) + 0.5) / 100  # probabilities of a 100-point reference sample

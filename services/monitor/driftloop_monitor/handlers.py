@@ -29,11 +29,14 @@ from driftloop.contracts import (
     PredictionRequest,
     PredictionResult,
     TrainModel,
-    parse,
+    plain_feedback,
+    plain_request,
+    plain_result,
+    read,
 )
 from driftloop.fastpath import Handled, Outbox
 from driftloop.features import FeatureSet
-from driftloop.kafka import encode, triage
+from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION, Tally
 from driftloop.policy import Detection, Retrain, RetrainPolicy
 from driftloop.settings import Topics
@@ -176,6 +179,7 @@ class Monitor:
         self.champion: dict[str, int] = {}
         self.policies = {name: RetrainPolicy(spec) for name, spec in specs.items()}
         self.quality: dict[tuple[str, int], RollingQuality] = {}
+        self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
         self.state: dict[str, int] = {}
         self.covariate: dict[str, CovariateMonitor] = {}
         self.predictions: dict[str, PredictionMonitor] = {}
@@ -237,16 +241,18 @@ class Monitor:
         """A request, result or feedback as a join part (with the parsed request or result)."""
         topic = record.topic
         if topic == self.topics.predictions_requests:
-            request = parse(PredictionRequest, record.value)
+            request = read(PredictionRequest, record.value, plain_request)
             moment(record.timestamp)  # its time becomes the labelled row's event time
             body = orjson.dumps(
                 {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
             )
             return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
-            result = parse(PredictionResult, record.value)
-            return Part(result.request_id, "result", encode(result), self._book(result.model), result)
-        feedback = parse(Feedback, record.value, self.specs)
+            result = read(PredictionResult, record.value, plain_result)
+            return Part(result.request_id, "result", record.value or b"", self._book(result.model), result)
+        feedback = read(Feedback, record.value, plain_feedback)
+        if feedback.model not in self.specs:
+            raise InvalidInput("unknown_model", f"no spec for model {feedback.model!r:.80}")
         if self.specs[feedback.model].label_of(feedback.label) is None:
             classes = self.specs[feedback.model].label.classes
             raise InvalidInput("unknown_label", f"label {feedback.label!r:.40} is not one of {classes}")
@@ -293,6 +299,7 @@ class Monitor:
                 sends = self._learn(request_id, complete[request_id], requested[request_id], tally)
                 self.learned[key] = Learned(sends, tally)
             keys.append(key)
+        self._export_quality()
         learned = list({id(self.learned[k]): self.learned[k] for k in keys}.values())  # each once
         sends = [sent for group in learned if not group.done for sent in group.sends]
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
@@ -310,6 +317,17 @@ class Monitor:
                 self.learned.pop(key, None)
 
         return out.handled(then=lambda: self.joins.mark_done(done), committed=committed)
+
+    def _export_quality(self) -> None:
+        """The rolling quality of every version that got outcomes in this batch, retired ones aside."""
+        for model, version in self.scored:
+            if version in self.retired.get(model, ()):
+                continue
+            quality = self.quality[(model, version)]
+            ACCURACY.labels(model, str(version)).set(quality.accuracy)
+            if len(quality.losses):
+                LOG_LOSS.labels(model, str(version)).set(quality.log_loss)
+        self.scored.clear()
 
     def _learn_once(self, part: str, messages: Sequence[_M], keys: list[str], learn: Any) -> None:
         """Learn from the requests (or results) not learned from before, together: every one's key
@@ -401,7 +419,7 @@ class Monitor:
     ) -> Sends:
         """What a complete join teaches: a labelled row for training (unless the model has no spec
         or the request got an error), quality, and the concept-drift detector's verdict."""
-        result = PredictionResult.model_validate_json(fields["result"])
+        result = read(PredictionResult, fields["result"], plain_result)
         spec = self.specs.get(result.model)
         if spec is None or result.error is not None:
             return []
@@ -417,11 +435,8 @@ class Monitor:
         p_true = (result.probabilities or {}).get(str(label))
         quality.update(correct, p_true)
         tally.inc(LABELLED.labels(result.model, str(version), "correct" if correct else "wrong"))
-        if version not in self.retired.get(result.model, ()):
-            ACCURACY.labels(result.model, str(version)).set(quality.accuracy)
-            if p_true is not None:
-                LOG_LOSS.labels(result.model, str(version)).set(quality.log_loss)
-        observation = Observation(
+        self.scored.add((result.model, version))
+        observation = Observation.model_construct(  # its parts were validated as they came
             event_id=f"feedback:{request_id}",
             model=result.model,
             entity_id=request.get("entity_id"),
