@@ -282,7 +282,8 @@ class FastPath:
     batch is handled, and, not pipelined, until it is committed). A loop that goes
     `settings.stall_after_s` without a commit while records wait reports itself stalled;
     `may_block`: its handler may legitimately take longer (e.g. a training run), so it is stalled
-    only while it fails."""
+    only while it fails. `background`: no request waits on this loop (the monitor, the training
+    store), so after a small batch it lingers (`kafka_background_linger_ms`) to let records gather."""
 
     def __init__(
         self,
@@ -296,6 +297,7 @@ class FastPath:
         pipelined: bool = True,
         lock: asyncio.Lock | None = None,
         may_block: bool = False,
+        background: bool = False,
     ) -> None:
         self.settings = settings
         self.service = service
@@ -306,6 +308,8 @@ class FastPath:
         self.pipelined = pipelined
         self.in_flight = lock or asyncio.Lock()
         self.may_block = may_block
+        self.linger_s = settings.kafka_background_linger_ms / 1000 if background else 0.0
+        self._fetched = 0  # records the last fetch returned
         self.consumer: AIOKafkaConsumer
         self.sender: BatchSender
         self._task: asyncio.Task[None] | None = None
@@ -530,6 +534,9 @@ class FastPath:
             except Exception as exc:  # a fetch, a seek, a handler's reset: retried, never the end
                 self._failed(exc, 0)
                 await asyncio.sleep(backoff_s(self.failures))
+                continue
+            if self.linger_s and 0 < self._fetched < self.settings.kafka_max_records // 2:
+                await asyncio.sleep(self.linger_s)  # not behind: let the next batch gather
 
     async def _step(self, handle: Handler, watch: TruncationWatch) -> None:
         """Fetch one batch and handle it (or settle the batch being sent, when nothing came)."""
@@ -537,6 +544,7 @@ class FastPath:
             timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
         )
         fetched_at, fetched_clock = time.time(), time.perf_counter()
+        self._fetched = sum(map(len, fetched.values()))
         generation = self.generation  # a rebalance may come at any await from here on
         self._observe_lag()
         if not fetched:

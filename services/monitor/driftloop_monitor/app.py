@@ -42,7 +42,7 @@ def create_app(settings: MonitorSettings) -> AsgiFastStream:
     )
     follower = follow_models(broker, settings, monitor.on_lifecycle, list(monitor.specs))
     traffic = (topics.predictions_requests, topics.predictions_results, topics.predictions_feedback)
-    stream = FastPath(settings, SERVICE, traffic, settings.group_id, name="predictions")
+    stream = FastPath(settings, SERVICE, traffic, settings.group_id, name="predictions", background=True)
     tasks: list[asyncio.Task[None]] = []
 
     broker.publisher(topics.events_raw, title="to_events_raw", schema=Observation)

@@ -43,7 +43,9 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         notify=lambda event: tell(event),
     )
     follower = follow_models(broker, settings, trainer.on_lifecycle, list(trainer.specs))
-    on_features_computed = FastPath(settings, SERVICE, topics.features_computed, settings.store_group_id)
+    on_features_computed = FastPath(
+        settings, SERVICE, topics.features_computed, settings.store_group_id, background=True
+    )
     # a training run takes as long as it takes: this loop is stalled only while it fails
     on_train_model = FastPath(
         settings, SERVICE, topics.training_requests, settings.group_id, pipelined=False, may_block=True
