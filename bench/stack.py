@@ -26,6 +26,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -148,31 +149,36 @@ async def drain(bootstrap: str, watched: dict[str, list[str]], timeout: float = 
         await asyncio.sleep(2)
 
 
-async def step(
-    rate: float,
-    sender: BatchSender,
-    reader: Reader,
-    traffic: Traffic,
-    topics: Topics,
-    bootstrap: str,
-    cpu: Cpu,
-) -> dict[str, Any]:
+@dataclass
+class Rig:
+    """What a step drives and reads: the sender and the results' reader, the traffic, the stack's
+    topics and broker, and the processes' CPU."""
+
+    sender: BatchSender
+    reader: Reader
+    traffic: Traffic
+    topics: Topics
+    bootstrap: str
+    cpu: Cpu
+
+
+async def step(rig: Rig, rate: float) -> dict[str, Any]:
     """Offer `rate` requests/s for `STEP_S` seconds: kept up or not, lags, CPU shares, latency."""
-    watched = groups(topics)
+    watched = groups(rig.topics)
     samples: list[tuple[float, dict[str, int]]] = []
-    items = traffic.requests(int(rate * STEP_S))
-    cpu.mark()
-    sampler = asyncio.create_task(lag_samples(bootstrap, watched, samples))
+    items = rig.traffic.requests(int(rate * STEP_S))
+    rig.cpu.mark()
+    sampler = asyncio.create_task(lag_samples(rig.bootstrap, watched, samples))
     started = time.perf_counter()
     try:
-        sent = await offer(sender, topics.predictions_requests, items, rate)
+        sent = await offer(rig.sender, rig.topics.predictions_requests, items, rate)
     finally:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
     wall = time.perf_counter() - started
-    shares = cpu.shares()
-    await reader.wait_for(set(sent), 10)
-    answered = sum(1 for k in sent if k in reader.arrivals)
+    shares = rig.cpu.shares()
+    await rig.reader.wait_for(set(sent), 10)
+    answered = sum(1 for k in sent if k in rig.reader.arrivals)
     second_half = [lag for at, lag in samples if at >= started + wall / 2] or [samples[-1][1]]
     worst = {group: max(lag[group] for lag in second_half) for group in watched}
     bound = {group: LAG_S * rate * len(inputs) for group, inputs in watched.items()}
@@ -194,37 +200,28 @@ async def step(
         "worst_lag_second_half": worst,
         "lag_samples": [lag for _, lag in samples],
         "cpu_percent": shares,
-        "latency_ms": latency(sent, reader),
+        "latency_ms": latency(sent, rig.reader),
     }
 
 
-async def sustained(
-    sender: BatchSender,
-    reader: Reader,
-    traffic: Traffic,
-    topics: Topics,
-    bootstrap: str,
-    cpu: Cpu,
-    ceiling: float,
-) -> tuple[float, list[dict[str, Any]]]:
+async def sustained(rig: Rig, ceiling: float) -> tuple[float, list[dict[str, Any]]]:
     """The highest offered rate the closed loop kept up with, and every step."""
     steps: list[dict[str, Any]] = []
-    good, bad = 0.0, None
-    rate = float(FIRST_RATE)
-    while bad is None and rate <= ceiling:
-        result = await step(rate, sender, reader, traffic, topics, bootstrap, cpu)
-        steps.append(result)
-        if result["kept_up"]:
+
+    async def kept_up(rate: float) -> bool:
+        steps.append(await step(rig, rate))
+        await drain(rig.bootstrap, groups(rig.topics))
+        return steps[-1]["kept_up"]
+
+    good, bad, rate = 0.0, None, float(FIRST_RATE)
+    while bad is None and rate <= ceiling:  # double while it keeps up
+        if await kept_up(rate):
             good, rate = rate, rate * 2
         else:
             bad = rate
-        await drain(bootstrap, groups(topics))
-    for _ in range(2 if bad is not None and good else 0):
+    for _ in range(2 if bad is not None and good else 0):  # then halve the gap twice
         rate = round((good + bad) / 2, -1)
-        result = await step(rate, sender, reader, traffic, topics, bootstrap, cpu)
-        steps.append(result)
-        good, bad = (rate, bad) if result["kept_up"] else (good, rate)
-        await drain(bootstrap, groups(topics))
+        good, bad = (rate, bad) if await kept_up(rate) else (good, rate)
     return good, steps
 
 
@@ -303,9 +300,8 @@ async def run(stack: localstack.Stack) -> dict[str, Any]:
             figures["stack_latency_ms"] = latency(stack_sent, reader)
             await drain(bootstrap, groups(topics))
             print(f"sustained closed-loop rate, steps of {STEP_S:.0f} s ...", flush=True)
-            figures["sustained_per_s"], figures["steps"] = await sustained(
-                sender, reader, traffic, topics, bootstrap, cpu, ceiling=figures["echo_per_s"]
-            )
+            rig = Rig(sender, reader, traffic, topics, bootstrap, cpu)
+            figures["sustained_per_s"], figures["steps"] = await sustained(rig, ceiling=figures["echo_per_s"])
         finally:
             labels.cancel()
             await asyncio.gather(labels, return_exceptions=True)
