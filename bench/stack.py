@@ -23,6 +23,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import deque
@@ -130,13 +131,28 @@ class Cpu:
         return {name: 100 * (self._seconds(pid) - self.used[name]) / wall for name, pid in self.pids.items()}
 
 
-async def lag_samples(
-    bootstrap: str, watched: dict[str, list[str]], into: list[tuple[float, dict[str, int]]]
-) -> None:
-    """Forever: every group's lag, about every 5 seconds."""
-    while True:
-        into.append((time.perf_counter(), await group_lag(bootstrap, watched)))
-        await asyncio.sleep(5)
+class LagSampler:
+    """Every group's lag about every 5 seconds, read on a thread of its own: its clients must not
+    hold up the event loop that times the answers."""
+
+    def __init__(self, bootstrap: str, watched: dict[str, list[str]]) -> None:
+        self.bootstrap, self.watched = bootstrap, watched
+        self.samples: list[tuple[float, dict[str, int]]] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=lambda: asyncio.run(self._sample()), daemon=True)
+
+    async def _sample(self) -> None:
+        while not self.stopping.is_set():
+            self.samples.append((time.perf_counter(), await group_lag(self.bootstrap, self.watched)))
+            await asyncio.to_thread(self.stopping.wait, 5)
+
+    def __enter__(self) -> LagSampler:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stopping.set()
+        self.thread.join(30)
 
 
 async def drain(bootstrap: str, watched: dict[str, list[str]], timeout: float = 120) -> dict[str, int]:
@@ -165,17 +181,13 @@ class Rig:
 async def step(rig: Rig, rate: float) -> dict[str, Any]:
     """Offer `rate` requests/s for `STEP_S` seconds: kept up or not, lags, CPU shares, latency."""
     watched = groups(rig.topics)
-    samples: list[tuple[float, dict[str, int]]] = []
     items = rig.traffic.requests(int(rate * STEP_S))
     rig.cpu.mark()
-    sampler = asyncio.create_task(lag_samples(rig.bootstrap, watched, samples))
-    started = time.perf_counter()
-    try:
+    with LagSampler(rig.bootstrap, watched) as sampler:
+        started = time.perf_counter()
         sent = await offer(rig.sender, rig.topics.predictions_requests, items, rate)
-    finally:
-        sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
-    wall = time.perf_counter() - started
+        wall = time.perf_counter() - started
+    samples = sampler.samples
     shares = rig.cpu.shares()
     await rig.reader.wait_for(set(sent), 10)
     answered = sum(1 for k in sent if k in rig.reader.arrivals)
