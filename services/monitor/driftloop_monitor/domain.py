@@ -3,6 +3,7 @@ and the retraining policy are `driftloop.policy`, shared with the backtest)."""
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
@@ -35,6 +36,22 @@ class RollingQuality:
     @property
     def log_loss(self) -> float:
         return self.losses.mean
+
+
+def labelled_row_id(request_id: str) -> str:
+    """The event id of the labelled row a join sends to ingest: stable for the request, and within
+    an event id's 256 characters however long the request id (up to its own 256).
+
+    >>> labelled_row_id("r-1")
+    'feedback:r-1'
+    >>> long = labelled_row_id("x" * 256)
+    >>> long.startswith("feedback:sha256:"), len(long) <= 256, long == labelled_row_id("x" * 256)
+    (True, True, True)
+    """
+    row_id = f"feedback:{request_id}"
+    if len(row_id) <= 256:
+        return row_id
+    return "feedback:sha256:" + hashlib.sha256(request_id.encode()).hexdigest()
 
 
 _MID = (np.arange(100) + 0.5) / 100  # probabilities of a 100-point reference sample

@@ -47,6 +47,7 @@ from driftloop_monitor.domain import (
     PredictionMonitor,
     RollingQuality,
     Shift,
+    labelled_row_id,
 )
 
 SERVICE = "monitor"
@@ -437,7 +438,7 @@ class Monitor:
         tally.inc(LABELLED.labels(result.model, str(version), "correct" if correct else "wrong"))
         self.scored.add((result.model, version))
         observation = Observation.model_construct(  # its parts were validated as they came
-            event_id=f"feedback:{request_id}",
+            event_id=labelled_row_id(request_id),
             model=result.model,
             entity_id=request.get("entity_id"),
             features=result.features or request["features"],  # what was served, stored values too
