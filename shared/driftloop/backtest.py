@@ -357,8 +357,10 @@ def grid(spec: ModelSpec, served: int) -> dict[str, ModelSpec]:
     out[f"both/{every}/window-choices"] = variant(spec, retrain={**both, "window_choices": choices})
     wide = min(4 * w, spec.training.window_rows)
     if wide > w:  # on a stream that barely drifts, more rows beat newer ones
-        half_life = rules.recency_half_life_rows and rules.recency_half_life_rows * wide // w
-        widened = {**both, "window_rows": wide, "recency_half_life_rows": half_life}
+        wide_half_life = (
+            None if rules.recency_half_life_rows is None else rules.recency_half_life_rows * wide // w
+        )
+        widened = {**both, "window_rows": wide, "recency_half_life_rows": wide_half_life}
         out[f"periodic/{every}/window-{wide}"] = variant(
             spec, retrain={**widened, "trigger": "periodic", "window": "last"}
         )

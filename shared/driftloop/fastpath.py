@@ -60,6 +60,7 @@ from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
 
+STAMPED_LONG_AGO_S = 3600.0  # a record timestamp older than this is an event time, not a send time
 PROCESSING_FAILED = "processing_failed"  # the reason of a record that failed its handler alone
 
 
@@ -459,13 +460,16 @@ class FastPath:
         try:  # committed: nothing after this may bring the batch back
             BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
             BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
-            self._observe_hops(batch, handled.stages)
             if handled.tally is not None:
                 handled.tally.apply()
             if handled.committed is not None:
                 handled.committed()
         except Exception:
             log.exception("%s %s: after a commit", self.service, self.name)
+        try:
+            self._observe_hops(batch, handled.stages)
+        except Exception:  # a latency figure must never cost a batch its bookkeeping
+            log.exception("%s %s: timing a batch", self.service, self.name)
 
     def _observe_hops(self, batch: _Batch, stages: Mapping[str, float] | None) -> None:
         """Where the time of every record of a committed batch went (`HOP_SECONDS`)."""
@@ -473,11 +477,12 @@ class FastPath:
         if n == 0 or "handled" not in clock or "acknowledged" not in clock:
             return  # a batch handled on the way to isolating a bad record: not a record's usual path
         committed, now = time.perf_counter(), time.time()
-        stamps = np.fromiter((r.timestamp for r in batch.records), np.float64, n) / 1000
+        stamps = np.fromiter((r.timestamp or 0 for r in batch.records), np.float64, n) / 1000
+        recent = stamps >= now - STAMPED_LONG_AGO_S  # older: an application stamped its own time
         hop = HOP_SECONDS.labels
         service, name = self.service, self.name
-        observe_many(hop(service, name, "queued"), np.maximum(0.0, batch.fetched_at - stamps))
-        observe_many(hop(service, name, "total"), np.maximum(0.0, now - stamps))
+        observe_many(hop(service, name, "queued"), np.maximum(0.0, batch.fetched_at - stamps[recent]))
+        observe_many(hop(service, name, "total"), np.maximum(0.0, now - stamps[recent]))
         waiting = (clock["handling"] - clock["fetched"]) + (clock["sending"] - clock["handled"])
         for label, seconds in (
             ("waiting", waiting),

@@ -172,13 +172,15 @@ async def group_lag(
             group: {tp: await readers[group].committed(tp) for topic in topics for tp in partitions[topic]}
             for group, topics in groups.items()
         }
-        newest = {}  # where the fetches start: the furthest any group got, so they read little
+        newest: dict[
+            TopicPartition, int
+        ] = {}  # where the fetches start: the furthest any group got, so they read little
         for offsets in committed.values():
             for tp, at in offsets.items():
                 newest[tp] = max(newest.get(tp, starts[tp]), starts[tp] if at is None else at)
         highwater = await _highwaters(ends, newest)
         return {
-            group: sum(highwater[tp] - (starts[tp] if at is None else at) for tp, at in offsets.items())
+            group: sum(max(0, highwater[tp] - max(starts[tp], at or 0)) for tp, at in offsets.items())
             for group, offsets in committed.items()
         }
     finally:

@@ -34,7 +34,8 @@ BATCH_SECONDS = Histogram(
 HOP_SECONDS = Histogram(
     "driftloop_record_hop_seconds",
     "Where each consumed record's time went, by service, consumer and hop: queued (from the "
-    "record's timestamp to its fetch: the producer's clock, or the time the application stamped), "
+    "record's timestamp to its fetch: the producer's clock; a timestamp over an hour old is an "
+    "event time the application stamped, and is left out of queued and total), "
     "waiting (fetched, until its batch is handled), handling (the batch's handler; a handler may "
     "split it into its own stages, e.g. inference's decode, model and encode), acknowledged (its "
     "outputs sent until the broker acknowledged them), committed (effects and offset commit), and "
@@ -77,15 +78,16 @@ BATCH_FAILURES = Counter(
 def observe_many(child: Any, values: Sequence[float] | np.ndarray, times: int = 1) -> None:
     """`child.observe(v)` for every value (`times` times each) of a labelled histogram, counted
     in one pass per bucket: a batch of 2,000 records costs one call, not 2,000."""
-    values = np.asarray(values, dtype=np.float64)
-    if not len(values) or times <= 0:
+    given = np.asarray(values, dtype=np.float64)
+    finite = given[np.isfinite(given)]
+    if not len(finite) or times <= 0:
         return
     bounds = child._upper_bounds  # prometheus_client's histogram child: per-bucket counts and sum
-    counts = np.bincount(np.searchsorted(bounds, values, side="left"), minlength=len(bounds))
+    counts = np.bincount(np.searchsorted(bounds, finite, side="left"), minlength=len(bounds))
     for bucket, count in zip(child._buckets, counts.tolist(), strict=False):
         if count:
             bucket.inc(count * times)
-    child._sum.inc(float(values.sum()) * times)
+    child._sum.inc(float(finite.sum()) * times)
 
 
 class Tally:

@@ -61,7 +61,7 @@ class ServiceSettings(BaseSettings):
     kafka_background_linger_ms: int = Field(
         default=100,
         ge=0,
-        description="Loops off the request's path (monitor, training store, registry) wait this long "
+        description="Loops off the request's path (the monitor, the training store) wait this long "
         "after a batch smaller than half of `kafka_max_records` before fetching again, so records "
         "gather into larger batches: fewer fetches for the broker, fewer round trips per record.",
     )

@@ -278,6 +278,7 @@ class Monitor:
         order the predictions were made); send labelled rows, drift events and retrain commands,
         then mark the joins done (a crash in between re-sends them: consumers are idempotent by
         event and command id)."""
+        self.scored.clear()  # a batch that failed half-way may have left some
         parts, dead = triage(SERVICE, records, self._part)
         out = Outbox(self.topics.events_dlq)
         out.dead_letters(dead)
@@ -322,9 +323,9 @@ class Monitor:
     def _export_quality(self) -> None:
         """The rolling quality of every version that got outcomes in this batch, retired ones aside."""
         for model, version in self.scored:
-            if version in self.retired.get(model, ()):
+            quality = self.quality.get((model, version))
+            if quality is None or version in self.retired.get(model, ()):
                 continue
-            quality = self.quality[(model, version)]
             ACCURACY.labels(model, str(version)).set(quality.accuracy)
             if len(quality.losses):
                 LOG_LOSS.labels(model, str(version)).set(quality.log_loss)

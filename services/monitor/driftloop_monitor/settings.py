@@ -16,7 +16,7 @@ class MonitorSettings(ServiceSettings):
     orphan_grace_s: float = Field(
         default=60.0, description="How long a label waits for its request before it counts as expired."
     )
-    quality_window: int = Field(default=1000, description="Labelled samples in the rolling accuracy.")
+    quality_window: int = Field(default=1000, ge=1, description="Labelled samples in the rolling accuracy.")
     sweep_every_s: float = Field(
         default=5.0, gt=0, description="How often requests and labels past their window are counted."
     )
