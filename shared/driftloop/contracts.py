@@ -206,6 +206,9 @@ def plain_request(data: dict[str, Any]) -> bool:
     )
 
 
+_LABEL_TYPES = (int, float, str)  # `Label`, exactly
+
+
 def plain_result(data: dict[str, Any]) -> bool:
     """Whether a decoded `PredictionResult` has every field of exactly its contract type (as the
     inference service writes them)."""
@@ -214,7 +217,7 @@ def plain_result(data: dict[str, Any]) -> bool:
         type(data.get("request_id")) is str
         and type(data.get("model")) is str
         and type(data.get("model_version")) is int
-        and type(data.get("prediction")) in _LABELS
+        and type(data.get("prediction")) in (*_LABEL_TYPES, type(None))
         and type(data.get("error")) in (str, type(None))
         and type(data.get("schema_version", 1)) is int
         and (
@@ -227,9 +230,6 @@ def plain_result(data: dict[str, Any]) -> bool:
     )
 
 
-_LABELS = (int, float, str, type(None))
-
-
 def plain_feedback(data: dict[str, Any]) -> bool:
     """Whether a decoded `Feedback` has every field of exactly its contract type."""
     request_id = data.get("request_id")
@@ -237,7 +237,7 @@ def plain_feedback(data: dict[str, Any]) -> bool:
         type(request_id) is str
         and 0 < len(request_id) <= 256
         and type(data.get("model")) is str
-        and type(data.get("label")) in _LABELS[:3]
+        and type(data.get("label")) in _LABEL_TYPES
         and type(data.get("schema_version", 1)) is int
     )
 

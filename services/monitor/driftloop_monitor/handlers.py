@@ -278,7 +278,7 @@ class Monitor:
         order the predictions were made); send labelled rows, drift events and retrain commands,
         then mark the joins done (a crash in between re-sends them: consumers are idempotent by
         event and command id)."""
-        self.scored.clear()  # a batch that failed half-way may have left some
+        self.scored.clear()  # this batch's, not those of one that failed half-way
         parts, dead = triage(SERVICE, records, self._part)
         out = Outbox(self.topics.events_dlq)
         out.dead_letters(dead)
@@ -329,7 +329,6 @@ class Monitor:
             ACCURACY.labels(model, str(version)).set(quality.accuracy)
             if len(quality.losses):
                 LOG_LOSS.labels(model, str(version)).set(quality.log_loss)
-        self.scored.clear()
 
     def _learn_once(self, part: str, messages: Sequence[_M], keys: list[str], learn: Any) -> None:
         """Learn from the requests (or results) not learned from before, together: every one's key
