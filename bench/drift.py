@@ -1,11 +1,18 @@
 """`make bench-drift`: drift detection through the running system, on streams with known drifts.
 
 One local stack (broker, redis, six services) serves one model per stream; each stream is a model
-spec from `models/` under its own name (`sea-0-3`, ...). Per stream: 5,000 labelled rows of the first
-concept train v1, then 100,000 stationary requests (false alarms are counted here), then an abrupt
-drift and 20,000 more requests at 1,000 requests/s: the drift retrain (on the spec's
-`retrain.min_rows` labelled rows after the change point, refitted on its holdout) serves; the demo
-specs retrain on detections only.
+spec from `models/` under its own name (`sea-0-3`, ...).
+
+The bench first measures the machine: the highest closed-loop rate this stack sustains here
+(`bench.stack`'s search, steps of `PROBE_STEP_S` seconds, on a model of its own), and sends the
+stationary part at `HEADROOM` of it, so that it measures detection, not a backlog. While a stream
+runs, every consumer group's lag is sampled; a group more than `LAG_S` seconds of its input behind
+at the onset, or a stream whose loop does not close, fails the bench (exit status 1) with the reason.
+
+Per stream: 5,000 labelled rows of the first concept train v1, then 100,000 stationary requests
+(false alarms are counted here), then an abrupt drift and 20,000 more requests at 1,000 requests/s:
+the drift retrain (on the spec's `retrain.min_rows` labelled rows after the change point, refitted
+on its holdout) serves; the demo specs retrain on detections only.
 Accuracy before the drift is that of the last 5,000 answers before the onset, after recovery that of
 the last 5,000 answers. Labels come back 0.5 s after each request, as an
 application would send them.
@@ -32,13 +39,18 @@ from typing import Any
 import yaml
 
 from bench.common import table, write
+from bench.stack import LAG_S, LagSampler, Traffic, champion, groups, labelled_traffic, sustained
 from driftloop import demo, localstack
 from driftloop.algorithms import DETECTORS
+from driftloop.settings import Topics
 from driftloop.spec import ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 STREAMS = [("sea", 0, 3), ("sea", 3, 0), ("sea", 0, 2), ("sea", 1, 3), ("agrawal", 0, 2), ("stagger", 0, 2)]
 TICK_S = 0.05  # the demo application sends due labels every tick
+PROBE = "capacity-probe"  # the model the sustained rate is measured on
+PROBE_STEP_S = 20.0
+HEADROOM = 0.6  # the stationary part is sent at this share of the measured sustained rate
 
 
 def stream_spec(dataset: str, before: int, after: int) -> ModelSpec:
@@ -73,6 +85,33 @@ def read_answers(path: Path) -> list[tuple[int, int, int]]:
         return [(int(r["request"]), int(r["version"]), int(r["correct"])) for r in csv.DictReader(fh)]
 
 
+async def capacity(stack: localstack.Stack) -> tuple[float, list[dict[str, Any]]]:
+    """The highest closed-loop rate the stack sustains on this machine, and the steps measured."""
+    traffic = Traffic(PROBE)
+    await champion(stack.bootstrap, Topics(), traffic)
+    async with labelled_traffic(stack, traffic, PROBE_STEP_S) as rig:
+        return await sustained(rig, ceiling=64_000, bisections=1)
+
+
+def lag_at(samples: list[tuple[float, dict[str, int]]], when: float) -> dict[str, int]:
+    """Every group's lag in the sample taken nearest to `when`."""
+    return min(samples, key=lambda sample: abs(sample[0] - when))[1] if samples else {}
+
+
+def problems(stream: dict[str, Any]) -> list[str]:
+    """Why a stream failed the bench: a group behind at the onset, a loop that did not close."""
+    found = [
+        f"{stream['name']}: {group} was {lag:,} records behind at the onset (bound {bound:,})"
+        for group, (lag, bound) in stream["lag_at_onset"].items()
+        if lag > bound
+    ]
+    if stream["delay_samples"] is None:
+        found.append(f"{stream['name']}: the drift was not detected")
+    if stream["onset_to_serving_s"] is None:
+        found.append(f"{stream['name']}: no new version served after the onset")
+    return found
+
+
 async def run_stream(
     stack: localstack.Stack, models_dir: Path, out: Path, dataset: str, before: int, after: int, args: Any
 ) -> dict[str, Any]:
@@ -91,7 +130,14 @@ async def run_stream(
         steady_requests=args.steady,
         timeout_s=args.stationary / args.stationary_rate + 240,
     )
-    summary = await demo.run(stack.bootstrap, scenario, out / spec.name, models_dir=models_dir)
+    timeline = demo.Timeline()
+    watched = groups(Topics())
+    with LagSampler(stack.bootstrap, watched, every_s=2) as sampler:
+        summary = await demo.run(
+            stack.bootstrap, scenario, out / spec.name, models_dir=models_dir, timeline=timeline
+        )
+    onset = timeline.started + timeline.marks.get("drift_onset", float("inf"))
+    at_onset = lag_at(sampler.samples, onset)
     answers = read_answers(out / spec.name / "answers.csv")
     # the version serving at the onset is the one the offline detector watches
     onset_version = max((v for i, v, _ in answers if i < scenario.before), default=0)
@@ -118,6 +164,10 @@ async def run_stream(
         "accuracy_recovered": accuracy["after_recovery"],
         "recovery_gap_points": gap,
         "promotions": summary["versions"]["promotions"],
+        "lag_at_onset": {
+            group: (at_onset.get(group, 0), int(LAG_S * args.rate * len(inputs)))
+            for group, inputs in watched.items()
+        },
     }
 
 
@@ -134,12 +184,15 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
         "onset_to_serving_s": _max([s["onset_to_serving_s"] for s in streams]),
         "recovery_gap_points": _max([s["recovery_gap_points"] for s in streams]),
         "rate_per_s": args.rate,
+        "sustained_per_s": args.sustained,
+        "sustained_steps": args.sustained_steps,
         "stationary_rate_per_s": args.stationary_rate,
         "feedback_batch": int(args.rate * TICK_S),
+        "monitor_lag_at_onset": max(s["lag_at_onset"]["monitor"][0] for s in streams),
     }
     header = (
         f"{'stream':<14}{'delay':>7}{'offline':>9}{'within':>8}{'false':>7}{'in/pred':>9}"
-        f"{'onset->':>9}{'acc before':>12}{'drifted':>9}{'recovered':>11}{'gap pts':>9}"
+        f"{'onset->':>9}{'acc before':>12}{'drifted':>9}{'recovered':>11}{'gap pts':>9}{'mon lag':>9}"
     )
     lines = [header, "-" * len(header)]
     for s in streams:
@@ -154,6 +207,7 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
             f"{s['name']:<14}{s['delay_samples']!s:>7}{s['offline_adwin_delay_samples']!s:>9}{within:>8}"
             f"{s['false_alarms']:>7}{alarms:>9}{serving:>9}{s['accuracy_before']!s:>12}"
             f"{s['accuracy_drifted']!s:>9}{s['accuracy_recovered']!s:>11}{s['recovery_gap_points']!s:>9}"
+            f"{s['lag_at_onset']['monitor'][0]:>9}"
         )
     print("\n".join(lines))
     print(
@@ -164,10 +218,12 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
                 ("false alarms on them (target 0)", figures["false_alarms_stationary_total"]),
                 ("worst onset -> new version serving s (target < 30)", figures["onset_to_serving_s"]),
                 ("worst recovery gap, accuracy points (target <= 2)", figures["recovery_gap_points"]),
+                ("sustained closed-loop rate measured here, req/s", args.sustained),
                 (
                     "drift-phase rate req/s / stationary rate req/s",
                     f"{args.rate:.0f} / {args.stationary_rate:.0f}",
                 ),
+                ("worst monitor lag at an onset, records", figures["monitor_lag_at_onset"]),
                 ("one feedback batch (labels per application tick)", figures["feedback_batch"]),
             ],
         )
@@ -178,6 +234,15 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
 async def run_streams(
     stack: localstack.Stack, models_dir: Path, out: Path, args: Any
 ) -> list[dict[str, Any]]:
+    args.sustained, args.sustained_steps = None, []
+    if args.stationary_rate is None:
+        print(f"measuring the sustained closed-loop rate (steps of {PROBE_STEP_S:.0f} s) ...", flush=True)
+        args.sustained, steps = await capacity(stack)
+        args.sustained_steps = [{k: step[k] for k in ("rate", "kept_up", "behind")} for step in steps]
+        if not args.sustained:
+            raise SystemExit(f"the stack did not keep up with {steps[0]['rate']:.0f} req/s: {steps[0]}")
+        args.stationary_rate = max(args.rate, round(HEADROOM * args.sustained, -1))
+        print(f"sustained {args.sustained:.0f} req/s: stationary part at {args.stationary_rate:.0f} req/s")
     results = []
     for dataset, before, after in args.streams:
         print(f"\n=== {dataset} {before}->{after} ===", flush=True)
@@ -185,11 +250,13 @@ async def run_streams(
     return results
 
 
-def main(args: Any) -> None:
+def main(args: Any) -> int:
     args.streams = [s for s in STREAMS if not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only]
     with tempfile.TemporaryDirectory(prefix="driftloop-bench-drift-") as tmp:
         models_dir = Path(tmp) / "models"
         models_dir.mkdir()
+        probe = load_spec(ROOT / "models" / "sea.yaml").model_copy(update={"name": PROBE})
+        (models_dir / f"{PROBE}.yaml").write_text(yaml.safe_dump(probe.model_dump(mode="json")))
         for dataset, before, after in args.streams:
             spec = stream_spec(dataset, before, after)
             (models_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
@@ -200,6 +267,10 @@ def main(args: Any) -> None:
             localstack.down(Path(tmp) / "run")
     figures = report(results, args)
     print(f"\nwritten {write('drift', figures)}")
+    failed = [problem for stream in results for problem in problems(stream)]
+    for problem in failed:
+        print(f"FAILED {problem}", flush=True)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
@@ -207,7 +278,11 @@ if __name__ == "__main__":
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--stationary", type=int, default=100_000, help="stationary requests per stream")
-    parser.add_argument("--stationary-rate", type=float, default=3_000.0, help="req/s of the stationary part")
+    parser.add_argument(
+        "--stationary-rate",
+        type=float,
+        help=f"req/s of the stationary part (default: {HEADROOM} of the sustained rate measured first)",
+    )
     parser.add_argument("--rate", type=float, default=1_000.0, help="req/s around the drift")
     parser.add_argument("--after", type=int, default=20_000, help="requests after the onset")
     parser.add_argument(
@@ -217,4 +292,4 @@ if __name__ == "__main__":
         help="the last stationary requests, sent at --rate (no backlog at the onset)",
     )
     parser.add_argument("--only", nargs="*", help="streams to run, e.g. sea-0-3 stagger-0-2")
-    main(parser.parse_args())
+    raise SystemExit(main(parser.parse_args()))

@@ -7,8 +7,9 @@ and the training store. In one run, on one machine:
 2. results/s for 50,000 requests sent as fast as possible, stack vs echo;
 3. request -> result latency at 1,000 requests/s, stack vs echo, three alternating rounds;
 4. the highest sustained closed-loop rate: offered rates double from 500/s while every consumer
-   group's lag stays bounded (at most `LAG_S` seconds of its input in the second half of a step of
-   `STEP_S` seconds) and every request is answered, then two bisection steps;
+   group's lag stays bounded in the second half of a step of `STEP_S` seconds (at most `LAG_S`
+   seconds of its input, growing by less than `GROWTH` of its input rate) and every request is
+   answered, then two bisection steps;
 5. per step, the CPU share of every process and the lag of every group.
 
 Usage: python -m bench.stack   (BENCH_STACK_STEP_S=20 for a quicker, rougher search)
@@ -17,6 +18,7 @@ Usage: python -m bench.stack   (BENCH_STACK_STEP_S=20 for a quicker, rougher sea
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import itertools
 import os
@@ -28,11 +30,13 @@ import threading
 import time
 import uuid
 from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import orjson
 
 from bench.common import table, write
@@ -51,7 +55,9 @@ BURST = 50_000
 LATENCY_RATE, LATENCY_ROUNDS, LATENCY_S = 1_000, 3, 10
 STEP_S = float(os.environ.get("BENCH_STACK_STEP_S", "60"))
 FIRST_RATE = 500
-LAG_S = 2.0  # a group keeps up when its lag stays within this many seconds of its input
+LAG_S = 2.0  # a group keeps up when its lag stays within this many seconds of its input ...
+GROWTH = 0.05  # ... and grows by less than this share of its input rate (a short step hides a slow leak)
+LAG_EVERY_S = 2.0
 FEEDBACK_DELAY_S = 0.5
 IDLE_S = 15  # the stack with no traffic: what polling alone costs
 ECHO = ("echo.requests", "echo.responses")
@@ -69,9 +75,11 @@ def groups(topics: Topics) -> dict[str, list[str]]:
 
 
 class Traffic:
-    """Request payloads cycling through a pool of SEA rows, and the label of every request sent."""
+    """Request payloads for `model` cycling through a pool of SEA rows, and the label of every
+    request sent."""
 
-    def __init__(self, seed: int = 3) -> None:
+    def __init__(self, model: str = MODEL, seed: int = 3) -> None:
+        self.model = model
         self.pool = list(itertools.islice(datasets.sea(0, seed), POOL))
         self.labels: dict[bytes, int] = {}
         self.count = 0
@@ -84,9 +92,8 @@ class Traffic:
             self.count += 1
             if remember:
                 self.labels[request_id] = y
-            out.append(
-                (request_id, orjson.dumps({"request_id": request_id.decode(), "model": MODEL, "features": x}))
-            )
+            body = {"request_id": request_id.decode(), "model": self.model, "features": x}
+            out.append((request_id, orjson.dumps(body)))
         return out
 
 
@@ -100,7 +107,7 @@ async def feedback(sender: BatchSender, reader: Reader, traffic: Traffic, topic:
             key, _ = reader.answered.popleft()
             label = traffic.labels.pop(key, None)
             if label is not None:
-                body = orjson.dumps({"request_id": key.decode(), "model": MODEL, "label": label})
+                body = orjson.dumps({"request_id": key.decode(), "model": traffic.model, "label": label})
                 out.append(Output(topic, key, body))
         if out:
             await sender.send(out)
@@ -133,19 +140,19 @@ class Cpu:
 
 
 class LagSampler:
-    """Every group's lag about every 5 seconds, read on a thread of its own: its clients must not
-    hold up the event loop that times the answers."""
+    """Every group's lag every `every_s` seconds (at `time.monotonic()`), read on a thread of its
+    own: its clients must not hold up the event loop that times the answers."""
 
-    def __init__(self, bootstrap: str, watched: dict[str, list[str]]) -> None:
-        self.bootstrap, self.watched = bootstrap, watched
+    def __init__(self, bootstrap: str, watched: dict[str, list[str]], every_s: float = LAG_EVERY_S) -> None:
+        self.bootstrap, self.watched, self.every_s = bootstrap, watched, every_s
         self.samples: list[tuple[float, dict[str, int]]] = []
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=lambda: asyncio.run(self._sample()), daemon=True)
 
     async def _sample(self) -> None:
         while not self.stopping.is_set():
-            self.samples.append((time.perf_counter(), await group_lag(self.bootstrap, self.watched)))
-            await asyncio.to_thread(self.stopping.wait, 5)
+            self.samples.append((time.monotonic(), await group_lag(self.bootstrap, self.watched)))
+            await asyncio.to_thread(self.stopping.wait, self.every_s)
 
     def __enter__(self) -> LagSampler:
         self.thread.start()
@@ -177,31 +184,36 @@ class Rig:
     topics: Topics
     bootstrap: str
     cpu: Cpu
+    step_s: float = STEP_S
 
 
 async def step(rig: Rig, rate: float) -> dict[str, Any]:
-    """Offer `rate` requests/s for `STEP_S` seconds: kept up or not, lags, CPU shares, latency."""
+    """Offer `rate` requests/s for `rig.step_s` seconds: kept up or not, lags, CPU shares, latency."""
     watched = groups(rig.topics)
-    items = rig.traffic.requests(int(rate * STEP_S))
+    items = rig.traffic.requests(int(rate * rig.step_s))
     rig.reader.arrivals.clear()  # the earlier steps' answers: only slower dict and GC work now
     rig.cpu.mark()
     with LagSampler(rig.bootstrap, watched) as sampler:
-        started = time.perf_counter()
+        started = time.monotonic()
         sent = await offer(rig.sender, rig.topics.predictions_requests, items, rate)
-        wall = time.perf_counter() - started
+        wall = time.monotonic() - started
     samples = sampler.samples
     shares = rig.cpu.shares()
     await rig.reader.wait_for(set(sent), 10)
     answered = sum(1 for k in sent if k in rig.reader.arrivals)
-    second_half = [lag for at, lag in samples if at >= started + wall / 2] or [samples[-1][1]]
-    worst = {group: max(lag[group] for lag in second_half) for group in watched}
-    bound = {group: LAG_S * rate * len(inputs) for group, inputs in watched.items()}
-    behind = sorted(group for group in watched if worst[group] > bound[group])
-    kept_up = not behind and answered == len(sent) and wall < STEP_S * 1.1
+    second_half = [(at, lag) for at, lag in samples if at >= started + wall / 2] or samples[-1:]
+    worst = {group: max(lag[group] for _, lag in second_half) for group in watched}
+    growth = {group: growth_per_s([(at, lag[group]) for at, lag in second_half]) for group in watched}
+    behind = sorted(
+        group
+        for group, inputs in watched.items()
+        if worst[group] > LAG_S * rate * len(inputs) or growth[group] > GROWTH * rate * len(inputs)
+    )
+    kept_up = not behind and answered == len(sent) and wall < rig.step_s * 1.1
     print(
         f"  {rate:>7.0f}/s for {wall:.0f} s: {'kept up' if kept_up else 'fell behind'}"
         + (f" ({', '.join(behind)})" if behind else "")
-        + f"; answered {answered}/{len(sent)}; worst lag {worst}",
+        + f"; answered {answered}/{len(sent)}; worst lag {worst}; growth/s {growth}",
         flush=True,
     )
     return {
@@ -212,13 +224,33 @@ async def step(rig: Rig, rate: float) -> dict[str, Any]:
         "sent": len(sent),
         "wall_s": wall,
         "worst_lag_second_half": worst,
+        "lag_growth_per_s": growth,
         "lag_samples": [lag for _, lag in samples],
         "cpu_percent": shares,
         "latency_ms": latency(sent, rig.reader),
     }
 
 
-async def sustained(rig: Rig, ceiling: float) -> tuple[float, list[dict[str, Any]]]:
+def growth_per_s(samples: list[tuple[float, int]]) -> int:
+    """How fast a lag surely grew, records per second: the least-squares slope of (time, lag) less
+    three of its standard errors (a batching consumer's lag saws up and down), at least 0.
+
+    >>> growth_per_s([(0.0, 100), (2.0, 300), (4.0, 500)]), growth_per_s([(0.0, 7)])
+    (100, 0)
+    >>> growth_per_s([(0.0, 0), (2.0, 800), (4.0, 0), (6.0, 900), (8.0, 100)])
+    0
+    """
+    if len(samples) < 3:
+        return 0
+    times, lags = (np.array(column, dtype=float) for column in zip(*samples, strict=True))
+    slope, intercept = np.polyfit(times, lags, 1)
+    residuals = lags - (slope * times + intercept)
+    spread = float(np.sum((times - times.mean()) ** 2))
+    error = np.sqrt(np.sum(residuals**2) / (len(times) - 2) / spread) if spread else 0.0
+    return max(0, round(float(slope - 3 * error)))
+
+
+async def sustained(rig: Rig, ceiling: float, bisections: int = 2) -> tuple[float, list[dict[str, Any]]]:
     """The highest offered rate the closed loop kept up with, and every step."""
     steps: list[dict[str, Any]] = []
 
@@ -227,16 +259,52 @@ async def sustained(rig: Rig, ceiling: float) -> tuple[float, list[dict[str, Any
         await drain(rig.bootstrap, groups(rig.topics))
         return steps[-1]["kept_up"]
 
-    good, bad, rate = 0.0, None, float(FIRST_RATE)
-    while bad is None and rate <= ceiling:  # double while it keeps up
+    good, bad, rate = 0.0, 0.0, float(FIRST_RATE)
+    while not bad and rate <= ceiling:  # double while it keeps up
         if await kept_up(rate):
             good, rate = rate, rate * 2
         else:
             bad = rate
-    for _ in range(2 if bad is not None and good else 0):  # then halve the gap twice
+    for _ in range(bisections if bad and good else 0):  # then halve the gap
         rate = round((good + bad) / 2, -1)
         good, bad = (rate, bad) if await kept_up(rate) else (good, rate)
     return good, steps
+
+
+async def champion(bootstrap: str, topics: Topics, traffic: Traffic) -> None:
+    """Train and promote a first version of `traffic.model` on 5,000 rows of its pool."""
+    now = datetime.now(UTC) - timedelta(hours=1)
+    first = [(x, y, now + timedelta(milliseconds=i)) for i, (x, y) in enumerate(traffic.pool[:5_000])]
+    producer = make_producer(bootstrap)
+    await producer.start()
+    watcher = await Watcher.tail(bootstrap, topics)
+    try:
+        await live.first_model(producer, watcher, topics, traffic.model, first, uuid.uuid4().hex[:8], 180)
+    finally:
+        await watcher.close()
+        await producer.stop()
+
+
+@contextlib.asynccontextmanager
+async def labelled_traffic(
+    stack: localstack.Stack, traffic: Traffic, step_s: float = STEP_S
+) -> AsyncIterator[Rig]:
+    """A rig sending requests to the stack and their labels as feedback, `FEEDBACK_DELAY_S` after
+    each result."""
+    topics = Topics()
+    sender = await BatchSender.connect(stack.bootstrap, "bench-stack")
+    reader = Reader(stack.bootstrap, topics.predictions_results)
+    reader.answered = deque()
+    await reader.start()
+    labels = asyncio.create_task(feedback(sender, reader, traffic, topics.predictions_feedback))
+    cpu = Cpu({**stack.pids, "load generator": os.getpid()})
+    try:
+        yield Rig(sender, reader, traffic, topics, stack.bootstrap, cpu, step_s)
+    finally:
+        labels.cancel()
+        await asyncio.gather(labels, return_exceptions=True)
+        await sender.stop()
+        await reader.stop()
 
 
 async def run(stack: localstack.Stack) -> dict[str, Any]:
@@ -249,31 +317,16 @@ async def run(stack: localstack.Stack) -> dict[str, Any]:
             [sys.executable, "-m", "bench.echo", *ECHO], env=env, stdout=subprocess.PIPE, text=True
         )
         assert echo.stdout is not None and echo.stdout.readline().strip() == "ready"
-
         traffic = Traffic()
-        now = datetime.now(UTC) - timedelta(hours=1)
-        first = [(x, y, now + timedelta(milliseconds=i)) for i, (x, y) in enumerate(traffic.pool[:5_000])]
-        producer = make_producer(bootstrap)
-        await producer.start()
-        watcher = await Watcher.tail(bootstrap, topics)
-        try:
-            await live.first_model(producer, watcher, topics, MODEL, first, uuid.uuid4().hex[:8], 180)
-        finally:
-            await watcher.close()
-            await producer.stop()
+        await champion(bootstrap, topics, traffic)
         await asyncio.sleep(4)  # the echo's group has joined (a join takes 3 s on tansu)
-
-        sender = await BatchSender.connect(bootstrap, "bench-stack")
-        echo_reader, reader = Reader(bootstrap, ECHO[1]), Reader(bootstrap, topics.predictions_results)
-        reader.answered = deque()
+        echo_reader = Reader(bootstrap, ECHO[1])
         await echo_reader.start()
-        await reader.start()
-        labels = asyncio.create_task(feedback(sender, reader, traffic, topics.predictions_feedback))
-        pids = {**stack.pids, "echo": echo.pid, "load generator": os.getpid()}
-        cpu = Cpu(pids)
-        figures: dict[str, Any] = {"processes": sorted(pids)}
-        try:
+        async with labelled_traffic(stack, traffic) as rig:
+            sender, reader, cpu = rig.sender, rig.reader, rig.cpu
+            cpu.pids["echo"] = echo.pid
             cpu.mark()
+            figures: dict[str, Any] = {"processes": sorted(cpu.pids)}
             await asyncio.sleep(IDLE_S)
             figures["idle_cpu_percent"] = cpu.shares()
             await burst(sender, echo_reader, ECHO[0], traffic.requests(2_000, remember=False))
@@ -314,14 +367,8 @@ async def run(stack: localstack.Stack) -> dict[str, Any]:
             figures["stack_latency_ms"] = latency(stack_sent, reader)
             await drain(bootstrap, groups(topics))
             print(f"sustained closed-loop rate, steps of {STEP_S:.0f} s ...", flush=True)
-            rig = Rig(sender, reader, traffic, topics, bootstrap, cpu)
             figures["sustained_per_s"], figures["steps"] = await sustained(rig, ceiling=figures["echo_per_s"])
-        finally:
-            labels.cancel()
-            await asyncio.gather(labels, return_exceptions=True)
-            await sender.stop()
-            await echo_reader.stop()
-            await reader.stop()
+        await echo_reader.stop()
         return figures
     finally:
         if echo is not None:

@@ -162,12 +162,14 @@ async def run(
     out_dir: Path,
     topics: Topics | None = None,
     models_dir: Path = Path("models"),
+    timeline: Timeline | None = None,
 ) -> dict[str, Any]:
-    """Play the scenario against a running stack; return the summary (also written to out_dir)."""
+    """Play the scenario against a running stack; return the summary (also written to out_dir).
+    `timeline`, when given, is marked as the scenario unfolds (`drift_onset`, ...)."""
     topics = topics or Topics()
     spec = load_specs(models_dir)[scenario.model_name]
     out_dir.mkdir(parents=True, exist_ok=True)
-    timeline = Timeline()
+    timeline = timeline or Timeline()
     watcher = await Watcher.tail(bootstrap, topics)
     producer = make_producer(bootstrap)
     await producer.start()

@@ -62,12 +62,14 @@ log = logging.getLogger(__name__)
 
 STAMPED_LONG_AGO_S = 3600.0  # a record timestamp older than this is an event time, not a send time
 PROCESSING_FAILED = "processing_failed"  # the reason of a record that failed its handler alone
+NO_HEADERS: list[tuple[str, bytes]] = []  # read only: the producer's batch builder takes a list
 
 
 class Output(NamedTuple):  # a tuple: one is built per message
     topic: str
     key: bytes | None
     value: bytes
+    headers: tuple[tuple[str, bytes], ...] = ()  # e.g. the W3C trace context (`driftloop.tracing`)
 
 
 @dataclass(frozen=True)
@@ -168,12 +170,14 @@ class BatchSender:
         futures = []
         for (topic, partition), items in by_partition.items():
             batch = self.producer.create_batch()
-            for item in items:
-                if batch.append(key=item.key, value=item.value, timestamp=None) is None:
+            for key, value, headers in (
+                (i.key, i.value, list(i.headers) if i.headers else NO_HEADERS) for i in items
+            ):
+                if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
                     futures.append(await self.producer.send_batch(batch, topic, partition=partition))
                     batch = self.producer.create_batch()
-                    if batch.append(key=item.key, value=item.value, timestamp=None) is None:
-                        raise RecordTooLarge(f"an output of {len(item.value)} bytes to {topic}")
+                    if batch.append(key=key, value=value, timestamp=None, headers=headers) is None:
+                        raise RecordTooLarge(f"an output of {len(value)} bytes to {topic}")
             futures.append(await self.producer.send_batch(batch, topic, partition=partition))
         self._pending.update(futures)
         for future in futures:

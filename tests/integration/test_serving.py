@@ -16,8 +16,8 @@ from driftloop.kafka import read_from_start
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
-from tests.conftest import ROOT
-from tests.helpers import Publisher, collect, sea_onnx
+from tests.conftest import ROOT, wait_for
+from tests.helpers import OtlpReceiver, Publisher, collect, sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -268,3 +268,51 @@ async def test_a_damaged_artifact_is_refused_reported_and_the_old_version_keeps_
     reports = [e for e in lifecycle if isinstance(e, ModelServingFailed)]
     assert [(r.model, r.version, r.service) for r in reports] == [("sea", 2, "inference")]
     assert ("sha256" if damage == "corrupted" else "unreadable") in reports[0].reason
+
+
+async def read_records(bootstrap, topic, keys, timeout=30.0):
+    """The records of `topic` with these keys, read from its start: {key: record}."""
+    found = {}
+    consumer = await read_from_start(bootstrap, topic)
+    deadline = asyncio.get_running_loop().time() + timeout
+    try:
+        while not keys <= found.keys() and asyncio.get_running_loop().time() < deadline:
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                found.update((r.key, r) for r in records if r.key in keys)
+    finally:
+        await consumer.stop()
+    assert keys <= found.keys(), f"not answered: {keys - found.keys()}"
+    return found
+
+
+async def test_a_traced_request_continues_its_trace_to_the_result_and_the_collector(
+    kafka_bootstrap, redis_url, topics, tmp_path, monkeypatch
+):
+    """W3C trace context on a real broker: the result of a request sent with a `traceparent`
+    carries the same trace from driftloop's span, and the span reaches an OTLP/HTTP collector."""
+    trace, parent = uuid.uuid4().hex, uuid.uuid4().hex[:16]
+    with OtlpReceiver() as collector:
+        monkeypatch.setenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", collector.url)
+        monkeypatch.setenv("OTEL_BSP_SCHEDULE_DELAY", "100")
+        s = Setup(kafka_bootstrap, redis_url, topics, tmp_path)
+        settings = s.settings.model_copy(update={"tracing": True})
+        async with s, inference_app(settings):
+            await s.consuming()
+            for request_id, headers in (("traced", [("traceparent", f"00-{trace}-{parent}-01".encode())]),
+                                        ("plain", [])):  # fmt: skip
+                body = {"request_id": request_id, "model": "sea", "features": GOOD}
+                await s.raw.send(topics.predictions_requests, orjson.dumps(body), key=request_id.encode(),
+                                 headers=headers)  # fmt: skip
+            await s.raw.flush()
+            results = await read_records(kafka_bootstrap, topics.predictions_results, {b"traced", b"plain"})
+            await wait_for(lambda: collector.spans, what="the span at the collector")
+    assert "traceparent" not in dict(results[b"plain"].headers)
+    carried = dict(results[b"traced"].headers)["traceparent"].decode()
+    _, carried_trace, carried_span, flags = carried.split("-")
+    assert (carried_trace, flags) == (trace, "01") and carried_span != parent
+    [span] = collector.spans
+    assert span.trace_id.hex() == trace and span.parent_span_id.hex() == parent
+    assert span.span_id.hex() == carried_span
+    attributes = {a.key: a.value for a in span.attributes}
+    assert attributes["driftloop.request_id"].string_value == "traced"
+    assert attributes["driftloop.model_version"].int_value == 1

@@ -16,6 +16,7 @@ from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
 from driftloop.runtime import Readiness, build_app, model_specs, run_service
+from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
 from driftloop_inference.handlers import SERVICE, InferenceHandler
 from driftloop_inference.settings import InferenceSettings
@@ -31,7 +32,8 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     redis = redis_client(settings)
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
     tasks: list[asyncio.Task[None]] = []
-    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics)
+    tracing = Tracing.configure(settings.tracing, SERVICE)
+    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics, tracing, settings.group_id)
     follower = follow_models(broker, settings, holder.on_lifecycle, list(specs))
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness(
@@ -80,6 +82,8 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
         await hot_path.stop()
         await follower.stop()
         await redis.aclose()
+        if tracing is not None:
+            tracing.shutdown()
 
     documented = [*hot_path.describe(PredictionRequest), follower.describe()]  # consumed outside FastStream
     return build_app(

@@ -21,6 +21,7 @@ from driftloop.features import FEATURES_FIELD, decode_stored, missing_features, 
 from driftloop.kafka import triage
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
+from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder, OnlineFeatures
 from driftloop_inference.domain import Request, read_request, score
 
@@ -85,16 +86,21 @@ class InferenceHandler:
         holder: ModelHolder,
         online: OnlineFeatures,
         topics: Topics,
+        tracing: Tracing | None = None,
+        group: str = SERVICE,
     ) -> None:
         self.specs = specs
         self.holder = holder
         self.online = online
         self.topics = topics
+        self.tracing = tracing
+        self.group = group
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """One result per request (keyed by request id), dead letters for the unreadable."""
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
         started = time.perf_counter()
+        spans = self.tracing.start(records, self.group) if self.tracing else None
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
         decoded = time.perf_counter()
@@ -107,7 +113,9 @@ class InferenceHandler:
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         out = Outbox(
             self.topics.events_dlq,
-            [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results],
+            [Output(topic, r["request_id"].encode(), orjson.dumps(r)) for r in results]
+            if not spans
+            else self._traced(topic, results, spans),
         )
         out.outputs += [
             Output(shadow_topic, r["request_id"].encode(), orjson.dumps(r)) for r in scored.shadow
@@ -135,6 +143,18 @@ class InferenceHandler:
         tally.count(SERVICE, self.topics.predictions_requests, "ok", len(results))
         tally.count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return out.handled(stages=stages)
+
+    def _traced(self, topic: str, results: list[dict[str, Any]], spans: dict[str, Any]) -> list[Output]:
+        """The results, each traced request's with the context of its span (ended here)."""
+        assert self.tracing is not None
+        outputs = []
+        for r in results:
+            span = spans.pop(r["request_id"], None)
+            headers = () if span is None else self.tracing.finish(span, r)
+            outputs.append(Output(topic, r["request_id"].encode(), orjson.dumps(r), headers))
+        for span in spans.values():  # a request id answered by none of the results: nothing to carry
+            span.end()
+        return outputs
 
     def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
         """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""
