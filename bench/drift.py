@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import csv
 import tempfile
 from pathlib import Path
@@ -252,9 +253,13 @@ async def run_streams(
 
 def main(args: Any) -> int:
     args.streams = [s for s in STREAMS if not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only]
-    with tempfile.TemporaryDirectory(prefix="driftloop-bench-drift-") as tmp:
+    with (
+        contextlib.nullcontext(args.keep)
+        if args.keep
+        else tempfile.TemporaryDirectory(prefix="driftloop-bench-drift-")
+    ) as tmp:
         models_dir = Path(tmp) / "models"
-        models_dir.mkdir()
+        models_dir.mkdir(parents=True)
         probe = load_spec(ROOT / "models" / "sea.yaml").model_copy(update={"name": PROBE})
         (models_dir / f"{PROBE}.yaml").write_text(yaml.safe_dump(probe.model_dump(mode="json")))
         for dataset, before, after in args.streams:
@@ -292,4 +297,5 @@ if __name__ == "__main__":
         help="the last stationary requests, sent at --rate (no backlog at the onset)",
     )
     parser.add_argument("--only", nargs="*", help="streams to run, e.g. sea-0-3 stagger-0-2")
+    parser.add_argument("--keep", help="a new directory to run in and keep: services' logs, answers, plots")
     raise SystemExit(main(parser.parse_args()))

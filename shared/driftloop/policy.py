@@ -133,7 +133,8 @@ class ConceptDriftMonitor:
 @dataclass(frozen=True)
 class Retrain:
     """An automatic retrain the policy asks for: rows with event time in [since, until), the newest
-    `last_n` of them; `rows` is how many the policy counted there (the trainer waits for them)."""
+    `last_n` of them; `rows` is how many the policy counted there, by event time as the trainer
+    counts them (the trainer waits for them: a count it can never reach would hold it up)."""
 
     command_id: str
     reason: str  # drift, periodic, retry, below_floor
@@ -145,8 +146,8 @@ class Retrain:
 
 @dataclass
 class _Pending:
-    """A retrain waiting until `counted` labelled rows reach `needed` (a drift retrain counts from
-    the change point, a retry from the rejection)."""
+    """A retrain waiting until `counted` labelled rows reach `needed` (a drift retrain counts the
+    rows with event time from the change point on, a retry every row after the rejection)."""
 
     reason: str
     counted: int
@@ -167,7 +168,9 @@ class Step:
 @dataclass
 class RetrainPolicy:
     """The spec's retraining policy over one model's labelled stream (every version's outcomes
-    count as rows; the champion's also feed the detector).
+    count as rows; the champion's also feed the detector). One routine retrain (periodic, below the
+    floor) at a time: none is asked while the last request is unanswered (promoted, rejected or
+    failed), for a training window of rows at most; a drift retrain is asked regardless.
 
     >>> from datetime import UTC, datetime, timedelta
     >>> from driftloop.spec import ModelSpec
@@ -177,7 +180,11 @@ class RetrainPolicy:
     >>> policy = RetrainPolicy(spec)
     >>> policy.promoted(1)
     >>> t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    >>> asked = [r for i in range(2500) for r in policy.observe(1, True, t0 + timedelta(seconds=i)).retrains]
+    >>> asked = []
+    >>> for i in range(2500):
+    ...     for retrain in policy.observe(1, True, t0 + timedelta(seconds=i)).retrains:
+    ...         asked.append(retrain)
+    ...         policy.promoted(len(asked) + 1, retrain.command_id)  # no new request until answered
     >>> [(r.reason, r.last_n, r.rows) for r in asked]  # the newest 5,000 rows: 1,000 and 2,000 so far
     [('periodic', 5000, 1000), ('periodic', 5000, 2000)]
     """
@@ -193,6 +200,11 @@ class RetrainPolicy:
     asked: dict[str, Retrain] = field(default_factory=dict)  # recent requests, for retries
     floor: datetime | None = None  # window since_change: no retrain reads rows before this change point
     champion_outcomes: RollingMean = field(default_factory=lambda: RollingMean(1))  # for the floor
+    times: deque[datetime] = field(default_factory=deque)  # event times of the newest rows, for counts
+    awaiting: tuple[str, int] | None = None  # the last request not yet answered, `labelled` when asked
+
+    def __post_init__(self) -> None:
+        self.times = deque(maxlen=self.spec.training.window_rows)  # no retrain reads more rows
 
     @property
     def warming_up(self) -> bool:
@@ -213,6 +225,8 @@ class RetrainPolicy:
         over, and resetting it after every refresh would leave it too few rows to ever fire. Any
         other champion (after a drift, a retry, a rollback, a person's command) starts a fresh
         detector, warming up, and a fresh count of outcomes for the floor."""
+        if self.awaiting is not None and self.awaiting[0] == command_id:
+            self.awaiting = None
         if version == self.champion:
             return
         self.champion = version
@@ -225,11 +239,13 @@ class RetrainPolicy:
         """Learn one labelled outcome of `version`'s prediction made at `event_time`."""
         rules = self.spec.retrain
         self.labelled += 1
+        self.times.append(event_time)
         self.latest = event_time if self.latest is None else max(self.latest, event_time)
         if self.last_asked_at is None:
             self.last_asked_at = event_time
         for pending in self.pending:  # this row counts for the retrains already waiting
-            pending.counted += 1
+            if pending.since is None or event_time >= pending.since:
+                pending.counted += 1
         detection, warned = None, False
         if version == self.champion and self.detector is not None:
             warnings = self.detector.warnings
@@ -237,17 +253,17 @@ class RetrainPolicy:
             warned = self.detector.warnings > warnings
             self.champion_outcomes.append(int(correct))
             if detection is not None and rules.trigger in ("drift", "both"):
-                since_change = detection.samples_seen - detection.change_point_sample
+                change = detection.change_point_time
                 self.pending = [p for p in self.pending if p.reason != "drift"]  # the newest change wins
-                self.pending.append(
-                    _Pending("drift", since_change, rules.min_rows, detection.change_point_time)
-                )
+                self.pending.append(_Pending("drift", self._rows_since(change), rules.min_rows, change))
         retrains = self._due(event_time)
         return Step(detection, warned, tuple(retrains))
 
     def rejected(self, command_id: str) -> None:
         """The candidate of a request was rejected, or no candidate came of it: retry once with
         twice the rows, when half as many new rows again have arrived."""
+        if self.awaiting is not None and self.awaiting[0] == command_id:
+            self.awaiting = None
         request = self.asked.pop(command_id, None)
         if request is None or not self.spec.retrain.retry_rejected or request.reason == "retry":
             return
@@ -272,7 +288,10 @@ class RetrainPolicy:
         self.pending = still
         since_asked = self.labelled - self.last_asked
         waiting_for_drift = any(p.reason == "drift" for p in self.pending)  # it retrains soon, on newer rows
-        if not wanted and not waiting_for_drift and rules.trigger in ("periodic", "both"):
+        if self.awaiting is not None and self.labelled - self.awaiting[1] >= self.spec.training.window_rows:
+            self.awaiting = None  # no answer while a whole training window went by: not waited for
+        routine = not wanted and not waiting_for_drift and self.awaiting is None  # one at a time
+        if routine and rules.trigger in ("periodic", "both"):
             by_rows = rules.every_rows is not None and since_asked >= rules.every_rows
             by_time = (
                 rules.every_s is not None
@@ -282,10 +301,11 @@ class RetrainPolicy:
             if by_rows or by_time:
                 wanted.append(self._request("periodic", self.floor, rules.window_rows))
         below = self._below_floor() and since_asked >= len(self.champion_outcomes)
-        if not wanted and not waiting_for_drift and below:  # a detected change is retrained after it
+        if routine and not wanted and below:  # a detected change is retrained after it
             wanted.append(self._request("below_floor", self.floor, rules.window_rows))
         for request in wanted[-1:]:  # several due at once: the last asked covers them
             self.last_asked, self.last_asked_at = self.labelled, now
+            self.awaiting = (request.command_id, self.labelled)
             self.asked[request.command_id] = request
             while len(self.asked) > 64:
                 del self.asked[next(iter(self.asked))]
@@ -297,6 +317,13 @@ class RetrainPolicy:
         if self.spec.retrain.below_floor_rows is None or gate.metric == "log_loss":
             return False
         return outcomes.full and outcomes.mean < gate.floor
+
+    def _rows_since(self, since: datetime | None) -> int:
+        """Labelled rows seen with event time at or after `since` (all of them without it), as the
+        trainer's store counts them; at most a training window's."""
+        if since is None:
+            return self.labelled
+        return sum(1 for t in self.times if t >= since)
 
     def _drift_window(self, change: datetime | None, since_change: int) -> Retrain:
         rules, cap = self.spec.retrain, self.spec.training.window_rows
@@ -318,5 +345,5 @@ class RetrainPolicy:
             since=since,
             until=until,
             last_n=last_n,
-            rows=min(last_n, self.labelled) if rows is None else rows,
+            rows=min(last_n, self._rows_since(since)) if rows is None else rows,
         )

@@ -251,7 +251,7 @@ class Producer:
 
     def create_batch(self) -> list:
         class Batch(list):
-            def append(self, key, value, timestamp):  # type: ignore[override]
+            def append(self, key, value, timestamp, headers):  # type: ignore[override]
                 super().append(value)
                 return True
 
