@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack
+.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -73,7 +73,7 @@ format: install ## apply ruff's formatting and safe fixes
 clean: down ## remove the local stack's run directory and demo output
 	rm -rf .driftloop var
 
-bench: bench-governance bench-inference bench-data bench-stack bench-drift bench-faults bench-cli bench-learning ## run every benchmark (tables printed, JSON in bench/results/)
+bench: bench-governance bench-inference bench-data bench-broker bench-stack bench-drift bench-faults bench-cli bench-learning ## run every benchmark (tables printed, JSON in bench/results/)
 
 bench-inference: install ## inference vs a batched echo ceiling: throughput, latency at 1k/5k req/s, RSS, swap
 	$(BIN)/python -m bench.inference
@@ -89,6 +89,9 @@ bench-drift: install ## drift detection through the running system: 6 streams, 1
 
 bench-cli: install ## start-up of `driftloop --help` and subcommand helps vs `python -c pass`: wall, CPU
 	$(BIN)/python -m bench.cli
+
+bench-broker: install ## the embedded broker as it fills: one hop's latency and the broker's CPU, fresh and full
+	$(BIN)/python -m bench.broker
 
 bench-stack: install ## the whole local stack under labelled traffic vs an echo: burst, latency, sustained rate, CPU, lag
 	$(BIN)/python -m bench.stack

@@ -10,7 +10,9 @@ and the training store. In one run, on one machine:
    group's lag stays bounded in the second half of a step of `STEP_S` seconds (at most `LAG_S`
    seconds of its input, growing by less than `GROWTH` of its input rate) and every request is
    answered, then two bisection steps;
-5. per step, the CPU share of every process and the lag of every group.
+5. per step, the CPU share of every process and the lag of every group;
+6. endurance: 1,000 requests/s for `ENDURANCE_S`, latency and the broker's CPU per 30 s window
+   (the embedded broker gets slower as it fills: `bench/broker.py`).
 
 Usage: python -m bench.stack   (BENCH_STACK_STEP_S=20 for a quicker, rougher search)
 """
@@ -60,6 +62,7 @@ GROWTH = 0.05  # ... and grows by less than this share of its input rate (a shor
 LAG_EVERY_S = 2.0
 FEEDBACK_DELAY_S = 0.5
 IDLE_S = 15  # the stack with no traffic: what polling alone costs
+ENDURANCE_S, WINDOW_S = float(os.environ.get("BENCH_STACK_ENDURANCE_S", "240")), 30
 ECHO = ("echo.requests", "echo.responses")
 
 
@@ -271,6 +274,21 @@ async def sustained(rig: Rig, ceiling: float, bisections: int = 2) -> tuple[floa
     return good, steps
 
 
+async def endurance(rig: Rig, broker: int) -> list[dict[str, float]]:
+    """Latency and the broker's CPU share per `WINDOW_S` window at `LATENCY_RATE` requests/s."""
+    windows = []
+    for _ in range(int(ENDURANCE_S // WINDOW_S)):
+        items = rig.traffic.requests(int(LATENCY_RATE * WINDOW_S))
+        rig.reader.arrivals.clear()
+        cpu = Cpu({"broker": broker})
+        sent = await offer(rig.sender, rig.topics.predictions_requests, items, LATENCY_RATE)
+        share = cpu.shares()["broker"]
+        await rig.reader.wait_for(set(sent), 30)
+        windows.append({**latency(sent, rig.reader), "broker_cpu_percent": share})
+        print(f"  endurance window {len(windows)}: {windows[-1]}", flush=True)
+    return windows
+
+
 async def champion(bootstrap: str, topics: Topics, traffic: Traffic) -> None:
     """Train and promote a first version of `traffic.model` on 5,000 rows of its pool."""
     now = datetime.now(UTC) - timedelta(hours=1)
@@ -368,6 +386,8 @@ async def run(stack: localstack.Stack) -> dict[str, Any]:
             await drain(bootstrap, groups(topics))
             print(f"sustained closed-loop rate, steps of {STEP_S:.0f} s ...", flush=True)
             figures["sustained_per_s"], figures["steps"] = await sustained(rig, ceiling=figures["echo_per_s"])
+            print(f"endurance at {LATENCY_RATE}/s for {ENDURANCE_S:.0f} s ...", flush=True)
+            figures["endurance"] = await endurance(rig, stack.pids["broker"])
         await echo_reader.stop()
         return figures
     finally:
@@ -409,12 +429,17 @@ def main() -> int:
         "cpu_percent_burst": f["burst_cpu_percent"],
         "cpu_percent_1k": f["latency_cpu_percent"],
         "steps": f["steps"],
+        "endurance_windows": f["endurance"],
     }
     print()
     print(
         table(
             "bench-stack, one run (goals: ratio >= 0.5, added p99 at 1k/s <= 10 ms)",
-            [(k, v) for k, v in result.items() if k not in ("steps",) and not k.startswith("cpu_")],
+            [
+                (k, v)
+                for k, v in result.items()
+                if k not in ("steps", "endurance_windows") and not k.startswith("cpu_")
+            ],
         )
     )
     for title, shares in (
@@ -429,6 +454,16 @@ def main() -> int:
         if shares:
             print()
             print(table(title, sorted(((k, round(v, 1)) for k, v in shares.items()), key=lambda kv: -kv[1])))
+    print()
+    print(
+        table(
+            f"endurance at {LATENCY_RATE} req/s, per {WINDOW_S} s window: p50 / p99 ms, broker CPU %",
+            [
+                (f"window {i + 1}", f"{w['p50']:.1f} / {w['p99']:.1f}, {w['broker_cpu_percent']:.0f}%")
+                for i, w in enumerate(f["endurance"])
+            ],
+        )
+    )
     print(f"\nwrote {write('stack', result)}")
     return 0
 
