@@ -225,8 +225,7 @@ class RetrainPolicy:
         over, and resetting it after every refresh would leave it too few rows to ever fire. Any
         other champion (after a drift, a retry, a rollback, a person's command) starts a fresh
         detector, warming up, and a fresh count of outcomes for the floor."""
-        if self.awaiting is not None and self.awaiting[0] == command_id:
-            self.awaiting = None
+        self._answered(command_id)
         if version == self.champion:
             return
         self.champion = version
@@ -262,8 +261,7 @@ class RetrainPolicy:
     def rejected(self, command_id: str) -> None:
         """The candidate of a request was rejected, or no candidate came of it: retry once with
         twice the rows, when half as many new rows again have arrived."""
-        if self.awaiting is not None and self.awaiting[0] == command_id:
-            self.awaiting = None
+        self._answered(command_id)
         request = self.asked.pop(command_id, None)
         if request is None or not self.spec.retrain.retry_rejected or request.reason == "retry":
             return
@@ -317,6 +315,11 @@ class RetrainPolicy:
         if self.spec.retrain.below_floor_rows is None or gate.metric == "log_loss":
             return False
         return outcomes.full and outcomes.mean < gate.floor
+
+    def _answered(self, command_id: str | None) -> None:
+        """A request came to an end: routine retrains may be asked again."""
+        if self.awaiting is not None and self.awaiting[0] == command_id:
+            self.awaiting = None
 
     def _rows_since(self, since: datetime | None) -> int:
         """Labelled rows seen with event time at or after `since` (all of them without it), as the

@@ -87,7 +87,9 @@ class Tracing:
                 continue  # unreadable: it goes to the dead letters, no trace to continue
             if not isinstance(request_id, str):
                 continue
-            parent = self.propagator.extract(carrier)
+            parent = self.propagator.extract(carrier)  # an invalid traceparent: a new trace
+            if request_id in spans:  # the same id twice in a batch: the newest record's span goes on
+                spans[request_id].end()
             spans[request_id] = self.tracer.start_span(
                 f"process {record.topic}",
                 context=parent,
