@@ -13,12 +13,12 @@ Usage: python -m bench.broker
 from __future__ import annotations
 
 import asyncio
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from bench.common import start_broker_and_redis, stop_processes, table, write
+from bench.stack import Cpu
 from bench.traffic import Reader, latency, offered_load
 from driftloop.fastpath import BatchSender, Output
 from driftloop.kafka import ensure_topics
@@ -33,20 +33,14 @@ LOADS = [  # (records, records per send) to another topic: large sends make few 
 ]
 
 
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 async def hop(sender: BatchSender, reader: Reader, broker: int, tag: str) -> dict[str, float]:
     """Latency of one hop at `RATE` records/s for `SECONDS`, and the broker's CPU meanwhile."""
     items = [(f"{tag}-{i}".encode(), VALUE) for i in range(RATE * SECONDS)]
-    used, started = cpu_seconds(broker), asyncio.get_running_loop().time()
+    cpu = Cpu({"broker": broker})
     sent, _ = await offered_load(sender, reader, "hop", items, RATE)
-    wall = asyncio.get_running_loop().time() - started
     return {
         **{k: round(v, 2) for k, v in latency(sent, reader).items()},
-        "broker_cpu_percent": round(100 * (cpu_seconds(broker) - used) / wall, 1),
+        "broker_cpu_percent": round(cpu.shares()["broker"], 1),
     }
 
 
