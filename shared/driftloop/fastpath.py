@@ -36,7 +36,6 @@ from aiokafka import (
     ConsumerRecord,
     TopicPartition,
 )
-from aiokafka.partitioner import murmur2
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
@@ -55,6 +54,7 @@ from driftloop.metrics import (
     Tally,
     observe_many,
 )
+from driftloop.partitioning import positive_murmur2
 from driftloop.runtime import tune_gc
 from driftloop.settings import ServiceSettings
 
@@ -129,7 +129,6 @@ class BatchSender:
     def __init__(self, producer: AIOKafkaProducer) -> None:
         self.producer = producer
         self._partitions: dict[str, list[int]] = {}
-        self._hashes: dict[bytes, int] = {}  # murmur2 of recent keys: pure Python, and keys repeat
         self._pending: set[asyncio.Future[Any]] = set()  # batches sent and not yet answered
 
     @classmethod
@@ -158,15 +157,14 @@ class BatchSender:
         broker, and on tansu the new one can be acknowledged and lost)."""
         await self.drain()
         by_partition: dict[tuple[str, int], list[Output]] = {}
+        for topic in {o.topic for o in outputs} - self._partitions.keys():
+            self._partitions[topic] = sorted(await self.producer.partitions_for(topic))
+        keyed = [o.key for o in outputs if o.key is not None]
+        hashes = iter(positive_murmur2(keyed).tolist() if keyed else ())  # as every client partitions
         for i, output in enumerate(outputs):
-            if output.topic not in self._partitions:
-                self._partitions[output.topic] = sorted(await self.producer.partitions_for(output.topic))
             ordered = self._partitions[output.topic]
-            if output.key is None:
-                partition = ordered[i % len(ordered)]
-            else:  # Kafka's murmur2 partitioning, as every client does for keyed records
-                partition = ordered[self._hash(output.key) % len(ordered)]
-            by_partition.setdefault((output.topic, partition), []).append(output)
+            index = i if output.key is None else next(hashes)
+            by_partition.setdefault((output.topic, ordered[index % len(ordered)]), []).append(output)
         futures = []
         for (topic, partition), items in by_partition.items():
             batch = self.producer.create_batch()
@@ -186,14 +184,6 @@ class BatchSender:
         errors = [a for a in answers if isinstance(a, BaseException)]
         if errors:
             raise errors[0]
-
-    def _hash(self, key: bytes) -> int:
-        hashed = self._hashes.get(key)
-        if hashed is None:
-            if len(self._hashes) >= 100_000:
-                self._hashes.clear()
-            hashed = self._hashes[key] = murmur2(key) & 0x7FFFFFFF
-        return hashed
 
     def _answered(self, future: asyncio.Future[Any]) -> None:
         self._pending.discard(future)
