@@ -246,11 +246,26 @@ def read(kind: type[C], raw: bytes | None, plain: Callable[[dict[str, Any]], boo
     """A contract from its bytes: when `plain` says the decoded fields are exactly the contract's
     types, built without validation (the hot paths' reader); anything else goes through `parse`,
     which accepts or refuses it with a reason. Property tests hold both paths equal."""
+    message = _read_plain(kind, raw, plain)
+    return parse(kind, raw) if message is None else message
+
+
+def read_exact(kind: type[C], raw: bytes | None, plain: Callable[[dict[str, Any]], bool]) -> tuple[C, bytes]:
+    """`read`, with bytes holding exactly the contract's values (the bytes given when they already
+    do, re-encoded otherwise): what a service stores to read again later without validating."""
+    message = _read_plain(kind, raw, plain)
+    if message is not None:
+        return message, raw or b""
+    message = parse(kind, raw)
+    return message, message.model_dump_json().encode()
+
+
+def _read_plain(kind: type[C], raw: bytes | None, plain: Callable[[dict[str, Any]], bool]) -> C | None:
     data = json_object(raw)
-    if data is not None and plain(data):
-        fields = kind.model_fields
-        return kind.model_construct(**{k: v for k, v in data.items() if k in fields})
-    return parse(kind, raw)
+    if data is None or not plain(data):
+        return None
+    fields = kind.model_fields
+    return kind.model_construct(**{k: v for k, v in data.items() if k in fields})
 
 
 class Feedback(Message):

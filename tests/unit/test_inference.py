@@ -13,6 +13,7 @@ from driftloop.contracts import (
     plain_request,
     plain_result,
     read,
+    read_exact,
     result_json,
 )
 from driftloop.features import FeatureSet
@@ -170,12 +171,19 @@ def test_the_shared_reader_agrees_with_the_contract_on_feedback(payload):
 
 
 def _reader_agrees(kind, plain, payload):
-    """`read` accepts what the contract accepts, as the contract reads it, and refuses the rest."""
+    """`read` accepts what the contract accepts, as the contract reads it, and refuses the rest;
+    `read_exact`'s bytes hold the same contract in exactly its types (read again without validating)."""
     raw = orjson.dumps(payload)
     try:
         contract = kind.model_validate(orjson.loads(raw))
     except ValueError:
         with pytest.raises(InvalidInput):
             read(kind, raw, plain)
+        with pytest.raises(InvalidInput):
+            read_exact(kind, raw, plain)
         return
     assert read(kind, raw, plain) == contract
+    message, exact = read_exact(kind, raw, plain)
+    assert message == contract
+    assert plain(orjson.loads(exact))
+    assert kind.model_validate_json(exact) == contract

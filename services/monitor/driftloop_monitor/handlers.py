@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import itertools
 import logging
@@ -33,6 +34,7 @@ from driftloop.contracts import (
     plain_request,
     plain_result,
     read,
+    read_exact,
 )
 from driftloop.fastpath import Handled, Outbox
 from driftloop.features import FeatureSet
@@ -249,8 +251,8 @@ class Monitor:
             )
             return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
-            result = read(PredictionResult, record.value, plain_result)
-            return Part(result.request_id, "result", record.value or b"", self._book(result.model), result)
+            result, exact = read_exact(PredictionResult, record.value, plain_result)  # `_learn` trusts it
+            return Part(result.request_id, "result", exact, self._book(result.model), result)
         feedback = read(Feedback, record.value, plain_feedback)
         if feedback.model not in self.specs:
             raise InvalidInput("unknown_model", f"no spec for model {feedback.model!r:.80}")
@@ -396,9 +398,11 @@ class Monitor:
     def _prediction_shifts(self, results: Sequence[PredictionResult], tally: Tally) -> Sends:
         """Count the results; feed the champions' prediction monitors with the classes they
         predicted in the batch."""
-        for result in results:
-            if result.error is None:
-                tally.inc(PREDICTED.labels(result.model, str(result.model_version), str(result.prediction)))
+        predicted = collections.Counter(
+            (r.model, r.model_version, r.prediction) for r in results if r.error is None
+        )
+        for (model, version, prediction), n in predicted.items():
+            tally.inc(PREDICTED.labels(model, str(version), str(prediction)), n)
         events: Sends = []
         for model, batch in _by_model(results, self.predictions).items():
             monitor = self.predictions[model]
@@ -420,33 +424,34 @@ class Monitor:
     ) -> Sends:
         """What a complete join teaches: a labelled row for training (unless the model has no spec
         or the request got an error), quality, and the concept-drift detector's verdict."""
-        result = read(PredictionResult, fields["result"], plain_result)
-        spec = self.specs.get(result.model)
-        if spec is None or result.error is not None:
+        result = orjson.loads(fields["result"])  # a `PredictionResult`, validated as it came
+        model = result["model"]
+        spec = self.specs.get(model)
+        if spec is None or result.get("error") is not None:
             return []
         feedback = orjson.loads(fields["feedback"])
         label = spec.label_of(feedback["label"])
         if label is None:  # refused when it arrived; a join stored before that check
             return []
         requested_at = moment(request["ts"])
-        tally.observe(LABEL_DELAY.labels(result.model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
-        correct = str(result.prediction) == str(label)
-        version = result.model_version
-        quality = self.quality.setdefault((result.model, version), RollingQuality(self.quality_window))
-        p_true = (result.probabilities or {}).get(str(label))
+        tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
+        correct = str(result.get("prediction")) == str(label)
+        version = result["model_version"]
+        quality = self.quality.setdefault((model, version), RollingQuality(self.quality_window))
+        p_true = (result.get("probabilities") or {}).get(str(label))
         quality.update(correct, p_true)
-        tally.inc(LABELLED.labels(result.model, str(version), "correct" if correct else "wrong"))
-        self.scored.add((result.model, version))
+        tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
+        self.scored.add((model, version))
         observation = Observation.model_construct(  # its parts were validated as they came
             event_id=labelled_row_id(request_id),
-            model=result.model,
+            model=model,
             entity_id=request.get("entity_id"),
-            features=result.features or request["features"],  # what was served, stored values too
+            features=result.get("features") or request["features"],  # what was served, stored values too
             label=label,
             event_time=requested_at,
         )
         sends: Sends = [(self.topics.events_raw, observation)]
-        if result.model in self.champion:  # the policy starts with the first champion
+        if model in self.champion:  # the policy starts with the first champion
             sends += self._policy_step(spec, version, request_id, correct, requested_at, tally)
         return sends
 
