@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker
+.PHONY: help install system-deps demo test test-unit test-integration test-e2e up down status schemas dashboards docs docs-serve lint format clean bench bench-governance bench-inference bench-data bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -60,6 +60,12 @@ schemas: install ## regenerate schemas/ (JSON Schema per message, AsyncAPI per s
 
 dashboards: install ## regenerate the Grafana dashboards (infra/grafana/dashboards/*.json)
 	$(BIN)/python infra/grafana/dashboards.py
+
+docs: install ## build the docs site into var/site (mkdocs --strict; the reference is generated from the code)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+
+docs-serve: install ## serve the docs site at http://127.0.0.1:8000 while you edit
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve
 
 lint: install ## ruff (lint + format check) and mypy
 	$(BIN)/ruff check .
