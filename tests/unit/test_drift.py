@@ -180,10 +180,12 @@ def test_a_labelled_entity_request_becomes_a_training_row_of_what_was_served():
     from driftloop.metrics import Tally
     from driftloop.settings import Topics
     from driftloop.spec import load_specs
+    from driftloop_monitor.adapters import InMemoryJoinStore
     from driftloop_monitor.handlers import Monitor
     from tests.conftest import ROOT
 
-    monitor = Monitor(load_specs(ROOT / "models"), joins=None, topics=Topics(), quality_window=100)  # type: ignore[arg-type]
+    specs = load_specs(ROOT / "models")
+    monitor = Monitor(specs, joins=InMemoryJoinStore(), topics=Topics(), quality_window=100)
     served = {"x0": 9.0, "x1": 9.0, "x2": 1.0}  # the request named only its entity
     request = {"request_id": "r1", "model": "sea", "features": {}, "entity_id": "u1", "ts": 1_000}
     fields = {

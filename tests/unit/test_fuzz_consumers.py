@@ -29,13 +29,14 @@ from driftloop.kafka import triage
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop_inference.handlers import _request_or_error
+from driftloop_monitor.adapters import InMemoryJoinStore
 from driftloop_monitor.handlers import Monitor
 from tests.conftest import ROOT
 from tests.helpers import JSON, records
 
 SPECS = load_specs(ROOT / "models")
 TOPICS = Topics()
-MONITOR = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+MONITOR = Monitor(SPECS, joins=InMemoryJoinStore(), topics=TOPICS, quality_window=100)
 
 HOSTILE_VALUES = st.sampled_from(
     [

@@ -19,6 +19,7 @@ from driftloop.store import RowStore
 from driftloop_inference.domain import Lineup
 from driftloop_inference.handlers import InferenceHandler
 from driftloop_ingest.handlers import IngestHandler
+from driftloop_monitor.adapters import InMemoryJoinStore
 from driftloop_monitor.handlers import Monitor
 from tests.conftest import ROOT
 
@@ -66,7 +67,7 @@ async def test_an_observation_whose_record_timestamp_is_no_date_is_dead_lettered
 
 
 def test_a_request_whose_record_timestamp_is_no_date_is_refused_by_the_monitor():
-    monitor = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(SPECS, joins=InMemoryJoinStore(), topics=TOPICS, quality_window=100)
     request = orjson.dumps({"request_id": "r", "model": "sea", "features": {"x0": 1}})
     (record,) = _records(TOPICS.predictions_requests, [request], FAR)
     with pytest.raises(InvalidInput, match="timestamp_out_of_range"):
@@ -74,7 +75,7 @@ def test_a_request_whose_record_timestamp_is_no_date_is_refused_by_the_monitor()
 
 
 def test_feedback_with_a_label_outside_the_classes_is_refused_with_a_reason():
-    monitor = Monitor(SPECS, joins=None, topics=TOPICS, quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(SPECS, joins=InMemoryJoinStore(), topics=TOPICS, quality_window=100)
     for label, refused in ((7, True), ("cat", True), (1, False), ("0", False)):
         feedback = orjson.dumps({"request_id": "r", "model": "sea", "label": label})
         (record,) = _records(TOPICS.predictions_feedback, [feedback], 1_000)
@@ -109,33 +110,11 @@ async def test_a_full_disk_stops_ingest_before_anything_is_published(tmp_path):
     assert is_transient(refused.value)  # the loop retries it with a growing pause, never dead-letters
 
 
-class Joins:
-    """The monitor's join store, in memory: the same contract as `JoinStore` on Redis."""
-
-    def __init__(self) -> None:
-        self.parts: dict[str, dict[str, bytes]] = {}
-        self.done: set[str] = set()
-
-    async def put(self, parts, now_ms):
-        touched = []
-        for request_id, name, body, _ in parts:
-            self.parts.setdefault(request_id, {})[name] = body
-            touched.append(request_id)
-        return {
-            rid: dict(self.parts[rid])
-            for rid in dict.fromkeys(touched)
-            if len(self.parts[rid]) == 3 and rid not in self.done
-        }
-
-    async def mark_done(self, request_ids):
-        self.done.update(request_ids)
-
-
 async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once():
     from driftloop.contracts import ArtifactRef, ModelPromoted, result_json
     from driftloop_monitor.handlers import LABELLED
 
-    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(SPECS, InMemoryJoinStore(), TOPICS, quality_window=100)
     artifact = ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1)
     await monitor.on_lifecycle(ModelPromoted(model="sea", version=1, reason="test", artifact=artifact,
                                              classes=[0, 1], feature_names=["x0", "x1", "x2"]))  # fmt: skip
@@ -163,9 +142,9 @@ async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once()
 
     assert [o for o in first.outputs] == [o for o in again.outputs]  # the same rows go out again
     assert sum(o.topic == TOPICS.events_raw for o in again.outputs) == 10
-    assert monitor.policies["sea"].detector_samples == 10, "the detector learned the batch twice"
-    assert monitor.policies["sea"].labelled == 10, "the policy counted the batch twice"
-    assert len(monitor.quality[("sea", 1)].correct) == 10
+    assert monitor.watches["sea"].policy.detector_samples == 10, "the detector learned the batch twice"
+    assert monitor.watches["sea"].policy.labelled == 10, "the policy counted the batch twice"
+    assert len(monitor.watches["sea"].quality[1].correct) == 10
     assert again.tally is not None and again.committed is not None and again.then is not None
     await again.then()  # the loop: outputs acknowledged, joins marked done, offsets committed
     again.tally.apply()
@@ -182,7 +161,7 @@ async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_on
     from driftloop.contracts import ArtifactRef, FeatureStats, ModelPromoted, result_json
     from driftloop_monitor.handlers import PREDICTED
 
-    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(SPECS, InMemoryJoinStore(), TOPICS, quality_window=100)
     stats = FeatureStats(mean=5, std=2.9, min=0, max=10, quantiles=[float(q) for q in range(1, 10)])
     names = ["x0", "x1", "x2"]
     await monitor.on_lifecycle(ModelPromoted(
@@ -205,7 +184,9 @@ async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_on
 
     whole = await monitor.handle([*results, *requests])  # fails (a bad record): never committed
     assert whole.committed is not None
-    assert monitor.covariate["sea"].samples_seen == 1, "a request repeated in a batch was learned twice"
+    assert monitor.watches["sea"].covariate.samples_seen == 1, (
+        "a request repeated in a batch was learned twice"
+    )
     for part in (results[:5], [*results[5:], *requests]):  # the halves, each sent and committed
         handled = await monitor.handle(part)
         assert handled.then is not None and handled.tally is not None and handled.committed is not None
@@ -213,7 +194,10 @@ async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_on
         handled.tally.apply()
         handled.committed()
     assert PREDICTED.labels("sea", "1", "1")._value.get() == predicted + 10
-    assert monitor.predictions["sea"].samples_seen == 10 and monitor.covariate["sea"].samples_seen == 1
+    assert (
+        monitor.watches["sea"].predictions.samples_seen == 10
+        and monitor.watches["sea"].covariate.samples_seen == 1
+    )
     assert monitor.learned == {}
 
 
@@ -222,11 +206,11 @@ async def test_the_monitor_tells_its_policy_which_retrains_came_to_nothing():
 
     from driftloop.contracts import ArtifactRef, ModelPromoted, ModelRejected, ModelTrainingFailed
 
-    monitor = Monitor(SPECS, Joins(), TOPICS, quality_window=100)  # type: ignore[arg-type]
+    monitor = Monitor(SPECS, InMemoryJoinStore(), TOPICS, quality_window=100)
     artifact = ArtifactRef(uri="u", sha256="0" * 64, size_bytes=1)
     await monitor.on_lifecycle(ModelPromoted(model="sea", version=1, reason="test", artifact=artifact,
                                              classes=[0, 1], feature_names=["x0", "x1", "x2"]))  # fmt: skip
-    policy = monitor.policies["sea"]
+    policy = monitor.watches["sea"].policy
     at = datetime(2026, 1, 1, tzinfo=UTC)
     asked = [r for _ in range(1200) for r in policy.observe(1, False, at).retrains]  # below the floor
     (retrain,) = asked

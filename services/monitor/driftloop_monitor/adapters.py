@@ -121,3 +121,56 @@ class JoinStore:
         cutoffs = [now_ms - self.ttl_s * 1000, now_ms - int(self.orphan_grace_s * 1000)]
         flat = await self._sweep(keys=[], args=[*cutoffs, *models])
         return {m: (int(flat[2 * i]), int(flat[2 * i + 1])) for i, m in enumerate(models)}
+
+
+class InMemoryJoinStore:
+    """The join store in memory, with the same answers as `JoinStore` (joins do not expire by
+    themselves: only the sweep removes what it counts). For unit tests and one-process tools."""
+
+    def __init__(self, ttl_s: int = 3600, orphan_grace_s: float = 60.0) -> None:
+        self.ttl_s = ttl_s
+        self.orphan_grace_s = orphan_grace_s
+        self.parts: dict[str, dict[str, bytes]] = {}
+        self.done: set[str] = set()
+        self.pending: dict[str, dict[str, int]] = {}  # by model: request id -> when its request came
+        self.orphans: dict[str, dict[str, int]] = {}  # by model: request id -> when its label came first
+
+    async def put(
+        self, parts: Sequence[tuple[str, str, bytes, str]], now_ms: int
+    ) -> dict[str, dict[str, bytes]]:
+        for request_id, part, body, model in parts:
+            fields = self.parts.setdefault(request_id, {})
+            fields[part] = body
+            if part == "request":
+                self.pending.setdefault(model, {})[request_id] = now_ms
+            elif part == "feedback" and "request" not in fields:
+                self.orphans.setdefault(model, {}).setdefault(request_id, now_ms)
+        complete: dict[str, dict[str, bytes]] = {}
+        for request_id, _, _, model in parts:
+            fields = self.parts[request_id]
+            if request_id in complete or len(fields) < len(PARTS) or request_id in self.done:
+                continue
+            self.pending.get(model, {}).pop(request_id, None)
+            self.orphans.get(model, {}).pop(request_id, None)
+            complete[request_id] = {part: fields[part] for part in PARTS}
+        return complete
+
+    async def mark_done(self, request_ids: Sequence[str]) -> None:
+        self.done.update(request_ids)
+
+    async def sweep(self, models: Sequence[str], now_ms: int) -> dict[str, tuple[int, int]]:
+        swept = {}
+        for model in models:
+            pending = self.pending.get(model, {})
+            unlabelled = [r for r, at in pending.items() if at <= now_ms - self.ttl_s * 1000]
+            for request_id in unlabelled:
+                del pending[request_id]
+            orphans = self.orphans.get(model, {})
+            expired = 0
+            for request_id in [r for r, at in orphans.items() if at <= now_ms - self.orphan_grace_s * 1000]:
+                del orphans[request_id]
+                if "request" not in self.parts.get(request_id, {}):
+                    self.parts.pop(request_id, None)
+                    expired += 1
+            swept[model] = (len(unlabelled), expired)
+        return swept

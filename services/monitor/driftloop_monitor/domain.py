@@ -1,4 +1,5 @@
-"""Quality and distribution drift of a champion's stream: pure, River-style classes (concept drift
+"""What the monitor knows of each model, pure: a `Watch` per model (champion, drift state,
+quality per version) over River-style classes for quality and distribution drift (concept drift
 and the retraining policy are `driftloop.policy`, shared with the backtest)."""
 
 from __future__ import annotations
@@ -8,13 +9,16 @@ import math
 from collections import deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from typing import Any, Protocol
 
 import numpy as np
 
 from driftloop.contracts import FeatureStats
+from driftloop.features import FeatureSet
+from driftloop.policy import RetrainPolicy, Step
 from driftloop.rolling import RollingMean
-from driftloop.spec import DistributionDriftSpec
+from driftloop.spec import DistributionDriftSpec, ModelSpec
 
 
 class RollingQuality:
@@ -241,3 +245,89 @@ class PredictionMonitor(_Windowed):
             if self.hysteresis.update("prediction", self.last):
                 shifted.append(Shift("prediction", self.last, self.samples_seen))
         return shifted
+
+
+WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3  # a watch's drift state (the metric's values)
+
+
+class Watch:
+    """Everything the monitor knows of one model: the champion it watches, the retraining policy
+    and its drift state (watching, warming up on a new champion, warning, drift), the covariate and
+    prediction monitors built on the champion's training distribution, and the rolling quality of
+    every version that served (a replaced champion's is dropped)."""
+
+    def __init__(self, spec: ModelSpec, quality_window: int) -> None:
+        self.spec = spec
+        self.features = FeatureSet(spec)
+        self.policy = RetrainPolicy(spec)
+        self.quality_window = quality_window
+        self.champion: int | None = None
+        self.state = WATCHING
+        self.covariate: CovariateMonitor | None = None
+        self.predictions: PredictionMonitor | None = None
+        self.quality: dict[int, RollingQuality] = {}
+        self.retired: set[int] = set()  # versions replaced as champion: their quality is not exported
+
+    def promoted(
+        self,
+        version: int,
+        reference_stats: Mapping[str, FeatureStats],
+        prediction_shares: Mapping[str, float],
+        command_id: str | None,
+    ) -> int | None:
+        """Watch a new champion; the champion it replaced, if any. The monitors are built before
+        anything changes: a failure leaves the watch as it was."""
+        # aggregates and time parts are computed by the platform, not sent with requests: not watched
+        reference = {k: v for k, v in reference_stats.items() if k not in self.spec.computed}
+        drift = self.spec.drift
+        covariate = CovariateMonitor(self.features.names, reference, drift.covariate)
+        predictions = PredictionMonitor(prediction_shares, drift.prediction)
+        retired, self.champion = self.champion, version
+        self.policy.promoted(version, command_id)
+        self.covariate, self.predictions = covariate, predictions
+        self.state = WARMING_UP
+        self.retired.discard(version)
+        if retired is not None:
+            self.retired.add(retired)
+            self.quality.pop(retired, None)
+        return retired
+
+    def outcome(self, version: int, correct: bool, p_true: float | None) -> None:
+        """A labelled prediction of `version`: its rolling quality moves."""
+        quality = self.quality.get(version)
+        if quality is None:
+            quality = self.quality[version] = RollingQuality(self.quality_window)
+        quality.update(correct, p_true)
+
+    def exported_quality(self, version: int) -> RollingQuality | None:
+        """The quality to export for `version`: None for a retired champion or a version unseen."""
+        return None if version in self.retired else self.quality.get(version)
+
+    def step(self, version: int, correct: bool, at: datetime) -> Step:
+        """Feed a labelled outcome to the retraining policy and move the drift state: a detection
+        holds the state at drift until the next champion."""
+        step = self.policy.observe(version, correct, at)
+        if self.state != DRIFT and not self.policy.warming_up:
+            self.state = WARNING if self.policy.in_warning else WATCHING
+        if step.detection is not None:
+            self.state = DRIFT
+        return step
+
+
+class Joins(Protocol):
+    """Where a request's features, its result and its label meet (`JoinStore` on Redis in the
+    service, `InMemoryJoinStore` in unit tests): each part is written as it arrives, in any order."""
+
+    async def put(
+        self, parts: Sequence[tuple[str, str, bytes, str]], now_ms: int
+    ) -> dict[str, dict[str, bytes]]:
+        """Write (request_id, part, body, model) parts; the complete, unprocessed joins touched."""
+        ...
+
+    async def mark_done(self, request_ids: Sequence[str]) -> None:
+        """Record that these joins were processed: a redelivery does not complete them again."""
+        ...
+
+    async def sweep(self, models: Sequence[str], now_ms: int) -> dict[str, tuple[int, int]]:
+        """Per model: (requests never labelled within the window, labels that came too late)."""
+        ...

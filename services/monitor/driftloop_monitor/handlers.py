@@ -37,20 +37,12 @@ from driftloop.contracts import (
     read_exact,
 )
 from driftloop.fastpath import Handled, Outbox
-from driftloop.features import FeatureSet
 from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION, Tally
-from driftloop.policy import Detection, Retrain, RetrainPolicy
+from driftloop.policy import Detection, Retrain
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
-from driftloop_monitor.adapters import JoinStore
-from driftloop_monitor.domain import (
-    CovariateMonitor,
-    PredictionMonitor,
-    RollingQuality,
-    Shift,
-    labelled_row_id,
-)
+from driftloop_monitor.domain import Joins, Shift, Watch, labelled_row_id
 
 SERVICE = "monitor"
 OTHER = "_other"  # joins of models without a spec are booked here (bounded label sets)
@@ -122,7 +114,6 @@ EXPIRED = Counter(
     "Labels that found no request to join within the grace period (too late, or unknown), by model.",
     ["model"],
 )
-WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3
 
 
 MEMORY = 200_000  # outcomes kept for records that may come again (bounded: revoked partitions)
@@ -171,24 +162,16 @@ class Monitor:
     def __init__(
         self,
         specs: Mapping[str, ModelSpec],
-        joins: JoinStore,
+        joins: Joins,
         topics: Topics,
         quality_window: int,
     ) -> None:
         self.specs = specs
         self.joins = joins
         self.topics = topics
-        self.quality_window = quality_window
-        self.champion: dict[str, int] = {}
-        self.policies = {name: RetrainPolicy(spec) for name, spec in specs.items()}
-        self.quality: dict[tuple[str, int], RollingQuality] = {}
+        self.watches = {name: Watch(spec, quality_window) for name, spec in specs.items()}
         self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
-        self.state: dict[str, int] = {}
-        self.covariate: dict[str, CovariateMonitor] = {}
-        self.predictions: dict[str, PredictionMonitor] = {}
-        self.retired: dict[str, set[int]] = {}  # versions replaced as champion: no more quality gauges
         self.learned: dict[str, Learned] = {}  # by part, until a batch holding it commits
-        self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
         for name, spec in specs.items():
             if spec.gate.metric != "log_loss":
                 ACCURACY_FLOOR.labels(name).set(spec.gate.floor)
@@ -202,43 +185,23 @@ class Monitor:
             UNLABELLED.labels(name)
             EXPIRED.labels(name)
 
-    def _set_state(self, model: str, state: int) -> None:
-        self.state[model] = state
-        DRIFT_STATE.labels(model).set(state)
-
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
-        if event.model not in self.specs:
+        watch = self.watches.get(event.model)
+        if watch is None:
             return
         if isinstance(event, ModelRejected | ModelTrainingFailed) and event.command_id is not None:
-            self.policies[event.model].rejected(event.command_id)  # a retrain it asked for came to nothing
-        if not isinstance(event, ModelPromoted | ModelRolledBack):
+            watch.policy.rejected(event.command_id)  # a retrain it asked for came to nothing
+        if not isinstance(event, ModelPromoted | ModelRolledBack) or watch.champion == event.version:
             return
-        model, spec = event.model, self.specs[event.model].drift
-        if self.champion.get(model) == event.version:
-            return
-        # aggregates and time parts are computed by the platform, not sent with requests: not watched
-        computed = self.specs[model].computed
-        reference = {k: v for k, v in event.reference_stats.items() if k not in computed}
-        watchers = (  # built before anything changes: a failure leaves the model as it was
-            CovariateMonitor(self.feature_sets[model].names, reference, spec.covariate),
-            PredictionMonitor(event.prediction_shares, spec.prediction),
+        retired = watch.promoted(
+            event.version, event.reference_stats, event.prediction_shares, event.command_id
         )
-        retired = self.champion.get(model)
-        self.champion[model] = event.version
-        self.policies[model].promoted(event.version, event.command_id)
-        self.covariate[model], self.predictions[model] = watchers
-        MODEL_VERSION.labels(SERVICE, model).set(event.version)
-        self._set_state(model, WARMING_UP)
-        self.retired.setdefault(model, set()).discard(event.version)
+        MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
+        DRIFT_STATE.labels(event.model).set(watch.state)
         if retired is not None:  # its history stays in Prometheus; stop exporting stale values
-            self.retired[model].add(retired)
-            self._forget(model, retired)
-
-    def _forget(self, model: str, version: int) -> None:
-        self.quality.pop((model, version), None)
-        for gauge in (ACCURACY, LOG_LOSS):
-            with contextlib.suppress(KeyError):
-                gauge.remove(model, str(version))
+            for gauge in (ACCURACY, LOG_LOSS):
+                with contextlib.suppress(KeyError):
+                    gauge.remove(event.model, str(retired))
 
     def _part(self, record: ConsumerRecord) -> Part:
         """A request, result or feedback as a join part (with the parsed request or result)."""
@@ -325,8 +288,8 @@ class Monitor:
     def _export_quality(self) -> None:
         """The rolling quality of every version that got outcomes in this batch, retired ones aside."""
         for model, version in self.scored:
-            quality = self.quality.get((model, version))
-            if quality is None or version in self.retired.get(model, ()):
+            quality = self.watches[model].exported_quality(version)
+            if quality is None:
                 continue
             ACCURACY.labels(model, str(version)).set(quality.accuracy)
             if len(quality.losses):
@@ -365,7 +328,7 @@ class Monitor:
         log.warning("%s drift on %s: %s %s %.3f", kind, model, shift.name, detector, shift.statistic)
         return self.topics.monitor_drift, DriftDetected(
             model=model,
-            version=self.champion[model],
+            version=self.watches[model].champion or 0,
             detector=detector,
             kind=kind,
             samples_seen=shift.samples_seen,
@@ -379,9 +342,12 @@ class Monitor:
     def _covariate_shifts(self, requests: Sequence[PredictionRequest], tally: Tally) -> Sends:
         """Feed the champions' covariate monitors with the batch's request features."""
         events: Sends = []
-        for model, batch in _by_model(requests, self.covariate).items():
-            monitor = self.covariate[model]
-            X, valid, _ = self.feature_sets[model].encode_many([r.features for r in batch])
+        for model, batch in _by_model(requests, self.watches).items():
+            watch = self.watches[model]
+            monitor = watch.covariate
+            if monitor is None:  # no champion yet
+                continue
+            X, valid, _ = watch.features.encode_many([r.features for r in batch])
             statistic = monitor.spec.statistic
             last_id = batch[valid[-1]].request_id if valid else batch[-1].request_id
             for shift in monitor.update(X):  # the encoded rows of the valid requests only
@@ -404,10 +370,11 @@ class Monitor:
         for (model, version, prediction), n in predicted.items():
             tally.inc(PREDICTED.labels(model, str(version), str(prediction)), n)
         events: Sends = []
-        for model, batch in _by_model(results, self.predictions).items():
-            monitor = self.predictions[model]
-            served = [r for r in batch if r.error is None and r.model_version == self.champion[model]]
-            if not served:
+        for model, batch in _by_model(results, self.watches).items():
+            watch = self.watches[model]
+            monitor = watch.predictions
+            served = [r for r in batch if r.error is None and r.model_version == watch.champion]
+            if monitor is None or not served:
                 continue
             for shift in monitor.update([str(r.prediction) for r in served]):
                 events.append(
@@ -423,25 +390,23 @@ class Monitor:
         self, request_id: str, fields: dict[str, bytes], request: dict[str, Any], tally: Tally
     ) -> Sends:
         """What a complete join teaches: a labelled row for training (unless the model has no spec
-        or the request got an error), quality, and the concept-drift detector's verdict."""
+        or the request got an error), quality, and the retraining policy's verdict."""
         result = orjson.loads(fields["result"])  # a `PredictionResult`, validated as it came
         model = result["model"]
-        spec = self.specs.get(model)
-        if spec is None or result.get("error") is not None:
+        watch = self.watches.get(model)
+        if watch is None or result.get("error") is not None:
             return []
         feedback = orjson.loads(fields["feedback"])
-        label = spec.label_of(feedback["label"])
+        label = watch.spec.label_of(feedback["label"])
         if label is None:  # refused when it arrived; a join stored before that check
             return []
         requested_at = moment(request["ts"])
-        tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
-        correct = str(result.get("prediction")) == str(label)
         version = result["model_version"]
-        quality = self.quality.setdefault((model, version), RollingQuality(self.quality_window))
-        p_true = (result.get("probabilities") or {}).get(str(label))
-        quality.update(correct, p_true)
-        tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
+        correct = str(result.get("prediction")) == str(label)
+        watch.outcome(version, correct, (result.get("probabilities") or {}).get(str(label)))
         self.scored.add((model, version))
+        tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
+        tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
         observation = Observation.model_construct(  # its parts were validated as they came
             event_id=labelled_row_id(request_id),
             model=model,
@@ -451,13 +416,13 @@ class Monitor:
             event_time=requested_at,
         )
         sends: Sends = [(self.topics.events_raw, observation)]
-        if model in self.champion:  # the policy starts with the first champion
-            sends += self._policy_step(spec, version, request_id, correct, requested_at, tally)
+        if watch.champion is not None:  # the policy starts with the first champion
+            sends += self._policy_step(watch, version, request_id, correct, requested_at, tally)
         return sends
 
     def _policy_step(
         self,
-        spec: ModelSpec,
+        watch: Watch,
         version: int,
         request_id: str,
         correct: bool,
@@ -466,13 +431,13 @@ class Monitor:
     ) -> Sends:
         """Feed one labelled outcome to the model's retraining policy: its detection becomes a
         `DriftDetected`, its retrains `TrainModel` commands."""
-        model, policy = spec.name, self.policies[spec.name]
-        step = policy.observe(version, correct, requested_at)
+        spec, policy = watch.spec, watch.policy
+        model = spec.name
+        step = watch.step(version, correct, requested_at)
+        DRIFT_STATE.labels(model).set(watch.state)
         if step.warned:
             tally.inc(WARNINGS.labels(model, spec.drift.detector))
             log.info("drift warning on %s v%s after %s samples", model, version, policy.detector_samples)
-        if self.state.get(model) != DRIFT and not policy.warming_up:
-            self._set_state(model, WARNING if policy.in_warning else WATCHING)
         sends: Sends = []
         if step.detection is not None:
             sends.append(
@@ -492,7 +457,6 @@ class Monitor:
     ) -> DriftDetected:
         model = spec.name
         tally.inc(DETECTIONS.labels(model, spec.drift.detector, "concept"))
-        self._set_state(model, DRIFT)
         log.warning(
             "drift on %s v%s after %s samples; change point ~%s (error %.3f -> %.3f)",
             model,

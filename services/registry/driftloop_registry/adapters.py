@@ -11,6 +11,8 @@ from typing import Any
 import orjson
 from redis.asyncio import Redis
 
+from driftloop_registry.domain import ModelVersion
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -33,7 +35,9 @@ return 0
 """
 
 
-class RegistryRepository:
+class RedisRegistryRepository:
+    """The registry's store in Redis (`driftloop_registry.domain.RegistryRepository`)."""
+
     def __init__(self, redis: Redis) -> None:
         self.redis = redis
         self._reserve = redis.register_script(_RESERVE)
@@ -45,21 +49,22 @@ class RegistryRepository:
         keys = [f"registry:{model}:runs", f"registry:{model}:next_version"]
         return int(await self._reserve(keys=keys, args=[run_id]))
 
-    async def save_version(self, model: str, record: dict[str, Any]) -> None:
-        """Store a version record and index its training run, in one transaction."""
+    async def save(self, version: ModelVersion) -> None:
+        """Store a version and index its training run, in one transaction."""
+        model = version.model
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.sadd("registry:models", model)
-            pipe.hset(f"registry:{model}:versions", str(record["version"]), orjson.dumps(record))
-            pipe.hset(f"registry:{model}:runs", record["trained"]["run_id"], record["version"])
+            pipe.hset(f"registry:{model}:versions", str(version.version), orjson.dumps(version.record()))
+            pipe.hset(f"registry:{model}:runs", version.trained.run_id, version.version)
             await pipe.execute()
 
-    async def get_version(self, model: str, version: int) -> dict[str, Any] | None:
+    async def get(self, model: str, version: int) -> ModelVersion | None:
         raw = await self.redis.hget(f"registry:{model}:versions", str(version))
-        return None if raw is None else orjson.loads(raw)
+        return None if raw is None else ModelVersion.from_record(orjson.loads(raw))
 
-    async def versions(self, model: str) -> list[dict[str, Any]]:
+    async def versions(self, model: str) -> list[ModelVersion]:
         raw = await self.redis.hgetall(f"registry:{model}:versions")
-        return sorted((orjson.loads(v) for v in raw.values()), key=lambda r: r["version"])
+        return sorted((ModelVersion.from_record(orjson.loads(v)) for v in raw.values()), key=_number)
 
     async def set_alias(self, model: str, alias: str, version: int | None) -> None:
         if version is None:
@@ -87,6 +92,68 @@ class RegistryRepository:
 
     async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None:
         await self.redis.hset("registry:commands", command_id, orjson.dumps(event))
+
+
+class InMemoryRegistryRepository:
+    """The registry's store in memory (`driftloop_registry.domain.RegistryRepository`), for unit
+    tests: the same answers as Redis, versions kept as their stored JSON so nothing is shared."""
+
+    def __init__(self) -> None:
+        self.runs: dict[str, dict[str, int]] = {}
+        self.records: dict[str, dict[int, bytes]] = {}
+        self.alias: dict[str, dict[str, int]] = {}
+        self.champions: dict[str, list[int]] = {}
+        self.outcomes: dict[str, bytes] = {}
+
+    async def reserve_version(self, model: str, run_id: str) -> int:
+        runs = self.runs.setdefault(model, {})
+        if run_id not in runs:
+            runs[run_id] = max(runs.values(), default=0) + 1
+        return runs[run_id]
+
+    async def save(self, version: ModelVersion) -> None:
+        self.records.setdefault(version.model, {})[version.version] = orjson.dumps(version.record())
+        self.runs.setdefault(version.model, {})[version.trained.run_id] = version.version
+
+    async def get(self, model: str, version: int) -> ModelVersion | None:
+        raw = self.records.get(model, {}).get(version)
+        return None if raw is None else ModelVersion.from_record(orjson.loads(raw))
+
+    async def versions(self, model: str) -> list[ModelVersion]:
+        stored = self.records.get(model, {})
+        return [ModelVersion.from_record(orjson.loads(stored[v])) for v in sorted(stored)]
+
+    async def set_alias(self, model: str, alias: str, version: int | None) -> None:
+        aliases = self.alias.setdefault(model, {})
+        if version is None:
+            aliases.pop(alias, None)
+        else:
+            aliases[alias] = version
+
+    async def aliases(self, model: str) -> dict[str, int]:
+        return dict(self.alias.get(model, {}))
+
+    async def push_champion(self, model: str, version: int) -> None:
+        history = self.champions.setdefault(model, [])
+        if not history or history[-1] != version:
+            history.append(version)
+
+    async def champion_history(self, model: str) -> list[int]:
+        return list(self.champions.get(model, []))
+
+    async def models(self) -> list[str]:
+        return sorted(self.records)
+
+    async def command_outcome(self, command_id: str) -> dict[str, Any] | None:
+        raw = self.outcomes.get(command_id)
+        return None if raw is None else orjson.loads(raw)
+
+    async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None:
+        self.outcomes[command_id] = orjson.dumps(event)
+
+
+def _number(version: ModelVersion) -> int:
+    return version.version
 
 
 class CardWriter:

@@ -21,7 +21,7 @@ from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
 from driftloop.runtime import Readiness, build_app, json_response, model_specs, run_service
 from driftloop.spec import MODEL_NAME
-from driftloop_registry.adapters import CardWriter, RegistryRepository
+from driftloop_registry.adapters import CardWriter, RedisRegistryRepository
 from driftloop_registry.domain import render_card
 from driftloop_registry.handlers import SERVICE, Registry
 from driftloop_registry.settings import RegistrySettings
@@ -39,7 +39,7 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
     redis = redis_client(settings)
     registry = Registry(
         catalog.specs,
-        RegistryRepository(redis),
+        RedisRegistryRepository(redis),
         ArtifactStore(settings.artifacts_dir),
         CardWriter(settings.data_dir / "cards"),
         topics,

@@ -1,12 +1,28 @@
-"""Registry rules, pure: a version's status, rollback targets, model cards (the promotion gate is
-`driftloop.gate`, which the backtest shares)."""
+"""The registry's domain, pure: the `ModelVersion` aggregate (a version's gate verdict, tags and
+recorded lifecycle events, and the rules that change them), the repository port it is stored
+through, rollback targets and model cards (the promotion gate is `driftloop.gate`, which the
+backtest shares)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
+from driftloop.contracts import (
+    LIFECYCLE,
+    LifecycleEvent,
+    ModelAwaitingApproval,
+    ModelPromoted,
+    ModelRolledBack,
+    ModelTagged,
+    ModelTrained,
+)
 from driftloop.text import markdown
+
+
+class Refused(Exception):
+    """A command that cannot be carried out; the reason goes back as `ModelCommandRefused`."""
 
 
 def status(version: int, blessed: bool, aliases: Mapping[str, int], history: Sequence[int]) -> str:
@@ -42,6 +58,147 @@ def placing_event(events: Sequence[Mapping[str, Any]], alias: str) -> Mapping[st
     True
     """
     return next((e for e in reversed(events) if e.get("event") in PLACED_BY[alias]), None)
+
+
+@dataclass
+class ModelVersion:
+    """A registered version of a model: the training run behind it, the gate's verdict, its tags
+    and every lifecycle event recorded on it. Its methods decide; the handlers store and publish.
+    Stored as the JSON `record` (the layout of the registry's store and of model cards)."""
+
+    version: int
+    trained: ModelTrained
+    blessed: bool
+    decision: str
+    tags: dict[str, str] = field(default_factory=dict)
+    events: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def model(self) -> str:
+        return self.trained.model
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> ModelVersion:
+        return cls(
+            version=record["version"],
+            trained=ModelTrained.model_validate(record["trained"]),
+            blessed=record["blessed"],
+            decision=record["decision"],
+            tags=dict(record["tags"]),
+            events=list(record["events"]),
+        )
+
+    def record(self) -> dict[str, Any]:
+        return {
+            "version": self.version,
+            "blessed": self.blessed,
+            "decision": self.decision,
+            "trained": self.trained.model_dump(mode="json"),
+            "tags": dict(self.tags),
+            "events": list(self.events),
+        }
+
+    def status(self, aliases: Mapping[str, int], history: Sequence[int]) -> str:
+        return status(self.version, self.blessed, aliases, history)
+
+    def servable(self) -> None:
+        """`Refused` unless the version passed the gate."""
+        if not self.blessed:
+            raise Refused(f"v{self.version} failed the gate and cannot serve: {self.decision}")
+
+    def serve(
+        self,
+        kind: type[ModelPromoted] | type[ModelRolledBack],
+        reason: str,
+        command_id: str | None,
+        previous: int | None,
+    ) -> ModelPromoted | ModelRolledBack:
+        """The event that makes this version champion; `Refused` if it failed the gate."""
+        self.servable()
+        trained = self.trained
+        return kind(
+            model=trained.model,
+            version=self.version,
+            artifact=trained.artifact,
+            classes=trained.classes,
+            feature_names=trained.feature_names,
+            previous_version=previous,
+            reason=reason,
+            command_id=command_id,
+            reference_stats=trained.reference_stats,
+            prediction_shares=trained.prediction_shares,
+            data_until=trained.dataset.last_event_time,
+        )
+
+    def await_approval(
+        self, reason: str, command_id: str | None, previous: int | None
+    ) -> ModelAwaitingApproval:
+        """The event that makes this blessed version the challenger, waiting for approval."""
+        trained = self.trained
+        return ModelAwaitingApproval(
+            model=trained.model,
+            version=self.version,
+            artifact=trained.artifact,
+            classes=trained.classes,
+            feature_names=trained.feature_names,
+            previous_version=previous,
+            reason=reason,
+            command_id=command_id,
+        )
+
+    def retag(self, tags: Mapping[str, str], reason: str, command_id: str | None) -> ModelTagged:
+        """Set tags (an empty value removes one)."""
+        merged = {**self.tags, **tags}
+        self.tags = {k: v for k, v in merged.items() if v}
+        return ModelTagged(
+            model=self.model, version=self.version, reason=reason, tags=self.tags, command_id=command_id
+        )
+
+    def recorded(self, event: LifecycleEvent) -> None:
+        """Record an event on this version (its history, and what `announce` publishes again)."""
+        self.events.append(event.model_dump(mode="json"))
+
+    def placing(self, alias: str) -> LifecycleEvent | None:
+        """The recorded event that last put this version in `alias`, as a contract."""
+        event = placing_event(self.events, alias)
+        return None if event is None else LIFECYCLE.validate_python(event)
+
+    def first_event(self) -> LifecycleEvent | None:
+        """The decision recorded when it was registered (a repeated run announces it again)."""
+        return LIFECYCLE.validate_python(self.events[0]) if self.events else None
+
+
+class RegistryRepository(Protocol):
+    """Where versions, aliases, the champion history and command outcomes are kept (Redis in the
+    service, `InMemoryRegistryRepository` in unit tests)."""
+
+    async def reserve_version(self, model: str, run_id: str) -> int:
+        """The version number of a training run: the same every time the run is registered again."""
+        ...
+
+    async def save(self, version: ModelVersion) -> None: ...
+
+    async def get(self, model: str, version: int) -> ModelVersion | None: ...
+
+    async def versions(self, model: str) -> list[ModelVersion]:
+        """Oldest first."""
+        ...
+
+    async def set_alias(self, model: str, alias: str, version: int | None) -> None: ...
+
+    async def aliases(self, model: str) -> dict[str, int]: ...
+
+    async def push_champion(self, model: str, version: int) -> None:
+        """Append to the champion history, not twice in a row."""
+        ...
+
+    async def champion_history(self, model: str) -> list[int]: ...
+
+    async def models(self) -> list[str]: ...
+
+    async def command_outcome(self, command_id: str) -> dict[str, Any] | None: ...
+
+    async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None: ...
 
 
 def render_card(record: Mapping[str, Any], state: str) -> str:

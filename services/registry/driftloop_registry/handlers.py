@@ -4,8 +4,8 @@ tag commands; answer read queries. Every change is a lifecycle event and a rewri
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeAlias
 
 from aiokafka import ConsumerRecord
 from prometheus_client import Counter
@@ -17,15 +17,12 @@ from driftloop.contracts import (
     AnnounceModel,
     ApproveModel,
     LifecycleEvent,
-    ModelAwaitingApproval,
     ModelCommandRefused,
     ModelPromoted,
     ModelRejected,
     ModelRolledBack,
-    ModelTagged,
     ModelTrained,
     PromoteModel,
-    RegistryCommand,
     RollbackModel,
     TagModel,
     parse,
@@ -37,7 +34,10 @@ from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_registry import domain
-from driftloop_registry.adapters import CardWriter, RegistryRepository
+from driftloop_registry.adapters import CardWriter
+from driftloop_registry.domain import ModelVersion, Refused, RegistryRepository
+
+Change: TypeAlias = tuple[ModelVersion, LifecycleEvent]  # a version and the event that changed it
 
 SERVICE = "registry"
 log = logging.getLogger(__name__)
@@ -49,11 +49,13 @@ EVENTS = Counter(
 )
 
 
-class Refused(Exception):
-    """A command that cannot be carried out; the reason goes back as `ModelCommandRefused`."""
+Command: TypeAlias = PromoteModel | ApproveModel | RollbackModel | TagModel  # what `execute` carries out
 
 
 class Registry:
+    """Registers trained candidates and carries out commands on `ModelVersion`s: each change is
+    stored, written into the version's card and announced on `models.lifecycle`."""
+
     def __init__(
         self,
         specs: Mapping[str, ModelSpec],
@@ -67,6 +69,12 @@ class Registry:
         self.artifacts = artifacts
         self.cards = cards
         self.topics = topics
+        self.commands: dict[type[Command], Callable[[Any, str], Awaitable[Change]]] = {
+            PromoteModel: self._promote,
+            ApproveModel: self._promote,
+            RollbackModel: self._rollback,
+            TagModel: self._tag,
+        }
 
     # ------------------------------------------------------------------ trained candidates
 
@@ -84,10 +92,11 @@ class Registry:
     async def register(self, trained: ModelTrained, out: Outbox) -> None:
         """Version, gate and announce a candidate. A run registered before re-announces its
         decision, then what serves now (a later change may have replaced what it decided)."""
-        version = await self.repo.reserve_version(trained.model, trained.run_id)
-        existing = await self.repo.get_version(trained.model, version)
-        if existing and existing["events"]:
-            out.publish(self.topics.models_lifecycle, [LIFECYCLE.validate_python(existing["events"][0])])
+        number = await self.repo.reserve_version(trained.model, trained.run_id)
+        existing = await self.repo.get(trained.model, number)
+        first = existing.first_event() if existing is not None else None
+        if first is not None:
+            out.publish(self.topics.models_lifecycle, [first])
             await self.announce(trained.model, out)
             return
         spec = self.specs[trained.model]
@@ -96,34 +105,19 @@ class Registry:
             decision = gate(spec, Evidence.of(trained))
         except ArtifactIntegrityError as exc:
             decision = Decision(False, f"artifact refused: {exc}")
-        record: dict[str, Any] = {
-            "version": version,
-            "blessed": decision.blessed,
-            "decision": decision.reason,
-            "trained": trained.model_dump(mode="json"),
-            "tags": {},
-            "events": [],
-        }
+        version = ModelVersion(number, trained, decision.blessed, decision.reason)
         reason = f"{trained.reason}: {decision.reason}"
         event: LifecycleEvent
         command_id = trained.command_id
         if not decision.blessed:
-            event = ModelRejected(model=trained.model, version=version, reason=reason, command_id=command_id)
+            event = ModelRejected(model=trained.model, version=number, reason=reason, command_id=command_id)
         elif spec.gate.auto_promote:
-            event = await self._serve(record, ModelPromoted, reason, command_id)
+            event = await self._serve(version, ModelPromoted, reason, command_id)
         else:
-            await self.repo.set_alias(trained.model, "challenger", version)
-            event = ModelAwaitingApproval(
-                model=trained.model,
-                version=version,
-                artifact=trained.artifact,
-                classes=trained.classes,
-                feature_names=trained.feature_names,
-                previous_version=(await self.repo.aliases(trained.model)).get("champion"),
-                reason=reason,
-                command_id=command_id,
-            )
-        await self._commit(record, event, out)
+            champion = (await self.repo.aliases(trained.model)).get("champion")
+            await self.repo.set_alias(trained.model, "challenger", number)
+            event = version.await_approval(reason, command_id, champion)
+        await self._commit(version, event, out)
 
     # ------------------------------------------------------------------ commands
 
@@ -145,15 +139,15 @@ class Registry:
         aliases = await self.repo.aliases(model)
         events: list[LifecycleEvent] = []
         for alias in domain.PLACED_BY:
-            record = await self.repo.get_version(model, aliases[alias]) if alias in aliases else None
-            placed = domain.placing_event(record["events"], alias) if record else None
+            version = await self.repo.get(model, aliases[alias]) if alias in aliases else None
+            placed = version.placing(alias) if version is not None else None
             if placed is not None:
-                events.append(LIFECYCLE.validate_python(placed))
+                events.append(placed)
         out.publish(self.topics.models_lifecycle, events)
         log.info("announced %s: %s", model, [f"{e.event} v{e.version}" for e in events] or "nothing serves")
         return events
 
-    async def execute(self, command: RegistryCommand, out: Outbox) -> LifecycleEvent:
+    async def execute(self, command: Command, out: Outbox) -> LifecycleEvent:
         """Carry out a command once; a redelivered command re-announces its first outcome."""
         done = await self.repo.command_outcome(command.command_id)
         if done is not None:  # its first outcome, then what serves now (a later change may differ)
@@ -162,11 +156,13 @@ class Registry:
             await self.announce(command.model, out)
             return event
         try:
-            event = await self._apply(command, out)
+            why = f"{command.command} by operator: {command.reason}"
+            version, event = await self.commands[type(command)](command, why)
+            await self._commit(version, event, out)
         except Refused as exc:
-            version = getattr(command, "version", None) or getattr(command, "to_version", None) or 0
+            number = getattr(command, "version", None) or getattr(command, "to_version", None) or 0
             event = ModelCommandRefused(
-                model=command.model, version=version, reason=str(exc), command_id=command.command_id
+                model=command.model, version=number, reason=str(exc), command_id=command.command_id
             )
             out.publish(self.topics.models_lifecycle, [event])
             out.tally.inc(EVENTS.labels(command.model, event.event))
@@ -174,95 +170,68 @@ class Registry:
         log.info("%s %s: %s", command.command, command.model, event.event)
         return event
 
-    async def _apply(self, command: RegistryCommand, out: Outbox) -> LifecycleEvent:
-        model, why = command.model, f"{command.command} by operator: {command.reason}"
-        aliases = await self.repo.aliases(model)
-        event: LifecycleEvent
-        if isinstance(command, PromoteModel | ApproveModel):
-            record = await self._blessed(model, command.version)
-            if isinstance(command, ApproveModel) and aliases.get("challenger") != command.version:
-                raise Refused(f"v{command.version} is not awaiting approval")
-            if aliases.get("champion") == command.version:
-                raise Refused(f"v{command.version} is already the champion")
-            event = await self._serve(record, ModelPromoted, why, command.command_id)
-        elif isinstance(command, RollbackModel):
-            current = aliases.get("champion")
-            target = command.to_version or domain.rollback_target(
-                await self.repo.champion_history(model), current
-            )
-            if target is None or target == current:
-                raise Refused("there is no earlier champion to roll back to")
-            record = await self._blessed(model, target)
-            event = await self._serve(record, ModelRolledBack, why, command.command_id)
-        else:
-            assert isinstance(command, TagModel)
-            record = await self._existing(model, command.version)
-            tags = {**record["tags"], **command.tags}
-            record["tags"] = {k: v for k, v in tags.items() if v}
-            event = ModelTagged(
-                model=model, version=command.version, reason=why, tags=record["tags"],
-                command_id=command.command_id,
-            )  # fmt: skip
-        await self._commit(record, event, out)
-        return event
+    async def _promote(self, command: PromoteModel | ApproveModel, why: str) -> Change:
+        version = await self._existing(command.model, command.version)
+        version.servable()
+        aliases = await self.repo.aliases(command.model)
+        if isinstance(command, ApproveModel) and aliases.get("challenger") != command.version:
+            raise Refused(f"v{command.version} is not awaiting approval")
+        if aliases.get("champion") == command.version:
+            raise Refused(f"v{command.version} is already the champion")
+        return version, await self._serve(version, ModelPromoted, why, command.command_id)
 
-    async def _existing(self, model: str, version: int) -> dict[str, Any]:
-        record = await self.repo.get_version(model, version)
-        if record is None:
-            raise Refused(f"{model} has no version {version}")
-        return record
+    async def _rollback(self, command: RollbackModel, why: str) -> Change:
+        current = (await self.repo.aliases(command.model)).get("champion")
+        history = await self.repo.champion_history(command.model)
+        target = command.to_version or domain.rollback_target(history, current)
+        if target is None or target == current:
+            raise Refused("there is no earlier champion to roll back to")
+        version = await self._existing(command.model, target)
+        return version, await self._serve(version, ModelRolledBack, why, command.command_id)
 
-    async def _blessed(self, model: str, version: int) -> dict[str, Any]:
-        record = await self._existing(model, version)
-        if not record["blessed"]:
-            raise Refused(f"v{version} failed the gate and cannot serve: {record['decision']}")
-        return record
+    async def _tag(self, command: TagModel, why: str) -> Change:
+        version = await self._existing(command.model, command.version)
+        return version, version.retag(command.tags, why, command.command_id)
+
+    async def _existing(self, model: str, number: int) -> ModelVersion:
+        version = await self.repo.get(model, number)
+        if version is None:
+            raise Refused(f"{model} has no version {number}")
+        return version
 
     async def _serve(
         self,
-        record: dict[str, Any],
+        version: ModelVersion,
         kind: type[ModelPromoted] | type[ModelRolledBack],
         reason: str,
         command_id: str | None,
     ) -> ModelPromoted | ModelRolledBack:
         """Make a version champion: artifact re-checked, aliases and champion history updated."""
-        trained = ModelTrained.model_validate(record["trained"])
+        model = version.model
+        aliases = await self.repo.aliases(model)
+        event = version.serve(kind, reason, command_id, aliases.get("champion"))
         try:
-            self.artifacts.get(trained.artifact)
+            self.artifacts.get(version.trained.artifact)
         except ArtifactIntegrityError as exc:
             raise Refused(f"artifact refused: {exc}") from exc
-        aliases = await self.repo.aliases(trained.model)
-        event = kind(
-            model=trained.model,
-            version=record["version"],
-            artifact=trained.artifact,
-            classes=trained.classes,
-            feature_names=trained.feature_names,
-            previous_version=aliases.get("champion"),
-            reason=reason,
-            command_id=command_id,
-            reference_stats=trained.reference_stats,
-            prediction_shares=trained.prediction_shares,
-            data_until=trained.dataset.last_event_time,
-        )
-        await self.repo.set_alias(trained.model, "champion", record["version"])
-        if aliases.get("challenger") == record["version"]:
-            await self.repo.set_alias(trained.model, "challenger", None)
-        await self.repo.push_champion(trained.model, record["version"])
-        MODEL_VERSION.labels(SERVICE, trained.model).set(record["version"])
+        await self.repo.set_alias(model, "champion", version.version)
+        if aliases.get("challenger") == version.version:
+            await self.repo.set_alias(model, "challenger", None)
+        await self.repo.push_champion(model, version.version)
+        MODEL_VERSION.labels(SERVICE, model).set(version.version)
         return event
 
-    async def _commit(self, record: dict[str, Any], event: LifecycleEvent, out: Outbox) -> None:
+    async def _commit(self, version: ModelVersion, event: LifecycleEvent, out: Outbox) -> None:
         """Record the event on its version, rewrite the card, then announce it."""
-        model = record["trained"]["model"]
-        record["events"].append(event.model_dump(mode="json"))
-        await self.repo.save_version(model, record)
-        card = await self.card(model, record["version"])
+        model = version.model
+        version.recorded(event)
+        await self.repo.save(version)
+        card = await self.card(model, version.version)
         if card is not None:
-            self.cards.write(model, record["version"], card, domain.render_card(card, card["status"]))
+            self.cards.write(model, version.version, card, domain.render_card(card, card["status"]))
         out.publish(self.topics.models_lifecycle, [event])
         out.tally.inc(EVENTS.labels(model, event.event))
-        log.info("%s v%s: %s (%s)", model, record["version"], event.event, event.reason)
+        log.info("%s v%s: %s (%s)", model, version.version, event.event, event.reason)
 
     # ------------------------------------------------------------------ read side
 
@@ -284,32 +253,36 @@ class Registry:
         aliases = await self.repo.aliases(model)
         history = await self.repo.champion_history(model)
         out = []
-        for record in await self.repo.versions(model):
-            trained = record["trained"]
+        for version in await self.repo.versions(model):
+            trained = version.trained
             out.append(
                 {
-                    "version": record["version"],
-                    "status": domain.status(record["version"], record["blessed"], aliases, history),
-                    "decision": record["decision"],
-                    "reason": trained["reason"],
-                    "algorithm": trained["algorithm"],
-                    "metrics": trained["candidate_metrics"],
-                    "champion_metrics": trained["champion_metrics"],
-                    "rows": trained["dataset"]["rows"],
-                    "dataset_version": trained["dataset"]["version"],
-                    "sha256": trained["artifact"]["sha256"],
-                    "tags": record["tags"],
-                    "trained_at": trained["trained_at"],
+                    "version": version.version,
+                    "status": version.status(aliases, history),
+                    "decision": version.decision,
+                    "reason": trained.reason,
+                    "algorithm": trained.algorithm,
+                    "metrics": trained.candidate_metrics,
+                    "champion_metrics": trained.champion_metrics,
+                    "rows": trained.dataset.rows,
+                    "dataset_version": trained.dataset.version,
+                    "sha256": trained.artifact.sha256,
+                    "tags": version.tags,
+                    "trained_at": trained.model_dump(mode="json", include={"trained_at"})["trained_at"],
                 }
             )
         return out
 
-    async def card(self, model: str, version: int) -> dict[str, Any] | None:
+    async def card(self, model: str, number: int) -> dict[str, Any] | None:
         """A version's full record (lineage, decision, tags, event history) and current status."""
-        record = await self.repo.get_version(model, version)
-        if record is None:
+        version = await self.repo.get(model, number)
+        if version is None:
             return None
         aliases = await self.repo.aliases(model)
         history = await self.repo.champion_history(model)
-        state = domain.status(version, record["blessed"], aliases, history)
-        return {**record, "status": state, "aliases": [a for a, v in aliases.items() if v == version]}
+        state = version.status(aliases, history)
+        return {
+            **version.record(),
+            "status": state,
+            "aliases": [a for a, v in aliases.items() if v == number],
+        }
