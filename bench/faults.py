@@ -175,6 +175,16 @@ async def until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
+async def settled(count: Callable[[], int], quiet_s: float, timeout: float) -> None:
+    """Wait until `count()` has not moved for `quiet_s` (or `timeout` passed): a reader caught up."""
+    deadline = time.monotonic() + timeout
+    last, since = count(), time.monotonic()
+    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if count() != last:
+            last, since = count(), time.monotonic()
+
+
 def first_after(
     sent: dict[str, float], at: dict[str, float], since: float, ok: Callable[[str], bool]
 ) -> float | None:
@@ -361,6 +371,8 @@ class Bench:
             await until(lambda: all(k in self.traffic.row_at for k in self.traffic.events), 60)
             await asyncio.sleep(3)  # the last labels are joined
             self.monitor_counted += await asyncio.to_thread(self._monitor_labelled)
+            # every labelled row the monitor sent before that count is read before the readers stop
+            await settled(lambda: sum(self.traffic.feedback.values()), quiet_s=2.0, timeout=20)
         finally:
             for task in tasks:
                 task.cancel()

@@ -16,7 +16,6 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import numpy as np
-import orjson
 
 from driftloop.contracts import InvalidInput
 from driftloop.spec import UNKNOWN, FeatureSpec, ModelSpec
@@ -308,37 +307,6 @@ class FeatureSet:
         return np.asarray([[r[n] for n in self.names] for r in rows], dtype=np.float32).reshape(
             -1, len(self.names)
         )
-
-
-# An entity's online-store hash (`online_key`): `features`, its latest validated raw features as
-# JSON (typed values round-trip exactly), that observation's `event_time` (ISO) and `event_ts`
-# (epoch seconds), and for models with aggregates its recent history, one `h:<event id>` field per
-# event (`driftloop.aggregates.History.from_fields`).
-FEATURES_FIELD = b"features"
-
-
-def online_key(model: str, entity_id: str) -> str:
-    """Redis key of an entity's hash in the online store."""
-    return f"online:{model}:{entity_id}"
-
-
-def decode_stored(spec: ModelSpec, stored: bytes | str | None) -> dict[str, float | str]:
-    """The raw feature values of an entity's stored JSON that the spec knows, in the spec's types
-    (nothing when absent or unreadable)."""
-    try:
-        values = orjson.loads(stored) if stored else {}
-    except orjson.JSONDecodeError:
-        return {}
-    out: dict[str, float | str] = {}
-    if not isinstance(values, dict):
-        return out
-    for feature in spec.features:
-        value = values.get(feature.name)
-        if feature.type == "numeric" and isinstance(value, int | float) and not isinstance(value, bool):
-            out[feature.name] = float(value)
-        elif feature.type == "categorical" and isinstance(value, str):
-            out[feature.name] = value
-    return out
 
 
 def time_parts(spec: ModelSpec, at: datetime) -> dict[str, float]:

@@ -4,8 +4,7 @@ Rows live in columnar Parquet files (zstd), partitioned by model and event date,
 appended batch and never changed: `<root>/<model>/date=YYYY-MM-DD/part-<first seq>-<last seq>.parquet`,
 columns `event_id`, `event_time`, `seq`, `body`. A SQLite index per model records every row's
 event id, time (microseconds since the epoch), sequence number and place (file id, row) and is the
-source of truth: a row exists once its index entry is committed. An index of the first layout
-(times as ISO text, file names per row) is converted in place when opened.
+source of truth: a row exists once its index entry is committed.
 
 - Partitions: a batch gets one date partition per event day only for days within `partition_days`
   before its newest row's day; older rows share one file in Hive's null partition
@@ -56,21 +55,6 @@ CREATE TABLE IF NOT EXISTS rows (
 );
 CREATE INDEX IF NOT EXISTS rows_time ON rows(event_us, seq);
 """
-# the first layout: ISO times ('YYYY-MM-DDTHH:MM:SS.ffffff+00:00', always UTC) and names per row
-_FROM_LAYOUT_1 = (
-    "ALTER TABLE rows RENAME TO rows_1; DROP INDEX IF EXISTS rows_time;"
-    + _SCHEMA
-    + """
-INSERT INTO files(name) SELECT DISTINCT file FROM rows_1 ORDER BY file;
-INSERT INTO rows(seq, event_id, event_us, file, row)
-    SELECT seq, event_id,
-           CAST(strftime('%s', substr(event_time, 1, 19) || 'Z') AS INTEGER) * 1000000
-                + CAST(substr(event_time, 21, 6) AS INTEGER),
-           files.id, row
-    FROM rows_1 JOIN files ON files.name = rows_1.file;
-DROP TABLE rows_1;
-"""
-)
 DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's (and pyarrow's) name of the null partition
 DATE_PARTITIONING = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
 PARTITION_DAYS = 31
@@ -115,21 +99,17 @@ def _where(since: datetime | None, until: datetime | None, max_seq: int | None) 
 
 
 def _open_layout(conn: sqlite3.Connection) -> None:
-    """Create the index, or bring one of the first layout to the current one (one transaction)."""
+    """Create the index, or check that it has the current layout (one transaction)."""
     layout = conn.execute("PRAGMA user_version").fetchone()[0]
     if layout == _LAYOUT:
         return
-    columns = {r[1] for r in conn.execute("PRAGMA table_info(rows)")}
+    if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'rows'").fetchone()[0]:
+        raise RuntimeError(f"row store index of layout {layout}, not {_LAYOUT}: written by another version")
     with conn:
         conn.execute("BEGIN")
-        if "event_time" in columns:  # the first layout
-            for statement in _FROM_LAYOUT_1.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
-        else:
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                conn.execute(statement)
         conn.execute(f"PRAGMA user_version = {_LAYOUT}")
 
 

@@ -41,8 +41,8 @@ from driftloop.contracts import (
     TrainModel,
     parse,
 )
-from driftloop.features import online_key
 from driftloop.kafka import tail_from_end
+from driftloop.online import online_key
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop_inference.handlers import _salvage_id

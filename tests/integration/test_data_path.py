@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
-from driftloop.features import online_key
+from driftloop.online import online_key
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
 from driftloop_feature.app import create_app as feature_app
@@ -161,11 +161,10 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
 
 
 async def test_the_online_store_keeps_the_newest_features_exactly_and_every_history(redis_url):
-    from driftloop.features import decode_stored
-    from driftloop_feature.adapters import OnlineStore
+    from driftloop.online import RedisOnlineStore, decode_stored
 
     redis = Redis.from_url(redis_url)
-    store = OnlineStore(redis, ttl_s=60)
+    store = RedisOnlineStore(redis, ttl_s=60)
     t1, t2 = datetime(2026, 11, 22, 10, tzinfo=UTC), datetime(2026, 11, 22, 11, tzinfo=UTC)
     exact = {"x0": 0.1234567890123456789, "x1": 1e-300, "x2": 7.0}
     try:
@@ -193,9 +192,9 @@ async def test_the_online_store_keeps_the_newest_features_exactly_and_every_hist
 async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_every_batch(redis_url):
     import random
 
+    from driftloop.online import RedisOnlineStore
     from driftloop.settings import Topics
     from driftloop.spec import ModelSpec
-    from driftloop_feature.adapters import OnlineStore
     from driftloop_feature.handlers import FeatureHandler
     from driftloop_feature.histories import HistoryCache
     from tests.helpers import records
@@ -235,9 +234,9 @@ async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_ever
     kept_redis, read_redis = Redis.from_url(redis_url), Redis.from_url(redis_url.replace("/0", "/1"))
     await read_redis.flushdb()
     kept = FeatureHandler(
-        {"payments": spec}, OnlineStore(kept_redis, 600), Topics(), HistoryCache(2, ttl_s=600)
+        {"payments": spec}, RedisOnlineStore(kept_redis, 600), Topics(), HistoryCache(2, ttl_s=600)
     )
-    read = FeatureHandler({"payments": spec}, OnlineStore(read_redis, 600), Topics())
+    read = FeatureHandler({"payments": spec}, RedisOnlineStore(read_redis, 600), Topics())
     try:
         for b, batch in enumerate(batches):
             if b == 6:
@@ -273,11 +272,10 @@ async def test_any_stored_entity_hash_is_overwritten_or_read_never_fails_the_bat
     """An online-store hash edited by hand, left by an old writer or a bug (a non-numeric
     `event_ts` made the write script fail and stopped the feature service for every entity): the
     feature service still writes the entity, and inference still reads it."""
+    from driftloop.online import RedisOnlineStore
     from driftloop.settings import Topics
     from driftloop.spec import ModelSpec
-    from driftloop_feature.adapters import OnlineStore
     from driftloop_feature.handlers import FeatureHandler
-    from driftloop_inference.adapters import OnlineFeatures
     from driftloop_inference.handlers import InferenceHandler
     from tests.helpers import records
 
@@ -296,7 +294,7 @@ async def test_any_stored_entity_hash_is_overwritten_or_read_never_fails_the_bat
         await redis.delete(key)
         if stored:
             await redis.hset(key, mapping=stored)
-        handler = FeatureHandler({"payments": spec}, OnlineStore(redis, 600), Topics())
+        handler = FeatureHandler({"payments": spec}, RedisOnlineStore(redis, 600), Topics())
         event = {"event_id": "e9", "model": "payments", "entity_id": "u1", "features": {"amount": 5},
                  "label": 1, "event_time": "2026-11-22T10:00:00+00:00"}  # fmt: skip
         handled = await handler.handle(records("events.validated", [orjson.dumps(event)]))
@@ -313,9 +311,51 @@ async def test_any_stored_entity_hash_is_overwritten_or_read_never_fails_the_bat
         # inference reads whatever is there
         await redis.hset(key, mapping=stored or {b"other": b"x"})
         inference = InferenceHandler({"payments": spec}, SimpleNamespace(lineup=Lineup()),
-                                     OnlineFeatures(redis), Topics())  # fmt: skip
+                                     RedisOnlineStore(redis), Topics())  # fmt: skip
         request = {"request_id": "r", "model": "payments", "entity_id": "u1", "features": {}}
         answered = await inference.handle(records("predictions.requests", [orjson.dumps(request)]))
         assert len(answered.outputs) == 1 and answered.outputs[0].topic == "predictions.results"
+    finally:
+        await redis.aclose()
+
+
+ONLINE_ROWS = st.lists(
+    st.tuples(
+        st.sampled_from(["u1", "u2"]),
+        st.integers(0, 5),  # event time, in hours
+        st.dictionaries(
+            st.sampled_from(["amount", "colour"]), st.one_of(st.floats(-1e6, 1e6), st.text(max_size=3))
+        ),
+        st.dictionaries(st.sampled_from(["h:e1", "h:e2", "h:e3"]), st.text(max_size=4), max_size=2),
+        st.lists(st.sampled_from(["h:e1", "h:e2", "h:e3"]), max_size=2),
+    ),
+    max_size=4,
+)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=st.lists(ONLINE_ROWS, max_size=4))
+async def test_the_in_memory_online_store_answers_as_redis_does(redis_url, writes):
+    """Batches of rows written to both stores (newer and older events, history fields set and
+    deleted) read back the same, for the feature service and for serving."""
+    import uuid
+
+    from driftloop.online import InMemoryOnlineStore, RedisOnlineStore
+
+    redis = Redis.from_url(redis_url)
+    model = f"m{uuid.uuid4().hex[:8]}"  # a fresh namespace per example
+    stores = [RedisOnlineStore(redis, 600), InMemoryOnlineStore()]
+    keys = [(model, "u1"), (model, "u2"), (model, "unknown")]
+    try:
+        for batch in writes:
+            rows = [
+                (model, entity, datetime(2026, 11, 22, hour, tzinfo=UTC), features, (added, removed))
+                for entity, hour, features, added, removed in batch
+            ]
+            for store in stores:
+                await store.write(rows)
+            entities = [await store.entities(keys) for store in stores]
+            assert entities[0] == entities[1]
+            assert await stores[0].fetch(keys) == await stores[1].fetch(keys)
     finally:
         await redis.aclose()

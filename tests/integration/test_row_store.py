@@ -90,50 +90,17 @@ def test_model_names_never_become_paths(tmp_path):
         store.append("../../etc", _rows(0, 1))
 
 
-def test_an_index_of_the_first_layout_is_converted_when_opened(tmp_path):
+def test_an_index_of_another_layout_is_refused_not_misread(tmp_path):
     import sqlite3
 
-    store = RowStore(tmp_path)
-    before_1970 = ("old", datetime(1969, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC), b"{}")
-    store.append("sea", [*_rows(0, 5), before_1970])
-
-    def reads(s):
-        between = {"since": T0 + timedelta(seconds=1), "until": T0 + timedelta(seconds=4)}
-        return (s.window("sea"), s.manifest("sea", last_n=4), s.count("sea", **between), s.max_seq("sea"))
-
-    before = reads(store)
-    places = store._conn("sea").execute(
-        "SELECT seq, event_id, event_us, files.name, row FROM rows JOIN files ON files.id = rows.file"
-    )
-    first_layout = [  # as the first layout kept them: ISO times, file names per row
-        (
-            seq,
-            eid,
-            (datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=us)).isoformat(
-                timespec="microseconds"
-            ),
-            name,
-            row,
-        )
-        for seq, eid, us, name, row in places
-    ]
-    store.close()
-    index = tmp_path / "sea" / "index.sqlite3"
-    index.unlink()
-    conn = sqlite3.connect(index)
+    (tmp_path / "sea").mkdir()
+    conn = sqlite3.connect(tmp_path / "sea" / "index.sqlite3")
     conn.executescript(
-        "CREATE TABLE rows (seq INTEGER PRIMARY KEY, event_id TEXT NOT NULL UNIQUE,"
-        " event_time TEXT NOT NULL, file TEXT NOT NULL, row INTEGER NOT NULL);"
-        "CREATE INDEX rows_time ON rows(event_time, seq);"
+        "CREATE TABLE rows (seq INTEGER PRIMARY KEY, event_time TEXT); PRAGMA user_version = 1;"
     )
-    conn.executemany("INSERT INTO rows VALUES (?, ?, ?, ?, ?)", first_layout)
-    conn.commit()
     conn.close()
-
-    reopened = RowStore(tmp_path)
-    assert reads(reopened) == before
-    assert reopened.append("sea", _rows(4, 3)) == 2  # e4 is known; e5, e6 are new
-    assert reopened.window("sea")[0] == b"{}"  # 1969 first, in event-time order
+    with pytest.raises(RuntimeError, match="row store index of layout 1, not 2"):
+        RowStore(tmp_path).append("sea", _rows(0, 1))
 
 
 def _spread(n: int, seed: int = 1):

@@ -204,11 +204,11 @@ async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
     from redis.asyncio import Redis
 
     from driftloop.localstack import free_port
-    from driftloop_feature.adapters import OnlineStore
+    from driftloop.online import RedisOnlineStore
 
     redis = Redis.from_url(redis_url)
     stored = ("sea", "user-1", datetime.now(UTC), {"x0": 9.0, "x1": 9.0, "x2": 1.0}, ({}, []))
-    await OnlineStore(redis, ttl_s=60).write([stored])
+    await RedisOnlineStore(redis, ttl_s=60).write([stored])
     await redis.aclose()
 
     async def ask(s, entity, features, request_id):

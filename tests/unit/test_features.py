@@ -10,9 +10,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from driftloop.contracts import FeatureRow, InvalidInput, Observation, feature_row_json, utcnow
-from driftloop.features import Checker, FeatureSet, check_features, check_values, decode_stored
+from driftloop.features import Checker, FeatureSet, check_features, check_values
 from driftloop.kafka import encode
 from driftloop.observations import checkers
+from driftloop.online import decode_stored
 from driftloop.spec import ModelSpec
 from driftloop_feature.domain import check_batch, feature_rows
 

@@ -9,13 +9,12 @@ from pathlib import Path
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from redis.asyncio import Redis
 
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
+from driftloop.online import InMemoryOnlineStore
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
-from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.handlers import FeatureHandler
 from driftloop_ingest.handlers import IngestHandler
 from tests.conftest import ROOT
@@ -129,9 +128,8 @@ async def test_ingest_dead_letters_every_bad_record_and_passes_every_good_one_on
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(mix=MIXES)
 async def test_feature_dead_letters_every_bad_record_and_computes_every_good_one(mix):
-    # without entity ids the online store is not touched, so no Redis is needed here (the entity
-    # path runs against a real redis-server in tests/integration/test_data_path.py)
-    online = OnlineStore(Redis.from_url("redis://127.0.0.1:1"), ttl_s=60)
+    # the entity path runs against a real redis-server in tests/integration/test_data_path.py
+    online = InMemoryOnlineStore()
     handler = FeatureHandler(load_specs(ROOT / "models"), online, TOPICS)
     batch = [json.dumps(r).encode() if kind == "good" else r for kind, r in mix]
     outputs = (await handler.handle(records(TOPICS.events_validated, batch))).outputs

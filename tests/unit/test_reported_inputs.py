@@ -13,6 +13,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from driftloop.contracts import DeadLetter, InvalidInput, PredictionResult
+from driftloop.online import InMemoryOnlineStore
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
@@ -40,7 +41,7 @@ def _dead(handled) -> list[DeadLetter]:
 
 
 async def test_a_request_id_that_is_a_lone_surrogate_is_dead_lettered_not_answered():
-    handler = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), None, TOPICS)  # type: ignore[arg-type]
+    handler = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), InMemoryOnlineStore(), TOPICS)  # type: ignore[arg-type]
     poison = b'{"request_id": "\\ud800", "model": "sea", "features": {}}'
     good = orjson.dumps({"request_id": "ok", "model": "sea", "features": {"x0": 1, "x1": 1, "x2": 1}})
     handled = await handler.handle(_records(TOPICS.predictions_requests, [poison, good]))
@@ -91,7 +92,7 @@ async def test_true_is_not_a_number(tmp_path):
     observation = {"event_id": "e1", "model": "sea", "features": {"x0": True, "x1": 2, "x2": 3}, "label": 1}
     (letter,) = _dead(await handler.handle(_records(TOPICS.events_raw, [orjson.dumps(observation)])))
     assert letter.reason in {"invalid_schema", "wrong_type"} and "x0" in letter.detail
-    inference = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), None, TOPICS)  # type: ignore[arg-type]
+    inference = InferenceHandler(SPECS, SimpleNamespace(lineup=Lineup()), InMemoryOnlineStore(), TOPICS)  # type: ignore[arg-type]
     request = orjson.dumps({"request_id": "r", "model": "sea", "features": {"x0": True, "x1": 1, "x2": 1}})
     handled = await inference.handle(_records(TOPICS.predictions_requests, [request]))
     (result,) = [PredictionResult.model_validate_json(o.value) for o in handled.outputs]

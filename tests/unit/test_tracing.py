@@ -12,6 +12,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 
 from driftloop.artifacts import OnnxClassifier
 from driftloop.features import FeatureSet
+from driftloop.online import InMemoryOnlineStore
 from driftloop.settings import Topics
 from driftloop.tracing import Tracing, trace_headers
 from driftloop_inference.domain import Lineup, ServingModel
@@ -34,7 +35,9 @@ def _handler(sea_spec, exporter):
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     serving = ServingModel("sea", 4, OnnxClassifier(*sea_onnx(sea_spec)), FeatureSet(sea_spec))
     holder = SimpleNamespace(lineup=Lineup({"sea": serving}))
-    return InferenceHandler({"sea": sea_spec}, holder, None, Topics(), Tracing(provider, "inference"), "g")  # type: ignore[arg-type]
+    return InferenceHandler(
+        {"sea": sea_spec}, holder, InMemoryOnlineStore(), Topics(), Tracing(provider, "inference"), "g"
+    )  # type: ignore[arg-type]
 
 
 async def test_a_traced_request_continues_its_trace_and_an_untraced_one_starts_none(sea_spec):

@@ -10,8 +10,8 @@ from driftloop.connections import redis_client
 from driftloop.contracts import DeadLetter, FeatureRow, Observation
 from driftloop.fastpath import FastPath
 from driftloop.kafka import ensure_topics, make_broker
+from driftloop.online import RedisOnlineStore
 from driftloop.runtime import Readiness, build_app, model_specs, run_service
-from driftloop_feature.adapters import OnlineStore
 from driftloop_feature.handlers import SERVICE, FeatureHandler
 from driftloop_feature.histories import HistoryCache
 from driftloop_feature.settings import FeatureSettings
@@ -24,7 +24,7 @@ def create_app(settings: FeatureSettings) -> AsgiFastStream:
     redis = redis_client(settings)
     handler = FeatureHandler(
         catalog.specs,
-        OnlineStore(redis, settings.online_ttl_s),
+        RedisOnlineStore(redis, settings.online_ttl_s),
         topics,
         HistoryCache(settings.history_cache_entities, settings.online_ttl_s),
     )

@@ -14,9 +14,9 @@ from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
 from driftloop.observations import CheckedBatch, checkers
+from driftloop.online import OnlineStore, Row
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
-from driftloop_feature.adapters import OnlineStore, Row
 from driftloop_feature.domain import check_batch, feature_rows
 from driftloop_feature.histories import HistoryCache, Key
 

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import numpy as np
 from prometheus_client import Counter
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
 from driftloop.contracts import (
@@ -19,7 +17,7 @@ from driftloop.contracts import (
     ModelRolledBack,
     ModelServingFailed,
 )
-from driftloop.features import FEATURES_FIELD, FeatureSet, online_key
+from driftloop.features import FeatureSet
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Lineup, ServingModel
@@ -86,26 +84,3 @@ class ModelHolder:
         classifier = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
         classifier.predict_proba(np.zeros((1, len(feature_set.names)), dtype=np.float32))  # warm it up
         return ServingModel(event.model, event.version, classifier, feature_set)
-
-
-class OnlineFeatures:
-    """Reads stored entity features, one pipelined round trip per batch."""
-
-    def __init__(self, redis: Redis) -> None:
-        self.redis = redis
-
-    async def fetch(self, keys: Sequence[tuple[str, str]]) -> list[dict[bytes, bytes] | None] | None:
-        """The stored hash (raw features JSON, history fields: `driftloop.features`) per (model,
-        entity_id), None where the entity is unknown; None for all when the store does not answer
-        within a second (requests then fail fast instead of stalling the batch)."""
-        if not keys:
-            return []
-        try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for model, entity in keys:
-                    pipe.hgetall(online_key(model, entity))
-                found = await asyncio.wait_for(pipe.execute(), timeout=1.0)
-        except (RedisError, TimeoutError, OSError) as exc:
-            log.warning("online store unavailable: %s", exc)
-            return None
-        return [stored if FEATURES_FIELD in stored else None for stored in found]

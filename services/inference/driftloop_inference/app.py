@@ -15,9 +15,10 @@ from driftloop.contracts import DeadLetter, ModelServingFailed, PredictionReques
 from driftloop.fastpath import FastPath, Output
 from driftloop.kafka import encode, ensure_topics, make_broker
 from driftloop.lifecycle import follow_models
+from driftloop.online import RedisOnlineStore
 from driftloop.runtime import Readiness, build_app, model_specs, run_service
 from driftloop.tracing import Tracing
-from driftloop_inference.adapters import ModelHolder, OnlineFeatures
+from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.handlers import SERVICE, InferenceHandler
 from driftloop_inference.settings import InferenceSettings
 
@@ -33,7 +34,7 @@ def create_app(settings: InferenceSettings) -> AsgiFastStream:
     holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
     tasks: list[asyncio.Task[None]] = []
     tracing = Tracing.configure(settings.tracing, SERVICE)
-    handler = InferenceHandler(specs, holder, OnlineFeatures(redis), topics, tracing, settings.group_id)
+    handler = InferenceHandler(specs, holder, RedisOnlineStore(redis), topics, tracing, settings.group_id)
     follower = follow_models(broker, settings, holder.on_lifecycle, list(specs))
     hot_path = FastPath(settings, SERVICE, topics.predictions_requests, settings.group_id)
     readiness = Readiness(

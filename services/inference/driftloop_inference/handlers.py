@@ -17,12 +17,13 @@ from prometheus_client import Counter
 from driftloop.aggregates import History
 from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Handled, Outbox, Output
-from driftloop.features import FEATURES_FIELD, decode_stored, missing_features, time_parts
+from driftloop.features import missing_features, time_parts
 from driftloop.kafka import triage
+from driftloop.online import FEATURES_FIELD, OnlineStore, decode_stored
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.tracing import Tracing
-from driftloop_inference.adapters import ModelHolder, OnlineFeatures
+from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.domain import Request, read_request, score
 
 SERVICE = "inference"
@@ -84,7 +85,7 @@ class InferenceHandler:
         self,
         specs: Mapping[str, ModelSpec],
         holder: ModelHolder,
-        online: OnlineFeatures,
+        online: OnlineStore,
         topics: Topics,
         tracing: Tracing | None = None,
         group: str = SERVICE,
