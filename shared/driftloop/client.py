@@ -15,13 +15,13 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
 from driftloop.contracts import PredictionRequest, PredictionResult
-from driftloop.kafka import TruncationWatch, encode, tail_from_end
+from driftloop.kafka import TruncationWatch, encode, producer, tail_from_end
 from driftloop.settings import Topics
 
 
 def make_producer(bootstrap: str) -> AIOKafkaProducer:
     """An application producer: acks=all, batched, no idempotence (not on the embedded broker)."""
-    return AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, linger_ms=5)
+    return producer(bootstrap, linger_ms=5)
 
 
 async def send_all(

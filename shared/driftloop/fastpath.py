@@ -39,6 +39,7 @@ from aiokafka import (
 from faststream.kafka import KafkaBroker
 from pydantic import BaseModel
 
+from driftloop import kafka
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
 from driftloop.faults import backoff_s, describe, is_transient
@@ -134,17 +135,11 @@ class BatchSender:
     @classmethod
     async def connect(cls, bootstrap: str, client_id: str, **options: Any) -> BatchSender:
         """`options`: `driftloop.connections.kafka_options`."""
-        producer = AIOKafkaProducer(
-            bootstrap_servers=bootstrap,
-            client_id=client_id,
-            acks="all",
-            enable_idempotence=False,  # not on tansu; consumers are idempotent instead
-            linger_ms=1,
-            max_batch_size=1024 * 1024,
-            **options,
+        sender = kafka.producer(
+            bootstrap, options, client_id=client_id, linger_ms=1, max_batch_size=1024 * 1024
         )
-        await producer.start()
-        return cls(producer)
+        await sender.start()
+        return cls(sender)
 
     async def stop(self) -> None:
         await self.producer.stop()
@@ -344,17 +339,16 @@ class FastPath:
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""
         settings, service = self.settings, self.service
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=settings.kafka_bootstrap,
+        self.consumer = kafka.consumer(
+            settings.kafka_bootstrap,
+            kafka_options(settings),
             group_id=self.group_id,
             client_id=f"driftloop-{service}-{self.name}",
-            enable_auto_commit=False,
             auto_offset_reset="earliest",
             fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            **kafka_options(settings),
         )
         self.sender = await BatchSender.connect(
             settings.kafka_bootstrap, f"driftloop-{service}-{self.name}", **kafka_options(settings)

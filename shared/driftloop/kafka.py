@@ -1,4 +1,5 @@
-"""The one Kafka client factory: the FastStream broker (HTTP, AsyncAPI), topic admin, group-less
+"""The one Kafka client factory: every producer, consumer and admin client driftloop opens (with
+the security options of `driftloop.connections`), the FastStream broker (HTTP, AsyncAPI), group-less
 readers, dead letters. Group consumers are `driftloop.fastpath.FastPath` loops."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from faststream.kafka import KafkaBroker
@@ -28,6 +29,23 @@ T = TypeVar("T")
 
 MAX_BATCH_BYTES = 512 * 1024
 DEAD_LETTER_KEEP_BYTES = 64 * 1024
+
+
+def producer(bootstrap: str, options: Mapping[str, Any] | None = None, **tuning: Any) -> AIOKafkaProducer:
+    """A producer: acks=all, without idempotence (tansu, the embedded broker, has no InitProducerId;
+    consumers are idempotent instead). `options`: `driftloop.connections.kafka_options`; `tuning`:
+    aiokafka's other arguments (client_id, linger_ms, max_batch_size)."""
+    return AIOKafkaProducer(
+        bootstrap_servers=bootstrap, acks="all", enable_idempotence=False, **(options or {}), **tuning
+    )
+
+
+def consumer(bootstrap: str, options: Mapping[str, Any] | None = None, **tuning: Any) -> AIOKafkaConsumer:
+    """A consumer whose offsets only driftloop commits (no auto-commit). `options`:
+    `driftloop.connections.kafka_options`; `tuning`: aiokafka's other arguments (group_id, ...)."""
+    return AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, enable_auto_commit=False, **(options or {}), **tuning
+    )
 
 
 def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
@@ -146,22 +164,12 @@ async def group_lag(
     ends are the high-water marks of a fetch (tansu answers a ListOffsets for the latest offset
     wrongly)."""
     options = options or {}
-    ends = AIOKafkaConsumer(  # fetches of a few bytes: only their high-water marks are read
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=20,
-        max_partition_fetch_bytes=1024,
-        **options,
-    )
-    readers = {
-        group: AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False, **options
-        )
-        for group in groups
-    }
+    # fetches of a few bytes: only their high-water marks are read
+    ends = consumer(bootstrap, options, fetch_max_wait_ms=20, max_partition_fetch_bytes=1024)
+    readers = {group: consumer(bootstrap, options, group_id=group) for group in groups}
     try:
-        for consumer in (ends, *readers.values()):
-            await consumer.start()
+        for client in (ends, *readers.values()):
+            await client.start()
         partitions = {
             topic: [TopicPartition(topic, p) for p in sorted(ends.partitions_for_topic(topic) or ())]
             for topic in {t for topics in groups.values() for t in topics}
@@ -184,8 +192,8 @@ async def group_lag(
             for group, offsets in committed.items()
         }
     finally:
-        for consumer in (ends, *readers.values()):
-            await consumer.stop()
+        for client in (ends, *readers.values()):
+            await client.stop()
 
 
 async def _highwaters(
@@ -205,19 +213,14 @@ async def _highwaters(
 async def _assign_all(
     bootstrap: str, topic: str, fetch_max_wait_ms: int, options: Mapping[str, Any] | None
 ) -> AIOKafkaConsumer:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        fetch_max_wait_ms=fetch_max_wait_ms,
-        **(options or {}),
-    )
-    await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
+    reader = consumer(bootstrap, options, fetch_max_wait_ms=fetch_max_wait_ms)
+    await reader.start()
+    partitions = reader.partitions_for_topic(topic)
     if not partitions:
-        await consumer.force_metadata_update()
-        partitions = consumer.partitions_for_topic(topic) or {0}
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
-    return consumer
+        await reader.force_metadata_update()
+        partitions = reader.partitions_for_topic(topic) or {0}
+    reader.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    return reader
 
 
 async def read_from_start(

@@ -27,6 +27,7 @@ from typing import Any, Literal
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
+from driftloop import kafka
 from driftloop.client import make_producer
 from driftloop.contracts import Observation, PredictionRequest
 from driftloop.datasets import CsvRow, Refused
@@ -322,9 +323,7 @@ class Replay:
         if self.to == "requests" or not self.ends:
             yield None
             return
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=self.bootstrap, group_id=INGEST_GROUP, enable_auto_commit=False
-        )
+        consumer = kafka.consumer(self.bootstrap, group_id=INGEST_GROUP)
         partitions = [TopicPartition(self.topics.events_raw, p) for p in sorted(self.ends)]
 
         async def committed_past() -> bool:
