@@ -117,14 +117,7 @@ class ModelVersion:
         self.servable()
         trained = self.trained
         return kind(
-            model=trained.model,
-            version=self.version,
-            artifact=trained.artifact,
-            classes=trained.classes,
-            feature_names=trained.feature_names,
-            previous_version=previous,
-            reason=reason,
-            command_id=command_id,
+            **self._placed(reason, command_id, previous),
             reference_stats=trained.reference_stats,
             prediction_shares=trained.prediction_shares,
             data_until=trained.dataset.last_event_time,
@@ -134,17 +127,21 @@ class ModelVersion:
         self, reason: str, command_id: str | None, previous: int | None
     ) -> ModelAwaitingApproval:
         """The event that makes this blessed version the challenger, waiting for approval."""
+        return ModelAwaitingApproval(**self._placed(reason, command_id, previous))
+
+    def _placed(self, reason: str, command_id: str | None, previous: int | None) -> dict[str, Any]:
+        """What every event that puts this version in service carries: what followers load."""
         trained = self.trained
-        return ModelAwaitingApproval(
-            model=trained.model,
-            version=self.version,
-            artifact=trained.artifact,
-            classes=trained.classes,
-            feature_names=trained.feature_names,
-            previous_version=previous,
-            reason=reason,
-            command_id=command_id,
-        )
+        return {
+            "model": trained.model,
+            "version": self.version,
+            "artifact": trained.artifact,
+            "classes": trained.classes,
+            "feature_names": trained.feature_names,
+            "previous_version": previous,
+            "reason": reason,
+            "command_id": command_id,
+        }
 
     def retag(self, tags: Mapping[str, str], reason: str, command_id: str | None) -> ModelTagged:
         """Set tags (an empty value removes one)."""
