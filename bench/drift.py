@@ -18,7 +18,7 @@ the last 5,000 answers. Labels come back 0.5 s after each request, as an
 application would send them.
 
 For comparison, River's ADWIN runs offline, with the spec's parameters and warm-up, on exactly the
-0/1 error stream of the answers the system gave, in request order (PLATFORM.md's method on the
+0/1 error stream of the answers the system gave, in request order (the detector alone on the
 same stream). The online delay is the index of the request whose label made the monitor fire,
 minus the onset; the monitor feeds each batch's outcomes in request order, but the partitions of
 three topics still complete joins slightly out of order across batches. Targets

@@ -3,7 +3,7 @@ handle it, produce the outputs as broker batches (one per partition), wait for t
 acknowledgement, run the batch's effects, commit, then count.
 
 FastStream runs each service's HTTP endpoints and AsyncAPI document; this loop reads the topics
-(`../shared/PLATFORM.md`: batched aiokafka reaches ~150k msg/s here, FastStream's default ~0.5k).
+(its one-message-at-a-time subscribers are far below a batched consumer: docs/adr/0001).
 At-least-once: offsets are committed only after the outputs are acknowledged, and a rebalance waits
 for the batch in flight, so partitions change hands between batches, never inside one.
 
