@@ -33,6 +33,7 @@ from pathlib import Path
 
 import httpx
 import orjson
+from aiokafka import AIOKafkaConsumer
 
 from bench.common import table, write
 from driftloop import datasets, localstack
@@ -128,8 +129,15 @@ class Load:
             self.traffic.events.update(dict.fromkeys(events, now))
 
 
-async def read(stack: localstack.Stack, topic: str, on: Callable[[bytes], None]) -> None:
-    """Follow a topic from its end; after a broker restart, the new (empty) topic from its start."""
+async def read(
+    stack: localstack.Stack,
+    topic: str,
+    on: Callable[[bytes], None],
+    read_all_at: dict[str, float] | None = None,
+) -> None:
+    """Follow a topic from its end; after a broker restart, the new (empty) topic from its start.
+    `read_all_at[topic]`: the latest wall-clock time (ms) at which the broker answered a fetch of
+    every partition with an end this reader had read up to (what was written before is read)."""
     consumer = await tail_from_end(stack.bootstrap, topic)
     watch = TruncationWatch(consumer)
     try:
@@ -139,8 +147,22 @@ async def read(stack: localstack.Stack, topic: str, on: Callable[[bytes], None])
             for records in batches.values():
                 for record in records:
                     on(record.value or b"")
+            if read_all_at is not None and (at := await _read_all(consumer)) is not None:
+                read_all_at[topic] = at
     finally:
         await consumer.stop()
+
+
+async def _read_all(consumer: AIOKafkaConsumer) -> float | None:
+    """When (ms) the oldest of the last fetch answers came, if the records up to every partition's
+    end then have been handed out; None while any is behind or unknown."""
+    oldest = float("inf")
+    for tp in consumer.assignment():
+        end, answered = consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+        if end is None or answered is None or await consumer.position(tp) < end:
+            return None
+        oldest = min(oldest, answered)
+    return oldest if oldest != float("inf") else None
 
 
 class RSS:
@@ -175,16 +197,6 @@ async def until(condition: Callable[[], bool], timeout: float) -> bool:
     return True
 
 
-async def settled(count: Callable[[], int], quiet_s: float, timeout: float) -> None:
-    """Wait until `count()` has not moved for `quiet_s` (or `timeout` passed): a reader caught up."""
-    deadline = time.monotonic() + timeout
-    last, since = count(), time.monotonic()
-    while time.monotonic() - since < quiet_s and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-        if count() != last:
-            last, since = count(), time.monotonic()
-
-
 def first_after(
     sent: dict[str, float], at: dict[str, float], since: float, ok: Callable[[str], bool]
 ) -> float | None:
@@ -211,6 +223,7 @@ class Bench:
         self.load = Load(stack, self.traffic)
         self.rss = RSS(stack)
         self.monitor_counted = 0.0
+        self.read_all_at: dict[str, float] = {}  # by topic (`read`)
 
     def _on_result(self, value: bytes) -> None:
         result = orjson.loads(value)
@@ -333,7 +346,7 @@ class Bench:
         tasks = [
             asyncio.create_task(read(self.stack, topics.predictions_results, self._on_result)),
             asyncio.create_task(read(self.stack, topics.features_computed, self._on_row)),
-            asyncio.create_task(read(self.stack, topics.events_raw, self._on_raw)),
+            asyncio.create_task(read(self.stack, topics.events_raw, self._on_raw, self.read_all_at)),
             asyncio.create_task(self.rss.run()),
             asyncio.create_task(self.load.run(sender)),
         ]
@@ -370,9 +383,13 @@ class Bench:
             await until(lambda: all(k in self.traffic.answered_at for k in self.traffic.requests), 60)
             await until(lambda: all(k in self.traffic.row_at for k in self.traffic.events), 60)
             await asyncio.sleep(3)  # the last labels are joined
+            counted_at = time.time() * 1000
             self.monitor_counted += await asyncio.to_thread(self._monitor_labelled)
-            # every labelled row the monitor sent before that count is read before the readers stop
-            await settled(lambda: sum(self.traffic.feedback.values()), quiet_s=2.0, timeout=20)
+            # every labelled row the monitor sent before that count (its counts follow the rows'
+            # acknowledgement) is read before the readers stop: a fetch answered after the count
+            # (a second later, for the clocks of the answer and of this process) found no more
+            raw = topics.events_raw
+            await until(lambda: self.read_all_at.get(raw, 0.0) > counted_at + 1000, 60)
         finally:
             for task in tasks:
                 task.cancel()
