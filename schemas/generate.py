@@ -11,8 +11,6 @@ import json
 import sys
 from pathlib import Path
 
-from faststream.specification import AsyncAPI
-
 from driftloop.contracts import CONTRACTS
 from driftloop.localstack import SERVICES
 from driftloop.settings import service_settings
@@ -35,14 +33,7 @@ def generate(out: Path) -> list[Path]:
     for service in SERVICES:
         app_module = importlib.import_module(f"driftloop_{service}.app")
         app = app_module.create_app(service_settings(service)(models_dir=ROOT / "models"))
-        spec = AsyncAPI(
-            *app.schema.brokers,  # its FastStream broker, and what it consumes outside FastStream
-            title=f"driftloop-{service}",
-            version="0.1.0",
-            description=(app_module.__doc__ or "").strip(),
-            schema_version="3.0.0",
-        )
-        document = spec.to_specification().to_jsonable()
+        document = app.service.asyncapi((app_module.__doc__ or "").strip())
         path = out / "asyncapi" / f"{service}.json"
         _dump(path, document)
         written.append(path)

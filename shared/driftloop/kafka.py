@@ -1,6 +1,7 @@
 """The one Kafka client factory: every producer, consumer and admin client driftloop opens (with
-the security options of `driftloop.connections`), the FastStream broker (HTTP, AsyncAPI), group-less
-readers, dead letters. Group consumers are `driftloop.fastpath.FastPath` loops."""
+the security options of `driftloop.connections`), a service's FastStream broker, group-less
+readers, dead letters.
+Group consumers are `driftloop.fastpath.FastPath` loops, declared by `driftloop.service`."""
 
 from __future__ import annotations
 
@@ -49,7 +50,9 @@ def consumer(bootstrap: str, options: Mapping[str, Any] | None = None, **tuning:
 
 
 def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
-    """A FastStream Kafka broker with driftloop's defaults (acks=all, no idempotence, metrics)."""
+    """A service's FastStream Kafka broker (`driftloop.service.Service.broker`): the producer of its
+    occasional events outside any batch, and the client `/readyz` asks whether the broker answers.
+    driftloop's defaults: acks=all, no idempotence, FastStream's metrics."""
     return KafkaBroker(
         settings.kafka_bootstrap,
         client_id=f"driftloop-{service}",
@@ -63,22 +66,6 @@ def make_broker(settings: ServiceSettings, service: str) -> KafkaBroker:
         middlewares=[KafkaPrometheusMiddleware(registry=REGISTRY, app_name=service)],
         security=faststream_security(settings),
     )
-
-
-def documented_consumer(
-    bootstrap: str, topic: str, group_id: str | None, payload: Any, name: str, description: str
-) -> KafkaBroker:
-    """A broker that is never started, holding one subscription for a service's AsyncAPI
-    document: what it consumes with aiokafka directly (the hot path, lifecycle followers), which
-    FastStream would not otherwise know of. `payload`: a contract, or a union of them (`name`)."""
-    documented = KafkaBroker(bootstrap)
-
-    async def consume(message: Any) -> None:  # never subscribed: it only carries the schema
-        raise NotImplementedError
-
-    consume.__annotations__ = {"message": payload, "return": None}
-    documented.subscriber(topic, group_id=group_id, title=f"{topic}:{name}", description=description)(consume)
-    return documented
 
 
 def triage(

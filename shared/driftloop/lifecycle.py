@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer
-from faststream.kafka import KafkaBroker
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -24,7 +23,7 @@ from driftloop.connections import kafka_options
 from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.fastpath import BatchSender, Output
 from driftloop.faults import backoff_s, describe, is_transient
-from driftloop.kafka import documented_consumer, follow_truncation, read_from_start
+from driftloop.kafka import follow_truncation, read_from_start
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -77,18 +76,6 @@ class LifecycleFollower:
         self.serving: set[str] = set()  # models a champion was announced for
         self._consumer: AIOKafkaConsumer | None = None
         self._task: asyncio.Task[None] | None = None
-
-    def describe(self) -> KafkaBroker:
-        """What this follower reads, for the service's AsyncAPI document."""
-        return documented_consumer(
-            self.bootstrap,
-            self.topic,
-            None,
-            LifecycleEvent,
-            "LifecycleEvent",
-            "Every model lifecycle event (`ModelPromoted`, `ModelRolledBack`, ... in "
-            "schemas/json/), replayed from the start without a consumer group, then followed.",
-        )
 
     async def _drain(self, timeout_ms: int) -> int:
         assert self._consumer is not None
@@ -181,12 +168,11 @@ class LifecycleFollower:
 
 
 def follow_models(
-    broker: KafkaBroker, settings: ServiceSettings, handler: LifecycleHandler, models: Sequence[str]
+    settings: ServiceSettings, handler: LifecycleHandler, models: Sequence[str]
 ) -> LifecycleFollower:
     """The lifecycle follower of a service that serves or watches `models`: it asks the registry
-    to announce any of them it finds no champion for (declared on `broker`, for the AsyncAPI)."""
+    to announce any of them it finds no champion for."""
     commands = settings.topics.models_commands
-    broker.publisher(commands, title="to_models_commands", schema=AnnounceModel)
     options = kafka_options(settings)
     ask = AskRegistry(settings.kafka_bootstrap, commands, list(models), options)
     return LifecycleFollower(

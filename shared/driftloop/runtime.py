@@ -1,12 +1,13 @@
-"""Run a service: FastStream app plus `/metrics`, `/healthz` and `/readyz` over HTTP (uvicorn)."""
+"""Run a service: its streams (`driftloop.service`) with `/metrics`, `/healthz` and `/readyz` over HTTP
+(FastStream's ASGI app under uvicorn)."""
 
 from __future__ import annotations
 
-import gc
+import asyncio
 import logging
 import os
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import asdict
 from functools import cache
 from importlib.metadata import version
@@ -16,26 +17,15 @@ from typing import Any, Protocol, TypeVar
 import orjson
 import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
-from faststream.kafka import KafkaBroker
-from faststream.specification import AsyncAPI
 from prometheus_client import make_asgi_app
 
+from driftloop.fastpath import tune_gc
 from driftloop.metrics import SPECS_REFUSED, UP
+from driftloop.service import Service
 from driftloop.settings import ServiceSettings
 from driftloop.spec import SpecCatalog, read_specs
 
 S = TypeVar("S", bound=ServiceSettings)
-
-
-def tune_gc(gen0_threshold: int = 50_000) -> None:
-    """Freeze what start-up allocated and collect young objects less often.
-
-    Batch handlers allocate thousands of short-lived dicts per batch; with CPython's default
-    threshold (700) the cyclic collector ran many times per batch and took ~35% of the inference
-    handler's time. Reference counting still frees acyclic garbage at once.
-    """
-    gc.freeze()
-    gc.set_threshold(gen0_threshold, 50, 50)
 
 
 @cache
@@ -130,53 +120,78 @@ def _get_only(app: Any) -> Any:
     return only_get
 
 
+class ServiceApp(AsgiFastStream):
+    """A service's ASGI app, holding its stream declaration (`service`, e.g. for its AsyncAPI)."""
+
+    def __init__(self, service: Service, *brokers: Any, **options: Any) -> None:
+        super().__init__(*brokers, **options)
+        self.service = service
+
+
 def build_app(
-    service: str,
-    broker: KafkaBroker,
-    readiness: Readiness,
+    service: Service,
     *,
+    specs: SpecCatalog | None = None,
+    facts: Callable[[], dict[str, Any]] = dict,
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     routes: Sequence[tuple[str, Any]] = (),
-    documented: Sequence[KafkaBroker] = (),
-) -> AsgiFastStream:
-    """The service's ASGI app: the broker's subscribers plus health and metrics endpoints.
-    `documented`: brokers never started that describe what the service consumes outside
-    FastStream (`FastPath.describe`), for its AsyncAPI document (`app.schema`)."""
+) -> ServiceApp:
+    """The service's ASGI app (FastStream serves HTTP): `/metrics`, `/healthz`, `/readyz` and
+    `routes`. At start-up `on_startup`, then the service's streams (`Service.start`), then its
+    FastStream broker and the `background` tasks; at shutdown the reverse, `on_shutdown` last
+    (e.g. closing a Redis client).
+    `/readyz`: ready once started, while every stream loop keeps up and the broker answers; it
+    lists `facts()`, each loop's health and the refused spec files."""
+    readiness = Readiness(facts, service.loops, specs)
+    tasks: list[asyncio.Task[None]] = []
 
     @get(include_in_schema=False)
     async def healthz(scope: Any) -> AsgiResponse:
-        return json_response({"service": service, "status": "alive"})
+        return json_response({"service": service.name, "status": "alive"})
 
     @get(include_in_schema=False)
     async def readyz(scope: Any) -> AsgiResponse:
-        broker_ok = await broker.ping(timeout=2.0)
-        ready, facts = readiness.report()
+        broker_ok = await service.reachable()
+        ready, described = readiness.report()
         ok = ready and broker_ok
-        body = {"service": service, "ready": ok, "broker": broker_ok, **facts}
+        body = {"service": service.name, "ready": ok, "broker": broker_ok, **described}
         return json_response(body, 200 if ok else 503)
 
-    async def mark_ready() -> None:
+    async def start() -> None:
+        for step in on_startup:
+            await step()
+        await service.start()
+
+    async def started() -> None:  # the broker is started too
+        tasks.extend(asyncio.create_task(run(), name=run.__name__) for run in background)
         tune_gc()
         readiness.ready = True
-        UP.labels(service).set(1)
+        UP.labels(service.name).set(1)
 
-    async def mark_down() -> None:
+    async def stop() -> None:
         readiness.ready = False
-        UP.labels(service).set(0)
+        UP.labels(service.name).set(0)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await service.stop()
+        for step in on_shutdown:
+            await step()
 
-    return AsgiFastStream(
-        broker,
-        specification=AsyncAPI(*documented),
+    return ServiceApp(
+        service,
+        service.broker,
         asgi_routes=[
             ("/metrics", _get_only(make_asgi_app())),
             ("/healthz", healthz),
             ("/readyz", readyz),
             *routes,
         ],
-        on_startup=list(on_startup),
-        after_startup=[mark_ready],
-        on_shutdown=[mark_down, *on_shutdown],
+        on_startup=[start],
+        after_startup=[started],
+        on_shutdown=[stop],
     )
 
 

@@ -334,7 +334,7 @@ async def test_a_service_started_after_the_broker_lost_the_lifecycle_topic_gets_
     from driftloop.artifacts import ArtifactStore
     from driftloop.contracts import ModelPromoted
     from driftloop.fastpath import BatchSender, Output
-    from driftloop.kafka import encode, make_broker
+    from driftloop.kafka import encode
     from driftloop.lifecycle import LifecycleFollower, follow_models
     from driftloop_registry.app import create_app as registry_app
     from driftloop_registry.settings import RegistrySettings
@@ -357,7 +357,7 @@ async def test_a_service_started_after_the_broker_lost_the_lifecycle_topic_gets_
         after.append(event)
 
     watcher = LifecycleFollower(bootstrap, topics.models_lifecycle, seen_before)
-    late = follow_models(make_broker(broker.settings, "test"), broker.settings, seen_after, ["sea"])
+    late = follow_models(broker.settings, seen_after, ["sea"])
     await registry.start()
     try:
         await watcher.start()

@@ -130,8 +130,8 @@ def tls_kafka(tmp_path):
 async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
     tls_kafka, redis_url, topics, tmp_path
 ):
-    """Ingest (hot-path consumer and producer, admin, FastStream broker) and the registry (FastStream
-    consumer and publisher) run against the TLS-only listener, with a lifecycle follower (group-less
+    """Ingest and the registry (each: stream loop consumers and producers, admin, the `/readyz`
+    broker check) run against the TLS-only listener, with a lifecycle follower (group-less
     reader, and the producer that asks the registry): an observation goes through, a candidate is
     promoted and the follower sees it. A client without TLS gets nowhere on the same address."""
     import asyncio
@@ -142,7 +142,7 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
     from driftloop.connections import kafka_options
     from driftloop.contracts import ModelPromoted, Observation
     from driftloop.fastpath import BatchSender, Output
-    from driftloop.kafka import encode, make_broker
+    from driftloop.kafka import encode
     from driftloop.lifecycle import follow_models
     from driftloop_ingest.app import create_app as ingest_app
     from driftloop_ingest.settings import IngestSettings
@@ -165,7 +165,7 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
         if isinstance(event, ModelPromoted):
             promoted.append(event)
 
-    follower = follow_models(make_broker(ingest, "test"), ingest, seen, ["sea"])
+    follower = follow_models(ingest, seen, ["sea"])
     for app in apps:
         await app.start()
     try:

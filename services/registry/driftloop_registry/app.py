@@ -7,19 +7,13 @@ import asyncio
 from typing import Any
 from urllib.parse import parse_qs
 
-from faststream.asgi import AsgiFastStream, AsgiResponse, get
+from faststream.asgi import AsgiResponse, get
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import redis_client
-from driftloop.contracts import (
-    DeadLetter,
-    ModelPromoted,
-    ModelTrained,
-    RegistryCommand,
-)
-from driftloop.fastpath import FastPath
-from driftloop.kafka import ensure_topics, make_broker
-from driftloop.runtime import Readiness, build_app, json_response, model_specs, run_service
+from driftloop.contracts import LifecycleEvent, ModelTrained, RegistryCommand
+from driftloop.runtime import ServiceApp, build_app, json_response, model_specs, run_service
+from driftloop.service import Consumes, Service
 from driftloop.spec import MODEL_NAME
 from driftloop_registry.adapters import CardWriter, RedisRegistryRepository
 from driftloop_registry.domain import render_card
@@ -32,8 +26,7 @@ def _query(scope: Any) -> dict[str, str]:
     return {k: v[0] for k, v in parsed.items()}
 
 
-def create_app(settings: RegistrySettings) -> AsgiFastStream:
-    broker = make_broker(settings, SERVICE)
+def create_app(settings: RegistrySettings) -> ServiceApp:
     topics = settings.topics
     catalog = model_specs(SERVICE, settings)
     redis = redis_client(settings)
@@ -46,20 +39,27 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
     )
     # one change at a time: each batch is handled, announced and committed before the next
     one_at_a_time = asyncio.Lock()
-    on_model_trained = FastPath(
-        settings, SERVICE, topics.models_trained, settings.group_id, pipelined=False, lock=one_at_a_time
-    )
-    on_registry_command = FastPath(
-        settings,
+    service = Service(
         SERVICE,
-        topics.models_commands,
-        settings.commands_group_id,
-        pipelined=False,
-        lock=one_at_a_time,
+        settings,
+        [
+            Consumes(
+                {topics.models_trained: ModelTrained},
+                settings.group_id,
+                registry.handle,
+                pipelined=False,
+                lock=one_at_a_time,
+            ),
+            Consumes(
+                {topics.models_commands: RegistryCommand},
+                settings.commands_group_id,
+                registry.handle_commands,
+                pipelined=False,
+                lock=one_at_a_time,
+            ),
+        ],
+        produces={topics.models_lifecycle: LifecycleEvent},
     )
-
-    broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelPromoted)
-    broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
 
     @get(description="Models with their aliases and version counts.")
     async def models(scope: Any) -> AsgiResponse:
@@ -91,31 +91,10 @@ def create_app(settings: RegistrySettings) -> AsgiFastStream:
             return AsgiResponse(markdown, 200, headers={"content-type": "text/markdown; charset=utf-8"})
         return json_response(record)
 
-    async def start() -> None:
-        await ensure_topics(
-            settings,
-            [topics.models_trained, topics.models_commands, topics.models_lifecycle, topics.events_dlq],
-        )
-        await on_model_trained.start(registry.handle)
-        await on_registry_command.start(registry.handle_commands)
-
-    async def stop() -> None:
-        await on_registry_command.stop()
-        await on_model_trained.stop()
-        await redis.aclose()
-
-    documented = [
-        *on_model_trained.describe(ModelTrained),
-        *on_registry_command.describe(RegistryCommand, "RegistryCommand"),
-    ]
-
     return build_app(
-        SERVICE,
-        broker,
-        Readiness(consumers=[on_model_trained, on_registry_command], specs=catalog),
-        on_startup=[start],
-        on_shutdown=[stop],
-        documented=documented,
+        service,
+        specs=catalog,
+        on_shutdown=[redis.aclose],
         routes=[("/v1/models", models), ("/v1/versions", versions), ("/v1/card", card)],
     )
 

@@ -3,29 +3,27 @@ train → `models.trained`; follows `models.lifecycle` to know each champion."""
 
 from __future__ import annotations
 
-from faststream.asgi import AsgiFastStream
-
 from driftloop.artifacts import ArtifactStore
 from driftloop.contracts import (
-    DeadLetter,
     FeatureRow,
     LifecycleEvent,
     ModelTrained,
+    ModelTrainingDeferred,
     ModelTrainingFailed,
     TrainModel,
 )
-from driftloop.fastpath import FastPath, Output
-from driftloop.kafka import encode, ensure_topics, make_broker
+from driftloop.fastpath import Output
+from driftloop.kafka import encode
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import Readiness, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.service import Consumes, Service
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
 from driftloop_training.handlers import SERVICE, Trainer
 from driftloop_training.settings import TrainingSettings
 
 
-def create_app(settings: TrainingSettings) -> AsgiFastStream:
-    broker = make_broker(settings, SERVICE)
+def create_app(settings: TrainingSettings) -> ServiceApp:
     topics = settings.topics
     catalog = model_specs(SERVICE, settings, build=frozenset({"estimators"}))  # builds them
     store = RowStore(
@@ -42,53 +40,39 @@ def create_app(settings: TrainingSettings) -> AsgiFastStream:
         settings.threads,
         notify=lambda event: tell(event),
     )
-    follower = follow_models(broker, settings, trainer.on_lifecycle, list(trainer.specs))
-    on_features_computed = FastPath(
-        settings, SERVICE, topics.features_computed, settings.store_group_id, background=True
-    )
-    # a training run takes as long as it takes: this loop is stalled only while it fails
-    on_train_model = FastPath(
-        settings, SERVICE, topics.training_requests, settings.group_id, pipelined=False, may_block=True
+    service = Service(
+        SERVICE,
+        settings,
+        [
+            Consumes(
+                {topics.features_computed: FeatureRow},
+                settings.store_group_id,
+                trainer.store_rows,
+                hot=False,
+            ),
+            # a training run takes as long as it takes: this loop is stalled only while it fails
+            Consumes(
+                {topics.training_requests: TrainModel},
+                settings.group_id,
+                trainer.handle_commands,
+                pipelined=False,
+                may_block=True,
+            ),
+        ],
+        produces={
+            topics.models_trained: ModelTrained,
+            topics.models_lifecycle: ModelTrainingFailed | ModelTrainingDeferred,
+        },
+        follower=follow_models(settings, trainer.on_lifecycle, list(trainer.specs)),
     )
 
     async def tell(event: LifecycleEvent) -> None:
-        await on_train_model.sender.send([Output(topics.models_lifecycle, None, encode(event))])
+        await service.send([Output(topics.models_lifecycle, None, encode(event))])
 
-    broker.publisher(topics.models_trained, title="to_models_trained", schema=ModelTrained)
-    broker.publisher(topics.models_lifecycle, title="to_models_lifecycle", schema=ModelTrainingFailed)
-    broker.publisher(topics.events_dlq, title="to_events_dlq", schema=DeadLetter)
-
-    async def start() -> None:
-        await ensure_topics(
-            settings,
-            [
-                topics.features_computed,
-                topics.training_requests,
-                topics.models_trained,
-                topics.models_lifecycle,
-                topics.models_commands,
-                topics.events_dlq,
-            ],
-        )
-        await follower.start()
-        await on_features_computed.start(trainer.store_rows)
-        await on_train_model.start(trainer.handle_commands)
-
-    async def stop() -> None:
-        await on_train_model.stop()
-        await on_features_computed.stop()
-        await follower.stop()
+    async def close() -> None:
         store.close()
 
-    documented = [  # consumed outside FastStream
-        *on_features_computed.describe(FeatureRow),
-        *on_train_model.describe(TrainModel),
-        follower.describe(),
-    ]
-    readiness = Readiness(consumers=[on_features_computed, on_train_model], specs=catalog)
-    return build_app(
-        SERVICE, broker, readiness, on_startup=[start], on_shutdown=[stop], documented=documented
-    )
+    return build_app(service, specs=catalog, on_shutdown=[close])
 
 
 def main() -> None:
