@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import os
 import subprocess
@@ -134,7 +135,7 @@ def build_app(
     specs: SpecCatalog | None = None,
     facts: Callable[[], dict[str, Any]] = dict,
     on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
-    on_shutdown: Sequence[Callable[[], Awaitable[None]]] = (),
+    on_shutdown: Sequence[Callable[[], Awaitable[None] | None]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     routes: Sequence[tuple[str, Any]] = (),
 ) -> ServiceApp:
@@ -178,7 +179,8 @@ def build_app(
         await asyncio.gather(*tasks, return_exceptions=True)
         await service.stop()
         for step in on_shutdown:
-            await step()
+            if inspect.isawaitable(closed := step()):
+                await closed
 
     return ServiceApp(
         service,
@@ -195,11 +197,15 @@ def build_app(
     )
 
 
-def run_service(settings_type: type[S], create_app: Callable[[S], AsgiFastStream]) -> None:
+def service_main(settings_type: type[S], create_app: Callable[[S], AsgiFastStream]) -> Callable[[], None]:
     """A service's `main`: settings from the environment, logging, then serve until stopped."""
-    settings = settings_type()
-    configure_logging(settings.log_level)
-    serve(create_app(settings), settings)
+
+    def main() -> None:
+        settings = settings_type()
+        configure_logging(settings.log_level)
+        serve(create_app(settings), settings)
+
+    return main
 
 
 def serve(app: AsgiFastStream, settings: ServiceSettings) -> None:

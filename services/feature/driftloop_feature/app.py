@@ -5,7 +5,7 @@ from __future__ import annotations
 from driftloop.connections import redis_client
 from driftloop.contracts import FeatureRow, Observation
 from driftloop.online import RedisOnlineStore
-from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop_feature.handlers import SERVICE, FeatureHandler
 from driftloop_feature.histories import HistoryCache
@@ -13,8 +13,7 @@ from driftloop_feature.settings import FeatureSettings
 
 
 def create_app(settings: FeatureSettings) -> ServiceApp:
-    topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
+    catalog, topics = model_specs(SERVICE, settings), settings.topics
     redis = redis_client(settings)
     handler = FeatureHandler(
         catalog.specs,
@@ -35,8 +34,7 @@ def create_app(settings: FeatureSettings) -> ServiceApp:
     return build_app(service, specs=catalog, on_shutdown=[redis.aclose])
 
 
-def main() -> None:
-    run_service(FeatureSettings, create_app)
+main = service_main(FeatureSettings, create_app)  # the `driftloop-feature` command
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ from driftloop.fastpath import Output
 from driftloop.kafka import encode
 from driftloop.lifecycle import follow_models
 from driftloop.online import RedisOnlineStore
-from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder
@@ -69,8 +69,7 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
     )
 
 
-def main() -> None:
-    run_service(InferenceSettings, create_app)
+main = service_main(InferenceSettings, create_app)  # the `driftloop-inference` command
 
 
 if __name__ == "__main__":

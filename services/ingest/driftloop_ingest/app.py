@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from driftloop.contracts import Observation
-from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.store import RowStore
 from driftloop_ingest.handlers import SERVICE, IngestHandler
@@ -28,14 +28,10 @@ def create_app(settings: IngestSettings) -> ServiceApp:
         produces={topics.events_validated: Observation},
     )
 
-    async def close() -> None:
-        store.close()
-
-    return build_app(service, specs=catalog, on_shutdown=[close])
+    return build_app(service, specs=catalog, on_shutdown=[store.close])
 
 
-def main() -> None:
-    run_service(IngestSettings, create_app)
+main = service_main(IngestSettings, create_app)  # the `driftloop-ingest` command
 
 
 if __name__ == "__main__":

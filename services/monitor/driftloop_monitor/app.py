@@ -16,7 +16,7 @@ from driftloop.contracts import (
     TrainModel,
 )
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
@@ -64,8 +64,7 @@ def create_app(settings: MonitorSettings) -> ServiceApp:
     return build_app(service, specs=catalog, background=[sweep], on_shutdown=[redis.aclose])
 
 
-def main() -> None:
-    run_service(MonitorSettings, create_app)
+main = service_main(MonitorSettings, create_app)  # the `driftloop-monitor` command
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from faststream.asgi import AsgiResponse, get
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import redis_client
 from driftloop.contracts import LifecycleEvent, ModelTrained, RegistryCommand
-from driftloop.runtime import ServiceApp, build_app, json_response, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, json_response, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.spec import MODEL_NAME
 from driftloop_registry.adapters import CardWriter, RedisRegistryRepository
@@ -37,26 +37,21 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
         CardWriter(settings.data_dir / "cards"),
         topics,
     )
-    # one change at a time: each batch is handled, announced and committed before the next
     one_at_a_time = asyncio.Lock()
     service = Service(
         SERVICE,
         settings,
-        [
-            Consumes(
-                {topics.models_trained: ModelTrained},
-                settings.group_id,
-                registry.handle,
-                pipelined=False,
-                lock=one_at_a_time,
-            ),
-            Consumes(
-                {topics.models_commands: RegistryCommand},
-                settings.commands_group_id,
-                registry.handle_commands,
-                pipelined=False,
-                lock=one_at_a_time,
-            ),
+        [  # one change at a time: each batch is handled, announced and committed before the next
+            Consumes({topic: contract}, group, handle, pipelined=False, lock=one_at_a_time)
+            for topic, contract, group, handle in (
+                (topics.models_trained, ModelTrained, settings.group_id, registry.handle),
+                (
+                    topics.models_commands,
+                    RegistryCommand,
+                    settings.commands_group_id,
+                    registry.handle_commands,
+                ),
+            )
         ],
         produces={topics.models_lifecycle: LifecycleEvent},
     )
@@ -99,8 +94,7 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
     )
 
 
-def main() -> None:
-    run_service(RegistrySettings, create_app)
+main = service_main(RegistrySettings, create_app)  # the `driftloop-registry` command
 
 
 if __name__ == "__main__":

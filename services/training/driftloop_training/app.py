@@ -15,7 +15,7 @@ from driftloop.contracts import (
 from driftloop.fastpath import Output
 from driftloop.kafka import encode
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import ServiceApp, build_app, model_specs, run_service
+from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
@@ -69,14 +69,10 @@ def create_app(settings: TrainingSettings) -> ServiceApp:
     async def tell(event: LifecycleEvent) -> None:
         await service.send([Output(topics.models_lifecycle, None, encode(event))])
 
-    async def close() -> None:
-        store.close()
-
-    return build_app(service, specs=catalog, on_shutdown=[close])
+    return build_app(service, specs=catalog, on_shutdown=[store.close])
 
 
-def main() -> None:
-    run_service(TrainingSettings, create_app)
+main = service_main(TrainingSettings, create_app)  # the `driftloop-training` command
 
 
 if __name__ == "__main__":
