@@ -69,6 +69,6 @@ def rule_problem(name: str, params: Mapping[str, Any]) -> tuple[str, str] | None
             return key, f"{exc.errors()[0]['msg'].lower()}, got {reprlib.repr(value)}"
     if name == "kswin":  # River's defaults: window_size 100, stat_size 30
         window_size, stat_size = params.get("window_size", 100), params.get("stat_size", 30)
-        if stat_size >= window_size:
-            return "", f"KSWIN needs stat_size ({stat_size}) below window_size ({window_size})"
+        if 2 * stat_size > window_size:  # it draws stat_size samples from the first window - stat_size
+            return "", f"KSWIN needs window_size ({window_size}) at least twice stat_size ({stat_size})"
     return None

@@ -112,7 +112,12 @@ REFUSED = {
     "kswin stat_size": (
         _drift(detector="kswin", params={"window_size": 10}),
         "drift.params",
-        "KSWIN needs stat_size (30) below window_size (10)",
+        "KSWIN needs window_size (10) at least twice stat_size (30)",
+    ),
+    "kswin window under twice stat_size": (  # River draws stat_size samples from the rest
+        _drift(detector="kswin", params={"window_size": 31}),
+        "drift.params",
+        "KSWIN needs window_size (31) at least twice stat_size (30)",
     ),
     "kswin window": (
         _drift(detector="kswin", params={"window": [0, 1]}),
