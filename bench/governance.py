@@ -20,7 +20,7 @@ from bench.common import p50, table, write
 from driftloop import datasets, localstack
 from driftloop.client import make_producer, send_all
 from driftloop.contracts import ModelTrained, Observation, PredictionRequest, PredictionResult, TrainModel
-from driftloop.features import FeatureSet, check_features
+from driftloop.features import FeatureSet
 from driftloop.fitting import fit, holdout_start
 from driftloop.kafka import tail_from_end
 from driftloop.settings import Topics
@@ -36,7 +36,8 @@ def reference_fit_convert(rows: list[tuple[dict, int]]) -> float:
     """Seconds to fit and convert the spec's model on the same training rows, in process."""
     spec = load_spec(ROOT / "models" / "sea.yaml")
     feature_set = FeatureSet(spec)
-    X = feature_set.matrix(check_features(spec, x) for x, _ in rows)
+    X, kept, refused = feature_set.encode_many([x for x, _ in rows])
+    assert len(kept) == len(rows) and not refused, refused  # generated rows are all valid
     y = [label for _, label in rows]
     cut = holdout_start(len(rows), spec.training.holdout_fraction)
     started = time.perf_counter()

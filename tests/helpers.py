@@ -14,6 +14,7 @@ from driftloop.features import FeatureSet, check_features
 from driftloop.fitting import build_estimator
 from driftloop.spec import AlgorithmSpec, ModelSpec
 from driftloop_training.adapters import convert
+from tests.oracles import matrix
 
 
 def sea_rows(n: int, variant: int = 0, seed: int = 1) -> list[tuple[dict, int]]:
@@ -30,7 +31,7 @@ def sea_onnx(
     """Fit `algorithm` on SEA rows and convert it: (onnx bytes, classes, feature names)."""
     rows = sea_rows(n, variant)
     feature_set = FeatureSet(spec)
-    X = feature_set.matrix(check_features(spec, x) for x, _ in rows)
+    X = matrix(feature_set, [check_features(spec, x) for x, _ in rows])
     y = np.array([label for _, label in rows])
     if shuffle_labels:
         y = np.random.default_rng(0).permutation(y)

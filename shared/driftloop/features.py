@@ -6,7 +6,6 @@ serving row built from the same raw values are identical by construction (tests 
 
 from __future__ import annotations
 
-import bisect
 import math
 import operator
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -238,40 +237,6 @@ class FeatureSet:
         self._log1p = np.array([f.transform == "log1p" for f in numeric], dtype=bool)
         self._buckets = [(j, np.asarray(f.buckets)) for j, f in enumerate(numeric) if f.buckets is not None]
 
-    def row(self, clean: Mapping[str, float | str]) -> list[float]:
-        """Encode one validated row (from `check_features`)."""
-        out: list[float] = []
-        for feature in self.spec.inputs:
-            value = clean[feature.name]
-            if feature.type == "numeric":
-                number = float(value)
-                if feature.transform == "log1p":
-                    number = math.log1p(number)
-                elif feature.transform == "clip":
-                    assert feature.min is not None and feature.max is not None
-                    number = min(max(number, feature.min), feature.max)
-                elif feature.transform == "bucketize":
-                    assert feature.buckets is not None
-                    number = float(bisect.bisect_right(feature.buckets, number))
-                out.append(number)
-            else:
-                assert feature.categories is not None
-                known = value in feature.categories
-                out += [1.0 if value == c else 0.0 for c in feature.categories]
-                out.append(0.0 if known else 1.0)
-        return out
-
-    def named(self, clean: Mapping[str, float | str]) -> dict[str, float]:
-        """Encode one validated row as {output name: value}."""
-        return dict(zip(self.names, self.row(clean), strict=True))
-
-    def matrix(self, rows: Iterable[Mapping[str, float | str]]) -> np.ndarray:
-        """Encode many validated rows into a float32 matrix, one row per input."""
-        encoded = [self.row(r) for r in rows]
-        if not encoded:
-            return np.zeros((0, len(self.names)), dtype=np.float32)
-        return np.asarray(encoded, dtype=np.float32)
-
     def encode_checked(self, X: np.ndarray, strings: Sequence[tuple[Any, ...]]) -> np.ndarray:
         """Encode checked columns of the inputs (`Checker.check_columns` of `spec.inputs`): apply
         the transforms to the numeric values and one-hot encode the categories (float64). `X` is
@@ -294,7 +259,8 @@ class FeatureSet:
     ) -> tuple[np.ndarray, list[int], dict[int, InvalidInput]]:
         """Validate and encode raw rows at once: (matrix of the valid rows, their indices, errors by index).
 
-        Gives exactly what `check_features` + `row` give row by row (a property test checks it):
+        Gives exactly what `check_features` and a row-by-row encoding give (a property test holds it to
+        the test oracle `tests/oracles.py`):
         checked as columns (`Checker.check_columns`), encoded as numpy matrices (`encode_checked`).
         The matrix is float32 as models take it, or float64 with `dtype=None`.
         """

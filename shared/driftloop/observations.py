@@ -14,14 +14,13 @@ import numpy as np
 from pydantic import TypeAdapter, ValidationError
 
 from driftloop.contracts import (
-    PLAIN_VALUES,
-    SCHEMA_VERSION,
     InvalidInput,
     Label,
     Observation,
     as_utc,
     json_object,
     parse,
+    plain_observation,
 )
 from driftloop.features import Checker
 from driftloop.spec import ModelSpec
@@ -60,27 +59,15 @@ def read_observation(raw: bytes | None, known_models: Container[str] | None = No
     contract, which accepts or refuses it with a reason (`InvalidInput`). A property test holds
     both paths equal."""
     data = json_object(raw)
-    if data is not None:
-        event_id, model, features = data.get("event_id"), data.get("model"), data.get("features")
-        label, event_time, entity_id = data.get("label"), data.get("event_time"), data.get("entity_id")
-        if (
-            type(event_id) is str
-            and 0 < len(event_id) <= 256
-            and type(model) is str
-            and (known_models is None or model in known_models)
-            and type(features) is dict
-            and set(map(type, features.values())) <= PLAIN_VALUES
-            and type(label) in PLAIN_VALUES
-            and type(entity_id) in (str, type(None))
-            and type(data.get("schema_version", SCHEMA_VERSION)) is int
-            and type(event_time) in (str, type(None))
-        ):
-            try:
-                when = None if event_time is None else _event_time(event_time)
-            except ValidationError:
-                pass  # `parse` words the error
-            else:
-                return Observed(event_id, model, features, label, when, entity_id)
+    if data is not None and plain_observation(data, known_models):
+        event_time = data.get("event_time")
+        try:
+            when = None if event_time is None else _event_time(event_time)
+        except ValidationError:
+            pass  # `parse` words the error
+        else:
+            features, label, entity_id = data["features"], data.get("label"), data.get("entity_id")
+            return Observed(data["event_id"], data["model"], features, label, when, entity_id)
     o = parse(Observation, raw, known_models)
     return Observed(o.event_id, o.model, dict(o.features), o.label, o.event_time, o.entity_id)
 

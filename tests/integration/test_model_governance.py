@@ -31,6 +31,7 @@ from driftloop_training.app import create_app as training_app
 from driftloop_training.settings import TrainingSettings
 from tests.conftest import ROOT, wait_for
 from tests.helpers import Publisher, collect, sea_rows, served_versions
+from tests.oracles import named
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 PROBE = [{"x0": 9.0, "x1": 9.0, "x2": 1.0}, {"x0": 1.0, "x1": 1.0, "x2": 1.0}] * 5
@@ -44,7 +45,7 @@ def _rows(spec, n, start, shuffle=False, seed=1):
         random.Random(0).shuffle(labels)
     return [
         FeatureRow(event_id=f"{uuid.uuid4().hex}", model=spec.name, event_time=start + timedelta(seconds=i),
-                   features=feature_set.named(check_features(spec, x)), label=label)
+                   features=named(feature_set, check_features(spec, x)), label=label)
         for i, ((x, _), label) in enumerate(zip(raw, labels, strict=True))
     ]  # fmt: skip
 

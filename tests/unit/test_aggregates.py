@@ -14,6 +14,7 @@ from driftloop.kafka import encode
 from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
 from driftloop_feature.domain import aggregate_values, check_batch, feature_rows
+from tests.oracles import matrix
 
 SPEC = ModelSpec.model_validate(
     {
@@ -150,7 +151,7 @@ def test_a_serving_row_equals_the_training_row_of_an_event_at_that_moment(events
     training = feature_set.from_named([row["features"]])[0]
     # serving: inference's path for a request at `at` (raw features + the entity's stored history)
     served = {"amount": 5.0, **History.from_fields(SPEC, stored[entity]).values(at.timestamp())}
-    serving = feature_set.matrix([check_features(SPEC, served)])[0]
+    serving = matrix(feature_set, [check_features(SPEC, served)])[0]
     assert training.tolist() == serving.tolist()
 
 

@@ -9,6 +9,7 @@ from driftloop import datasets
 from driftloop.features import FeatureSet, check_features
 from driftloop.spec import load_specs
 from tests.conftest import ROOT
+from tests.oracles import matrix
 
 SPECS = load_specs(ROOT / "models")
 
@@ -19,7 +20,7 @@ def test_every_synthetic_stream_has_a_spec_its_rows_pass(name):
     concepts, _ = datasets.SYNTHETIC[name]
     for concept in (concepts.start, concepts.stop - 1):
         rows = list(itertools.islice(datasets.conform(spec, datasets.synthetic(name, concept, seed=3)), 500))
-        X = FeatureSet(spec).matrix(check_features(spec, x) for x, _ in rows)
+        X = matrix(FeatureSet(spec), [check_features(spec, x) for x, _ in rows])
         assert X.shape == (500, len(FeatureSet(spec).names))
         assert {spec.label_of(y) for _, y in rows} <= set(spec.label.classes)
 

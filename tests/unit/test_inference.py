@@ -1,25 +1,11 @@
-import orjson
-import pytest
-from hypothesis import given
-from hypothesis import strategies as st
-
 from driftloop.artifacts import OnnxClassifier
 from driftloop.contracts import (
-    Feedback,
-    InvalidInput,
-    PredictionRequest,
     PredictionResult,
-    plain_feedback,
-    plain_request,
-    plain_result,
-    read,
-    read_exact,
-    result_json,
 )
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
-from driftloop_inference.domain import Lineup, Request, ServingModel, read_request, score, to_canary
-from tests.helpers import JSON, sea_onnx
+from driftloop_inference.domain import Lineup, Request, ServingModel, score, to_canary
+from tests.helpers import sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -85,105 +71,3 @@ def test_a_canary_serves_a_stable_share_chosen_by_request_id(sea_spec):
     assert 0.26 < versions.count(2) / len(versions) < 0.34
     assert versions == [2 if to_canary(r.request_id, 0.3) else 1 for r in requests]
     assert first.shadow == []
-
-
-REQUESTS = st.fixed_dictionaries(
-    {"request_id": st.one_of(st.text(max_size=300), st.integers(-(10**6), 10**6), st.none())},
-    optional={
-        "model": st.one_of(st.text(max_size=5), st.integers(-(10**6), 10**6)),
-        "features": st.one_of(st.dictionaries(st.text(max_size=4), JSON, max_size=4), JSON),
-        "entity_id": st.one_of(st.none(), st.text(max_size=4), st.integers(-(10**6), 10**6)),
-        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
-        "extra": JSON,
-    },
-)
-
-
-@given(REQUESTS)
-def test_the_fast_reader_agrees_with_the_contract(payload):
-    raw = orjson.dumps(payload)
-    try:
-        contract = PredictionRequest.model_validate(orjson.loads(raw))
-    except ValueError:
-        with pytest.raises(InvalidInput):
-            read_request(raw)
-        return
-    request = read_request(raw)
-    assert request == Request(
-        contract.request_id, contract.model, dict(contract.features), contract.entity_id
-    )
-
-
-@given(REQUESTS)
-def test_the_shared_reader_agrees_with_the_contract_on_requests(payload):
-    _reader_agrees(PredictionRequest, plain_request, payload)
-
-
-NUMBERS = st.one_of(st.floats(allow_nan=False), st.integers(-(10**6), 10**6))
-RESULTS = st.fixed_dictionaries(
-    {
-        "request_id": st.one_of(st.text(max_size=5), st.integers(-5, 5)),
-        "model": st.one_of(st.text(max_size=5), st.none()),
-        "model_version": st.one_of(st.integers(0, 10), st.floats(allow_nan=False), st.text(max_size=2)),
-    },
-    optional={
-        "prediction": st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=3), JSON),
-        "probabilities": st.one_of(
-            st.none(), st.dictionaries(st.text(max_size=3), NUMBERS, max_size=3), JSON
-        ),
-        "error": st.one_of(st.none(), st.text(max_size=5), st.integers(0, 3)),
-        "features": st.one_of(st.none(), st.dictionaries(st.text(max_size=3), JSON, max_size=3), JSON),
-        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
-        "extra": JSON,
-    },
-)
-
-
-@given(RESULTS)
-def test_the_shared_reader_agrees_with_the_contract_on_results(payload):
-    _reader_agrees(PredictionResult, plain_result, payload)
-
-
-def test_results_as_inference_writes_them_are_read_without_validation():
-    raw = orjson.dumps(result_json("r1", "sea", 3, prediction=1, probabilities={"0": 0.25, "1": 0.75}))
-    assert plain_result(orjson.loads(raw))
-    assert read(PredictionResult, raw, plain_result) == PredictionResult(
-        request_id="r1", model="sea", model_version=3, prediction=1, probabilities={"0": 0.25, "1": 0.75}
-    )
-
-
-FEEDBACK = st.fixed_dictionaries(
-    {
-        "request_id": st.one_of(st.text(max_size=300), st.integers(-5, 5)),
-        "model": st.one_of(st.text(max_size=3), st.none()),
-    },
-    optional={
-        "label": st.one_of(st.none(), st.booleans(), NUMBERS, st.text(max_size=3), JSON),
-        "schema_version": st.one_of(st.integers(0, 3), st.text(max_size=2)),
-        "extra": JSON,
-    },
-)
-
-
-@given(FEEDBACK)
-def test_the_shared_reader_agrees_with_the_contract_on_feedback(payload):
-    _reader_agrees(Feedback, plain_feedback, payload)
-
-
-def _reader_agrees(kind, plain, payload):
-    """`read` accepts what the contract accepts, as the contract reads it, and refuses the rest;
-    `read_exact`'s bytes hold the same contract in exactly its types (read again without validating)."""
-    raw = orjson.dumps(payload)
-    try:
-        contract = kind.model_validate(orjson.loads(raw))
-    except ValueError:
-        with pytest.raises(InvalidInput):
-            read(kind, raw, plain)
-        with pytest.raises(InvalidInput):
-            read_exact(kind, raw, plain)
-        return
-    assert read(kind, raw, plain) == contract
-    message, exact = read_exact(kind, raw, plain)
-    assert message == contract
-    assert plain(orjson.loads(exact))
-    assert kind.model_validate_json(exact) == contract

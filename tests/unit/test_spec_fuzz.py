@@ -21,6 +21,7 @@ from driftloop.fitting import build_estimator
 from driftloop.parameters import DETECTOR_PARAMETERS
 from driftloop.policy import ConceptDriftMonitor
 from driftloop.spec import ModelSpec, read_specs
+from tests.oracles import row as encoded_row
 
 BASE: dict[str, Any] = {
     "name": "fuzz",
@@ -195,7 +196,7 @@ def _behaves(spec: ModelSpec) -> None:
     features = FeatureSet(spec)
     assert len(set(features.names)) == len(features.names)
     raw = {f.name: _valid_value(f) for f in spec.features}
-    row = features.row(check_features(spec, raw))
+    row = encoded_row(features, check_features(spec, raw))
     assert len(row) == len(features.names) and all(math.isfinite(v) for v in row)
     absent = {f.name: raw[f.name] for f in spec.features if f.required and f.default is None}
     X, valid, _ = features.encode_many([raw, absent, {}])

@@ -15,6 +15,7 @@ from driftloop.kafka import encode
 from driftloop.observations import checkers
 from driftloop.spec import ModelSpec
 from driftloop_feature.domain import check_batch, feature_rows
+from tests.oracles import matrix
 
 BASE = {
     "name": "shop",
@@ -44,7 +45,7 @@ def test_a_training_row_and_a_serving_row_at_the_same_moment_are_identical(at, a
     feature_set = FeatureSet(SPEC)
     (row,), _ = feature_rows(feature_set, valid["shop"], {})  # the feature service's path
     training = feature_set.from_named([row["features"]])[0]
-    serving = feature_set.matrix([check_features(SPEC, {"amount": amount, **time_parts(SPEC, at)})])[0]
+    serving = matrix(feature_set, [check_features(SPEC, {"amount": amount, **time_parts(SPEC, at)})])[0]
     np.testing.assert_array_equal(training, serving)
 
 

@@ -16,6 +16,7 @@ from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
 from driftloop_training.handlers import Trainer
 from tests.helpers import sea_rows
+from tests.oracles import matrix, named
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
 
@@ -41,7 +42,7 @@ def _trainer(tmp_path, spec):
     feature_set = FeatureSet(spec)
     rows = [
         FeatureRow(event_id=f"e{i}", model=spec.name, event_time=T0 + timedelta(minutes=i),
-                   features=feature_set.named(check_features(spec, x)), label=y)
+                   features=named(feature_set, check_features(spec, x)), label=y)
         for i, (x, y) in enumerate(sea_rows(1200))
     ]  # fmt: skip
     store.append(
@@ -116,7 +117,7 @@ def test_a_spec_search_picks_parameters_on_time_ordered_folds(sea_spec):
     })  # fmt: skip
     feature_set = FeatureSet(spec)
     rows = sea_rows(600)
-    X = feature_set.matrix(check_features(spec, x) for x, _ in rows)
+    X = matrix(feature_set, [check_features(spec, x) for x, _ in rows])
     estimator, chosen = fit(spec, X, [y for _, y in rows])
     assert chosen["search.best.max_depth"] in {2, 4, 8}
     assert estimator.max_depth == chosen["search.best.max_depth"]

@@ -7,6 +7,7 @@ from driftloop.features import FeatureSet, check_features
 from driftloop.spec import AlgorithmSpec
 from driftloop_training.adapters import convert
 from tests.helpers import sea_rows
+from tests.oracles import matrix
 
 
 @pytest.mark.parametrize(
@@ -16,7 +17,7 @@ from tests.helpers import sea_rows
 def test_every_algorithm_converts_to_onnx_with_parity(sea_spec, algorithm):
     rows = sea_rows(800)
     feature_set = FeatureSet(sea_spec)
-    X = feature_set.matrix(check_features(sea_spec, x) for x, _ in rows)
+    X = matrix(feature_set, [check_features(sea_spec, x) for x, _ in rows])
     y = [label for _, label in rows]
     params = {"n_estimators": 20} if algorithm in {"random_forest", "gradient_boosting"} else {}
     estimator = domain.build_estimator(AlgorithmSpec(name=algorithm, params=params), seed=0)
