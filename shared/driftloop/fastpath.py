@@ -41,6 +41,7 @@ from aiokafka import (
 from pydantic import BaseModel
 
 from driftloop import kafka
+from driftloop.checkpoint import Checkpoint
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
 from driftloop.faults import backoff_s, describe, is_transient
@@ -90,9 +91,8 @@ class Handled:
     the outputs are out, like an idempotent append (after the acknowledgement, before the commit;
     sync or async). `alongside`: an effect already under way that the outputs do not depend on (an
     idempotent store write): awaited with the send, so the commit waits for it and its failure
-    fails the batch, while the next batch is handled. `tally`: metric changes, applied once the
-    offsets are committed. `committed`: runs after the commit (the handler may forget what it kept
-    for a batch that could come again)."""
+    fails the batch, while the next batch is handled (the loop's checkpoint follows it). `tally`:
+    metric changes, applied once the offsets are committed. `committed`: runs after the commit."""
 
     outputs: Sequence[Output]
     then: Callable[[], Awaitable[None] | None] | None = None
@@ -232,6 +232,7 @@ class _Batch:
     seconds: float = 0.0  # handling time
     fetched_at: float = 0.0  # wall clock (seconds) when fetched, to compare with record timestamps
     clock: dict[str, float] = field(default_factory=dict)  # perf_counter at fetched, handled, sending
+    number: int = 0  # in the loop's checkpoint (`Checkpoint.begin`)
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
     error: BaseException | None = None  # why `done` failed
 
@@ -276,9 +277,10 @@ class FastPath:
     acknowledgement (then its `then` runs and its offsets are committed), batch N+1 is fetched and
     handled; N+1's outputs go out only once N is settled, so effects and commits stay in batch
     order. Not pipelined, each batch is sent and committed before the next is handled. A failure
-    rewinds to the first unsettled record, or isolates a bad record (module docstring). `reset`
-    runs whenever records may come again (a rewind, a retry) or partitions change hands (after the
-    last commit): a handler drops there what it holds about unsettled batches or its partitions.
+    rewinds to the first unsettled record, or isolates a bad record (module docstring). What a
+    handler must know about batches not yet committed (claims, memos, effects under way) it keeps
+    in the loop's `checkpoint` (`driftloop.checkpoint`), which the loop tells of every batch begun
+    and committed, and of every rewind or change of partitions.
     `lock`: shared by loops of one service whose batches must not interleave (it is held while a
     batch is handled, and, not pipelined, until it is committed). A loop that goes
     `settings.stall_after_s` without a commit while records wait reports itself stalled;
@@ -292,7 +294,7 @@ class FastPath:
         service: str,
         topics: str | Sequence[str],
         group_id: str,
-        reset: Callable[[], None] | None = None,
+        checkpoint: Checkpoint | None = None,
         *,
         name: str | None = None,
         pipelined: bool = True,
@@ -305,7 +307,7 @@ class FastPath:
         self.topics = [topics] if isinstance(topics, str) else list(topics)
         self.name = name or "+".join(self.topics)  # the consumer's label in metrics and logs
         self.group_id = group_id
-        self._reset = reset
+        self.checkpoint = checkpoint if checkpoint is not None else Checkpoint()
         self.pipelined = pipelined
         self.in_flight = lock or asyncio.Lock()
         self.may_block = may_block
@@ -379,9 +381,8 @@ class FastPath:
         return max(0.0, time.monotonic() - self._progress)
 
     def reset(self) -> None:
-        """Tell the handler that records may come again."""
-        if self._reset is not None:
-            self._reset()
+        """Records may come again: the checkpoint drops what it held for uncommitted batches."""
+        self.checkpoint.rewound()
 
     async def assigned(self, partitions: Sequence[TopicPartition]) -> None:
         """Learn where newly assigned partitions resume (for the lag): the group's committed
@@ -440,6 +441,7 @@ class FastPath:
                 handled.tally.apply()
             if handled.committed is not None:
                 handled.committed()
+            self.checkpoint.committed(batch.number)
         except Exception:
             log.exception("%s %s: after a commit", self.service, self.name)
         try:
@@ -544,8 +546,9 @@ class FastPath:
             if batch.generation != self.generation:
                 return  # fetched before a rebalance: positions now come from the group's commits
             try:
+                batch.number = self.checkpoint.begin()
                 started = batch.clock["handling"] = time.perf_counter()
-                handled = _as_handled(await handle(batch.records))
+                handled = self._handled(await handle(batch.records))
                 batch.clock["handled"] = time.perf_counter()
                 batch.seconds = batch.clock["handled"] - started
             except asyncio.CancelledError:
@@ -571,6 +574,13 @@ class FastPath:
                 raise
             except Exception as exc:
                 await self._recover(handle, [batch], exc)
+
+    def _handled(self, result: Sequence[Output] | Handled) -> Handled:
+        """A handler's answer as `Handled`; its effect alongside is the checkpoint's to follow."""
+        handled = result if isinstance(result, Handled) else Handled(result)
+        if handled.alongside is not None:
+            self.checkpoint.effect(handled.alongside)
+        return handled
 
     def _failed(self, exc: BaseException | None, records: int) -> None:
         transient = exc is not None and is_transient(exc)
@@ -615,8 +625,9 @@ class FastPath:
             batch = _Batch.of_records(part, generation)
             self.reset()
             try:
+                batch.number = self.checkpoint.begin()
                 started = time.perf_counter()
-                handled = _as_handled(await handle(part))
+                handled = self._handled(await handle(part))
                 batch.seconds = time.perf_counter() - started
                 await self._finish(batch, handled)
                 continue
@@ -654,7 +665,3 @@ class FastPath:
             "%s %s: dead-lettered %s[%d]@%d, which fails alone: %s",
             self.service, self.name, record.topic, record.partition, record.offset, letter.detail,
         )  # fmt: skip
-
-
-def _as_handled(result: Sequence[Output] | Handled) -> Handled:
-    return result if isinstance(result, Handled) else Handled(result)

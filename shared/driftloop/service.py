@@ -22,12 +22,13 @@ from __future__ import annotations
 import asyncio
 import types
 import typing
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
+from driftloop.checkpoint import Checkpoint
 from driftloop.contracts import AnnounceModel, DeadLetter, LifecycleEvent
 from driftloop.fastpath import FastPath, Handler, Output
 from driftloop.kafka import ensure_topics, make_broker
@@ -47,7 +48,8 @@ class Consumes:
     the training store). `pipelined`: the next batch is handled while this one's outputs are
     acknowledged (False: one change at a time, e.g. the registry). `may_block`: a batch may take
     long (a training run): the loop is stalled only while it fails. `lock`: shared by loops whose
-    batches must not interleave. `reset`: told when records may come again. `name`: the loop's
+    batches must not interleave. `checkpoint`: the loop's (`driftloop.checkpoint`), when its handler
+    keeps state about batches not yet committed. `name`: the loop's
     label in metrics and logs (default: its topics)."""
 
     topics: Mapping[str, Any]
@@ -57,7 +59,7 @@ class Consumes:
     pipelined: bool = True
     may_block: bool = False
     lock: asyncio.Lock | None = None
-    reset: Callable[[], None] | None = None
+    checkpoint: Checkpoint | None = None
     name: str | None = None
     description: str = ""
 
@@ -86,7 +88,7 @@ class Service:
                 name,
                 list(c.topics),
                 c.group_id,
-                c.reset,
+                c.checkpoint,
                 name=c.name,
                 pipelined=c.pipelined,
                 lock=c.lock,

@@ -240,7 +240,7 @@ async def test_kept_histories_give_the_same_rows_and_store_as_reading_redis_ever
     try:
         for b, batch in enumerate(batches):
             if b == 6:
-                kept.reset()  # partitions changed hands: read again from Redis
+                kept.checkpoint.rewound()  # partitions changed hands: read again from Redis
             handled_kept = await kept.handle(records("events.validated", batch))
             handled_read = await read.handle(records("events.validated", batch))
             await asyncio.gather(handled_kept.alongside, handled_read.alongside)  # before the commit

@@ -101,9 +101,8 @@ async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, hand
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
     resets = []
-    loop = FastPath(
-        ServiceSettings(kafka_max_records=6), "test", TOPIC, "group", reset=lambda: resets.append(1)
-    )
+    loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
+    loop.checkpoint.on_rewind(lambda: resets.append(1))
     loop.consumer, loop.sender = log, Sender(log, fail_on)  # type: ignore[assignment]
     calls = 0
 
@@ -119,7 +118,7 @@ async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, hand
     assert log.committed == dict.fromkeys(PARTITIONS, PER_PARTITION)
     assert log.sent == {(p, o) for p in range(2) for o in range(PER_PARTITION)}
     failures = len(fail_on) + (handler_fails_on is not None)
-    # every rewind resets the handler's state (two failures at once make one rewind)
+    # every rewind tells the checkpoint (two failures at once make one rewind)
     assert (len(resets) > 0) == (failures > 0) and len(resets) <= failures
 
 

@@ -53,7 +53,7 @@ async def test_a_duplicate_in_the_next_batch_is_dropped_before_the_first_is_stor
     second = await handler.handle(records(topics.events_raw, [good]))
     assert len(first.outputs) == 1 and second.outputs == []
 
-    handler.reset()  # batch 1 failed: both come again, and e1 is new again
+    handler.checkpoint.rewound()  # batch 1 failed: both come again, and e1 is new again
     again = await handler.handle(records(topics.events_raw, [good]))
     assert len(again.outputs) == 1
     assert again.then is not None

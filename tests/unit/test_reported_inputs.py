@@ -138,7 +138,11 @@ async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once()
         ]
     correct = LABELLED.labels("sea", "1", "correct")._value.get()
 
-    first = await monitor.handle(batch)  # its send fails: the loop handles the batch again
+    checkpoint = monitor.checkpoint  # as the loop drives it
+    checkpoint.begin()
+    first = await monitor.handle(batch)  # its send fails: the loop rewinds and handles it again
+    checkpoint.rewound()
+    number = checkpoint.begin()
     again = await monitor.handle(batch)
 
     assert [o for o in first.outputs] == [o for o in again.outputs]  # the same rows go out again
@@ -146,12 +150,12 @@ async def test_a_batch_handled_again_teaches_the_monitor_and_its_counters_once()
     assert monitor.watches["sea"].policy.detector_samples == 10, "the detector learned the batch twice"
     assert monitor.watches["sea"].policy.labelled == 10, "the policy counted the batch twice"
     assert len(monitor.watches["sea"].quality[1].correct) == 10
-    assert again.tally is not None and again.committed is not None and again.then is not None
+    assert again.tally is not None and again.then is not None
     await again.then()  # the loop: outputs acknowledged, joins marked done, offsets committed
     again.tally.apply()
-    again.committed()
+    checkpoint.committed(number)
     assert LABELLED.labels("sea", "1", "correct")._value.get() == correct + 5
-    assert monitor.learned == {}, "kept what a committed batch taught"
+    assert checkpoint.memos == 0, "kept what a committed batch taught"
     assert (await monitor.handle(batch)).outputs == [], "a committed join came back"
 
 
@@ -183,23 +187,26 @@ async def test_a_batch_split_by_the_search_for_a_bad_record_counts_every_part_on
     ]
     predicted = PREDICTED.labels("sea", "1", "1")._value.get()
 
-    whole = await monitor.handle([*results, *requests])  # fails (a bad record): never committed
-    assert whole.committed is not None
+    checkpoint = monitor.checkpoint  # as the loop drives it
+    checkpoint.begin()
+    await monitor.handle([*results, *requests])  # fails (a bad record): never committed
     assert monitor.watches["sea"].covariate.samples_seen == 1, (
         "a request repeated in a batch was learned twice"
     )
     for part in (results[:5], [*results[5:], *requests]):  # the halves, each sent and committed
+        checkpoint.rewound()
+        number = checkpoint.begin()
         handled = await monitor.handle(part)
-        assert handled.then is not None and handled.tally is not None and handled.committed is not None
+        assert handled.then is not None and handled.tally is not None
         await handled.then()
         handled.tally.apply()
-        handled.committed()
+        checkpoint.committed(number)
     assert PREDICTED.labels("sea", "1", "1")._value.get() == predicted + 10
     assert (
         monitor.watches["sea"].predictions.samples_seen == 10
         and monitor.watches["sea"].covariate.samples_seen == 1
     )
-    assert monitor.learned == {}
+    assert checkpoint.memos == 0
 
 
 async def test_the_monitor_tells_its_policy_which_retrains_came_to_nothing():

@@ -26,7 +26,10 @@ def create_app(settings: FeatureSettings) -> ServiceApp:
         settings,
         [
             Consumes(
-                {topics.events_validated: Observation}, settings.group_id, handler.handle, reset=handler.reset
+                {topics.events_validated: Observation},
+                settings.group_id,
+                handler.handle,
+                checkpoint=handler.checkpoint,
             )
         ],
         produces={topics.features_computed: FeatureRow},

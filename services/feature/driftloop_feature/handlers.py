@@ -10,6 +10,7 @@ import orjson
 from aiokafka import ConsumerRecord
 
 from driftloop.aggregates import Changes, History
+from driftloop.checkpoint import Checkpoint
 from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.features import FeatureSet
 from driftloop.kafka import dead_letter
@@ -37,11 +38,10 @@ class FeatureHandler:
         self.online = online
         self.topics = topics
         self.cache = cache if cache is not None else HistoryCache(max_entities=0, ttl_s=0)
-        self._writing: asyncio.Task[None] | None = None  # the last online-store write
-
-    def reset(self) -> None:
-        """Partitions changed hands or a batch comes again: Redis holds the histories."""
-        self.cache.clear()
+        # the online-store writes under way; partitions changed hands or a batch comes again: the
+        # cache goes (Redis holds the histories)
+        self.checkpoint = Checkpoint()
+        self.checkpoint.on_rewind(self.cache.clear)
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Feature rows to `features.computed` (keyed like their observation), the invalid to the
@@ -50,8 +50,7 @@ class FeatureHandler:
         landed: writes stay in order, and a history read from Redis has every earlier event).
         Redelivery is harmless: a history counts an event once, and rows are idempotent by event id."""
         valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
-        if self._writing is not None:
-            await asyncio.wait({self._writing})  # its failure fails its own batch, then this one
+        await self.checkpoint.settled_effects()  # the writes before: a failure fails its own batch
         histories = await self._histories(valid)
         topic = self.topics.features_computed
         outputs = []
@@ -65,14 +64,13 @@ class FeatureHandler:
         for model, held in histories.items():
             self.cache.put(((model, entity), history) for entity, history in held.items())
             changes.update(((model, entity), history.changes()) for entity, history in held.items())
-        self._writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
-        self._writing.add_done_callback(_retrieved)  # a rewound batch's failed write is not awaited
+        writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         out = Outbox(self.topics.events_dlq, outputs)
         out.tally.count(SERVICE, self.topics.events_validated, "ok", len(outputs))
         out.tally.count(SERVICE, self.topics.events_validated, "rejected", len(dead))
         out.dead_letters(dead)
-        return out.handled(alongside=self._writing)
+        return out.handled(alongside=writing)
 
     async def _histories(self, valid: Mapping[str, CheckedBatch]) -> dict[str, dict[str, History]]:
         """The histories of the batch's entities, by model, for the models that declare
@@ -109,8 +107,3 @@ class FeatureHandler:
             for (entity, (when, _)), values in zip(newest.items(), rows, strict=True):
                 out.append((model, entity, when, values, histories.get((model, entity), ({}, []))))
         return out
-
-
-def _retrieved(task: asyncio.Task[None]) -> None:
-    if not task.cancelled():
-        task.exception()

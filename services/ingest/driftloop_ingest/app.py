@@ -24,7 +24,14 @@ def create_app(settings: IngestSettings) -> ServiceApp:
     service = Service(
         SERVICE,
         settings,
-        [Consumes({topics.events_raw: Observation}, settings.group_id, handler.handle, reset=handler.reset)],
+        [
+            Consumes(
+                {topics.events_raw: Observation},
+                settings.group_id,
+                handler.handle,
+                checkpoint=handler.checkpoint,
+            )
+        ],
         produces={topics.events_validated: Observation},
     )
 

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from aiokafka import ConsumerRecord
 
+from driftloop.checkpoint import Checkpoint
 from driftloop.contracts import InvalidInput, utcnow
 from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.kafka import dead_letter
@@ -35,25 +36,27 @@ def arrival(record: ConsumerRecord, now: datetime) -> datetime:
 
 class IngestHandler:
     def __init__(
-        self, specs: Mapping[str, ModelSpec], store: RowStore, topics: Topics, max_future: timedelta
+        self,
+        specs: Mapping[str, ModelSpec],
+        store: RowStore,
+        topics: Topics,
+        max_future: timedelta,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
         self.specs = specs
         self.checks = checkers(specs)
         self.store = store
         self.topics = topics
         self.max_future = max_future
-        self.unstored: set[tuple[str, str]] = set()  # published, their store append still to come
-
-    def reset(self) -> None:
-        """Unsettled batches come again: what they published is not known to be out any more."""
-        self.unstored.clear()
+        # (model, event id) published by batches not yet committed: their append may be to come
+        self.checkpoint = checkpoint if checkpoint is not None else Checkpoint()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Validate and dedupe: the new observations to `events.validated` (keyed by entity, so an
         entity's events stay in order for its aggregates), the invalid to the DLQ; the offline store
         append follows once both are acknowledged, so a crash in between republishes (downstream is
-        idempotent by event id) instead of losing the batch. An event id published by a batch whose
-        append is still to come (the loop is pipelined) counts as seen too."""
+        idempotent by event id) instead of losing the batch. An event id claimed by a batch not yet
+        committed (the loop is pipelined: its append may be to come) counts as seen too."""
         self.store.ensure_space()  # a full disk stops the batch before anything is published
         now = utcnow()
         accepted, errors = validate_batch(
@@ -70,12 +73,13 @@ class IngestHandler:
         fresh: dict[str, list[Accepted]] = {}
         for model, observations in by_model.items():
             seen = self.store.known(model, list(observations))
+            claimed = self.checkpoint.claimed
             fresh[model] = [
                 o
                 for event_id, o in observations.items()
-                if event_id not in seen and (model, event_id) not in self.unstored
+                if event_id not in seen and not claimed((model, event_id))
             ]
-            self.unstored.update((model, o.event_id) for o in fresh[model])
+            self.checkpoint.claim((model, o.event_id) for o in fresh[model])
         topic = self.topics.events_validated
         out = Outbox(
             self.topics.events_dlq, [Output(topic, o.key, o.body) for new in fresh.values() for o in new]
@@ -86,7 +90,6 @@ class IngestHandler:
         def store() -> None:
             for model, new in fresh.items():
                 self.store.append(model, [(o.event_id, o.event_time, o.body) for o in new])
-                self.unstored.difference_update((model, o.event_id) for o in new)
 
         published = sum(map(len, fresh.values()))
         out.tally.count(SERVICE, self.topics.events_raw, "ok", published)

@@ -43,7 +43,16 @@ def create_app(settings: MonitorSettings) -> ServiceApp:
     service = Service(
         SERVICE,
         settings,
-        [Consumes(traffic, settings.group_id, monitor.handle, hot=False, name="predictions")],
+        [
+            Consumes(
+                traffic,
+                settings.group_id,
+                monitor.handle,
+                hot=False,
+                name="predictions",
+                checkpoint=monitor.checkpoint,
+            )
+        ],
         produces={
             topics.events_raw: Observation,
             topics.monitor_drift: DriftDetected,

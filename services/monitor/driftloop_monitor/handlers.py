@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import itertools
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -17,6 +15,7 @@ from aiokafka import ConsumerRecord
 from prometheus_client import Counter, Gauge, Histogram
 from pydantic import BaseModel
 
+from driftloop.checkpoint import Checkpoint, Memo
 from driftloop.contracts import (
     DriftDetected,
     Feedback,
@@ -130,17 +129,6 @@ class Part(NamedTuple):
 Sends = list[tuple[str, BaseModel]]  # (topic, message)
 
 
-@dataclass
-class Learned:
-    """What learning from some parts (a complete join; the requests, or results, of one batch fed
-    to a drift monitor together) sent and counted. Every part's key points to it until a batch
-    holding one of them commits: then its counts are applied, once, and it sends nothing more."""
-
-    sends: Sends
-    tally: Tally
-    done: bool = False
-
-
 def moment(ms: int | float) -> datetime:
     """A record timestamp (ms since the epoch) as a UTC time; `InvalidInput` when no date holds it.
 
@@ -155,9 +143,10 @@ def moment(ms: int | float) -> datetime:
 
 class Monitor:
     """Joins, quality and drift of every model's champion. What it learned from a record is kept
-    until that record's batch is committed (`learned`, by request and part): a batch handled
-    again (a retry, a rewind, the search for a bad record) sends the same outputs again, teaches
-    the detectors once, and its counts are applied once, when a batch holding it commits."""
+    until that record's batch is committed (a memo of its loop's `checkpoint`, by part and
+    request): a batch handled again (a retry, a rewind, the search for a bad record) sends the same
+    outputs again, teaches the detectors once, and its counts are applied once, when a batch
+    holding it commits."""
 
     def __init__(
         self,
@@ -171,7 +160,7 @@ class Monitor:
         self.topics = topics
         self.watches = {name: Watch(spec, quality_window) for name, spec in specs.items()}
         self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
-        self.learned: dict[str, Learned] = {}  # by part, until a batch holding it commits
+        self.checkpoint = Checkpoint(memo_limit=MEMORY)  # what each record taught, until committed
         for name, spec in specs.items():
             if spec.gate.metric != "log_loss":
                 ACCURACY_FLOOR.labels(name).set(spec.gate.floor)
@@ -250,40 +239,34 @@ class Monitor:
         complete = await self.joins.put(
             [(p.request_id, p.name, p.body, p.model) for p in parts], int(time.time() * 1000)
         )
-        self._forget_oldest()
-        keys: list[str] = []  # the parts this batch learned from or recalled
         requests = [p.message for p in parts if isinstance(p.message, PredictionRequest)]
         results = [p.message for p in parts if isinstance(p.message, PredictionResult)]
-        self._learn_once("request", requests, keys, self._covariate_shifts)
-        self._learn_once("result", results, keys, self._prediction_shifts)
+        memos = self._learn_once("request", requests, self._covariate_shifts)
+        memos += self._learn_once("result", results, self._prediction_shifts)
         # Outcomes reach the detectors in the order the predictions were made, not in the order
         # the partitions of three topics happened to complete the joins.
         requested = {request_id: orjson.loads(fields["request"]) for request_id, fields in complete.items()}
+        recall, keep = self.checkpoint.recall, self.checkpoint.keep
         for request_id in sorted(complete, key=lambda rid: requested[rid]["ts"]):
-            key = f"join:{request_id}"
-            if key not in self.learned:
+            key = ("join", request_id)
+            memo = recall(key)
+            if memo is None:
                 tally = Tally()
-                sends = self._learn(request_id, complete[request_id], requested[request_id], tally)
-                self.learned[key] = Learned(sends, tally)
-            keys.append(key)
+                memo = keep(
+                    [key], self._learn(request_id, complete[request_id], requested[request_id], tally), tally
+                )
+            memos.append(memo)
         self._export_quality()
-        learned = list({id(self.learned[k]): self.learned[k] for k in keys}.values())  # each once
-        sends = [sent for group in learned if not group.done for sent in group.sends]
+        # what a memo sends goes out with every batch holding it until one of them commits
+        sends = [
+            sent for memo in {id(m): m for m in memos}.values() if not memo.committed for sent in memo.value
+        ]
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
             out.publish(topic, [message for to, message in sends if to == topic])
         out.tally.count(SERVICE, "predictions", "ok", len(parts))
         out.tally.count(SERVICE, "predictions", "rejected", len(dead))
         done = list(complete)
-
-        def committed() -> None:
-            for group in learned:
-                if not group.done:  # another batch holding one of its parts may have come first
-                    group.tally.apply()
-                    group.done = True
-            for key in keys:
-                self.learned.pop(key, None)
-
-        return out.handled(then=lambda: self.joins.mark_done(done), committed=committed)
+        return out.handled(then=lambda: self.joins.mark_done(done))
 
     def _export_quality(self) -> None:
         """The rolling quality of every version that got outcomes in this batch, retired ones aside."""
@@ -295,24 +278,20 @@ class Monitor:
             if len(quality.losses):
                 LOG_LOSS.labels(model, str(version)).set(quality.log_loss)
 
-    def _learn_once(self, part: str, messages: Sequence[_M], keys: list[str], learn: Any) -> None:
-        """Learn from the requests (or results) not learned from before, together: every one's key
-        points to what they sent and counted. Every one's key goes to `keys`."""
-        new = {f"{part}:{m.request_id}": m for m in messages}
-        new = {key: m for key, m in new.items() if key not in self.learned}  # a repeat learns once
+    def _learn_once(self, part: str, messages: Sequence[_M], learn: Any) -> list[Memo]:
+        """Learn from the requests (or results) not learned from before, together (one memo for
+        them all); the memos of every one."""
+        memos, new = [], {}
+        for key, message in {(part, m.request_id): m for m in messages}.items():  # a repeat learns once
+            memo = self.checkpoint.recall(key)
+            if memo is None:
+                new[key] = message
+            else:
+                memos.append(memo)
         if new:
             tally = Tally()
-            group = Learned(learn(list(new.values()), tally), tally)
-            self.learned.update(dict.fromkeys(new, group))
-        keys += [f"{part}:{m.request_id}" for m in messages]
-
-    def _forget_oldest(self) -> None:
-        """Bound what is kept for records that may come again (those of revoked partitions stay):
-        before a batch, so its own parts are never forgotten."""
-        excess = len(self.learned) - MEMORY
-        if excess > 0:  # rare: a batch's parts are forgotten once it commits
-            for key in list(itertools.islice(self.learned, excess)):
-                del self.learned[key]
+            memos.append(self.checkpoint.keep(new, learn(list(new.values()), tally), tally))
+        return memos
 
     def _shift_event(
         self,
