@@ -24,13 +24,14 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
+from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
 from driftloop.checkpoint import Checkpoint
 from driftloop.contracts import AnnounceModel, DeadLetter, LifecycleEvent
-from driftloop.fastpath import FastPath, Handler, Output
+from driftloop.fastpath import FastPath, Handled, Handler, Output
 from driftloop.kafka import ensure_topics, make_broker
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.settings import ServiceSettings
@@ -62,6 +63,19 @@ class Consumes:
     checkpoint: Checkpoint | None = None
     name: str | None = None
     description: str = ""
+
+
+class StatefulHandler(Protocol):
+    """A handler object that keeps state about uncommitted batches in its loop's checkpoint."""
+
+    checkpoint: Checkpoint
+
+    async def handle(self, records: Sequence[ConsumerRecord]) -> Sequence[Output] | Handled: ...
+
+
+def consumes(handler: StatefulHandler, topics: Mapping[str, Any], group_id: str, **options: Any) -> Consumes:
+    """`Consumes` for a handler object with a checkpoint of its own (its loop drives it)."""
+    return Consumes(topics, group_id, handler.handle, checkpoint=handler.checkpoint, **options)
 
 
 class Service:

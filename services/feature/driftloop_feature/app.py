@@ -6,7 +6,7 @@ from driftloop.connections import redis_client
 from driftloop.contracts import FeatureRow, Observation
 from driftloop.online import RedisOnlineStore
 from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
-from driftloop.service import Consumes, Service
+from driftloop.service import Service, consumes
 from driftloop_feature.handlers import SERVICE, FeatureHandler
 from driftloop_feature.histories import HistoryCache
 from driftloop_feature.settings import FeatureSettings
@@ -24,14 +24,7 @@ def create_app(settings: FeatureSettings) -> ServiceApp:
     service = Service(
         SERVICE,
         settings,
-        [
-            Consumes(
-                {topics.events_validated: Observation},
-                settings.group_id,
-                handler.handle,
-                checkpoint=handler.checkpoint,
-            )
-        ],
+        [consumes(handler, {topics.events_validated: Observation}, settings.group_id)],
         produces={topics.features_computed: FeatureRow},
     )
     return build_app(service, specs=catalog, on_shutdown=[redis.aclose])

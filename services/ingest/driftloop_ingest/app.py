@@ -6,7 +6,7 @@ from datetime import timedelta
 
 from driftloop.contracts import Observation
 from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
-from driftloop.service import Consumes, Service
+from driftloop.service import Service, consumes
 from driftloop.store import RowStore
 from driftloop_ingest.handlers import SERVICE, IngestHandler
 from driftloop_ingest.settings import IngestSettings
@@ -24,17 +24,9 @@ def create_app(settings: IngestSettings) -> ServiceApp:
     service = Service(
         SERVICE,
         settings,
-        [
-            Consumes(
-                {topics.events_raw: Observation},
-                settings.group_id,
-                handler.handle,
-                checkpoint=handler.checkpoint,
-            )
-        ],
+        [consumes(handler, {topics.events_raw: Observation}, settings.group_id)],
         produces={topics.events_validated: Observation},
     )
-
     return build_app(service, specs=catalog, on_shutdown=[store.close])
 
 

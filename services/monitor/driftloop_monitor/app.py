@@ -17,7 +17,7 @@ from driftloop.contracts import (
 )
 from driftloop.lifecycle import follow_models
 from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
-from driftloop.service import Consumes, Service
+from driftloop.service import Service, consumes
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
 from driftloop_monitor.settings import MonitorSettings
@@ -43,16 +43,7 @@ def create_app(settings: MonitorSettings) -> ServiceApp:
     service = Service(
         SERVICE,
         settings,
-        [
-            Consumes(
-                traffic,
-                settings.group_id,
-                monitor.handle,
-                hot=False,
-                name="predictions",
-                checkpoint=monitor.checkpoint,
-            )
-        ],
+        [consumes(monitor, traffic, settings.group_id, hot=False, name="predictions")],
         produces={
             topics.events_raw: Observation,
             topics.monitor_drift: DriftDetected,
