@@ -5,6 +5,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -72,3 +73,40 @@ def test_the_readme_is_short_and_its_links_resolve():
     assert local, "the README links into the docs"
     broken = [t for t in local if not (ROOT / t).exists()]
     assert broken == []
+
+
+CODE_PATH = re.compile(
+    r"`((?:shared|services|tests|bench|infra|schemas|models|docs)/[\w./<>-]+?\.(?:py|ya?ml|json|md))`"
+)
+MODULE = re.compile(r"`(driftloop(?:_\w+)?(?:\.\w+)+)`")
+NOT_MODULES = {"driftloop.queued_ms"}  # a span attribute (observability page)
+
+
+def _pages():
+    return [ROOT / "README.md", ROOT / "CONTRIBUTING.md", *sorted((ROOT / "docs").rglob("*.md"))]
+
+
+def test_every_file_and_module_the_docs_name_exists():
+    """A newcomer follows the docs to a file: every repository path and `driftloop.*` module a page
+    names in code spans exists (dated run history aside: it describes code as it was)."""
+    missing, named = [], 0
+    for page in _pages():
+        if page.parent.name == "runs" or page.name == "CHANGELOG.md":
+            continue
+        text = page.read_text(encoding="utf-8")
+        named += len(CODE_PATH.findall(text)) + len(MODULE.findall(text))
+        for path in CODE_PATH.findall(text):
+            if "<" not in path and not (ROOT / path).exists():
+                missing.append(f"{page.relative_to(ROOT)}: {path}")
+        for dotted in set(MODULE.findall(text)) - NOT_MODULES:
+            package, *rest = dotted.split(".")
+            base = ROOT / "shared" if package == "driftloop" else ROOT / "services" / package.split("_", 1)[1]
+            parts = [package, *rest]
+            found = any(
+                (base / Path(*parts[:k])).with_suffix(".py").exists() or (base / Path(*parts[:k])).is_dir()
+                for k in range(len(parts), 0, -1)
+                if k >= 2
+            )
+            if not found:
+                missing.append(f"{page.relative_to(ROOT)}: {dotted}")
+    assert named > 50 and missing == [], missing  # the docs name files: the patterns still match
