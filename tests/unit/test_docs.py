@@ -96,7 +96,8 @@ def test_every_file_and_module_the_docs_name_exists():
         text = page.read_text(encoding="utf-8")
         named += len(CODE_PATH.findall(text)) + len(MODULE.findall(text))
         for path in CODE_PATH.findall(text):
-            if "<" not in path and not (ROOT / path).exists():
+            written = path.startswith("bench/results/")  # what a benchmark writes when it runs
+            if "<" not in path and not written and not (ROOT / path).exists():
                 missing.append(f"{page.relative_to(ROOT)}: {path}")
         for dotted in set(MODULE.findall(text)) - NOT_MODULES:
             package, *rest = dotted.split(".")
