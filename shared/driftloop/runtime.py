@@ -134,15 +134,14 @@ def build_app(
     *,
     specs: SpecCatalog | None = None,
     facts: Callable[[], dict[str, Any]] = dict,
-    on_startup: Sequence[Callable[[], Awaitable[None]]] = (),
     on_shutdown: Sequence[Callable[[], Awaitable[None] | None]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     routes: Sequence[tuple[str, Any]] = (),
 ) -> ServiceApp:
     """The service's ASGI app (FastStream serves HTTP): `/metrics`, `/healthz`, `/readyz` and
-    `routes`. At start-up `on_startup`, then the service's streams (`Service.start`), then its
-    FastStream broker and the `background` tasks; at shutdown the reverse, `on_shutdown` last
-    (e.g. closing a Redis client).
+    `routes`. At start-up the service's streams (`Service.start`), then its FastStream broker and
+    the `background` tasks; at shutdown the reverse, `on_shutdown` last (e.g. closing a Redis
+    client).
     `/readyz`: ready once started, while every stream loop keeps up and the broker answers; it
     lists `facts()`, each loop's health and the refused spec files."""
     readiness = Readiness(facts, service.loops, specs)
@@ -159,11 +158,6 @@ def build_app(
         ok = ready and broker_ok
         body = {"service": service.name, "ready": ok, "broker": broker_ok, **described}
         return json_response(body, 200 if ok else 503)
-
-    async def start() -> None:
-        for step in on_startup:
-            await step()
-        await service.start()
 
     async def started() -> None:  # the broker is started too
         tasks.extend(asyncio.create_task(run(), name=run.__name__) for run in background)
@@ -191,7 +185,7 @@ def build_app(
             ("/readyz", readyz),
             *routes,
         ],
-        on_startup=[start],
+        on_startup=[service.start],
         after_startup=[started],
         on_shutdown=[stop],
     )

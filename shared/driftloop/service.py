@@ -50,8 +50,8 @@ class Consumes:
     acknowledged (False: one change at a time, e.g. the registry). `may_block`: a batch may take
     long (a training run): the loop is stalled only while it fails. `lock`: shared by loops whose
     batches must not interleave. `checkpoint`: the loop's (`driftloop.checkpoint`), when its handler
-    keeps state about batches not yet committed. `name`: the loop's
-    label in metrics and logs (default: its topics)."""
+    keeps state about batches not yet committed. `name`: the loop's label in metrics and logs
+    (default: its topics). `description`: what the AsyncAPI document says of the loop."""
 
     topics: Mapping[str, Any]
     group_id: str

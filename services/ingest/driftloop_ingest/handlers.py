@@ -36,12 +36,7 @@ def arrival(record: ConsumerRecord, now: datetime) -> datetime:
 
 class IngestHandler:
     def __init__(
-        self,
-        specs: Mapping[str, ModelSpec],
-        store: RowStore,
-        topics: Topics,
-        max_future: timedelta,
-        checkpoint: Checkpoint | None = None,
+        self, specs: Mapping[str, ModelSpec], store: RowStore, topics: Topics, max_future: timedelta
     ) -> None:
         self.specs = specs
         self.checks = checkers(specs)
@@ -49,7 +44,7 @@ class IngestHandler:
         self.topics = topics
         self.max_future = max_future
         # (model, event id) published by batches not yet committed: their append may be to come
-        self.checkpoint = checkpoint if checkpoint is not None else Checkpoint()
+        self.checkpoint = Checkpoint()
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
         """Validate and dedupe: the new observations to `events.validated` (keyed by entity, so an
