@@ -51,7 +51,7 @@ class Consumes:
     long (a training run): the loop is stalled only while it fails. `lock`: shared by loops whose
     batches must not interleave. `checkpoint`: the loop's (`driftloop.checkpoint`), when its handler
     keeps state about batches not yet committed. `name`: the loop's label in metrics and logs
-    (default: its topics). `description`: what the AsyncAPI document says of the loop."""
+    (default: its topics)."""
 
     topics: Mapping[str, Any]
     group_id: str
@@ -62,7 +62,6 @@ class Consumes:
     lock: asyncio.Lock | None = None
     checkpoint: Checkpoint | None = None
     name: str | None = None
-    description: str = ""
 
 
 class StatefulHandler(Protocol):
@@ -185,9 +184,9 @@ class Service:
                     "action": "receive",
                     "channel": {"$ref": f"#/channels/{_escape(topic)}"},
                     "messages": channel(topic, kind),
-                    "description": consumes.description
-                    or f"Batches read by the stream loop `{loop.name}` (driftloop.fastpath): invalid "
-                    "records are dead-lettered, outputs acknowledged, then offsets committed.",
+                    "description": f"Batches read by the stream loop `{loop.name}` "
+                    "(driftloop.fastpath): invalid records are dead-lettered, outputs acknowledged, "
+                    "then offsets committed.",
                     "bindings": {
                         "kafka": {
                             "groupId": {"type": "string", "enum": [consumes.group_id]},
