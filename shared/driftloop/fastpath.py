@@ -13,8 +13,9 @@ full disk) is rewound and retried after a growing pause until it succeeds; it is
 Any other exception is suspected to come from a record: the batch is handled once more on its own,
 then split in halves, each handled and committed before the next, until the record that fails
 alone is found; that record is dead-lettered (`processing_failed`, with the exception, its source
-and its bytes) and the rest flows. Metrics of a batch (`Handled.tally`) are applied after its
-commit, so a batch handled several times counts once. A consumer that cannot commit while records
+and its bytes) and the rest flows. Metrics of a batch (`Handled.tally`, and its records by topic
+and outcome: ok, rejected, or what the handler reports) are applied after its commit, so a batch
+handled several times counts once. A consumer that cannot commit while records
 wait for it is *stalled*: its `health()` says so, and `/readyz` turns 503 after
 `DRIFTLOOP_STALL_AFTER_S`.
 """
@@ -26,6 +27,7 @@ import gc
 import inspect
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
@@ -53,6 +55,7 @@ from driftloop.metrics import (
     CONSUMER_LAG,
     DEAD_LETTERS,
     HOP_SECONDS,
+    MESSAGES,
     STALLED,
     Tally,
     observe_many,
@@ -64,6 +67,7 @@ log = logging.getLogger(__name__)
 
 STAMPED_LONG_AGO_S = 3600.0  # a record timestamp older than this is an event time, not a send time
 PROCESSING_FAILED = "processing_failed"  # the reason of a record that failed its handler alone
+OK, REJECTED = "ok", "rejected"  # outcomes of a record in `driftloop_messages_total`
 NO_HEADERS: list[tuple[str, bytes]] = []  # read only: the producer's batch builder takes a list
 
 
@@ -92,7 +96,9 @@ class Handled:
     sync or async). `alongside`: an effect already under way that the outputs do not depend on (an
     idempotent store write): awaited with the send, so the commit waits for it and its failure
     fails the batch, while the next batch is handled (the loop's checkpoint follows it). `tally`:
-    metric changes, applied once the offsets are committed. `committed`: runs after the commit."""
+    metric changes, applied once the offsets are committed. `committed`: runs after the commit.
+    `outcomes`: how many of the batch's records of a topic were not handled as usual ("rejected",
+    "duplicate"): the loop counts the rest "ok" in `driftloop_messages_total`."""
 
     outputs: Sequence[Output]
     then: Callable[[], Awaitable[None] | None] | None = None
@@ -100,6 +106,7 @@ class Handled:
     tally: Tally | None = None
     committed: Callable[[], None] | None = None
     stages: Mapping[str, float] | None = None  # seconds of named parts of the handling (`HOP_SECONDS`)
+    outcomes: Mapping[tuple[str, str], int] | None = None  # (topic, outcome) -> records not "ok"
 
 
 Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Handled]]
@@ -107,12 +114,14 @@ Handler = Callable[[Sequence[ConsumerRecord]], Awaitable[Sequence[Output] | Hand
 
 class Outbox:
     """What a handler sends for one batch, built as it goes: contracts to topics, dead letters,
-    and the batch's metric changes (`handled()` turns it into the loop's `Handled`)."""
+    the records handled otherwise than as usual, and the batch's metric changes (`handled()` turns
+    it into the loop's `Handled`)."""
 
     def __init__(self, dlq_topic: str, outputs: list[Output] | None = None) -> None:
         self.dlq_topic = dlq_topic
         self.outputs: list[Output] = outputs if outputs is not None else []  # the hot paths build theirs
         self.tally = Tally()
+        self.outcomes: Counter[tuple[str, str]] = Counter()
 
     def publish(
         self, topic: str, messages: Sequence[BaseModel], key: Callable[[Any], str] | None = None
@@ -124,11 +133,17 @@ class Outbox:
         """Send dead letters, counted by reason once the batch is committed."""
         for letter in letters:
             self.tally.inc(DEAD_LETTERS.labels(letter.service, letter.reason))
+            self.outcomes[letter.source_topic, REJECTED] += 1
         self.outputs += [Output(self.dlq_topic, None, encode(letter)) for letter in letters]
 
+    def count(self, topic: str, outcome: str, n: int) -> None:
+        """`n` records of `topic` were handled otherwise than as usual (e.g. "duplicate")."""
+        if n:
+            self.outcomes[topic, outcome] += n
+
     def handled(self, **effects: Any) -> Handled:
-        """The loop's `Handled`: these outputs and tally, with `effects` (`then`, `committed`, ...)."""
-        return Handled(self.outputs, tally=self.tally, **effects)
+        """The loop's `Handled`: these outputs, tally and outcomes, with `effects` (`then`, ...)."""
+        return Handled(self.outputs, tally=self.tally, outcomes=self.outcomes, **effects)
 
 
 class RecordTooLarge(ValueError):
@@ -233,6 +248,7 @@ class _Batch:
     fetched_at: float = 0.0  # wall clock (seconds) when fetched, to compare with record timestamps
     clock: dict[str, float] = field(default_factory=dict)  # perf_counter at fetched, handled, sending
     number: int = 0  # in the loop's checkpoint (`Checkpoint.begin`)
+    counts: dict[str, int] = field(default_factory=dict)  # records by topic
     done: asyncio.Task[None] | None = None  # outputs sent, `then` run, offsets committed
     error: BaseException | None = None  # why `done` failed
 
@@ -240,11 +256,15 @@ class _Batch:
     def of(cls, fetched: Mapping[TopicPartition, list[ConsumerRecord]], generation: int) -> _Batch:
         """A batch of what one fetch returned (each partition's records in offset order)."""
         fetched = {tp: records for tp, records in fetched.items() if records}
+        counts: dict[str, int] = {}
+        for tp, records in fetched.items():
+            counts[tp.topic] = counts.get(tp.topic, 0) + len(records)
         return cls(
             [r for records in fetched.values() for r in records],
             generation,
             {tp: records[0].offset for tp, records in fetched.items()},
             {tp: records[-1].offset + 1 for tp, records in fetched.items()},
+            counts=counts,
         )
 
     @classmethod
@@ -256,7 +276,7 @@ class _Batch:
             tp = TopicPartition(record.topic, record.partition)
             firsts[tp] = min(record.offset, firsts.get(tp, record.offset))
             nexts[tp] = max(record.offset + 1, nexts.get(tp, 0))
-        return cls(list(records), generation, firsts, nexts)
+        return cls(list(records), generation, firsts, nexts, counts=Counter(r.topic for r in records))
 
 
 @dataclass(frozen=True)
@@ -437,6 +457,7 @@ class FastPath:
         try:  # committed: nothing after this may bring the batch back
             BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
             BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
+            self._count(batch.counts, handled.outcomes or {})
             if handled.tally is not None:
                 handled.tally.apply()
             if handled.committed is not None:
@@ -448,6 +469,16 @@ class FastPath:
             self._observe_hops(batch, handled.stages)
         except Exception:  # a latency figure must never cost a batch its bookkeeping
             log.exception("%s %s: timing a batch", self.service, self.name)
+
+    def _count(self, counts: Mapping[str, int], outcomes: Mapping[tuple[str, str], int]) -> None:
+        """Count a committed batch's records by topic and outcome: those not reported otherwise "ok"."""
+        usual = dict(counts)
+        for (topic, outcome), n in outcomes.items():
+            MESSAGES.labels(self.service, topic, outcome).inc(n)
+            usual[topic] = usual.get(topic, 0) - n
+        for topic, n in usual.items():
+            if n > 0:
+                MESSAGES.labels(self.service, topic, OK).inc(n)
 
     def _observe_hops(self, batch: _Batch, stages: Mapping[str, float] | None) -> None:
         """Where the time of every record of a committed batch went (`HOP_SECONDS`)."""
@@ -661,6 +692,7 @@ class FastPath:
         await self.sender.send([Output(self.settings.topics.events_dlq, None, encode(letter))])
         await self._commit({TopicPartition(record.topic, record.partition): record.offset + 1})
         DEAD_LETTERS.labels(self.service, PROCESSING_FAILED).inc()
+        MESSAGES.labels(self.service, record.topic, REJECTED).inc()
         log.error(
             "%s %s: dead-lettered %s[%d]@%d, which fails alone: %s",
             self.service, self.name, record.topic, record.partition, record.offset, letter.detail,

@@ -11,7 +11,7 @@ from prometheus_client import Counter, Gauge, Histogram
 MESSAGES = Counter(
     "driftloop_messages_total",
     "Messages handled (counted once their offsets are committed), by service, topic and outcome (ok, "
-    "rejected, duplicate).",
+    "rejected, duplicate, unlabelled).",
     ["service", "topic", "outcome"],
 )
 DEAD_LETTERS = Counter(
@@ -109,10 +109,6 @@ class Tally:
     def observe(self, child: Any, value: float) -> None:
         """`child.observe(value)` later (a labelled histogram)."""
         self._changes.append((child.observe, value))
-
-    def count(self, service: str, topic: str, outcome: str, n: int = 1) -> None:
-        """`count(...)` later."""
-        self.inc(MESSAGES.labels(service, topic, outcome), n)
 
     def apply(self) -> None:
         """Apply the changes (once)."""

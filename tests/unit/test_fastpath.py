@@ -9,9 +9,11 @@ import asyncio
 
 import pytest
 from aiokafka import ConsumerRecord, TopicPartition
+from prometheus_client import REGISTRY
 
 from driftloop.contracts import DeadLetter
-from driftloop.fastpath import PROCESSING_FAILED, FastPath, Handled, Output
+from driftloop.fastpath import PROCESSING_FAILED, FastPath, Handled, Outbox, Output
+from driftloop.kafka import dead_letter
 from driftloop.metrics import Tally
 from driftloop.settings import ServiceSettings, Topics
 
@@ -367,6 +369,38 @@ async def test_a_record_that_fails_alone_is_dead_lettered_and_every_other_record
     # every other record counted exactly once, however often its batch was handled
     assert counted == {(p, o): 1 for p in range(2) for o in range(PER_PARTITION) if (p, o) != POISON}
     assert loop.failures == 0 and loop.stalled() is None
+
+
+@pytest.mark.parametrize("send_fails_on", [set(), {2}])
+async def test_every_record_is_counted_once_by_topic_and_outcome(send_fails_on, monkeypatch):
+    """Dead letters count as rejected, outcomes the handler reports as reported, a record that fails
+    alone as rejected, the rest as ok: once each, however often a batch was handled."""
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = Log()
+    service = f"counting-{len(send_fails_on)}"
+    loop = FastPath(ServiceSettings(kafka_max_records=6), service, TOPIC, "group")
+    loop.consumer, loop.sender = log, Sender(log, send_fails_on)  # type: ignore[assignment]
+
+    async def handle(records: list[ConsumerRecord]) -> Handled:
+        if POISON in [(r.partition, r.offset) for r in records]:
+            raise ValueError("a bug")
+        out = Outbox(Topics().events_dlq)
+        out.dead_letters([dead_letter(service, r, "invalid", "no") for r in records if r.offset % 5 == 0])
+        out.outputs += [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+        out.count(TOPIC, "duplicate", sum(r.offset % 7 == 1 for r in records))
+        return out.handled()
+
+    await _run_until_committed(loop, log, handle)
+
+    def counted(outcome: str) -> float | None:
+        labels = {"service": service, "topic": TOPIC, "outcome": outcome}
+        return REGISTRY.get_sample_value("driftloop_messages_total", labels)
+
+    offsets = range(PER_PARTITION)
+    rejected = 2 * sum(o % 5 == 0 for o in offsets) + 1  # and the poison record
+    duplicate = 2 * sum(o % 7 == 1 for o in offsets)
+    assert (counted("rejected"), counted("duplicate")) == (rejected, duplicate)
+    assert counted("ok") == 2 * PER_PARTITION - rejected - duplicate
 
 
 async def test_an_infrastructure_fault_is_retried_until_it_heals_and_never_dead_lettered(monkeypatch):

@@ -67,8 +67,6 @@ class FeatureHandler:
         writing = asyncio.create_task(self.online.write(self._latest(valid, changes)))
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         out = Outbox(self.topics.events_dlq, outputs)
-        out.tally.count(SERVICE, self.topics.events_validated, "ok", len(outputs))
-        out.tally.count(SERVICE, self.topics.events_validated, "rejected", len(dead))
         out.dead_letters(dead)
         return out.handled(alongside=writing)
 

@@ -141,8 +141,6 @@ class InferenceHandler:
                 (model, "none", "error", error_reason(error)) if error else (model, str(version), "ok", "")
             )
             tally.inc(PREDICTIONS.labels(*labels), n)
-        tally.count(SERVICE, self.topics.predictions_requests, "ok", len(results))
-        tally.count(SERVICE, self.topics.predictions_requests, "rejected", len(dead))
         return out.handled(stages=stages)
 
     def _traced(self, topic: str, results: list[dict[str, Any]], spans: dict[str, Any]) -> list[Output]:

@@ -86,8 +86,5 @@ class IngestHandler:
             for model, new in fresh.items():
                 self.store.append(model, [(o.event_id, o.event_time, o.body) for o in new])
 
-        published = sum(map(len, fresh.values()))
-        out.tally.count(SERVICE, self.topics.events_raw, "ok", published)
-        out.tally.count(SERVICE, self.topics.events_raw, "rejected", len(dead))
-        out.tally.count(SERVICE, self.topics.events_raw, "duplicate", len(accepted) - published)
+        out.count(self.topics.events_raw, "duplicate", len(accepted) - sum(map(len, fresh.values())))
         return out.handled(then=store)

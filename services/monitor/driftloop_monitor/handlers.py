@@ -263,8 +263,6 @@ class Monitor:
         ]
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
             out.publish(topic, [message for to, message in sends if to == topic])
-        out.tally.count(SERVICE, "predictions", "ok", len(parts))
-        out.tally.count(SERVICE, "predictions", "rejected", len(dead))
         done = list(complete)
         return out.handled(then=lambda: self.joins.mark_done(done))
 

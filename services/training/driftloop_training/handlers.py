@@ -150,8 +150,7 @@ class Trainer:
                 by_model.setdefault(row.model, []).append((row.event_id, row.event_time, body))
         out = Outbox(self.topics.events_dlq)
         out.dead_letters(dead)
-        out.tally.count(SERVICE, self.topics.features_computed, "ok", sum(map(len, by_model.values())))
-        out.tally.count(SERVICE, self.topics.features_computed, "rejected", len(dead))
+        out.count(self.topics.features_computed, "unlabelled", len(parsed) - sum(map(len, by_model.values())))
 
         def store() -> None:
             for model, rows in by_model.items():
