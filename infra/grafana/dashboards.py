@@ -109,10 +109,10 @@ def overview() -> dict[str, Any]:
                 unit="s",
             ),
             panel(
-                "Errors: rejected and failed messages by service (/s)",
+                "Errors: rejected messages by service (/s)",
                 (
-                    'sum by (service, outcome) (rate(driftloop_messages_total{outcome!~"ok|duplicate"}[5m]))',
-                    "{{service}} {{outcome}}",
+                    'sum by (service, outcome) (rate(driftloop_messages_total{outcome="rejected"}[5m]))',
+                    "{{service}}",
                 ),
                 unit="ops",
             ),

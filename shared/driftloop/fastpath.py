@@ -138,6 +138,8 @@ class Outbox:
 
     def count(self, topic: str, outcome: str, n: int) -> None:
         """`n` records of `topic` were handled otherwise than as usual (e.g. "duplicate")."""
+        if n < 0:
+            raise ValueError(f"a count of {n} {outcome} records of {topic}")
         if n:
             self.outcomes[topic, outcome] += n
 
@@ -457,7 +459,6 @@ class FastPath:
         try:  # committed: nothing after this may bring the batch back
             BATCH_SIZE.labels(self.service, self.name).observe(len(batch.records))
             BATCH_SECONDS.labels(self.service, self.name).observe(batch.seconds)
-            self._count(batch.counts, handled.outcomes or {})
             if handled.tally is not None:
                 handled.tally.apply()
             if handled.committed is not None:
@@ -466,18 +467,28 @@ class FastPath:
         except Exception:
             log.exception("%s %s: after a commit", self.service, self.name)
         try:
+            self._count(batch.counts, handled.outcomes or {})
+        except Exception:  # nor may a count
+            log.exception("%s %s: counting a batch", self.service, self.name)
+        try:
             self._observe_hops(batch, handled.stages)
         except Exception:  # a latency figure must never cost a batch its bookkeeping
             log.exception("%s %s: timing a batch", self.service, self.name)
 
     def _count(self, counts: Mapping[str, int], outcomes: Mapping[tuple[str, str], int]) -> None:
-        """Count a committed batch's records by topic and outcome: those not reported otherwise "ok"."""
+        """Count a committed batch's records by topic and outcome: those not reported otherwise "ok".
+        An outcome beyond the records the batch has of its topic is a handler's error: logged, and
+        the batch's records of that topic are counted as they are without it."""
         usual = dict(counts)
         for (topic, outcome), n in outcomes.items():
+            if n > usual.get(topic, 0):
+                log.error("%s %s: %d %s records of %s reported, beyond the batch's", self.service,
+                          self.name, n, outcome, topic)  # fmt: skip
+                continue
             MESSAGES.labels(self.service, topic, outcome).inc(n)
-            usual[topic] = usual.get(topic, 0) - n
+            usual[topic] -= n
         for topic, n in usual.items():
-            if n > 0:
+            if n:
                 MESSAGES.labels(self.service, topic, OK).inc(n)
 
     def _observe_hops(self, batch: _Batch, stages: Mapping[str, float] | None) -> None:

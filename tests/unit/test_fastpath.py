@@ -403,6 +403,22 @@ async def test_every_record_is_counted_once_by_topic_and_outcome(send_fails_on, 
     assert counted("ok") == 2 * PER_PARTITION - rejected - duplicate
 
 
+def test_a_batch_of_several_topics_is_counted_by_topic_and_an_outcome_beyond_it_is_not():
+    loop = FastPath(ServiceSettings(), "counting-topics", ["a", "b"], "group")
+    loop._count({"a": 5, "b": 3}, {("a", "rejected"): 2, ("b", "duplicate"): 3, ("c", "rejected"): 1})
+    loop._count({"b": 4}, {("b", "rejected"): 5})  # more than the batch holds: not counted
+
+    def counted(topic: str, outcome: str) -> float | None:
+        labels = {"service": "counting-topics", "topic": topic, "outcome": outcome}
+        return REGISTRY.get_sample_value("driftloop_messages_total", labels)
+
+    assert (counted("a", "ok"), counted("a", "rejected")) == (3, 2)
+    assert (counted("b", "ok"), counted("b", "duplicate"), counted("b", "rejected")) == (4, 3, None)
+    assert counted("c", "rejected") is None
+    with pytest.raises(ValueError, match="-1 duplicate"):
+        Outbox("dlq").count("a", "duplicate", -1)
+
+
 async def test_an_infrastructure_fault_is_retried_until_it_heals_and_never_dead_lettered(monkeypatch):
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
