@@ -308,7 +308,8 @@ class FastPath:
     `settings.stall_after_s` without a commit while records wait reports itself stalled;
     `may_block`: its handler may legitimately take longer (e.g. a training run), so it is stalled
     only while it fails. `background`: no request waits on this loop (the monitor, the training
-    store), so after a small batch it lingers (`kafka_background_linger_ms`) to let records gather."""
+    store), so its fetches wait longer (`kafka_idle_fetch_wait_ms`) and after a small batch it
+    lingers (`kafka_background_linger_ms`) to let records gather."""
 
     def __init__(
         self,
@@ -333,6 +334,7 @@ class FastPath:
         self.pipelined = pipelined
         self.in_flight = lock or asyncio.Lock()
         self.may_block = may_block
+        self.background = background
         self.linger_s = settings.kafka_background_linger_ms / 1000 if background else 0.0
         self._fetched = 0  # records the last fetch returned
         self.consumer: AIOKafkaConsumer
@@ -357,7 +359,9 @@ class FastPath:
             group_id=self.group_id,
             client_id=f"driftloop-{service}-{self.name}",
             auto_offset_reset="earliest",
-            fetch_max_wait_ms=settings.kafka_fetch_max_wait_ms,
+            fetch_max_wait_ms=settings.kafka_idle_fetch_wait_ms
+            if self.background
+            else settings.kafka_fetch_max_wait_ms,
             max_partition_fetch_bytes=4 * 1024 * 1024,
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,

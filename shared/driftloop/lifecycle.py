@@ -67,8 +67,10 @@ class LifecycleFollower:
         handler: LifecycleHandler,
         options: Mapping[str, Any] | None = None,
         ask: AskRegistry | None = None,
+        fetch_wait_ms: int = 50,
     ) -> None:
         self.bootstrap = bootstrap
+        self.fetch_wait_ms = fetch_wait_ms  # events are rare: a long wait spares the broker fetches
         self.options = options  # `driftloop.connections.kafka_options`
         self.topic = topic
         self.handler = handler
@@ -119,7 +121,7 @@ class LifecycleFollower:
 
     async def catch_up(self) -> None:
         """Replay every event already on the topic, then return."""
-        self._consumer = await read_from_start(self.bootstrap, self.topic, options=self.options)
+        self._consumer = await read_from_start(self.bootstrap, self.topic, self.fetch_wait_ms, self.options)
         partitions = list(self._consumer.assignment())
         end = await self._consumer.end_offsets(partitions)
 
@@ -176,5 +178,10 @@ def follow_models(
     options = kafka_options(settings)
     ask = AskRegistry(settings.kafka_bootstrap, commands, list(models), options)
     return LifecycleFollower(
-        settings.kafka_bootstrap, settings.topics.models_lifecycle, handler, options, ask
+        settings.kafka_bootstrap,
+        settings.topics.models_lifecycle,
+        handler,
+        options,
+        ask,
+        fetch_wait_ms=settings.kafka_idle_fetch_wait_ms,
     )

@@ -57,6 +57,13 @@ class ServiceSettings(BaseSettings):
     kafka_bootstrap: str = Field(default="127.0.0.1:9092", description="Kafka bootstrap servers.")
     kafka_partitions: int = Field(default=3, description="Partitions for topics this service creates.")
     kafka_fetch_max_wait_ms: int = Field(default=20, description="Consumer fetch wait (latency/CPU).")
+    kafka_idle_fetch_wait_ms: int = Field(
+        default=250,
+        ge=1,
+        description="Fetch wait of consumers no request waits on (the monitor, the training store, "
+        "the lifecycle followers): fewer fetch requests for the broker. Apache Kafka answers a fetch "
+        "as soon as records arrive; the embedded broker (tansu) answers after up to half of it.",
+    )
     kafka_max_records: int = Field(default=2000, description="Max records per consumed batch.")
     kafka_background_linger_ms: int = Field(
         default=100,
