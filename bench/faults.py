@@ -284,12 +284,12 @@ class Bench:
 
     async def corrupt_artifact(self, fault: Fault) -> None:
         """A promoted version whose artifact is damaged on disk: inference must keep serving."""
-        root = self.stack.run_dir / "var" / "artifacts"
-        store = ArtifactStore(root)
+        root = self.stack.run_dir / "var" / "objects"
+        store = ArtifactStore.at(root)
         good = self.traffic.results
         serving = max((orjson.loads(c[0])["model_version"] for c in list(good.values())[-50:]), default=1)
-        artifact = store.put(b"not an onnx model" + uuid.uuid4().bytes)
-        (root / artifact.uri).write_bytes(b"corrupted after its hash was taken")
+        artifact = await store.put(b"not an onnx model" + uuid.uuid4().bytes)
+        (root / "artifacts" / artifact.uri).write_bytes(b"corrupted after its hash was taken")
         promoted = ModelPromoted(model="sea", version=serving + 100, artifact=artifact, classes=[0, 1],
                                  feature_names=["x0", "x1", "x2"], reason="bench-faults")  # fmt: skip
         sender = await BatchSender.connect(self.stack.bootstrap, "bench-faults-lifecycle")

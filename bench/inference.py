@@ -49,10 +49,10 @@ SPEC = "\n".join(
 )
 
 
-def model_event(store: ArtifactStore, version: int, seed: int) -> ModelPromoted:
+async def model_event(store: ArtifactStore, version: int, seed: int) -> ModelPromoted:
     X, y = make_classification(n_samples=20_000, n_features=len(FEATURES), n_informative=8, random_state=seed)
     model = HistGradientBoostingClassifier(max_iter=100, early_stopping=False, random_state=seed).fit(X, y)
-    artifact = store.put(convert(model, len(FEATURES)))
+    artifact = await store.put(convert(model, len(FEATURES)))
     return ModelPromoted(
         model="bench",
         version=version,
@@ -94,8 +94,8 @@ async def run(tmp: Path) -> dict:
     models = tmp / "models"
     models.mkdir()
     (models / "bench.yaml").write_text(SPEC)
-    store = ArtifactStore(tmp / "artifacts")
-    v1, v2 = model_event(store, 1, seed=1), model_event(store, 2, seed=2)
+    store = ArtifactStore.at(tmp / "objects")
+    v1, v2 = await model_event(store, 1, seed=1), await model_event(store, 2, seed=2)
     producer = make_producer(bootstrap)
     await producer.start()
     await send_all(producer, topics.models_lifecycle, [v1])
@@ -104,7 +104,7 @@ async def run(tmp: Path) -> dict:
         "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "DRIFTLOOP_MODELS_DIR": str(models),
-        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+        "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
         "DRIFTLOOP_HTTP_PORT": str(http_port),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",
     }

@@ -1,4 +1,4 @@
-"""Shared fixtures: a real Kafka-protocol broker (tansu) and a real redis-server on free ports."""
+"""Shared fixtures: a real Kafka-protocol broker (tansu), redis-server and S3 server on free ports."""
 
 from __future__ import annotations
 
@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 from hypothesis import settings
 
-from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.localstack import (
+    broker_command,
+    create_bucket,
+    free_port,
+    redis_command,
+    s3_command,
+    wait_port,
+)
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec, load_spec
 
@@ -43,6 +50,33 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     yield f"redis://127.0.0.1:{port}/0"
     proc.kill()
     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """A real S3-protocol HTTP server (moto's): its endpoint."""
+    port = free_port()
+    proc = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 30, "S3 server")
+    yield f"http://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+
+
+@pytest.fixture
+def s3_settings(s3_server: str) -> dict[str, object]:
+    """Object store settings of a bucket of this test's own on the session's S3 server."""
+    bucket = f"t{uuid.uuid4().hex[:12]}"
+    create_bucket(s3_server, bucket)
+    return {
+        "object_store_url": f"s3://{bucket}/driftloop",
+        "object_store_endpoint": s3_server,
+        "object_store_region": "us-east-1",
+        "object_store_access_key_id": "test",
+        "object_store_secret_access_key": "test-secret",
+        "object_store_allow_http": True,
+        "object_store_timeout_s": 3.0,
+    }
 
 
 @pytest.fixture

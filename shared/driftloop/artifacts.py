@@ -1,12 +1,18 @@
-"""The one artifact loader: a content-addressed store of ONNX files and an onnxruntime classifier.
+"""The one artifact loader: content-addressed ONNX files in the object store, an onnxruntime classifier.
 
 Nothing here unpickles: artifacts are ONNX bytes, checked against their sha256 before use.
+An artifact lives at `artifacts/sha256/<2 hex>/<sha256>.onnx` in the object store
+(`driftloop.objects`); its `ArtifactRef.uri` is that path below `artifacts/`, so a reference names
+no store and stays valid when a deployment moves its bucket.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import logging
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -14,10 +20,16 @@ import numpy as np
 import onnxruntime as ort
 
 from driftloop.contracts import ArtifactRef, Label
+from driftloop.objects import ObjectMissing, ObjectStore
+
+log = logging.getLogger(__name__)
+
+PREFIX = "artifacts"
+_URI = re.compile(r"sha256/([0-9a-f]{2})/([0-9a-f]{64})\.onnx")
 
 
 class ArtifactIntegrityError(RuntimeError):
-    """An artifact is missing or its bytes do not match its sha256."""
+    """An artifact is missing, or its bytes or its reference do not match its sha256."""
 
 
 def sha256_hex(data: bytes) -> str:
@@ -25,43 +37,92 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def artifact_uri(digest: str) -> str:
+    """The content address of an artifact with this sha256."""
+    return f"sha256/{digest[:2]}/{digest}.onnx"
+
+
 class ArtifactStore:
-    """A local directory of artifacts, each stored under its own sha256."""
+    """Artifacts in the object store, each under its own sha256; with `cache`, a local directory
+    of the ones read before (keyed by sha256, checked again on every read)."""
 
-    def __init__(self, root: Path) -> None:
-        self.root = root
+    def __init__(self, objects: ObjectStore, cache: Path | None = None) -> None:
+        self.objects = objects
+        self.cache = cache
 
-    def _path(self, uri: str) -> Path:
-        path = (self.root / uri).resolve()
-        if not path.is_relative_to(self.root.resolve()):
-            raise ArtifactIntegrityError(f"artifact uri {uri!r} points outside the store")
-        return path
+    @classmethod
+    def at(cls, url: str | Path, cache: Path | None = None) -> ArtifactStore:
+        """The artifacts of the store at a URL or directory that needs no credentials."""
+        return cls(ObjectStore.open(str(url)), cache)
 
-    def put(self, data: bytes) -> ArtifactRef:
-        """Store bytes (idempotent: same bytes, same place) and return their reference."""
+    @staticmethod
+    def _key(ref: ArtifactRef) -> str:
+        """The object key of a reference, which must be the content address of its own sha256
+        (so no reference reaches outside the artifacts, or names bytes other than its own)."""
+        if not _URI.fullmatch(ref.uri) or ref.uri != artifact_uri(ref.sha256):
+            raise ArtifactIntegrityError(
+                f"artifact uri {ref.uri!r} is not the address of sha256 {ref.sha256}"
+            )
+        return f"{PREFIX}/{ref.uri}"
+
+    async def put(self, data: bytes) -> ArtifactRef:
+        """Store bytes (idempotent: same bytes, same key) and return their reference."""
         digest = sha256_hex(data)
-        uri = f"sha256/{digest[:2]}/{digest}.onnx"
-        path = self._path(uri)
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=path.parent)
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.replace(tmp, path)
-        return ArtifactRef(uri=uri, sha256=digest, size_bytes=len(data))
+        ref = ArtifactRef(uri=artifact_uri(digest), sha256=digest, size_bytes=len(data))
+        if not await self.objects.exists(self._key(ref)):
+            await self.objects.put(self._key(ref), data)
+        return ref
 
-    def get(self, ref: ArtifactRef) -> bytes:
-        """The artifact's bytes, after checking them against the reference's sha256."""
+    async def verify(self, ref: ArtifactRef) -> None:
+        """Read the artifact back from the store and check it (the cache is not asked)."""
+        self._check(ref, await self._read(ref))
+
+    async def get(self, ref: ArtifactRef) -> bytes:
+        """The artifact's bytes, checked against the reference's sha256: from the cache when it
+        holds them intact, else from the store (then kept in the cache)."""
+        key = self._key(ref)
+        cached = self.cache / ref.sha256 if self.cache is not None else None
+        if cached is not None:
+            data = await asyncio.to_thread(_read_if_there, cached)
+            if data is not None and sha256_hex(data) == ref.sha256:
+                return data
+        data = self._check(ref, await self._read(ref, key))
+        if cached is not None:
+            try:
+                await asyncio.to_thread(_write_atomically, cached, data)
+            except OSError as exc:  # the cache only saves a download: serve without it
+                log.warning("artifact cache %s not written: %s", self.cache, exc)
+        return data
+
+    async def _read(self, ref: ArtifactRef, key: str | None = None) -> bytes:
         try:
-            data = self._path(ref.uri).read_bytes()
-        except OSError as exc:
-            raise ArtifactIntegrityError(f"artifact {ref.uri} unreadable: {exc}") from exc
+            return await self.objects.get(key or self._key(ref))
+        except ObjectMissing as exc:
+            raise ArtifactIntegrityError(f"artifact {ref.uri} is missing: {exc}") from exc
+
+    @staticmethod
+    def _check(ref: ArtifactRef, data: bytes) -> bytes:
         actual = sha256_hex(data)
         if actual != ref.sha256:
             raise ArtifactIntegrityError(
                 f"artifact {ref.uri}: sha256 {actual} does not match expected {ref.sha256}"
             )
         return data
+
+
+def _read_if_there(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.replace(tmp, path)
 
 
 class OnnxClassifier:

@@ -1,11 +1,13 @@
-"""How services connect to Kafka and Redis: security and timeouts from settings, in one place.
+"""How services connect to Kafka, Redis and the object store: security and timeouts from settings,
+in one place.
 
 Kafka: `DRIFTLOOP_KAFKA_SECURITY_PROTOCOL` (PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL), SASL
 PLAIN/SCRAM user and password, and a CA bundle for TLS; every client a service opens (FastStream
 broker, hot-path consumer and producer, admin, lifecycle reader) gets the same options.
 Redis: AUTH (`DRIFTLOOP_REDIS_PASSWORD`, optional ACL user), TLS with a `rediss://` URL and a CA
 bundle, and timeouts so an unavailable store fails a call in seconds instead of hanging it.
-Passwords are `SecretStr`: they print as `**********` and reach the clients only here.
+Object store: its URL (`DRIFTLOOP_OBJECT_STORE_URL`), and for `s3://` the endpoint, region and keys.
+Passwords and keys are `SecretStr`: they print as `**********` and reach the clients only here.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from aiokafka.helpers import create_ssl_context
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 from redis.asyncio import Redis
 
+from driftloop.objects import ObjectStore
 from driftloop.settings import ServiceSettings
 
 
@@ -73,3 +76,17 @@ def redis_client(settings: ServiceSettings) -> Redis:
     if settings.redis_ca_file is not None:
         options["ssl_ca_certs"] = str(settings.redis_ca_file)
     return Redis.from_url(settings.redis_url, **options)
+
+
+def object_store(settings: ServiceSettings) -> ObjectStore:
+    """The service's object store (`driftloop.objects`): a local directory or an S3 bucket."""
+    secret = settings.object_store_secret_access_key
+    return ObjectStore.open(
+        settings.object_store_url,
+        endpoint=settings.object_store_endpoint,
+        region=settings.object_store_region,
+        access_key_id=settings.object_store_access_key_id,
+        secret_access_key=secret.get_secret_value() if secret is not None else None,
+        allow_http=settings.object_store_allow_http,
+        timeout_s=settings.object_store_timeout_s,
+    )

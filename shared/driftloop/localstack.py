@@ -97,6 +97,20 @@ def redis_command(port: int, directory: Path, append_only: bool) -> list[str]:
             "--appendonly", appendonly, "--dir", str(directory)]  # fmt: skip
 
 
+def s3_command(port: int) -> list[str]:
+    """Command line of a loopback S3-protocol server (moto's, installed with the development tools)."""
+    import importlib.util
+
+    if importlib.util.find_spec("moto") is None:
+        raise StackError("no S3-protocol server: install moto[s3], flask and flask-cors (`make install`)")
+    return [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+
+
+def create_bucket(endpoint: str, bucket: str) -> None:
+    """Create a bucket on the local S3 server (an existing one is kept)."""
+    httpx.put(f"{endpoint}/{bucket}", timeout=10).raise_for_status()
+
+
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -147,7 +161,7 @@ def service_env(stack: Stack, service: str, models_dir: Path) -> dict[str, str]:
         "DRIFTLOOP_REDIS_URL": stack.redis_url,
         "DRIFTLOOP_HTTP_PORT": str(stack.ports[service]),
         "DRIFTLOOP_MODELS_DIR": str(models_dir.resolve()),
-        "DRIFTLOOP_ARTIFACTS_DIR": str(var / "artifacts"),
+        "DRIFTLOOP_OBJECT_STORE_URL": str(var / "objects"),
         "DRIFTLOOP_DATA_DIR": str(var / service),
         "DRIFTLOOP_OFFLINE_DIR": str(var / "offline"),
         "DRIFTLOOP_TRAINING_DIR": str(var / "training"),

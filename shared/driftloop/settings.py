@@ -107,7 +107,28 @@ class ServiceSettings(BaseSettings):
     )
     topics: Topics = Field(default_factory=Topics)
     models_dir: Path = Field(default=Path("models"), description="Directory of model spec files.")
-    artifacts_dir: Path = Field(default=Path("var/artifacts"), description="Artifact store root.")
+    object_store_url: str = Field(
+        default="var/objects",
+        description="Where artifacts live: a directory (a path or file:///path) or s3://bucket/prefix "
+        "for any S3-compatible store. Every service of a deployment names the same one.",
+    )
+    object_store_endpoint: str | None = Field(
+        default=None, description="S3 endpoint URL for a store other than AWS S3 (MinIO, Ceph, R2)."
+    )
+    object_store_region: str | None = Field(default=None, description="S3 region.")
+    object_store_access_key_id: str | None = Field(default=None, description="S3 access key id.")
+    object_store_secret_access_key: SecretStr | None = Field(
+        default=None, description="S3 secret access key (never logged)."
+    )
+    object_store_allow_http: bool = Field(
+        default=False, description="Allow a plain-HTTP S3 endpoint (a local test server only)."
+    )
+    object_store_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="Bound on one object store call, retries included: an unreachable store fails it "
+        "in seconds (the call is retried later; what serves keeps serving).",
+    )
     data_dir: Path = Field(default=Path("var/data"), description="Service-local durable data.")
     http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics and /healthz.")
     http_port: int = Field(default=8000, description="Port of /metrics, /healthz, /readyz.")

@@ -59,7 +59,7 @@ def platform(
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "DRIFTLOOP_REDIS_URL": redis_server,
         "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
-        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+        "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
         "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",
     }

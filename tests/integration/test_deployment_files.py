@@ -236,7 +236,9 @@ def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_it
         assert stage.user in stage.users and stage.user != "root", f"{service} runs as {stage.user}"
         settings = _settings_under(settings_cls, stage.env, monkeypatch)
         paths = _path_settings(settings_cls)
-        assert {"models_dir", "artifacts_dir", "data_dir"} <= set(paths)
+        assert {"models_dir", "data_dir"} <= set(paths)
+        objects = PurePosixPath(settings.object_store_url)  # a directory here (s3:// in a deployment)
+        assert DATA in objects.parents and stage.owners.get(objects) == stage.user, f"{service}: {objects}"
         for name in paths:
             value = getattr(settings, name)
             if name in READ_ONLY:

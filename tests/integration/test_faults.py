@@ -135,13 +135,13 @@ async def test_redis_down_for_15_s_serving_goes_on_and_everything_recovers(kafka
 
     spec = load_spec(ROOT / "models" / "sea.yaml")
     onnx, classes, names = sea_onnx(spec)
-    artifact = ArtifactStore(tmp_path / "artifacts").put(onnx)
+    artifact = await ArtifactStore.at(tmp_path / "objects").put(onnx)
     assert names == FeatureSet(spec).names
     env = {
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
-        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "DRIFTLOOP_OBJECT_STORE_URL": str(tmp_path / "objects"),
         **{f"DRIFTLOOP_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
     }
     redis = start_redis()
@@ -343,10 +343,10 @@ async def test_a_service_started_after_the_broker_lost_the_lifecycle_topic_gets_
     broker = OwnBroker(topics)
     await broker.start()
     bootstrap = broker.settings.kafka_bootstrap
-    artifact = ArtifactStore(tmp_path / "artifacts").put(b"an onnx model")
+    artifact = await ArtifactStore.at(tmp_path / "objects").put(b"an onnx model")
     registry = registry_app(RegistrySettings(
         kafka_bootstrap=bootstrap, redis_url=redis_url, topics=topics, models_dir=ROOT / "models",
-        artifacts_dir=tmp_path / "artifacts", data_dir=tmp_path / "registry", http_port=0))  # fmt: skip
+        object_store_url=str(tmp_path / "objects"), data_dir=tmp_path / "registry", http_port=0))  # fmt: skip
     before: list = []
     after: list = []
 

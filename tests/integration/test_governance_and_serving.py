@@ -22,16 +22,16 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
         "redis_url": redis_url,
         "topics": topics,
         "models_dir": ROOT / "models",
-        "artifacts_dir": tmp_path / "artifacts",
+        "object_store_url": str(tmp_path / "objects"),
     }
-    store = ArtifactStore(tmp_path / "artifacts")
+    store = ArtifactStore.at(tmp_path / "objects")
     onnx, classes, names = sea_onnx(sea_spec)
-    good = store.put(onnx)
+    good = await store.put(onnx)
     worse_onnx, _, _ = sea_onnx(sea_spec, shuffle_labels=True)
-    worse = store.put(worse_onnx)
+    worse = await store.put(worse_onnx)
     other_onnx, _, _ = sea_onnx(sea_spec, variant=3)
-    tampered = store.put(other_onnx)
-    path = tmp_path / "artifacts" / tampered.uri
+    tampered = await store.put(other_onnx)
+    path = tmp_path / "objects" / "artifacts" / tampered.uri
     path.write_bytes(path.read_bytes()[:-1] + b"\x00")
     lying = ArtifactRef(uri=good.uri, sha256="0" * 64, size_bytes=good.size_bytes)
 

@@ -35,7 +35,7 @@ def _start(names, kafka_bootstrap, redis_server, tmp):
             "DRIFTLOOP_HTTP_PORT": str(port),
             "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
             "DRIFTLOOP_DATA_DIR": str(tmp / name),
-            "DRIFTLOOP_ARTIFACTS_DIR": str(tmp / "artifacts"),
+            "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
             "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
             "DRIFTLOOP_TRAINING_DIR": str(tmp / "training"),
             "DRIFTLOOP_LOG_LEVEL": "WARNING",

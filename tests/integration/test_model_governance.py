@@ -8,6 +8,7 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
 
+from driftloop.artifacts import ArtifactStore
 from driftloop.client import PredictionClient
 from driftloop.contracts import (
     ApproveModel,
@@ -30,7 +31,7 @@ from driftloop_registry.settings import RegistrySettings
 from driftloop_training.app import create_app as training_app
 from driftloop_training.settings import TrainingSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import Publisher, collect, sea_rows, served_versions
+from tests.helpers import Publisher, collect, sea_onnx, sea_rows, served_versions
 from tests.oracles import named
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -55,12 +56,14 @@ class Services:
 
     def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, models_dir):
         common = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "topics": topics,
-                  "models_dir": models_dir, "artifacts_dir": tmp_path / "artifacts"}  # fmt: skip
+                  "models_dir": models_dir, "object_store_url": str(tmp_path / "objects")}  # fmt: skip
         self.bootstrap, self.topics, self.tmp_path = kafka_bootstrap, topics, tmp_path
         self.apps = [
-            training_app(TrainingSettings(**common, training_dir=tmp_path / "training")),
+            training_app(
+                TrainingSettings(**common, training_dir=tmp_path / "training", data_dir=tmp_path / "t")
+            ),
             registry_app(RegistrySettings(**common, data_dir=tmp_path / "registry", http_port=0)),
-            inference_app(InferenceSettings(**common)),
+            inference_app(InferenceSettings(**common, data_dir=tmp_path / "inference")),
         ]
         self.bus = Publisher(kafka_bootstrap)
         self.events: list[LifecycleEvent] = []
@@ -146,13 +149,17 @@ async def test_governance_lifecycle(kafka_bootstrap, redis_url, topics, tmp_path
 
             # a tampered artifact is refused and the old model keeps serving (v1 and v2 are the
             # same bytes, so they share one content-addressed file)
-            artifact = tmp_path / "artifacts" / v1.artifact.uri
+            artifact = tmp_path / "objects" / "artifacts" / v1.artifact.uri
             original = artifact.read_bytes()
             artifact.write_bytes(original[:-1] + b"\x00")
             refused = await s.command(RollbackModel(command_id="rb-2", model="sea", to_version=2))
             assert refused.event == "ModelCommandRefused" and "sha256" in refused.reason
-            forged = v1.model_copy(update={"version": 9})  # as if the registry had been bypassed
-            await s.send(topics.models_lifecycle, forged)
+            # a version announced as if the registry had been bypassed, its artifact damaged in the
+            # store: inference, which never read these bytes, refuses them
+            other = await ArtifactStore.at(tmp_path / "objects").put(sea_onnx(sea_spec, variant=3)[0])
+            damaged = tmp_path / "objects" / "artifacts" / other.uri
+            damaged.write_bytes(damaged.read_bytes()[:-1] + b"\x00")
+            await s.send(topics.models_lifecycle, v1.model_copy(update={"version": 9, "artifact": other}))
             await s.outcome(lambda e: e.version == 9, "the forged event")
             assert {r.model_version for r in await client.predict_many("sea", PROBE)} == {1}
             artifact.write_bytes(original)

@@ -70,7 +70,7 @@ def test_a_service_uses_redis_over_tls_with_auth_and_never_shows_its_secrets(
         "DRIFTLOOP_HTTP_PORT": str(port),
         "DRIFTLOOP_LOG_LEVEL": "DEBUG",
         "DRIFTLOOP_DATA_DIR": str(tmp_path / "data"),
-        "DRIFTLOOP_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
+        "DRIFTLOOP_OBJECT_STORE_URL": str(tmp_path / "objects"),
     }
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -154,7 +154,7 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
     bootstrap, ca = tls_kafka
     common = {"kafka_bootstrap": bootstrap, "kafka_security_protocol": "SSL", "kafka_ca_file": ca,
               "topics": topics, "models_dir": ROOT / "models", "redis_url": redis_url,
-              "artifacts_dir": tmp_path / "artifacts"}  # fmt: skip
+              "object_store_url": str(tmp_path / "objects")}  # fmt: skip
     ingest = IngestSettings(**common, offline_dir=tmp_path / "offline")
     registry = RegistrySettings(**common, data_dir=tmp_path / "registry", http_port=0)
     options = kafka_options(ingest)
@@ -170,7 +170,7 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
         await app.start()
     try:
         await follower.start()
-        artifact = ArtifactStore(tmp_path / "artifacts").put(b"an onnx model")
+        artifact = await ArtifactStore.at(tmp_path / "objects").put(b"an onnx model")
         observation = Observation(
             event_id="tls-1", model="sea", features={"x0": 1.0, "x1": 2.0, "x2": 3.0}, label=1
         )

@@ -4,6 +4,8 @@ from `predictions.results`, so a lost or doubled answer cannot hide."""
 
 import asyncio
 import collections
+import signal
+import subprocess
 import uuid
 
 import orjson
@@ -11,8 +13,11 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from driftloop.artifacts import ArtifactStore
+from driftloop.connections import object_store
 from driftloop.contracts import DeadLetter, ModelAwaitingApproval, ModelPromoted, PredictionResult
 from driftloop.kafka import read_from_start
+from driftloop.localstack import create_bucket, free_port, s3_command, wait_port
+from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
@@ -23,7 +28,8 @@ GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
 
 class Setup:
-    def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, mode="shadow", share=0.3):
+    def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, mode="shadow", share=0.3, objects=None):
+        objects = objects or {"object_store_url": str(tmp_path / "objects")}
         models = tmp_path / "models"
         models.mkdir(parents=True, exist_ok=True)
         text = (ROOT / "models" / "sea.yaml").read_text()
@@ -31,21 +37,21 @@ class Setup:
             text + f"serving: {{challenger_mode: {mode}, canary_share: {share}}}\n"
         )
         spec = load_spec(models / "sea.yaml")
-        store = ArtifactStore(tmp_path / "artifacts")
-        self.events = {}
-        for version, variant in ((1, 0), (2, 3)):
-            onnx, classes, names = sea_onnx(spec, variant=variant)
-            fields = {"model": "sea", "version": version, "artifact": store.put(onnx), "classes": classes,
-                      "feature_names": names, "reason": "test"}  # fmt: skip
-            self.events[version] = fields
+        self.store = ArtifactStore(object_store(ServiceSettings(**objects)))
+        self.models = {version: sea_onnx(spec, variant=variant) for version, variant in ((1, 0), (2, 3))}
+        self.events: dict = {}
         self.settings = InferenceSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
                                           topics=topics, models_dir=models,
-                                          artifacts_dir=tmp_path / "artifacts",
+                                          data_dir=tmp_path / "inference", **objects,
                                           group_id=f"inference-{uuid.uuid4().hex[:8]}")  # fmt: skip
         self.bootstrap, self.topics = kafka_bootstrap, topics
         self.bus = Publisher(kafka_bootstrap)
 
     async def __aenter__(self):
+        for version, (onnx, classes, names) in self.models.items():
+            artifact = await self.store.put(onnx)
+            self.events[version] = {"model": "sea", "version": version, "artifact": artifact,
+                                    "classes": classes, "feature_names": names, "reason": "test"}  # fmt: skip
         await self.bus.start()
         await self.bus.publish(self.topics.models_lifecycle, [ModelPromoted(**self.events[1])])
         self.raw = AIOKafkaProducer(
@@ -253,7 +259,7 @@ async def test_a_damaged_artifact_is_refused_reported_and_the_old_version_keeps_
         await s.consuming()
         before = refusals()
         damaged = s.events[2]
-        path = tmp_path / "artifacts" / damaged["artifact"].uri
+        path = tmp_path / "objects" / "artifacts" / damaged["artifact"].uri
         if damage == "corrupted":
             path.write_bytes(b"damaged on disk")
         else:
@@ -267,7 +273,51 @@ async def test_a_damaged_artifact_is_refused_reported_and_the_old_version_keeps_
     assert refusals() == before + 1
     reports = [e for e in lifecycle if isinstance(e, ModelServingFailed)]
     assert [(r.model, r.version, r.service) for r in reports] == [("sea", 2, "inference")]
-    assert ("sha256" if damage == "corrupted" else "unreadable") in reports[0].reason
+    assert ("sha256" if damage == "corrupted" else "missing") in reports[0].reason
+
+
+async def test_an_object_store_outage_under_load_keeps_serving_and_a_promotion_made_in_it_serves_after(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    """The S3 server stops answering for 15 s under load; a promotion is made meanwhile."""
+    from driftloop.contracts import LIFECYCLE, ModelServingFailed
+
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    server = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, "S3 server")
+        create_bucket(endpoint, "serving")
+        objects = {"object_store_url": "s3://serving/driftloop", "object_store_endpoint": endpoint,
+                   "object_store_region": "us-east-1", "object_store_access_key_id": "k",
+                   "object_store_secret_access_key": "s", "object_store_allow_http": True,
+                   "object_store_timeout_s": 2.0}  # fmt: skip
+        s = Setup(kafka_bootstrap, redis_url, topics, tmp_path, objects=objects)
+        async with s, inference_app(s.settings):
+            await s.consuming()
+            server.send_signal(signal.SIGSTOP)
+            try:
+                await s.bus.publish(topics.models_lifecycle, [ModelPromoted(**s.events[2])])
+                during = await s.requests(3000, "outage", per_second=200)  # 15 s
+                answered = await s.answers(during)
+            finally:
+                server.send_signal(signal.SIGCONT)
+            served: set[int] = set()
+            deadline = asyncio.get_running_loop().time() + 30
+            while 2 not in served and asyncio.get_running_loop().time() < deadline:  # the store is back
+                found = await s.answers(await s.requests(20, f"after-{uuid.uuid4().hex[:6]}"), drain=0)
+                served.update(r[0].model_version for r in found.values())
+            assert 2 in served, "the version promoted during the outage never served"
+            lifecycle = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 3, timeout=15)
+    finally:
+        server.send_signal(signal.SIGCONT)
+        server.kill()
+        server.wait()
+    assert all(len(v) == 1 for v in answered.values()), "a request was answered twice"
+    assert {answered[i][0].model_version for i in during} == {1}
+    assert all(answered[i][0].error is None for i in during)
+    [report] = [e for e in lifecycle if isinstance(e, ModelServingFailed)]
+    assert (report.version, report.service) == (2, "inference") and "Unavailable" in report.reason
 
 
 async def read_records(bootstrap, topic, keys, timeout=30.0):

@@ -40,15 +40,15 @@ def registry(tmp_path):
     return Registry(
         {"sea": sea, "manual": manual},
         InMemoryRegistryRepository(),
-        ArtifactStore(tmp_path / "artifacts"),
+        ArtifactStore.at("memory://"),
         CardWriter(tmp_path / "cards"),
         TOPICS,
     )
 
 
-def _artifact(registry):
+async def _artifact(registry):
     """An artifact in the registry's store: any bytes do, the registry checks their sha256 only."""
-    return registry.artifacts.put(b"onnx bytes")
+    return await registry.artifacts.put(b"onnx bytes")
 
 
 def _events(out: Outbox) -> list:
@@ -58,7 +58,7 @@ def _events(out: Outbox) -> list:
 async def _register(registry, run_id, accuracy=0.9, model="sea", **kwargs):
     out = Outbox(TOPICS.events_dlq)
     trained = model_trained(
-        run_id=run_id, artifact=_artifact(registry), accuracy=accuracy, model=model, **kwargs
+        run_id=run_id, artifact=await _artifact(registry), accuracy=accuracy, model=model, **kwargs
     )
     await registry.register(trained, out)
     return _events(out)
@@ -91,7 +91,7 @@ async def test_a_run_registered_again_gets_its_version_and_decision_again(regist
 
 
 async def test_a_tampered_artifact_is_rejected_by_the_gate(registry, tmp_path):
-    bad = _artifact(registry).model_copy(update={"sha256": "f" * 64})
+    bad = (await _artifact(registry)).model_copy(update={"sha256": "f" * 64})
     out = Outbox(TOPICS.events_dlq)
     await registry.register(model_trained(run_id="r1", artifact=bad), out)
     [event] = _events(out)

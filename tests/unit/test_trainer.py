@@ -37,7 +37,7 @@ def _trainer(tmp_path, spec):
         told.append(event)
 
     store = RowStore(tmp_path / "store")
-    trainer = Trainer({spec.name: spec}, store, ArtifactStore(tmp_path / "artifacts"),
+    trainer = Trainer({spec.name: spec}, store, ArtifactStore.at("memory://"),
                       DatasetCatalog(tmp_path / "datasets"), Topics(), notify=notify)  # fmt: skip
     feature_set = FeatureSet(spec)
     rows = [

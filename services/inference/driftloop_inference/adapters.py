@@ -17,6 +17,7 @@ from driftloop.contracts import (
     ModelRolledBack,
     ModelServingFailed,
 )
+from driftloop.faults import is_transient
 from driftloop.features import FeatureSet
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 
 LOAD_FAILURES = Counter(
     "driftloop_inference_model_load_failures_total",
-    "Champion artifacts refused or unloadable, by model.",
+    "Champion artifacts refused or not loadable (for now: an unreachable object store), by model.",
     ["model"],
 )
 
@@ -40,6 +41,7 @@ class ModelHolder:
         self.artifacts = artifacts
         self.lineup = Lineup()
         self.refused: list[ModelServingFailed] = []  # to publish on the lifecycle topic
+        self._unavailable: set[tuple[str, int]] = set()  # versions reported unloadable for now
 
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
         serves = isinstance(event, ModelPromoted | ModelRolledBack | ModelAwaitingApproval)
@@ -55,14 +57,23 @@ class ModelHolder:
         loaded = next((m for m in known if m.version == event.version), None)
         if loaded is None:
             try:
-                loaded = await asyncio.to_thread(self._load, event)
-            except (ArtifactIntegrityError, Exception) as exc:
+                loaded = await self._load(event)
+            except Exception as exc:
                 LOAD_FAILURES.labels(event.model).inc()
-                log.error("refusing %s v%s, keeping what serves: %s", event.model, event.version, exc)
-                self.refused.append(
-                    ModelServingFailed(model=event.model, version=event.version, service="inference",
-                                       artifact=event.artifact, reason=f"{type(exc).__name__}: {exc}"[:500])
+                failed = ModelServingFailed(
+                    model=event.model, version=event.version, service="inference",
+                    artifact=event.artifact, reason=f"{type(exc).__name__}: {exc}"[:500],
                 )  # fmt: skip
+                if is_transient(exc):  # the store is unreachable: the follower retries the event
+                    log.warning(
+                        "cannot load %s v%s yet, keeping what serves: %s", event.model, event.version, exc
+                    )
+                    if (event.model, event.version) not in self._unavailable:
+                        self._unavailable.add((event.model, event.version))
+                        self.refused.append(failed)
+                    raise
+                log.error("refusing %s v%s, keeping what serves: %s", event.model, event.version, exc)
+                self.refused.append(failed)
                 return
         role[event.model] = loaded
         if (
@@ -77,10 +88,17 @@ class ModelHolder:
         log.info("%s v%s now serves as %s", event.model, event.version,
                  "champion" if role is champions else "challenger")  # fmt: skip
 
-    def _load(self, event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval) -> ServingModel:
+    async def _load(self, event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval) -> ServingModel:
         feature_set = FeatureSet(self.specs[event.model])
         if event.feature_names != feature_set.names:
             raise ArtifactIntegrityError("artifact's features differ from the spec's")
-        classifier = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
+        data = await self.artifacts.get(event.artifact)
+        return await asyncio.to_thread(self._build, event, feature_set, data)
+
+    @staticmethod
+    def _build(
+        event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval, feature_set: FeatureSet, data: bytes
+    ) -> ServingModel:
+        classifier = OnnxClassifier(data, event.classes, event.feature_names)
         classifier.predict_proba(np.zeros((1, len(feature_set.names)), dtype=np.float32))  # warm it up
         return ServingModel(event.model, event.version, classifier, feature_set)

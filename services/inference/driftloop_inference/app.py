@@ -7,7 +7,7 @@ import asyncio
 import logging
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.connections import redis_client
+from driftloop.connections import object_store, redis_client
 from driftloop.contracts import ModelServingFailed, PredictionRequest, PredictionResult
 from driftloop.fastpath import Output
 from driftloop.kafka import encode
@@ -28,7 +28,7 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
     catalog = model_specs(SERVICE, settings)
     specs = catalog.specs
     redis = redis_client(settings)
-    holder = ModelHolder(specs, ArtifactStore(settings.artifacts_dir))
+    holder = ModelHolder(specs, ArtifactStore(object_store(settings), settings.data_dir / "artifact-cache"))
     tracing = Tracing.configure(settings.tracing, SERVICE)
     handler = InferenceHandler(specs, holder, RedisOnlineStore(redis), topics, tracing, settings.group_id)
     service = Service(

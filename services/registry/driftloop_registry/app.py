@@ -10,7 +10,7 @@ from urllib.parse import parse_qs
 from faststream.asgi import AsgiResponse, get
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.connections import redis_client
+from driftloop.connections import object_store, redis_client
 from driftloop.contracts import LifecycleEvent, ModelTrained, RegistryCommand
 from driftloop.runtime import ServiceApp, build_app, json_response, model_specs, service_main
 from driftloop.service import Consumes, Service
@@ -33,7 +33,7 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
     registry = Registry(
         catalog.specs,
         RedisRegistryRepository(redis),
-        ArtifactStore(settings.artifacts_dir),
+        ArtifactStore(object_store(settings)),
         CardWriter(settings.data_dir / "cards"),
         topics,
     )

@@ -101,7 +101,7 @@ class Registry:
             return
         spec = self.specs[trained.model]
         try:
-            self.artifacts.get(trained.artifact)
+            await self.artifacts.verify(trained.artifact)
             decision = gate(spec, Evidence.of(trained))
         except ArtifactIntegrityError as exc:
             decision = Decision(False, f"artifact refused: {exc}")
@@ -211,7 +211,7 @@ class Registry:
         aliases = await self.repo.aliases(model)
         event = version.serve(kind, reason, command_id, aliases.get("champion"))
         try:
-            self.artifacts.get(version.trained.artifact)
+            await self.artifacts.verify(version.trained.artifact)
         except ArtifactIntegrityError as exc:
             raise Refused(f"artifact refused: {exc}") from exc
         await self.repo.set_alias(model, "champion", version.version)

@@ -4,6 +4,7 @@ train → `models.trained`; follows `models.lifecycle` to know each champion."""
 from __future__ import annotations
 
 from driftloop.artifacts import ArtifactStore
+from driftloop.connections import object_store
 from driftloop.contracts import (
     FeatureRow,
     LifecycleEvent,
@@ -34,7 +35,7 @@ def create_app(settings: TrainingSettings) -> ServiceApp:
     trainer = Trainer(
         catalog.specs,
         store,
-        ArtifactStore(settings.artifacts_dir),
+        ArtifactStore(object_store(settings), settings.data_dir / "artifact-cache"),
         DatasetCatalog(settings.training_dir / "datasets"),
         topics,
         settings.threads,

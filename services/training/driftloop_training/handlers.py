@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from driftloop import fitting as domain
-from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
+from driftloop.artifacts import ArtifactStore, OnnxClassifier
 from driftloop.contracts import (
     DatasetRef,
     FeatureRow,
@@ -306,7 +306,7 @@ class Trainer:
             convert_s=t2 - t1,
         )
 
-    def _champion_proba(
+    async def _champion_proba(
         self, spec: ModelSpec, X_holdout: np.ndarray, classes: list[Label]
     ) -> tuple[int | None, np.ndarray | None]:
         """The champion's probabilities on the holdout (columns in `classes` order), if it can give them."""
@@ -318,11 +318,12 @@ class Trainer:
             log.info("champion v%s has other features; not compared", champion.version)
             return champion.version, None
         try:
-            model = OnnxClassifier(self.artifacts.get(event.artifact), event.classes, event.feature_names)
-        except (
-            ArtifactIntegrityError,
-            Exception,
-        ) as exc:  # a broken champion must not block training
+            model = OnnxClassifier(
+                await self.artifacts.get(event.artifact), event.classes, event.feature_names
+            )
+        except Exception as exc:  # a broken champion must not block training; an unreachable store
+            if is_transient(exc):  # does not break it: the command is retried
+                raise
             log.warning("champion v%s unusable for evaluation: %s", champion.version, exc)
             return champion.version, None
         return champion.version, domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
@@ -344,14 +345,14 @@ class Trainer:
         except Exception as exc:
             raise TrainingFailed("failed", f"fit or conversion failed: {exc}") from exc
         t0 = time.perf_counter()
-        champion_version, champion_proba = self._champion_proba(spec, X[cut:], fitted.classes)
+        champion_version, champion_proba = await self._champion_proba(spec, X[cut:], fitted.classes)
         seen_until = self.champions[spec.name].event.data_until if champion_proba is not None else None
         unseen = None if seen_until is None else np.array([r.event_time > seen_until for r in rows[cut:]])
         candidate, champion, comparison = domain.evaluate(
             spec.gate.metric, y[cut:], fitted.evidence, champion_proba, fitted.classes, unseen
         )
         evaluate_s = time.perf_counter() - t0
-        artifact = self.artifacts.put(fitted.onnx)
+        artifact = await self.artifacts.put(fitted.onnx)
         dataset = DatasetRef(
             version=digest[:16],
             since=window.since,
