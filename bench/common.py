@@ -13,7 +13,14 @@ from typing import Any
 import httpx
 import numpy as np
 
-from driftloop.localstack import broker_command, free_port, redis_command, wait_port
+from driftloop.localstack import (
+    broker_command,
+    create_bucket,
+    free_port,
+    redis_command,
+    s3_command,
+    wait_port,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -50,6 +57,28 @@ def start_broker_and_redis(tmp: Path) -> tuple[list[subprocess.Popen[bytes]], st
     wait_port(kafka_port, 20, "broker")
     wait_port(redis_port, 20, "redis")
     return procs, f"127.0.0.1:{kafka_port}", redis_port
+
+
+def start_s3(bucket: str = "bench") -> tuple[subprocess.Popen[bytes], dict[str, str]]:
+    """A local S3-protocol server with a bucket: (process, the services' DRIFTLOOP_OBJECT_STORE_* env)."""
+    port = free_port()
+    proc = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    wait_port(port, 30, "S3 server")
+    create_bucket(f"http://127.0.0.1:{port}", bucket)
+    return proc, {
+        "DRIFTLOOP_OBJECT_STORE_URL": f"s3://{bucket}/bench",
+        "DRIFTLOOP_OBJECT_STORE_ENDPOINT": f"http://127.0.0.1:{port}",
+        "DRIFTLOOP_OBJECT_STORE_REGION": "us-east-1",
+        "DRIFTLOOP_OBJECT_STORE_ACCESS_KEY_ID": "bench",
+        "DRIFTLOOP_OBJECT_STORE_SECRET_ACCESS_KEY": "bench",
+        "DRIFTLOOP_OBJECT_STORE_ALLOW_HTTP": "true",
+    }
+
+
+def object_store_settings(env: dict[str, str]) -> dict[str, str]:
+    """The `ServiceSettings` fields of `DRIFTLOOP_OBJECT_STORE_*` variables."""
+    prefix = "DRIFTLOOP_"
+    return {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(f"{prefix}OBJECT")}
 
 
 def wait_ready(port: int, what: str, timeout: float = 60.0) -> None:

@@ -7,10 +7,14 @@
    the echo's at the same loads;
 4. peak RSS of the inference process;
 5. a model swap under 5k requests/s: lost and duplicated results.
+
+`--object-store s3` keeps the artifacts on a local S3-protocol server instead of a directory
+(results in `bench/results/inference_s3.json`): serving should not change with the store.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import os
 import subprocess
@@ -23,10 +27,19 @@ import orjson
 from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
-from bench.common import start_broker_and_redis, stop_processes, table, wait_ready, write
+from bench.common import (
+    object_store_settings,
+    start_broker_and_redis,
+    start_s3,
+    stop_processes,
+    table,
+    wait_ready,
+    write,
+)
 from bench.traffic import Reader, burst, latency, offered_load
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import make_producer, send_all
+from driftloop.connections import object_store
 from driftloop.contracts import ModelPromoted
 from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
@@ -85,8 +98,12 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-async def run(tmp: Path) -> dict:
+async def run(tmp: Path, backend: str) -> dict:
     procs, bootstrap, redis_port = start_broker_and_redis(tmp)
+    objects = {"DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects")}
+    if backend == "s3":
+        s3, objects = start_s3()
+        procs.append(s3)
     http_port = free_port()
     topics = Topics()
     settings = ServiceSettings(kafka_bootstrap=bootstrap)
@@ -94,7 +111,7 @@ async def run(tmp: Path) -> dict:
     models = tmp / "models"
     models.mkdir()
     (models / "bench.yaml").write_text(SPEC)
-    store = ArtifactStore.at(tmp / "objects")
+    store = ArtifactStore(object_store(ServiceSettings(**object_store_settings(objects))))
     v1, v2 = await model_event(store, 1, seed=1), await model_event(store, 2, seed=2)
     producer = make_producer(bootstrap)
     await producer.start()
@@ -104,7 +121,7 @@ async def run(tmp: Path) -> dict:
         "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
         "DRIFTLOOP_MODELS_DIR": str(models),
-        "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
+        **objects,
         "DRIFTLOOP_HTTP_PORT": str(http_port),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",
     }
@@ -172,8 +189,11 @@ async def run(tmp: Path) -> dict:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description="bench-inference")
+    parser.add_argument("--object-store", choices=("file", "s3"), default="file")
+    backend = parser.parse_args().object_store
     with tempfile.TemporaryDirectory() as tmp:
-        f = asyncio.run(run(Path(tmp)))
+        f = asyncio.run(run(Path(tmp), backend))
     result = {
         "ceiling_msgs_per_s": round(f["ceiling_msgs_per_s"]),
         "inference_results_per_s": round(f["inference_results_per_s"]),
@@ -194,6 +214,7 @@ def main() -> None:
         "swap_versions_seen": f["swap_versions"],
         "fetch_max_wait_ms": ServiceSettings().kafka_fetch_max_wait_ms,
         "model": "HistGradientBoosting, 100 trees, 12 features",
+        "object_store": backend,
     }
     print()
     print(
@@ -202,7 +223,7 @@ def main() -> None:
             [(k, v) for k, v in result.items()],
         )
     )
-    print(f"\nwrote {write('inference', result)}")
+    print(f"\nwrote {write('inference' if backend == 'file' else 'inference_s3', result)}")
 
 
 if __name__ == "__main__":

@@ -245,7 +245,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     _specs(args)  # the services would fail on them one by one
     print(f"starting the local stack in {args.run_dir} ...", flush=True)
-    _print_stack(localstack.up(args.run_dir, args.models_dir))
+    _print_stack(localstack.up(args.run_dir, args.models_dir, object_store=args.object_store))
     return 0
 
 
@@ -254,6 +254,8 @@ def _print_stack(stack: Stack) -> None:
 
     print(f"  kafka       {stack.bootstrap}")
     print(f"  redis       {stack.redis_url}")
+    if stack.object_store == "s3":
+        print(f"  s3          {stack.url('s3')}  (bucket {localstack.BUCKET})")
     if "prometheus" in stack.pids:
         print(f"  prometheus  http://127.0.0.1:{stack.ports['prometheus']}")
     for service in localstack.SERVICES:
@@ -816,7 +818,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _global_options(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="command")
-    _command(sub, "up", "start the local stack").set_defaults(func=cmd_up)
+    up = _command(sub, "up", "start the local stack")
+    up.add_argument(
+        "--object-store",
+        choices=("file", "s3"),
+        default="file",
+        help="where artifacts live: a directory of the run (file, the default) or a local S3-protocol "
+        "server the stack starts (s3: no directory shared between services)",
+    )
+    up.set_defaults(func=cmd_up)
     _command(sub, "down", "stop the local stack").set_defaults(func=cmd_down)
     _command(sub, "status", "processes, consumers (lag, stalls, last error) and champions").set_defaults(
         func=cmd_status

@@ -25,7 +25,7 @@ SERVICES = ("ingest", "feature", "training", "registry", "inference", "monitor")
 # On one machine every process shares the cores. No request waits on the monitor or the trainer:
 # they run at a lower priority, so a burst of requests is answered first and they catch up after.
 NICENESS = {"monitor": 5, "training": 5}
-PREFERRED = {"kafka": 19092, "redis": 16379, "prometheus": 19090} | {
+PREFERRED = {"kafka": 19092, "redis": 16379, "prometheus": 19090, "s3": 19000} | {
     s: 18001 + i for i, s in enumerate(SERVICES)
 }
 log = logging.getLogger(__name__)
@@ -35,11 +35,15 @@ class StackError(RuntimeError):
     """The local stack could not be started or reached."""
 
 
+BUCKET = "driftloop"  # the bucket of the local S3 server (`up(object_store="s3")`)
+
+
 @dataclass
 class Stack:
     run_dir: Path
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
+    object_store: str = "file"  # "s3": artifacts on a local S3-protocol server, no shared directory
 
     @property
     def bootstrap(self) -> str:
@@ -52,8 +56,22 @@ class Stack:
     def url(self, service: str) -> str:
         return f"http://127.0.0.1:{self.ports[service]}"
 
+    def object_store_env(self) -> dict[str, str]:
+        """The object store settings every service of the stack gets (`DRIFTLOOP_OBJECT_STORE_*`)."""
+        if self.object_store != "s3":
+            return {"DRIFTLOOP_OBJECT_STORE_URL": str(self.run_dir / "var" / "objects")}
+        return {
+            "DRIFTLOOP_OBJECT_STORE_URL": f"s3://{BUCKET}/stack",
+            "DRIFTLOOP_OBJECT_STORE_ENDPOINT": self.url("s3"),
+            "DRIFTLOOP_OBJECT_STORE_REGION": "us-east-1",
+            "DRIFTLOOP_OBJECT_STORE_ACCESS_KEY_ID": "driftloop",
+            "DRIFTLOOP_OBJECT_STORE_SECRET_ACCESS_KEY": "driftloop-local",  # a loopback test server
+            "DRIFTLOOP_OBJECT_STORE_ALLOW_HTTP": "true",
+        }
+
     def save(self) -> None:
-        data = {"run_dir": str(self.run_dir), "ports": self.ports, "pids": self.pids}
+        data = {"run_dir": str(self.run_dir), "ports": self.ports, "pids": self.pids,
+                "object_store": self.object_store}  # fmt: skip
         (self.run_dir / "stack.json").write_text(json.dumps(data, indent=2))
 
     @classmethod
@@ -62,7 +80,7 @@ class Stack:
         if not path.exists():
             raise StackError(f"no stack in {run_dir}: run `driftloop up` first")
         data = json.loads(path.read_text())
-        return cls(Path(data["run_dir"]), data["ports"], data["pids"])
+        return cls(Path(data["run_dir"]), data["ports"], data["pids"], data.get("object_store", "file"))
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -161,7 +179,7 @@ def service_env(stack: Stack, service: str, models_dir: Path) -> dict[str, str]:
         "DRIFTLOOP_REDIS_URL": stack.redis_url,
         "DRIFTLOOP_HTTP_PORT": str(stack.ports[service]),
         "DRIFTLOOP_MODELS_DIR": str(models_dir.resolve()),
-        "DRIFTLOOP_OBJECT_STORE_URL": str(var / "objects"),
+        **stack.object_store_env(),
         "DRIFTLOOP_DATA_DIR": str(var / service),
         "DRIFTLOOP_OFFLINE_DIR": str(var / "offline"),
         "DRIFTLOOP_TRAINING_DIR": str(var / "training"),
@@ -193,8 +211,16 @@ def create_topics(stack: Stack) -> None:
     asyncio.run(ensure_topics(settings, settings.topics.all()))
 
 
-def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
-    """Start broker, redis, Prometheus (when installed) and the six services; wait until ready."""
+def _start_s3(stack: Stack) -> None:
+    _spawn(stack, "s3", s3_command(stack.ports["s3"]))
+    wait_port(stack.ports["s3"], 30, "S3 server")
+    create_bucket(stack.url("s3"), BUCKET)
+
+
+def up(run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str = "file") -> Stack:
+    """Start broker, redis, Prometheus (when installed) and the six services; wait until ready.
+    `object_store="s3"` also starts a local S3-protocol server for the artifacts (in memory: a
+    restart of it loses them), so no two services share a directory."""
     run_dir = run_dir.resolve()
     try:
         existing = Stack.load(run_dir)
@@ -210,9 +236,11 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0) -> Stack:
         while port in ports.values():
             port = free_port()
         ports[name] = port
-    stack = Stack(run_dir, ports)
+    stack = Stack(run_dir, ports, object_store=object_store)
     stack.save()
     try:
+        if object_store == "s3":
+            _start_s3(stack)
         _spawn(stack, "broker", broker_command(ports["kafka"]))
         redis_dir = run_dir / "redis"
         redis_dir.mkdir(exist_ok=True)
@@ -259,6 +287,8 @@ def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) ->
     elif name == "redis":
         _spawn(stack, "redis", redis_command(stack.ports["redis"], stack.run_dir / "redis", append_only=True))
         wait_port(stack.ports["redis"], 20, "redis")
+    elif name == "s3":
+        _start_s3(stack)
     else:
         argv = [sys.executable, "-m", f"driftloop_{name}.app"]
         _spawn(stack, name, argv, service_env(stack, name, models_dir))
@@ -291,7 +321,7 @@ def down(run_dir: Path, grace: float = 12.0) -> list[str]:
         stack = Stack.load(run_dir.resolve())
     except StackError:
         return []
-    order = [*reversed(SERVICES), "prometheus", "redis", "broker"]
+    order = [*reversed(SERVICES), "prometheus", "redis", "broker", "s3"]
     stopped = []
     for group in (order[:6], order[6:]):  # services first, so they drain against live infra
         live = {n: stack.pids[n] for n in group if n in stack.pids and alive(stack.pids[n])}

@@ -25,14 +25,17 @@ from tests.helpers import collect, served_versions
 
 
 @pytest.fixture
-def stack(tmp_path):
-    running = localstack.up(tmp_path / "run", ROOT / "models")
+def stack(request, tmp_path):
+    """The local stack; parametrized "s3", its artifacts on a local S3-protocol server."""
+    running = localstack.up(tmp_path / "run", ROOT / "models", object_store=getattr(request, "param", "file"))
     yield running
     localstack.down(tmp_path / "run")
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stack", ["s3"], indirect=True)
 async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
+    """On the stack as deployed apart: artifacts only through the S3 server."""
     scenario = demo.Scenario(
         history=3000,
         before=3000,
@@ -78,6 +81,12 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
 
     metrics = httpx.get(f"{stack.url('monitor')}/metrics").text
     assert 'driftloop_monitor_drift_detections_total{detector="adwin",kind="concept",model="sea"}' in metrics
+
+    # no artifact went through a directory two services share: each serving host keeps its copies
+    var = tmp_path / "run" / "var"
+    assert not (var / "objects").exists()
+    cached = {p.name for p in (var / "inference" / "artifact-cache").iterdir()}
+    assert {c["sha256"] for c in cards if c["status"] == "champion"} <= cached
     # where each request's time went, per hop, one observation per request
     hops = {}
     for line in httpx.get(f"{stack.url('inference')}/metrics").text.splitlines():

@@ -29,7 +29,8 @@ def _tool(name: str) -> str:
     return path
 
 
-SECRETS = ("GRAFANA_ADMIN_PASSWORD", "KAFKA_PASSWORD", "REDIS_PASSWORD")
+SECRETS = ("GRAFANA_ADMIN_PASSWORD", "KAFKA_PASSWORD", "REDIS_PASSWORD", "MINIO_ROOT_PASSWORD")
+SECURE = ("docker-compose.yml", "docker-compose.secure.yml")
 
 
 def _compose(
@@ -57,13 +58,13 @@ def _compose(
 
 
 def test_compose_refuses_to_start_without_required_secrets(tmp_path):
-    result = _compose(None, tmp_path)
+    result = _compose(None, tmp_path, MINIO_ROOT_PASSWORD="m")
     assert result.returncode != 0
     assert "GRAFANA_ADMIN_PASSWORD" in result.stderr
 
 
 def test_compose_names_every_service_with_a_real_target_entry_point_and_settings(tmp_path):
-    result = _compose("x", tmp_path)
+    result = _compose("x", tmp_path, MINIO_ROOT_PASSWORD="m")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)["services"]
     dockerfile = (ROOT / "infra" / "docker" / "Dockerfile").read_text()
@@ -85,6 +86,32 @@ def test_compose_names_every_service_with_a_real_target_entry_point_and_settings
         assert entry["depends_on"]["kafka"]["condition"] == "service_healthy"
 
 
+@pytest.mark.parametrize("files", [("docker-compose.yml",), SECURE], ids=["plain", "secure"])
+def test_no_two_services_share_a_volume_and_artifacts_go_through_the_object_store(files, tmp_path):
+    result = _compose("g", tmp_path, files, KAFKA_PASSWORD="k", REDIS_PASSWORD="r", MINIO_ROOT_PASSWORD="m")
+    assert result.returncode == 0, result.stderr
+    config = yaml.safe_load(result.stdout)["services"]
+    owners: dict[str, list[str]] = {}
+    for name, entry in config.items():
+        for volume in entry.get("volumes", []):
+            if isinstance(volume, str):  # source:target[:mode]
+                source, _, rest = volume.partition(":")
+                read_only = rest.endswith(":ro")
+            else:
+                source, read_only = volume["source"], volume.get("read_only", False)
+            if not read_only:
+                owners.setdefault(source, []).append(name)
+    shared = {source: names for source, names in owners.items() if len(names) > 1}
+    assert not shared, f"written by more than one service: {shared}"
+    for service in SERVICES:
+        env = config[service]["environment"]
+        assert env["DRIFTLOOP_OBJECT_STORE_URL"].startswith("s3://")
+        assert env["DRIFTLOOP_OBJECT_STORE_ENDPOINT"] == "http://minio:9000"
+        assert config[service]["depends_on"]["minio-bucket"]["condition"] == "service_completed_successfully"
+    refused = _compose("g", tmp_path, files, KAFKA_PASSWORD="k", REDIS_PASSWORD="r")
+    assert refused.returncode != 0 and "MINIO_ROOT_PASSWORD" in refused.stderr
+
+
 def test_prometheus_alert_rules_are_valid():
     result = subprocess.run(
         [_tool("promtool"), "check", "rules", str(ROOT / "infra" / "prometheus" / "alerts.yml")],
@@ -103,13 +130,11 @@ def test_prometheus_alerts_fire_on_trouble_and_stay_silent_otherwise():
     assert "SUCCESS" in result.stdout
 
 
-SECURE = ("docker-compose.yml", "docker-compose.secure.yml")
-
-
 def test_the_secure_compose_variant_gives_every_service_valid_tls_and_sasl_settings(tmp_path):
-    refused = _compose("g", tmp_path, SECURE, REDIS_PASSWORD="r")
+    refused = _compose("g", tmp_path, SECURE, REDIS_PASSWORD="r", MINIO_ROOT_PASSWORD="m")
     assert refused.returncode != 0 and "KAFKA_PASSWORD" in refused.stderr
-    result = _compose("g", tmp_path, SECURE, KAFKA_PASSWORD="k-secret", REDIS_PASSWORD="r-secret")
+    result = _compose("g", tmp_path, SECURE, KAFKA_PASSWORD="k-secret", REDIS_PASSWORD="r-secret",
+                      MINIO_ROOT_PASSWORD="m")  # fmt: skip
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)["services"]
     assert "SASL_SSL://kafka:9094" in config["kafka"]["environment"]["KAFKA_ADVERTISED_LISTENERS"]
@@ -261,7 +286,7 @@ def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_it
 
 @pytest.mark.parametrize("files", [("docker-compose.yml",), SECURE], ids=["plain", "secure"])
 def test_compose_keeps_every_written_directory_absolute_and_on_the_data_volume(files, tmp_path, monkeypatch):
-    result = _compose("g", tmp_path, files, KAFKA_PASSWORD="k", REDIS_PASSWORD="r")
+    result = _compose("g", tmp_path, files, KAFKA_PASSWORD="k", REDIS_PASSWORD="r", MINIO_ROOT_PASSWORD="m")
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load(result.stdout)["services"]
     stages = _dockerfile_stages()

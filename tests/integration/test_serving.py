@@ -320,6 +320,23 @@ async def test_an_object_store_outage_under_load_keeps_serving_and_a_promotion_m
     assert (report.version, report.service) == (2, "inference") and "Unavailable" in report.reason
 
 
+async def test_a_new_inference_instance_on_an_empty_disk_downloads_checks_and_serves_the_champion(
+    kafka_bootstrap, redis_url, topics, tmp_path, s3_settings
+):
+    """Two inference instances on separate private directories, artifacts only through S3."""
+    s = Setup(kafka_bootstrap, redis_url, topics, tmp_path, objects=s3_settings)
+    second = s.settings.model_copy(update={"data_dir": tmp_path / "another-host"})
+    async with s, inference_app(s.settings):
+        await s.consuming()
+        async with inference_app(second):
+            ids = await s.requests(3000, "two-instances", per_second=500)  # through the rebalance
+            answered = await s.answers(ids)
+        cached = list((tmp_path / "another-host" / "artifact-cache").iterdir())
+    assert [p.name for p in cached] == [s.events[1]["artifact"].sha256]
+    assert {answered[i][0].model_version for i in ids} == {1}
+    assert all(len(v) == 1 and v[0].error is None for v in answered.values())
+
+
 async def read_records(bootstrap, topic, keys, timeout=30.0):
     """The records of `topic` with these keys, read from its start: {key: record}."""
     found = {}
