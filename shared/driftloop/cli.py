@@ -263,6 +263,38 @@ def _print_stack(stack: Stack) -> None:
     print(f"  logs        {stack.run_dir}/logs/")
 
 
+def _service_settings(args: argparse.Namespace) -> Any:
+    from driftloop.settings import ServiceSettings
+
+    return ServiceSettings(kafka_bootstrap=_bootstrap(args), topics=_topics())
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from driftloop.specbook import SpecsRefused, apply_specs
+
+    directory = args.directory or args.models_dir
+    try:
+        plan = asyncio.run(apply_specs(_service_settings(args), directory))
+    except SpecsRefused as exc:
+        raise UserError(str(exc), code=1) from None
+    for model, version, status in plan:
+        _say(f"{model:<24} {version}  {status}")
+    return 0
+
+
+def cmd_retire(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from driftloop.specbook import retire_spec
+
+    if not asyncio.run(retire_spec(_service_settings(args), args.model, args.reason)):
+        raise UserError(f"no spec of {args.model!r} is in force", code=1)
+    _say(f"{args.model} retired")
+    return 0
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from driftloop import localstack
 
@@ -828,6 +860,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     up.set_defaults(func=cmd_up)
     _command(sub, "down", "stop the local stack").set_defaults(func=cmd_down)
+    apply = _command(sub, "apply", "validate spec files and put every changed one in force on the platform")
+    apply.add_argument(
+        "directory", nargs="?", type=Path, default=None, help="directory of spec files (default --models-dir)"
+    )
+    apply.set_defaults(func=cmd_apply)
+    retire = _command(sub, "retire", "stop validating, training, serving and monitoring a model")
+    retire.add_argument("model", type=model_name)
+    retire.add_argument("--reason", default="operator", help="why, for the audit trail")
+    retire.set_defaults(func=cmd_retire)
     _command(sub, "status", "processes, consumers (lag, stalls, last error) and champions").set_defaults(
         func=cmd_status
     )

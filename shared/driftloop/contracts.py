@@ -674,6 +674,32 @@ RegistryCommand = Annotated[
 REGISTRY_COMMAND = TypeAdapter(RegistryCommand)
 
 
+class ModelSpecApplied(Message):
+    """Event on `models.specs` (key `<model>@<version>`): a version of a model's spec, in force for
+    every service from this event on. Published by `driftloop apply`; each service checks it again."""
+
+    event: Literal["ModelSpecApplied"] = Field(default="ModelSpecApplied", description="Event type.")
+    model: str = Field(description="Model name (the spec's `name`).")
+    version: str = Field(description="Content hash of the validated spec (`specbook.spec_version`).")
+    spec: dict[str, Any] = Field(description="The spec, every field as validated (a `ModelSpec` in JSON).")
+    source: str = Field(default="", description="Where it came from, e.g. the file name `apply` read.")
+    applied_at: datetime = Field(default_factory=utcnow, description="When it was published.")
+
+
+class ModelSpecRetired(Message):
+    """Event on `models.specs` (key `<model>@retired`): the model is no longer validated, computed,
+    trained, served or monitored; applying a spec of it again brings it back."""
+
+    event: Literal["ModelSpecRetired"] = Field(default="ModelSpecRetired", description="Event type.")
+    model: str = Field(description="Model name.")
+    reason: str = Field(default="operator", description="Why, for the audit trail.")
+    retired_at: datetime = Field(default_factory=utcnow, description="When it was published.")
+
+
+SpecEvent = Annotated[ModelSpecApplied | ModelSpecRetired, Field(discriminator="event")]
+SPEC_EVENT = TypeAdapter(SpecEvent)
+
+
 class DriftDetected(Message):
     """Event on `monitor.drift`: a detector fired for a model's champion."""
 
@@ -720,6 +746,8 @@ CONTRACTS: dict[str, type[Message]] = {
         TagModel,
         AnnounceModel,
         DriftDetected,
+        ModelSpecApplied,
+        ModelSpecRetired,
     )
 }
 

@@ -204,7 +204,7 @@ async def _assign_all(
     await reader.start()
     partitions = reader.partitions_for_topic(topic)
     if not partitions:
-        await reader.force_metadata_update()
+        await reader.topics()  # fresh metadata (a topic created since the client started)
         partitions = reader.partitions_for_topic(topic) or {0}
     reader.assign([TopicPartition(topic, p) for p in sorted(partitions)])
     return reader

@@ -26,6 +26,7 @@ class Topics(BaseModel):
     models_trained: str = "models.trained"
     models_lifecycle: str = "models.lifecycle"
     models_commands: str = "models.commands"
+    models_specs: str = "models.specs"
     monitor_drift: str = "monitor.drift"
 
     def all(self) -> list[str]:
@@ -38,12 +39,16 @@ class Topics(BaseModel):
             self.models_trained,
             self.models_lifecycle,
             self.models_commands,
+            self.models_specs,
         }
         return 1 if name in control or name == self.monitor_drift else default
 
     def configs(self, name: str) -> dict[str, str]:
         """Topic configs set at creation: the lifecycle topic is the record every service replays
-        at start-up, so it is never deleted by retention."""
+        at start-up, so it is never deleted by retention; the spec topic is compacted (one record
+        per spec version: `<model>@<version>`), never deleted either."""
+        if name == self.models_specs:
+            return {"cleanup.policy": "compact", "retention.ms": "-1"}
         return {"retention.ms": "-1"} if name == self.models_lifecycle else {}
 
 
