@@ -32,6 +32,7 @@ from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
+from driftloop.specbook import apply_specs
 from driftloop.store import RowStore
 
 FEATURES = [f"f{i}" for i in range(12)]
@@ -96,11 +97,11 @@ async def run(tmp: Path) -> dict:
     models = tmp / "models"
     models.mkdir()
     (models / "benchdata.yaml").write_text(SPEC)
+    await apply_specs(ServiceSettings(kafka_bootstrap=bootstrap), models)
     env = {
         **os.environ,
         "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DRIFTLOOP_MODELS_DIR": str(models),
         "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",
     }

@@ -45,6 +45,7 @@ from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
+from driftloop.specbook import apply_specs
 from driftloop_training.adapters import convert
 
 FEATURES = [f"f{i}" for i in range(12)]
@@ -111,6 +112,7 @@ async def run(tmp: Path, backend: str) -> dict:
     models = tmp / "models"
     models.mkdir()
     (models / "bench.yaml").write_text(SPEC)
+    await apply_specs(settings, models)
     store = ArtifactStore(object_store(ServiceSettings(**object_store_settings(objects))))
     v1, v2 = await model_event(store, 1, seed=1), await model_event(store, 2, seed=2)
     producer = make_producer(bootstrap)
@@ -120,7 +122,6 @@ async def run(tmp: Path, backend: str) -> dict:
         **os.environ,
         "DRIFTLOOP_KAFKA_BOOTSTRAP": bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DRIFTLOOP_MODELS_DIR": str(models),
         **objects,
         "DRIFTLOOP_HTTP_PORT": str(http_port),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",

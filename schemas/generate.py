@@ -32,7 +32,7 @@ def generate(out: Path) -> list[Path]:
         written.append(path)
     for service in SERVICES:
         app_module = importlib.import_module(f"driftloop_{service}.app")
-        app = app_module.create_app(service_settings(service)(models_dir=ROOT / "models"))
+        app = app_module.create_app(service_settings(service)())
         document = app.service.asyncapi((app_module.__doc__ or "").strip())
         path = out / "asyncapi" / f"{service}.json"
         _dump(path, document)

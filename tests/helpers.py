@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from aiokafka import ConsumerRecord
@@ -12,7 +13,9 @@ from hypothesis import strategies as st
 from driftloop import datasets
 from driftloop.features import FeatureSet, check_features
 from driftloop.fitting import build_estimator
+from driftloop.settings import ServiceSettings, Topics
 from driftloop.spec import AlgorithmSpec, ModelSpec
+from driftloop.specbook import apply_specs
 from driftloop_training.adapters import convert
 from tests.oracles import matrix
 
@@ -204,3 +207,12 @@ class OtlpReceiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+async def apply_models(bootstrap: str, topics: Topics, directory: Path | None = None) -> None:
+    """Put spec files in force on the test's `models.specs` topic (`driftloop apply`), as a
+    deployment does before its services start; the repository's `models/` by default."""
+    from tests.conftest import ROOT
+
+    settings = ServiceSettings(kafka_bootstrap=bootstrap, topics=topics)
+    await apply_specs(settings, directory or ROOT / "models")

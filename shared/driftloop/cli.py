@@ -183,7 +183,8 @@ def _stack(args: argparse.Namespace) -> Stack:
 
 
 def _bootstrap(args: argparse.Namespace) -> str:
-    return args.bootstrap or _stack(args).bootstrap
+    """--bootstrap, else `DRIFTLOOP_KAFKA_BOOTSTRAP`, else the local stack's broker."""
+    return args.bootstrap or os.environ.get("DRIFTLOOP_KAFKA_BOOTSTRAP") or _stack(args).bootstrap
 
 
 def _topics() -> Topics:
@@ -834,7 +835,8 @@ def _global_options(parser: argparse.ArgumentParser, top: bool) -> None:
     group.add_argument(
         "--bootstrap",
         default=default(None),
-        help="Kafka bootstrap servers (default: the local stack's, from <run-dir>/stack.json)",
+        help="Kafka bootstrap servers (default: $DRIFTLOOP_KAFKA_BOOTSTRAP, else the local stack's, from "
+        "<run-dir>/stack.json)",
     )
 
 

@@ -469,6 +469,9 @@ class ModelTrained(Message):
         default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
     )
     code_version: str = Field(description="driftloop version that trained it.")
+    spec_version: str | None = Field(
+        default=None, description="Version of the model's spec it was trained with (`models.specs`)."
+    )
     durations_s: dict[str, float] = Field(description="Seconds per phase: fit, convert, evaluate.")
     trained_at: datetime = Field(default_factory=utcnow, description="When training finished.")
 
@@ -483,6 +486,11 @@ class _Lifecycle(Message):
 
 class _ServeVersion(_Lifecycle):
     artifact: ArtifactRef = Field(description="Artifact to serve.")
+    spec_version: str | None = Field(
+        default=None,
+        description="Version of the spec the model was trained with: requests are validated and encoded "
+        "with it (None: the spec in force).",
+    )
     classes: list[Label] = Field(description="Class labels, in probability-column order.")
     feature_names: list[str] = Field(description="Input columns of the artifact, in order.")
     previous_version: int | None = Field(default=None, description="Champion it replaced.")

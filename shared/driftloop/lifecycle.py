@@ -43,7 +43,7 @@ class AskRegistry:
 
     bootstrap: str
     topic: str
-    models: Sequence[str]
+    models: Collection[str]  # e.g. the service's book of specs: the models in force when it asks
     options: Mapping[str, Any] | None = None  # `driftloop.connections.kafka_options`
 
     async def __call__(self, models: Collection[str], reason: str) -> None:
@@ -149,7 +149,7 @@ class LifecycleFollower:
                     continue
                 if await follow_truncation(self._consumer) and self.ask is not None:
                     self.serving.clear()  # the broker lost the topic: have it written again
-                    await self._ask(self.ask.models, "topic lost")
+                    await self._ask(list(self.ask.models), "topic lost")
             except asyncio.CancelledError:
                 raise
             except Exception:
@@ -170,13 +170,13 @@ class LifecycleFollower:
 
 
 def follow_models(
-    settings: ServiceSettings, handler: LifecycleHandler, models: Sequence[str]
+    settings: ServiceSettings, handler: LifecycleHandler, models: Collection[str]
 ) -> LifecycleFollower:
-    """The lifecycle follower of a service that serves or watches `models`: it asks the registry
-    to announce any of them it finds no champion for."""
+    """The lifecycle follower of a service that serves or watches `models` (a live collection,
+    e.g. its book of specs): it asks the registry to announce any of them it finds no champion for."""
     commands = settings.topics.models_commands
     options = kafka_options(settings)
-    ask = AskRegistry(settings.kafka_bootstrap, commands, list(models), options)
+    ask = AskRegistry(settings.kafka_bootstrap, commands, models, options)
     return LifecycleFollower(
         settings.kafka_bootstrap,
         settings.topics.models_lifecycle,

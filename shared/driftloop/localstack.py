@@ -171,14 +171,13 @@ def wait_port(port: int, timeout: float, what: str) -> None:
     raise StackError(f"{what} did not listen on {port} within {timeout:.0f}s")
 
 
-def service_env(stack: Stack, service: str, models_dir: Path) -> dict[str, str]:
+def service_env(stack: Stack, service: str) -> dict[str, str]:
     """Environment of one service process in the local stack."""
     var = stack.run_dir / "var"
     return {
         "DRIFTLOOP_KAFKA_BOOTSTRAP": stack.bootstrap,
         "DRIFTLOOP_REDIS_URL": stack.redis_url,
         "DRIFTLOOP_HTTP_PORT": str(stack.ports[service]),
-        "DRIFTLOOP_MODELS_DIR": str(models_dir.resolve()),
         **stack.object_store_env(),
         "DRIFTLOOP_DATA_DIR": str(var / service),
         "DRIFTLOOP_OFFLINE_DIR": str(var / "offline"),
@@ -211,6 +210,17 @@ def create_topics(stack: Stack) -> None:
     asyncio.run(ensure_topics(settings, settings.topics.all()))
 
 
+def apply(stack: Stack, models_dir: Path) -> None:
+    """Put the spec files of `models_dir` in force on the stack (`driftloop apply`)."""
+    from driftloop.settings import ServiceSettings
+    from driftloop.specbook import SpecsRefused, apply_specs
+
+    try:
+        asyncio.run(apply_specs(ServiceSettings(kafka_bootstrap=stack.bootstrap), models_dir))
+    except SpecsRefused as exc:
+        raise StackError(str(exc)) from None
+
+
 def _start_s3(stack: Stack) -> None:
     _spawn(stack, "s3", s3_command(stack.ports["s3"]))
     wait_port(stack.ports["s3"], 30, "S3 server")
@@ -218,9 +228,10 @@ def _start_s3(stack: Stack) -> None:
 
 
 def up(run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str = "file") -> Stack:
-    """Start broker, redis, Prometheus (when installed) and the six services; wait until ready.
-    `object_store="s3"` also starts a local S3-protocol server for the artifacts (in memory: a
-    restart of it loses them), so no two services share a directory."""
+    """Start broker, redis, Prometheus (when installed) and the six services, with the spec files
+    of `models_dir` in force (`driftloop apply`); wait until ready. `object_store="s3"` also starts
+    a local S3-protocol server for the artifacts (in memory: a restart of it loses them), so no two
+    services share a directory."""
     run_dir = run_dir.resolve()
     try:
         existing = Stack.load(run_dir)
@@ -248,12 +259,13 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str
         wait_port(ports["kafka"], 20, "broker")
         wait_port(ports["redis"], 20, "redis")
         create_topics(stack)
+        apply(stack, models_dir)
         for service in SERVICES:
             _spawn(
                 stack,
                 service,
                 [sys.executable, "-m", f"driftloop_{service}.app"],
-                service_env(stack, service, models_dir),
+                service_env(stack, service),
             )
         prometheus = shutil.which("prometheus")
         if prometheus:
@@ -279,11 +291,12 @@ def up(run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str
 def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) -> None:
     """Start one part of the stack again on its port, after it died or was stopped: a service (then
     wait until it is ready), `redis` (its append-only file brings the data back) or `broker` (in
-    memory on tansu: its topics are created again, empty)."""
+    memory on tansu: its topics are created again, empty, and the specs applied again)."""
     if name == "broker":
         _spawn(stack, "broker", broker_command(stack.ports["kafka"]))
         wait_port(stack.ports["kafka"], 20, "broker")
         create_topics(stack)
+        apply(stack, models_dir)
     elif name == "redis":
         _spawn(stack, "redis", redis_command(stack.ports["redis"], stack.run_dir / "redis", append_only=True))
         wait_port(stack.ports["redis"], 20, "redis")
@@ -291,7 +304,7 @@ def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) ->
         _start_s3(stack)
     else:
         argv = [sys.executable, "-m", f"driftloop_{name}.app"]
-        _spawn(stack, name, argv, service_env(stack, name, models_dir))
+        _spawn(stack, name, argv, service_env(stack, name))
         wait_ready(stack, timeout, only=[name])
 
 

@@ -51,7 +51,8 @@ MODEL_VERSION = Gauge(
 UP = Gauge("driftloop_service_up", "1 while the service is running.", ["service"])
 SPECS_REFUSED = Gauge(
     "driftloop_specs_refused",
-    "Model spec files the service refused at start-up (their models are not served; see /readyz).",
+    "Spec versions on models.specs the service refused (the model's previous version, if any, stays "
+    "in force; see /readyz).",
     ["service"],
 )
 CONSUMER_LAG = Gauge(

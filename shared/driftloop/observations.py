@@ -24,6 +24,7 @@ from driftloop.contracts import (
 )
 from driftloop.features import Checker
 from driftloop.spec import ModelSpec
+from driftloop.specbook import Derived
 
 _DATETIME: TypeAdapter[datetime] = TypeAdapter(datetime)
 _UTC_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d{6})?\+00:00", re.ASCII)  # as ingest writes
@@ -118,9 +119,9 @@ class CheckedBatch:
         )
 
 
-def checkers(specs: Mapping[str, ModelSpec]) -> dict[str, Checker]:
-    """The batch validator of each model's raw features."""
-    return {name: Checker(spec.features) for name, spec in specs.items()}
+def checkers(specs: Mapping[str, ModelSpec]) -> Mapping[str, Checker]:
+    """The batch validator of each model's raw features (made again when a spec changes)."""
+    return Derived(specs, lambda spec: Checker(spec.features))
 
 
 def check_observations(

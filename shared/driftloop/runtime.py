@@ -20,11 +20,12 @@ import uvicorn
 from faststream.asgi import AsgiFastStream, AsgiResponse, get
 from prometheus_client import make_asgi_app
 
+from driftloop.connections import kafka_options
 from driftloop.fastpath import tune_gc
-from driftloop.metrics import SPECS_REFUSED, UP
+from driftloop.metrics import UP
 from driftloop.service import Service
 from driftloop.settings import ServiceSettings
-from driftloop.spec import SpecCatalog, read_specs
+from driftloop.specbook import SpecBook, SpecFollower
 
 S = TypeVar("S", bound=ServiceSettings)
 
@@ -69,32 +70,39 @@ class Watched(Protocol):
     def health(self) -> Any: ...
 
 
-def model_specs(service: str, settings: ServiceSettings, build: frozenset[str] = frozenset()) -> SpecCatalog:
-    """The service's model specs: the valid ones serve; each refused file is logged, counted
-    (`driftloop_specs_refused`) and shown by `/readyz` (`Readiness(specs=...)`). `build`: the
-    algorithms the service builds, tried with each spec's parameters (`driftloop.spec.BUILDS`)."""
-    catalog = read_specs(settings.models_dir, build)
-    for path, why in catalog.refused.items():
-        logging.getLogger(f"driftloop.{service}").error("model spec %s refused: %s", path, why)
-    SPECS_REFUSED.labels(service).set(len(catalog.refused))
-    return catalog
+def follow_specs(
+    service: str, settings: ServiceSettings, build: frozenset[str] = frozenset()
+) -> SpecFollower:
+    """The service's model specs, as `models.specs` puts them in force (`driftloop.specbook`): its
+    book (`.book`, a live mapping of the specs in force) is filled before the service's loops start
+    and followed after. `build`: the algorithms the service builds, tried with each spec's
+    parameters (`driftloop.spec.BUILDS`); a spec it refuses is logged, counted and shown by
+    `/readyz`."""
+    return SpecFollower(
+        settings.kafka_bootstrap,
+        settings.topics.models_specs,
+        SpecBook(build),
+        service,
+        kafka_options(settings),
+        settings.kafka_idle_fetch_wait_ms,
+    )
 
 
 class Readiness:
     """Set when a service has finished its start-up work (e.g. loaded its champion); not ready
-    while one of its `consumers` is stalled. A spec file refused at start-up does not make it
-    unready (the other models serve) but is listed."""
+    while one of its `consumers` is stalled. A spec the service refused does not make it unready
+    (the other models serve) but is listed, with the specs in force and their versions."""
 
     def __init__(
         self,
         describe: Callable[[], dict[str, Any]] = dict,
         consumers: Sequence[Watched] = (),
-        specs: SpecCatalog | None = None,
+        specs: SpecBook | None = None,
     ) -> None:
         self.ready = False
         self.describe = describe  # extra, current facts for /readyz
         self.consumers = list(consumers)
-        self.refused = {str(path): why for path, why in (specs.refused if specs else {}).items()}
+        self.specs = specs
 
     def report(self) -> tuple[bool, dict[str, Any]]:
         """(ready, facts): start-up done and no consumer stalled; each consumer's health."""
@@ -102,8 +110,10 @@ class Readiness:
         facts: dict[str, Any] = {"consumers": [asdict(c.health()) for c in self.consumers]}
         if stalled:
             facts["stalled"] = stalled
-        if self.refused:
-            facts["refused_specs"] = self.refused
+        if self.specs is not None:
+            facts["specs"] = {model: self.specs.version_of(model) for model in self.specs}
+            if self.specs.refused:
+                facts["refused_specs"] = dict(self.specs.refused)
         return self.ready and not stalled, facts | self.describe()
 
 
@@ -132,7 +142,6 @@ class ServiceApp(AsgiFastStream):
 def build_app(
     service: Service,
     *,
-    specs: SpecCatalog | None = None,
     facts: Callable[[], dict[str, Any]] = dict,
     on_shutdown: Sequence[Callable[[], Awaitable[None] | None]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
@@ -143,8 +152,8 @@ def build_app(
     the `background` tasks; at shutdown the reverse, `on_shutdown` last (e.g. closing a Redis
     client).
     `/readyz`: ready once started, while every stream loop keeps up and the broker answers; it
-    lists `facts()`, each loop's health and the refused spec files."""
-    readiness = Readiness(facts, service.loops, specs)
+    lists `facts()`, each loop's health, the specs in force and those refused."""
+    readiness = Readiness(facts, service.loops, service.specs.book if service.specs else None)
     tasks: list[asyncio.Task[None]] = []
 
     @get(include_in_schema=False)

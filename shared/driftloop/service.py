@@ -2,7 +2,8 @@
 group, its handler, whether a request waits on it), what it produces, and the lifecycle it follows.
 
 Everything else is derived from the declaration: the topics created at start-up, the start order
-(the follower first, so champions are known before the first record) and the stop order, the
+(the specs first, then the lifecycle, so models and champions are known before the first record)
+and the stop order, the
 consumers `/readyz` watches, and the service's AsyncAPI 3 document
 (`asyncapi`, written to `schemas/asyncapi/` by `make schemas`). Dead letters (`DeadLetter` on the
 DLQ topic) are produced by every loop, so every service declares them. The service's FastStream
@@ -30,11 +31,12 @@ from aiokafka import ConsumerRecord
 from pydantic import BaseModel
 
 from driftloop.checkpoint import Checkpoint
-from driftloop.contracts import AnnounceModel, DeadLetter, LifecycleEvent
+from driftloop.contracts import AnnounceModel, DeadLetter, LifecycleEvent, SpecEvent
 from driftloop.fastpath import FastPath, Handled, Handler, Output
 from driftloop.kafka import ensure_topics, make_broker
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.settings import ServiceSettings
+from driftloop.specbook import SpecFollower
 
 ASYNCAPI_VERSION = "3.0.0"
 KAFKA_BINDING_VERSION = "0.5.0"
@@ -88,12 +90,14 @@ class Service:
         consumes: Sequence[Consumes],
         produces: Mapping[str, Any] | None = None,
         follower: LifecycleFollower | None = None,
+        specs: SpecFollower | None = None,
     ) -> None:
         self.name = name
         self.settings = settings
         self.consumes = list(consumes)
         self.produces = dict(produces or {})
         self.follower = follower
+        self.specs = specs
         self.broker = make_broker(settings, name)  # started by the app (FastStream), not here
         self.loops = [
             FastPath(
@@ -121,6 +125,8 @@ class Service:
 
     def _receives(self) -> dict[str, Any]:
         receives = {topic: kind for c in self.consumes for topic, kind in c.topics.items()}
+        if self.specs is not None:
+            receives.setdefault(self.specs.topic, SpecEvent)
         if self.follower is not None:
             receives.setdefault(self.follower.topic, LifecycleEvent)
         return receives
@@ -130,8 +136,11 @@ class Service:
         return list(dict.fromkeys([*self._receives(), *self._sends()]))
 
     async def start(self) -> None:
-        """Create missing topics, catch up with the lifecycle, then start every loop."""
+        """Create missing topics, catch up with the specs, then with the lifecycle, then start
+        every loop."""
         await ensure_topics(self.settings, self.topics())
+        if self.specs is not None:
+            await self.specs.start()
         if self.follower is not None:
             await self.follower.start()
         for consumes, loop in zip(self.consumes, self.loops, strict=True):
@@ -143,6 +152,8 @@ class Service:
             await loop.stop()
         if self.follower is not None:
             await self.follower.stop()
+        if self.specs is not None:
+            await self.specs.stop()
 
     async def send(self, outputs: Sequence[Output]) -> None:
         """Send events outside any batch (e.g. of a background task) with the service's broker,
@@ -194,6 +205,15 @@ class Service:
                         }
                     },
                 }
+        if self.specs is not None:
+            topic = self.specs.topic
+            operations[f"follow {topic}"] = {
+                "action": "receive",
+                "channel": {"$ref": f"#/channels/{_escape(topic)}"},
+                "messages": channel(topic, SpecEvent),
+                "description": "Every spec version, replayed from the start without a consumer "
+                "group before the loops start, then followed: the models the service handles.",
+            }
         if self.follower is not None:
             topic = self.follower.topic
             operations[f"follow {topic}"] = {

@@ -111,7 +111,6 @@ class ServiceSettings(BaseSettings):
         default=2.0, description="Redis connect and call timeout: an unavailable store fails fast."
     )
     topics: Topics = Field(default_factory=Topics)
-    models_dir: Path = Field(default=Path("models"), description="Directory of model spec files.")
     object_store_url: str = Field(
         default="var/objects",
         description="Where artifacts live: a directory (a path or file:///path) or s3://bucket/prefix "

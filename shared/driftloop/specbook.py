@@ -22,21 +22,15 @@ from typing import Any, Generic, TypeVar
 
 import orjson
 from aiokafka import ConsumerRecord
-from prometheus_client import Counter
 from pydantic import ValidationError
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import SPEC_EVENT, InvalidInput, ModelSpecApplied, ModelSpecRetired, SpecEvent, parse
+from driftloop.metrics import SPECS_REFUSED
 from driftloop.settings import ServiceSettings
 from driftloop.spec import BUILDS, ModelSpec, SpecRefused, describe, load_spec, read_specs
 
 log = logging.getLogger(__name__)
-
-SPEC_EVENTS = Counter(
-    "driftloop_spec_events_total",
-    "Events of `models.specs` a service took (applied, retired) or refused, by service and outcome.",
-    ["service", "outcome"],
-)
 
 V = TypeVar("V")
 
@@ -70,6 +64,30 @@ def spec_key(event: SpecEvent) -> bytes:
     if isinstance(event, ModelSpecRetired):
         return f"{event.model}@retired".encode()
     return f"{event.model}@{event.version}".encode()
+
+
+def check_spec_event(
+    raw: bytes | None, build: frozenset[str] = frozenset()
+) -> tuple[SpecEvent, ModelSpec | None]:
+    """The spec event a record holds and, for `ModelSpecApplied`, its spec checked with this
+    service's `build`; `InvalidInput` for a record that is not a spec event or a spec that cannot
+    be used (not valid, or not the model and version it claims)."""
+    event = parse(SPEC_EVENT, raw)
+    if isinstance(event, ModelSpecRetired):
+        return event, None
+    key = spec_key(event).decode()
+    try:
+        spec = ModelSpec.model_validate(event.spec, context={"build": build})
+    except ValidationError as exc:
+        raise InvalidInput("invalid_spec", f"{key}: {describe(exc)}") from None
+    except Exception as exc:  # a check that broke must not stop the service
+        raise InvalidInput(
+            "invalid_spec", f"{key}: could not be checked ({type(exc).__name__}: {exc})"
+        ) from None
+    if spec.name != event.model or spec_version(spec) != event.version:
+        why = f"names {spec.name!r} version {spec_version(spec)}, not {event.model!r} {event.version}"
+        raise InvalidInput("invalid_spec", f"{key}: {why}")
+    return event, spec
 
 
 class SpecBook(Mapping[str, ModelSpec]):
@@ -111,27 +129,20 @@ class SpecBook(Mapping[str, ModelSpec]):
     def take(self, raw: bytes | None) -> SpecEvent:
         """Put the event a record holds in force; `InvalidInput` (and nothing changes) for a record
         that is not a spec event, or a spec this service cannot use."""
-        event = parse(SPEC_EVENT, raw)
-        key = spec_key(event).decode()
-        if isinstance(event, ModelSpecRetired):
+        try:
+            event, spec = check_spec_event(raw, self.build)
+        except InvalidInput as exc:
+            if exc.reason == "invalid_spec":
+                key, _, why = exc.detail.partition(": ")
+                self.refused[key] = why
+            raise
+        self.refused.pop(spec_key(event).decode(), None)
+        if spec is None:
             if self._current.pop(event.model, None) is not None:
                 self._notify(event.model, None)
-            self.refused.pop(key, None)
-            return event
-        try:
-            spec = ModelSpec.model_validate(event.spec, context={"build": self.build})
-        except ValidationError as exc:
-            self.refused[key] = describe(exc)
-            raise InvalidInput("invalid_spec", f"{key}: {describe(exc)}") from None
-        except Exception as exc:  # a check that broke must not stop the service
-            self.refused[key] = f"could not be checked ({type(exc).__name__}: {exc})"
-            raise InvalidInput("invalid_spec", f"{key}: {self.refused[key]}") from None
-        if spec.name != event.model or spec_version(spec) != event.version:
-            why = f"names {spec.name!r} version {spec_version(spec)}, not {event.model!r} {event.version}"
-            self.refused[key] = why
-            raise InvalidInput("invalid_spec", f"{key}: {why}")
-        self.refused.pop(key, None)
-        self._put(spec, event.version)
+        else:
+            assert isinstance(event, ModelSpecApplied)
+            self._put(spec, event.version)
         return event
 
     def _put(self, spec: ModelSpec, version: str) -> None:
@@ -171,7 +182,7 @@ class Derived(Mapping[str, V], Generic[V]):
 
 class SpecFollower:
     """Replays `models.specs` into a book (`catch_up`, before a service's loops start), then
-    follows it. A record the book refuses is logged, counted (`driftloop_spec_events_total`) and
+    follows it. A record the book refuses is logged, counted (`driftloop_specs_refused`) and
     listed by `/readyz`; the model's previous version stays in force. (The registry reads the topic
     in a consumer group too: it keeps every version and dead-letters a refused record, once.)"""
 
@@ -203,13 +214,14 @@ class SpecFollower:
         try:
             event = self.book.take(record.value)
         except InvalidInput as exc:
-            SPEC_EVENTS.labels(self.service, "refused").inc()
             log.error("spec event at offset %d refused, the previous version stays: %s", record.offset, exc)
             return
-        outcome = "retired" if isinstance(event, ModelSpecRetired) else "applied"
-        SPEC_EVENTS.labels(self.service, outcome).inc()
-        log.info("spec of %s %s%s", event.model, outcome,
-                 "" if isinstance(event, ModelSpecRetired) else f" (version {event.version})")  # fmt: skip
+        finally:
+            SPECS_REFUSED.labels(self.service).set(len(self.book.refused))
+        if isinstance(event, ModelSpecRetired):
+            log.info("model %s retired", event.model)
+        else:
+            log.info("spec of %s in force: version %s", event.model, event.version)
 
     async def catch_up(self) -> None:
         """Replay every spec event already on the topic."""
@@ -222,9 +234,12 @@ class SpecFollower:
             await self._drain(200)
 
     async def _follow(self) -> None:
+        from driftloop.kafka import follow_truncation
+
         while True:
             try:
-                await self._drain(self.fetch_wait_ms)
+                if not await self._drain(self.fetch_wait_ms):
+                    await follow_truncation(self._consumer)  # a topic the broker lost: read it anew
             except asyncio.CancelledError:
                 raise
             except Exception:

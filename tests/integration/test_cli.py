@@ -4,6 +4,7 @@ one line on stderr and no traceback, and `replay` reports what the platform did 
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import subprocess
@@ -18,6 +19,7 @@ import pytest
 from driftloop.localstack import Stack, free_port, wait_ready
 from driftloop.settings import Topics
 from tests.conftest import ROOT
+from tests.helpers import apply_models
 
 DRIFTLOOP = str(Path(sys.executable).parent / "driftloop")
 SERVICES = ("ingest", "registry", "inference")
@@ -58,11 +60,12 @@ def platform(
         **topics,
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "DRIFTLOOP_REDIS_URL": redis_server,
-        "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
         "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
         "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),
         "DRIFTLOOP_LOG_LEVEL": "WARNING",
     }
+    names = {k: f"t{tag}.{v}" for k, v in Topics().model_dump().items()}
+    asyncio.run(apply_models(kafka_bootstrap, Topics(**names)))
     stack = Stack(tmp / "run", {"kafka": int(kafka_bootstrap.rsplit(":", 1)[1])})
     stack.run_dir.mkdir()
     procs = []

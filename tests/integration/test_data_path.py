@@ -21,7 +21,7 @@ from driftloop_inference.domain import Lineup
 from driftloop_ingest.app import create_app as ingest_app
 from driftloop_ingest.settings import IngestSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import collect
+from tests.helpers import apply_models, collect
 
 
 async def test_observations_flow_to_features_and_stores(kafka_bootstrap, redis_url, topics, tmp_path):
@@ -29,8 +29,8 @@ async def test_observations_flow_to_features_and_stores(kafka_bootstrap, redis_u
         "kafka_bootstrap": kafka_bootstrap,
         "redis_url": redis_url,
         "topics": topics,
-        "models_dir": ROOT / "models",
     }
+    await apply_models(kafka_bootstrap, topics)
     ingest = ingest_app(IngestSettings(**common, offline_dir=tmp_path / "offline"))
     feature = feature_app(FeatureSettings(**common))
     good = [
@@ -105,10 +105,9 @@ async def test_entity_aggregates_are_point_in_time_and_stored_for_serving(
     models = tmp_path / "models"
     models.mkdir()
     (models / "payments.yaml").write_text(yaml.safe_dump(spec))
+    await apply_models(kafka_bootstrap, topics, models)
     feature = feature_app(
-        FeatureSettings(
-            kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topics=topics, models_dir=models
-        )
+        FeatureSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url, topics=topics)
     )
     base = time.time() - 600
     events = [  # sent out of time order, two entities interleaved

@@ -103,7 +103,11 @@ def test_no_two_services_share_a_volume_and_artifacts_go_through_the_object_stor
                 owners.setdefault(source, []).append(name)
     shared = {source: names for source, names in owners.items() if len(names) > 1}
     assert not shared, f"written by more than one service: {shared}"
+    specs = config["specs"]  # model specs reach the services through models.specs, not the images
+    assert specs["command"][-2:] == ["apply", "/models"] and specs["volumes"][0].endswith("/models:ro")
+    assert "COPY models" not in (ROOT / "infra" / "docker" / "Dockerfile").read_text()
     for service in SERVICES:
+        assert config[service]["depends_on"]["specs"]["condition"] == "service_completed_successfully"
         env = config[service]["environment"]
         assert env["DRIFTLOOP_OBJECT_STORE_URL"].startswith("s3://")
         assert env["DRIFTLOOP_OBJECT_STORE_ENDPOINT"] == "http://minio:9000"
@@ -167,7 +171,7 @@ def test_the_certificate_script_makes_a_ca_and_host_certificates(tmp_path):
 
 APP, DATA = PurePosixPath("/app"), PurePosixPath("/data")
 # The Path settings a service only reads; every other one is a place it writes to.
-READ_ONLY = {"models_dir", "kafka_ca_file", "redis_ca_file"}
+READ_ONLY = {"kafka_ca_file", "redis_ca_file"}
 
 
 @dataclass
@@ -261,7 +265,7 @@ def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_it
         assert stage.user in stage.users and stage.user != "root", f"{service} runs as {stage.user}"
         settings = _settings_under(settings_cls, stage.env, monkeypatch)
         paths = _path_settings(settings_cls)
-        assert {"models_dir", "data_dir"} <= set(paths)
+        assert "data_dir" in paths
         objects = PurePosixPath(settings.object_store_url)  # a directory here (s3:// in a deployment)
         assert DATA in objects.parents and stage.owners.get(objects) == stage.user, f"{service}: {objects}"
         for name in paths:
@@ -276,7 +280,6 @@ def test_every_directory_a_service_writes_is_absolute_under_data_and_owned_by_it
             assert stage.owners.get(where) == stage.user, (
                 f"{service}: {name}={value} is not made {stage.user}'s"
             )
-        assert APP in PurePosixPath(settings.models_dir).parents  # shipped in the image, read-only
         assert all(
             owner == "root" for path, owner in stage.owners.items() if path == APP or APP in path.parents
         )

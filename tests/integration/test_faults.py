@@ -20,6 +20,7 @@ from driftloop.kafka import read_from_start
 from driftloop.localstack import free_port, wait_port
 from driftloop.store import RowStore
 from tests.conftest import ROOT, wait_for
+from tests.helpers import apply_models
 
 EVENTS = 3000
 RATE = 1000  # events/s
@@ -60,10 +61,10 @@ async def test_a_service_stopped_mid_stream_loses_nothing(
     env = {
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "DRIFTLOOP_REDIS_URL": redis_url,
-        "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
         "DRIFTLOOP_OFFLINE_DIR": str(tmp_path / "offline"),
         **{f"DRIFTLOOP_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
     }
+    await apply_models(kafka_bootstrap, topics)
     procs = {service: _start(service, env) for service in ("ingest", "feature")}
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, enable_idempotence=False)
     await producer.start()
@@ -140,10 +141,10 @@ async def test_redis_down_for_15_s_serving_goes_on_and_everything_recovers(kafka
     env = {
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
         "DRIFTLOOP_REDIS_URL": f"redis://127.0.0.1:{redis_port}/0",
-        "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
         "DRIFTLOOP_OBJECT_STORE_URL": str(tmp_path / "objects"),
         **{f"DRIFTLOOP_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
     }
+    await apply_models(kafka_bootstrap, topics)
     redis = start_redis()
     sender = await BatchSender.connect(kafka_bootstrap, "test")
     promoted = ModelPromoted(model="sea", version=1, artifact=artifact, classes=classes,
@@ -259,6 +260,7 @@ class OwnBroker:
         )
         wait_port(self.port, 20, "broker")
         await ensure_topics(self.settings, self.settings.topics.all())
+        await apply_models(self.settings.kafka_bootstrap, self.settings.topics)  # a new broker: new topics
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -345,7 +347,7 @@ async def test_a_service_started_after_the_broker_lost_the_lifecycle_topic_gets_
     bootstrap = broker.settings.kafka_bootstrap
     artifact = await ArtifactStore.at(tmp_path / "objects").put(b"an onnx model")
     registry = registry_app(RegistrySettings(
-        kafka_bootstrap=bootstrap, redis_url=redis_url, topics=topics, models_dir=ROOT / "models",
+        kafka_bootstrap=bootstrap, redis_url=redis_url, topics=topics,
         object_store_url=str(tmp_path / "objects"), data_dir=tmp_path / "registry", http_port=0))  # fmt: skip
     before: list = []
     after: list = []

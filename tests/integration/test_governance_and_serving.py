@@ -8,8 +8,7 @@ from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from driftloop_registry.app import create_app as registry_app
 from driftloop_registry.settings import RegistrySettings
-from tests.conftest import ROOT
-from tests.helpers import Publisher, collect, model_trained, sea_onnx, served_versions
+from tests.helpers import Publisher, apply_models, collect, model_trained, sea_onnx, served_versions
 
 
 def _trained(run_id, artifact, classes, names, accuracy, champion=None):
@@ -21,9 +20,9 @@ async def test_gate_promotion_integrity_and_swap(kafka_bootstrap, redis_url, top
         "kafka_bootstrap": kafka_bootstrap,
         "redis_url": redis_url,
         "topics": topics,
-        "models_dir": ROOT / "models",
         "object_store_url": str(tmp_path / "objects"),
     }
+    await apply_models(kafka_bootstrap, topics)
     store = ArtifactStore.at(tmp_path / "objects")
     onnx, classes, names = sea_onnx(sea_spec)
     good = await store.put(onnx)

@@ -4,6 +4,7 @@ every answer's status, content type and body as the document says; then hostile 
 (path-like model names, control characters, huge values) answered with 400, never 5xx. The other
 five services, as processes, fuzzed the same way on the endpoints every service serves."""
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -16,7 +17,9 @@ from hypothesis import HealthCheck, settings
 
 from bench.common import stop_processes, wait_ready
 from driftloop.localstack import free_port
+from driftloop.settings import Topics
 from tests.conftest import ROOT
+from tests.helpers import apply_models
 
 SCHEMA = schemathesis.openapi.from_path(ROOT / "schemas" / "openapi" / "registry.yaml")
 EVERY_SERVICE = SCHEMA.include(path_regex=r"^/(healthz|readyz|metrics)$")
@@ -26,6 +29,7 @@ OTHERS = ("ingest", "feature", "training", "inference", "monitor")
 def _start(names, kafka_bootstrap, redis_server, tmp):
     """Service processes on free ports, each ready; (urls by name, processes)."""
     urls, procs = {}, []
+    asyncio.run(apply_models(kafka_bootstrap, Topics()))
     for name in names:
         port = free_port()
         env = {
@@ -33,7 +37,6 @@ def _start(names, kafka_bootstrap, redis_server, tmp):
             "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
             "DRIFTLOOP_REDIS_URL": redis_server,
             "DRIFTLOOP_HTTP_PORT": str(port),
-            "DRIFTLOOP_MODELS_DIR": str(ROOT / "models"),
             "DRIFTLOOP_DATA_DIR": str(tmp / name),
             "DRIFTLOOP_OBJECT_STORE_URL": str(tmp / "objects"),
             "DRIFTLOOP_OFFLINE_DIR": str(tmp / "offline"),

@@ -31,7 +31,7 @@ from driftloop_registry.settings import RegistrySettings
 from driftloop_training.app import create_app as training_app
 from driftloop_training.settings import TrainingSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import Publisher, collect, sea_onnx, sea_rows, served_versions
+from tests.helpers import Publisher, apply_models, collect, sea_onnx, sea_rows, served_versions
 from tests.oracles import named
 
 T0 = datetime(2026, 11, 1, tzinfo=UTC)
@@ -56,8 +56,9 @@ class Services:
 
     def __init__(self, kafka_bootstrap, redis_url, topics, tmp_path, models_dir):
         common = {"kafka_bootstrap": kafka_bootstrap, "redis_url": redis_url, "topics": topics,
-                  "models_dir": models_dir, "object_store_url": str(tmp_path / "objects")}  # fmt: skip
+                  "object_store_url": str(tmp_path / "objects")}  # fmt: skip
         self.bootstrap, self.topics, self.tmp_path = kafka_bootstrap, topics, tmp_path
+        self.models_dir = models_dir
         self.apps = [
             training_app(
                 TrainingSettings(**common, training_dir=tmp_path / "training", data_dir=tmp_path / "t")
@@ -73,6 +74,7 @@ class Services:
         self.events.append(event)
 
     async def __aenter__(self):
+        await apply_models(self.bootstrap, self.topics, self.models_dir)
         await asyncio.gather(*(app.start() for app in self.apps))
         await self.bus.start()
         await self.follower.start()

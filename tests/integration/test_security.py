@@ -144,6 +144,7 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
     from driftloop.fastpath import BatchSender, Output
     from driftloop.kafka import encode
     from driftloop.lifecycle import follow_models
+    from driftloop.specbook import apply_specs
     from driftloop_ingest.app import create_app as ingest_app
     from driftloop_ingest.settings import IngestSettings
     from driftloop_registry.app import create_app as registry_app
@@ -153,10 +154,11 @@ async def test_every_kafka_client_of_a_service_speaks_tls_from_settings(
 
     bootstrap, ca = tls_kafka
     common = {"kafka_bootstrap": bootstrap, "kafka_security_protocol": "SSL", "kafka_ca_file": ca,
-              "topics": topics, "models_dir": ROOT / "models", "redis_url": redis_url,
+              "topics": topics, "redis_url": redis_url,
               "object_store_url": str(tmp_path / "objects")}  # fmt: skip
     ingest = IngestSettings(**common, offline_dir=tmp_path / "offline")
     registry = RegistrySettings(**common, data_dir=tmp_path / "registry", http_port=0)
+    await apply_specs(ingest, ROOT / "models")  # over TLS too
     options = kafka_options(ingest)
     apps = [ingest_app(ingest), registry_app(registry)]
     promoted: list = []

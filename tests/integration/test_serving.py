@@ -22,7 +22,7 @@ from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import OtlpReceiver, Publisher, collect, sea_onnx
+from tests.helpers import OtlpReceiver, Publisher, apply_models, collect, sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -41,13 +41,13 @@ class Setup:
         self.models = {version: sea_onnx(spec, variant=variant) for version, variant in ((1, 0), (2, 3))}
         self.events: dict = {}
         self.settings = InferenceSettings(kafka_bootstrap=kafka_bootstrap, redis_url=redis_url,
-                                          topics=topics, models_dir=models,
-                                          data_dir=tmp_path / "inference", **objects,
+                                          topics=topics, data_dir=tmp_path / "inference", **objects,
                                           group_id=f"inference-{uuid.uuid4().hex[:8]}")  # fmt: skip
-        self.bootstrap, self.topics = kafka_bootstrap, topics
+        self.bootstrap, self.topics, self.models_dir = kafka_bootstrap, topics, models
         self.bus = Publisher(kafka_bootstrap)
 
     async def __aenter__(self):
+        await apply_models(self.bootstrap, self.topics, self.models_dir)
         for version, (onnx, classes, names) in self.models.items():
             artifact = await self.store.put(onnx)
             self.events[version] = {"model": "sea", "version": version, "artifact": artifact,

@@ -165,3 +165,26 @@ async def test_announce_publishes_again_the_events_that_placed_champion_and_chal
 def test_a_version_record_reads_back_as_it_was_stored():
     version = ModelVersion(3, model_trained(run_id="r"), True, "passed", {"a": "b"}, [{"event": "X"}])
     assert ModelVersion.from_record(orjson.loads(orjson.dumps(version.record()))) == version
+
+
+async def test_every_spec_version_is_kept_once_and_a_record_no_service_can_use_is_dead_lettered(registry):
+    from driftloop.contracts import DeadLetter, ModelSpecRetired
+    from driftloop.specbook import applied
+    from tests.helpers import records
+
+    sea = registry.specs["sea"]
+    changed = sea.model_copy(update={"training": sea.training.model_copy(update={"min_rows": 900})})
+    events = [applied(sea), applied(changed), ModelSpecRetired(model="sea")]
+    raws = [e.model_dump_json().encode() for e in events]
+    forged = applied(sea).model_copy(update={"version": "0" * 16}).model_dump_json().encode()
+    handled = await registry.keep_specs(records(TOPICS.models_specs, [*raws, raws[0], forged, b"{"]))
+    letters = [DeadLetter.model_validate_json(o.value) for o in handled.outputs]
+    assert [(d.reason, d.source_offset) for d in letters] == [("invalid_spec", 4), ("malformed_json", 5)]
+    history = await registry.spec_history("sea")
+    assert [(e["event"], e.get("version")) for e in history] == [
+        ("ModelSpecApplied", events[0].version),
+        ("ModelSpecApplied", events[1].version),
+        ("ModelSpecRetired", None),
+    ]  # the first version applied again is kept once
+    assert history[1]["spec"]["training"]["min_rows"] == 900
+    assert await registry.spec_history("other") == []

@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+from driftloop.localstack import SERVICES
 from tests.conftest import ROOT
 
 
@@ -76,11 +77,14 @@ def test_the_declared_streams_connect_the_services_into_one_loop():
                 message = ref["$ref"].rsplit("/", 1)[1]
                 side = sends if operation["action"] == "send" else receives
                 side.setdefault(topic, set()).add(f"{service}:{message}")
-    from_applications = {"events.raw", "predictions.requests", "predictions.feedback", "models.commands"}
+    # models.specs is written by operators (`driftloop apply`) and read by every service
+    from_applications = {"events.raw", "predictions.requests", "predictions.feedback", "models.commands",
+                         "models.specs"}  # fmt: skip
     to_applications = {"predictions.results", "predictions.shadow", "monitor.drift", "events.dlq"}
     assert set(receives) - set(sends) <= from_applications, set(receives) - set(sends)
     assert set(sends) - set(receives) <= to_applications, set(sends) - set(receives)
     assert {s.split(":")[0] for s in receives["events.raw"]} == {"ingest"}
+    assert {s.split(":")[0] for s in receives["models.specs"]} == set(SERVICES)
     assert "monitor:Observation" in sends["events.raw"]  # labelled rows go back through ingest
     assert {s.split(":")[0] for s in receives["models.lifecycle"]} == {"training", "inference", "monitor"}
     assert {s.split(":")[0] for s in sends["events.dlq"]} == set(_documents())

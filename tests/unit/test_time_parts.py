@@ -75,19 +75,18 @@ def test_bad_time_parts_are_refused(time_part):
 
 
 def test_inference_adds_the_parts_as_of_arrival_and_request_values_win():
-    from driftloop.settings import Topics
     from driftloop_inference.domain import Request
     from driftloop_inference.handlers import InferenceHandler
 
-    handler = InferenceHandler({"shop": SPEC}, holder=None, online=None, topics=Topics())  # type: ignore[arg-type]
     at = datetime(2026, 11, 22, 15, tzinfo=UTC)
-    plain, replayed, other = handler._with_time_parts(
+    plain, replayed, other = InferenceHandler._with_time_parts(
         [
             Request("r1", "shop", {"amount": 1.0}),
             Request("r2", "shop", {"amount": 1.0, "hour": 3.0}),
             Request("r3", "other", {"x": 1.0}),
         ],
         at,
+        {"shop": SPEC},
     )
     assert plain.features == {"amount": 1.0, **time_parts(SPEC, at)}
     assert replayed.features["hour"] == 3.0

@@ -18,6 +18,7 @@ from driftloop.observations import CheckedBatch, checkers
 from driftloop.online import OnlineStore, Row
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
+from driftloop.specbook import Derived
 from driftloop_feature.domain import check_batch, feature_rows
 from driftloop_feature.histories import HistoryCache, Key
 
@@ -34,7 +35,7 @@ class FeatureHandler:
     ) -> None:
         self.specs = specs
         self.checks = checkers(specs)
-        self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
+        self.feature_sets = Derived(specs, FeatureSet)  # made again when a spec changes
         self.online = online
         self.topics = topics
         self.cache = cache if cache is not None else HistoryCache(max_entities=0, ttl_s=0)

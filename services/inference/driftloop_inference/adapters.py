@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
 
 import numpy as np
 from prometheus_client import Counter
@@ -21,6 +20,7 @@ from driftloop.faults import is_transient
 from driftloop.features import FeatureSet
 from driftloop.metrics import MODEL_VERSION
 from driftloop.spec import ModelSpec
+from driftloop.specbook import SpecBook
 from driftloop_inference.domain import Lineup, ServingModel
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class ModelHolder:
     """The models in service. `lineup` is replaced as a whole between batches, so a batch sees one
     consistent set of champions and challengers; loading and warming happen off the hot path."""
 
-    def __init__(self, specs: Mapping[str, ModelSpec], artifacts: ArtifactStore) -> None:
+    def __init__(self, specs: SpecBook, artifacts: ArtifactStore) -> None:
         self.specs = specs
         self.artifacts = artifacts
         self.lineup = Lineup()
@@ -88,8 +88,16 @@ class ModelHolder:
         log.info("%s v%s now serves as %s", event.model, event.version,
                  "champion" if role is champions else "challenger")  # fmt: skip
 
+    def _spec(self, event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval) -> ModelSpec:
+        """The spec the version was trained with, when this service knows it; else the one in force."""
+        pinned = self.specs.at(event.model, event.spec_version) if event.spec_version else None
+        if pinned is None and event.spec_version:
+            log.warning("%s v%s: spec version %s unknown here, using the one in force",
+                        event.model, event.version, event.spec_version)  # fmt: skip
+        return pinned or self.specs[event.model]
+
     async def _load(self, event: ModelPromoted | ModelRolledBack | ModelAwaitingApproval) -> ServingModel:
-        feature_set = FeatureSet(self.specs[event.model])
+        feature_set = FeatureSet(self._spec(event))
         if event.feature_names != feature_set.names:
             raise ArtifactIntegrityError("artifact's features differ from the spec's")
         data = await self.artifacts.get(event.artifact)

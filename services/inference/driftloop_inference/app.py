@@ -13,7 +13,7 @@ from driftloop.fastpath import Output
 from driftloop.kafka import encode
 from driftloop.lifecycle import follow_models
 from driftloop.online import RedisOnlineStore
-from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
+from driftloop.runtime import ServiceApp, build_app, follow_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder
@@ -25,12 +25,15 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: InferenceSettings) -> ServiceApp:
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
-    specs = catalog.specs
+    specs = follow_specs(SERVICE, settings)
     redis = redis_client(settings)
-    holder = ModelHolder(specs, ArtifactStore(object_store(settings), settings.data_dir / "artifact-cache"))
+    holder = ModelHolder(
+        specs.book, ArtifactStore(object_store(settings), settings.data_dir / "artifact-cache")
+    )
     tracing = Tracing.configure(settings.tracing, SERVICE)
-    handler = InferenceHandler(specs, holder, RedisOnlineStore(redis), topics, tracing, settings.group_id)
+    handler = InferenceHandler(
+        specs.book, holder, RedisOnlineStore(redis), topics, tracing, settings.group_id
+    )
     service = Service(
         SERVICE,
         settings,
@@ -40,7 +43,8 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
             topics.predictions_shadow: PredictionResult,
             topics.models_lifecycle: ModelServingFailed,
         },
-        follower=follow_models(settings, holder.on_lifecycle, list(specs)),  # champions load first
+        follower=follow_models(settings, holder.on_lifecycle, specs.book),  # champions load first
+        specs=specs,
     )
 
     async def report_refusals() -> None:
@@ -62,7 +66,6 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
 
     return build_app(
         service,
-        specs=catalog,
         facts=lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}},
         background=[report_refusals],
         on_shutdown=[close],

@@ -115,6 +115,8 @@ def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: L
             results[i] = result_json(requests[i].request_id, model, 0, error=str(exc))
         served = [indices[p] for p in valid]
         mode = specs[model].serving
+        if challenger is not None and challenger.feature_set.names != champion.feature_set.names:
+            challenger = None  # trained on other inputs (a spec change): no share until it is promoted
         if challenger is not None and mode.challenger_mode == "canary":
             canary = np.array(
                 [to_canary(requests[i].request_id, mode.canary_share) for i in served], dtype=bool

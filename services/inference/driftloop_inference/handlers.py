@@ -24,7 +24,7 @@ from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder
-from driftloop_inference.domain import Request, read_request, score
+from driftloop_inference.domain import Lineup, Request, read_request, score
 
 SERVICE = "inference"
 
@@ -105,8 +105,9 @@ class InferenceHandler:
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
         decoded = time.perf_counter()
-        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)])
-        requests = self._with_time_parts(requests, datetime.now(UTC))
+        specs = self._reading(lineup)
+        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)], specs)
+        requests = self._with_time_parts(requests, datetime.now(UTC), specs)
         completed = time.perf_counter()
         scored = score(requests, self.specs, lineup)
         scoring_done = time.perf_counter()
@@ -155,9 +156,20 @@ class InferenceHandler:
             span.end()
         return outputs
 
-    def _with_time_parts(self, requests: list[Request], now: datetime) -> list[Request]:
+    def _reading(self, lineup: Lineup) -> dict[str, ModelSpec]:
+        """The spec each model's requests are read with: its champion's, the one it was trained
+        with (a spec applied since waits for a champion trained on it); else the one in force."""
+        return {
+            m: lineup.champions[m].feature_set.spec if m in lineup.champions else s
+            for m, s in self.specs.items()
+        }
+
+    @staticmethod
+    def _with_time_parts(
+        requests: list[Request], now: datetime, specs: Mapping[str, ModelSpec]
+    ) -> list[Request]:
         """Time-part inputs as of the request's arrival (request values win: a replay may send them)."""
-        timed = {m: time_parts(spec, now) for m, spec in self.specs.items() if spec.time_parts}
+        timed = {m: time_parts(spec, now) for m, spec in specs.items() if spec.time_parts}
         if not timed:
             return requests
         return [
@@ -165,10 +177,12 @@ class InferenceHandler:
             for r in requests
         ]
 
-    async def _complete(self, requests: list[Request]) -> tuple[list[Request], list[dict[str, Any]]]:
+    async def _complete(
+        self, requests: list[Request], specs: Mapping[str, ModelSpec]
+    ) -> tuple[list[Request], list[dict[str, Any]]]:
         """Fill in stored entity features (request values win) with one round trip. A request that
         still lacks features because its entity is unknown, or the store is down, gets an error."""
-        wanted = [r for r in requests if r.entity_id and r.model in self.specs]
+        wanted = [r for r in requests if r.entity_id and r.model in specs]
         if not wanted:
             return requests, []
         stored = await self.online.fetch([(r.model, r.entity_id or "") for r in wanted])
@@ -180,7 +194,7 @@ class InferenceHandler:
                 ready.append(request)
                 continue
             values = found[request.request_id]
-            spec = self.specs[request.model]
+            spec = specs[request.model]
             if values is not None:
                 merged = {**decode_stored(spec, values[FEATURES_FIELD]), **request.features}
                 if spec.aggregates:  # as of now, from the entity's events: the training rows' code

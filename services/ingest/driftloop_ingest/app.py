@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from driftloop.contracts import Observation
-from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
+from driftloop.runtime import ServiceApp, build_app, follow_specs, service_main
 from driftloop.service import Service, consumes
 from driftloop.store import RowStore
 from driftloop_ingest.handlers import SERVICE, IngestHandler
@@ -14,20 +14,21 @@ from driftloop_ingest.settings import IngestSettings
 
 def create_app(settings: IngestSettings) -> ServiceApp:
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
+    specs = follow_specs(SERVICE, settings)
     store = RowStore(
         settings.offline_dir,
         partition_days=settings.store_partition_days,
         min_free_bytes=settings.store_min_free_mb * 2**20,
     )
-    handler = IngestHandler(catalog.specs, store, topics, timedelta(seconds=settings.max_future_s))
+    handler = IngestHandler(specs.book, store, topics, timedelta(seconds=settings.max_future_s))
     service = Service(
         SERVICE,
         settings,
         [consumes(handler, {topics.events_raw: Observation}, settings.group_id)],
         produces={topics.events_validated: Observation},
+        specs=specs,
     )
-    return build_app(service, specs=catalog, on_shutdown=[store.close])
+    return build_app(service, on_shutdown=[store.close])
 
 
 main = service_main(IngestSettings, create_app)  # the `driftloop-ingest` command

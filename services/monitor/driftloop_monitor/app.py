@@ -16,7 +16,7 @@ from driftloop.contracts import (
     TrainModel,
 )
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
+from driftloop.runtime import ServiceApp, build_app, follow_specs, service_main
 from driftloop.service import Service, consumes
 from driftloop_monitor.adapters import JoinStore
 from driftloop_monitor.handlers import SERVICE, Monitor
@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 def create_app(settings: MonitorSettings) -> ServiceApp:
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings, build=frozenset({"detectors"}))  # builds them
+    specs = follow_specs(SERVICE, settings, build=frozenset({"detectors"}))  # builds them
     redis = redis_client(settings)
     monitor = Monitor(
-        catalog.specs,
+        specs.book,
         JoinStore(redis, settings.join_ttl_s, settings.orphan_grace_s),
         topics,
         settings.quality_window,
@@ -49,7 +49,8 @@ def create_app(settings: MonitorSettings) -> ServiceApp:
             topics.monitor_drift: DriftDetected,
             topics.training_requests: TrainModel,
         },
-        follower=follow_models(settings, monitor.on_lifecycle, list(monitor.specs)),
+        follower=follow_models(settings, monitor.on_lifecycle, specs.book),
+        specs=specs,
     )
 
     async def sweep() -> None:
@@ -61,7 +62,7 @@ def create_app(settings: MonitorSettings) -> ServiceApp:
             except Exception:
                 log.warning("sweeping the label windows failed; next time", exc_info=True)
 
-    return build_app(service, specs=catalog, background=[sweep], on_shutdown=[redis.aclose])
+    return build_app(service, background=[sweep], on_shutdown=[redis.aclose])
 
 
 main = service_main(MonitorSettings, create_app)  # the `driftloop-monitor` command

@@ -6,7 +6,7 @@ import collections
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, Literal, NamedTuple, TypeVar
 
@@ -141,6 +141,49 @@ def moment(ms: int | float) -> datetime:
         raise InvalidInput("timestamp_out_of_range", f"record timestamp {ms!r:.30} ms is not a date") from exc
 
 
+class Watches(Mapping[str, Watch]):
+    """A `Watch` per model in force, made when a model is first looked at and made again, on the
+    event that placed its champion, when the model's spec changes (its detectors start afresh)."""
+
+    def __init__(self, specs: Mapping[str, ModelSpec], quality_window: int) -> None:
+        self.specs = specs
+        self.quality_window = quality_window
+        self.placed: dict[str, ModelPromoted | ModelRolledBack] = {}  # the champion's event, by model
+        self._held: dict[str, Watch] = {}
+
+    def __getitem__(self, model: str) -> Watch:
+        spec = self.specs[model]
+        watch = self._held.get(model)
+        if watch is None or watch.spec is not spec:
+            watch = self._held[model] = Watch(spec, self.quality_window)
+            _declare(model, spec)
+            if (event := self.placed.get(model)) is not None:
+                watch.promoted(
+                    event.version, event.reference_stats, event.prediction_shares, event.command_id
+                )
+        return watch
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.specs)
+
+    def __len__(self) -> int:
+        return len(self.specs)
+
+
+def _declare(model: str, spec: ModelSpec) -> None:
+    """A model's series, so rates and alerts see its first event (counters exist at 0)."""
+    if spec.gate.metric != "log_loss":
+        ACCURACY_FLOOR.labels(model).set(spec.gate.floor)
+    DETECTIONS.labels(model, spec.drift.detector, "concept")
+    DETECTIONS.labels(model, spec.drift.covariate.statistic, "covariate")
+    DETECTIONS.labels(model, "psi", "prediction")
+    WARNINGS.labels(model, spec.drift.detector)
+    for reason in ("drift", "periodic", "retry", "below_floor"):
+        RETRAINS.labels(model, reason)
+    UNLABELLED.labels(model)
+    EXPIRED.labels(model)
+
+
 class Monitor:
     """Joins, quality and drift of every model's champion. What it learned from a record is kept
     until that record's batch is committed (a memo of its loop's `checkpoint`, by part and
@@ -158,21 +201,11 @@ class Monitor:
         self.specs = specs
         self.joins = joins
         self.topics = topics
-        self.watches = {name: Watch(spec, quality_window) for name, spec in specs.items()}
+        self.watches = Watches(specs, quality_window)  # made again when a spec changes
         self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
         self.checkpoint = Checkpoint(memo_limit=MEMORY)  # what each record taught, until committed
-        for name, spec in specs.items():
-            if spec.gate.metric != "log_loss":
-                ACCURACY_FLOOR.labels(name).set(spec.gate.floor)
-            # counters exist at 0 from the start, so rates and alerts see the first event
-            DETECTIONS.labels(name, spec.drift.detector, "concept")
-            DETECTIONS.labels(name, spec.drift.covariate.statistic, "covariate")
-            DETECTIONS.labels(name, "psi", "prediction")
-            WARNINGS.labels(name, spec.drift.detector)
-            for reason in ("drift", "periodic", "retry", "below_floor"):
-                RETRAINS.labels(name, reason)
-            UNLABELLED.labels(name)
-            EXPIRED.labels(name)
+        for name in specs:
+            self.watches.get(name)
 
     async def on_lifecycle(self, event: LifecycleEvent) -> None:
         watch = self.watches.get(event.model)
@@ -182,6 +215,7 @@ class Monitor:
             watch.policy.rejected(event.command_id)  # a retrain it asked for came to nothing
         if not isinstance(event, ModelPromoted | ModelRolledBack) or watch.champion == event.version:
             return
+        self.watches.placed[event.model] = event
         retired = watch.promoted(
             event.version, event.reference_stats, event.prediction_shares, event.command_id
         )

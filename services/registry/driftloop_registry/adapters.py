@@ -93,6 +93,13 @@ class RedisRegistryRepository:
     async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None:
         await self.redis.hset("registry:commands", command_id, orjson.dumps(event))
 
+    async def keep_spec_event(self, model: str, key: str, event: dict[str, Any]) -> None:
+        await self.redis.hsetnx(f"registry:{model}:specs", key, orjson.dumps(event))
+
+    async def spec_events(self, model: str) -> list[dict[str, Any]]:
+        raw = await self.redis.hgetall(f"registry:{model}:specs")
+        return sorted((orjson.loads(v) for v in raw.values()), key=_when)
+
 
 class InMemoryRegistryRepository:
     """The registry's store in memory (`driftloop_registry.domain.RegistryRepository`), for unit
@@ -104,6 +111,7 @@ class InMemoryRegistryRepository:
         self.alias: dict[str, dict[str, int]] = {}
         self.champions: dict[str, list[int]] = {}
         self.outcomes: dict[str, bytes] = {}
+        self.specs: dict[str, dict[str, bytes]] = {}
 
     async def reserve_version(self, model: str, run_id: str) -> int:
         runs = self.runs.setdefault(model, {})
@@ -151,9 +159,20 @@ class InMemoryRegistryRepository:
     async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None:
         self.outcomes[command_id] = orjson.dumps(event)
 
+    async def keep_spec_event(self, model: str, key: str, event: dict[str, Any]) -> None:
+        self.specs.setdefault(model, {}).setdefault(key, orjson.dumps(event))
+
+    async def spec_events(self, model: str) -> list[dict[str, Any]]:
+        return sorted((orjson.loads(v) for v in self.specs.get(model, {}).values()), key=_when)
+
 
 def _number(version: ModelVersion) -> int:
     return version.version
+
+
+def _when(event: dict[str, Any]) -> str:
+    """When a spec event was published (ISO 8601 in UTC: sorts as text)."""
+    return str(event.get("applied_at") or event.get("retired_at") or "")
 
 
 class CardWriter:

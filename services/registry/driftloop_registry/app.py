@@ -11,8 +11,8 @@ from faststream.asgi import AsgiResponse, get
 
 from driftloop.artifacts import ArtifactStore
 from driftloop.connections import object_store, redis_client
-from driftloop.contracts import LifecycleEvent, ModelTrained, RegistryCommand
-from driftloop.runtime import ServiceApp, build_app, json_response, model_specs, service_main
+from driftloop.contracts import LifecycleEvent, ModelTrained, RegistryCommand, SpecEvent
+from driftloop.runtime import ServiceApp, build_app, follow_specs, json_response, service_main
 from driftloop.service import Consumes, Service
 from driftloop.spec import MODEL_NAME
 from driftloop_registry.adapters import CardWriter, RedisRegistryRepository
@@ -28,10 +28,10 @@ def _query(scope: Any) -> dict[str, str]:
 
 def create_app(settings: RegistrySettings) -> ServiceApp:
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings)
+    specs = follow_specs(SERVICE, settings)
     redis = redis_client(settings)
     registry = Registry(
-        catalog.specs,
+        specs.book,
         RedisRegistryRepository(redis),
         ArtifactStore(object_store(settings)),
         CardWriter(settings.data_dir / "cards"),
@@ -52,8 +52,14 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
                     registry.handle_commands,
                 ),
             )
+        ]
+        + [
+            Consumes(
+                {topics.models_specs: SpecEvent}, settings.specs_group_id, registry.keep_specs, hot=False
+            )
         ],
         produces={topics.models_lifecycle: LifecycleEvent},
+        specs=specs,
     )
 
     @get(description="Models with their aliases and version counts.")
@@ -66,6 +72,13 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
         if not MODEL_NAME.match(model):
             return json_response({"error": "model must be a model name"}, 400)
         return json_response(await registry.list_versions(model))
+
+    @get(description="Spec versions and retirements of `?model=`, oldest first, the one in force marked.")
+    async def specs_of(scope: Any) -> AsgiResponse:
+        model = _query(scope).get("model", "")
+        if not MODEL_NAME.match(model):
+            return json_response({"error": "model must be a model name"}, 400)
+        return json_response(await registry.spec_history(model))
 
     @get(description="Model card (full lineage) of `?model=&version=`; `&format=md` for Markdown.")
     async def card(scope: Any) -> AsgiResponse:
@@ -88,9 +101,13 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
 
     return build_app(
         service,
-        specs=catalog,
         on_shutdown=[redis.aclose],
-        routes=[("/v1/models", models), ("/v1/versions", versions), ("/v1/card", card)],
+        routes=[
+            ("/v1/models", models),
+            ("/v1/versions", versions),
+            ("/v1/card", card),
+            ("/v1/specs", specs_of),
+        ],
     )
 
 

@@ -136,6 +136,7 @@ class ModelVersion:
             "model": trained.model,
             "version": self.version,
             "artifact": trained.artifact,
+            "spec_version": trained.spec_version,
             "classes": trained.classes,
             "feature_names": trained.feature_names,
             "previous_version": previous,
@@ -197,6 +198,15 @@ class RegistryRepository(Protocol):
 
     async def save_command_outcome(self, command_id: str, event: dict[str, Any]) -> None: ...
 
+    async def keep_spec_event(self, model: str, key: str, event: dict[str, Any]) -> None:
+        """Keep a spec event of `models.specs` (a version applied, a retirement) under its key,
+        once: kept again, it changes nothing."""
+        ...
+
+    async def spec_events(self, model: str) -> list[dict[str, Any]]:
+        """The model's spec events, oldest first."""
+        ...
+
 
 def render_card(record: Mapping[str, Any], state: str) -> str:
     """A model card in Markdown: decision, metrics against the champion, data, lineage, history.
@@ -217,6 +227,7 @@ def render_card(record: Mapping[str, Any], state: str) -> str:
         f"sha256 `{trained['artifact']['sha256']}`)",
         f"- **ONNX parity:** max |p_onnx - p_sklearn| = {trained['parity_max_abs_diff']:.2e}",
         f"- **Code version:** {markdown(trained['code_version'])}",
+        f"- **Spec version:** {markdown(trained.get('spec_version') or 'not recorded')}",
         f"- **Tags:** {tags or 'none'}",
         "",
         f"## Metrics on the holdout ({dataset['holdout_rows']} newest rows)",

@@ -33,6 +33,7 @@ from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
+from driftloop.specbook import SpecBook, check_spec_event, spec_key
 from driftloop_registry import domain
 from driftloop_registry.adapters import CardWriter
 from driftloop_registry.domain import ModelVersion, Refused, RegistryRepository
@@ -75,6 +76,27 @@ class Registry:
             RollbackModel: self._rollback,
             TagModel: self._tag,
         }
+
+    # ------------------------------------------------------------------ spec versions
+
+    async def keep_specs(self, records: Sequence[ConsumerRecord]) -> Handled:
+        """Keep every spec event of `models.specs` (`/v1/specs`), in a consumer group of its own so
+        each record is looked at once; a record no service can use is dead-lettered with why."""
+        out = Outbox(self.topics.events_dlq)
+        events, dead = triage(SERVICE, records, lambda r: check_spec_event(r.value)[0])
+        out.dead_letters(dead)
+        for event in events:
+            key = spec_key(event).decode()
+            await self.repo.keep_spec_event(event.model, key, event.model_dump(mode="json"))
+        return out.handled()
+
+    async def spec_history(self, model: str) -> list[dict[str, Any]]:
+        """The model's spec versions and retirements, oldest first, the one in force marked."""
+        in_force = self.specs.version_of(model) if isinstance(self.specs, SpecBook) else None
+        return [
+            {**event, "in_force": event.get("version") is not None and event.get("version") == in_force}
+            for event in await self.repo.spec_events(model)
+        ]
 
     # ------------------------------------------------------------------ trained candidates
 

@@ -10,4 +10,7 @@ class RegistrySettings(ServiceSettings):
     commands_group_id: str = Field(
         default="registry-commands", description="Consumer group on `models.commands`."
     )
+    specs_group_id: str = Field(
+        default="registry-specs", description="Consumer group on `models.specs` (keeps every version)."
+    )
     http_port: int = 8004

@@ -16,7 +16,7 @@ from driftloop.contracts import (
 from driftloop.fastpath import Output
 from driftloop.kafka import encode
 from driftloop.lifecycle import follow_models
-from driftloop.runtime import ServiceApp, build_app, model_specs, service_main
+from driftloop.runtime import ServiceApp, build_app, follow_specs, service_main
 from driftloop.service import Consumes, Service
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog
@@ -26,14 +26,14 @@ from driftloop_training.settings import TrainingSettings
 
 def create_app(settings: TrainingSettings) -> ServiceApp:
     topics = settings.topics
-    catalog = model_specs(SERVICE, settings, build=frozenset({"estimators"}))  # builds them
+    specs = follow_specs(SERVICE, settings, build=frozenset({"estimators"}))  # builds them
     store = RowStore(
         settings.training_dir,
         partition_days=settings.store_partition_days,
         min_free_bytes=settings.store_min_free_mb * 2**20,
     )
     trainer = Trainer(
-        catalog.specs,
+        specs.book,
         store,
         ArtifactStore(object_store(settings), settings.data_dir / "artifact-cache"),
         DatasetCatalog(settings.training_dir / "datasets"),
@@ -64,13 +64,14 @@ def create_app(settings: TrainingSettings) -> ServiceApp:
             topics.models_trained: ModelTrained,
             topics.models_lifecycle: ModelTrainingFailed | ModelTrainingDeferred,
         },
-        follower=follow_models(settings, trainer.on_lifecycle, list(trainer.specs)),
+        follower=follow_models(settings, trainer.on_lifecycle, specs.book),
+        specs=specs,
     )
 
     async def tell(event: LifecycleEvent) -> None:
         await service.send([Output(topics.models_lifecycle, None, encode(event))])
 
-    return build_app(service, specs=catalog, on_shutdown=[store.close])
+    return build_app(service, on_shutdown=[store.close])
 
 
 main = service_main(TrainingSettings, create_app)  # the `driftloop-training` command

@@ -37,6 +37,7 @@ from driftloop.kafka import triage
 from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
+from driftloop.specbook import Derived, spec_version
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog, convert
 
@@ -129,7 +130,7 @@ class Trainer:
         self.threads = threads
         self.specs = specs
         self.datasets = datasets
-        self.feature_sets = {name: FeatureSet(spec) for name, spec in specs.items()}
+        self.feature_sets = Derived(specs, FeatureSet)  # made again when a spec changes
         self.store = store
         self.artifacts = artifacts
         self.topics = topics
@@ -369,6 +370,7 @@ class Trainer:
         )
         self.datasets.save(spec.name, dataset)
         return ModelTrained(
+            spec_version=spec_version(spec),
             run_id=f"{spec.name}-{command.command_id}",
             command_id=command.command_id,
             reason=command.reason,
