@@ -75,12 +75,6 @@ def start_s3(bucket: str = "bench") -> tuple[subprocess.Popen[bytes], dict[str, 
     }
 
 
-def object_store_settings(env: dict[str, str]) -> dict[str, str]:
-    """The `ServiceSettings` fields of `DRIFTLOOP_OBJECT_STORE_*` variables."""
-    prefix = "DRIFTLOOP_"
-    return {k.removeprefix(prefix).lower(): v for k, v in env.items() if k.startswith(f"{prefix}OBJECT")}
-
-
 def wait_ready(port: int, what: str, timeout: float = 60.0) -> None:
     """Poll a service's /readyz until it answers 200."""
     deadline = time.monotonic() + timeout

@@ -28,7 +28,6 @@ from sklearn.datasets import make_classification
 from sklearn.ensemble import HistGradientBoostingClassifier
 
 from bench.common import (
-    object_store_settings,
     start_broker_and_redis,
     start_s3,
     stop_processes,
@@ -43,7 +42,7 @@ from driftloop.connections import object_store
 from driftloop.contracts import ModelPromoted
 from driftloop.fastpath import BatchSender
 from driftloop.kafka import ensure_topics
-from driftloop.localstack import free_port
+from driftloop.localstack import free_port, object_store_settings
 from driftloop.settings import ServiceSettings, Topics
 from driftloop.specbook import apply_specs
 from driftloop_training.adapters import convert

@@ -66,17 +66,11 @@ def s3_server() -> Iterator[str]:
 @pytest.fixture
 def s3_settings(s3_server: str) -> dict[str, object]:
     """Object store settings of a bucket of this test's own on the session's S3 server."""
+    from tests.helpers import s3_settings_for
+
     bucket = f"t{uuid.uuid4().hex[:12]}"
     create_bucket(s3_server, bucket)
-    return {
-        "object_store_url": f"s3://{bucket}/driftloop",
-        "object_store_endpoint": s3_server,
-        "object_store_region": "us-east-1",
-        "object_store_access_key_id": "test",
-        "object_store_secret_access_key": "test-secret",
-        "object_store_allow_http": True,
-        "object_store_timeout_s": 3.0,
-    }
+    return s3_settings_for(s3_server, bucket)
 
 
 @pytest.fixture

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import signal
+import subprocess
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from aiokafka import ConsumerRecord
@@ -216,3 +220,33 @@ async def apply_models(bootstrap: str, topics: Topics, directory: Path | None = 
 
     settings = ServiceSettings(kafka_bootstrap=bootstrap, topics=topics)
     await apply_specs(settings, directory or ROOT / "models")
+
+
+def s3_settings_for(endpoint: str, bucket: str, secret: str = "test-secret") -> dict[str, Any]:
+    """Object store settings of a bucket on a test S3 server (short timeout: outages are tested)."""
+    return {
+        "object_store_url": f"s3://{bucket}/driftloop",
+        "object_store_endpoint": endpoint,
+        "object_store_region": "us-east-1",
+        "object_store_access_key_id": "test",
+        "object_store_secret_access_key": secret,
+        "object_store_allow_http": True,
+        "object_store_timeout_s": 2.0,
+    }
+
+
+@contextlib.contextmanager
+def own_s3_server(bucket: str, secret: str = "test-secret") -> Iterator[tuple[subprocess.Popen[bytes], dict]]:
+    """An S3-protocol server of the test's own (to stop), with a bucket: (process, its settings)."""
+    from driftloop.localstack import create_bucket, free_port, s3_command, wait_port
+
+    port = free_port()
+    server = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_port(port, 30, "S3 server")
+        create_bucket(f"http://127.0.0.1:{port}", bucket)
+        yield server, s3_settings_for(f"http://127.0.0.1:{port}", bucket, secret)
+    finally:
+        server.send_signal(signal.SIGCONT)  # a test may have stopped it
+        server.kill()
+        server.wait()

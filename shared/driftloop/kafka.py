@@ -5,6 +5,7 @@ Group consumers are `driftloop.fastpath.FastPath` loops, declared by `driftloop.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import logging
@@ -266,3 +267,69 @@ async def tail_from_end(
     for tp in assigned:  # resolve positions now, so nothing produced from here on is missed
         await consumer.position(tp)
     return consumer
+
+
+class TopicFollower:
+    """Replays a topic from its start without a consumer group (`catch_up`: before a service's
+    loops start), then follows it in the background: every record goes to `take`, in order. A
+    topic the broker lost (emptied, created again) is read anew from its start and `truncated`
+    is told. Subclasses: the lifecycle and the spec followers."""
+
+    def __init__(
+        self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None, fetch_wait_ms: int = 50
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.options = options  # `driftloop.connections.kafka_options`
+        self.fetch_wait_ms = fetch_wait_ms  # such topics are quiet: a long wait spares the broker fetches
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def take(self, record: ConsumerRecord) -> None:
+        """Handle one record."""
+        raise NotImplementedError
+
+    async def truncated(self) -> None:
+        """The broker lost the topic; it is being read again from its start."""
+
+    async def _drain(self, timeout_ms: int) -> int:
+        assert self._consumer is not None
+        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+        count = 0
+        for records in batches.values():
+            for record in records:
+                await self.take(record)
+                count += 1
+        return count
+
+    async def catch_up(self) -> None:
+        """Replay every record already on the topic, then return."""
+        self._consumer = await read_from_start(self.bootstrap, self.topic, self.fetch_wait_ms, self.options)
+        partitions = list(self._consumer.assignment())
+        end = await self._consumer.end_offsets(partitions)
+        while any([await self._consumer.position(tp) < end[tp] for tp in partitions]):
+            await self._drain(200)
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                idle = not await self._drain(self.fetch_wait_ms)
+                if idle and self._consumer is not None and await follow_truncation(self._consumer):
+                    await self.truncated()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following %s failed; retrying", self.topic)
+                await asyncio.sleep(1)
+
+    async def start(self) -> None:
+        """Catch up, then follow in the background."""
+        await self.catch_up()
+        self._task = asyncio.create_task(self._follow(), name=f"follow-{self.topic}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self._consumer is not None:
+            await self._consumer.stop()

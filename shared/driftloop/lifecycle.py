@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import ConsumerRecord
 from prometheus_client import Counter
 from pydantic import ValidationError
 
@@ -23,7 +23,7 @@ from driftloop.connections import kafka_options
 from driftloop.contracts import LIFECYCLE, AnnounceModel, LifecycleEvent, ModelPromoted, ModelRolledBack
 from driftloop.fastpath import BatchSender, Output
 from driftloop.faults import backoff_s, describe, is_transient
-from driftloop.kafka import follow_truncation, read_from_start
+from driftloop.kafka import TopicFollower
 from driftloop.settings import ServiceSettings
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class AskRegistry:
         log.info("asked the registry to announce %s: %s", sorted(models), reason)
 
 
-class LifecycleFollower:
+class LifecycleFollower(TopicFollower):
     """Replays and then follows the lifecycle topic, calling `handler` for every event in order;
     with `ask`, asks the registry to announce the models it found no champion for."""
 
@@ -69,33 +69,19 @@ class LifecycleFollower:
         ask: AskRegistry | None = None,
         fetch_wait_ms: int = 50,
     ) -> None:
-        self.bootstrap = bootstrap
-        self.fetch_wait_ms = fetch_wait_ms  # events are rare: a long wait spares the broker fetches
-        self.options = options  # `driftloop.connections.kafka_options`
-        self.topic = topic
+        super().__init__(bootstrap, topic, options, fetch_wait_ms)
         self.handler = handler
         self.ask = ask
         self.serving: set[str] = set()  # models a champion was announced for
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
 
-    async def _drain(self, timeout_ms: int) -> int:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=500)
-        count = 0
-        for records in batches.values():
-            for record in records:
-                try:
-                    event = LIFECYCLE.validate_json(record.value or b"")
-                except ValidationError as exc:
-                    log.warning("ignoring malformed lifecycle event at %s: %s", record.offset, exc)
-                    continue
-                if await self._handle(event, record.offset) and isinstance(
-                    event, ModelPromoted | ModelRolledBack
-                ):
-                    self.serving.add(event.model)  # a skipped event leaves the model to ask for
-                count += 1
-        return count
+    async def take(self, record: ConsumerRecord) -> None:
+        try:
+            event = LIFECYCLE.validate_json(record.value or b"")
+        except ValidationError as exc:
+            log.warning("ignoring malformed lifecycle event at %s: %s", record.offset, exc)
+            return
+        if await self._handle(event, record.offset) and isinstance(event, ModelPromoted | ModelRolledBack):
+            self.serving.add(event.model)  # a skipped event leaves the model to ask for
 
     async def _handle(self, event: LifecycleEvent, offset: int) -> bool:
         """Hand one event to the handler (True once it took it): retried while an infrastructure
@@ -120,19 +106,15 @@ class LifecycleFollower:
                 await asyncio.sleep(backoff_s(failures))
 
     async def catch_up(self) -> None:
-        """Replay every event already on the topic, then return."""
-        self._consumer = await read_from_start(self.bootstrap, self.topic, self.fetch_wait_ms, self.options)
-        partitions = list(self._consumer.assignment())
-        end = await self._consumer.end_offsets(partitions)
-
-        async def behind() -> bool:
-            assert self._consumer is not None
-            return any([await self._consumer.position(tp) < end[tp] for tp in partitions])
-
-        while await behind():
-            await self._drain(200)
+        """Replay every event already on the topic, then ask for the champions it did not name."""
+        await super().catch_up()
         if self.ask is not None:
             await self._ask([m for m in self.ask.models if m not in self.serving], "no champion at start-up")
+
+    async def truncated(self) -> None:
+        if self.ask is not None:
+            self.serving.clear()  # the broker lost the topic: have it written again
+            await self._ask(list(self.ask.models), "topic lost")
 
     async def _ask(self, models: Sequence[str], reason: str) -> None:
         if not models or self.ask is None:
@@ -141,32 +123,6 @@ class LifecycleFollower:
             await self.ask(models, f"{reason} on {self.topic}")
         except Exception:  # serving goes on; the next start or loss asks again
             log.warning("could not ask the registry to announce %s", models, exc_info=True)
-
-    async def _follow(self) -> None:
-        while True:
-            try:
-                if await self._drain(500) or self._consumer is None:
-                    continue
-                if await follow_truncation(self._consumer) and self.ask is not None:
-                    self.serving.clear()  # the broker lost the topic: have it written again
-                    await self._ask(list(self.ask.models), "topic lost")
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("lifecycle follower failed; retrying")
-                await asyncio.sleep(1)
-
-    async def start(self) -> None:
-        """Catch up, then follow in the background."""
-        await self.catch_up()
-        self._task = asyncio.create_task(self._follow(), name=f"follow-{self.topic}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 def follow_models(

@@ -104,6 +104,14 @@ class ObjectStore:
             raise self._fault("check", key, exc) from exc
         return True
 
+    async def keys(self, prefix: str) -> list[str]:
+        """The keys below a prefix (`offline/sea`), sorted."""
+        try:
+            listed = await obstore.list(self._store, prefix=prefix).collect_async()
+        except Exception as exc:
+            raise self._fault("list", prefix, exc) from exc
+        return sorted(str(entry["path"]) for entry in listed)
+
     def _fault(self, verb: str, key: str, exc: Exception) -> Unavailable:
         first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
         return Unavailable(f"object store {self.url}: cannot {verb} {key!r}: {first}")

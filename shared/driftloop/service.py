@@ -205,24 +205,20 @@ class Service:
                         }
                     },
                 }
-        if self.specs is not None:
-            topic = self.specs.topic
-            operations[f"follow {topic}"] = {
-                "action": "receive",
-                "channel": {"$ref": f"#/channels/{_escape(topic)}"},
-                "messages": channel(topic, SpecEvent),
-                "description": "Every spec version, replayed from the start without a consumer "
-                "group before the loops start, then followed: the models the service handles.",
-            }
-        if self.follower is not None:
-            topic = self.follower.topic
-            operations[f"follow {topic}"] = {
-                "action": "receive",
-                "channel": {"$ref": f"#/channels/{_escape(topic)}"},
-                "messages": channel(topic, LifecycleEvent),
-                "description": "Every lifecycle event, replayed from the start without a consumer "
-                "group, then followed.",
-            }
+        followed = [
+            (self.specs, SpecEvent, "Every spec version, replayed from the start without a consumer group "
+             "before the loops start, then followed: the models the service handles."),
+            (self.follower, LifecycleEvent, "Every lifecycle event, replayed from the start without a "
+             "consumer group, then followed."),
+        ]  # fmt: skip
+        for follower, kind, about in followed:
+            if follower is not None:
+                operations[f"follow {follower.topic}"] = {
+                    "action": "receive",
+                    "channel": {"$ref": f"#/channels/{_escape(follower.topic)}"},
+                    "messages": channel(follower.topic, kind),
+                    "description": about,
+                }
         for topic, kind in self._sends().items():
             operations[f"send {topic}"] = {
                 "action": "send",

@@ -13,7 +13,6 @@ trained with.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 from collections.abc import Callable, Iterator, Mapping
@@ -26,6 +25,7 @@ from pydantic import ValidationError
 
 from driftloop.connections import kafka_options
 from driftloop.contracts import SPEC_EVENT, InvalidInput, ModelSpecApplied, ModelSpecRetired, SpecEvent, parse
+from driftloop.kafka import TopicFollower
 from driftloop.metrics import SPECS_REFUSED
 from driftloop.settings import ServiceSettings
 from driftloop.spec import BUILDS, ModelSpec, SpecRefused, describe, load_spec, read_specs
@@ -180,7 +180,7 @@ class Derived(Mapping[str, V], Generic[V]):
         return len(self.specs)
 
 
-class SpecFollower:
+class SpecFollower(TopicFollower):
     """Replays `models.specs` into a book (`catch_up`, before a service's loops start), then
     follows it. A record the book refuses is logged, counted (`driftloop_specs_refused`) and
     listed by `/readyz`; the model's previous version stays in force. (The registry reads the topic
@@ -195,22 +195,10 @@ class SpecFollower:
         options: Mapping[str, Any] | None = None,
         fetch_wait_ms: int = 250,
     ) -> None:
-        self.bootstrap, self.topic, self.book, self.service = bootstrap, topic, book, service
-        self.options = options
-        self.fetch_wait_ms = fetch_wait_ms
-        self._consumer: Any = None
-        self._task: asyncio.Task[None] | None = None
+        super().__init__(bootstrap, topic, options, fetch_wait_ms)
+        self.book, self.service = book, service
 
-    async def _drain(self, timeout_ms: int) -> int:
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=500)
-        count = 0
-        for records in batches.values():
-            for record in records:
-                count += 1
-                await self._take(record)
-        return count
-
-    async def _take(self, record: ConsumerRecord) -> None:
+    async def take(self, record: ConsumerRecord) -> None:
         try:
             event = self.book.take(record.value)
         except InvalidInput as exc:
@@ -222,41 +210,6 @@ class SpecFollower:
             log.info("model %s retired", event.model)
         else:
             log.info("spec of %s in force: version %s", event.model, event.version)
-
-    async def catch_up(self) -> None:
-        """Replay every spec event already on the topic."""
-        from driftloop.kafka import read_from_start
-
-        self._consumer = await read_from_start(self.bootstrap, self.topic, self.fetch_wait_ms, self.options)
-        partitions = list(self._consumer.assignment())
-        end = await self._consumer.end_offsets(partitions)
-        while any([await self._consumer.position(tp) < end[tp] for tp in partitions]):
-            await self._drain(200)
-
-    async def _follow(self) -> None:
-        from driftloop.kafka import follow_truncation
-
-        while True:
-            try:
-                if not await self._drain(self.fetch_wait_ms):
-                    await follow_truncation(self._consumer)  # a topic the broker lost: read it anew
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("spec follower failed; retrying")
-                await asyncio.sleep(1)
-
-    async def start(self) -> None:
-        """Catch up, then follow in the background."""
-        await self.catch_up()
-        self._task = asyncio.create_task(self._follow(), name=f"follow-{self.topic}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        if self._consumer is not None:
-            await self._consumer.stop()
 
 
 class SpecsRefused(ValueError):

@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 from driftloop.contracts import as_utc
 from driftloop.spec import MODEL_NAME
 
-_LAYOUT = 2  # PRAGMA user_version of the index
+_LAYOUT = 3  # PRAGMA user_version of the index (3: files exported to the object store)
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
 CREATE TABLE IF NOT EXISTS rows (
@@ -54,6 +54,7 @@ CREATE TABLE IF NOT EXISTS rows (
     row INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS rows_time ON rows(event_us, seq);
+CREATE TABLE IF NOT EXISTS exported (file INTEGER PRIMARY KEY REFERENCES files(id));
 """
 DEFAULT_PARTITION = "__HIVE_DEFAULT_PARTITION__"  # Hive's (and pyarrow's) name of the null partition
 DATE_PARTITIONING = ds.partitioning(pa.schema([("date", pa.date32())]), flavor="hive")
@@ -103,7 +104,8 @@ def _open_layout(conn: sqlite3.Connection) -> None:
     layout = conn.execute("PRAGMA user_version").fetchone()[0]
     if layout == _LAYOUT:
         return
-    if conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'rows'").fetchone()[0]:
+    exists = conn.execute("SELECT count(*) FROM sqlite_master WHERE name = 'rows'").fetchone()[0]
+    if exists and layout != 2:  # 2 -> 3 adds a table; anything else is another version's
         raise RuntimeError(f"row store index of layout {layout}, not {_LAYOUT}: written by another version")
     with conn:
         conn.execute("BEGIN")
@@ -280,6 +282,28 @@ class RowStore:
         except BaseException:
             temporary.unlink(missing_ok=True)
             raise
+
+    def models(self) -> list[str]:
+        """The models this store holds rows of."""
+        if not self.root.is_dir():
+            return []
+        return sorted(
+            p.name for p in self.root.iterdir() if (p / "index.sqlite3").exists() and MODEL_NAME.match(p.name)
+        )
+
+    def unexported(self, model: str) -> list[tuple[str, Path]]:
+        """(name below the model, path) of each indexed file not yet marked exported, oldest first."""
+        sql = "SELECT name FROM files WHERE id NOT IN (SELECT file FROM exported) ORDER BY id"
+        return [(name, self._dir(model) / name) for (name,) in self._conn(model).execute(sql)]
+
+    def mark_exported(self, model: str, names: Sequence[str]) -> None:
+        """Record files as exported (`unexported` no longer lists them)."""
+        conn = self._conn(model)
+        with self._lock, conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO exported(file) SELECT id FROM files WHERE name = ?",
+                [(n,) for n in names],
+            )
 
     def count(self, model: str, since: datetime | None = None, until: datetime | None = None) -> int:
         """Rows of a model with event time in [since, until)."""

@@ -22,6 +22,7 @@ from aiokafka import AIOKafkaProducer
 
 from driftloop import datasets, localstack
 from driftloop.client import PredictionClient
+from driftloop.connections import object_store
 from driftloop.contracts import TrainModel
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings, Topics
@@ -130,6 +131,9 @@ async def test_services_apart_take_a_new_model_and_a_changed_spec_without_a_rest
         assert stack.pids == pids, "a service was restarted"
         var = run / "var"
         assert not (var / "objects").exists()  # no artifact went through a shared directory
+        objects = object_store(ServiceSettings(**localstack.object_store_settings(stack.object_store_env())))
+        offline = await objects.keys("offline/shop")  # the offline store, readable by any Parquet reader
+        assert offline and all(k.endswith(".parquet") and "/date=" in k for k in offline)
 
         # a second inference instance on an empty directory of its own serves the same champions
         port = free_port()

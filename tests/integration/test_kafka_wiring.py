@@ -68,3 +68,59 @@ async def test_group_lag_is_what_a_group_has_left_to_commit(kafka_bootstrap, top
     finally:
         await consumer.stop()
     assert await group_lag(kafka_bootstrap, {group: [source], "nobody": [other]}) == {group: 40, "nobody": 7}
+
+
+async def test_the_durable_broker_keeps_every_acknowledged_record_and_the_specs_across_a_restart(
+    s3_server, tmp_path
+):
+    """The local stack's durable broker (`driftloop up --durable`): tansu on the S3 server."""
+    import os
+    import subprocess
+    import uuid
+
+    from driftloop.kafka import read_from_start
+    from driftloop.localstack import broker_command, create_bucket, free_port, wait_port
+    from driftloop.settings import Topics
+    from driftloop.specbook import apply_specs, published
+    from tests.conftest import ROOT
+
+    bucket = f"tansu{uuid.uuid4().hex[:8]}"
+    create_bucket(s3_server, bucket)
+    env = {**os.environ, "AWS_ENDPOINT": s3_server, "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "k",
+           "AWS_SECRET_ACCESS_KEY": "s", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
+    port = free_port()
+    bootstrap = f"127.0.0.1:{port}"
+    settings = ServiceSettings(kafka_bootstrap=bootstrap, topics=Topics())
+
+    def start() -> subprocess.Popen[bytes]:
+        command = broker_command(port, f"s3://{bucket}/")
+        proc = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(port, 20, "broker")
+        return proc
+
+    broker = start()
+    try:
+        await ensure_topics(settings, [settings.topics.events_raw])
+        await apply_specs(settings, ROOT / "models")
+        sender = await BatchSender.connect(bootstrap, "test")
+        try:
+            await sender.send(
+                [Output(settings.topics.events_raw, None, f"r{i}".encode()) for i in range(500)]
+            )
+        finally:
+            await sender.stop()
+        broker.kill()
+        broker.wait()
+        broker = start()
+        consumer = await read_from_start(bootstrap, settings.topics.events_raw)
+        got: list[bytes] = []
+        try:
+            while batches := await consumer.getmany(timeout_ms=2000):
+                got += [r.value for records in batches.values() for r in records]
+        finally:
+            await consumer.stop()
+        assert sorted(got) == sorted(f"r{i}".encode() for i in range(500))
+        assert set(await published(bootstrap, settings.topics.models_specs)) >= {"sea", "agrawal"}
+    finally:
+        broker.kill()
+        broker.wait()

@@ -4,7 +4,6 @@ the same `ArtifactStore`: content addresses, checks on every read, the local cac
 from __future__ import annotations
 
 import hashlib
-import subprocess
 import time
 
 import pytest
@@ -13,9 +12,9 @@ from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore
 from driftloop.connections import object_store
 from driftloop.contracts import ArtifactRef
 from driftloop.faults import Unavailable, is_transient
-from driftloop.localstack import create_bucket, free_port, s3_command, wait_port
 from driftloop.objects import ObjectMissing
 from driftloop.settings import ServiceSettings
+from tests.helpers import own_s3_server
 
 
 @pytest.fixture(params=["file", "s3"])
@@ -71,24 +70,12 @@ async def test_the_cache_serves_checked_copies_and_heals_a_damaged_one(s3_settin
 async def test_an_unreachable_store_fails_in_bounded_time_as_a_retryable_fault_and_the_cache_still_serves(
     tmp_path,
 ):
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, 30, "S3 server")
-        create_bucket(endpoint, "outage")
-        settings = ServiceSettings(
-            object_store_url="s3://outage/p", object_store_endpoint=endpoint, object_store_region="us-east-1",
-            object_store_access_key_id="k", object_store_secret_access_key="s3cr3t-value",
-            object_store_allow_http=True, object_store_timeout_s=2.0,
-        )  # fmt: skip
+    with own_s3_server("outage", secret="s3cr3t-value") as (_, objects):
+        settings = ServiceSettings(**objects)
         assert "s3cr3t-value" not in repr(settings) and "s3cr3t-value" not in str(settings.model_dump())
         cached = ArtifactStore(object_store(settings), tmp_path / "cache")
         ref = await cached.put(b"served before the outage")
         assert await cached.get(ref) == b"served before the outage"
-    finally:
-        proc.kill()
-        proc.wait()
     began = time.monotonic()
     with pytest.raises(Unavailable) as raised:
         await cached.verify(ref)

@@ -99,7 +99,7 @@ def test_an_index_of_another_layout_is_refused_not_misread(tmp_path):
         "CREATE TABLE rows (seq INTEGER PRIMARY KEY, event_time TEXT); PRAGMA user_version = 1;"
     )
     conn.close()
-    with pytest.raises(RuntimeError, match="row store index of layout 1, not 2"):
+    with pytest.raises(RuntimeError, match="row store index of layout 1, not 3"):
         RowStore(tmp_path).append("sea", _rows(0, 1))
 
 

@@ -5,7 +5,6 @@ from `predictions.results`, so a lost or doubled answer cannot hide."""
 import asyncio
 import collections
 import signal
-import subprocess
 import uuid
 
 import orjson
@@ -16,13 +15,13 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.connections import object_store
 from driftloop.contracts import DeadLetter, ModelAwaitingApproval, ModelPromoted, PredictionResult
 from driftloop.kafka import read_from_start
-from driftloop.localstack import create_bucket, free_port, s3_command, wait_port
+from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import OtlpReceiver, Publisher, apply_models, collect, sea_onnx
+from tests.helpers import OtlpReceiver, Publisher, apply_models, collect, own_s3_server, sea_onnx
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -209,7 +208,6 @@ async def test_entity_requests_use_the_online_store_and_fail_fast_without_it(
 
     from redis.asyncio import Redis
 
-    from driftloop.localstack import free_port
     from driftloop.online import RedisOnlineStore
 
     redis = Redis.from_url(redis_url)
@@ -282,16 +280,7 @@ async def test_an_object_store_outage_under_load_keeps_serving_and_a_promotion_m
     """The S3 server stops answering for 15 s under load; a promotion is made meanwhile."""
     from driftloop.contracts import LIFECYCLE, ModelServingFailed
 
-    port = free_port()
-    endpoint = f"http://127.0.0.1:{port}"
-    server = subprocess.Popen(s3_command(port), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, 30, "S3 server")
-        create_bucket(endpoint, "serving")
-        objects = {"object_store_url": "s3://serving/driftloop", "object_store_endpoint": endpoint,
-                   "object_store_region": "us-east-1", "object_store_access_key_id": "k",
-                   "object_store_secret_access_key": "s", "object_store_allow_http": True,
-                   "object_store_timeout_s": 2.0}  # fmt: skip
+    with own_s3_server("serving") as (server, objects):
         s = Setup(kafka_bootstrap, redis_url, topics, tmp_path, objects=objects)
         async with s, inference_app(s.settings):
             await s.consuming()
@@ -309,10 +298,6 @@ async def test_an_object_store_outage_under_load_keeps_serving_and_a_promotion_m
                 served.update(r[0].model_version for r in found.values())
             assert 2 in served, "the version promoted during the outage never served"
             lifecycle = await collect(kafka_bootstrap, topics.models_lifecycle, LIFECYCLE, 3, timeout=15)
-    finally:
-        server.send_signal(signal.SIGCONT)
-        server.kill()
-        server.wait()
     assert all(len(v) == 1 for v in answered.values()), "a request was answered twice"
     assert {answered[i][0].model_version for i in during} == {1}
     assert all(answered[i][0].error is None for i in during)

@@ -2,14 +2,21 @@
 duplicates are dropped, and the offline store is appended only after the outputs are out."""
 
 import base64
+import io
 from datetime import timedelta
 
 import orjson
+import pyarrow.parquet as pq
+import pytest
+from obstore.store import MemoryStore
 
 from driftloop.contracts import DeadLetter, Observation
+from driftloop.faults import Unavailable
+from driftloop.objects import ObjectStore
 from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop.store import RowStore
+from driftloop_ingest.adapters import OfflineExport
 from driftloop_ingest.handlers import IngestHandler
 from tests.conftest import ROOT
 from tests.helpers import records
@@ -35,7 +42,7 @@ async def test_ingest_validates_dead_letters_and_dedupes(tmp_path):
     assert (dead.source_topic, dead.source_offset) == (topics.events_raw, 1)
     assert store.count("sea") == 0, "stored before the outputs were acknowledged"
     assert handled.then is not None
-    handled.then()
+    await handled.then()
     assert store.count("sea") == 1
 
     again = await handler.handle(records(topics.events_raw, [orjson.dumps(good)]))
@@ -57,7 +64,48 @@ async def test_a_duplicate_in_the_next_batch_is_dropped_before_the_first_is_stor
     again = await handler.handle(records(topics.events_raw, [good]))
     assert len(again.outputs) == 1
     assert again.then is not None
-    again.then()
+    await again.then()
     assert store.count("sea") == 1
     assert (await handler.handle(records(topics.events_raw, [good]))).outputs == []
+    store.close()
+
+
+class _Flaky(ObjectStore):
+    """An object store that is unreachable until told otherwise."""
+
+    def __init__(self) -> None:
+        super().__init__("memory://", MemoryStore())
+        self.down = True
+
+    async def put(self, key: str, data: bytes) -> None:
+        if self.down:
+            raise Unavailable("object store down")
+        await super().put(key, data)
+
+
+async def test_the_offline_files_reach_the_object_store_once_even_after_it_was_down(tmp_path):
+    topics = Topics()
+    store, objects = RowStore(tmp_path), _Flaky()
+    handler = IngestHandler(load_specs(ROOT / "models"), store, topics, timedelta(minutes=5),
+                            OfflineExport(store, objects))  # fmt: skip
+
+    def observation(i: int) -> bytes:
+        return orjson.dumps({"event_id": f"e{i}", "model": "sea", "features": {"x0": 1, "x1": 2, "x2": 3},
+                             "label": 1, "event_time": f"2026-11-{10 + i}T00:00:00+00:00"})  # fmt: skip
+
+    first = await handler.handle(records(topics.events_raw, [observation(1)]))
+    with pytest.raises(Unavailable):  # the batch fails and is retried; the rows are stored already
+        await first.then()  # type: ignore[misc]
+    [(name, _)] = store.unexported("sea")
+    assert name == "date=2026-11-11/part-000000000001-000000000001.parquet"
+    objects.down = False
+    second = await handler.handle(records(topics.events_raw, [observation(2)]))
+    await second.then()  # type: ignore[misc]
+    assert store.unexported("sea") == []
+    for i, day in ((1, 11), (2, 12)):
+        key = f"offline/sea/date=2026-11-{day}/part-{i:012d}-{i:012d}.parquet"
+        table = pq.read_table(io.BytesIO(await objects.get(key)))
+        assert table.column("event_id").to_pylist() == [f"e{i}"]
+    assert await OfflineExport(store, objects).export() == 0  # nothing twice
+    assert len(await objects.keys("offline/sea")) == 2
     store.close()

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+from driftloop.connections import object_store
 from driftloop.contracts import Observation
 from driftloop.runtime import ServiceApp, build_app, follow_specs, service_main
 from driftloop.service import Service, consumes
 from driftloop.store import RowStore
+from driftloop_ingest.adapters import OfflineExport
 from driftloop_ingest.handlers import SERVICE, IngestHandler
 from driftloop_ingest.settings import IngestSettings
 
@@ -20,7 +22,8 @@ def create_app(settings: IngestSettings) -> ServiceApp:
         partition_days=settings.store_partition_days,
         min_free_bytes=settings.store_min_free_mb * 2**20,
     )
-    handler = IngestHandler(specs.book, store, topics, timedelta(seconds=settings.max_future_s))
+    export = OfflineExport(store, object_store(settings))
+    handler = IngestHandler(specs.book, store, topics, timedelta(seconds=settings.max_future_s), export)
     service = Service(
         SERVICE,
         settings,
