@@ -60,7 +60,7 @@ async def one_pass(spec: ModelSpec, raw: list[ConsumerRecord], batch: int, root:
         handled = await ingest.handle(raw[start : start + batch])
         appended = time.process_time()
         assert handled.then is not None
-        await handled.then()  # type: ignore[misc]
+        handled.then()
         stored = time.process_time()
         ingest.checkpoint.committed(ingest.checkpoint.begin())
         validated = [(o.key, o.value) for o in handled.outputs if o.topic == topics.events_validated]

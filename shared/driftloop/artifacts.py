@@ -111,9 +111,10 @@ class ArtifactStore:
 
 
 def _read_if_there(path: Path) -> bytes | None:
+    """A cached copy's bytes; None when the cache cannot give them (absent, unreadable): a miss."""
     try:
         return path.read_bytes()
-    except FileNotFoundError:
+    except OSError:
         return None
 
 

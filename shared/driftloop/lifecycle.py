@@ -109,14 +109,17 @@ class LifecycleFollower(TopicFollower):
         """Replay every event already on the topic, then ask for the champions it did not name."""
         await super().catch_up()
         if self.ask is not None:
-            await self._ask([m for m in self.ask.models if m not in self.serving], "no champion at start-up")
+            await self.ask_for(
+                [m for m in self.ask.models if m not in self.serving], "no champion at start-up"
+            )
 
     async def truncated(self) -> None:
         if self.ask is not None:
             self.serving.clear()  # the broker lost the topic: have it written again
-            await self._ask(list(self.ask.models), "topic lost")
+            await self.ask_for(list(self.ask.models), "topic lost")
 
-    async def _ask(self, models: Sequence[str], reason: str) -> None:
+    async def ask_for(self, models: Sequence[str], reason: str) -> None:
+        """Ask the registry to announce these models (logged, not raised, when it cannot be sent)."""
         if not models or self.ask is None:
             return
         try:

@@ -98,6 +98,7 @@ class Service:
         self.produces = dict(produces or {})
         self.follower = follower
         self.specs = specs
+        self._asking: set[asyncio.Task[None]] = set()
         self.broker = make_broker(settings, name)  # started by the app (FastStream), not here
         self.loops = [
             FastPath(
@@ -139,12 +140,30 @@ class Service:
         """Create missing topics, catch up with the specs, then with the lifecycle, then start
         every loop."""
         await ensure_topics(self.settings, self.topics())
-        if self.specs is not None:
-            await self.specs.start()
-        if self.follower is not None:
-            await self.follower.start()
+        try:
+            if self.specs is not None:
+                await self.specs.start()
+            if self.follower is not None:
+                await self.follower.start()
+        except BaseException:
+            if self.specs is not None:
+                await self.specs.stop()
+            raise
+        if self.specs is not None and self.follower is not None:
+            self.specs.book.on_change(self._new_model)
         for consumes, loop in zip(self.consumes, self.loops, strict=True):
             await loop.start(consumes.handle)
+
+    def _new_model(self, model: str, spec: object) -> None:
+        """A spec put in force after the lifecycle was replayed: ask the registry to announce the
+        model's champion again (it may have one from before the model was retired, or from before
+        this service knew the model, whose events were passed over then)."""
+        follower = self.follower
+        if spec is None or follower is None or follower.ask is None:
+            return
+        task = asyncio.get_running_loop().create_task(follower.ask_for([model], "spec applied"))
+        self._asking.add(task)
+        task.add_done_callback(self._asking.discard)
 
     async def stop(self) -> None:
         """Finish and commit every loop's batch in flight, then stop following."""

@@ -130,8 +130,9 @@ class ServiceSettings(BaseSettings):
     object_store_timeout_s: float = Field(
         default=10.0,
         gt=0,
-        description="Bound on one object store call, retries included: an unreachable store fails it "
-        "in seconds (the call is retried later; what serves keeps serving).",
+        description="Time limit of one object store request, and how long a call keeps retrying: an "
+        "unreachable store fails a call within about twice this (it is retried later; what serves keeps "
+        "serving).",
     )
     data_dir: Path = Field(default=Path("var/data"), description="Service-local durable data.")
     http_host: str = Field(default="127.0.0.1", description="Bind address of /metrics and /healthz.")

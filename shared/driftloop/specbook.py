@@ -47,8 +47,22 @@ def spec_version(spec: ModelSpec) -> str:
     >>> spec_version(a) == spec_version(b), len(spec_version(a))
     (True, 16)
     """
-    canonical = orjson.dumps(spec.model_dump(mode="json"), option=orjson.OPT_SORT_KEYS)
+    return content_version(spec.model_dump(mode="json"))
+
+
+def content_version(fields: Mapping[str, Any]) -> str:
+    """The hash of a spec's fields as published (canonical JSON): what a `ModelSpecApplied`
+    record's version must be. It depends on the record alone, never on the reader's code, so a
+    release whose specs gain a field with a default still reads every version published before."""
+    canonical = orjson.dumps(fields, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(canonical).hexdigest()[:16]
+
+
+def version_of(specs: Mapping[str, ModelSpec], model: str) -> str | None:
+    """The version of a model's spec in force: as published when `specs` is a book, else its hash."""
+    if isinstance(specs, SpecBook):
+        return specs.version_of(model)
+    return spec_version(specs[model]) if model in specs else None
 
 
 def applied(spec: ModelSpec, source: str = "") -> ModelSpecApplied:
@@ -84,8 +98,10 @@ def check_spec_event(
         raise InvalidInput(
             "invalid_spec", f"{key}: could not be checked ({type(exc).__name__}: {exc})"
         ) from None
-    if spec.name != event.model or spec_version(spec) != event.version:
-        why = f"names {spec.name!r} version {spec_version(spec)}, not {event.model!r} {event.version}"
+    if spec.name != event.model or content_version(event.spec) != event.version:
+        why = (
+            f"names {spec.name!r} version {content_version(event.spec)}, not {event.model!r} {event.version}"
+        )
         raise InvalidInput("invalid_spec", f"{key}: {why}")
     return event, spec
 
@@ -99,6 +115,7 @@ class SpecBook(Mapping[str, ModelSpec]):
         self.build = build
         self._current: dict[str, ModelSpec] = {}
         self._versions: dict[tuple[str, str], ModelSpec] = {}
+        self._version: dict[str, str] = {}  # the version in force, by model
         self._listeners: list[Callable[[str, ModelSpec | None], None]] = []
         self.refused: dict[str, str] = {}  # "<model>@<version>" -> why, for /readyz
         for spec in specs.values():
@@ -114,9 +131,8 @@ class SpecBook(Mapping[str, ModelSpec]):
         return len(self._current)
 
     def version_of(self, model: str) -> str | None:
-        """The version in force of a model's spec."""
-        spec = self._current.get(model)
-        return None if spec is None else spec_version(spec)
+        """The version in force of a model's spec (as published)."""
+        return self._version.get(model) if model in self._current else None
 
     def at(self, model: str, version: str) -> ModelSpec | None:
         """A version of a model's spec this book saw (in force or not)."""
@@ -147,13 +163,17 @@ class SpecBook(Mapping[str, ModelSpec]):
 
     def _put(self, spec: ModelSpec, version: str) -> None:
         self._versions[(spec.name, version)] = spec
+        self._version[spec.name] = version
         if self._current.get(spec.name) != spec:
             self._current[spec.name] = spec
             self._notify(spec.name, spec)
 
     def _notify(self, model: str, spec: ModelSpec | None) -> None:
         for listener in self._listeners:
-            listener(model, spec)
+            try:
+                listener(model, spec)
+            except Exception:  # a listener's failure must not lose the change
+                log.exception("a listener of the spec of %s failed", model)
 
 
 class Derived(Mapping[str, V], Generic[V]):
@@ -166,11 +186,15 @@ class Derived(Mapping[str, V], Generic[V]):
         self._built: dict[str, tuple[ModelSpec, V]] = {}
 
     def __getitem__(self, name: str) -> V:
-        spec = self.specs[name]
-        held = self._built.get(name)
+        return self.of(self.specs[name])
+
+    def of(self, spec: ModelSpec) -> V:
+        """What is built from this very spec (e.g. one a batch or a run took at its start, which
+        may no longer be in force): built once while it stays the model's latest."""
+        held = self._built.get(spec.name)
         if held is None or held[0] is not spec:
             held = (spec, self._build(spec))
-            self._built[name] = held
+            self._built[spec.name] = held
         return held[1]
 
     def __iter__(self) -> Iterator[str]:
@@ -272,9 +296,10 @@ async def apply_specs(
 async def retire_spec(settings: ServiceSettings, model: str, reason: str) -> bool:
     """Publish the retirement of a model; False (and nothing sent) when no spec of it is in force."""
     from driftloop.client import send_all
-    from driftloop.kafka import producer
+    from driftloop.kafka import ensure_topics, producer
 
     topic = settings.topics.models_specs
+    await ensure_topics(settings, [topic])
     if model not in await published(settings.kafka_bootstrap, topic, kafka_options(settings)):
         return False
     event = ModelSpecRetired(model=model, reason=reason)

@@ -130,7 +130,7 @@ async def test_a_command_its_training_fails_on_is_reported_not_trained_again(tmp
     trainer, _ = _trainer(tmp_path, sea_spec)
     calls = []
 
-    async def broken(spec, command):
+    async def broken(spec, command, version):
         calls.append(command.command_id)
         raise KeyError("a field the rows did not have")
 

@@ -50,13 +50,14 @@ class FeatureHandler:
         (the commit waits for it; the next batch is handled meanwhile, once the write before has
         landed: writes stay in order, and a history read from Redis has every earlier event).
         Redelivery is harmless: a history counts an event once, and rows are idempotent by event id."""
-        valid, errors = check_batch([r.value for r in records], self.specs, self.checks)
+        specs = dict(self.specs)  # one spec per model for the whole batch, whatever is applied meanwhile
+        valid, errors = check_batch([r.value for r in records], specs, self.checks)
         await self.checkpoint.settled_effects()  # the writes before: a failure fails its own batch
-        histories = await self._histories(valid)
+        histories = await self._histories(valid, specs)
         topic = self.topics.features_computed
         outputs = []
         for model, batch in valid.items():
-            rows, refused = feature_rows(self.feature_sets[model], batch, histories.get(model, {}))
+            rows, refused = feature_rows(self.feature_sets.of(specs[model]), batch, histories.get(model, {}))
             errors.update(refused)
             outputs += [
                 Output(topic, (r["entity_id"] or r["event_id"]).encode(), orjson.dumps(r)) for r in rows
@@ -71,13 +72,15 @@ class FeatureHandler:
         out.dead_letters(dead)
         return out.handled(alongside=writing)
 
-    async def _histories(self, valid: Mapping[str, CheckedBatch]) -> dict[str, dict[str, History]]:
+    async def _histories(
+        self, valid: Mapping[str, CheckedBatch], specs: Mapping[str, ModelSpec]
+    ) -> dict[str, dict[str, History]]:
         """The histories of the batch's entities, by model, for the models that declare
         aggregates: from the cache, else from the online store."""
         held: dict[str, dict[str, History]] = {}
         missing = []
         for model, batch in valid.items():
-            if not self.specs[model].aggregates:
+            if not specs[model].aggregates:
                 continue
             held[model] = {}
             for entity in dict.fromkeys(o.entity_id for o in batch.observations if o.entity_id):
@@ -87,7 +90,7 @@ class FeatureHandler:
                 else:
                     held[model][entity] = cached
         for (model, entity), stored in (await self.online.entities(missing)).items():
-            held[model][entity] = History.from_fields(self.specs[model], stored)
+            held[model][entity] = History.from_fields(specs[model], stored)
         return held
 
     def _latest(self, valid: Mapping[str, CheckedBatch], histories: Mapping[Key, Changes]) -> list[Row]:

@@ -75,6 +75,7 @@ class ModelHolder:
                 log.error("refusing %s v%s, keeping what serves: %s", event.model, event.version, exc)
                 self.refused.append(failed)
                 return
+        self._unavailable.discard((event.model, event.version))
         role[event.model] = loaded
         if (
             role is champions

@@ -23,7 +23,7 @@ def create_app(settings: IngestSettings) -> ServiceApp:
         min_free_bytes=settings.store_min_free_mb * 2**20,
     )
     export = OfflineExport(store, object_store(settings))
-    handler = IngestHandler(specs.book, store, topics, timedelta(seconds=settings.max_future_s), export)
+    handler = IngestHandler(specs.book, store, topics, timedelta(seconds=settings.max_future_s))
     service = Service(
         SERVICE,
         settings,
@@ -31,7 +31,11 @@ def create_app(settings: IngestSettings) -> ServiceApp:
         produces={topics.events_validated: Observation},
         specs=specs,
     )
-    return build_app(service, on_shutdown=[store.close])
+
+    async def export_offline() -> None:
+        await export.run(settings.offline_export_every_s)
+
+    return build_app(service, background=[export_offline], on_shutdown=[store.close])
 
 
 main = service_main(IngestSettings, create_app)  # the `driftloop-ingest` command

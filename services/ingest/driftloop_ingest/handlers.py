@@ -15,7 +15,6 @@ from driftloop.observations import checkers
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.store import RowStore
-from driftloop_ingest.adapters import OfflineExport
 from driftloop_ingest.domain import Accepted, validate_batch
 
 SERVICE = "ingest"
@@ -37,17 +36,11 @@ def arrival(record: ConsumerRecord, now: datetime) -> datetime:
 
 class IngestHandler:
     def __init__(
-        self,
-        specs: Mapping[str, ModelSpec],
-        store: RowStore,
-        topics: Topics,
-        max_future: timedelta,
-        export: OfflineExport | None = None,
+        self, specs: Mapping[str, ModelSpec], store: RowStore, topics: Topics, max_future: timedelta
     ) -> None:
         self.specs = specs
         self.checks = checkers(specs)
         self.store = store
-        self.export = export  # the store's files to the object store, after each append
         self.topics = topics
         self.max_future = max_future
         # (model, event id) published by batches not yet committed: their append may be to come
@@ -89,11 +82,9 @@ class IngestHandler:
         dead = [dead_letter(SERVICE, records[i], e.reason, e.detail) for i, e in sorted(errors.items())]
         out.dead_letters(dead)
 
-        async def store() -> None:
+        def store() -> None:
             for model, new in fresh.items():
                 self.store.append(model, [(o.event_id, o.event_time, o.body) for o in new])
-            if self.export is not None:  # what an earlier batch could not copy is copied now too
-                await self.export.export()
 
         out.count(self.topics.events_raw, "duplicate", len(accepted) - sum(map(len, fresh.values())))
         return out.handled(then=store)

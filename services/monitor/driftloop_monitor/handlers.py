@@ -41,6 +41,7 @@ from driftloop.metrics import MODEL_VERSION, Tally
 from driftloop.policy import Detection, Retrain
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
+from driftloop.specbook import SpecBook
 from driftloop_monitor.domain import Joins, Shift, Watch, labelled_row_id
 
 SERVICE = "monitor"
@@ -143,7 +144,9 @@ def moment(ms: int | float) -> datetime:
 
 class Watches(Mapping[str, Watch]):
     """A `Watch` per model in force, made when a model is first looked at and made again, on the
-    event that placed its champion, when the model's spec changes (its detectors start afresh)."""
+    event that placed its champion, when the spec it watches with changes (its detectors start
+    afresh): the spec the champion was trained with, as inference reads its requests, else the one
+    in force."""
 
     def __init__(self, specs: Mapping[str, ModelSpec], quality_window: int) -> None:
         self.specs = specs
@@ -151,8 +154,15 @@ class Watches(Mapping[str, Watch]):
         self.placed: dict[str, ModelPromoted | ModelRolledBack] = {}  # the champion's event, by model
         self._held: dict[str, Watch] = {}
 
+    def _spec(self, model: str) -> ModelSpec:
+        current = self.specs[model]  # KeyError once retired: no longer watched
+        placed = self.placed.get(model)
+        if placed is not None and placed.spec_version and isinstance(self.specs, SpecBook):
+            return self.specs.at(model, placed.spec_version) or current
+        return current
+
     def __getitem__(self, model: str) -> Watch:
-        spec = self.specs[model]
+        spec = self._spec(model)
         watch = self._held.get(model)
         if watch is None or watch.spec is not spec:
             watch = self._held[model] = Watch(spec, self.quality_window)
@@ -242,8 +252,8 @@ class Monitor:
         feedback = read(Feedback, record.value, plain_feedback)
         if feedback.model not in self.specs:
             raise InvalidInput("unknown_model", f"no spec for model {feedback.model!r:.80}")
-        if self.specs[feedback.model].label_of(feedback.label) is None:
-            classes = self.specs[feedback.model].label.classes
+        if self.watches[feedback.model].spec.label_of(feedback.label) is None:
+            classes = self.watches[feedback.model].spec.label.classes
             raise InvalidInput("unknown_label", f"label {feedback.label!r:.40} is not one of {classes}")
         body = orjson.dumps({"label": feedback.label, "ts": record.timestamp})
         return Part(feedback.request_id, "feedback", body, self._book(feedback.model), None)

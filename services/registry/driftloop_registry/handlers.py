@@ -21,6 +21,7 @@ from driftloop.contracts import (
     ModelPromoted,
     ModelRejected,
     ModelRolledBack,
+    ModelSpecApplied,
     ModelTrained,
     PromoteModel,
     RollbackModel,
@@ -85,17 +86,19 @@ class Registry:
         out = Outbox(self.topics.events_dlq)
         events, dead = triage(SERVICE, records, lambda r: check_spec_event(r.value)[0])
         out.dead_letters(dead)
-        for event in events:
-            key = spec_key(event).decode()
+        for event in events:  # keyed by version and time: a version applied again is kept again
+            when = event.applied_at if isinstance(event, ModelSpecApplied) else event.retired_at
+            key = f"{spec_key(event).decode()}@{when.isoformat()}"
             await self.repo.keep_spec_event(event.model, key, event.model_dump(mode="json"))
         return out.handled()
 
     async def spec_history(self, model: str) -> list[dict[str, Any]]:
         """The model's spec versions and retirements, oldest first, the one in force marked."""
         in_force = self.specs.version_of(model) if isinstance(self.specs, SpecBook) else None
+        history = await self.repo.spec_events(model)
+        latest = max((i for i, e in enumerate(history) if e.get("version") == in_force), default=None)
         return [
-            {**event, "in_force": event.get("version") is not None and event.get("version") == in_force}
-            for event in await self.repo.spec_events(model)
+            {**event, "in_force": in_force is not None and i == latest} for i, event in enumerate(history)
         ]
 
     # ------------------------------------------------------------------ trained candidates
@@ -111,6 +114,15 @@ class Registry:
             await self.register(trained, out)
         return out.handled()
 
+    def _trained_with(self, trained: ModelTrained) -> ModelSpec | None:
+        """The spec a candidate was trained with (its gate), when this registry saw that version;
+        else the one in force; None once the model is retired."""
+        if isinstance(self.specs, SpecBook) and trained.spec_version:
+            pinned = self.specs.at(trained.model, trained.spec_version)
+            if pinned is not None and trained.model in self.specs:
+                return pinned
+        return self.specs.get(trained.model)
+
     async def register(self, trained: ModelTrained, out: Outbox) -> None:
         """Version, gate and announce a candidate. A run registered before re-announces its
         decision, then what serves now (a later change may have replaced what it decided)."""
@@ -121,10 +133,10 @@ class Registry:
             out.publish(self.topics.models_lifecycle, [first])
             await self.announce(trained.model, out)
             return
-        spec = self.specs[trained.model]
+        spec = self._trained_with(trained)
         try:
             await self.artifacts.verify(trained.artifact)
-            decision = gate(spec, Evidence.of(trained))
+            decision = gate(spec, Evidence.of(trained)) if spec else Decision(False, "its model is retired")
         except ArtifactIntegrityError as exc:
             decision = Decision(False, f"artifact refused: {exc}")
         version = ModelVersion(number, trained, decision.blessed, decision.reason)
@@ -133,7 +145,7 @@ class Registry:
         command_id = trained.command_id
         if not decision.blessed:
             event = ModelRejected(model=trained.model, version=number, reason=reason, command_id=command_id)
-        elif spec.gate.auto_promote:
+        elif spec is not None and spec.gate.auto_promote:
             event = await self._serve(version, ModelPromoted, reason, command_id)
         else:
             champion = (await self.repo.aliases(trained.model)).get("champion")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 from threadpoolctl import threadpool_limits
 
 from driftloop import fitting as domain
-from driftloop.artifacts import ArtifactStore, OnnxClassifier
+from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore, OnnxClassifier
 from driftloop.contracts import (
     DatasetRef,
     FeatureRow,
@@ -37,7 +38,7 @@ from driftloop.kafka import triage
 from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
-from driftloop.specbook import Derived, spec_version
+from driftloop.specbook import Derived, version_of
 from driftloop.store import RowStore
 from driftloop_training.adapters import DatasetCatalog, convert
 
@@ -216,11 +217,14 @@ class Trainer:
         return out.handled(committed=counted)
 
     async def run(self, command: TrainModel) -> Outcome:
-        """Train a candidate for a command, or say why not."""
-        spec = self.specs[command.model]
+        """Train a candidate for a command, or say why not. The run keeps the spec in force when
+        it starts (and its version) to the end, whatever is applied meanwhile."""
+        spec, version = self.specs.get(command.model), version_of(self.specs, command.model)
+        if spec is None:  # retired since the command was read
+            return Outcome("failed", detail=f"no spec of {command.model!r} is in force")
         started = time.perf_counter()
         try:
-            trained = await self._train(spec, command)
+            trained = await self._train(spec, command, version)
         except TrainingFailed as exc:
             log.warning("training %s for %s failed: %s", command.command_id, command.model, exc)
             return Outcome(exc.outcome, detail=str(exc))
@@ -270,7 +274,7 @@ class Trainer:
         return Window(command.since, command.until, last_n, self.store.max_seq(spec.name), None)
 
     def _load(self, spec: ModelSpec, window: Window) -> tuple[list[FeatureRow], np.ndarray]:
-        feature_set = self.feature_sets[spec.name]
+        feature_set = self.feature_sets.of(spec)
         rows: list[FeatureRow] = []
         bodies = self.store.window(spec.name, window.since, window.until, window.last_n, window.max_seq)
         for body in bodies:
@@ -293,7 +297,7 @@ class Trainer:
         onnx = convert(served, X.shape[1])
         t2 = time.perf_counter()
         held, classes = X[candidate.cut :], domain.classes_of(served)
-        proba_onnx = OnnxClassifier(onnx, classes, self.feature_sets[spec.name].names).predict_proba(held)
+        proba_onnx = OnnxClassifier(onnx, classes, self.feature_sets.of(spec).names).predict_proba(held)
         refit = {"refit_with_holdout": True} if spec.training.refit_with_holdout else {}
         return Fitted(
             classes=classes,
@@ -307,6 +311,13 @@ class Trainer:
             convert_s=t2 - t1,
         )
 
+    async def _champion_at_hand(self, spec: ModelSpec) -> None:
+        """Fetch the champion's artifact into the cache (`Unavailable` while the store is down)."""
+        champion = self.champions.get(spec.name)
+        if champion is not None:
+            with contextlib.suppress(ArtifactIntegrityError):  # `_champion_proba` says why
+                await self.artifacts.get(champion.event.artifact)
+
     async def _champion_proba(
         self, spec: ModelSpec, X_holdout: np.ndarray, classes: list[Label]
     ) -> tuple[int | None, np.ndarray | None]:
@@ -315,7 +326,7 @@ class Trainer:
         if champion is None:
             return None, None
         event = champion.event
-        if event.feature_names != self.feature_sets[spec.name].names:
+        if event.feature_names != self.feature_sets.of(spec).names:
             log.info("champion v%s has other features; not compared", champion.version)
             return champion.version, None
         try:
@@ -329,7 +340,7 @@ class Trainer:
             return champion.version, None
         return champion.version, domain.align_columns(model.predict_proba(X_holdout), event.classes, classes)
 
-    async def _train(self, spec: ModelSpec, command: TrainModel) -> ModelTrained:
+    async def _train(self, spec: ModelSpec, command: TrainModel, version: str | None) -> ModelTrained:
         window = await self._window(spec, command)
         rows, X = await asyncio.to_thread(self._load, spec, window)
         digest = domain.dataset_hash(rows)
@@ -341,6 +352,7 @@ class Trainer:
         cut = domain.holdout_start(len(rows), spec.training.holdout_fraction, spec.gate.min_holdout_rows)
         if len(set(map(str, y[:cut]))) < 2:
             raise TrainingFailed("insufficient_data", "fewer than two classes in the training rows")
+        await self._champion_at_hand(spec)  # an unreachable store fails the run before the fit
         try:
             fitted = await asyncio.to_thread(self._fit, spec, X, y)
         except Exception as exc:
@@ -370,7 +382,7 @@ class Trainer:
         )
         self.datasets.save(spec.name, dataset)
         return ModelTrained(
-            spec_version=spec_version(spec),
+            spec_version=version,
             run_id=f"{spec.name}-{command.command_id}",
             command_id=command.command_id,
             reason=command.reason,
@@ -378,7 +390,7 @@ class Trainer:
             algorithm=spec.algorithm.name,
             params=fitted.params,
             classes=fitted.classes,
-            feature_names=self.feature_sets[spec.name].names,
+            feature_names=self.feature_sets.of(spec).names,
             artifact=artifact,
             metric=spec.gate.metric,
             candidate_metrics=candidate,
@@ -387,7 +399,7 @@ class Trainer:
             comparison=comparison,
             parity_max_abs_diff=float(np.abs(fitted.proba_onnx - fitted.proba_sklearn).max()),
             dataset=dataset,
-            reference_stats=domain.reference_stats(X[:cut], self.feature_sets[spec.name].names),
+            reference_stats=domain.reference_stats(X[:cut], self.feature_sets.of(spec).names),
             prediction_shares=domain.prediction_shares(fitted.proba_onnx, fitted.classes),
             code_version=code_version(),
             durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
