@@ -132,7 +132,11 @@ async def test_services_apart_take_a_new_model_and_a_changed_spec_without_a_rest
         var = run / "var"
         assert not (var / "objects").exists()  # no artifact went through a shared directory
         objects = object_store(ServiceSettings(**localstack.object_store_settings(stack.object_store_env())))
-        offline = await objects.keys("offline/shop")  # the offline store, readable by any Parquet reader
+        offline: list[str] = []  # the offline store, readable by any Parquet reader (copied every 5 s)
+        for _ in range(60):
+            if offline := await objects.keys("offline/shop"):
+                break
+            await asyncio.sleep(0.5)
         assert offline and all(k.endswith(".parquet") and "/date=" in k for k in offline)
 
         # a second inference instance on an empty directory of its own serves the same champions
