@@ -5,8 +5,7 @@ Traffic, all through the broker: RATE prediction requests/s (a tenth of them by 
 features read from the online store), RATE labelled observations/s into `events.raw`, and the label
 of every request half a second after it. A SEA champion is trained first. Then, in turn:
 `kill -9` and SIGTERM of each service (then started again), Redis down 15 s, the broker down 15 s
-(the stack's durable broker, `driftloop up --durable`: tansu keeps its topics on the local S3
-server, so it comes back with everything it acknowledged), a promoted version whose artifact is
+(tansu keeps topics in memory: they are created again, empty), a promoted version whose artifact is
 corrupted, and a backlog of 100k requests while inference is stopped.
 
 Per fault, over the requests and events sent from its start to the next fault's: `lost` (never
@@ -498,7 +497,7 @@ def main() -> None:
         (models / "sea.yaml").write_text((ROOT / "models" / "sea.yaml").read_text())
         run_dir = Path(tmp) / "run"
         print(f"bench-faults: starting the local stack in {run_dir}; {RATE} requests/s and {RATE} events/s")
-        stack = localstack.up(run_dir, models, durable=True)
+        stack = localstack.up(run_dir, models)
         bench = Bench(stack, models)
         try:
             faults = asyncio.run(bench.run())

@@ -96,6 +96,9 @@ async def measure(stack: localstack.Stack, rows: list[tuple[dict, int]]) -> dict
             deadline = started + 120
             while expected not in served:
                 if time.monotonic() > deadline:
+                    for service in ("training", "registry", "inference"):  # why, for the reader
+                        log = (stack.run_dir / "logs" / f"{service}.log").read_text(errors="replace")
+                        print(f"--- {service}.log, last lines", *log.splitlines()[-8:], sep="\n")
                     sys.exit(f"version {expected} was not served within 120 s")
                 await asyncio.sleep(0.005)
             if run:

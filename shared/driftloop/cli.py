@@ -246,8 +246,7 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     _specs(args)  # the services would fail on them one by one
     print(f"starting the local stack in {args.run_dir} ...", flush=True)
-    stack = localstack.up(args.run_dir, args.models_dir, object_store=args.object_store, durable=args.durable)
-    _print_stack(stack)
+    _print_stack(localstack.up(args.run_dir, args.models_dir, object_store=args.object_store))
     return 0
 
 
@@ -257,9 +256,7 @@ def _print_stack(stack: Stack) -> None:
     print(f"  kafka       {stack.bootstrap}")
     print(f"  redis       {stack.redis_url}")
     if "s3" in stack.pids:
-        print(f"  s3          {stack.url('s3')}  (buckets {localstack.BUCKET}, {localstack.BROKER_BUCKET})")
-    if stack.durable:
-        print("  broker      durable: topics on the S3 server")
+        print(f"  s3          {stack.url('s3')}  (bucket {localstack.BUCKET})")
     if "prometheus" in stack.pids:
         print(f"  prometheus  http://127.0.0.1:{stack.ports['prometheus']}")
     for service in localstack.SERVICES:
@@ -862,12 +859,6 @@ def build_parser() -> argparse.ArgumentParser:
         default="file",
         help="where artifacts live: a directory of the run (file, the default) or a local S3-protocol "
         "server the stack starts (s3: no directory shared between services)",
-    )
-    up.add_argument(
-        "--durable",
-        action="store_true",
-        help="the broker keeps its topics on a local S3-protocol server (tansu's s3 engine), so a broker "
-        "restart loses nothing; slower than in memory",
     )
     up.set_defaults(func=cmd_up)
     _command(sub, "down", "stop the local stack").set_defaults(func=cmd_down)

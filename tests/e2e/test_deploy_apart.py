@@ -129,6 +129,10 @@ async def test_services_apart_take_a_new_model_and_a_changed_spec_without_a_rest
         kept = httpx.get(f"{stack.url('registry')}/v1/specs", params={"model": "sea"}).json()
         assert [(e["version"], e["in_force"]) for e in kept][-1] == (plan["sea"][0], True) and len(kept) == 2
         assert stack.pids == pids, "a service was restarted"
+        for service in ("registry", "monitor", "inference"):  # the new model is kept, watched and served
+            text = httpx.get(f"{stack.url(service)}/metrics", timeout=5).text
+            versions = [line for line in text.splitlines() if line.startswith("driftloop_model_version{")]
+            assert f'driftloop_model_version{{model="shop",service="{service}"}} 1.0' in versions, versions
         var = run / "var"
         assert not (var / "objects").exists()  # no artifact went through a shared directory
         objects = object_store(ServiceSettings(**localstack.object_store_settings(stack.object_store_env())))
