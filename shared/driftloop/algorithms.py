@@ -13,28 +13,43 @@ from collections.abc import Mapping
 from functools import cache
 from typing import Any
 
-from river import drift
-from sklearn.ensemble import (
-    GradientBoostingClassifier,
-    HistGradientBoostingClassifier,
-    RandomForestClassifier,
-)
-from sklearn.linear_model import LogisticRegression
-
 from driftloop.parameters import rule_problem
 from driftloop.spec import show
 
-DETECTORS: dict[str, Any] = {
-    "adwin": drift.ADWIN,
-    "page_hinkley": drift.PageHinkley,
-    "kswin": drift.KSWIN,
-}
-ESTIMATORS: dict[str, Any] = {
-    "logistic_regression": LogisticRegression,
-    "random_forest": RandomForestClassifier,
-    "gradient_boosting": GradientBoostingClassifier,
-    "hist_gradient_boosting": HistGradientBoostingClassifier,
-}
+
+@cache
+def _detectors() -> dict[str, Any]:
+    from river import drift  # the `detect` extra: the monitor (and the CLI)
+
+    return {"adwin": drift.ADWIN, "page_hinkley": drift.PageHinkley, "kswin": drift.KSWIN}
+
+
+@cache
+def _estimators() -> dict[str, Any]:
+    from sklearn.ensemble import (  # the `learn` extra: training (and the CLI)
+        GradientBoostingClassifier,
+        HistGradientBoostingClassifier,
+        RandomForestClassifier,
+    )
+    from sklearn.linear_model import LogisticRegression
+
+    return {
+        "logistic_regression": LogisticRegression,
+        "random_forest": RandomForestClassifier,
+        "gradient_boosting": GradientBoostingClassifier,
+        "hist_gradient_boosting": HistGradientBoostingClassifier,
+    }
+
+
+def __getattr__(name: str) -> Any:
+    """`DETECTORS` (River) and `ESTIMATORS` (scikit-learn): each table imports its library when it
+    is first used, so a service that builds only one of them needs only that library."""
+    if name == "DETECTORS":
+        return _detectors()
+    if name == "ESTIMATORS":
+        return _estimators()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _PROBE = [0] * 60 + [1] * 60  # an error stream that shifts: the detectors test and fire on it
 
@@ -42,13 +57,13 @@ _PROBE = [0] * 60 + [1] * 60  # an error stream that shifts: the detectors test 
 @cache
 def detector_parameters(name: str) -> tuple[str, ...]:
     """The parameters of a River detector's constructor, in order."""
-    return tuple(inspect.signature(DETECTORS[name]).parameters)
+    return tuple(inspect.signature(_detectors()[name]).parameters)
 
 
 def detector_problem(name: str, params: Mapping[str, Any]) -> tuple[str, str] | None:
     """(parameter, why) when River's detector `name` refuses `params` or fails on a few values
     (parameter "" when no single one is to blame); None when it builds and learns."""
-    cls = DETECTORS[name]
+    cls = _detectors()[name]
     if (problem := rule_problem(name, params)) is not None:
         return problem
     try:
@@ -65,7 +80,7 @@ def detector_problem(name: str, params: Mapping[str, Any]) -> tuple[str, str] | 
 @cache
 def estimator_parameters(name: str) -> tuple[str, ...]:
     """The parameters of a fresh scikit-learn estimator (`get_params`), sorted."""
-    return tuple(sorted(ESTIMATORS[name]().get_params()))
+    return tuple(sorted(_estimators()[name]().get_params()))
 
 
 def unknown_estimator_parameter(name: str, key: str) -> str | None:
@@ -73,7 +88,7 @@ def unknown_estimator_parameter(name: str, key: str) -> str | None:
     if key in estimator_parameters(name):
         return None
     accepted = ", ".join(estimator_parameters(name))
-    return f"{ESTIMATORS[name].__name__} has no parameter {key!r} (it has {accepted})"
+    return f"{_estimators()[name].__name__} has no parameter {key!r} (it has {accepted})"
 
 
 def estimator_value_problem(name: str, key: str, value: Any) -> str | None:
@@ -82,7 +97,7 @@ def estimator_value_problem(name: str, key: str, value: Any) -> str | None:
     if (unknown := unknown_estimator_parameter(name, key)) is not None:
         return unknown
     try:
-        ESTIMATORS[name](**{key: value})._validate_params()
+        _estimators()[name](**{key: value})._validate_params()
     except Exception as exc:  # InvalidParameterError, or whatever a constructor raises
         return " ".join(str(exc).split())
     return None

