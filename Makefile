@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo sizes test test-unit test-integration test-e2e up down status schemas dashboards docs docs-serve lint format clean bench bench-governance bench-inference bench-inference-s3 bench-data bench-handlers bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker
+.PHONY: help install system-deps demo sizes test test-unit test-integration test-e2e up down status schemas dashboards docs docs-serve lint format clean bench bench-governance bench-inference bench-inference-s3 bench-data bench-handlers bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker bench-scale
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -98,6 +98,9 @@ bench-faults: install ## faults under load on the whole local stack: lost, dupli
 
 bench-drift: install ## drift detection through the running system: 6 streams, 100k stationary samples each
 	$(BIN)/python -m bench.drift
+
+bench-scale: install ## inference 1 -> 2 -> 3 -> 2 -> 1 instances on 6 partitions under load: results/s per step, lost, repeated
+	$(BIN)/python -m bench.scale
 
 sizes: install ## installed size of each image's dependency closure, from the lock (bench/results/sizes.json)
 	$(BIN)/python -m bench.sizes

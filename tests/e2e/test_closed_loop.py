@@ -2,6 +2,7 @@
 the local stack; a short SEA scenario with an abrupt drift must be detected, retrained, gated,
 promoted and recovered from."""
 
+import asyncio
 import bisect
 import json
 import random
@@ -235,3 +236,64 @@ async def test_live_loop_and_backtest_decide_alike(stack):
     assert [t.blessed for t in replayed.trainings] == [True]
     assert [command_id.split("-")[0] for _, command_id in run.promotions][1:] == ["drift"]
     assert abs(100 * (run.accuracy - replayed.accuracy)) < 1.5
+
+
+@pytest.mark.slow
+async def test_three_models_drifting_at_different_times_are_retrained_and_swapped_alone(stack):
+    """SEA, Agrawal and STAGGER served together by one set of services: STAGGER drifts first, SEA
+    later, Agrawal never. Each drift retrains and swaps only its own model."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+
+    def rows_of(name: str, n: int, keep: int) -> tuple[list, int | None]:
+        """The first `keep` rows of a stream whose one abrupt drift is at n / 2."""
+        stream = streams.stream(name, n=n)
+        rows = [(x, y, epoch + timedelta(seconds=t)) for x, y, t in stream.rows[:keep]]
+        (drift,) = stream.drifts
+        return live.shifted(rows, datetime.now(UTC)), drift if drift < keep else None
+
+    plays = {
+        "stagger": rows_of("stagger_abrupt", 5_000, 5_000),  # drifts at 2,500
+        "sea": rows_of("sea_abrupt", 10_000, 10_000),  # drifts at 5,000
+        "agrawal": rows_of("agrawal_abrupt", 12_000, 6_000),  # its drift (6,000) is not reached
+    }
+
+    async def play(model: str) -> live.LiveRun:
+        rows, _ = plays[model]
+        return await live.play(
+            stack.bootstrap, model, rows, INITIAL, DELAY_ROWS, 300.0, timeout_s=240, shift=False
+        )
+
+    runs = dict(zip(plays, await asyncio.gather(*map(play, plays)), strict=True))
+
+    def served(versions: list[int]) -> list[int]:
+        """The versions that answered; an error (version 0) only before the first answer: a request
+        that comes before inference has loaded the model's first champion."""
+        first = next(i for i, v in enumerate(versions) if v)
+        assert 0 not in versions[first:], "a request failed after the model was served"
+        return versions[first:]
+
+    registry = stack.url("registry")
+
+    def cards(model: str) -> list[dict]:
+        return httpx.get(f"{registry}/v1/versions", params={"model": model}).json()
+
+    def retrained(model: str) -> bool:
+        return any(c["status"] == "champion" and c["reason"] == "drift" for c in cards(model))
+
+    for model in ("stagger", "sea"):
+        await wait_for(lambda m=model: retrained(m), 90, f"{model}'s drift retrain to be promoted")
+        assert [d.kind for d in runs[model].drifts if d.kind == "concept"], f"{model}: no concept drift"
+    # Agrawal did not drift: one version, never retrained, and every answer from it
+    assert [(c["version"], c["reason"], c["status"]) for c in cards("agrawal")] == [
+        (1, "bootstrap", "champion")
+    ]
+    assert not [d for d in runs["agrawal"].drifts if d.kind == "concept"]
+    assert set(served(runs["agrawal"].versions)) == {1}
+    # each drifted model served its new version within its own run; SEA, drifting last, answered
+    # with its first version up to its own drift while STAGGER's was swapped and Agrawal's was not
+    assert max(served(runs["stagger"].versions)) > 1 and max(served(runs["sea"].versions)) > 1
+    sea_drift = plays["sea"][1]
+    assert sea_drift is not None
+    assert set(served(runs["sea"].versions[: sea_drift - INITIAL])) == {1}, (
+        "SEA was swapped before it drifted"
+    )

@@ -85,6 +85,14 @@ class Setup:
         await self.raw.flush()
         return ids
 
+    async def partitions(self):
+        """The partitions of the request topic, as the broker has them."""
+        consumer = await read_from_start(self.bootstrap, self.topics.predictions_requests)
+        try:
+            return consumer.assignment()
+        finally:
+            await consumer.stop()
+
     async def answers(self, ids, topic=None, timeout=30.0, drain=0.5):
         """Results for `ids` read from the topic's start: {request_id: [results...]}. Reads until
         every id is answered (then `drain` seconds more, to catch doubles) or the timeout."""
@@ -198,6 +206,37 @@ async def test_two_instances_rebalance_under_load_without_loss(kafka_bootstrap, 
             await second.stop()
         repeats = sum(len(v) - 1 for v in answered.values())
         assert repeats == 0, f"{repeats} requests answered twice across the rebalance"
+        assert len(answered) == len(ids)
+
+
+async def test_instances_join_and_leave_one_by_one_under_steady_load_losing_and_repeating_nothing(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    """1 -> 2 -> 3 -> 2 -> 1 instances on six partitions while requests flow at a steady rate: each
+    join and each graceful leave rebalances the group; every request is answered exactly once."""
+    async with Setup(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        settings = s.settings.model_copy(update={"kafka_partitions": 6})
+        instances = [inference_app(settings)]
+        await instances[0].start()
+        try:
+            await s.consuming()
+            sent = asyncio.create_task(s.requests(15_000, f"steps-{uuid.uuid4().hex[:4]}", 1_000))
+            for change in ("join", "join", "leave", "leave"):
+                await asyncio.sleep(2.5)
+                if change == "join":
+                    instances.append(inference_app(settings))
+                    await instances[-1].start()
+                else:
+                    await instances.pop().stop()
+            ids = await sent
+            answered = await s.answers(ids, timeout=60)
+        finally:
+            for instance in instances:
+                await instance.stop()
+        partitions = await s.partitions()
+        assert len(partitions) == 6
+        repeats = {request_id: len(v) for request_id, v in answered.items() if len(v) > 1}
+        assert not repeats, f"{len(repeats)} requests answered more than once across the rebalances"
         assert len(answered) == len(ids)
 
 
