@@ -226,13 +226,18 @@ async def follow_truncation(consumer: AIOKafkaConsumer) -> bool:
     position: the topic was deleted and created again, or the broker lost it (tansu keeps topics in
     memory). Such a fetch gets no error, just nothing, until the new log grows past the old
     position. True when it moved. Call it when a fetch comes back empty."""
-    moved = False
+    return bool(await moved_back(consumer))
+
+
+async def moved_back(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+    """`follow_truncation`, telling which partitions it sought back to their start."""
+    moved = set()
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
         if highwater is not None and await consumer.position(tp) > highwater:
             log.warning("%s ends at %d, before the position: reading it again from its start", tp, highwater)
             await consumer.seek_to_beginning(tp)
-            moved = True
+            moved.add(tp)
     return moved
 
 
@@ -327,9 +332,81 @@ class TopicFollower:
         await self.catch_up()
         self._task = asyncio.create_task(self._follow(), name=f"follow-{self.topic}")
 
+    async def hand_over(self) -> dict[TopicPartition, int]:
+        """After `catch_up`: stop reading, and say where each partition would go on (`Following`
+        goes on from there with one consumer for several topics)."""
+        assert self._consumer is not None and self._task is None, "caught up, not following"
+        positions = {tp: await self._consumer.position(tp) for tp in self._consumer.assignment()}
+        await self._consumer.stop()
+        self._consumer = None
+        return positions
+
     async def stop(self) -> None:
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
         if self._consumer is not None:
             await self._consumer.stop()
+
+
+class Following:
+    """Followers of quiet topics (a service's specs, its lifecycle) that replay their topics one
+    after the other, in the order given, then follow all of them with one consumer: one fetch loop
+    for the broker instead of one per topic (each fetch costs the embedded broker the same, records
+    or not). Records of one topic reach its follower in order; the topics interleave as they come."""
+
+    def __init__(self, followers: Sequence[TopicFollower]) -> None:
+        self.followers = list(followers)
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        positions: dict[TopicPartition, int] = {}
+        try:
+            for follower in self.followers:
+                await follower.catch_up()
+                positions.update(await follower.hand_over())
+        except BaseException:
+            await self.stop()
+            raise
+        if not self.followers:
+            return
+        first = self.followers[0]
+        self._consumer = consumer(first.bootstrap, first.options, fetch_max_wait_ms=first.fetch_wait_ms)
+        await self._consumer.start()
+        self._consumer.assign(list(positions))
+        for tp, offset in positions.items():
+            self._consumer.seek(tp, offset)
+        self._task = asyncio.create_task(
+            self._follow(), name="follow " + ", ".join(f.topic for f in self.followers)
+        )
+
+    async def _follow(self) -> None:
+        assert self._consumer is not None
+        by_topic = {f.topic: f for f in self.followers}
+        wait = min(f.fetch_wait_ms for f in self.followers)
+        while True:
+            try:
+                batches = await self._consumer.getmany(timeout_ms=wait, max_records=500)
+                for tp, records in batches.items():
+                    for record in records:
+                        await by_topic[tp.topic].take(record)
+                if not batches:
+                    for topic in {tp.topic for tp in await moved_back(self._consumer)}:
+                        await by_topic[topic].truncated()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("following %s failed; retrying", ", ".join(by_topic))
+                await asyncio.sleep(1)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+            self._task = None
+        if self._consumer is not None:
+            await self._consumer.stop()
+            self._consumer = None
+        for follower in self.followers:
+            await follower.stop()  # one still replaying (a failed start) stops its own consumer

@@ -154,8 +154,10 @@ async def _traffic(
         if progress is not None:
             progress(row, len(answered))
         if time.monotonic() - started > timeout_s:
+            missing = sorted(truth)[:5]
             raise TimeoutError(
                 f"{len(rows) - initial - len(answered)} requests unanswered after {timeout_s:.0f}s"
+                f" (e.g. {', '.join(missing)})"
             )
         await asyncio.sleep(tick)
     for i in range(initial, len(rows)):

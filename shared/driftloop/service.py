@@ -2,8 +2,8 @@
 group, its handler, whether a request waits on it), what it produces, and the lifecycle it follows.
 
 Everything else is derived from the declaration: the topics created at start-up, the start order
-(the specs first, then the lifecycle, so models and champions are known before the first record)
-and the stop order, the
+(the specs first, then the lifecycle, so models and champions are known before the first record;
+then one consumer follows both) and the stop order, the
 consumers `/readyz` watches, and the service's AsyncAPI 3 document
 (`asyncapi`, written to `schemas/asyncapi/` by `make schemas`). Dead letters (`DeadLetter` on the
 DLQ topic) are produced by every loop, so every service declares them. The service's FastStream
@@ -33,7 +33,7 @@ from pydantic import BaseModel
 from driftloop.checkpoint import Checkpoint
 from driftloop.contracts import AnnounceModel, DeadLetter, LifecycleEvent, SpecEvent
 from driftloop.fastpath import FastPath, Handled, Handler, Output
-from driftloop.kafka import ensure_topics, make_broker
+from driftloop.kafka import Following, ensure_topics, make_broker
 from driftloop.lifecycle import LifecycleFollower
 from driftloop.settings import ServiceSettings
 from driftloop.specbook import SpecFollower
@@ -98,6 +98,7 @@ class Service:
         self.produces = dict(produces or {})
         self.follower = follower
         self.specs = specs
+        self.following = Following([f for f in (specs, follower) if f is not None])
         self._asking: set[asyncio.Task[None]] = set()
         self.broker = make_broker(settings, name)  # started by the app (FastStream), not here
         self.loops = [
@@ -140,15 +141,7 @@ class Service:
         """Create missing topics, catch up with the specs, then with the lifecycle, then start
         every loop."""
         await ensure_topics(self.settings, self.topics())
-        try:
-            if self.specs is not None:
-                await self.specs.start()
-            if self.follower is not None:
-                await self.follower.start()
-        except BaseException:
-            if self.specs is not None:
-                await self.specs.stop()
-            raise
+        await self.following.start()  # one consumer follows both topics afterwards
         if self.specs is not None and self.follower is not None:
             self.specs.book.on_change(self._new_model)
         for consumes, loop in zip(self.consumes, self.loops, strict=True):
@@ -169,10 +162,7 @@ class Service:
         """Finish and commit every loop's batch in flight, then stop following."""
         for loop in reversed(self.loops):
             await loop.stop()
-        if self.follower is not None:
-            await self.follower.stop()
-        if self.specs is not None:
-            await self.specs.stop()
+        await self.following.stop()
 
     async def send(self, outputs: Sequence[Output]) -> None:
         """Send events outside any batch (e.g. of a background task) with the service's broker,

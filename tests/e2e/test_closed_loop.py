@@ -18,7 +18,7 @@ import pytest
 from driftloop import backtesting, demo, live, localstack, streams
 from driftloop.backtest import Backtest, Delay
 from driftloop.client import PredictionClient, make_producer, send_all
-from driftloop.contracts import DeadLetter, DriftDetected, PredictionRequest, TrainModel
+from driftloop.contracts import DeadLetter, DriftDetected, PredictionRequest, PredictionResult, TrainModel
 from driftloop.settings import Topics
 from driftloop.spec import read_specs
 from tests.conftest import ROOT, wait_for
@@ -263,7 +263,14 @@ async def test_three_models_drifting_at_different_times_are_retrained_and_swappe
             stack.bootstrap, model, rows, INITIAL, DELAY_ROWS, 300.0, timeout_s=240, shift=False
         )
 
-    runs = dict(zip(plays, await asyncio.gather(*map(play, plays)), strict=True))
+    try:
+        runs = dict(zip(plays, await asyncio.gather(*map(play, plays)), strict=True))
+    except TimeoutError as exc:  # say whether the unanswered were answered on the topic after all
+        missing = set(str(exc).split("(e.g. ")[-1].rstrip(")").split(", "))
+        answers = await collect(stack.bootstrap, Topics().predictions_results, PredictionResult, 100_000, 10)
+        dead = await collect(stack.bootstrap, Topics().events_dlq, DeadLetter, 10_000, 5)
+        found = [(r.request_id, r.model_version, r.error) for r in answers if r.request_id in missing]
+        raise AssertionError(f"{exc}; on the results topic: {found}; dead letters: {dead[:5]}") from exc
 
     def served(versions: list[int]) -> list[int]:
         """The versions that answered; an error (version 0) only before the first answer: a request

@@ -123,3 +123,49 @@ async def test_a_bad_record_on_the_topic_is_refused_and_the_version_in_force_sta
         assert book.version_of("sea") == before
     finally:
         await follower.stop()
+
+
+async def test_a_service_follows_its_specs_and_lifecycle_with_one_consumer(settings, models):
+    """Replayed one after the other (specs first), then both followed by a single consumer: a new
+    spec and a new lifecycle event each reach their own follower."""
+    from driftloop.contracts import ModelPromoted
+    from driftloop.kafka import Following
+    from driftloop.lifecycle import LifecycleFollower
+    from tests.helpers import Publisher
+
+    await apply_specs(settings, models)
+    artifact = {"uri": "x", "sha256": "0" * 64, "size_bytes": 1}
+    promoted = ModelPromoted(model="sea", version=1, artifact=artifact, classes=[0, 1], feature_names=["x0"],
+                             reason="test")  # fmt: skip
+    bus = Publisher(settings.kafka_bootstrap)
+    await bus.start()
+    seen: list[tuple[str, int]] = []
+    order: list[str] = []
+
+    async def took(event):
+        order.append(f"lifecycle with {sorted(book)}")
+        seen.append((event.model, event.version))
+
+    book = SpecBook()
+    specs = SpecFollower(
+        settings.kafka_bootstrap, settings.topics.models_specs, book, "test", fetch_wait_ms=50
+    )
+    lifecycle = LifecycleFollower(
+        settings.kafka_bootstrap, settings.topics.models_lifecycle, took, fetch_wait_ms=50
+    )
+    following = Following([specs, lifecycle])
+    try:
+        await bus.publish(settings.topics.models_lifecycle, [promoted])
+        await following.start()
+        assert seen == [("sea", 1)] and order == ["lifecycle with ['agrawal', 'sea']"]  # specs replayed first
+        assert specs._consumer is None and lifecycle._consumer is None  # one consumer from here on
+        (models / "new.yaml").write_text(
+            "name: brand_new\nfeatures:\n  - {name: size, type: numeric}\n"
+            'label: {classes: ["no", "yes"]}\nalgorithm: {name: logistic_regression}\n'
+        )
+        await apply_specs(settings, models)
+        await bus.publish(settings.topics.models_lifecycle, [promoted.model_copy(update={"version": 2})])
+        await wait_for(lambda: "brand_new" in book and ("sea", 2) in seen, 10, "both topics followed")
+    finally:
+        await following.stop()
+        await bus.stop()
