@@ -255,11 +255,15 @@ class TruncationWatch:
 
     async def fetched(self, count: int) -> bool:
         """Call after each fetch with its record count; True when a partition was sought back."""
+        return bool(await self.moved(count))
+
+    async def moved(self, count: int) -> set[TopicPartition]:
+        """`fetched`, telling which partitions were sought back."""
         now = self.clock()
         if count and now - self.last < self.every_s:
-            return False
+            return set()
         self.last = now
-        return await follow_truncation(self.consumer)
+        return await moved_back(self.consumer)
 
 
 async def tail_from_end(
@@ -372,11 +376,16 @@ class Following:
         if not self.followers:
             return
         first = self.followers[0]
-        self._consumer = consumer(first.bootstrap, first.options, fetch_max_wait_ms=first.fetch_wait_ms)
-        await self._consumer.start()
-        self._consumer.assign(list(positions))
-        for tp, offset in positions.items():
-            self._consumer.seek(tp, offset)
+        wait = min(f.fetch_wait_ms for f in self.followers)
+        self._consumer = consumer(first.bootstrap, first.options, fetch_max_wait_ms=wait)
+        try:
+            await self._consumer.start()
+            self._consumer.assign(list(positions))
+            for tp, offset in positions.items():
+                self._consumer.seek(tp, offset)
+        except BaseException:
+            await self.stop()
+            raise
         self._task = asyncio.create_task(
             self._follow(), name="follow " + ", ".join(f.topic for f in self.followers)
         )
@@ -385,15 +394,15 @@ class Following:
         assert self._consumer is not None
         by_topic = {f.topic: f for f in self.followers}
         wait = min(f.fetch_wait_ms for f in self.followers)
+        watch = TruncationWatch(self._consumer)  # one topic may be lost while the other flows
         while True:
             try:
                 batches = await self._consumer.getmany(timeout_ms=wait, max_records=500)
                 for tp, records in batches.items():
                     for record in records:
                         await by_topic[tp.topic].take(record)
-                if not batches:
-                    for topic in {tp.topic for tp in await moved_back(self._consumer)}:
-                        await by_topic[topic].truncated()
+                for topic in {tp.topic for tp in await watch.moved(sum(map(len, batches.values())))}:
+                    await by_topic[topic].truncated()
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -29,9 +29,11 @@ source of truth: a row exists once its index entry is committed.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import sqlite3
 import threading
+import uuid
 from collections.abc import Iterable, Sequence
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -163,6 +165,20 @@ class RowStore:
         self.min_free_bytes = min_free_bytes
         self._conns: dict[str, sqlite3.Connection] = {}
         self._lock = threading.RLock()
+
+    @functools.cached_property
+    def writer(self) -> str:
+        """This store's own name, random and kept with it (`.writer-id` at its root, a name no model
+        can have): files copied out of several stores (one per ingest instance) into one place
+        never share a name."""
+        path = self.root / ".writer-id"
+        with self._lock:
+            if not path.exists():
+                self.root.mkdir(parents=True, exist_ok=True)
+                fresh = path.with_suffix(f".{uuid.uuid4().hex}")
+                fresh.write_text(uuid.uuid4().hex[:12])
+                os.replace(fresh, path)
+            return path.read_text().strip()
 
     def _dir(self, model: str) -> Path:
         if not MODEL_NAME.match(model):  # never a path: no file lands outside the store

@@ -251,6 +251,9 @@ def test_state_on_disk_gets_a_volume_of_its_own_per_pod_and_nothing_is_shared():
         else:
             assert doc["kind"] == "Deployment"
             assert {"name": "data", "emptyDir": {}} in volumes
+            # a single-instance service never runs twice, not even for a rollout
+            expected = "Recreate" if service in SINGLE else "RollingUpdate"
+            assert doc["spec"]["strategy"]["type"] == expected, service
 
 
 def test_single_writer_services_refuse_a_second_replica():

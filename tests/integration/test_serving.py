@@ -209,6 +209,15 @@ async def test_two_instances_rebalance_under_load_without_loss(kafka_bootstrap, 
         assert len(answered) == len(ids)
 
 
+def shares(instances) -> list[int] | None:
+    """How many partitions of the request topic each instance reads, once each reads some and
+    together they read all six (None before)."""
+    assigned = [set(app.service.loops[0].consumer.assignment()) for app in instances]
+    if not all(assigned) or len(set().union(*assigned)) != 6 or sum(map(len, assigned)) != 6:
+        return None
+    return [len(a) for a in assigned]
+
+
 async def test_instances_join_and_leave_one_by_one_under_steady_load_losing_and_repeating_nothing(
     kafka_bootstrap, redis_url, topics, tmp_path
 ):
@@ -228,6 +237,8 @@ async def test_instances_join_and_leave_one_by_one_under_steady_load_losing_and_
                     await instances[-1].start()
                 else:
                     await instances.pop().stop()
+                # the group rebalanced: every instance reads a share of the six partitions
+                await wait_for(lambda: shares(instances) is not None, 20, f"a rebalance after the {change}")
             ids = await sent
             answered = await s.answers(ids, timeout=60)
         finally:

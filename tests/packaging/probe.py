@@ -21,18 +21,23 @@ WORKSPACE = ("driftloop", "tests")
 
 
 class Closure(importlib.abc.MetaPathFinder):
-    """Refuses a top-level module of an installed distribution the service does not declare."""
+    """Refuses a top-level module of an installed distribution the service does not declare, and
+    another service's package (the workspace's are installed editable: not in the map below)."""
 
-    def __init__(self, allowed: set[str]) -> None:
+    def __init__(self, allowed: set[str], service: str) -> None:
         owners = importlib.metadata.packages_distributions()
         self.refused = {
             top
             for top, dists in owners.items()
             if not top.startswith(WORKSPACE) and not {d.lower().replace("_", "-") for d in dists} & allowed
         }
+        self.own = f"driftloop_{service}"
 
     def find_spec(self, name, path=None, target=None):  # type: ignore[no-untyped-def]
-        if name.partition(".")[0] in self.refused:
+        top = name.partition(".")[0]
+        if top.startswith("driftloop_") and top != self.own:
+            raise ModuleNotFoundError(f"{name} is another service's package", name=name)
+        if top in self.refused:
             raise ModuleNotFoundError(f"{name} is outside the service's declared dependencies", name=name)
         return None
 
@@ -94,7 +99,7 @@ def exercise(service: str, work: Path) -> None:
 
 def main() -> None:
     service, allowed, work = sys.argv[1], json.loads(Path(sys.argv[2]).read_text()), Path(sys.argv[3])
-    sys.meta_path.insert(0, Closure(set(allowed)))
+    sys.meta_path.insert(0, Closure(set(allowed), service))
     if service == "guard-check":  # the hook refuses: scikit-learn is outside the registry's closure
         try:
             import sklearn  # noqa: F401

@@ -109,9 +109,16 @@ async def test_the_offline_files_reach_the_object_store_once_even_after_it_was_d
         0,
     ]  # at most one a pass; the gone one passed over
     assert store.unexported("sea") == []
+    writer = store.writer
+    assert writer == RowStore(tmp_path).writer  # kept with the store
     for i in (1, 2):
-        key = f"offline/sea/date=2026-11-{10 + i}/part-{i:012d}-{i:012d}.parquet"
+        key = f"offline/sea/date=2026-11-{10 + i}/{writer}-part-{i:012d}-{i:012d}.parquet"
         table = pq.read_table(io.BytesIO(await objects.get(key)))
         assert table.column("event_id").to_pylist() == [f"e{i}"]
     assert len(await objects.keys("offline/sea")) == 2
+    other = RowStore(tmp_path / "another-instance")  # a second ingest: the same file names, other keys
+    assert other.writer != writer
+    assert OfflineExport(other, objects).key(
+        "sea", "date=2026-11-11/part-000000000001-000000000001.parquet"
+    ) not in (await objects.keys("offline/sea"))
     store.close()

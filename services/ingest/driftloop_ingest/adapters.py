@@ -1,5 +1,6 @@
 """The offline store's files in the object store: each Parquet file ingest writes is copied to
-`offline/<model>/<partition>/<file>` under the object store's URL once it is indexed, so any
+`offline/<model>/<partition>/<writer>-<file>` under the object store's URL once it is indexed
+(`writer`: the store's own name, so the files of several ingest instances never collide), so any
 Parquet reader (pyarrow, duckdb, Spark) reads the offline store without ingest's disk."""
 
 from __future__ import annotations
@@ -27,6 +28,12 @@ class OfflineExport:
         self.objects = objects
         self.most = most  # files per pass: a long history (an upgraded index) goes out in steps
 
+    def key(self, model: str, name: str) -> str:
+        """Where a file of the store goes: its partition directory kept, its name prefixed with
+        the store's writer name."""
+        partition, _, file = name.rpartition("/")
+        return "/".join(p for p in (PREFIX, model, partition, f"{self.store.writer}-{file}") if p)
+
     async def export(self) -> int:
         """Copy up to `most` pending files; how many were copied."""
         copied = 0
@@ -40,7 +47,7 @@ class OfflineExport:
                     log.error("offline file %s is gone from disk: not exported", path)
                     await asyncio.to_thread(self.store.mark_exported, model, [name])
                     continue
-                await self.objects.put(f"{PREFIX}/{model}/{name}", data)
+                await self.objects.put(self.key(model, name), data)
                 await asyncio.to_thread(self.store.mark_exported, model, [name])
                 copied += 1
         return copied
