@@ -221,16 +221,11 @@ async def read_from_start(
     return consumer
 
 
-async def follow_truncation(consumer: AIOKafkaConsumer) -> bool:
-    """Seek a consumer back to the start of every assigned partition whose log now ends before its
-    position: the topic was deleted and created again, or the broker lost it (tansu keeps topics in
-    memory). Such a fetch gets no error, just nothing, until the new log grows past the old
-    position. True when it moved. Call it when a fetch comes back empty."""
-    return bool(await moved_back(consumer))
-
-
 async def moved_back(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
-    """`follow_truncation`, telling which partitions it sought back to their start."""
+    """Seek a consumer back to the start of every assigned partition whose log now ends before its
+    position, and say which: the topic was deleted and created again, or the broker lost it (tansu
+    keeps topics in memory). Such a fetch gets no error, just nothing, until the new log grows past
+    the old position. Call it when a fetch comes back empty (`TruncationWatch`)."""
     moved = set()
     for tp in consumer.assignment():
         highwater = consumer.highwater(tp)
@@ -242,7 +237,7 @@ async def moved_back(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
 
 
 class TruncationWatch:
-    """`follow_truncation` after every empty fetch, and at least every `every_s` seconds: one
+    """`moved_back` after every empty fetch, and at least every `every_s` seconds: one
     partition past its end gets nothing while the others flow, so fetches are not always empty."""
 
     def __init__(
@@ -291,8 +286,8 @@ class TopicFollower:
         self.topic = topic
         self.options = options  # `driftloop.connections.kafka_options`
         self.fetch_wait_ms = fetch_wait_ms  # such topics are quiet: a long wait spares the broker fetches
-        self._consumer: AIOKafkaConsumer | None = None
-        self._task: asyncio.Task[None] | None = None
+        self._consumer: AIOKafkaConsumer | None = None  # the replay's, until handed over
+        self._following: Following | None = None  # `start`: following this topic alone
 
     async def take(self, record: ConsumerRecord) -> None:
         """Handle one record."""
@@ -319,38 +314,30 @@ class TopicFollower:
         while any([await self._consumer.position(tp) < end[tp] for tp in partitions]):
             await self._drain(200)
 
-    async def _follow(self) -> None:
-        while True:
-            try:
-                idle = not await self._drain(self.fetch_wait_ms)
-                if idle and self._consumer is not None and await follow_truncation(self._consumer):
-                    await self.truncated()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("following %s failed; retrying", self.topic)
-                await asyncio.sleep(1)
-
     async def start(self) -> None:
-        """Catch up, then follow in the background."""
-        await self.catch_up()
-        self._task = asyncio.create_task(self._follow(), name=f"follow-{self.topic}")
+        """Catch up, then follow in the background (a `Following` of this one topic)."""
+        self._following = Following([self])
+        await self._following.start()
 
     async def hand_over(self) -> dict[TopicPartition, int]:
         """After `catch_up`: stop reading, and say where each partition would go on (`Following`
-        goes on from there with one consumer for several topics)."""
-        assert self._consumer is not None and self._task is None, "caught up, not following"
+        goes on from there with one consumer for one or several topics)."""
+        assert self._consumer is not None, "caught up"
         positions = {tp: await self._consumer.position(tp) for tp in self._consumer.assignment()}
-        await self._consumer.stop()
-        self._consumer = None
+        await self.close()
         return positions
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+    async def close(self) -> None:
+        """Stop this follower's own consumer (the replay's), if it has one."""
         if self._consumer is not None:
             await self._consumer.stop()
+            self._consumer = None
+
+    async def stop(self) -> None:
+        if self._following is not None:
+            following, self._following = self._following, None
+            await following.stop()
+        await self.close()
 
 
 class Following:
@@ -418,4 +405,4 @@ class Following:
             await self._consumer.stop()
             self._consumer = None
         for follower in self.followers:
-            await follower.stop()  # one still replaying (a failed start) stops its own consumer
+            await follower.close()  # one still replaying (a failed start) stops its own consumer
