@@ -36,7 +36,15 @@ def sea_onnx(
     shuffle_labels: bool = False,
 ) -> tuple[bytes, list, list[str]]:
     """Fit `algorithm` on SEA rows and convert it: (onnx bytes, classes, feature names)."""
-    rows = sea_rows(n, variant)
+    return fitted_onnx(spec, sea_rows(n, variant), algorithm, shuffle_labels)
+
+
+def fitted_onnx(
+    spec: ModelSpec, rows: Sequence[tuple[dict, Any]], algorithm: str = "logistic_regression",
+    shuffle_labels: bool = False,
+) -> tuple[bytes, list, list[str]]:  # fmt: skip
+    """Fit `algorithm` on `rows` of the spec's features and convert it: (onnx bytes, classes,
+    feature names)."""
     feature_set = FeatureSet(spec)
     X = matrix(feature_set, [check_features(spec, x) for x, _ in rows])
     y = np.array([label for _, label in rows])

@@ -132,11 +132,31 @@ def _get_only(app: Any) -> Any:
 
 
 class ServiceApp(AsgiFastStream):
-    """A service's ASGI app, holding its stream declaration (`service`, e.g. for its AsyncAPI)."""
+    """A service's ASGI app, holding its stream declaration (`service`, e.g. for its AsyncAPI) and
+    its readiness. `mounts`: (prefix, ASGI app) pairs that answer every path under their prefix
+    (FastStream's own routes match whole paths only)."""
 
-    def __init__(self, service: Service, *brokers: Any, **options: Any) -> None:
+    def __init__(
+        self,
+        service: Service,
+        *brokers: Any,
+        readiness: Readiness,
+        mounts: Sequence[tuple[str, Any]] = (),
+        **options: Any,
+    ) -> None:
         super().__init__(*brokers, **options)
         self.service = service
+        self.readiness = readiness
+        self.mounts = list(mounts)
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            path = scope["path"]
+            for prefix, app in self.mounts:
+                if path == prefix or path.startswith(prefix + "/"):
+                    await app(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
 
 
 def build_app(
@@ -146,11 +166,12 @@ def build_app(
     on_shutdown: Sequence[Callable[[], Awaitable[None] | None]] = (),
     background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = (),
     routes: Sequence[tuple[str, Any]] = (),
+    mounts: Sequence[tuple[str, Any]] = (),
 ) -> ServiceApp:
     """The service's ASGI app (FastStream serves HTTP): `/metrics`, `/healthz`, `/readyz` and
-    `routes`. At start-up the service's streams (`Service.start`), then its FastStream broker and
-    the `background` tasks; at shutdown the reverse, `on_shutdown` last (e.g. closing a Redis
-    client).
+    `routes`, and every path under each of `mounts`' prefixes. At start-up the service's streams
+    (`Service.start`), then its FastStream broker and the `background` tasks; at shutdown the
+    reverse, `on_shutdown` last (e.g. closing a Redis client).
     `/readyz`: ready once started, while every stream loop keeps up and the broker answers; it
     lists `facts()`, each loop's health, the specs in force and those refused."""
     readiness = Readiness(facts, service.loops, service.specs.book if service.specs else None)
@@ -188,6 +209,8 @@ def build_app(
     return ServiceApp(
         service,
         service.broker,
+        readiness=readiness,
+        mounts=mounts,
         asgi_routes=[
             ("/metrics", _get_only(make_asgi_app())),
             ("/healthz", healthz),

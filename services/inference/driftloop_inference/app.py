@@ -1,5 +1,6 @@
-"""Wiring of inference: `predictions.requests` → champion (ONNX) → `predictions.results`; follows
-`models.lifecycle` and swaps models between batches."""
+"""Wiring of inference: `predictions.requests` → champion (ONNX) → `predictions.results`, and the
+Open Inference Protocol (v2) over HTTP under `/v2`; follows `models.lifecycle` and swaps models
+between batches."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from driftloop.service import Consumes, Service
 from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.handlers import SERVICE, InferenceHandler
+from driftloop_inference.http import V2Api
 from driftloop_inference.settings import InferenceSettings
 
 log = logging.getLogger(__name__)
@@ -59,17 +61,28 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
                     log.warning("could not report refused artifacts yet", exc_info=True)
             await asyncio.sleep(1.0)
 
+    api = V2Api(settings, specs.book, holder, handler.answer, lambda: app.readiness.report()[0])
+
+    async def log_http() -> None:
+        """Log HTTP predictions until the shutdown, then what is left: their runs first."""
+        try:
+            await api.log.run()
+        finally:
+            await api.coalescer.drain()
+
     async def close() -> None:
         await redis.aclose()
         if tracing is not None:
             tracing.shutdown()
 
-    return build_app(
+    app = build_app(
         service,
         facts=lambda: {"serving": {m: s.version for m, s in holder.lineup.champions.items()}},
-        background=[report_refusals],
+        background=[report_refusals, log_http],
         on_shutdown=[close],
+        mounts=[("/v2", api)],
     )
+    return app
 
 
 main = service_main(InferenceSettings, create_app)  # the `driftloop-inference` command

@@ -19,12 +19,13 @@ from driftloop.contracts import InvalidInput, result_json
 from driftloop.fastpath import Handled, Outbox, Output
 from driftloop.features import missing_features, time_parts
 from driftloop.kafka import triage
+from driftloop.metrics import Tally
 from driftloop.online import FEATURES_FIELD, OnlineStore, decode_stored
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop.tracing import Tracing
 from driftloop_inference.adapters import ModelHolder
-from driftloop_inference.domain import Lineup, Request, read_request, score
+from driftloop_inference.domain import Lineup, Request, Scored, read_request, score
 
 SERVICE = "inference"
 
@@ -35,10 +36,14 @@ SHADOW = Counter(
 )
 PREDICTIONS = Counter(
     "driftloop_predictions_total",
-    "Results published, by model, serving version (`none` for an error result: no version served it), "
-    "outcome (ok or error) and the error's reason (`no_champion`, `invalid_schema`, ...; empty when ok).",
-    ["model", "version", "outcome", "reason"],
+    "Results given, by model, serving version (`none` for an error result: no version served it), "
+    "outcome (ok or error), the error's reason (`no_champion`, `invalid_schema`, ...; empty when ok) "
+    "and transport (`kafka`: on predictions.results; `http`: answered over the v2 HTTP API).",
+    ["model", "version", "outcome", "reason", "transport"],
 )
+# A Kafka header on the requests and results of HTTP predictions logged to the topics: the Kafka
+# path does not answer them again; the monitor reads them as any other.
+LOGGED = ("driftloop-transport", b"http")
 
 
 def _salvage_id(raw: bytes | None) -> tuple[str, str] | None:
@@ -67,6 +72,25 @@ def error_reason(error: str) -> str:
     ('invalid_schema', 'no_champion')
     """
     return error.partition(":")[0][:40]
+
+
+def count(
+    tally: Tally,
+    results: Sequence[Mapping[str, Any]],
+    shadow: Sequence[Mapping[str, Any]],
+    specs: Mapping[str, ModelSpec],
+    transport: str,
+) -> None:
+    """Results and shadow answers by model, version and outcome, into `tally`."""
+    shadows = collections.Counter((r["model"], r["model_version"]) for r in shadow)
+    for (model, version), n in shadows.items():
+        tally.inc(SHADOW.labels(model, str(version)), n)
+    answers = collections.Counter(
+        (r["model"] if r["model"] in specs else "_unknown", r["model_version"], r["error"]) for r in results
+    )
+    for (model, version, error), n in answers.items():
+        labels = (model, "none", "error", error_reason(error)) if error else (model, str(version), "ok", "")
+        tally.inc(PREDICTIONS.labels(*labels, transport), n)
 
 
 def _request_or_error(record: ConsumerRecord) -> Request | dict[str, Any]:
@@ -98,20 +122,18 @@ class InferenceHandler:
         self.group = group
 
     async def handle(self, records: Sequence[ConsumerRecord]) -> Handled:
-        """One result per request (keyed by request id), dead letters for the unreadable."""
+        """One result per request (keyed by request id), dead letters for the unreadable. Requests
+        served over HTTP and logged here (`LOGGED`) were answered already: they are skipped."""
         lineup = self.holder.lineup  # one consistent set of models for the whole batch
         started = time.perf_counter()
+        records = [r for r in records if not r.headers or LOGGED not in r.headers]
         spans = self.tracing.start(records, self.group) if self.tracing else None
         parsed, dead = triage(SERVICE, records, _request_or_error)
         early = [p for p in parsed if isinstance(p, dict)]
         decoded = time.perf_counter()
-        specs = self._reading(lineup)
-        requests, unresolved = await self._complete([p for p in parsed if isinstance(p, Request)], specs)
-        requests = self._with_time_parts(requests, datetime.now(UTC), specs)
-        completed = time.perf_counter()
-        scored = score(requests, self.specs, lineup)
+        answered, scored = await self.answer([p for p in parsed if isinstance(p, Request)], lineup)
         scoring_done = time.perf_counter()
-        results = early + unresolved + scored.results
+        results = early + answered
         topic, shadow_topic = self.topics.predictions_results, self.topics.predictions_shadow
         out = Outbox(
             self.topics.events_dlq,
@@ -125,24 +147,27 @@ class InferenceHandler:
         out.dead_letters(dead)
         stages = {
             "decode": decoded - started,
-            "features": completed - decoded,
+            "features": scored.stages.pop("features"),
             **scored.stages,
             "encode": time.perf_counter() - scoring_done,
         }
-        tally = out.tally
-        shadows = collections.Counter((r["model"], r["model_version"]) for r in scored.shadow)
-        for (model, version), n in shadows.items():
-            tally.inc(SHADOW.labels(model, str(version)), n)
-        answers = collections.Counter(
-            (r["model"] if r["model"] in self.specs else "_unknown", r["model_version"], r["error"])
-            for r in results
-        )
-        for (model, version, error), n in answers.items():
-            labels = (
-                (model, "none", "error", error_reason(error)) if error else (model, str(version), "ok", "")
-            )
-            tally.inc(PREDICTIONS.labels(*labels), n)
+        count(out.tally, results, scored.shadow, self.specs, "kafka")
         return out.handled(stages=stages)
+
+    async def answer(self, requests: list[Request], lineup: Lineup) -> tuple[list[dict[str, Any]], Scored]:
+        """A result per request, in request order (an error result for one that cannot be served),
+        and the scoring's shadow answers and stage times (`features` too): what both transports do."""
+        started = time.perf_counter()
+        specs = self._reading(lineup)
+        ready, failed = await self._complete(requests, specs)
+        ready = self._with_time_parts(ready, datetime.now(UTC), specs)
+        completed = time.perf_counter()
+        scored = score(ready, self.specs, lineup)
+        scored.stages["features"] = completed - started
+        if not failed:
+            return scored.results, scored
+        served = iter(scored.results)
+        return [failed[i] if i in failed else next(served) for i in range(len(requests))], scored
 
     def _traced(self, topic: str, results: list[dict[str, Any]], spans: dict[str, Any]) -> list[Output]:
         """The results, each traced request's with the context of its span (ended here)."""
@@ -179,21 +204,23 @@ class InferenceHandler:
 
     async def _complete(
         self, requests: list[Request], specs: Mapping[str, ModelSpec]
-    ) -> tuple[list[Request], list[dict[str, Any]]]:
+    ) -> tuple[list[Request], dict[int, dict[str, Any]]]:
         """Fill in stored entity features (request values win) with one round trip. A request that
-        still lacks features because its entity is unknown, or the store is down, gets an error."""
-        wanted = [r for r in requests if r.entity_id and r.model in specs]
+        still lacks features because its entity is unknown, or the store is down, gets an error
+        result (by position); the others go on, in order."""
+        wanted = [i for i, r in enumerate(requests) if r.entity_id and r.model in specs]
         if not wanted:
-            return requests, []
-        stored = await self.online.fetch([(r.model, r.entity_id or "") for r in wanted])
-        found = dict(zip([r.request_id for r in wanted], stored or [None] * len(wanted), strict=True))
-        ready, failed = [], []
+            return requests, {}
+        stored = await self.online.fetch([(requests[i].model, requests[i].entity_id or "") for i in wanted])
+        found = dict(zip(wanted, stored or [None] * len(wanted), strict=True))
+        ready: list[Request] = []
+        failed: dict[int, dict[str, Any]] = {}
         now = time.time()
-        for request in requests:
-            if request.request_id not in found:
+        for i, request in enumerate(requests):
+            if i not in found:
                 ready.append(request)
                 continue
-            values = found[request.request_id]
+            values = found[i]
             spec = specs[request.model]
             if values is not None:
                 merged = {**decode_stored(spec, values[FEATURES_FIELD]), **request.features}
@@ -204,5 +231,5 @@ class InferenceHandler:
                 ready.append(request)  # it carries everything itself
             else:
                 why = "online_store_unavailable" if stored is None else f"unknown_entity: {request.entity_id}"
-                failed.append(result_json(request.request_id, request.model, 0, error=why))
+                failed[i] = result_json(request.request_id, request.model, 0, error=why)
         return ready, failed

@@ -1,6 +1,6 @@
 """Settings of the inference service (env vars `DRIFTLOOP_*`)."""
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from driftloop.settings import ServiceSettings
 
@@ -12,4 +12,31 @@ class InferenceSettings(ServiceSettings):
         default=False,
         description="Continue the W3C trace context (`traceparent` header) of requests: a span per "
         "traced request, exported to the standard `OTEL_EXPORTER_OTLP_ENDPOINT`; results carry it on.",
+    )
+    http_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token the v2 HTTP API asks for (`Authorization: Bearer ...`) on every path "
+        "but /v2/health/*; none: the API is open (bind it to a private address).",
+    )
+    http_max_body_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest v2 request body (after gzip/deflate): 413 above.",
+    )
+    http_batch_delay_ms: float = Field(
+        default=2.0,
+        ge=0,
+        le=1000,
+        description="Dynamic batching: the longest an HTTP request waits for others to share its model run.",
+    )
+    http_batch_rows: int = Field(
+        default=1024, ge=1, description="Dynamic batching: a window with this many rows runs at once."
+    )
+    http_log: bool = Field(
+        default=True,
+        description="Log HTTP predictions to `predictions.requests`/`predictions.results` (the monitor, "
+        "feedback join and retraining see them as Kafka traffic).",
+    )
+    http_log_linger_ms: int = Field(
+        default=50, ge=1, le=10_000, description="How often logged HTTP predictions are sent, in one batch."
     )

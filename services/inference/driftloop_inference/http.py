@@ -1,0 +1,397 @@
+"""The Open Inference Protocol (v2) over HTTP, beside the Kafka path: health, metadata and
+inference of the models in service, with the same line-up (champion, canary share by request id,
+shadow on the side), the same checks and errors, and the same metrics (`transport="http"`).
+
+Concurrent requests share one model run per short window (`Coalescer`: dynamic batching). Every
+answered row is logged to `predictions.requests` / `predictions.results` (and a shadow's answer to
+`predictions.shadow`) by `PayloadLog`, batched and off the response path, so the monitor, the
+feedback join, drift detection and retraining see HTTP traffic as they see Kafka traffic. A
+response comes before its row is logged: a process that dies in between loses the log of what it
+answered in its last `http_log_linger_ms` (the answers themselves were given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+import zlib
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+import orjson
+from prometheus_client import Counter, Histogram
+from pydantic import ValidationError
+
+from driftloop.fastpath import BatchSender, Output
+from driftloop.metrics import Tally
+from driftloop.oip import HEADER_LENGTH, ErrorBody, ServerMetadata, TensorError, encode_response, split_body
+from driftloop.settings import Topics
+from driftloop.spec import ModelSpec
+from driftloop_inference.adapters import ModelHolder
+from driftloop_inference.domain import Lineup, Request, Scored, ServingModel
+from driftloop_inference.handlers import LOGGED, count, error_reason
+from driftloop_inference.settings import InferenceSettings
+from driftloop_inference.v2 import metadata, response, row_ids, rows_in, to_requests, wanted_outputs
+
+log = logging.getLogger(__name__)
+
+HTTP_REQUESTS = Counter(
+    "driftloop_http_requests_total",
+    "v2 HTTP requests answered, by endpoint (infer, metadata, ready, health, server) and status code.",
+    ["endpoint", "code"],
+)
+HTTP_SECONDS = Histogram(
+    "driftloop_http_request_seconds",
+    "Time from a v2 HTTP request's arrival to its answer, by endpoint.",
+    ["endpoint"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+BATCH_ROWS = Histogram(
+    "driftloop_http_batch_rows",
+    "Rows of one model run of coalesced HTTP requests (dynamic batching).",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096),
+)
+LOG_DROPPED = Counter(
+    "driftloop_http_log_dropped_total",
+    "Logged HTTP predictions dropped because the broker refused them longer than the buffer lasted.",
+)
+SERVICE_UNAVAILABLE = {"no_champion", "online_store_unavailable"}
+
+Answer = Callable[[list[Request], Lineup], Awaitable[tuple[list[dict[str, Any]], Scored]]]
+
+
+class HttpError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class Coalescer:
+    """Requests that arrive within `delay_s` of the first waiting one share one model run (at most
+    `rows` rows: a full window runs at once). Each gets its own results back, in order."""
+
+    def __init__(self, answer: Answer, lineup: Callable[[], Lineup], delay_s: float, rows: int) -> None:
+        self._answer, self._lineup = answer, lineup
+        self.delay_s, self.rows = delay_s, rows
+        self._waiting: list[tuple[list[Request], asyncio.Future[list[dict[str, Any]]]]] = []
+        self._rows = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self.shadow: list[dict[str, Any]] = []  # shadow answers, for the log to take
+
+    async def answer(self, requests: list[Request]) -> list[dict[str, Any]]:
+        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+        self._waiting.append((requests, future))
+        self._rows += len(requests)
+        if self._rows >= self.rows:
+            self._run_now()
+        elif self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.delay_s, self._run_now)
+        return await future
+
+    def _run_now(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting, self._waiting, self._rows = self._waiting, [], 0
+        task = asyncio.create_task(self._run(waiting))
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    async def _run(self, waiting: list[tuple[list[Request], asyncio.Future[list[dict[str, Any]]]]]) -> None:
+        everything = [r for requests, _ in waiting for r in requests]
+        BATCH_ROWS.observe(len(everything))
+        try:
+            results, scored = await self._answer(everything, self._lineup())
+        except Exception as exc:  # each waiting request answers with it
+            for _, future in waiting:
+                if not future.done():
+                    future.set_exception(exc)
+            return
+        self.shadow += scored.shadow
+        at = 0
+        for requests, future in waiting:
+            if not future.done():  # its caller went away
+                future.set_result(results[at : at + len(requests)])
+            at += len(requests)
+
+    async def drain(self) -> None:
+        """Run what waits and wait for every run under way (at shutdown)."""
+        if self._waiting:
+            self._run_now()
+        await asyncio.gather(*self._running, return_exceptions=True)
+
+
+class PayloadLog:
+    """HTTP predictions to their topics, batched every `linger_s`. Sends that fail are kept and
+    tried again; past `capacity` records the oldest are dropped and counted (`LOG_DROPPED`)."""
+
+    def __init__(self, settings: InferenceSettings, capacity: int = 200_000) -> None:
+        self.settings = settings
+        self.capacity = capacity
+        self._outputs: list[Output] = []
+
+    def add(self, outputs: Sequence[Output]) -> None:
+        self._outputs += outputs
+        if len(self._outputs) > self.capacity:
+            dropped = len(self._outputs) - self.capacity
+            del self._outputs[:dropped]
+            LOG_DROPPED.inc(dropped)
+
+    async def run(self) -> None:
+        """Send what was logged until cancelled, then what is left (a background task)."""
+        from driftloop.connections import kafka_options
+
+        settings = self.settings
+        sender = await BatchSender.connect(
+            settings.kafka_bootstrap, "driftloop-inference-http-log", **kafka_options(settings)
+        )
+        try:
+            while True:
+                await asyncio.sleep(settings.http_log_linger_ms / 1000)
+                await self.flush(sender)
+        finally:
+            await asyncio.shield(self._last(sender))
+
+    async def _last(self, sender: BatchSender) -> None:
+        try:
+            await asyncio.wait_for(self.flush(sender), 10)
+        except (TimeoutError, Exception):
+            log.warning("%d logged HTTP predictions were not sent before shutdown", len(self._outputs))
+        await sender.stop()
+
+    async def flush(self, sender: BatchSender) -> None:
+        if not self._outputs:
+            return
+        batch, self._outputs = self._outputs, []
+        try:
+            await sender.send(batch)
+        except Exception:
+            log.warning("logging %d HTTP predictions failed; trying again", len(batch), exc_info=True)
+            self._outputs[:0] = batch
+            self.add([])  # keep within capacity
+
+
+def logged(topics: Topics, requests: Sequence[Request], results: Sequence[Mapping[str, Any]]) -> list[Output]:
+    """The log of answered rows: each request as an application would have sent it, then its result."""
+    requests_out = [
+        Output(
+            topics.predictions_requests,
+            r.request_id.encode(),
+            orjson.dumps(
+                {
+                    "request_id": r.request_id,
+                    "model": r.model,
+                    "features": r.features,
+                    "entity_id": r.entity_id,
+                }
+            ),
+            (LOGGED,),
+        )
+        for r in requests
+    ]
+    results_out = [
+        Output(topics.predictions_results, r["request_id"].encode(), orjson.dumps(r), (LOGGED,))
+        for r in results
+    ]
+    return requests_out + results_out
+
+
+class V2Api:
+    """The `/v2` ASGI app. `ready`: whether the service is started and ready (for health/ready)."""
+
+    def __init__(
+        self,
+        settings: InferenceSettings,
+        specs: Mapping[str, ModelSpec],
+        holder: ModelHolder,
+        answer: Answer,
+        ready: Callable[[], bool],
+    ) -> None:
+        self.settings = settings
+        self.specs = specs
+        self.holder = holder
+        self.answer = answer
+        self.ready = ready
+        self.token = settings.http_token.get_secret_value().encode() if settings.http_token else None
+        self.coalescer = Coalescer(
+            answer, lambda: holder.lineup, settings.http_batch_delay_ms / 1000, settings.http_batch_rows
+        )
+        self.log = PayloadLog(settings)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        started = time.perf_counter()
+        endpoint, status, headers = "unknown", 500, [(b"content-type", b"application/json")]
+        try:
+            endpoint, status, body, extra = await self._route(scope, receive)
+            headers += extra
+        except HttpError as exc:
+            status, body = exc.status, _error(exc.message)
+            if status == 401:
+                headers.append((b"www-authenticate", b"Bearer"))
+        except Exception:
+            log.exception("v2 %s %s failed", scope.get("method"), scope.get("path"))
+            status, body = 500, _error("internal error")
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+        HTTP_REQUESTS.labels(endpoint, str(status)).inc()
+        HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+
+    async def _route(self, scope: dict[str, Any], receive: Any) -> tuple[str, int, bytes, list[Any]]:
+        method, parts = scope["method"], scope["path"].rstrip("/").split("/")[1:]  # ["v2", ...]
+        if parts[1:2] == ["health"] and len(parts) == 3 and parts[2] in ("live", "ready"):
+            _allow(method, "GET")
+            live = parts[2] == "live"
+            if not (live or self.ready()):
+                raise HttpError(503, "not ready")
+            return "health", 200, orjson.dumps({parts[2]: True}), []
+        self._authorize(scope)
+        if len(parts) == 1:
+            _allow(method, "GET")
+            about = ServerMetadata(name="driftloop-inference", version="2", extensions=["binary_tensor_data"])
+            return "server", 200, about.model_dump_json().encode(), []
+        if parts[1] != "models" or len(parts) < 3:
+            raise HttpError(404, "not found")
+        model, rest, version = parts[2], parts[3:], None
+        if rest[:1] == ["versions"] and len(rest) >= 2:
+            version, rest = rest[1], rest[2:]
+        spec = self.specs.get(model)
+        if spec is None or rest not in ([], ["ready"], ["infer"]):
+            raise HttpError(404, f"no model {model!r:.80}" if spec is None else "not found")
+        pinned = self._version(model, version)
+        if rest == []:
+            _allow(method, "GET")
+            return (
+                "metadata",
+                200,
+                metadata(spec, self._versions(model, pinned)).model_dump_json().encode(),
+                [],
+            )
+        if rest == ["ready"]:
+            _allow(method, "GET")
+            if pinned is None and model not in self.holder.lineup.champions:
+                raise HttpError(503, f"no_champion: model {model} has no version in service yet")
+            return "ready", 200, orjson.dumps({"name": model, "ready": True}), []
+        _allow(method, "POST")
+        body, length = await self._body(scope, receive)
+        return "infer", 200, *await self._infer(spec, pinned, body, length)
+
+    def _authorize(self, scope: dict[str, Any]) -> None:
+        if self.token is None:
+            return
+        given = dict(scope["headers"]).get(b"authorization", b"")
+        if not (given.startswith(b"Bearer ") and hmac.compare_digest(given[7:], self.token)):
+            raise HttpError(401, "a valid bearer token is required")
+
+    def _version(self, model: str, version: str | None) -> ServingModel | None:
+        """The loaded version a path names (champion or challenger); None for no version."""
+        if version is None:
+            return None
+        lineup = self.holder.lineup
+        for serving in (lineup.champions.get(model), lineup.challengers.get(model)):
+            if serving is not None and str(serving.version) == version:
+                return serving
+        raise HttpError(404, f"version {version!r:.20} of model {model} is not in service")
+
+    def _versions(self, model: str, pinned: ServingModel | None) -> list[int]:
+        if pinned is not None:
+            return [pinned.version]
+        lineup = self.holder.lineup
+        return [s.version for s in (lineup.champions.get(model), lineup.challengers.get(model)) if s]
+
+    async def _body(self, scope: dict[str, Any], receive: Any) -> tuple[bytes, int | None]:
+        """The request's body within `http_max_body_bytes` (after gzip or deflate), and the binary
+        extension's JSON header length."""
+        limit = self.settings.http_max_body_bytes
+        headers = dict(scope["headers"])
+        declared = headers.get(b"content-length", b"0")
+        if declared.isdigit() and int(declared) > limit:
+            raise HttpError(413, f"the body is over {limit} bytes")
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise HttpError(400, "the client went away")
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > limit:
+                raise HttpError(413, f"the body is over {limit} bytes")
+            if not message.get("more_body"):
+                break
+        body = _decompressed(b"".join(chunks), headers.get(b"content-encoding", b"identity"), limit)
+        length = headers.get(HEADER_LENGTH.encode())
+        if length is not None and not length.isdigit():
+            raise HttpError(400, f"{HEADER_LENGTH} must be a number")
+        return body, int(length) if length is not None else None
+
+    async def _infer(
+        self, spec: ModelSpec, pinned: ServingModel | None, body: bytes, length: int | None
+    ) -> tuple[bytes, list[Any]]:
+        model = spec.name
+        if pinned is None and model not in self.holder.lineup.champions:
+            raise HttpError(503, f"no_champion: model {model} has no version in service yet")
+        try:
+            request, binaries = split_body(body, length)
+            wanted, binary = wanted_outputs(request)
+            requests = to_requests(spec, request, binaries, row_ids(request.id, rows_in(request)))
+        except ValidationError as exc:
+            raise HttpError(400, f"invalid_request: {_first_error(exc)}") from None
+        except TensorError as exc:
+            raise HttpError(400, f"invalid_tensor: {exc}") from None
+        if pinned is None:
+            results = await self.coalescer.answer(requests)
+            shadow, self.coalescer.shadow = self.coalescer.shadow, []
+        else:
+            results, scored = await self.answer(requests, Lineup(champions={model: pinned}))
+            shadow = scored.shadow
+        tally = Tally()
+        count(tally, results, shadow, self.specs, "http")
+        tally.apply()
+        failed = next(((i, r["error"]) for i, r in enumerate(results) if r["error"]), None)
+        if failed is not None:
+            i, error = failed
+            reason = error_reason(error)
+            status = 503 if reason in SERVICE_UNAVAILABLE else 404 if reason == "unknown_model" else 400
+            raise HttpError(status, f"{error}" if len(results) == 1 else f"row {i}: {error}")
+        if self.settings.http_log:
+            topics = self.settings.topics
+            self.log.add(logged(topics, requests, results))
+            self.log.add(
+                [Output(topics.predictions_shadow, r["request_id"].encode(), orjson.dumps(r)) for r in shadow]
+            )
+        encoded, header = encode_response(response(spec, request.id, results, wanted), binary)
+        extra = [] if header is None else [(HEADER_LENGTH.encode(), str(header).encode())]
+        return encoded, extra
+
+
+def _allow(method: str, allowed: str) -> None:
+    if method != allowed:
+        raise HttpError(405, f"{method} is not allowed here; use {allowed}")
+
+
+def _error(message: str) -> bytes:
+    return ErrorBody(error=message).model_dump_json().encode()
+
+
+def _first_error(exc: ValidationError) -> str:
+    first = exc.errors(include_url=False)[0]
+    where = ".".join(str(p) for p in first["loc"])
+    return f"{where}: {first['msg']}" if where else first["msg"]
+
+
+def _decompressed(body: bytes, encoding: bytes, limit: int) -> bytes:
+    if encoding in (b"identity", b""):
+        return body
+    if encoding not in (b"gzip", b"deflate"):
+        raise HttpError(415, f"content-encoding {encoding.decode('latin-1')!r:.40} is not gzip or deflate")
+    inflate = zlib.decompressobj(zlib.MAX_WBITS | 16 if encoding == b"gzip" else zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(body, limit + 1)
+    except zlib.error as exc:
+        raise HttpError(400, f"the body is not valid {encoding.decode()}: {exc}") from None
+    if len(out) > limit or inflate.unconsumed_tail:
+        raise HttpError(413, f"the body is over {limit} bytes once decompressed")
+    return out

@@ -1,0 +1,167 @@
+"""The Open Inference Protocol's view of a model: metadata from its spec, input tensors to
+requests, results to output tensors. Pure; `driftloop_inference.http` serves it.
+
+A model's inputs are its spec's raw features, one tensor each (FP64, or BYTES for categorical
+ones; integer and BOOL tensors are read as numbers, integer tensors for a categorical feature as
+their decimal strings), plus an optional BYTES `entity_id` whose stored features complete a row.
+Its outputs: `predict` (the class), `predict_proba` (a column per class, in the order of its
+`classes` parameter), `model_version` (the version that served each row: a canary splits them)
+and `request_id` (each row's id on `predictions.results`, for sending its label as feedback).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import orjson
+
+from driftloop.oip import (
+    InferenceRequest,
+    InferenceResponse,
+    MetadataTensor,
+    ModelMetadata,
+    RequestInput,
+    TensorError,
+    column,
+    output,
+    rows_of,
+)
+from driftloop.spec import ModelSpec
+from driftloop_inference.domain import Request
+
+ENTITY = "entity_id"
+OUTPUTS = ("predict", "predict_proba", "model_version", "request_id")
+PLATFORM = "onnxruntime_onnx"
+
+
+def _all_int(spec: ModelSpec) -> bool:
+    return all(type(c) is int for c in spec.label.classes)
+
+
+def metadata(spec: ModelSpec, versions: Sequence[int]) -> ModelMetadata:
+    """What a client needs to call the model: its inputs and outputs, the versions loaded."""
+    inputs = [
+        MetadataTensor(name=f.name, datatype="BYTES" if f.type == "categorical" else "FP64", shape=[-1])
+        for f in spec.features
+    ]
+    classes = len(spec.label.classes)
+    return ModelMetadata(
+        name=spec.name,
+        versions=[str(v) for v in versions],
+        platform=PLATFORM,
+        inputs=[*inputs, MetadataTensor(name=ENTITY, datatype="BYTES", shape=[-1])],
+        outputs=[
+            MetadataTensor(name="predict", datatype="INT64" if _all_int(spec) else "BYTES", shape=[-1]),
+            MetadataTensor(name="predict_proba", datatype="FP64", shape=[-1, classes]),
+            MetadataTensor(name="model_version", datatype="INT64", shape=[-1]),
+            MetadataTensor(name="request_id", datatype="BYTES", shape=[-1]),
+        ],
+    )
+
+
+def row_ids(given: str | None, rows: int) -> list[str]:
+    """Each row's request id: the request's id for one row, `<id>-<row>` for several; a random id
+    when the request has none.
+
+    >>> row_ids("a", 1), row_ids("a", 2)
+    (['a'], ['a-0', 'a-1'])
+    """
+    base = given or uuid.uuid4().hex
+    return [base] if rows == 1 else [f"{base}-{i}" for i in range(rows)]
+
+
+def to_requests(
+    spec: ModelSpec, request: InferenceRequest, binaries: Mapping[str, bytes], request_ids: Sequence[str]
+) -> list[Request]:
+    """A request per row (`TensorError` for tensors that do not make rows of this model's inputs:
+    the feature values themselves are checked as on the Kafka path, by `score`)."""
+    kinds = {f.name: f.type for f in spec.features}
+    columns: dict[str, list[Any]] = {}
+    rows = len(request_ids)
+    for tensor in request.inputs:
+        if tensor.name != ENTITY and tensor.name not in kinds:
+            raise TensorError(f"input {tensor.name!r:.80} is not an input of model {spec.name}")
+        if tensor.name in columns:
+            raise TensorError(f"input {tensor.name!r:.80} is given twice")
+        if rows_of(tensor) != rows:
+            raise TensorError(f"input {tensor.name!r:.80} has {tensor.shape[0]} rows, the first input {rows}")
+        columns[tensor.name] = _values(tensor, binaries.get(tensor.name), kinds.get(tensor.name))
+    entities = columns.pop(ENTITY, None)
+    names = list(columns)
+    return [
+        Request(
+            request_id,
+            spec.name,
+            {name: columns[name][i] for name in names},
+            (entities[i] or None) if entities is not None else None,
+        )
+        for i, request_id in enumerate(request_ids)
+    ]
+
+
+def _values(tensor: RequestInput, binary: bytes | None, kind: str | None) -> list[Any]:
+    values = column(tensor, binary)
+    if kind is None and tensor.datatype != "BYTES":  # the entity id
+        raise TensorError(f"input {ENTITY} must be BYTES")
+    if kind == "categorical" and tensor.datatype.startswith(("INT", "UINT")):
+        return [str(v) for v in values]
+    if tensor.datatype == "BOOL":
+        return [int(v) for v in values]
+    return values
+
+
+def rows_in(request: InferenceRequest) -> int:
+    """The rows of a request: its first input's."""
+    return rows_of(request.inputs[0])
+
+
+def response(
+    spec: ModelSpec,
+    request_id: str | None,
+    results: Sequence[Mapping[str, Any]],
+    wanted: Sequence[str] | None,
+) -> InferenceResponse:
+    """The outputs of served results (every one answered, none an error), those `wanted` or all."""
+    labels = [str(c) for c in spec.label.classes]
+    n = len(results)
+    versions = sorted({r["model_version"] for r in results})
+    predictions = [r["prediction"] for r in results]
+    tensors = {
+        "predict": output(
+            "predict",
+            "INT64" if _all_int(spec) else "BYTES",
+            [n],
+            predictions if _all_int(spec) else [str(p) for p in predictions],
+        ),
+        "predict_proba": output(
+            "predict_proba",
+            "FP64",
+            [n, len(labels)],
+            [(r["probabilities"] or {}).get(label, 0.0) for r in results for label in labels],
+        ).model_copy(update={"parameters": {"classes": orjson.dumps(spec.label.classes).decode()}}),
+        "model_version": output("model_version", "INT64", [n], [r["model_version"] for r in results]),
+        "request_id": output("request_id", "BYTES", [n], [r["request_id"] for r in results]),
+    }
+    return InferenceResponse(
+        model_name=spec.name,
+        model_version=",".join(map(str, versions)),
+        id=request_id,
+        outputs=[tensors[name] for name in (wanted or OUTPUTS)],
+    )
+
+
+def wanted_outputs(request: InferenceRequest) -> tuple[list[str] | None, list[str]]:
+    """(the outputs asked for, None for all; those to send as binary data)."""
+    everything_binary = (request.parameters or {}).get("binary_data_output") is True
+    if not request.outputs:
+        return None, list(OUTPUTS) if everything_binary else []
+    names, binary = [], []
+    for asked in request.outputs:
+        if asked.name not in OUTPUTS:
+            raise TensorError(f"output {asked.name!r:.80} is not one of {', '.join(OUTPUTS)}")
+        names.append(asked.name)
+        if (asked.parameters or {}).get("binary_data", everything_binary) is True:
+            binary.append(asked.name)
+    return names, binary

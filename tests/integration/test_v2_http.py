@@ -1,0 +1,350 @@
+"""The Open Inference Protocol (v2) over HTTP, against a running inference service (a real broker,
+redis-server and object store; uvicorn on a free port), called with a client no one here wrote:
+Triton's `tritonclient.http` (its blocking client in a thread, its asyncio client for load).
+Numeric and BYTES inputs, as JSON and as binary tensor data; errors as the protocol has them; a
+swap under HTTP load; the log of HTTP predictions on the topics; auth, body limits and a drain at
+shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import gzip
+import itertools
+import uuid
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+import tritonclient.http as triton
+import tritonclient.http.aio as triton_aio
+import uvicorn
+from tritonclient.utils import InferenceServerException
+
+from driftloop import datasets
+from driftloop.artifacts import ArtifactStore
+from driftloop.connections import object_store
+from driftloop.contracts import ModelPromoted, PredictionResult
+from driftloop.kafka import read_from_start
+from driftloop.localstack import free_port
+from driftloop.settings import ServiceSettings
+from driftloop.spec import load_spec
+from driftloop_inference.app import create_app as inference_app
+from driftloop_inference.handlers import LOGGED
+from driftloop_inference.settings import InferenceSettings
+from tests.conftest import ROOT, wait_for
+from tests.helpers import Publisher, apply_models, fitted_onnx, sea_onnx, sea_rows
+
+SEA = load_spec(ROOT / "models" / "sea.yaml")
+AGRAWAL = load_spec(ROOT / "models" / "agrawal.yaml")
+AGRAWAL_ROWS = list(itertools.islice(datasets.conform(AGRAWAL, datasets.synthetic("agrawal", 0, 1)), 800))
+
+
+class Served:
+    """SEA (versions 1 and 2 stored, 1 promoted) and Agrawal (1 promoted) in a running service;
+    `stagger` has a spec and no version."""
+
+    def __init__(self, bootstrap, redis_url, topics, tmp_path, **settings):
+        models = tmp_path / "models"
+        models.mkdir(parents=True, exist_ok=True)
+        for name in ("sea", "agrawal", "stagger"):
+            (models / f"{name}.yaml").write_text((ROOT / "models" / f"{name}.yaml").read_text())
+        objects = {"object_store_url": str(tmp_path / "objects")}
+        self.store = ArtifactStore(object_store(ServiceSettings(**objects)))
+        self.models = {
+            ("sea", 1): sea_onnx(SEA),
+            ("sea", 2): sea_onnx(SEA, variant=3),
+            ("agrawal", 1): fitted_onnx(AGRAWAL, AGRAWAL_ROWS, "hist_gradient_boosting"),
+        }
+        self.settings = InferenceSettings(
+            kafka_bootstrap=bootstrap, redis_url=redis_url, topics=topics, data_dir=tmp_path / "inference",
+            group_id=f"inference-{uuid.uuid4().hex[:8]}", http_port=free_port(), **objects, **settings,
+        )  # fmt: skip
+        self.bootstrap, self.topics, self.models_dir = bootstrap, topics, models
+        self.url = f"127.0.0.1:{self.settings.http_port}"
+        self.events: dict = {}
+        self.server: uvicorn.Server | None = None
+
+    async def __aenter__(self):
+        await apply_models(self.bootstrap, self.topics, self.models_dir)
+        for (model, version), (onnx, classes, names) in self.models.items():
+            artifact = await self.store.put(onnx)
+            self.events[model, version] = ModelPromoted(model=model, version=version, artifact=artifact,
+                                                        classes=classes, feature_names=names, reason="test")  # fmt: skip
+        self.bus = Publisher(self.bootstrap)
+        await self.bus.start()
+        await self.promote(("sea", 1), ("agrawal", 1))
+        config = uvicorn.Config(inference_app(self.settings), host="127.0.0.1", port=self.settings.http_port,
+                                lifespan="on", log_level="warning", timeout_graceful_shutdown=10)  # fmt: skip
+        self.server = uvicorn.Server(config)
+        self.serving = asyncio.create_task(self.server.serve())
+        await wait_for(lambda: self.server.started, 60, "uvicorn started")
+        async with httpx.AsyncClient(base_url=f"http://{self.url}") as client:
+            for _ in range(600):  # both champions loaded
+                answers = [await client.get(f"/v2/models/{m}/ready", headers=self.auth) for m in ("sea", "agrawal")]
+                if all(a.status_code == 200 for a in answers):
+                    return self
+                await asyncio.sleep(0.1)
+        raise AssertionError("the champions were not loaded within 60 s")
+
+    @property
+    def auth(self):
+        token = self.settings.http_token
+        return {"Authorization": f"Bearer {token.get_secret_value()}"} if token else {}
+
+    async def promote(self, *which):
+        await self.bus.publish(self.topics.models_lifecycle, [self.events[w] for w in which])
+
+    async def stop(self):
+        if self.server is not None and not self.serving.done():
+            self.server.should_exit = True
+            await self.serving
+
+    async def __aexit__(self, *exc):
+        await self.stop()
+        await self.bus.stop()
+
+    async def call(self, method, *args, **kwargs):
+        """A blocking `tritonclient.http` call, in a thread (it runs its own gevent hub)."""
+
+        def run():
+            client = triton.InferenceServerClient(self.url)
+            try:
+                return getattr(client, method)(*args, **kwargs)
+            finally:
+                client.close()
+
+        return await asyncio.to_thread(run)
+
+
+def sea_inputs(rows, binary=True, dtype=np.float32):
+    inputs = []
+    for name in ("x0", "x1", "x2"):
+        tensor = triton.InferInput(name, [len(rows)], "FP32" if dtype == np.float32 else "FP64")
+        tensor.set_data_from_numpy(np.array([r[name] for r in rows], dtype=dtype), binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+def agrawal_inputs(rows, binary=True, categorical_as_int=False):
+    inputs = []
+    for feature in AGRAWAL.features:
+        values = [r[feature.name] for r in rows]
+        if feature.type == "numeric":
+            tensor = triton.InferInput(feature.name, [len(rows)], "FP64")
+            tensor.set_data_from_numpy(np.array(values, dtype=np.float64), binary_data=binary)
+        elif categorical_as_int:
+            tensor = triton.InferInput(feature.name, [len(rows), 1], "INT64")
+            tensor.set_data_from_numpy(np.array(values, dtype=np.int64).reshape(-1, 1), binary_data=binary)
+        else:
+            tensor = triton.InferInput(feature.name, [len(rows)], "BYTES")
+            tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_), binary_data=binary)
+        inputs.append(tensor)
+    return inputs
+
+
+async def results_of(bootstrap, topic, ids, timeout=30.0):
+    """{request_id: [(PredictionResult, headers)]} read from the topic's start, for `ids`."""
+    wanted, found = set(ids), collections.defaultdict(list)
+    consumer = await read_from_start(bootstrap, topic)
+    loop = asyncio.get_running_loop()
+    deadline, settle = loop.time() + timeout, None
+    try:
+        while loop.time() < (settle or deadline):
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for record in records:
+                    data = orjson.loads(record.value)
+                    if data.get("request_id") in wanted:
+                        found[data["request_id"]].append((data, tuple(record.headers)))
+            if settle is None and wanted <= found.keys():
+                settle = loop.time() + 1.0  # a little longer: a second answer would show
+    finally:
+        await consumer.stop()
+    return found
+
+
+async def test_a_triton_client_reads_health_metadata_and_readiness(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        assert await s.call("is_server_live") and await s.call("is_server_ready")
+        assert await s.call("is_model_ready", "sea") and await s.call("is_model_ready", "sea", "1")
+        assert not await s.call("is_model_ready", "stagger"), "no version yet"
+        assert not await s.call("is_model_ready", "sea", "2"), "stored, never promoted"
+        assert not await s.call("is_model_ready", "nosuch")
+        about = await s.call("get_model_metadata", "agrawal")
+        assert about["name"] == "agrawal" and about["versions"] == ["1"]
+        kinds = {t["name"]: t["datatype"] for t in about["inputs"]}
+        assert kinds == {**{f.name: "BYTES" if f.type == "categorical" else "FP64" for f in AGRAWAL.features},
+                         "entity_id": "BYTES"}  # fmt: skip
+        assert [t["name"] for t in about["outputs"]] == ["predict", "predict_proba", "model_version", "request_id"]
+        assert (await s.call("get_server_metadata"))["extensions"] == ["binary_tensor_data"]
+        for missing in (("nosuch",), ("sea", "7")):
+            with pytest.raises(InferenceServerException) as refused:
+                await s.call("get_model_metadata", *missing)
+            assert refused.value.status() == "404"
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+async def test_the_v2_answers_are_the_kafka_paths(kafka_bootstrap, redis_url, topics, tmp_path, binary):
+    """Numeric (FP32) and categorical (BYTES, and INT64 codes) inputs: every row answered by
+    version 1, with the probabilities the Kafka path gives the same rows."""
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        rows = [x for x, _ in sea_rows(50, seed=7)]
+        answer = await s.call("infer", "sea", sea_inputs(rows, binary), request_id="sea-batch")
+        ids = [i.decode() if isinstance(i, bytes) else i for i in answer.as_numpy("request_id").tolist()]
+        assert ids == [f"sea-batch-{i}" for i in range(50)]
+        assert answer.get_response()["model_version"] == "1" and set(answer.as_numpy("model_version")) == {1}
+        proba = answer.as_numpy("predict_proba")
+        assert proba.shape == (50, 2) and np.allclose(proba.sum(axis=1), 1.0)
+        assert (answer.as_numpy("predict") == proba.argmax(axis=1)).all()
+
+        by_kafka = await kafka_answers(s, "sea", rows)
+        assert np.allclose(proba, [[r.probabilities["0"], r.probabilities["1"]] for r in by_kafka], atol=1e-5)
+
+        rows = [x for x, _ in AGRAWAL_ROWS[:40]]
+        as_bytes = await s.call("infer", "agrawal", agrawal_inputs(rows, binary))
+        as_codes = await s.call("infer", "agrawal", agrawal_inputs(rows, binary, categorical_as_int=True))
+        by_kafka = await kafka_answers(s, "agrawal", rows)
+        expected = [[r.probabilities["0"], r.probabilities["1"]] for r in by_kafka]
+        assert np.allclose(as_bytes.as_numpy("predict_proba"), expected, atol=1e-6)
+        assert np.allclose(as_codes.as_numpy("predict_proba"), expected, atol=1e-6)
+
+
+async def kafka_answers(s, model, rows):
+    """The Kafka path's answers to `rows` (its results, in row order)."""
+    ids = [f"k-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
+    for request_id, row in zip(ids, rows, strict=True):
+        body = orjson.dumps({"request_id": request_id, "model": model, "features": row})
+        await s.bus.producer.send(s.topics.predictions_requests, body, key=request_id.encode())
+    await s.bus.producer.flush()
+    found = await results_of(s.bootstrap, s.topics.predictions_results, ids)
+    return [PredictionResult.model_validate(found[i][0][0]) for i in ids]
+
+
+async def test_bad_input_is_refused_with_its_reason_and_the_service_goes_on(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        rows = [x for x, _ in sea_rows(3)]
+        out_of_range = [{**rows[0], "x1": 99.0}, *rows[1:]]
+        cases = {
+            "row 0: out_of_range": ("sea", sea_inputs(out_of_range, binary=False)),
+            "missing_feature": ("sea", sea_inputs(rows)[:2]),
+            "is not an input of model sea": ("sea", [*sea_inputs(rows), triton.InferInput("x9", [3], "FP32")]),
+            "has 2 rows": ("sea", [*sea_inputs(rows)[:2], *sea_inputs(rows[:2])[2:]]),
+            "wrong_type": ("sea", [*sea_inputs(rows)[:2], bytes_input("x2", ["a", "b", "c"])]),
+        }
+        for reason, (model, inputs) in cases.items():
+            with pytest.raises(InferenceServerException) as refused:
+                await s.call("infer", model, inputs)
+            assert refused.value.status() == "400", (reason, refused.value)
+            assert reason in refused.value.message(), (reason, refused.value.message())
+        for model, status in (("nosuch", "404"), ("stagger", "503")):
+            with pytest.raises(InferenceServerException) as refused:
+                await s.call("infer", model, sea_inputs(rows))
+            assert refused.value.status() == status
+        async with httpx.AsyncClient(base_url=f"http://{s.url}") as client:
+            for body, reason in ((b"{not json", "invalid_request"), (b'{"inputs": []}', "inputs"),
+                                 (b'{"inputs": [{"name": "x0", "shape": [2], "datatype": "FP64", "data": [1]}]}',
+                                  "1 elements for shape [2]")):  # fmt: skip
+                answer = await client.post("/v2/models/sea/infer", content=body)
+                assert answer.status_code == 400 and reason in answer.json()["error"], answer.text
+            assert (await client.get("/v2/models/sea/infer")).status_code == 405
+        answer = await s.call("infer", "sea", sea_inputs(rows))
+        assert set(answer.as_numpy("model_version")) == {1}
+
+
+def bytes_input(name, values):
+    tensor = triton.InferInput(name, [len(values)], "BYTES")
+    tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_), binary_data=False)
+    return tensor
+
+
+async def test_http_predictions_are_logged_once_for_the_monitor(kafka_bootstrap, redis_url, topics, tmp_path):
+    """Each answered row goes to predictions.requests and predictions.results once, marked as
+    HTTP traffic; the Kafka path does not answer the logged requests again."""
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        rows = [x for x, _ in sea_rows(20)]
+        answers = [await s.call("infer", "sea", sea_inputs(rows[i : i + 5]), request_id=f"log{i}") for i in (0, 5, 10, 15)]
+        ids = [i.decode() for a in answers for i in a.as_numpy("request_id").tolist()]
+        requests = await results_of(kafka_bootstrap, topics.predictions_requests, ids)
+        results = await results_of(kafka_bootstrap, topics.predictions_results, ids)
+        assert sorted(requests) == sorted(results) == sorted(ids)
+        assert all(len(results[i]) == 1 and LOGGED in results[i][0][1] for i in ids), "answered once, marked"
+        assert all(len(requests[i]) == 1 and LOGGED in requests[i][0][1] for i in ids)
+        assert requests["log0-0"][0][0]["features"] == pytest.approx(rows[0])
+        assert {results[i][0][0]["model_version"] for i in ids} == {1}
+
+
+async def test_a_swap_under_http_load_fails_no_request(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        rows = [x for x, _ in sea_rows(64)]
+        seen: list[tuple[float, int]] = []
+        failures: list[BaseException] = []
+        loop = asyncio.get_running_loop()
+        stop_at = loop.time() + 4.0
+
+        async def worker(k):
+            client = triton_aio.InferenceServerClient(s.url)
+            try:
+                while loop.time() < stop_at:
+                    try:
+                        answer = await client.infer("sea", sea_inputs(rows[k : k + 2]))
+                    except Exception as exc:
+                        failures.append(exc)
+                        continue
+                    versions = set(answer.as_numpy("model_version").tolist())
+                    seen.append((loop.time(), versions.pop() if len(versions) == 1 else -1))
+            finally:
+                await client.close()
+
+        async def swap():
+            await asyncio.sleep(1.5)
+            await s.promote(("sea", 2))
+
+        await asyncio.gather(*(worker(k) for k in range(16)), swap())
+        assert not failures, failures[:3]
+        versions = [v for _, v in sorted(seen)]
+        assert len(versions) > 200 and -1 not in versions, "a response mixed versions"
+        assert versions[0] == 1 and versions[-1] == 2
+        last_v1 = max(i for i, v in enumerate(versions) if v == 1)
+        assert all(v == 2 for v in versions[last_v1 + 1 :])
+
+
+async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path, http_token="s3cret", http_max_body_bytes=4096,
+                      http_batch_delay_ms=300) as s:  # fmt: skip
+        rows = [x for x, _ in sea_rows(2)]
+        assert await s.call("is_server_live"), "health is open"
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
+            with pytest.raises(InferenceServerException) as refused:
+                await s.call("infer", "sea", sea_inputs(rows), headers=headers)
+            assert refused.value.status() == "401"
+        bearer = {"Authorization": "Bearer s3cret"}
+        answer = await s.call("infer", "sea", sea_inputs(rows), headers=dict(bearer))  # it adds headers
+        assert set(answer.as_numpy("model_version")) == {1}
+        async with httpx.AsyncClient(base_url=f"http://{s.url}", headers=bearer) as client:
+            big = orjson.dumps({"inputs": [{"name": "x0", "shape": [2000], "datatype": "FP64", "data": [1.0] * 2000}]})
+            assert (await client.post("/v2/models/sea/infer", content=big)).status_code == 413
+            bomb = gzip.compress(b" " * 1_000_000)
+            answer = await client.post("/v2/models/sea/infer", content=bomb, headers={"content-encoding": "gzip"})
+            assert answer.status_code == 413, answer.text
+            small = {"id": "gz", "inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [rows[0][n]]}
+                                            for n in ("x0", "x1", "x2")]}  # fmt: skip
+            answer = await client.post("/v2/models/sea/infer", content=gzip.compress(orjson.dumps(small)),
+                                       headers={"content-encoding": "gzip"})  # fmt: skip
+            assert answer.status_code == 200 and answer.json()["id"] == "gz"
+
+            # requests waiting in a batching window when the shutdown comes are answered and logged
+            async def one(i):
+                body = {**small, "id": f"drain-{i}"}
+                return await client.post("/v2/models/sea/infer", content=orjson.dumps(body))
+
+            calls = [asyncio.create_task(one(i)) for i in range(20)]
+            await asyncio.sleep(0.1)
+            await s.stop()
+            answers = await asyncio.gather(*calls)
+        assert [a.status_code for a in answers] == [200] * 20
+        logged = await results_of(kafka_bootstrap, topics.predictions_results, [f"drain-{i}" for i in range(20)])
+        assert len(logged) == 20
+
