@@ -1,4 +1,5 @@
-"""Generate `schemas/`: a JSON Schema per message contract and an AsyncAPI document per service.
+"""Generate `schemas/`: a JSON Schema per message contract, an AsyncAPI document per service and
+the OpenAPI document of the inference service's v2 HTTP API.
 
 Run with `make schemas`; a test regenerates into a temporary directory and fails when the
 committed files differ.
@@ -14,6 +15,7 @@ from pathlib import Path
 from driftloop.contracts import CONTRACTS
 from driftloop.localstack import SERVICES
 from driftloop.settings import service_settings
+from driftloop_inference.v2 import openapi
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -37,6 +39,9 @@ def generate(out: Path) -> list[Path]:
         path = out / "asyncapi" / f"{service}.json"
         _dump(path, document)
         written.append(path)
+    path = out / "openapi" / "inference.json"
+    _dump(path, openapi())
+    written.append(path)
     return written
 
 

@@ -33,11 +33,13 @@ from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.handlers import LOGGED
 from driftloop_inference.settings import InferenceSettings
+from driftloop_inference.v2 import OUTPUTS
 from tests.conftest import ROOT, wait_for
 from tests.helpers import Publisher, apply_models, fitted_onnx, sea_onnx, sea_rows
 
 SEA = load_spec(ROOT / "models" / "sea.yaml")
 AGRAWAL = load_spec(ROOT / "models" / "agrawal.yaml")
+MODELS = ("sea", "agrawal")
 AGRAWAL_ROWS = list(itertools.islice(datasets.conform(AGRAWAL, datasets.synthetic("agrawal", 0, 1)), 800))
 
 
@@ -70,8 +72,14 @@ class Served:
         await apply_models(self.bootstrap, self.topics, self.models_dir)
         for (model, version), (onnx, classes, names) in self.models.items():
             artifact = await self.store.put(onnx)
-            self.events[model, version] = ModelPromoted(model=model, version=version, artifact=artifact,
-                                                        classes=classes, feature_names=names, reason="test")  # fmt: skip
+            self.events[model, version] = ModelPromoted(
+                model=model,
+                version=version,
+                artifact=artifact,
+                classes=classes,
+                feature_names=names,
+                reason="t",
+            )
         self.bus = Publisher(self.bootstrap)
         await self.bus.start()
         await self.promote(("sea", 1), ("agrawal", 1))
@@ -82,7 +90,7 @@ class Served:
         await wait_for(lambda: self.server.started, 60, "uvicorn started")
         async with httpx.AsyncClient(base_url=f"http://{self.url}") as client:
             for _ in range(600):  # both champions loaded
-                answers = [await client.get(f"/v2/models/{m}/ready", headers=self.auth) for m in ("sea", "agrawal")]
+                answers = [await client.get(f"/v2/models/{m}/ready", headers=self.auth) for m in MODELS]
                 if all(a.status_code == 200 for a in answers):
                     return self
                 await asyncio.sleep(0.1)
@@ -139,7 +147,8 @@ def agrawal_inputs(rows, binary=True, categorical_as_int=False):
             tensor.set_data_from_numpy(np.array(values, dtype=np.int64).reshape(-1, 1), binary_data=binary)
         else:
             tensor = triton.InferInput(feature.name, [len(rows)], "BYTES")
-            tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_), binary_data=binary)
+            encoded = np.array([v.encode() for v in values], dtype=np.object_)
+            tensor.set_data_from_numpy(encoded, binary_data=binary)
         inputs.append(tensor)
     return inputs
 
@@ -164,7 +173,9 @@ async def results_of(bootstrap, topic, ids, timeout=30.0, settle_s=1.0):
     return found
 
 
-async def test_a_triton_client_reads_health_metadata_and_readiness(kafka_bootstrap, redis_url, topics, tmp_path):
+async def test_a_triton_client_reads_health_metadata_and_readiness(
+    kafka_bootstrap, redis_url, topics, tmp_path
+):
     async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
         assert await s.call("is_server_live") and await s.call("is_server_ready")
         assert await s.call("is_model_ready", "sea") and await s.call("is_model_ready", "sea", "1")
@@ -176,7 +187,7 @@ async def test_a_triton_client_reads_health_metadata_and_readiness(kafka_bootstr
         kinds = {t["name"]: t["datatype"] for t in about["inputs"]}
         assert kinds == {**{f.name: "BYTES" if f.type == "categorical" else "FP64" for f in AGRAWAL.features},
                          "entity_id": "BYTES"}  # fmt: skip
-        assert [t["name"] for t in about["outputs"]] == ["predict", "predict_proba", "model_version", "request_id"]
+        assert [t["name"] for t in about["outputs"]] == list(OUTPUTS)
         assert (await s.call("get_server_metadata"))["extensions"] == ["binary_tensor_data"]
         for missing in (("nosuch",), ("sea", "7")):
             with pytest.raises(InferenceServerException) as refused:
@@ -230,7 +241,7 @@ async def test_bad_input_is_refused_with_its_reason_and_the_service_goes_on(
         cases = {
             "row 0: out_of_range": ("sea", sea_inputs(out_of_range, binary=False)),
             "missing_feature": ("sea", sea_inputs(rows)[:2]),
-            "is not an input of model sea": ("sea", [*sea_inputs(rows), triton.InferInput("x9", [3], "FP32")]),
+            "is not an input of model sea": ("sea", [*sea_inputs(rows), bytes_input("x9", ["a", "b", "c"])]),
             "has 2 rows": ("sea", [*sea_inputs(rows)[:2], *sea_inputs(rows[:2])[2:]]),
             "wrong_type": ("sea", [*sea_inputs(rows)[:2], bytes_input("x2", ["a", "b", "c"])]),
         }
@@ -244,9 +255,12 @@ async def test_bad_input_is_refused_with_its_reason_and_the_service_goes_on(
                 await s.call("infer", model, sea_inputs(rows))
             assert refused.value.status() == status
         async with httpx.AsyncClient(base_url=f"http://{s.url}") as client:
-            for body, reason in ((b"{not json", "invalid_request"), (b'{"inputs": []}', "inputs"),
-                                 (b'{"inputs": [{"name": "x0", "shape": [2], "datatype": "FP64", "data": [1]}]}',
-                                  "1 elements for shape [2]")):  # fmt: skip
+            short = {"inputs": [{"name": "x0", "shape": [2], "datatype": "FP64", "data": [1]}]}
+            for body, reason in (
+                (b"{not json", "invalid_request"),
+                (b'{"inputs": []}', "inputs"),
+                (orjson.dumps(short), "1 elements for shape [2]"),
+            ):
                 answer = await client.post("/v2/models/sea/infer", content=body)
                 assert answer.status_code == 400 and reason in answer.json()["error"], answer.text
             assert (await client.get("/v2/models/sea/infer")).status_code == 405
@@ -266,7 +280,10 @@ async def test_http_predictions_are_logged_once_for_the_monitor(kafka_bootstrap,
     async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
         rows = [x for x, _ in sea_rows(20)]
         await kafka_answers(s, "sea", rows[:6])  # the Kafka path consumes every partition
-        answers = [await s.call("infer", "sea", sea_inputs(rows[i : i + 5]), request_id=f"log{i}") for i in (0, 5, 10, 15)]
+        answers = [
+            await s.call("infer", "sea", sea_inputs(rows[i : i + 5]), request_id=f"log{i}")
+            for i in (0, 5, 10, 15)
+        ]
         ids = [i.decode() for a in answers for i in a.as_numpy("request_id").tolist()]
         requests = await results_of(kafka_bootstrap, topics.predictions_requests, ids)
         await kafka_answers(s, "sea", rows[:6])  # requests sent after the log are answered ...
@@ -314,8 +331,8 @@ async def test_a_swap_under_http_load_fails_no_request(kafka_bootstrap, redis_ur
 
 
 async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, topics, tmp_path):
-    async with Served(kafka_bootstrap, redis_url, topics, tmp_path, http_token="s3cret", http_max_body_bytes=4096,
-                      http_batch_delay_ms=300) as s:  # fmt: skip
+    limits = {"http_token": "s3cret", "http_max_body_bytes": 4096, "http_batch_delay_ms": 300}
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path, **limits) as s:
         rows = [x for x, _ in sea_rows(2)]
         assert await s.call("is_server_live"), "health is open"
         for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "s3cret"}):
@@ -326,15 +343,21 @@ async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, t
         answer = await s.call("infer", "sea", sea_inputs(rows), headers=dict(bearer))  # it adds headers
         assert set(answer.as_numpy("model_version")) == {1}
         async with httpx.AsyncClient(base_url=f"http://{s.url}", headers=bearer) as client:
-            big = orjson.dumps({"inputs": [{"name": "x0", "shape": [2000], "datatype": "FP64", "data": [1.0] * 2000}]})
+            column = {"name": "x0", "shape": [2000], "datatype": "FP64", "data": [1.0] * 2000}
+            big = orjson.dumps({"inputs": [column]})
             assert (await client.post("/v2/models/sea/infer", content=big)).status_code == 413
             bomb = gzip.compress(b" " * 1_000_000)
-            answer = await client.post("/v2/models/sea/infer", content=bomb, headers={"content-encoding": "gzip"})
+            gzipped = {"content-encoding": "gzip"}
+            answer = await client.post("/v2/models/sea/infer", content=bomb, headers=gzipped)
             assert answer.status_code == 413, answer.text
-            small = {"id": "gz", "inputs": [{"name": n, "shape": [1], "datatype": "FP64", "data": [rows[0][n]]}
-                                            for n in ("x0", "x1", "x2")]}  # fmt: skip
-            answer = await client.post("/v2/models/sea/infer", content=gzip.compress(orjson.dumps(small)),
-                                       headers={"content-encoding": "gzip"})  # fmt: skip
+            one = [
+                {"name": n, "shape": [1], "datatype": "FP64", "data": [rows[0][n]]}
+                for n in ("x0", "x1", "x2")
+            ]
+            small = {"id": "gz", "inputs": one}
+            answer = await client.post(
+                "/v2/models/sea/infer", content=gzip.compress(orjson.dumps(small)), headers=gzipped
+            )
             assert answer.status_code == 200 and answer.json()["id"] == "gz"
 
             # requests waiting in a batching window when the shutdown comes are answered and logged
@@ -347,6 +370,6 @@ async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, t
             await s.stop()
             answers = await asyncio.gather(*calls)
         assert [a.status_code for a in answers] == [200] * 20
-        logged = await results_of(kafka_bootstrap, topics.predictions_results, [f"drain-{i}" for i in range(20)])
+        drained = [f"drain-{i}" for i in range(20)]
+        logged = await results_of(kafka_bootstrap, topics.predictions_results, drained)
         assert len(logged) == 20
-

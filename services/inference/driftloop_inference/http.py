@@ -63,9 +63,9 @@ Answer = Callable[[list[Request], Lineup], Awaitable[tuple[list[dict[str, Any]],
 
 
 class HttpError(Exception):
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: Sequence[tuple[bytes, bytes]] = ()) -> None:
         super().__init__(message)
-        self.status, self.message = status, message
+        self.status, self.message, self.headers = status, message, list(headers)
 
 
 class Coalescer:
@@ -229,6 +229,7 @@ class V2Api:
             headers += extra
         except HttpError as exc:
             status, body = exc.status, _error(exc.message)
+            headers += exc.headers
             if status == 401:
                 headers.append((b"www-authenticate", b"Bearer"))
         except Exception:
@@ -369,7 +370,7 @@ class V2Api:
 
 def _allow(method: str, allowed: str) -> None:
     if method != allowed:
-        raise HttpError(405, f"{method} is not allowed here; use {allowed}")
+        raise HttpError(405, f"{method} is not allowed here; use {allowed}", [(b"allow", allowed.encode())])
 
 
 def _error(message: str) -> bytes:

@@ -165,3 +165,80 @@ def wanted_outputs(request: InferenceRequest) -> tuple[list[str] | None, list[st
         if (asked.parameters or {}).get("binary_data", everything_binary) is True:
             binary.append(asked.name)
     return names, binary
+
+
+def openapi() -> dict[str, Any]:
+    """The `/v2` API as an OpenAPI 3.1 document (`schemas/openapi/inference.json`)."""
+    from driftloop.oip import ErrorBody, InferenceResponse, ServerMetadata
+
+    schemas: dict[str, Any] = {}
+    for contract in (InferenceRequest, InferenceResponse, ModelMetadata, ServerMetadata, ErrorBody):
+        schema = contract.model_json_schema(ref_template="#/components/schemas/{model}")
+        schemas.update(schema.pop("$defs", {}))
+        schemas[contract.__name__] = schema
+    schemas["RequestOutput"]["properties"]["name"]["enum"] = list(OUTPUTS)
+
+    def answers(ok: str | None, *errors: int, description: str = "OK") -> dict[str, Any]:
+        out: dict[str, Any] = {"200": {"description": description}}
+        if ok is not None:
+            out["200"]["content"] = {"application/json": {"schema": {"$ref": f"#/components/schemas/{ok}"}}}
+        why = {400: "Bad input.", 401: "No valid bearer token (when one is set).", 404: "Unknown model or "
+               "version.", 405: "Wrong method.", 413: "Body too large.", 415: "Unknown content encoding.",
+               503: "No version in service yet, or not ready."}  # fmt: skip
+        for status in errors:
+            error = {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorBody"}}}
+            out[str(status)] = {"description": why[status], "content": error}
+        return out
+
+    model = {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}}
+    version = {"name": "version", "in": "path", "required": True, "schema": {"type": "string"}}
+    health = {"type": "object"}
+    paths: dict[str, Any] = {
+        "/v2/health/live": {"get": {"summary": "The process is alive.", "responses": {
+            "200": {"description": "Alive.", "content": {"application/json": {"schema": health}}}}}},
+        "/v2/health/ready": {"get": {"summary": "Started, and every consumer keeps up.", "responses": {
+            "200": {"description": "Ready.", "content": {"application/json": {"schema": health}}},
+            **{k: v for k, v in answers(None, 503).items() if k != "200"}}}},
+        "/v2": {"get": {"summary": "Server metadata.", "responses": answers("ServerMetadata", 401)}},
+    }  # fmt: skip
+    for prefix, parameters in (
+        ("/v2/models/{model}", [model]),
+        ("/v2/models/{model}/versions/{version}", [model, version]),
+    ):
+        paths[prefix] = {
+            "get": {
+                "summary": "Model metadata: inputs, outputs, versions in service.",
+                "parameters": parameters,
+                "responses": answers("ModelMetadata", 401, 404),
+            }
+        }
+        paths[f"{prefix}/ready"] = {
+            "get": {
+                "summary": "Whether the model (version) serves.",
+                "parameters": parameters,
+                "responses": answers(None, 401, 404, 503, description="Ready."),
+            }
+        }
+        paths[f"{prefix}/infer"] = {
+            "post": {
+                "summary": "Predictions for a batch of rows (one tensor per feature).",
+                "parameters": parameters,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/InferenceRequest"}}
+                    },
+                },
+                "responses": answers("InferenceResponse", 400, 401, 404, 413, 415, 503),
+            }
+        }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "driftloop inference: Open Inference Protocol (v2)",
+            "version": "2",
+            "description": "Request/response serving beside the Kafka path (docs: serving over HTTP).",
+        },
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
