@@ -594,15 +594,24 @@ def cmd_predict(args: argparse.Namespace) -> int:
     features = features_of(_spec(args, args.model), args.features)
 
     async def ask() -> Any:
-        from driftloop.client import PredictionClient
+        from driftloop.client import HttpPredictionClient, PredictionClient
 
-        async with PredictionClient(_bootstrap(args), _topics(), timeout_s=args.timeout) as client:
+        client: HttpPredictionClient | PredictionClient
+        if args.http:
+            client = HttpPredictionClient(args.http, os.environ.get("DRIFTLOOP_HTTP_TOKEN"), args.timeout)
+        else:
+            client = PredictionClient(_bootstrap(args), _topics(), timeout_s=args.timeout)
+        async with client:
             return await client.predict(args.model, features, args.entity)
 
     try:
         result = asyncio.run(ask())
     except TimeoutError:
         raise UserError(f"no result within {args.timeout:g}s; is inference running?", code=1) from None
+    except PermissionError as exc:
+        raise UserError(f"{exc} (set DRIFTLOOP_HTTP_TOKEN)", code=1) from None
+    except OSError as exc:  # nothing listens there
+        raise UserError(f"cannot reach {args.http}: {exc}", code=1) from None
     print(json.dumps(result.model_dump(mode="json"), indent=2))
     if result.error:
         raise UserError(f"{args.model}: {result.error}", code=1)
@@ -910,6 +919,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     predict.add_argument("--entity", default=None, help="entity whose stored features complete the request")
     predict.add_argument("--timeout", type=positive_float, default=10.0, help="seconds to wait (default 10)")
+    predict.add_argument(
+        "--http",
+        metavar="URL",
+        default=None,
+        help="ask the inference service's v2 HTTP API at URL (e.g. http://127.0.0.1:8005) instead of "
+        "Kafka; a bearer token comes from DRIFTLOOP_HTTP_TOKEN",
+    )
     predict.set_defaults(func=cmd_predict)
 
     demo = _command(sub, "demo", "run the closed-loop drift demo on a fresh local stack")

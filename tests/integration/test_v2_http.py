@@ -24,6 +24,7 @@ from tritonclient.utils import InferenceServerException
 
 from driftloop import datasets
 from driftloop.artifacts import ArtifactStore
+from driftloop.client import HttpPredictionClient
 from driftloop.connections import object_store
 from driftloop.contracts import ModelPromoted, PredictionResult
 from driftloop.kafka import read_from_start
@@ -373,3 +374,33 @@ async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, t
         drained = [f"drain-{i}" for i in range(20)]
         logged = await results_of(kafka_bootstrap, topics.predictions_results, drained)
         assert len(logged) == 20
+
+
+async def test_the_http_client_and_the_cli_ask_over_http(kafka_bootstrap, redis_url, topics, tmp_path):
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
+        rows = [x for x, _ in sea_rows(4)]
+        mixed = [rows[0], {**rows[1], "x2": None}, {"x0": 1.0}, {**rows[3], "x1": "nine"}, rows[2]]
+        async with HttpPredictionClient(f"http://{s.url}") as client:
+            results = await client.predict_many("sea", mixed)
+        assert [r.model_version for r in results] == [1, 0, 0, 0, 1]
+        assert results[1].error.startswith("missing_feature") and results[2].error.startswith(
+            "missing_feature"
+        )
+        assert "wrong_type" in results[3].error
+        assert results[0].probabilities == pytest.approx(
+            (await kafka_answers(s, "sea", rows[:1]))[0].probabilities
+        )
+        cli = await asyncio.create_subprocess_exec(
+            str(ROOT / ".venv" / "bin" / "driftloop"), "predict", "sea", "x0=9", "x1=9", "x2=1", "--http",
+            f"http://{s.url}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await cli.communicate()
+        assert cli.returncode == 0, err.decode()
+        assert orjson.loads(out)["model_version"] == 1
+        cli = await asyncio.create_subprocess_exec(
+            str(ROOT / ".venv" / "bin" / "driftloop"), "predict", "stagger", "size=small", "color=red",
+            "shape=circle", "--http", f"http://{s.url}", stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        out, err = await cli.communicate()
+        assert cli.returncode == 1 and "no_champion" in err.decode()
