@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 APT_PACKAGES := redis-server prometheus docker-compose
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help install system-deps demo sizes test test-unit test-integration test-e2e up down status schemas dashboards docs docs-serve lint format clean bench bench-governance bench-inference bench-inference-s3 bench-data bench-handlers bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker bench-scale
+.PHONY: help install system-deps demo sizes test test-unit test-integration test-e2e up down status schemas dashboards docs docs-serve lint format clean bench bench-governance bench-inference bench-http bench-inference-s3 bench-data bench-handlers bench-drift bench-faults bench-cli bench-learning bench-learning-live bench-stack bench-broker bench-scale
 
 help: ## list the targets
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-17s %s\n", $$1, $$2}'
@@ -79,10 +79,13 @@ format: install ## apply ruff's formatting and safe fixes
 clean: down ## remove the local stack's run directory and demo output
 	rm -rf .driftloop var
 
-bench: bench-governance bench-inference bench-inference-s3 bench-data bench-handlers bench-broker bench-stack bench-drift bench-faults bench-cli bench-learning ## run every benchmark (tables printed, JSON in bench/results/)
+bench: bench-governance bench-inference bench-http bench-inference-s3 bench-data bench-handlers bench-broker bench-stack bench-drift bench-faults bench-cli bench-learning ## run every benchmark (tables printed, JSON in bench/results/)
 
 bench-inference: install ## inference vs a batched echo ceiling: throughput, latency at 1k/5k req/s, RSS, swap
 	$(BIN)/python -m bench.inference
+
+bench-http: install ## the v2 HTTP API: answers/s and p99 vs a no-model handler in the same server and vs MLServer (installed on first use)
+	$(BIN)/python -m bench.http
 
 bench-inference-s3: install ## bench-inference with the artifacts on a local S3-protocol server
 	$(BIN)/python -m bench.inference --object-store s3

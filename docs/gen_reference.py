@@ -207,12 +207,20 @@ def _resolve(document: dict[str, Any], item: dict[str, Any]) -> dict[str, Any]:
 
 
 def registry_api_page() -> str:
-    document = yaml.safe_load((ROOT / "schemas" / "openapi" / "registry.yaml").read_text(encoding="utf-8"))
+    return _api_page("Registry HTTP API", "registry.yaml", "registry")
+
+
+def inference_api_page() -> str:
+    return _api_page("Inference HTTP API (Open Inference Protocol v2)", "inference.json", "inference service")
+
+
+def _api_page(title: str, name: str, service: str) -> str:
+    document = yaml.safe_load((ROOT / "schemas" / "openapi" / name).read_text(encoding="utf-8"))
     lines = [
-        "# Registry HTTP API",
+        f"# {title}",
         "",
-        "Generated from `schemas/openapi/registry.yaml` (the document the test suite fuzzes a live",
-        f"registry with). {_cell(document.get('info', {}).get('description'))}",
+        f"Generated from `schemas/openapi/{name}` (the document the test suite fuzzes a live",
+        f"{service} with). {_cell(document.get('info', {}).get('description'))}",
         "",
     ]
     for path, operations in document["paths"].items():
@@ -246,6 +254,7 @@ PAGES = {
     "reference/cli.md": cli_page,
     "reference/settings.md": settings_page,
     "reference/registry-api.md": registry_api_page,
+    "reference/inference-api.md": inference_api_page,
 }
 
 
