@@ -191,7 +191,8 @@ def mlserver_python() -> tuple[Path | None, str]:
         wanted = [
             f"mlserver=={MLSERVER}",
             f"mlserver-sklearn=={MLSERVER}",
-            f"scikit-learn=={sklearn.__version__}",
+            f"scikit-learn=={sklearn.__version__}",  # it loads the model our scikit-learn fitted
+            "uvloop<0.22",  # with 0.22+ its inference workers stop at start: no current event loop
         ]
         subprocess.run([str(python), "-m", "pip", "install", "--quiet", *wanted], check=True, timeout=900)
     except (subprocess.SubprocessError, OSError) as exc:
@@ -223,11 +224,12 @@ def start_mlserver(
             "max_batch_time": settings.http_batch_delay_ms / 1000,
         }
     (home / "bench" / "model-settings.json").write_bytes(orjson.dumps(model_settings))
+    logged = (home / "mlserver.log").open("wb")
     proc = subprocess.Popen(
         [str(python.parent / "mlserver"), "start", str(home)],
         cwd=home,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stdout=logged,
+        stderr=subprocess.STDOUT,
     )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -240,7 +242,8 @@ def start_mlserver(
             break
         time.sleep(0.5)
     proc.kill()
-    raise RuntimeError("MLServer did not become ready")
+    tail = (home / "mlserver.log").read_text(errors="replace").splitlines()[-30:]
+    raise RuntimeError("MLServer did not become ready; its log ends:\n" + "\n".join(tail))
 
 
 async def run(tmp: Path) -> dict[str, Any]:

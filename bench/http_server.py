@@ -1,6 +1,7 @@
 """The inference service as it runs (`driftloop_inference.app`), plus the ceiling for
-`bench-http` in the same server: `/bench/echo` reads a v2 request as the service does (body,
-JSON, the contract) and answers a same-size response with no model, no batching and no log.
+`bench-http` in the same server: `/bench/echo` does the least any v2 handler does with a request
+(reads its body, parses its JSON, writes a same-size JSON answer): no checks, no model, no
+batching, no log.
 
 Usage: python -m bench.http_server   (settings from the environment, like the service)
 """
@@ -9,7 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from driftloop.oip import InferenceResponse, ResponseOutput, encode_response, split_body
+import orjson
+
+from driftloop.oip import encode_response, output
 from driftloop.runtime import configure_logging, serve
 from driftloop_inference.app import create_app
 from driftloop_inference.settings import InferenceSettings
@@ -22,19 +25,19 @@ async def echo(scope: dict[str, Any], receive: Any, send: Any) -> None:
         chunks.append(message.get("body", b""))
         if not message.get("more_body"):
             break
-    request, _ = split_body(b"".join(chunks), None)
-    rows = request.inputs[0].shape[0]
-    answer = InferenceResponse(
-        model_name="bench",
-        model_version="1",
-        id=request.id,
-        outputs=[
-            ResponseOutput(name="predict", shape=[rows], datatype="INT64", data=[1] * rows),
-            ResponseOutput(name="predict_proba", shape=[rows, 2], datatype="FP64", data=[0.25, 0.75] * rows),
-            ResponseOutput(name="model_version", shape=[rows], datatype="INT64", data=[1] * rows),
-            ResponseOutput(name="request_id", shape=[rows], datatype="BYTES", data=[request.id or ""] * rows),
+    request = orjson.loads(b"".join(chunks))
+    rows, request_id = request["inputs"][0]["shape"][0], request.get("id")
+    answer = {
+        "model_name": "bench",
+        "model_version": "1",
+        "id": request_id,
+        "outputs": [
+            output("predict", "INT64", [rows], [1] * rows),
+            output("predict_proba", "FP64", [rows, 2], [0.25, 0.75] * rows),
+            output("model_version", "INT64", [rows], [1] * rows),
+            output("request_id", "BYTES", [rows], [request_id or ""] * rows),
         ],
-    )
+    }
     body, _ = encode_response(answer, [])
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     await send({"type": "http.response.start", "status": 200, "headers": headers})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 
 import numpy as np
+import orjson
 import pytest
 import tritonclient.http as triton
 from hypothesis import given, settings
@@ -26,7 +27,16 @@ from driftloop.oip import (
 from driftloop.spec import load_spec
 from driftloop_inference.domain import Lineup, Request, Scored
 from driftloop_inference.http import Coalescer
-from driftloop_inference.v2 import OUTPUTS, metadata, response, row_ids, to_requests, wanted_outputs
+from driftloop_inference.v2 import (
+    OUTPUTS,
+    metadata,
+    plain_requests,
+    response,
+    row_ids,
+    rows_in,
+    to_requests,
+    wanted_outputs,
+)
 from tests.conftest import ROOT
 
 NUMERIC = {
@@ -150,6 +160,10 @@ def test_responses_read_back_with_tritons_client(binary):
     assert [(o.name, o.data) for o in ours.outputs] == [(o.name, o.data) for o in as_json.outputs], (
         "our reader"
     )
+    contract = InferenceResponse.model_validate(answer).model_dump_json(exclude_none=True)
+    assert orjson.loads(encode_response(answer, [])[0]) == orjson.loads(contract), (
+        "the encoder writes the contract"
+    )
 
 
 def test_outputs_asked_for_come_in_that_order_and_unknown_ones_are_refused():
@@ -159,7 +173,7 @@ def test_outputs_asked_for_come_in_that_order_and_unknown_ones_are_refused():
     )  # fmt: skip
     assert wanted_outputs(asked) == (["request_id", "predict"], ["predict"])
     answer = response(SEA, None, [served("r")], wanted_outputs(asked)[0])
-    assert [o.name for o in answer.outputs] == ["request_id", "predict"]
+    assert [o["name"] for o in answer["outputs"]] == ["request_id", "predict"]
     with pytest.raises(TensorError, match="not one of"):
         wanted_outputs(
             asked.model_copy(update={"outputs": [asked.outputs[0].model_copy(update={"name": "x"})]})
@@ -167,7 +181,7 @@ def test_outputs_asked_for_come_in_that_order_and_unknown_ones_are_refused():
 
 
 def test_non_finite_probabilities_go_out_as_null():
-    assert output("p", "FP64", [2], [0.5, float("nan")]).data == [0.5, None]
+    assert output("p", "FP64", [2], [0.5, float("nan")])["data"] == [0.5, None]
 
 
 def test_metadata_lists_the_specs_features_and_the_outputs():
@@ -259,3 +273,51 @@ async def test_a_failed_run_fails_each_of_its_requests():
     outcomes = await asyncio.gather(coalescer.answer(rows("a", 2)), coalescer.answer(rows("b", 1)),
                                     return_exceptions=True)  # fmt: skip
     assert [str(o) for o in outcomes] == ["the store is down"] * 2
+
+
+NAMES = ["x0", "x1", "x2", "entity_id", "other"]
+ELEMENT = st.one_of(
+    st.floats(allow_nan=False, allow_infinity=False), st.integers(-5, 5), st.text(max_size=3), st.booleans()
+)
+
+
+@st.composite
+def v2_bodies(draw):
+    """Request bodies near the plain form: names, datatypes, shapes and elements of every kind."""
+    rows = draw(st.integers(0, 4))
+    inputs = []
+    for name in draw(st.lists(st.sampled_from(NAMES), min_size=1, max_size=5)):
+        shape = draw(st.sampled_from([[rows], [rows, 1], [rows + 1], [rows, 2]]))
+        kind = draw(st.sampled_from(["FP64", "FP32", "BYTES", "INT64"]))
+        values = draw(st.lists(ELEMENT, min_size=rows, max_size=rows))
+        inputs.append({"name": name, "shape": shape, "datatype": kind, "data": values})
+    body = {"inputs": inputs}
+    if draw(st.booleans()):
+        body["id"] = draw(st.text(max_size=5))
+    if draw(st.booleans()):
+        body[draw(st.sampled_from(["parameters", "outputs", "extra"]))] = None
+    return body
+
+
+@settings(max_examples=400, deadline=None)
+@given(v2_bodies())
+def test_the_plain_reading_of_a_request_is_the_contracts(body):
+    plain = plain_requests(SEA, body)
+    if plain is None:
+        return
+    request, _ = split_body(orjson.dumps(body), None)
+    ids = row_ids(request.id, rows_in(request))
+    if not request.id:  # each reading draws its own random id
+        ids = [r.request_id for r in plain[1]]
+    assert plain == (request.id, to_requests(SEA, request, {}, ids))
+
+
+def test_a_usual_request_takes_the_plain_reading():
+    body = {
+        "id": "a",
+        "inputs": [{"name": n, "shape": [2], "datatype": "FP64", "data": [1.5, 2]} for n in ("x0", "x1")],
+    }
+    assert plain_requests(SEA, body) == (
+        "a",
+        [Request("a-0", "sea", {"x0": 1.5, "x1": 1.5}), Request("a-1", "sea", {"x0": 2.0, "x1": 2.0})],
+    )

@@ -33,7 +33,15 @@ from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.domain import Lineup, Request, Scored, ServingModel
 from driftloop_inference.handlers import LOGGED, count, error_reason
 from driftloop_inference.settings import InferenceSettings
-from driftloop_inference.v2 import metadata, response, row_ids, rows_in, to_requests, wanted_outputs
+from driftloop_inference.v2 import (
+    metadata,
+    plain_requests,
+    response,
+    row_ids,
+    rows_in,
+    to_requests,
+    wanted_outputs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -213,13 +221,27 @@ class V2Api:
         self.settings = settings
         self.specs = specs
         self.holder = holder
-        self.answer = answer
         self.ready = ready
         self.token = settings.http_token.get_secret_value().encode() if settings.http_token else None
-        self.coalescer = Coalescer(
-            answer, lambda: holder.lineup, settings.http_batch_delay_ms / 1000, settings.http_batch_rows
-        )
         self.log = PayloadLog(settings)
+        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
+
+        async def answer_and_count(
+            requests: list[Request], lineup: Lineup
+        ) -> tuple[list[dict[str, Any]], Scored]:
+            results, scored = await answer(requests, lineup)
+            tally = Tally()  # once per model run, not per HTTP request
+            count(tally, results, scored.shadow, specs, "http")
+            tally.apply()
+            return results, scored
+
+        self.answer = answer_and_count
+        self.coalescer = Coalescer(
+            answer_and_count,
+            lambda: holder.lineup,
+            settings.http_batch_delay_ms / 1000,
+            settings.http_batch_rows,
+        )
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -238,8 +260,14 @@ class V2Api:
         headers.append((b"content-length", str(len(body)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-        HTTP_REQUESTS.labels(endpoint, str(status)).inc()
-        HTTP_SECONDS.labels(endpoint).observe(time.perf_counter() - started)
+        metrics = self._metrics.get((endpoint, status))
+        if metrics is None:
+            metrics = self._metrics[endpoint, status] = (
+                HTTP_REQUESTS.labels(endpoint, str(status)),
+                HTTP_SECONDS.labels(endpoint),
+            )
+        metrics[0].inc()
+        metrics[1].observe(time.perf_counter() - started)
 
     async def _route(self, scope: dict[str, Any], receive: Any) -> tuple[str, int, bytes, list[Any]]:
         method, parts = scope["method"], scope["path"].rstrip("/").split("/")[1:]  # ["v2", ...]
@@ -334,10 +362,17 @@ class V2Api:
         model = spec.name
         if pinned is None and model not in self.holder.lineup.champions:
             raise HttpError(503, f"no_champion: model {model} has no version in service yet")
+        plain = _plain(spec, body) if length is None else None
+        wanted: list[str] | None = None
+        binary: list[str] = []
         try:
-            request, binaries = split_body(body, length)
-            wanted, binary = wanted_outputs(request)
-            requests = to_requests(spec, request, binaries, row_ids(request.id, rows_in(request)))
+            if plain is not None:
+                request_id, requests = plain
+            else:
+                request, binaries = split_body(body, length)
+                wanted, binary = wanted_outputs(request)
+                request_id = request.id
+                requests = to_requests(spec, request, binaries, row_ids(request_id, rows_in(request)))
         except ValidationError as exc:
             raise HttpError(400, f"invalid_request: {_first_error(exc)}") from None
         except TensorError as exc:
@@ -348,9 +383,6 @@ class V2Api:
         else:
             results, scored = await self.answer(requests, Lineup(champions={model: pinned}))
             shadow = scored.shadow
-        tally = Tally()
-        count(tally, results, shadow, self.specs, "http")
-        tally.apply()
         failed = next(((i, r["error"]) for i, r in enumerate(results) if r["error"]), None)
         if failed is not None:
             i, error = failed
@@ -363,9 +395,16 @@ class V2Api:
             self.log.add(
                 [Output(topics.predictions_shadow, r["request_id"].encode(), orjson.dumps(r)) for r in shadow]
             )
-        encoded, header = encode_response(response(spec, request.id, results, wanted), binary)
+        encoded, header = encode_response(response(spec, request_id, results, wanted), binary)
         extra = [] if header is None else [(HEADER_LENGTH.encode(), str(header).encode())]
         return encoded, extra
+
+
+def _plain(spec: ModelSpec, body: bytes) -> tuple[str | None, list[Request]] | None:
+    try:
+        return plain_requests(spec, orjson.loads(body))
+    except orjson.JSONDecodeError:
+        return None  # the contract's reading says why
 
 
 def _allow(method: str, allowed: str) -> None:

@@ -12,14 +12,13 @@ and `request_id` (each row's id on `predictions.results`, for sending its label 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import orjson
 
 from driftloop.oip import (
     InferenceRequest,
-    InferenceResponse,
     MetadataTensor,
     ModelMetadata,
     RequestInput,
@@ -77,7 +76,7 @@ def to_requests(
 ) -> list[Request]:
     """A request per row (`TensorError` for tensors that do not make rows of this model's inputs:
     the feature values themselves are checked as on the Kafka path, by `score`)."""
-    kinds = {f.name: f.type for f in spec.features}
+    kinds = _kinds(spec)
     columns: dict[str, list[Any]] = {}
     rows = len(request_ids)
     for tensor in request.inputs:
@@ -89,16 +88,86 @@ def to_requests(
             raise TensorError(f"input {tensor.name!r:.80} has {tensor.shape[0]} rows, the first input {rows}")
         columns[tensor.name] = _values(tensor, binaries.get(tensor.name), kinds.get(tensor.name))
     entities = columns.pop(ENTITY, None)
-    names = list(columns)
+    names, model = list(columns), spec.name
+    table: Iterable[tuple[Any, ...]] = zip(*columns.values(), strict=True) if names else [()] * rows
+    if entities is None:
+        return [
+            Request(i, model, dict(zip(names, values, strict=True)))
+            for i, values in zip(request_ids, table, strict=True)
+        ]
     return [
-        Request(
-            request_id,
-            spec.name,
-            {name: columns[name][i] for name in names},
-            (entities[i] or None) if entities is not None else None,
-        )
-        for i, request_id in enumerate(request_ids)
+        Request(i, model, dict(zip(names, values, strict=True)), entity or None)
+        for i, values, entity in zip(request_ids, table, entities, strict=True)
     ]
+
+
+_PLAIN_TENSOR = {"name", "shape", "datatype", "data"}
+_FLOATS = {float}
+_NUMBERS = {int, float}
+_STRINGS = {str}
+
+
+def plain_requests(spec: ModelSpec, data: Any) -> tuple[str | None, list[Request]] | None:
+    """A decoded request body's id and rows when it is plain: an `id` string or none, no
+    parameters and no outputs asked for, and every input a known feature (or `entity_id`) in a
+    flat tensor of shape `[rows]` or `[rows, 1]`, FP64 or FP32 numbers for a numeric feature,
+    BYTES strings for a categorical one or the entity. None for anything else, which
+    `to_requests` reads through the contract (and refuses with a reason). The hot path: a
+    property test holds both readings equal."""
+    if type(data) is not dict or not data.keys() <= {"id", "inputs"}:
+        return None
+    request_id, inputs = data.get("id"), data.get("inputs")
+    if not (request_id is None or (type(request_id) is str and len(request_id) <= 256)):
+        return None
+    if type(inputs) is not list or not 0 < len(inputs) <= 1024:
+        return None
+    kinds = _kinds(spec)
+    columns: dict[str, list[Any]] = {}
+    rows = -1
+    for tensor in inputs:
+        if type(tensor) is not dict or tensor.keys() != _PLAIN_TENSOR:
+            return None
+        name, shape, kind, values = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
+        if type(name) is not str or name in columns or type(values) is not list or type(shape) is not list:
+            return None
+        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or type(shape[0]) is not int:
+            return None
+        if shape[0] != len(values) or (rows >= 0 and shape[0] != rows):
+            return None
+        rows = shape[0]
+        feature = kinds.get(name, "entity" if name == ENTITY else None)
+        types = set(map(type, values))
+        if feature == "numeric" and (kind == "FP64" or kind == "FP32") and types <= _NUMBERS:
+            columns[name] = values if types <= _FLOATS else [float(v) for v in values]
+        elif feature is not None and feature != "numeric" and kind == "BYTES" and types <= _STRINGS:
+            columns[name] = values
+        else:
+            return None
+    entities = columns.pop(ENTITY, None)
+    names, model, ids = list(columns), spec.name, row_ids(request_id, rows)
+    table: Iterable[tuple[Any, ...]] = zip(*columns.values(), strict=True) if names else [()] * rows
+    if entities is None:
+        return request_id, [
+            Request(i, model, dict(zip(names, values, strict=True)))
+            for i, values in zip(ids, table, strict=True)
+        ]
+    return request_id, [
+        Request(i, model, dict(zip(names, values, strict=True)), entity or None)
+        for i, values, entity in zip(ids, table, entities, strict=True)
+    ]
+
+
+_KINDS: dict[int, tuple[ModelSpec, dict[str, str]]] = {}
+
+
+def _kinds(spec: ModelSpec) -> dict[str, str]:
+    """Feature name → type of a spec (kept per spec object: specs are immutable)."""
+    kept = _KINDS.get(id(spec))
+    if kept is None or kept[0] is not spec:
+        kept = _KINDS[id(spec)] = (spec, {f.name: f.type for f in spec.features})
+        if len(_KINDS) > 1024:
+            _KINDS.clear()
+    return kept[1]
 
 
 def _values(tensor: RequestInput, binary: bytes | None, kind: str | None) -> list[Any]:
@@ -122,34 +191,37 @@ def response(
     request_id: str | None,
     results: Sequence[Mapping[str, Any]],
     wanted: Sequence[str] | None,
-) -> InferenceResponse:
-    """The outputs of served results (every one answered, none an error), those `wanted` or all."""
+) -> dict[str, Any]:
+    """The `InferenceResponse` (as its dict) of served results (every one answered, none an
+    error): the outputs `wanted`, or all."""
     labels = [str(c) for c in spec.label.classes]
     n = len(results)
     versions = sorted({r["model_version"] for r in results})
-    predictions = [r["prediction"] for r in results]
+    whole = _all_int(spec)
     tensors = {
-        "predict": output(
+        "predict": lambda: output(
             "predict",
-            "INT64" if _all_int(spec) else "BYTES",
+            "INT64" if whole else "BYTES",
             [n],
-            predictions if _all_int(spec) else [str(p) for p in predictions],
+            [r["prediction"] if whole else str(r["prediction"]) for r in results],
         ),
-        "predict_proba": output(
-            "predict_proba",
-            "FP64",
-            [n, len(labels)],
-            [(r["probabilities"] or {}).get(label, 0.0) for r in results for label in labels],
-        ).model_copy(update={"parameters": {"classes": orjson.dumps(spec.label.classes).decode()}}),
-        "model_version": output("model_version", "INT64", [n], [r["model_version"] for r in results]),
-        "request_id": output("request_id", "BYTES", [n], [r["request_id"] for r in results]),
+        "predict_proba": lambda: (
+            output(
+                "predict_proba",
+                "FP64",
+                [n, len(labels)],
+                [(r["probabilities"] or {}).get(label, 0.0) for r in results for label in labels],
+            )
+            | {"parameters": {"classes": orjson.dumps(spec.label.classes).decode()}}
+        ),
+        "model_version": lambda: output("model_version", "INT64", [n], [r["model_version"] for r in results]),
+        "request_id": lambda: output("request_id", "BYTES", [n], [r["request_id"] for r in results]),
     }
-    return InferenceResponse(
-        model_name=spec.name,
-        model_version=",".join(map(str, versions)),
-        id=request_id,
-        outputs=[tensors[name] for name in (wanted or OUTPUTS)],
-    )
+    answer: dict[str, Any] = {"model_name": spec.name, "model_version": ",".join(map(str, versions))}
+    if request_id is not None:
+        answer["id"] = request_id
+    answer["outputs"] = [tensors[name]() for name in (wanted or OUTPUTS)]
+    return answer
 
 
 def wanted_outputs(request: InferenceRequest) -> tuple[list[str] | None, list[str]]:
