@@ -325,6 +325,33 @@ def service_detail() -> dict[str, Any]:
                 unit="s",
             ),
             panel(
+                "HTTP (v2 API): requests by endpoint and status (/s)",
+                (
+                    f"sum by (endpoint, code) (rate(driftloop_http_requests_total{{{sel}}}[1m]))",
+                    "{{endpoint}} {{code}}",
+                ),
+                unit="ops",
+            ),
+            panel(
+                "HTTP (v2 API): latency p50 / p99 by endpoint",
+                (_quantile(0.5, "driftloop_http_request_seconds", "endpoint", sel=sel), "{{endpoint}} p50"),
+                (_quantile(0.99, "driftloop_http_request_seconds", "endpoint", sel=sel), "{{endpoint}} p99"),
+                unit="s",
+            ),
+            panel(
+                "HTTP (v2 API): rows per model run (dynamic batching) p50 / p99",
+                (_quantile(0.5, "driftloop_http_batch_rows", "service", sel=sel), "p50"),
+                (_quantile(0.99, "driftloop_http_batch_rows", "service", sel=sel), "p99"),
+            ),
+            panel(
+                "Predictions by transport and outcome (/s)",
+                (
+                    f"sum by (transport, outcome) (rate(driftloop_predictions_total{{{sel}}}[1m]))",
+                    "{{transport}} {{outcome}}",
+                ),
+                unit="ops",
+            ),
+            panel(
                 "Model version in service",
                 (f"driftloop_model_version{{{sel}}}", "{{model}}"),
                 defaults={"decimals": 0},

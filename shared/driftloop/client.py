@@ -55,6 +55,11 @@ class PredictionClient:
         self._consumer: AIOKafkaConsumer | None = None
         self._reader: asyncio.Task[None] | None = None
 
+    @staticmethod
+    def over_http(url: str, token: str | None = None, timeout_s: float = 10.0) -> HttpPredictionClient:
+        """The same client over the inference service's v2 HTTP API (`HttpPredictionClient`)."""
+        return HttpPredictionClient(url, token, timeout_s)
+
     async def __aenter__(self) -> PredictionClient:
         self._consumer = await tail_from_end(self.bootstrap, self.topics.predictions_results)
         self._producer = make_producer(self.bootstrap)

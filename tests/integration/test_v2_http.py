@@ -26,12 +26,13 @@ from driftloop import datasets
 from driftloop.artifacts import ArtifactStore
 from driftloop.client import HttpPredictionClient
 from driftloop.connections import object_store
-from driftloop.contracts import ModelPromoted, PredictionResult
+from driftloop.contracts import ModelAwaitingApproval, ModelPromoted, PredictionResult
 from driftloop.kafka import read_from_start
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
+from driftloop_inference.domain import to_canary
 from driftloop_inference.handlers import LOGGED
 from driftloop_inference.settings import InferenceSettings
 from driftloop_inference.v2 import OUTPUTS
@@ -48,11 +49,12 @@ class Served:
     """SEA (versions 1 and 2 stored, 1 promoted) and Agrawal (1 promoted) in a running service;
     `stagger` has a spec and no version."""
 
-    def __init__(self, bootstrap, redis_url, topics, tmp_path, **settings):
+    def __init__(self, bootstrap, redis_url, topics, tmp_path, sea_serving="", **settings):
         models = tmp_path / "models"
         models.mkdir(parents=True, exist_ok=True)
         for name in ("sea", "agrawal", "stagger"):
-            (models / f"{name}.yaml").write_text((ROOT / "models" / f"{name}.yaml").read_text())
+            text = (ROOT / "models" / f"{name}.yaml").read_text()
+            (models / f"{name}.yaml").write_text(text + sea_serving if name == "sea" else text)
         objects = {"object_store_url": str(tmp_path / "objects")}
         self.store = ArtifactStore(object_store(ServiceSettings(**objects)))
         self.models = {
@@ -404,3 +406,33 @@ async def test_the_http_client_and_the_cli_ask_over_http(kafka_bootstrap, redis_
         )  # fmt: skip
         out, err = await cli.communicate()
         assert cli.returncode == 1 and "no_champion" in err.decode()
+
+
+@pytest.mark.parametrize("mode", ["shadow", "canary"])
+async def test_a_challenger_serves_http_traffic_as_it_serves_kafka_traffic(
+    kafka_bootstrap, redis_url, topics, tmp_path, mode
+):
+    """Shadow: every row answered by the champion, the challenger's answers logged to
+    predictions.shadow. Canary: each row served by the version its request id hashes to."""
+    serving = f"serving: {{challenger_mode: {mode}, canary_share: 0.5}}\n"
+    async with Served(kafka_bootstrap, redis_url, topics, tmp_path, sea_serving=serving) as s:
+        v2 = s.events["sea", 2]
+        challenger = ModelAwaitingApproval(model="sea", version=2, artifact=v2.artifact, classes=v2.classes,
+                                           feature_names=v2.feature_names, reason="test")  # fmt: skip
+        await s.bus.publish(topics.models_lifecycle, [challenger])
+        for _ in range(300):
+            if (await s.call("get_model_metadata", "sea"))["versions"] == ["1", "2"]:
+                break
+            await asyncio.sleep(0.1)
+        rows = [x for x, _ in sea_rows(60)]
+        answer = await s.call("infer", "sea", sea_inputs(rows), request_id=f"{mode}-batch")
+        ids = [i.decode() for i in answer.as_numpy("request_id").tolist()]
+        versions = answer.as_numpy("model_version").tolist()
+        if mode == "canary":
+            assert versions == [2 if to_canary(i, 0.5) else 1 for i in ids] and set(versions) == {1, 2}
+            assert answer.get_response()["model_version"] == "1,2"
+        else:
+            assert set(versions) == {1}
+            shadowed = await results_of(kafka_bootstrap, topics.predictions_shadow, ids)
+            assert sorted(shadowed) == sorted(ids)
+            assert {shadowed[i][0][0]["model_version"] for i in ids} == {2}
