@@ -101,7 +101,6 @@ def to_requests(
     ]
 
 
-_PLAIN_TENSOR = {"name", "shape", "datatype", "data"}
 _FLOATS = {float}
 _NUMBERS = {int, float}
 _STRINGS = {str}
@@ -124,25 +123,27 @@ def plain_requests(spec: ModelSpec, data: Any) -> tuple[str | None, list[Request
     kinds = _kinds(spec)
     columns: dict[str, list[Any]] = {}
     rows = -1
-    for tensor in inputs:
-        if type(tensor) is not dict or tensor.keys() != _PLAIN_TENSOR:
-            return None
-        name, shape, kind, values = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
-        if type(name) is not str or name in columns or type(values) is not list or type(shape) is not list:
-            return None
-        if not (len(shape) == 1 or (len(shape) == 2 and shape[1] == 1)) or type(shape[0]) is not int:
-            return None
-        if shape[0] != len(values) or (rows >= 0 and shape[0] != rows):
-            return None
-        rows = shape[0]
-        feature = kinds.get(name, "entity" if name == ENTITY else None)
-        types = set(map(type, values))
-        if feature == "numeric" and (kind == "FP64" or kind == "FP32") and types <= _NUMBERS:
-            columns[name] = values if types <= _FLOATS else [float(v) for v in values]
-        elif feature is not None and feature != "numeric" and kind == "BYTES" and types <= _STRINGS:
-            columns[name] = values
-        else:
-            return None
+    try:
+        for tensor in inputs:
+            name, shape, kind, values = tensor["name"], tensor["shape"], tensor["datatype"], tensor["data"]
+            if len(tensor) != 4 or type(values) is not list or type(shape) is not list or name in columns:
+                return None
+            if rows < 0:
+                rows = len(values)
+            if len(values) != rows or type(shape[0]) is not int or (shape != [rows] and shape != [rows, 1]):
+                return None
+            feature = kinds.get(name) if type(name) is str else None
+            if feature is None and name == ENTITY:
+                feature = "entity"
+            types = {type(values[0])} if rows == 1 else set(map(type, values))
+            if feature == "numeric" and (kind == "FP64" or kind == "FP32") and types <= _NUMBERS:
+                columns[name] = values if types <= _FLOATS else [float(v) for v in values]
+            elif feature is not None and feature != "numeric" and kind == "BYTES" and types <= _STRINGS:
+                columns[name] = values
+            else:
+                return None
+    except (KeyError, TypeError, IndexError):  # not a dict, a missing key, an empty shape
+        return None
     entities = columns.pop(ENTITY, None)
     names, model, ids = list(columns), spec.name, row_ids(request_id, rows)
     table: Iterable[tuple[Any, ...]] = zip(*columns.values(), strict=True) if names else [()] * rows
