@@ -119,6 +119,37 @@ def model_trained(
     )  # fmt: skip
 
 
+async def by_request_id(
+    bootstrap: str, topic: str, ids, timeout: float = 30.0, settle_s: float = 0.5
+) -> dict:
+    """{request_id: [(message as a dict, its Kafka headers), ...]} for `ids`, read from the topic's
+    start until every id is there, then `settle_s` more (a second answer would show), or the
+    timeout."""
+    import asyncio
+    import collections
+
+    import orjson
+
+    from driftloop.kafka import read_from_start
+
+    wanted, found = set(ids), collections.defaultdict(list)
+    consumer = await read_from_start(bootstrap, topic)
+    loop = asyncio.get_running_loop()
+    deadline, settle = loop.time() + timeout, None
+    try:
+        while loop.time() < (settle or deadline):
+            for records in (await consumer.getmany(timeout_ms=100)).values():
+                for record in records:
+                    data = orjson.loads(record.value)
+                    if data.get("request_id") in wanted:
+                        found[data["request_id"]].append((data, tuple(record.headers)))
+            if settle is None and wanted <= found.keys():
+                settle = loop.time() + settle_s
+    finally:
+        await consumer.stop()
+    return found
+
+
 async def served_versions(client, model: str, rows, expected: set[int], timeout: float = 15.0) -> set[int]:
     """Versions that serve `rows`, polled until they equal `expected` (or the timeout passes)."""
     import asyncio

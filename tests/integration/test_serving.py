@@ -21,7 +21,15 @@ from driftloop.spec import load_spec
 from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.settings import InferenceSettings
 from tests.conftest import ROOT, wait_for
-from tests.helpers import OtlpReceiver, Publisher, apply_models, collect, own_s3_server, sea_onnx
+from tests.helpers import (
+    OtlpReceiver,
+    Publisher,
+    apply_models,
+    by_request_id,
+    collect,
+    own_s3_server,
+    sea_onnx,
+)
 
 GOOD = {"x0": 9.0, "x1": 9.0, "x2": 1.0}
 
@@ -96,24 +104,11 @@ class Setup:
     async def answers(self, ids, topic=None, timeout=30.0, drain=0.5):
         """Results for `ids` read from the topic's start: {request_id: [results...]}. Reads until
         every id is answered (then `drain` seconds more, to catch doubles) or the timeout."""
-        wanted, found = set(ids), collections.defaultdict(list)
-        consumer = await read_from_start(self.bootstrap, topic or self.topics.predictions_results)
-        loop = asyncio.get_running_loop()
-        deadline, settle = loop.time() + timeout, None
-        try:
-            while loop.time() < (settle or deadline):
-                for records in (await consumer.getmany(timeout_ms=100)).values():
-                    for record in records:
-                        result = PredictionResult.model_validate_json(record.value)
-                        if result.request_id in wanted:
-                            found[result.request_id].append(result)
-                if settle is None and wanted <= found.keys():
-                    settle = loop.time() + drain
-        finally:
-            await consumer.stop()
-        missing = sorted(wanted - found.keys())
+        topic = topic or self.topics.predictions_results
+        found = await by_request_id(self.bootstrap, topic, ids, timeout, drain)
+        missing = sorted(set(ids) - found.keys())
         assert not missing, f"{len(missing)} unanswered: {missing[:5]}"
-        return found
+        return {i: [PredictionResult.model_validate(data) for data, _ in found[i]] for i in found}
 
 
 async def test_a_swap_under_load_loses_and_repeats_nothing(kafka_bootstrap, redis_url, topics, tmp_path):

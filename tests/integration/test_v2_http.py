@@ -8,7 +8,6 @@ shutdown."""
 from __future__ import annotations
 
 import asyncio
-import collections
 import gzip
 import itertools
 import uuid
@@ -27,7 +26,6 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.client import HttpPredictionClient
 from driftloop.connections import object_store
 from driftloop.contracts import ModelAwaitingApproval, ModelPromoted, PredictionResult
-from driftloop.kafka import read_from_start
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
@@ -37,7 +35,7 @@ from driftloop_inference.handlers import LOGGED
 from driftloop_inference.settings import InferenceSettings
 from driftloop_inference.v2 import OUTPUTS
 from tests.conftest import ROOT, wait_for
-from tests.helpers import Publisher, apply_models, fitted_onnx, sea_onnx, sea_rows
+from tests.helpers import Publisher, apply_models, by_request_id, fitted_onnx, sea_onnx, sea_rows
 
 SEA = load_spec(ROOT / "models" / "sea.yaml")
 AGRAWAL = load_spec(ROOT / "models" / "agrawal.yaml")
@@ -157,23 +155,8 @@ def agrawal_inputs(rows, binary=True, categorical_as_int=False):
 
 
 async def results_of(bootstrap, topic, ids, timeout=30.0, settle_s=1.0):
-    """{request_id: [(PredictionResult, headers)]} read from the topic's start, for `ids`."""
-    wanted, found = set(ids), collections.defaultdict(list)
-    consumer = await read_from_start(bootstrap, topic)
-    loop = asyncio.get_running_loop()
-    deadline, settle = loop.time() + timeout, None
-    try:
-        while loop.time() < (settle or deadline):
-            for records in (await consumer.getmany(timeout_ms=100)).values():
-                for record in records:
-                    data = orjson.loads(record.value)
-                    if data.get("request_id") in wanted:
-                        found[data["request_id"]].append((data, tuple(record.headers)))
-            if settle is None and wanted <= found.keys():
-                settle = loop.time() + settle_s  # a little longer: a second answer would show
-    finally:
-        await consumer.stop()
-    return found
+    """{request_id: [(message, headers)]} for `ids` on the topic (a second answer would show)."""
+    return await by_request_id(bootstrap, topic, ids, timeout, settle_s)
 
 
 async def test_a_triton_client_reads_health_metadata_and_readiness(
