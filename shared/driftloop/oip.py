@@ -5,7 +5,7 @@ A tensor travels as JSON (`data`: its elements in row-major order, flat or neste
 binary tensor data extension that Triton's clients use by default, as raw bytes after the JSON
 header (`Inference-Header-Content-Length` gives the header's size, each tensor's
 `parameters.binary_data_size` its bytes: numbers little-endian, each BYTES element a 4-byte
-little-endian length then its bytes). `schemas/openapi/inference.yaml` is generated from these
+little-endian length then its bytes). `schemas/openapi/inference.json` is generated from these
 models (`make schemas`).
 """
 
@@ -169,7 +169,10 @@ def _from_json(tensor: RequestInput, items: list[Any]) -> list[Any]:
         if types <= {float}:
             return items
         if types <= _NUMBERS:
-            return [float(x) for x in items]
+            try:
+                return [float(x) for x in items]
+            except OverflowError:  # an integer literal past any float
+                raise TensorError(f"input {tensor.name!r:.80}: an element is past {kind}'s range") from None
         raise TensorError(f"input {tensor.name!r:.80}: {kind} elements must be numbers")
     if kind == "BYTES":
         if types <= {str}:

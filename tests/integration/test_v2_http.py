@@ -317,7 +317,12 @@ async def test_a_swap_under_http_load_fails_no_request(kafka_bootstrap, redis_ur
 
 
 async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, topics, tmp_path):
-    limits = {"http_token": "s3cret", "http_max_body_bytes": 4096, "http_batch_delay_ms": 300}
+    limits = {
+        "http_token": "s3cret",
+        "http_max_body_bytes": 4096,
+        "http_batch_delay_ms": 300,
+        "http_max_rows": 100,
+    }
     async with Served(kafka_bootstrap, redis_url, topics, tmp_path, **limits) as s:
         rows = [x for x, _ in sea_rows(2)]
         assert await s.call("is_server_live"), "health is open"
@@ -336,6 +341,22 @@ async def test_auth_limits_and_a_drain_at_shutdown(kafka_bootstrap, redis_url, t
             gzipped = {"content-encoding": "gzip"}
             answer = await client.post("/v2/models/sea/infer", content=bomb, headers=gzipped)
             assert answer.status_code == 413, answer.text
+            many = {
+                "inputs": [
+                    {"name": n, "shape": [101], "datatype": "FP64", "data": [1.0] * 101} for n in ("x0", "x1")
+                ]
+            }
+            huge = {"inputs": [{"name": "x0", "shape": [10**12], "datatype": "FP64", "data": [1.0]}]}
+            for body in (many, huge):  # read plainly, and through the contract
+                answer = await client.post("/v2/models/sea/infer", content=orjson.dumps(body))
+                assert answer.status_code == 413 and "over the limit of 100 rows" in answer.text, answer.text
+            past_floats = (
+                b'{"inputs": [{"name": "x0", "shape": [1], "datatype": "FP64", "data": [1'
+                + b"0" * 400
+                + b"]}]}"
+            )
+            answer = await client.post("/v2/models/sea/infer", content=past_floats)
+            assert answer.status_code == 400 and "past FP64's range" in answer.text, answer.text
             one = [
                 {"name": n, "shape": [1], "datatype": "FP64", "data": [rows[0][n]]}
                 for n in ("x0", "x1", "x2")

@@ -64,11 +64,8 @@ def create_app(settings: InferenceSettings) -> ServiceApp:
     api = V2Api(settings, specs.book, holder, handler.answer, lambda: app.readiness.report()[0])
 
     async def log_http() -> None:
-        """Log HTTP predictions until the shutdown, then what is left: their runs first."""
-        try:
-            await api.log.run()
-        finally:
-            await api.coalescer.drain()
+        """Log HTTP predictions; at shutdown, the batching window's runs first, then the last send."""
+        await api.log.run(before_last=api.coalescer.drain)
 
     async def close() -> None:
         await redis.aclose()

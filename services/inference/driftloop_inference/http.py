@@ -24,10 +24,10 @@ import orjson
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
+from driftloop.contracts import MAX_MESSAGE_BYTES
 from driftloop.fastpath import BatchSender, Output
 from driftloop.metrics import Tally
 from driftloop.oip import HEADER_LENGTH, ErrorBody, ServerMetadata, TensorError, encode_response, split_body
-from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.domain import Lineup, Request, Scored, ServingModel
@@ -76,21 +76,24 @@ class HttpError(Exception):
         self.status, self.message, self.headers = status, message, list(headers)
 
 
+Answered = tuple[list[dict[str, Any]], list[dict[str, Any]]]  # a request's results, its shadow answers
+
+
 class Coalescer:
     """Requests that arrive within `delay_s` of the first waiting one share one model run (at most
-    `rows` rows: a full window runs at once). Each gets its own results back, in order."""
+    `rows` rows: a full window runs at once). Each gets its own results back, in order, and the
+    shadow challenger's answers to its rows."""
 
     def __init__(self, answer: Answer, lineup: Callable[[], Lineup], delay_s: float, rows: int) -> None:
         self._answer, self._lineup = answer, lineup
         self.delay_s, self.rows = delay_s, rows
-        self._waiting: list[tuple[list[Request], asyncio.Future[list[dict[str, Any]]]]] = []
+        self._waiting: list[tuple[list[Request], asyncio.Future[Answered]]] = []
         self._rows = 0
         self._timer: asyncio.TimerHandle | None = None
         self._running: set[asyncio.Task[None]] = set()
-        self.shadow: list[dict[str, Any]] = []  # shadow answers, for the log to take
 
-    async def answer(self, requests: list[Request]) -> list[dict[str, Any]]:
-        future: asyncio.Future[list[dict[str, Any]]] = asyncio.get_running_loop().create_future()
+    async def answer(self, requests: list[Request]) -> Answered:
+        future: asyncio.Future[Answered] = asyncio.get_running_loop().create_future()
         self._waiting.append((requests, future))
         self._rows += len(requests)
         if self._rows >= self.rows:
@@ -108,7 +111,7 @@ class Coalescer:
         self._running.add(task)
         task.add_done_callback(self._running.discard)
 
-    async def _run(self, waiting: list[tuple[list[Request], asyncio.Future[list[dict[str, Any]]]]]) -> None:
+    async def _run(self, waiting: list[tuple[list[Request], asyncio.Future[Answered]]]) -> None:
         everything = [r for requests, _ in waiting for r in requests]
         BATCH_ROWS.observe(len(everything))
         try:
@@ -118,11 +121,17 @@ class Coalescer:
                 if not future.done():
                     future.set_exception(exc)
             return
-        self.shadow += scored.shadow
+        owner: dict[str, int] = {}  # a row's request id → the first waiting request with it
+        for k, (requests, _) in enumerate(waiting):
+            for r in requests:
+                owner.setdefault(r.request_id, k)
+        shadows: list[list[dict[str, Any]]] = [[] for _ in waiting]
+        for answer in scored.shadow:
+            shadows[owner[answer["request_id"]]].append(answer)
         at = 0
-        for requests, future in waiting:
+        for (requests, future), shadow in zip(waiting, shadows, strict=True):
             if not future.done():  # its caller went away
-                future.set_result(results[at : at + len(requests)])
+                future.set_result((results[at : at + len(requests)], shadow))
             at += len(requests)
 
     async def drain(self) -> None:
@@ -133,8 +142,10 @@ class Coalescer:
 
 
 class PayloadLog:
-    """HTTP predictions to their topics, batched every `linger_s`. Sends that fail are kept and
-    tried again; past `capacity` records the oldest are dropped and counted (`LOG_DROPPED`)."""
+    """HTTP predictions to their topics, batched every `http_log_linger_ms`. A send that fails for
+    a passing fault (the broker away) is tried again; one the broker refuses for good (a record too
+    large) is dropped and counted, as is what is past `capacity` records, oldest first
+    (`LOG_DROPPED`). A batch may then go twice: every consumer of those topics is idempotent."""
 
     def __init__(self, settings: InferenceSettings, capacity: int = 200_000) -> None:
         self.settings = settings
@@ -144,49 +155,81 @@ class PayloadLog:
     def add(self, outputs: Sequence[Output]) -> None:
         self._outputs += outputs
         if len(self._outputs) > self.capacity:
-            dropped = len(self._outputs) - self.capacity
-            del self._outputs[:dropped]
-            LOG_DROPPED.inc(dropped)
+            self._drop(len(self._outputs) - self.capacity, "over the log's capacity")
 
-    async def run(self) -> None:
-        """Send what was logged until cancelled, then what is left (a background task)."""
+    def _drop(self, n: int, why: str) -> None:
+        del self._outputs[:n]
+        LOG_DROPPED.inc(n)
+        log.error("dropped %d logged HTTP predictions: %s", n, why)
+
+    async def run(self, before_last: Callable[[], Awaitable[None]]) -> None:
+        """Send what is logged until cancelled; then `before_last` (the runs still under way) and
+        a last send. A background task: it connects (again) until the broker answers."""
         from driftloop.connections import kafka_options
+        from driftloop.faults import backoff_s
 
-        settings = self.settings
-        sender = await BatchSender.connect(
-            settings.kafka_bootstrap, "driftloop-inference-http-log", **kafka_options(settings)
-        )
+        settings, failures = self.settings, 0
+        while True:
+            try:
+                sender = await BatchSender.connect(
+                    settings.kafka_bootstrap, "driftloop-inference-http-log", **kafka_options(settings)
+                )
+                break
+            except asyncio.CancelledError:
+                await asyncio.shield(before_last())
+                self._lost("the broker was never reached")
+                raise
+            except Exception:
+                failures += 1
+                log.warning("the log of HTTP predictions cannot reach the broker yet", exc_info=True)
+                await asyncio.sleep(backoff_s(failures))
         try:
             while True:
                 await asyncio.sleep(settings.http_log_linger_ms / 1000)
                 await self.flush(sender)
         finally:
-            await asyncio.shield(self._last(sender))
+            await asyncio.shield(self._last(sender, before_last))
 
-    async def _last(self, sender: BatchSender) -> None:
+    async def _last(self, sender: BatchSender, before_last: Callable[[], Awaitable[None]]) -> None:
         try:
+            await before_last()
             await asyncio.wait_for(self.flush(sender), 10)
         except (TimeoutError, Exception):
-            log.warning("%d logged HTTP predictions were not sent before shutdown", len(self._outputs))
+            log.warning("the last send of logged HTTP predictions failed", exc_info=True)
+        self._lost("not sent before shutdown")
         await sender.stop()
 
+    def _lost(self, why: str) -> None:
+        if self._outputs:
+            self._drop(len(self._outputs), why)
+
     async def flush(self, sender: BatchSender) -> None:
+        """Send what is logged; what a passing fault kept from the broker waits for the next time."""
+        from driftloop.faults import is_transient
+
         if not self._outputs:
             return
         batch, self._outputs = self._outputs, []
         try:
             await sender.send(batch)
-        except Exception:
-            log.warning("logging %d HTTP predictions failed; trying again", len(batch), exc_info=True)
-            self._outputs[:0] = batch
-            self.add([])  # keep within capacity
+        except BaseException as exc:
+            if isinstance(exc, Exception) and not is_transient(exc):
+                LOG_DROPPED.inc(len(batch))
+                log.error("the broker refused %d logged HTTP predictions: dropped", len(batch), exc_info=True)
+                return
+            self._outputs[:0] = batch  # cancelled or a passing fault: sent again (maybe twice)
+            self.add([])
+            if isinstance(exc, Exception):
+                log.warning("logging %d HTTP predictions failed; trying again", len(batch), exc_info=True)
+                return
+            raise
 
 
-def logged(topics: Topics, requests: Sequence[Request], results: Sequence[Mapping[str, Any]]) -> list[Output]:
-    """The log of answered rows: each request as an application would have sent it, then its result."""
-    requests_out = [
+def logged_requests(topic: str, requests: Sequence[Request]) -> list[Output]:
+    """Each request as an application would have sent it to `predictions.requests`."""
+    return [
         Output(
-            topics.predictions_requests,
+            topic,
             r.request_id.encode(),
             orjson.dumps(
                 {
@@ -200,11 +243,10 @@ def logged(topics: Topics, requests: Sequence[Request], results: Sequence[Mappin
         )
         for r in requests
     ]
-    results_out = [
-        Output(topics.predictions_results, r["request_id"].encode(), orjson.dumps(r), (LOGGED,))
-        for r in results
-    ]
-    return requests_out + results_out
+
+
+def logged_answers(topic: str, answers: Sequence[Mapping[str, Any]]) -> list[Output]:
+    return [Output(topic, a["request_id"].encode(), orjson.dumps(a), (LOGGED,)) for a in answers]
 
 
 class V2Api:
@@ -223,31 +265,21 @@ class V2Api:
         self.holder = holder
         self.ready = ready
         self.token = settings.http_token.get_secret_value().encode() if settings.http_token else None
+        self.answer = answer
         self.log = PayloadLog(settings)
-        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
-
-        async def answer_and_count(
-            requests: list[Request], lineup: Lineup
-        ) -> tuple[list[dict[str, Any]], Scored]:
-            results, scored = await answer(requests, lineup)
-            tally = Tally()  # once per model run, not per HTTP request
-            count(tally, results, scored.shadow, specs, "http")
-            tally.apply()
-            return results, scored
-
-        self.answer = answer_and_count
         self.coalescer = Coalescer(
-            answer_and_count,
-            lambda: holder.lineup,
-            settings.http_batch_delay_ms / 1000,
-            settings.http_batch_rows,
+            answer, lambda: holder.lineup, settings.http_batch_delay_ms / 1000, settings.http_batch_rows
         )
+        self.in_flight = 0  # rows read and not answered yet
+        self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
         endpoint, status, headers = "unknown", 500, [(b"content-type", b"application/json")]
         try:
             endpoint, status, body, extra = await self._route(scope, receive)
+            if any(name == b"content-type" for name, _ in extra):
+                headers = []
             headers += extra
         except HttpError as exc:
             status, body = exc.status, _error(exc.message)
@@ -293,12 +325,10 @@ class V2Api:
         pinned = self._version(model, version)
         if rest == []:
             _allow(method, "GET")
-            return (
-                "metadata",
-                200,
-                metadata(spec, self._versions(model, pinned)).model_dump_json().encode(),
-                [],
-            )
+            serving = pinned or self.holder.lineup.champions.get(model)
+            reading = serving.feature_set.spec if serving else spec  # the inputs the champion reads
+            about = metadata(reading, self._versions(model, pinned))
+            return "metadata", 200, about.model_dump_json().encode(), []
         if rest == ["ready"]:
             _allow(method, "GET")
             if pinned is None and model not in self.holder.lineup.champions:
@@ -359,45 +389,76 @@ class V2Api:
     async def _infer(
         self, spec: ModelSpec, pinned: ServingModel | None, body: bytes, length: int | None
     ) -> tuple[bytes, list[Any]]:
-        model = spec.name
-        if pinned is None and model not in self.holder.lineup.champions:
+        model, settings = spec.name, self.settings
+        serving = pinned or self.holder.lineup.champions.get(model)
+        if serving is None:
             raise HttpError(503, f"no_champion: model {model} has no version in service yet")
-        plain = _plain(spec, body) if length is None else None
-        wanted: list[str] | None = None
-        binary: list[str] = []
+        spec = serving.feature_set.spec  # read as the Kafka path reads it: with the champion's spec
+        request_id, requests, wanted, binary = self._read(spec, body, length)
+        if requests and len(requests[-1].request_id) > 256:
+            raise HttpError(
+                400, f"invalid_request: id too long for {len(requests)} rows (request ids: 256 at most)"
+            )
+        logged = logged_requests(settings.topics.predictions_requests, requests) if settings.http_log else []
+        too_large = next((i for i, out in enumerate(logged) if len(out.value) > MAX_MESSAGE_BYTES), None)
+        if too_large is not None:
+            raise HttpError(413, f"row {too_large} is over the {MAX_MESSAGE_BYTES}-byte limit of a message")
+        if self.in_flight + len(requests) > settings.http_max_rows_in_flight:
+            raise HttpError(503, "overloaded: too many rows in flight; try again", [(b"retry-after", b"1")])
+        self.in_flight += len(requests)
         try:
-            if plain is not None:
-                request_id, requests = plain
+            if pinned is None:
+                results, shadow = await self.coalescer.answer(requests)
             else:
-                request, binaries = split_body(body, length)
-                wanted, binary = wanted_outputs(request)
-                request_id = request.id
-                requests = to_requests(spec, request, binaries, row_ids(request_id, rows_in(request)))
-        except ValidationError as exc:
-            raise HttpError(400, f"invalid_request: {_first_error(exc)}") from None
-        except TensorError as exc:
-            raise HttpError(400, f"invalid_tensor: {exc}") from None
-        if pinned is None:
-            results = await self.coalescer.answer(requests)
-            shadow, self.coalescer.shadow = self.coalescer.shadow, []
-        else:
-            results, scored = await self.answer(requests, Lineup(champions={model: pinned}))
-            shadow = scored.shadow
+                results, scored = await self.answer(requests, Lineup(champions={model: pinned}))
+                shadow = scored.shadow
+        finally:
+            self.in_flight -= len(requests)
+        tally = Tally()
         failed = next(((i, r["error"]) for i, r in enumerate(results) if r["error"]), None)
         if failed is not None:
+            count(tally, [r for r in results if r["error"]], [], self.specs, "http")
+            tally.apply()
             i, error = failed
             reason = error_reason(error)
             status = 503 if reason in SERVICE_UNAVAILABLE else 404 if reason == "unknown_model" else 400
             raise HttpError(status, f"{error}" if len(results) == 1 else f"row {i}: {error}")
-        if self.settings.http_log:
-            topics = self.settings.topics
-            self.log.add(logged(topics, requests, results))
-            self.log.add(
-                [Output(topics.predictions_shadow, r["request_id"].encode(), orjson.dumps(r)) for r in shadow]
-            )
+        count(tally, results, shadow, self.specs, "http")
+        tally.apply()
+        if settings.http_log:
+            topics = settings.topics
+            self.log.add(logged)
+            self.log.add(logged_answers(topics.predictions_results, results))
+            self.log.add(logged_answers(topics.predictions_shadow, shadow))
         encoded, header = encode_response(response(spec, request_id, results, wanted), binary)
-        extra = [] if header is None else [(HEADER_LENGTH.encode(), str(header).encode())]
-        return encoded, extra
+        if header is None:
+            return encoded, []
+        return encoded, [
+            (HEADER_LENGTH.encode(), str(header).encode()),
+            (b"content-type", b"application/octet-stream"),
+        ]
+
+    def _read(
+        self, spec: ModelSpec, body: bytes, length: int | None
+    ) -> tuple[str | None, list[Request], list[str] | None, list[str]]:
+        """(the request's id, its rows, the outputs asked for or None for all, those in binary)."""
+        limit = self.settings.http_max_rows
+        plain = _plain(spec, body) if length is None else None
+        if plain is not None:
+            if len(plain[1]) > limit:
+                raise HttpError(413, f"{len(plain[1])} rows is over the limit of {limit} rows a request")
+            return plain[0], plain[1], None, []
+        try:
+            request, binaries = split_body(body, length)
+            rows = rows_in(request)
+            if rows > limit:
+                raise HttpError(413, f"{rows} rows is over the limit of {limit} rows a request")
+            wanted, binary = wanted_outputs(request)
+            return request.id, to_requests(spec, request, binaries, row_ids(request.id, rows)), wanted, binary
+        except ValidationError as exc:
+            raise HttpError(400, f"invalid_request: {_first_error(exc)}") from None
+        except TensorError as exc:
+            raise HttpError(400, f"invalid_tensor: {exc}") from None
 
 
 def _plain(spec: ModelSpec, body: bytes) -> tuple[str | None, list[Request]] | None:

@@ -1,6 +1,6 @@
 """Settings of the inference service (env vars `DRIFTLOOP_*`)."""
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 
 from driftloop.settings import ServiceSettings
 
@@ -19,9 +19,17 @@ class InferenceSettings(ServiceSettings):
         "but /v2/health/*; none: the API is open (bind it to a private address).",
     )
     http_max_body_bytes: int = Field(
-        default=16 * 1024 * 1024,
+        default=8 * 1024 * 1024,
         ge=1024,
         description="Largest v2 request body (after gzip/deflate): 413 above.",
+    )
+    http_max_rows: int = Field(
+        default=10_000, ge=1, description="Most rows in one v2 request: 413 above (split larger batches)."
+    )
+    http_max_rows_in_flight: int = Field(
+        default=100_000,
+        ge=1,
+        description="Most rows read and not yet answered at once: a request past it gets 503, Retry-After.",
     )
     http_batch_delay_ms: float = Field(
         default=2.0,
@@ -40,3 +48,10 @@ class InferenceSettings(ServiceSettings):
     http_log_linger_ms: int = Field(
         default=50, ge=1, le=10_000, description="How often logged HTTP predictions are sent, in one batch."
     )
+
+    @field_validator("http_token")
+    @classmethod
+    def _token_not_empty(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and not token.get_secret_value():
+            raise ValueError("an empty token would leave the v2 API open: unset it, or give a token")
+        return token

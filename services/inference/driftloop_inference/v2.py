@@ -130,7 +130,9 @@ def plain_requests(spec: ModelSpec, data: Any) -> tuple[str | None, list[Request
                 return None
             if rows < 0:
                 rows = len(values)
-            if len(values) != rows or type(shape[0]) is not int or (shape != [rows] and shape != [rows, 1]):
+            if len(values) != rows or type(shape[0]) is not int or type(shape[-1]) is not int:
+                return None
+            if shape != [rows] and shape != [rows, 1]:
                 return None
             feature = kinds.get(name) if type(name) is str else None
             if feature is None and name == ENTITY:
