@@ -19,6 +19,7 @@ import pytest
 import tritonclient.http as triton
 import tritonclient.http.aio as triton_aio
 import uvicorn
+from prometheus_client import REGISTRY
 from tritonclient.utils import InferenceServerException
 
 from driftloop import datasets
@@ -231,11 +232,15 @@ async def test_bad_input_is_refused_with_its_reason_and_the_service_goes_on(
             "has 2 rows": ("sea", [*sea_inputs(rows)[:2], *sea_inputs(rows[:2])[2:]]),
             "wrong_type": ("sea", [*sea_inputs(rows)[:2], bytes_input("x2", ["a", "b", "c"])]),
         }
+        refused_before = answered_over_http(version="none", outcome="error", reason="out_of_range")
         for reason, (model, inputs) in cases.items():
             with pytest.raises(InferenceServerException) as refused:
                 await s.call("infer", model, inputs)
             assert refused.value.status() == "400", (reason, refused.value)
             assert reason in refused.value.message(), (reason, refused.value.message())
+        assert (
+            answered_over_http(version="none", outcome="error", reason="out_of_range") == refused_before + 1
+        )
         for model, status in (("nosuch", "404"), ("stagger", "503")):
             with pytest.raises(InferenceServerException) as refused:
                 await s.call("infer", model, sea_inputs(rows))
@@ -254,6 +259,11 @@ async def test_bad_input_is_refused_with_its_reason_and_the_service_goes_on(
         assert set(answer.as_numpy("model_version")) == {1}
 
 
+def answered_over_http(model="sea", version="1", outcome="ok", reason=""):
+    labels = {"model": model, "version": version, "outcome": outcome, "reason": reason, "transport": "http"}
+    return REGISTRY.get_sample_value("driftloop_predictions_total", labels) or 0.0
+
+
 def bytes_input(name, values):
     tensor = triton.InferInput(name, [len(values)], "BYTES")
     tensor.set_data_from_numpy(np.array([v.encode() for v in values], dtype=np.object_), binary_data=False)
@@ -266,11 +276,15 @@ async def test_http_predictions_are_logged_once_for_the_monitor(kafka_bootstrap,
     async with Served(kafka_bootstrap, redis_url, topics, tmp_path) as s:
         rows = [x for x, _ in sea_rows(20)]
         await kafka_answers(s, "sea", rows[:6])  # the Kafka path consumes every partition
+        before = answered_over_http()
         answers = [
             await s.call("infer", "sea", sea_inputs(rows[i : i + 5]), request_id=f"log{i}")
             for i in (0, 5, 10, 15)
         ]
         ids = [i.decode() for a in answers for i in a.as_numpy("request_id").tolist()]
+        assert answered_over_http() - before == 20, (
+            "driftloop_predictions_total{transport=http} counts each row"
+        )
         requests = await results_of(kafka_bootstrap, topics.predictions_requests, ids)
         await kafka_answers(s, "sea", rows[:6])  # requests sent after the log are answered ...
         results = await results_of(kafka_bootstrap, topics.predictions_results, ids, settle_s=2.0)

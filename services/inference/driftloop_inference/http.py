@@ -31,7 +31,7 @@ from driftloop.oip import HEADER_LENGTH, ErrorBody, ServerMetadata, TensorError,
 from driftloop.spec import ModelSpec
 from driftloop_inference.adapters import ModelHolder
 from driftloop_inference.domain import Lineup, Request, Scored, ServingModel
-from driftloop_inference.handlers import LOGGED, count, error_reason
+from driftloop_inference.handlers import LOGGED, PREDICTIONS, count, error_reason
 from driftloop_inference.settings import InferenceSettings
 from driftloop_inference.v2 import (
     metadata,
@@ -272,6 +272,7 @@ class V2Api:
         )
         self.in_flight = 0  # rows read and not answered yet
         self._metrics: dict[tuple[str, int], tuple[Any, Any]] = {}
+        self._answered: dict[tuple[str, int], Any] = {}  # driftloop_predictions_total's ok children
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         started = time.perf_counter()
@@ -414,17 +415,16 @@ class V2Api:
                 shadow = scored.shadow
         finally:
             self.in_flight -= len(requests)
-        tally = Tally()
         failed = next(((i, r["error"]) for i, r in enumerate(results) if r["error"]), None)
         if failed is not None:
+            tally = Tally()
             count(tally, [r for r in results if r["error"]], [], self.specs, "http")
             tally.apply()
             i, error = failed
             reason = error_reason(error)
             status = 503 if reason in SERVICE_UNAVAILABLE else 404 if reason == "unknown_model" else 400
             raise HttpError(status, f"{error}" if len(results) == 1 else f"row {i}: {error}")
-        count(tally, results, shadow, self.specs, "http")
-        tally.apply()
+        self._count_answered(model, results, shadow)
         if settings.http_log:
             topics = settings.topics
             self.log.add(logged)
@@ -437,6 +437,22 @@ class V2Api:
             (HEADER_LENGTH.encode(), str(header).encode()),
             (b"content-type", b"application/octet-stream"),
         ]
+
+    def _count_answered(
+        self, model: str, results: Sequence[Mapping[str, Any]], shadow: Sequence[Mapping[str, Any]]
+    ) -> None:
+        """`driftloop_predictions_total` (and the shadow's) for a request answered whole: its rows
+        are usually of one version, whose counter is kept at hand."""
+        version = results[0]["model_version"] if results else 0
+        if shadow or any(r["model_version"] != version for r in results):
+            tally = Tally()
+            count(tally, results, shadow, self.specs, "http")
+            tally.apply()
+            return
+        child = self._answered.get((model, version))
+        if child is None:
+            child = self._answered[model, version] = PREDICTIONS.labels(model, str(version), "ok", "", "http")
+        child.inc(len(results))
 
     def _read(
         self, spec: ModelSpec, body: bytes, length: int | None
