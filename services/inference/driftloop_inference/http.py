@@ -24,8 +24,10 @@ import orjson
 from prometheus_client import Counter, Histogram
 from pydantic import ValidationError
 
+from driftloop.connections import kafka_options
 from driftloop.contracts import MAX_MESSAGE_BYTES
 from driftloop.fastpath import BatchSender, Output
+from driftloop.faults import backoff_s, is_transient
 from driftloop.metrics import Tally
 from driftloop.oip import HEADER_LENGTH, ErrorBody, ServerMetadata, TensorError, encode_response, split_body
 from driftloop.spec import ModelSpec
@@ -165,9 +167,6 @@ class PayloadLog:
     async def run(self, before_last: Callable[[], Awaitable[None]]) -> None:
         """Send what is logged until cancelled; then `before_last` (the runs still under way) and
         a last send. A background task: it connects (again) until the broker answers."""
-        from driftloop.connections import kafka_options
-        from driftloop.faults import backoff_s
-
         settings, failures = self.settings, 0
         while True:
             try:
@@ -205,8 +204,6 @@ class PayloadLog:
 
     async def flush(self, sender: BatchSender) -> None:
         """Send what is logged; what a passing fault kept from the broker waits for the next time."""
-        from driftloop.faults import is_transient
-
         if not self._outputs:
             return
         batch, self._outputs = self._outputs, []
@@ -328,8 +325,8 @@ class V2Api:
             _allow(method, "GET")
             serving = pinned or self.holder.lineup.champions.get(model)
             reading = serving.feature_set.spec if serving else spec  # the inputs the champion reads
-            about = metadata(reading, self._versions(model, pinned))
-            return "metadata", 200, about.model_dump_json().encode(), []
+            described = metadata(reading, self._versions(model, pinned))
+            return "metadata", 200, described.model_dump_json().encode(), []
         if rest == ["ready"]:
             _allow(method, "GET")
             if pinned is None and model not in self.holder.lineup.champions:
