@@ -1,0 +1,120 @@
+"""Quality before the labels come: confidence-based performance estimation (CBPE).
+
+A classifier's served probabilities say how often it should be right: if it is calibrated, a
+prediction made with top-class probability 0.8 is right 8 times in 10, whatever the inputs. The
+expected accuracy of a window of predictions is then the mean of their (calibrated) top-class
+probabilities, and the accuracy the labels will show varies around it as a sum of independent
+Bernoulli draws (a Poisson binomial), which gives the band. This holds under covariate shift (the
+inputs move, the concept P(label | inputs) does not): that is the shift it detects before any
+label, when the inputs move where the model is unsure. It cannot see a concept drift: the labels
+do (`driftloop.drift`).
+
+Models are rarely calibrated as they come, so each version carries a `Calibration` fitted on its
+own holdout at training time: the accuracy observed for each range of top-class probability,
+made monotone. Pure numpy: training fits it, the monitor applies it.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+import numpy as np
+
+BINS = 20  # equal-count bins of the holdout: a version's map has at most this many knots
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """A monotone step map from a served top-class probability to the chance the prediction is
+    right: the holdout cut into bins of equal rows, each bin's observed accuracy, bins merged
+    until accuracy never falls as probability rises. `edges` separate the bins (one fewer than
+    `accuracy`). A step, not a line between bins: on data like the holdout's, the estimate is then
+    unbiased whatever the shape of the true curve."""
+
+    edges: tuple[float, ...]
+    accuracy: tuple[float, ...]
+    rows: int  # holdout rows it was fitted on
+
+    @classmethod
+    def fit(cls, confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> Calibration:
+        """Fit on a holdout: each row's top-class probability and whether its prediction was right.
+
+        >>> c = Calibration.fit(np.array([0.6, 0.6, 0.9, 0.9]), np.array([1, 0, 1, 1]), bins=2)
+        >>> c.edges, c.accuracy
+        ((0.75,), (0.5, 1.0))
+        """
+        confidence = np.asarray(confidence, dtype=np.float64)
+        correct = np.asarray(correct, dtype=np.float64)
+        if len(confidence) == 0:
+            raise ValueError("a calibration needs at least one holdout row")
+        order = np.argsort(confidence, kind="stable")
+        ranked = confidence[order]
+        # equal-count bins, never splitting equal probabilities (a step needs a gap to sit in)
+        wanted = np.linspace(0, len(ranked), min(bins, len(ranked)) + 1, dtype=int)[1:-1]
+        cuts = sorted({int(np.searchsorted(ranked, ranked[i], side="left")) for i in wanted} - {0})
+        bounds = [0, *cuts, len(ranked)]
+        blocks = [
+            [float(correct[order[lo:hi]].sum()), hi - lo, float(ranked[lo]), float(ranked[hi - 1])]
+            for lo, hi in itertools.pairwise(bounds)
+            if hi > lo
+        ]
+        merged: list[list[float]] = []  # [hits, rows, lowest probability, highest probability]
+        for block in blocks:
+            merged.append(block)
+            while len(merged) > 1 and merged[-2][0] / merged[-2][1] > merged[-1][0] / merged[-1][1]:
+                last = merged.pop()
+                merged[-1] = [merged[-1][0] + last[0], merged[-1][1] + last[1], merged[-1][2], last[3]]
+        edges = tuple((a[3] + b[2]) / 2 for a, b in itertools.pairwise(merged))
+        return cls(edges, tuple(hits / rows for hits, rows, _, _ in merged), len(confidence))
+
+    def __call__(self, confidence: np.ndarray) -> np.ndarray:
+        """The chance each prediction is right."""
+        at = np.searchsorted(np.asarray(self.edges), np.asarray(confidence, dtype=np.float64), side="right")
+        return np.asarray(self.accuracy)[at]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"edges": list(self.edges), "accuracy": list(self.accuracy), "rows": self.rows}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Calibration:
+        return cls(tuple(data["edges"]), tuple(data["accuracy"]), int(data["rows"]))
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """The accuracy a window of predictions should show, with the band the realised accuracy
+    falls in at `level` if the calibration holds."""
+
+    accuracy: float
+    low: float
+    high: float
+    rows: int
+    level: float
+
+    def covers(self, realised: float) -> bool:
+        return self.low <= realised <= self.high
+
+
+def estimate_accuracy(
+    confidence: np.ndarray, calibration: Calibration | None = None, level: float = 0.95
+) -> Estimate | None:
+    """The expected accuracy of predictions made with these top-class probabilities (through the
+    version's calibration when it has one), and its band; None for no predictions.
+
+    >>> e = estimate_accuracy(np.full(100, 0.9))
+    >>> round(e.accuracy, 3), round(e.low, 3), round(e.high, 3)
+    (0.9, 0.841, 0.959)
+    """
+    confidence = np.asarray(confidence, dtype=np.float64)
+    n = len(confidence)
+    if n == 0:
+        return None
+    p = calibration(confidence) if calibration is not None else np.clip(confidence, 0.0, 1.0)
+    expected = float(p.mean())
+    spread = math.sqrt(float((p * (1.0 - p)).sum())) / n  # the Poisson binomial's, as a share
+    z = NormalDist().inv_cdf(0.5 + level / 2)
+    return Estimate(expected, max(0.0, expected - z * spread), min(1.0, expected + z * spread), n, level)
