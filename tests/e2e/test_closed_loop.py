@@ -17,12 +17,12 @@ import pytest
 
 from driftloop import backtesting, demo, live, localstack, streams
 from driftloop.backtest import Backtest, Delay
-from driftloop.client import PredictionClient, make_producer, send_all
+from driftloop.client import HttpPredictionClient, PredictionClient, make_producer, send_all
 from driftloop.contracts import DeadLetter, DriftDetected, PredictionRequest, PredictionResult, TrainModel
 from driftloop.settings import Topics
 from driftloop.spec import read_specs
 from tests.conftest import ROOT, wait_for
-from tests.helpers import collect, served_versions
+from tests.helpers import by_request_id, collect, served_versions
 
 
 @pytest.fixture
@@ -62,6 +62,14 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
     async with PredictionClient(stack.bootstrap, timeout_s=10) as client:
         result = await client.predict("sea", {"x0": 9.5, "x1": 9.5, "x2": 0.0})
     assert result.error is None and result.model_version == versions["after_drift"]
+    # the same model over HTTP (the Open Inference Protocol), answered and logged to the topics
+    async with HttpPredictionClient(stack.url("inference"), timeout_s=10) as http:
+        over_http = await http.predict_many("sea", [{"x0": 9.5, "x1": 9.5, "x2": 0.0}, {"x0": 1.0}])
+    assert over_http[0].model_version == versions["after_drift"] and over_http[0].error is None
+    assert over_http[0].probabilities == pytest.approx(result.probabilities)
+    assert over_http[1].error.startswith("missing_feature")
+    logged = await by_request_id(stack.bootstrap, Topics().predictions_results, [over_http[0].request_id])
+    assert [data["model_version"] for data, _ in logged[over_http[0].request_id]] == [versions["after_drift"]]
 
     producer = make_producer(stack.bootstrap)
     await producer.start()
