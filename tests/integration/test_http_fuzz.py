@@ -157,6 +157,7 @@ def inference_v2(kafka_bootstrap, redis_server, tmp_path_factory):
         **os.environ,
         **{f"DRIFTLOOP_TOPICS__{k.upper()}": v for k, v in topics.model_dump().items()},
         "DRIFTLOOP_KAFKA_BOOTSTRAP": kafka_bootstrap,
+        "DRIFTLOOP_GROUP_ID": f"inference-{tag}",  # a group of its own: never a stale member of another's
         "DRIFTLOOP_REDIS_URL": redis_server,
         "DRIFTLOOP_HTTP_PORT": str(port),
         "DRIFTLOOP_DATA_DIR": str(tmp / "inference"),

@@ -64,7 +64,11 @@ class Services:
                 TrainingSettings(**common, training_dir=tmp_path / "training", data_dir=tmp_path / "t")
             ),
             registry_app(RegistrySettings(**common, data_dir=tmp_path / "registry", http_port=0)),
-            inference_app(InferenceSettings(**common, data_dir=tmp_path / "inference")),
+            inference_app(  # a group of its own: no other test's instance can hold up its join
+                InferenceSettings(
+                    **common, data_dir=tmp_path / "inference", group_id=f"inference-{uuid.uuid4().hex[:8]}"
+                )
+            ),
         ]
         self.bus = Publisher(kafka_bootstrap)
         self.events: list[LifecycleEvent] = []
