@@ -98,7 +98,7 @@ class Watcher:
     def __init__(self, consumers: dict[str, AIOKafkaConsumer], topics: Topics) -> None:
         self.consumers = consumers
         self.topics = topics
-        self.results: deque[tuple[str, int, str]] = deque()  # (request_id, version, prediction)
+        self.results: deque[tuple[str, int, str, str]] = deque()  # (request_id, version, prediction, error)
         self.promotions: list[ModelPromoted] = []
         self.drifts: list[DriftDetected] = []
         self.drift_arrivals: list[float] = []  # monotonic time each concept drift event was read
@@ -110,7 +110,8 @@ class Watcher:
             raw = record.value or b""
             if name == "results":
                 result = PredictionResult.model_validate_json(raw)
-                self.results.append((result.request_id, result.model_version, str(result.prediction)))
+                answer = (result.request_id, result.model_version, str(result.prediction), result.error or "")
+                self.results.append(answer)
             elif name == "lifecycle":
                 event = LIFECYCLE.validate_json(raw)
                 if isinstance(event, ModelPromoted):
@@ -301,7 +302,7 @@ async def _traffic(
             feedback.append(Feedback(request_id=request_id, model=model, label=label))
         await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
         while watcher.results:
-            request_id, version, prediction = watcher.results.popleft()
+            request_id, version, prediction, _ = watcher.results.popleft()
             if request_id not in truth:
                 continue  # not ours, or a redelivered answer already counted
             i, y = truth.pop(request_id)

@@ -35,6 +35,7 @@ class LiveRun:
     initial: int
     correct: list[bool] = field(default_factory=list)
     versions: list[int] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # the reason a row failed ("" when answered)
     promotions: list[tuple[int, str]] = field(default_factory=list)  # (version, command id)
     drifts: list[DriftDetected] = field(default_factory=list)  # concept drift the monitor reported
     seconds: float = 0.0
@@ -126,7 +127,7 @@ async def _traffic(
     progress: Any,
 ) -> None:
     truth: dict[str, tuple[int, Any]] = {}
-    answered: dict[int, tuple[bool, int]] = {}
+    answered: dict[int, tuple[bool, int, str]] = {}
     labels: deque[tuple[int, str, Any]] = deque()  # (row, request id, label) awaiting their turn
     row, started, tick = initial, time.monotonic(), 0.02
     while len(answered) < len(rows) - initial:
@@ -147,10 +148,10 @@ async def _traffic(
             feedback.append(Feedback(request_id=request_id, model=model, label=label))
         await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
         while watcher.results:
-            request_id, version, prediction = watcher.results.popleft()
+            request_id, version, prediction, error = watcher.results.popleft()
             if request_id in truth:
                 i, y = truth.pop(request_id)
-                answered[i] = (prediction == str(y), version)
+                answered[i] = (prediction == str(y), version, error)
         if progress is not None:
             progress(row, len(answered))
         if time.monotonic() - started > timeout_s:
@@ -161,9 +162,10 @@ async def _traffic(
             )
         await asyncio.sleep(tick)
     for i in range(initial, len(rows)):
-        correct, version = answered[i]
+        correct, version, error = answered[i]
         run.correct.append(correct)
         run.versions.append(version)
+        run.errors.append(error)
 
 
 async def _send_at(producer: Any, topic: str, requests: Sequence[tuple[PredictionRequest, datetime]]) -> None:
