@@ -310,6 +310,4 @@ async def test_three_models_drifting_at_different_times_are_retrained_and_swappe
     assert max(served(runs["stagger"])) > 1 and max(served(runs["sea"])) > 1
     sea_drift = plays["sea"][1]
     assert sea_drift is not None
-    assert set(served(runs["sea"], sea_drift - INITIAL)) == {1}, (
-        "SEA was swapped before it drifted"
-    )
+    assert set(served(runs["sea"], sea_drift - INITIAL)) == {1}, "SEA was swapped before it drifted"
