@@ -187,6 +187,20 @@ def model_quality() -> dict[str, Any]:
                 unit="percentunit",
             ),
             panel(
+                "Estimated accuracy before labels (band) against the realised, and the estimate floor",
+                ("driftloop_monitor_estimated_accuracy", "{{model}} v{{version}} estimated"),
+                ("driftloop_monitor_estimated_accuracy_low", "{{model}} v{{version}} band low"),
+                ("driftloop_monitor_estimated_accuracy_high", "{{model}} v{{version}} band high"),
+                ("driftloop_monitor_accuracy", "{{model}} v{{version}} realised"),
+                ("driftloop_monitor_estimate_floor", "{{model}} floor"),
+                unit="percentunit",
+            ),
+            panel(
+                "Estimate error: estimated minus realised accuracy on the labelled predictions",
+                ("driftloop_monitor_estimate_error", "{{model}} v{{version}}"),
+                unit="percentunit",
+            ),
+            panel(
                 "Rolling log loss by model and version",
                 ("driftloop_monitor_log_loss", "{{model}} v{{version}}"),
             ),

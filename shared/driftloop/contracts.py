@@ -405,6 +405,28 @@ class FeatureStats(Message):
     )
 
 
+class CalibrationTable(Message):
+    """A version's calibration, fitted on its holdout at training time: the chance a prediction is
+    right for each range of its top-class probability (`driftloop.estimation.Calibration`)."""
+
+    edges: list[float] = Field(description="Top-class probabilities that separate the ranges (ascending).")
+    accuracy: list[float] = Field(
+        description="Holdout accuracy in each range, never falling as probability rises (one more "
+        "than edges).",
+    )
+    rows: int = Field(description="Holdout rows it was fitted on.")
+
+
+class AccuracyEstimate(Message):
+    """A version's accuracy estimated from its served probabilities, before the labels come."""
+
+    accuracy: float = Field(description="Expected accuracy of the recent predictions.")
+    low: float = Field(description="Low end of the band the realised accuracy should fall in.")
+    high: float = Field(description="High end of that band.")
+    level: float = Field(description="Confidence of the band.")
+    rows: int = Field(description="Predictions the estimate covers.")
+
+
 class DatasetRef(Message):
     """A dataset version: the exact rows a model was trained and evaluated on, and how to re-read them.
 
@@ -468,6 +490,9 @@ class ModelTrained(Message):
     prediction_shares: dict[str, float] = Field(
         default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
     )
+    calibration: CalibrationTable | None = Field(
+        default=None, description="Holdout calibration of the top-class probability (estimated accuracy)."
+    )
     code_version: str = Field(description="driftloop version that trained it.")
     spec_version: str | None = Field(
         default=None, description="Version of the model's spec it was trained with (`models.specs`)."
@@ -499,6 +524,11 @@ class _ServeVersion(_Lifecycle):
     )
     prediction_shares: dict[str, float] = Field(
         default_factory=dict, description="Share of each predicted class on the holdout (prediction drift)."
+    )
+    calibration: CalibrationTable | None = Field(
+        default=None,
+        description="Holdout calibration of the top-class probability: the monitor estimates the version's "
+        "accuracy from what it serves before labels come (None: from the probabilities as served).",
     )
     data_until: datetime | None = Field(
         default=None,
@@ -714,8 +744,9 @@ class DriftDetected(Message):
     model: str = Field(description="Model name.")
     version: int = Field(description="Champion version being monitored.")
     detector: str = Field(description="Detector that fired, e.g. `adwin`.")
-    kind: Literal["concept", "covariate", "prediction"] = Field(
-        description="What drifted: the concept (errors), a request feature, or the predicted-class mix."
+    kind: Literal["concept", "covariate", "prediction", "estimate"] = Field(
+        description="What drifted: the concept (errors), a request feature, the predicted-class mix, or "
+        "the accuracy estimated from served probabilities (below its floor before labels come)."
     )
     samples_seen: int = Field(description="Labelled samples of this version seen when it fired.")
     change_point_sample: int = Field(description="Estimated first sample after the change.")
@@ -725,6 +756,11 @@ class DriftDetected(Message):
     error_rate_after: float | None = Field(default=None, description="Error rate after the change.")
     feature: str | None = Field(default=None, description="Feature that drifted (covariate drift).")
     statistic: float | None = Field(default=None, description="Detector statistic, e.g. the PSI.")
+    estimate: AccuracyEstimate | None = Field(
+        default=None,
+        description="The champion's estimated accuracy when it fired (covariate, prediction and estimate "
+        "kinds): inputs that moved with a steady estimate moved where the model is still sure.",
+    )
     at: datetime = Field(default_factory=utcnow, description="When it fired.")
 
 

@@ -24,6 +24,8 @@ from typing import Any
 
 import numpy as np
 
+from driftloop.rolling import RollingMean
+
 BINS = 20  # equal-count bins of the holdout: a version's map has at most this many knots
 
 
@@ -109,12 +111,56 @@ def estimate_accuracy(
     >>> round(e.accuracy, 3), round(e.low, 3), round(e.high, 3)
     (0.9, 0.841, 0.959)
     """
-    confidence = np.asarray(confidence, dtype=np.float64)
-    n = len(confidence)
-    if n == 0:
+    p = chance_right(confidence, calibration)
+    if len(p) == 0:
         return None
-    p = calibration(confidence) if calibration is not None else np.clip(confidence, 0.0, 1.0)
-    expected = float(p.mean())
-    spread = math.sqrt(float((p * (1.0 - p)).sum())) / n  # the Poisson binomial's, as a share
+    return _band(float(p.mean()), float((p * (1.0 - p)).mean()), len(p), level)
+
+
+def chance_right(confidence: np.ndarray, calibration: Calibration | None) -> np.ndarray:
+    """The chance each prediction is right: its calibrated top-class probability (the probability
+    as served for a version without a calibration)."""
+    confidence = np.asarray(confidence, dtype=np.float64)
+    return calibration(confidence) if calibration is not None else np.clip(confidence, 0.0, 1.0)
+
+
+def _band(expected: float, variance: float, n: int, level: float) -> Estimate:
+    """`expected` with the band of a Poisson binomial of `n` draws whose mean variance is `variance`."""
+    spread = math.sqrt(max(variance, 0.0) * n) / n
     z = NormalDist().inv_cdf(0.5 + level / 2)
     return Estimate(expected, max(0.0, expected - z * spread), min(1.0, expected + z * spread), n, level)
+
+
+class RollingEstimate:
+    """The estimate over the newest `window` predictions of one version, updated as they are served
+    (the monitor keeps one per version in service).
+
+    >>> rolling = RollingEstimate(None, window=100)
+    >>> rolling.add(np.full(300, 0.6)); rolling.add(np.full(100, 0.9))
+    >>> round(rolling.estimate().accuracy, 3), rolling.estimate().rows, rolling.seen
+    (0.9, 100, 400)
+    """
+
+    def __init__(self, calibration: Calibration | None, window: int, level: float = 0.95) -> None:
+        self.calibration = calibration
+        self.level = level
+        self.right = RollingMean(window)
+        self.variance = RollingMean(window)
+        self.seen = 0
+
+    def add(self, confidence: np.ndarray) -> None:
+        """Served predictions' top-class probabilities, oldest first."""
+        for p in chance_right(confidence, self.calibration).tolist():
+            self.right.append(p)
+            self.variance.append(p * (1.0 - p))
+        self.seen += len(confidence)
+
+    @property
+    def full(self) -> bool:
+        return self.right.full
+
+    def estimate(self) -> Estimate | None:
+        """The estimate over the window; None before the first prediction."""
+        if not len(self.right):
+            return None
+        return _band(self.right.mean, self.variance.mean, len(self.right), self.level)

@@ -16,7 +16,8 @@ from sklearn.metrics import accuracy_score, balanced_accuracy_score, log_loss
 from sklearn.model_selection import HalvingRandomSearchCV, TimeSeriesSplit
 
 from driftloop.algorithms import ESTIMATORS as _ESTIMATORS
-from driftloop.contracts import FeatureRow, FeatureStats, Label, PairedComparison
+from driftloop.contracts import CalibrationTable, FeatureRow, FeatureStats, Label, PairedComparison
+from driftloop.estimation import Calibration
 from driftloop.spec import AlgorithmSpec, ModelSpec
 
 
@@ -254,6 +255,20 @@ def prediction_shares(proba: np.ndarray, classes: Sequence[Label]) -> dict[str, 
     """Share of each class among the argmax predictions (the reference for prediction drift)."""
     counts = np.bincount(proba.argmax(axis=1), minlength=len(classes)) / max(1, len(proba))
     return {str(c): float(share) for c, share in zip(classes, counts, strict=True)}
+
+
+def calibration(proba: np.ndarray, classes: Sequence[Label], y: Sequence[Label]) -> CalibrationTable:
+    """The calibration of the top-class probability on a holdout (probabilities of a model that
+    did not see it; columns in `classes` order).
+
+    >>> table = calibration(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1], [0, 0])
+    >>> table.accuracy, table.rows
+    ([0.0, 1.0], 2)
+    """
+    predicted = [str(classes[i]) for i in proba.argmax(axis=1)]
+    correct = np.array([p == str(label) for p, label in zip(predicted, y, strict=True)])
+    fitted = Calibration.fit(proba.max(axis=1), correct)
+    return CalibrationTable.model_validate(fitted.as_dict())
 
 
 def dataset_hash(rows: Sequence[FeatureRow]) -> str:

@@ -415,6 +415,24 @@ class DistributionDriftSpec(SpecModel):
         return self
 
 
+class EstimateSpec(SpecModel):
+    """Accuracy estimated from the served probabilities, before labels come (each version's
+    holdout calibration applied to its recent top-class probabilities)."""
+
+    window: int = Field(
+        default=500, ge=50, description="Recent predictions of a version the estimate covers."
+    )
+    level: float = Field(default=0.95, gt=0.5, lt=1, description="Confidence of the estimate's band.")
+    floor: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Raise `DriftDetected(kind=estimate)` when the top of the champion's band falls below "
+        "this, cleared once the estimate is back above it (default: the gate floor when the gate metric "
+        "is accuracy; no floor otherwise).",
+    )
+
+
 class DriftSpec(SpecModel):
     detector: Literal["adwin", "page_hinkley", "kswin"] = Field(default="adwin")
     params: dict[str, Any] = Field(default_factory=dict, description="River detector parameters.")
@@ -436,6 +454,9 @@ class DriftSpec(SpecModel):
     )
     prediction: DistributionDriftSpec = Field(
         default_factory=DistributionDriftSpec, description="Drift of the predicted-class shares."
+    )
+    estimate: EstimateSpec = Field(
+        default_factory=EstimateSpec, description="Accuracy estimated from served probabilities."
     )
 
     @model_validator(mode="after")
@@ -646,6 +667,14 @@ class ModelSpec(SpecModel):
                 f"({self.training.min_rows})",
             )  # fmt: skip
         return self
+
+    @property
+    def estimate_floor(self) -> float | None:
+        """The estimated accuracy the champion must not fall below: `drift.estimate.floor`, else the
+        gate floor when the gate metric is accuracy."""
+        if self.drift.estimate.floor is not None:
+            return self.drift.estimate.floor
+        return self.gate.floor if self.gate.metric == "accuracy" else None
 
     @property
     def computed(self) -> set[str]:

@@ -9,7 +9,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from driftloop.estimation import Calibration, estimate_accuracy
+from driftloop.estimation import Calibration, RollingEstimate, estimate_accuracy
 
 
 def served(rng, n, a, b, sharpen=1.0):
@@ -92,3 +92,121 @@ def test_a_calibration_is_monotone_and_survives_its_dict(rows, bins):
 
 def test_no_predictions_no_estimate():
     assert estimate_accuracy(np.array([])) is None
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    batches=st.lists(st.lists(st.floats(0.5, 1.0), min_size=1, max_size=80), min_size=1, max_size=10),
+    window=st.integers(1, 120),
+)
+def test_a_rolling_estimate_is_the_estimate_of_the_newest_window_however_it_was_fed(batches, window):
+    calibration = Calibration.fit(np.linspace(0.5, 1, 40), np.arange(40) % 3 > 0, bins=4)
+    rolling = RollingEstimate(calibration, window)
+    for batch in batches:
+        rolling.add(np.array(batch))
+    newest = np.concatenate([np.array(b) for b in batches])[-window:]
+    expected, got = estimate_accuracy(newest, calibration), rolling.estimate()
+    assert got is not None and expected is not None and got.rows == expected.rows
+    assert np.allclose([got.accuracy, got.low, got.high], [expected.accuracy, expected.low, expected.high])
+    assert rolling.seen == sum(map(len, batches)) and rolling.full == (rolling.seen >= window)
+
+
+def _monitor(floor=0.6):
+    """A monitor of `sea` (floor `floor`) whose champion v1 is calibrated: served probabilities
+    below 0.75 are right 55% of the time, above it 95%."""
+    from driftloop.contracts import CalibrationTable, ModelPromoted
+    from driftloop.settings import Topics
+    from driftloop.spec import load_specs
+    from driftloop_monitor.adapters import InMemoryJoinStore
+    from driftloop_monitor.handlers import Monitor
+    from tests.conftest import ROOT
+
+    spec = load_specs(ROOT / "models")["sea"]
+    spec = spec.model_copy(update={"gate": spec.gate.model_copy(update={"floor": floor})})
+    monitor = Monitor({"sea": spec}, joins=InMemoryJoinStore(), topics=Topics(), quality_window=100)
+    table = CalibrationTable(edges=[0.75], accuracy=[0.55, 0.95], rows=1_000)
+    artifact = {"uri": "mem://a", "sha256": "0" * 64, "size_bytes": 1}
+    promoted = ModelPromoted(
+        model="sea", version=1, reason="bootstrap", artifact=artifact, classes=[0, 1],
+        feature_names=["x0", "x1", "x2"], calibration=table,
+    )  # fmt: skip
+    return monitor, promoted
+
+
+def _results(n, top, start=0, version=1):
+    from driftloop.contracts import PredictionResult
+
+    return [
+        PredictionResult(
+            request_id=f"r{start + i}",
+            model="sea",
+            model_version=version,
+            prediction=1,
+            probabilities={"0": round(1 - top, 6), "1": top},
+        )
+        for i in range(n)
+    ]
+
+
+async def test_the_monitor_estimates_each_version_and_says_once_when_the_champion_falls_below_the_floor():
+    from driftloop.metrics import Tally
+    from driftloop_monitor.handlers import ESTIMATED, ESTIMATED_HIGH
+
+    monitor, promoted = _monitor(floor=0.6)
+    await monitor.on_lifecycle(promoted)
+    window = monitor.watches["sea"].spec.drift.estimate.window
+
+    def feed(n, top, start):
+        return [event for _, event in monitor._prediction_shifts(_results(n, top, start), Tally())]
+
+    assert [e for e in feed(window, 0.9, 0) if e.kind == "estimate"] == []
+    assert ESTIMATED.labels("sea", "1")._value.get() == 0.95  # through the calibration, not 0.9
+    # inputs move to where the model is unsure: 55% right there, below the 0.6 floor once the window is
+    fell = [
+        e for start in range(window, 3 * window, 50) for e in feed(50, 0.6, start) if e.kind == "estimate"
+    ]
+    assert len(fell) == 1, "one event per fall"
+    (event,) = fell
+    assert event.detector == "cbpe" and event.estimate is not None and event.estimate.high < 0.6
+    assert event.statistic == event.estimate.accuracy and ESTIMATED_HIGH.labels("sea", "1")._value.get() < 0.6
+    # back above the floor, then down again: a second event
+    assert not [e for e in feed(window, 0.9, 3 * window) if e.kind == "estimate"]
+    assert len([e for e in feed(window, 0.6, 4 * window) if e.kind == "estimate"]) == 1
+
+
+async def test_labels_reconcile_the_estimate_with_the_realised_accuracy():
+    import orjson
+
+    from driftloop.contracts import result_json
+    from driftloop.metrics import Tally
+    from driftloop_monitor.handlers import ESTIMATE_ERROR
+
+    monitor, promoted = _monitor()
+    await monitor.on_lifecycle(promoted)
+    for i in range(100):  # served at 0.9 (95% right by the calibration), and 80 of 100 right
+        request = {"request_id": f"r{i}", "model": "sea", "features": {"x0": 1, "x1": 1, "x2": 1}, "ts": i}
+        fields = {
+            "result": orjson.dumps(
+                result_json(f"r{i}", "sea", 1, prediction=1, probabilities={"0": 0.1, "1": 0.9})
+            ),
+            "feedback": orjson.dumps({"label": int(i % 5 != 0), "ts": i + 1}),
+        }
+        monitor._learn(f"r{i}", fields, request, Tally())
+    monitor._export_quality()
+    assert abs(ESTIMATE_ERROR.labels("sea", "1")._value.get() - (0.95 - 0.8)) < 1e-9
+
+
+def test_the_estimate_floor_defaults_to_the_accuracy_gate_floor():
+    monitor, _ = _monitor(floor=0.7)
+    spec = monitor.watches["sea"].spec
+    assert spec.estimate_floor == 0.7
+    balanced = spec.model_copy(update={"gate": spec.gate.model_copy(update={"metric": "balanced_accuracy"})})
+    assert balanced.estimate_floor is None
+    own = balanced.model_copy(
+        update={
+            "drift": spec.drift.model_copy(
+                update={"estimate": spec.drift.estimate.model_copy(update={"floor": 0.8})}
+            )
+        }
+    )
+    assert own.estimate_floor == 0.8

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from driftloop.contracts import FeatureStats
+from driftloop.estimation import Calibration, Estimate, RollingEstimate, chance_right
 from driftloop.features import FeatureSet
 from driftloop.policy import RetrainPolicy, Step
 from driftloop.rolling import RollingMean
@@ -22,16 +23,33 @@ from driftloop.spec import DistributionDriftSpec, ModelSpec
 
 
 class RollingQuality:
-    """Accuracy and log loss over the last `window` labelled predictions."""
+    """Accuracy and log loss over the last `window` labelled predictions, and the accuracy the
+    estimate gave the same predictions before their labels came (its error, to know when to trust
+    it)."""
 
     def __init__(self, window: int) -> None:
         self.correct = RollingMean(window)
         self.losses = RollingMean(window)
+        self.expected = RollingMean(window)
 
-    def update(self, correct: bool, p_true: float | None) -> None:
+    def update(self, correct: bool, p_true: float | None, expected: float | None = None) -> None:
         self.correct.append(int(correct))
         if p_true is not None:
             self.losses.append(-math.log(min(max(p_true, 1e-7), 1.0)))
+        if expected is not None:
+            self.expected.append(expected)
+
+    @property
+    def estimate_error(self) -> float | None:
+        """Estimated minus realised accuracy over the window (None without estimates).
+
+        >>> quality = RollingQuality(10)
+        >>> for correct, chance in [(True, 0.9), (False, 0.7), (True, 0.8)]:
+        ...     quality.update(correct, None, chance)
+        >>> round(quality.estimate_error, 3)
+        0.133
+        """
+        return self.expected.mean - self.accuracy if len(self.expected) else None
 
     @property
     def accuracy(self) -> float:
@@ -256,7 +274,12 @@ class Watch:
     prediction monitors built on the champion's training distribution, and the rolling quality of
     every version that served (a replaced champion's is dropped)."""
 
-    def __init__(self, spec: ModelSpec, quality_window: int) -> None:
+    def __init__(
+        self,
+        spec: ModelSpec,
+        quality_window: int,
+        calibrations: dict[int, Calibration | None] | None = None,
+    ) -> None:
         self.spec = spec
         self.features = FeatureSet(spec)
         self.policy = RetrainPolicy(spec)
@@ -267,6 +290,9 @@ class Watch:
         self.predictions: PredictionMonitor | None = None
         self.quality: dict[int, RollingQuality] = {}
         self.retired: set[int] = set()  # versions replaced as champion: their quality is not exported
+        self.calibrations = {} if calibrations is None else calibrations  # by version, from its events
+        self.estimates: dict[int, RollingEstimate] = {}
+        self.below_floor = False  # the champion's estimate fell below the floor and has not come back
 
     def promoted(
         self,
@@ -286,18 +312,65 @@ class Watch:
         self.policy.promoted(version, command_id)
         self.covariate, self.predictions = covariate, predictions
         self.state = WARMING_UP
+        self.below_floor = False
         self.retired.discard(version)
         if retired is not None:
             self.retired.add(retired)
             self.quality.pop(retired, None)
+            self.estimates.pop(retired, None)
         return retired
 
-    def outcome(self, version: int, correct: bool, p_true: float | None) -> None:
-        """A labelled prediction of `version`: its rolling quality moves."""
+    def calibrated(self, version: int, calibration: Calibration | None) -> None:
+        """The calibration a version's serving event carries (an estimate begun without it, from
+        predictions that came before the event, starts again)."""
+        if version in self.calibrations and self.calibrations[version] == calibration:
+            return
+        self.calibrations[version] = calibration
+        self.estimates.pop(version, None)
+
+    def served(self, version: int, confidence: Sequence[float]) -> Estimate | None:
+        """Top-class probabilities `version` served: its estimated accuracy over the recent window."""
+        estimate = self.estimates.get(version)
+        if estimate is None:
+            settings = self.spec.drift.estimate
+            calibration = self.calibrations.get(version)
+            estimate = self.estimates[version] = RollingEstimate(calibration, settings.window, settings.level)
+        estimate.add(np.asarray(confidence, dtype=np.float64))
+        return estimate.estimate()
+
+    def exported_estimate(self, version: int) -> Estimate | None:
+        """The estimate to export for `version`: None for a retired champion or a version unseen."""
+        estimate = None if version in self.retired else self.estimates.get(version)
+        return None if estimate is None else estimate.estimate()
+
+    def estimate_fell(self) -> Estimate | None:
+        """The champion's estimate, when its band has just fallen wholly below the floor (once per
+        fall: cleared when the estimate is back at the floor); None otherwise. Judged on a full
+        window only."""
+        floor = self.spec.estimate_floor
+        rolling = self.estimates.get(self.champion) if self.champion is not None else None
+        if floor is None or rolling is None or not rolling.full:
+            return None
+        estimate = rolling.estimate()
+        assert estimate is not None  # a full window
+        if self.below_floor:
+            self.below_floor = estimate.accuracy < floor
+            return None
+        self.below_floor = estimate.high < floor
+        return estimate if self.below_floor else None
+
+    def outcome(
+        self, version: int, correct: bool, p_true: float | None, confidence: float | None = None
+    ) -> None:
+        """A labelled prediction of `version` (`confidence`: its top-class probability): its rolling
+        quality moves, and the estimate's error with it."""
         quality = self.quality.get(version)
         if quality is None:
             quality = self.quality[version] = RollingQuality(self.quality_window)
-        quality.update(correct, p_true)
+        expected = None
+        if confidence is not None:
+            expected = float(chance_right(np.array([confidence]), self.calibrations.get(version))[0])
+        quality.update(correct, p_true, expected)
 
     def exported_quality(self, version: int) -> RollingQuality | None:
         """The quality to export for `version`: None for a retired champion or a version unseen."""

@@ -17,10 +17,12 @@ from pydantic import BaseModel
 
 from driftloop.checkpoint import Checkpoint, Memo
 from driftloop.contracts import (
+    AccuracyEstimate,
     DriftDetected,
     Feedback,
     InvalidInput,
     LifecycleEvent,
+    ModelAwaitingApproval,
     ModelPromoted,
     ModelRejected,
     ModelRolledBack,
@@ -35,6 +37,7 @@ from driftloop.contracts import (
     read,
     read_exact,
 )
+from driftloop.estimation import Calibration, Estimate
 from driftloop.fastpath import Handled, Outbox
 from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION, Tally
@@ -104,6 +107,36 @@ ACCURACY_FLOOR = Gauge(
     "The spec's gate floor for accuracy-like metrics, for the accuracy-below-floor alert.",
     ["model"],
 )
+ESTIMATED = Gauge(
+    "driftloop_monitor_estimated_accuracy",
+    "Accuracy estimated from the recent predictions' probabilities (through the version's holdout "
+    "calibration), before labels, by model and version.",
+    ["model", "version"],
+)
+ESTIMATED_LOW = Gauge(
+    "driftloop_monitor_estimated_accuracy_low",
+    "Low end of the band the realised accuracy of those predictions should fall in.",
+    ["model", "version"],
+)
+ESTIMATED_HIGH = Gauge(
+    "driftloop_monitor_estimated_accuracy_high",
+    "High end of that band (below the estimate floor: the estimate-below-floor alert).",
+    ["model", "version"],
+)
+ESTIMATE_ERROR = Gauge(
+    "driftloop_monitor_estimate_error",
+    "Estimated minus realised accuracy over the last labelled predictions (how far to trust the "
+    "estimate), by model and version.",
+    ["model", "version"],
+)
+ESTIMATE_FLOOR = Gauge(
+    "driftloop_monitor_estimate_floor",
+    "The estimated accuracy a champion must not fall below (spec drift.estimate.floor, else the "
+    "accuracy gate floor), for the estimate-below-floor alert.",
+    ["model"],
+)
+VERSIONED_GAUGES = (ACCURACY, LOG_LOSS, ESTIMATED, ESTIMATED_LOW, ESTIMATED_HIGH, ESTIMATE_ERROR)
+ESTIMATOR = "cbpe"  # confidence-based performance estimation: the detector named by estimate events
 UNLABELLED = Counter(
     "driftloop_monitor_unlabelled_total",
     "Requests whose label did not arrive within the label window (join TTL), by model.",
@@ -152,6 +185,7 @@ class Watches(Mapping[str, Watch]):
         self.specs = specs
         self.quality_window = quality_window
         self.placed: dict[str, ModelPromoted | ModelRolledBack] = {}  # the champion's event, by model
+        self.calibrations: dict[str, dict[int, Calibration | None]] = {}  # by model and version
         self._held: dict[str, Watch] = {}
 
     def _spec(self, model: str) -> ModelSpec:
@@ -165,7 +199,8 @@ class Watches(Mapping[str, Watch]):
         spec = self._spec(model)
         watch = self._held.get(model)
         if watch is None or watch.spec is not spec:
-            watch = self._held[model] = Watch(spec, self.quality_window)
+            calibrations = self.calibrations.setdefault(model, {})
+            watch = self._held[model] = Watch(spec, self.quality_window, calibrations)
             _declare(model, spec)
             if (event := self.placed.get(model)) is not None:
                 watch.promoted(
@@ -184,6 +219,9 @@ def _declare(model: str, spec: ModelSpec) -> None:
     """A model's series, so rates and alerts see its first event (counters exist at 0)."""
     if spec.gate.metric != "log_loss":
         ACCURACY_FLOOR.labels(model).set(spec.gate.floor)
+    if (floor := spec.estimate_floor) is not None:
+        ESTIMATE_FLOOR.labels(model).set(floor)
+    DETECTIONS.labels(model, ESTIMATOR, "estimate")
     DETECTIONS.labels(model, spec.drift.detector, "concept")
     DETECTIONS.labels(model, spec.drift.covariate.statistic, "covariate")
     DETECTIONS.labels(model, "psi", "prediction")
@@ -223,6 +261,11 @@ class Monitor:
             return
         if isinstance(event, ModelRejected | ModelTrainingFailed) and event.command_id is not None:
             watch.policy.rejected(event.command_id)  # a retrain it asked for came to nothing
+        if isinstance(event, ModelPromoted | ModelRolledBack | ModelAwaitingApproval):
+            table = event.calibration
+            watch.calibrated(
+                event.version, None if table is None else Calibration.from_dict(table.model_dump())
+            )
         if not isinstance(event, ModelPromoted | ModelRolledBack) or watch.champion == event.version:
             return
         self.watches.placed[event.model] = event
@@ -232,7 +275,7 @@ class Monitor:
         MODEL_VERSION.labels(SERVICE, event.model).set(event.version)
         DRIFT_STATE.labels(event.model).set(watch.state)
         if retired is not None:  # its history stays in Prometheus; stop exporting stale values
-            for gauge in (ACCURACY, LOG_LOSS):
+            for gauge in VERSIONED_GAUGES:
                 with contextlib.suppress(KeyError):
                     gauge.remove(event.model, str(retired))
 
@@ -319,6 +362,8 @@ class Monitor:
             ACCURACY.labels(model, str(version)).set(quality.accuracy)
             if len(quality.losses):
                 LOG_LOSS.labels(model, str(version)).set(quality.log_loss)
+            if (error := quality.estimate_error) is not None:
+                ESTIMATE_ERROR.labels(model, str(version)).set(error)
 
     def _learn_once(self, part: str, messages: Sequence[_M], learn: Any) -> list[Memo]:
         """Learn from the requests (or results) not learned from before, together (one memo for
@@ -339,7 +384,7 @@ class Monitor:
         self,
         model: str,
         detector: str,
-        kind: Literal["covariate", "prediction"],
+        kind: Literal["covariate", "prediction", "estimate"],
         shift: Shift,
         request_id: str,
         window: int,
@@ -358,6 +403,7 @@ class Monitor:
             detected_request_id=request_id,
             feature=shift.name if kind == "covariate" else None,
             statistic=shift.statistic,
+            estimate=_estimate(self.watches[model]),
         )
 
     def _covariate_shifts(self, requests: Sequence[PredictionRequest], tally: Tally) -> Sends:
@@ -383,8 +429,8 @@ class Monitor:
         return events
 
     def _prediction_shifts(self, results: Sequence[PredictionResult], tally: Tally) -> Sends:
-        """Count the results; feed the champions' prediction monitors with the classes they
-        predicted in the batch."""
+        """Count the results; estimate each version's accuracy from the probabilities it served;
+        feed the champions' prediction monitors with the classes they predicted in the batch."""
         predicted = collections.Counter(
             (r.model, r.model_version, r.prediction) for r in results if r.error is None
         )
@@ -393,6 +439,7 @@ class Monitor:
         events: Sends = []
         for model, batch in _by_model(results, self.watches).items():
             watch = self.watches[model]
+            events += self._estimates(watch, batch, tally)
             monitor = watch.predictions
             served = [r for r in batch if r.error is None and r.model_version == watch.champion]
             if monitor is None or not served:
@@ -406,6 +453,31 @@ class Monitor:
             if monitor.last is not None:
                 PREDICTION_DRIFT.labels(model).set(monitor.last)
         return events
+
+    def _estimates(self, watch: Watch, results: Sequence[PredictionResult], tally: Tally) -> Sends:
+        """Feed each version's estimate with its answers' top-class probabilities and export it; a
+        `DriftDetected(kind="estimate")` when the champion's band has just fallen below the floor."""
+        model = watch.spec.name
+        confidence: dict[int, list[float]] = {}
+        last: dict[int, str] = {}
+        for result in results:
+            if result.error is None and result.probabilities:
+                confidence.setdefault(result.model_version, []).append(max(result.probabilities.values()))
+                last[result.model_version] = result.request_id
+        for version, values in confidence.items():
+            watch.served(version, values)
+            if (estimate := watch.exported_estimate(version)) is not None:
+                labels = (model, str(version))
+                ESTIMATED.labels(*labels).set(estimate.accuracy)
+                ESTIMATED_LOW.labels(*labels).set(estimate.low)
+                ESTIMATED_HIGH.labels(*labels).set(estimate.high)
+        fell = watch.estimate_fell() if watch.champion in confidence else None
+        if fell is None:
+            return []
+        assert watch.champion is not None
+        shift = Shift("estimate", fell.accuracy, watch.estimates[watch.champion].seen)
+        window = watch.spec.drift.estimate.window
+        return [self._shift_event(model, ESTIMATOR, "estimate", shift, last[watch.champion], window, tally)]
 
     def _learn(
         self, request_id: str, fields: dict[str, bytes], request: dict[str, Any], tally: Tally
@@ -424,7 +496,9 @@ class Monitor:
         requested_at = moment(request["ts"])
         version = result["model_version"]
         correct = str(result.get("prediction")) == str(label)
-        watch.outcome(version, correct, (result.get("probabilities") or {}).get(str(label)))
+        probabilities = result.get("probabilities") or {}
+        confidence = max(probabilities.values()) if probabilities else None
+        watch.outcome(version, correct, probabilities.get(str(label)), confidence)
         self.scored.add((model, version))
         tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
         tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
@@ -499,6 +573,20 @@ class Monitor:
             error_rate_before=detection.error_rate_before,
             error_rate_after=detection.error_rate_after,
         )
+
+
+def _estimate(watch: Watch) -> AccuracyEstimate | None:
+    """The champion's estimated accuracy, as events carry it."""
+    estimate: Estimate | None = None if watch.champion is None else watch.exported_estimate(watch.champion)
+    if estimate is None:
+        return None
+    return AccuracyEstimate(
+        accuracy=estimate.accuracy,
+        low=estimate.low,
+        high=estimate.high,
+        level=estimate.level,
+        rows=estimate.rows,
+    )
 
 
 def _command(model: str, retrain: Retrain) -> TrainModel:

@@ -139,6 +139,7 @@ class ModelVersion:
             "spec_version": trained.spec_version,
             "classes": trained.classes,
             "feature_names": trained.feature_names,
+            "calibration": trained.calibration,
             "previous_version": previous,
             "reason": reason,
             "command_id": command_id,

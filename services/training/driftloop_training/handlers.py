@@ -401,6 +401,7 @@ class Trainer:
             dataset=dataset,
             reference_stats=domain.reference_stats(X[:cut], self.feature_sets.of(spec).names),
             prediction_shares=domain.prediction_shares(fitted.proba_onnx, fitted.classes),
+            calibration=domain.calibration(fitted.evidence, fitted.classes, y[cut:]),
             code_version=code_version(),
             durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
         )
