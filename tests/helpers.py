@@ -171,6 +171,17 @@ JSON = st.recursive(
 )
 
 
+def metric(stack: Any, service: str, name: str, **labels: str) -> float:
+    """A service's metric on a running `localstack.Stack`, summed over the series that carry `labels`."""
+    import httpx
+
+    total = 0.0
+    for line in httpx.get(f"{stack.url(service)}/metrics", timeout=5).text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
 def records(topic: str, values: Sequence[bytes | None], partition: int = 0) -> list[ConsumerRecord]:
     """Consumer records as a hot-path handler receives them from the broker."""
     return [

@@ -49,7 +49,7 @@ from driftloop.settings import Topics
 from driftloop.spec import load_specs
 from driftloop_inference.handlers import _salvage_id
 from tests.conftest import ROOT, wait_for
-from tests.helpers import JSON, served_versions
+from tests.helpers import JSON, metric, served_versions
 
 TOPICS = Topics()
 SPECS = load_specs(ROOT / "models")
@@ -88,15 +88,6 @@ class Tail:
             with contextlib.suppress(ValueError):
                 out.append(kind.model_validate_json(record.value or b""))
         return out
-
-
-def metric(stack: localstack.Stack, service: str, name: str, **labels: str) -> float:
-    """A service's metric, summed over the series that carry `labels`."""
-    total = 0.0
-    for line in httpx.get(f"{stack.url(service)}/metrics", timeout=5).text.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
 
 
 def stack_models(stack: localstack.Stack) -> Any:
