@@ -192,7 +192,7 @@ def model_quality() -> dict[str, Any]:
                 ("driftloop_monitor_estimated_accuracy_low", "{{model}} v{{version}} band low"),
                 ("driftloop_monitor_estimated_accuracy_high", "{{model}} v{{version}} band high"),
                 ("driftloop_monitor_accuracy", "{{model}} v{{version}} realised"),
-                ("driftloop_monitor_estimate_floor", "{{model}} floor"),
+                ("driftloop_monitor_estimate_floor", "{{model}} v{{version}} floor"),
                 unit="percentunit",
             ),
             panel(

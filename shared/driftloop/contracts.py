@@ -415,6 +415,7 @@ class CalibrationTable(Message):
         "than edges).",
     )
     rows: int = Field(description="Holdout rows it was fitted on.")
+    overall: float | None = Field(default=None, description="Accuracy on the whole holdout.")
 
 
 class AccuracyEstimate(Message):

@@ -40,14 +40,15 @@ class Calibration:
     edges: tuple[float, ...]
     accuracy: tuple[float, ...]
     rows: int  # holdout rows it was fitted on
+    overall: float | None = None  # accuracy on the whole holdout (None: not recorded)
 
     @classmethod
     def fit(cls, confidence: np.ndarray, correct: np.ndarray, bins: int = BINS) -> Calibration:
         """Fit on a holdout: each row's top-class probability and whether its prediction was right.
 
         >>> c = Calibration.fit(np.array([0.6, 0.6, 0.9, 0.9]), np.array([1, 0, 1, 1]), bins=2)
-        >>> c.edges, c.accuracy
-        ((0.75,), (0.5, 1.0))
+        >>> c.edges, c.accuracy, c.overall
+        ((0.75,), (0.5, 1.0), 0.75)
         """
         confidence = np.asarray(confidence, dtype=np.float64)
         correct = np.asarray(correct, dtype=np.float64)
@@ -71,7 +72,8 @@ class Calibration:
                 last = merged.pop()
                 merged[-1] = [merged[-1][0] + last[0], merged[-1][1] + last[1], merged[-1][2], last[3]]
         edges = tuple((a[3] + b[2]) / 2 for a, b in itertools.pairwise(merged))
-        return cls(edges, tuple(hits / rows for hits, rows, _, _ in merged), len(confidence))
+        accuracy = tuple(hits / rows for hits, rows, _, _ in merged)
+        return cls(edges, accuracy, len(confidence), float(correct.mean()))
 
     def __call__(self, confidence: np.ndarray) -> np.ndarray:
         """The chance each prediction is right."""
@@ -79,11 +81,22 @@ class Calibration:
         return np.asarray(self.accuracy)[at]
 
     def as_dict(self) -> dict[str, Any]:
-        return {"edges": list(self.edges), "accuracy": list(self.accuracy), "rows": self.rows}
+        return {
+            "edges": list(self.edges),
+            "accuracy": list(self.accuracy),
+            "rows": self.rows,
+            "overall": self.overall,
+        }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Calibration:
-        return cls(tuple(data["edges"]), tuple(data["accuracy"]), int(data["rows"]))
+        overall = data.get("overall")
+        return cls(
+            tuple(data["edges"]),
+            tuple(data["accuracy"]),
+            int(data["rows"]),
+            None if overall is None else float(overall),
+        )
 
 
 @dataclass(frozen=True)

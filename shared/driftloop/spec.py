@@ -431,6 +431,13 @@ class EstimateSpec(SpecModel):
         "this, cleared once the estimate is back above it (default: the gate floor when the gate metric "
         "is accuracy; no floor otherwise).",
     )
+    max_drop: float | None = Field(
+        default=0.05,
+        gt=0,
+        le=1,
+        description="Also raise it when the top of the band falls more than this below the version's own "
+        "accuracy on its holdout (null: the floor only).",
+    )
 
 
 class DriftSpec(SpecModel):

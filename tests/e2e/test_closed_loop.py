@@ -131,7 +131,7 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
         probe = [{"x0": 1.0, "x1": 1.0, "x2": 5.0}] * 3
         assert await served_versions(client, "sea", probe, {versions["initial"]}) == {versions["initial"]}
     markdown = driftloop("models", "show", "sea", str(versions["initial"]), "--markdown")
-    assert "Status:** champion" in markdown and "note=pre-drift" in markdown
+    assert "Status:** champion" in markdown and "note=pre-drift" in markdown and "## Calibration" in markdown
 
     # Inputs move without labels: x0 leaves its training distribution (still inside the spec's
     # range), which also shifts what the model predicts. Both are flagged, and only x0 moved.

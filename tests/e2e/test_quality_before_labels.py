@@ -2,9 +2,10 @@
 processes) with a SEA champion (concept 0: the label is whether x0 + x1 > 8, 10% noise). Inputs
 move twice, with no labels: first where the model is sure (far from the boundary), then onto the
 boundary where the concept is hardest. The first move is flagged as covariate drift with a steady
-estimate; the second drops the estimate below the operator's floor and is said before any label of
-that traffic is sent. Then the labels come, and the monitor's estimate error is exactly the
-estimate minus the realised accuracy of those predictions."""
+estimate; the second drops the estimate below its floor (by default the version's holdout accuracy
+less 5 points) and is said before any label of that traffic is sent. Then the labels come, and
+the monitor's estimate error is exactly the estimate minus the realised accuracy of those
+predictions."""
 
 from __future__ import annotations
 
@@ -24,17 +25,14 @@ from driftloop.settings import Topics
 from tests.conftest import ROOT
 from tests.helpers import metric, served_versions
 
-FLOOR = 0.84  # the operator's floor for the estimate: the champion is near 0.88 on its own traffic
-
 
 @pytest.fixture
 def stack(tmp_path):
-    """The local stack with only the SEA spec, an estimate floor, a short covariate window and no
-    automatic retraining."""
+    """The local stack with only the SEA spec (default estimate settings), a short covariate window
+    and no automatic retraining."""
     models = tmp_path / "models"
     models.mkdir()
     spec = yaml.safe_load((ROOT / "models" / "sea.yaml").read_text())
-    spec["drift"]["estimate"] = {"floor": FLOOR}
     spec["drift"]["covariate"] = {"window": 300, "every": 100}
     spec["retrain"] = {"trigger": "none"}  # v1 stays champion whatever its labels say
     (models / "sea.yaml").write_text(yaml.safe_dump(spec))
@@ -73,6 +71,8 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
         (promoted,) = [p for p in watcher.promotions if p.model == "sea"]
         assert isinstance(promoted, ModelPromoted) and promoted.calibration is not None
         calibration = Calibration.from_dict(promoted.calibration.model_dump())
+        assert calibration.overall is not None
+        floor = calibration.overall - 0.05  # the spec's default drift.estimate.max_drop; gate floor 0.6
         version = str(promoted.version)
 
         async with PredictionClient(stack.bootstrap, timeout_s=30) as client:
@@ -86,7 +86,8 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
             await wait_until(lambda: metric(stack, "monitor", "driftloop_monitor_estimated_accuracy") > 0, 30,
                              "the first estimate")  # fmt: skip
             before = metric(stack, "monitor", "driftloop_monitor_estimated_accuracy", version=version)
-            assert before > FLOOR
+            exported = metric(stack, "monitor", "driftloop_monitor_estimate_floor", version=version)
+            assert exported == pytest.approx(floor) and before > floor
 
             # inputs move where the model is sure (x0 + x1 far below 8): covariate drift, steady estimate
             sure = [
@@ -98,7 +99,7 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
                              "covariate drift of the sure inputs")  # fmt: skip
             covariate = next(d for d in watcher.distribution if d.kind == "covariate")
             assert covariate.feature in {"x0", "x1"} and covariate.estimate is not None
-            assert covariate.estimate.accuracy > FLOOR, "the inputs moved, the estimate did not fall"
+            assert covariate.estimate.accuracy > floor, "the inputs moved, the estimate did not fall"
             assert not [d for d in watcher.distribution if d.kind == "estimate"]
 
             # inputs move onto the boundary: the estimate falls below the floor with no label sent
@@ -108,7 +109,7 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
                              "the estimate to fall below the floor")  # fmt: skip
         fell = next(d for d in watcher.distribution if d.kind == "estimate")
         assert fell.detector == "cbpe" and fell.version == promoted.version
-        assert fell.estimate is not None and fell.estimate.high < FLOOR < before
+        assert fell.estimate is not None and fell.estimate.high < floor < before
         assert fell.detected_request_id in {r.request_id for r in hard}
         assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == 0, "no label came yet"
         assert len(own) == 600 and all(r.error is None and r.probabilities for r in [*own, *hard])
@@ -125,7 +126,7 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
         top = np.array([max(r.probabilities.values()) for r in hard if r.probabilities])
         expected = float(chance_right(top, calibration).mean())
         realised = float(np.mean([str(r.prediction) == str(y) for r, y in zip(hard, labels, strict=True)]))
-        assert realised < FLOOR
+        assert realised < floor
         assert metric(stack, "monitor", "driftloop_monitor_accuracy", version=version) == pytest.approx(
             realised
         )

@@ -6,6 +6,7 @@ covariate shift that moves inputs to where the model is unsure."""
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -210,3 +211,28 @@ def test_the_estimate_floor_defaults_to_the_accuracy_gate_floor():
         }
     )
     assert own.estimate_floor == 0.8
+
+
+async def test_a_version_is_also_held_to_its_own_holdout_accuracy_less_the_allowed_drop():
+    from driftloop.contracts import CalibrationTable
+    from driftloop.metrics import Tally
+    from driftloop_monitor.handlers import ESTIMATE_FLOOR
+
+    monitor, promoted = _monitor(floor=0.3)  # a gate floor far below anything served
+    table = CalibrationTable(edges=[0.75], accuracy=[0.7, 0.95], rows=1_000, overall=0.92)
+    await monitor.on_lifecycle(promoted.model_copy(update={"calibration": table}))
+    watch = monitor.watches["sea"]
+    assert watch.estimate_floor(1) == pytest.approx(0.92 - watch.spec.drift.estimate.max_drop)
+    sends = monitor._prediction_shifts(_results(watch.spec.drift.estimate.window, 0.6), Tally())
+    assert [event.kind for _, event in sends if event.kind == "estimate"] == ["estimate"]
+    assert ESTIMATE_FLOOR.labels("sea", "1")._value.get() == pytest.approx(0.87)
+    # without the drop, the floor alone: 0.7 is far above 0.3
+    spec = watch.spec
+    loose = spec.model_copy(
+        update={
+            "drift": spec.drift.model_copy(
+                update={"estimate": spec.drift.estimate.model_copy(update={"max_drop": None})}
+            )
+        }
+    )
+    assert type(watch)(loose, 100, {1: watch.calibrations[1]}).estimate_floor(1) == 0.3

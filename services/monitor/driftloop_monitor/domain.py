@@ -343,12 +343,23 @@ class Watch:
         estimate = None if version in self.retired else self.estimates.get(version)
         return None if estimate is None else estimate.estimate()
 
+    def estimate_floor(self, version: int) -> float | None:
+        """The estimated accuracy `version` is held to: the spec's floor, or the version's holdout
+        accuracy less `drift.estimate.max_drop`, whichever is higher (None: neither applies)."""
+        limits = [] if self.spec.estimate_floor is None else [self.spec.estimate_floor]
+        calibration, drop = self.calibrations.get(version), self.spec.drift.estimate.max_drop
+        if drop is not None and calibration is not None and calibration.overall is not None:
+            limits.append(calibration.overall - drop)
+        return max(limits) if limits else None
+
     def estimate_fell(self) -> Estimate | None:
-        """The champion's estimate, when its band has just fallen wholly below the floor (once per
+        """The champion's estimate, when its band has just fallen wholly below its floor (once per
         fall: cleared when the estimate is back at the floor); None otherwise. Judged on a full
         window only."""
-        floor = self.spec.estimate_floor
-        rolling = self.estimates.get(self.champion) if self.champion is not None else None
+        if self.champion is None:
+            return None
+        floor = self.estimate_floor(self.champion)
+        rolling = self.estimates.get(self.champion)
         if floor is None or rolling is None or not rolling.full:
             return None
         estimate = rolling.estimate()

@@ -131,11 +131,20 @@ ESTIMATE_ERROR = Gauge(
 )
 ESTIMATE_FLOOR = Gauge(
     "driftloop_monitor_estimate_floor",
-    "The estimated accuracy a champion must not fall below (spec drift.estimate.floor, else the "
-    "accuracy gate floor), for the estimate-below-floor alert.",
-    ["model"],
+    "The estimated accuracy a version is held to (the spec's drift.estimate.floor or accuracy gate "
+    "floor, or the version's holdout accuracy less drift.estimate.max_drop, whichever is higher), "
+    "for the estimate-below-floor alert.",
+    ["model", "version"],
 )
-VERSIONED_GAUGES = (ACCURACY, LOG_LOSS, ESTIMATED, ESTIMATED_LOW, ESTIMATED_HIGH, ESTIMATE_ERROR)
+VERSIONED_GAUGES = (
+    ACCURACY,
+    LOG_LOSS,
+    ESTIMATED,
+    ESTIMATED_LOW,
+    ESTIMATED_HIGH,
+    ESTIMATE_ERROR,
+    ESTIMATE_FLOOR,
+)
 ESTIMATOR = "cbpe"  # confidence-based performance estimation: the detector named by estimate events
 UNLABELLED = Counter(
     "driftloop_monitor_unlabelled_total",
@@ -219,8 +228,6 @@ def _declare(model: str, spec: ModelSpec) -> None:
     """A model's series, so rates and alerts see its first event (counters exist at 0)."""
     if spec.gate.metric != "log_loss":
         ACCURACY_FLOOR.labels(model).set(spec.gate.floor)
-    if (floor := spec.estimate_floor) is not None:
-        ESTIMATE_FLOOR.labels(model).set(floor)
     DETECTIONS.labels(model, ESTIMATOR, "estimate")
     DETECTIONS.labels(model, spec.drift.detector, "concept")
     DETECTIONS.labels(model, spec.drift.covariate.statistic, "covariate")
@@ -471,6 +478,8 @@ class Monitor:
                 ESTIMATED.labels(*labels).set(estimate.accuracy)
                 ESTIMATED_LOW.labels(*labels).set(estimate.low)
                 ESTIMATED_HIGH.labels(*labels).set(estimate.high)
+                if (floor := watch.estimate_floor(version)) is not None:
+                    ESTIMATE_FLOOR.labels(*labels).set(floor)
         fell = watch.estimate_fell() if watch.champion in confidence else None
         if fell is None:
             return []

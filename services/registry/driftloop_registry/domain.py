@@ -209,6 +209,39 @@ class RegistryRepository(Protocol):
         ...
 
 
+def _calibration_lines(table: Mapping[str, Any] | None) -> list[str]:
+    """The card's calibration section: holdout accuracy per range of top-class probability (what the
+    monitor's estimate before labels applies), or nothing for a version trained without one.
+
+    >>> print("\\n".join(_calibration_lines({"edges": [0.7], "accuracy": [0.61, 0.93], "rows": 600})))
+    <BLANKLINE>
+    ## Calibration (600 holdout rows)
+    <BLANKLINE>
+    | top-class probability | holdout accuracy |
+    |---|---|
+    | below 0.700 | 0.610 |
+    | 0.700 and above | 0.930 |
+    """
+    if not table:
+        return []
+    edges, accuracy = table["edges"], table["accuracy"]
+    ranges = [
+        "all" if not edges else
+        f"below {edges[0]:.3f}" if i == 0 else
+        f"{edges[-1]:.3f} and above" if i == len(edges) else
+        f"{edges[i - 1]:.3f} to {edges[i]:.3f}"
+        for i in range(len(accuracy))
+    ]  # fmt: skip
+    return [
+        "",
+        f"## Calibration ({table['rows']} holdout rows)",
+        "",
+        "| top-class probability | holdout accuracy |",
+        "|---|---|",
+        *[f"| {r} | {a:.3f} |" for r, a in zip(ranges, accuracy, strict=True)],
+    ]
+
+
 def render_card(record: Mapping[str, Any], state: str) -> str:
     """A model card in Markdown: decision, metrics against the champion, data, lineage, history.
     Text that comes from outside the code (reasons, tags, command ids, decisions, parameters) is
@@ -251,6 +284,7 @@ def render_card(record: Mapping[str, Any], state: str) -> str:
         f"store rows up to #{dataset['max_seq']}",
         f"- Features: {markdown(', '.join(trained['feature_names']))}; "
         f"classes {markdown(str(trained['classes']))}",
+        *_calibration_lines(trained.get("calibration")),
         "",
         "## Parameters",
         "",
