@@ -99,7 +99,7 @@ bench-handlers: install ## the data path's handlers in process: CPU per record o
 bench-faults: install ## faults under load on the whole local stack: lost, duplicates, recovery, RSS
 	$(BIN)/python -m bench.faults
 
-bench-drift: install ## drift detection through the running system: 6 streams, 100k stationary samples each
+bench-drift: install ## drift detection through the running system: 8 streams (6 concept drifts, 2 covariate shifts), 100k stationary samples each
 	$(BIN)/python -m bench.drift
 
 bench-scale: install ## inference 1 -> 2 -> 3 -> 2 -> 1 instances on 6 partitions under load: results/s per step, lost, repeated

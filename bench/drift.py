@@ -25,6 +25,15 @@ three topics still complete joins slightly out of order across batches. Targets
 (issue 6): 0 false alarms on the stationary part; online delay within offline delay + one feedback
 batch (the labels an application sends per tick, 50 at 1k req/s); onset -> new version serving under
 30 s; accuracy after recovery within 2 points of the accuracy before the drift.
+
+Before labels (issue 20): two more streams keep their concept and move the inputs, at the onset, to
+where a model of the history is least sure (`demo.uncertain`): a covariate shift that hurts. Per
+stream, the accuracy the monitor estimates from served probabilities (the version's calibration on
+windows of 500 answers, as the monitor does) against what the labels then showed: its mean absolute
+error before the onset (calibration holds: small) and after it (a concept drift is invisible to it:
+large), the estimate's alarms on the stationary part (target 0), and the time from the onset to the
+estimate alarm next to the labelled detection's. A covariate stream fails the bench when the estimate
+does not fall below its floor.
 """
 
 from __future__ import annotations
@@ -37,27 +46,45 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from bench.common import table, write
 from bench.stack import LAG_S, LagSampler, Traffic, champion, groups, labelled_traffic, sustained
 from driftloop import demo, localstack
 from driftloop.algorithms import DETECTORS
+from driftloop.estimation import Calibration, window_errors
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec, load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-STREAMS = [("sea", 0, 3), ("sea", 3, 0), ("sea", 0, 2), ("sea", 1, 3), ("agrawal", 0, 2), ("stagger", 0, 2)]
+# (dataset, concept before, concept after, covariate shift at the onset); the last two keep their
+# concept and move the inputs to where a model of the history is least sure (`demo.uncertain`)
+STREAMS = [
+    ("sea", 0, 3, ""),
+    ("sea", 3, 0, ""),
+    ("sea", 0, 2, ""),
+    ("sea", 1, 3, ""),
+    ("agrawal", 0, 2, ""),
+    ("stagger", 0, 2, ""),
+    ("sea", 0, 0, "uncertain"),
+    ("agrawal", 0, 0, "uncertain"),
+]
+ESTIMATE_WINDOW = 500  # answers per window the estimate's error is measured on (the monitor's default)
 TICK_S = 0.05  # the demo application sends due labels every tick
 PROBE = "capacity-probe"  # the model the sustained rate is measured on
 PROBE_STEP_S = 20.0
 HEADROOM = 0.6  # the stationary part is sent at this share of the measured sustained rate
 
 
-def stream_spec(dataset: str, before: int, after: int) -> ModelSpec:
+def stream_name(dataset: str, before: int, after: int, shift: str) -> str:
+    return f"{dataset}-{before}-{after}" + (f"-{shift}" if shift else "")
+
+
+def stream_spec(dataset: str, before: int, after: int, shift: str) -> ModelSpec:
     """The dataset's spec from models/, renamed for one stream."""
     spec = load_spec(ROOT / "models" / f"{dataset}.yaml")
-    return spec.model_copy(update={"name": f"{dataset}-{before}-{after}"})
+    return spec.model_copy(update={"name": stream_name(dataset, before, after, shift)})
 
 
 def offline_adwin(
@@ -81,9 +108,36 @@ def offline_adwin(
     return {"offline_adwin_delay_samples": delay, "offline_false_alarms": early}
 
 
-def read_answers(path: Path) -> list[tuple[int, int, int]]:
+def read_answers(path: Path) -> tuple[list[tuple[int, int, int]], dict[int, float]]:
+    """(request, version, correct) per answer, and each answered request's top-class probability."""
     with path.open(encoding="utf-8") as fh:
-        return [(int(r["request"]), int(r["version"]), int(r["correct"])) for r in csv.DictReader(fh)]
+        rows = list(csv.DictReader(fh))
+    answers = [(int(r["request"]), int(r["version"]), int(r["correct"])) for r in rows]
+    return answers, {int(r["request"]): float(r["confidence"]) for r in rows if r["confidence"]}
+
+
+def estimate_errors(
+    answers: list[tuple[int, int, int]],
+    confidence: dict[int, float],
+    calibrations: dict[str, Any],
+    onset: int,
+    version: int,
+) -> dict[str, float | None]:
+    """Mean absolute error of the accuracy estimate (points), on windows of `ESTIMATE_WINDOW`
+    answers of the version serving at the onset, before and after it; each answer through that
+    version's calibration, as the monitor does."""
+    table = calibrations.get(str(version))
+    calibration = None if table is None else Calibration.from_dict(table)
+    out: dict[str, float | None] = {}
+    for part, keep in (("before", lambda i: i < onset), ("after", lambda i: i >= onset)):
+        rows = [
+            (confidence[i], c) for i, v, c in sorted(answers) if v == version and keep(i) and i in confidence
+        ]
+        errors = window_errors(
+            np.array([p for p, _ in rows]), np.array([c for _, c in rows]), calibration, ESTIMATE_WINDOW
+        )
+        out[part] = round(100 * float(np.mean(np.abs(errors))), 2) if errors else None
+    return out
 
 
 async def capacity(stack: localstack.Stack) -> tuple[float, list[dict[str, Any]]]:
@@ -100,12 +154,17 @@ def lag_at(samples: list[tuple[float, dict[str, int]]], when: float) -> dict[str
 
 
 def problems(stream: dict[str, Any]) -> list[str]:
-    """Why a stream failed the bench: a group behind at the onset, a loop that did not close."""
+    """Why a stream failed the bench: a group behind at the onset, a loop that did not close (a
+    concept drift), an estimate that did not fall (a covariate shift that hurts)."""
     found = [
         f"{stream['name']}: {group} was {lag:,} records behind at the onset (bound {bound:,})"
         for group, (lag, bound) in stream["lag_at_onset"].items()
         if lag > bound
     ]
+    if stream["shift"]:
+        if stream["onset_to_estimate_alarm_s"] is None:
+            found.append(f"{stream['name']}: the estimate did not fall below its floor")
+        return found
     if stream["delay_samples"] is None:
         found.append(f"{stream['name']}: the drift was not detected")
     if stream["onset_to_serving_s"] is None:
@@ -114,10 +173,16 @@ def problems(stream: dict[str, Any]) -> list[str]:
 
 
 async def run_stream(
-    stack: localstack.Stack, models_dir: Path, out: Path, dataset: str, before: int, after: int, args: Any
+    stack: localstack.Stack,
+    models_dir: Path,
+    out: Path,
+    stream: tuple[str, int, int, str],
+    args: Any,
 ) -> dict[str, Any]:
-    spec = stream_spec(dataset, before, after)
+    dataset, before, after, shift = stream
+    spec = stream_spec(*stream)
     scenario = demo.Scenario(
+        shift=shift,
         dataset=dataset,
         concept_before=before,
         concept_after=after,
@@ -139,17 +204,22 @@ async def run_stream(
         )
     onset = timeline.started + timeline.marks.get("drift_onset", float("inf"))
     at_onset = lag_at(sampler.samples, onset)
-    answers = read_answers(out / spec.name / "answers.csv")
+    answers, confidence = read_answers(out / spec.name / "answers.csv")
     # the version serving at the onset is the one the offline detector watches
     onset_version = max((v for i, v, _ in answers if i < scenario.before), default=0)
     offline = offline_adwin(answers, spec, scenario.before, onset_version)
+    errors = estimate_errors(answers, confidence, summary["calibrations"], scenario.before, onset_version)
     accuracy = summary["accuracy"]
     gap = None
     if accuracy["before_drift"] is not None and accuracy["after_recovery"] is not None:
         gap = round(100 * (accuracy["before_drift"] - accuracy["after_recovery"]), 2)
     return {
-        "name": f"{dataset} {before}->{after}",
+        "name": scenario.label,
         "model": spec.name,
+        "shift": shift,
+        "estimate_error_points": errors,
+        "estimate_false_alarms": summary["estimate_alarms_before_onset"],
+        "onset_to_estimate_alarm_s": summary["wall_seconds"]["onset_to_estimate_alarm"],
         "delay_samples": summary["detection_delay_samples"],
         **offline,
         "delay_tolerance_samples": None
@@ -177,13 +247,21 @@ def _max(values: list[Any]) -> Any:
     return max(known) if len(known) == len(values) and known else None
 
 
+def _seconds(value: float | None) -> str:
+    return "never" if value is None else f"{value:.1f}s"
+
+
 def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
+    concept = [s for s in streams if not s["shift"]]
     figures = {
         "streams": streams,
         "false_alarms_stationary_total": sum(s["false_alarms"] for s in streams),
+        "estimate_false_alarms_total": sum(s["estimate_false_alarms"] for s in streams),
         "stationary_samples_total": sum(s["stationary_samples"] for s in streams),
-        "onset_to_serving_s": _max([s["onset_to_serving_s"] for s in streams]),
-        "recovery_gap_points": _max([s["recovery_gap_points"] for s in streams]),
+        "onset_to_serving_s": _max([s["onset_to_serving_s"] for s in concept]),
+        "recovery_gap_points": _max([s["recovery_gap_points"] for s in concept]),
+        "estimate_error_stationary_points": _max([s["estimate_error_points"]["before"] for s in streams]),
+        "onset_to_estimate_alarm_s": _max([s["onset_to_estimate_alarm_s"] for s in streams if s["shift"]]),
         "rate_per_s": args.rate,
         "sustained_per_s": args.sustained,
         "sustained_steps": args.sustained_steps,
@@ -192,7 +270,7 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
         "monitor_lag_at_onset": max(s["lag_at_onset"]["monitor"][0] for s in streams),
     }
     header = (
-        f"{'stream':<14}{'delay':>7}{'offline':>9}{'within':>8}{'false':>7}{'in/pred':>9}"
+        f"{'stream':<22}{'delay':>7}{'offline':>9}{'within':>8}{'false':>7}{'in/pred':>9}"
         f"{'onset->':>9}{'acc before':>12}{'drifted':>9}{'recovered':>11}{'gap pts':>9}{'mon lag':>9}"
     )
     lines = [header, "-" * len(header)]
@@ -205,10 +283,21 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
         alarms = f"{s['distribution_alarms']['covariate']}/{s['distribution_alarms']['prediction']}"
         serving = "n/a" if s["onset_to_serving_s"] is None else f"{s['onset_to_serving_s']:.1f}s"
         lines.append(
-            f"{s['name']:<14}{s['delay_samples']!s:>7}{s['offline_adwin_delay_samples']!s:>9}{within:>8}"
+            f"{s['name']:<22}{s['delay_samples']!s:>7}{s['offline_adwin_delay_samples']!s:>9}{within:>8}"
             f"{s['false_alarms']:>7}{alarms:>9}{serving:>9}{s['accuracy_before']!s:>12}"
             f"{s['accuracy_drifted']!s:>9}{s['accuracy_recovered']!s:>11}{s['recovery_gap_points']!s:>9}"
             f"{s['lag_at_onset']['monitor'][0]:>9}"
+        )
+    header = (
+        f"{'before labels':<22}{'est err before':>16}{'after':>8}{'est false':>11}"
+        f"{'onset->est':>12}{'onset->labelled':>17}"
+    )
+    lines += ["", header, "-" * len(header)]
+    for s in streams:
+        errors = s["estimate_error_points"]
+        lines.append(
+            f"{s['name']:<22}{errors['before']!s:>16}{errors['after']!s:>8}{s['estimate_false_alarms']:>11}"
+            f"{_seconds(s['onset_to_estimate_alarm_s']):>12}{_seconds(s['onset_to_detection_s']):>17}"
         )
     print("\n".join(lines))
     print(
@@ -217,6 +306,12 @@ def report(streams: list[dict[str, Any]], args: Any) -> dict[str, Any]:
             [
                 ("stationary samples (all streams)", figures["stationary_samples_total"]),
                 ("false alarms on them (target 0)", figures["false_alarms_stationary_total"]),
+                ("estimate alarms on them (target 0)", figures["estimate_false_alarms_total"]),
+                (
+                    "worst estimate error before the onset, points",
+                    figures["estimate_error_stationary_points"],
+                ),
+                ("worst onset -> estimate alarm s (covariate shifts)", figures["onset_to_estimate_alarm_s"]),
                 ("worst onset -> new version serving s (target < 30)", figures["onset_to_serving_s"]),
                 ("worst recovery gap, accuracy points (target <= 2)", figures["recovery_gap_points"]),
                 ("sustained closed-loop rate measured here, req/s", args.sustained),
@@ -245,14 +340,14 @@ async def run_streams(
         args.stationary_rate = max(args.rate, round(HEADROOM * args.sustained, -1))
         print(f"sustained {args.sustained:.0f} req/s: stationary part at {args.stationary_rate:.0f} req/s")
     results = []
-    for dataset, before, after in args.streams:
-        print(f"\n=== {dataset} {before}->{after} ===", flush=True)
-        results.append(await run_stream(stack, models_dir, out, dataset, before, after, args))
+    for stream in args.streams:
+        print(f"\n=== {stream_name(*stream)} ===", flush=True)
+        results.append(await run_stream(stack, models_dir, out, stream, args))
     return results
 
 
 def main(args: Any) -> int:
-    args.streams = [s for s in STREAMS if not args.only or f"{s[0]}-{s[1]}-{s[2]}" in args.only]
+    args.streams = [s for s in STREAMS if not args.only or stream_name(*s) in args.only]
     with (
         contextlib.nullcontext(args.keep)
         if args.keep
@@ -262,8 +357,8 @@ def main(args: Any) -> int:
         models_dir.mkdir(parents=True)
         probe = load_spec(ROOT / "models" / "sea.yaml").model_copy(update={"name": PROBE})
         (models_dir / f"{PROBE}.yaml").write_text(yaml.safe_dump(probe.model_dump(mode="json")))
-        for dataset, before, after in args.streams:
-            spec = stream_spec(dataset, before, after)
+        for stream in args.streams:
+            spec = stream_spec(*stream)
             (models_dir / f"{spec.name}.yaml").write_text(yaml.safe_dump(spec.model_dump(mode="json")))
         stack = localstack.up(Path(tmp) / "run", models_dir)
         try:
@@ -296,6 +391,8 @@ if __name__ == "__main__":
         default=10_000,
         help="the last stationary requests, sent at --rate (no backlog at the onset)",
     )
-    parser.add_argument("--only", nargs="*", help="streams to run, e.g. sea-0-3 stagger-0-2")
+    parser.add_argument(
+        "--only", nargs="*", help="streams to run, e.g. sea-0-3 stagger-0-2 sea-0-0-uncertain"
+    )
     parser.add_argument("--keep", help="a new directory to run in and keep: services' logs, answers, plots")
     raise SystemExit(main(parser.parse_args()))

@@ -17,8 +17,9 @@ from collections import deque
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from driftloop import datasets
@@ -60,6 +61,7 @@ class Scenario:
     feedback_delay_s: float = 0.5
     seed: int = 42
     timeout_s: float = 300.0
+    shift: str = ""  # "uncertain": from the onset, only inputs a model of the history is least sure of
 
     @property
     def model_name(self) -> str:
@@ -67,7 +69,8 @@ class Scenario:
 
     @property
     def label(self) -> str:
-        return f"{self.dataset} {self.concept_before}->{self.concept_after}"
+        shifted = f" {self.shift}" if self.shift else ""
+        return f"{self.dataset} {self.concept_before}->{self.concept_after}{shifted}"
 
     def rate_at(self, index: int) -> float:
         """Requests per second when sending request `index`."""
@@ -81,6 +84,7 @@ class Served:
     index: int
     version: int
     correct: bool
+    confidence: float | None = None  # the top-class probability served
 
 
 @dataclass
@@ -92,17 +96,28 @@ class Timeline:
         self.marks.setdefault(name, time.monotonic() - self.started)
 
 
+class Answer(NamedTuple):
+    """A result as the watcher keeps it."""
+
+    request_id: str
+    version: int
+    prediction: str
+    error: str  # "" when answered
+    confidence: float | None  # the top-class probability served
+
+
 class Watcher:
     """Reads what the platform says: results, lifecycle events, drift events."""
 
     def __init__(self, consumers: dict[str, AIOKafkaConsumer], topics: Topics) -> None:
         self.consumers = consumers
         self.topics = topics
-        self.results: deque[tuple[str, int, str, str]] = deque()  # (request_id, version, prediction, error)
+        self.results: deque[Answer] = deque()
         self.promotions: list[ModelPromoted] = []
         self.drifts: list[DriftDetected] = []
         self.drift_arrivals: list[float] = []  # monotonic time each concept drift event was read
-        self.distribution: list[DriftDetected] = []  # covariate and prediction drift
+        self.distribution: list[DriftDetected] = []  # covariate, prediction and estimate events
+        self.distribution_arrivals: list[float] = []
         self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
 
     async def _read(self, name: str) -> None:
@@ -110,8 +125,17 @@ class Watcher:
             raw = record.value or b""
             if name == "results":
                 result = PredictionResult.model_validate_json(raw)
-                answer = (result.request_id, result.model_version, str(result.prediction), result.error or "")
-                self.results.append(answer)
+                probabilities = result.probabilities
+                confidence = max(probabilities.values()) if probabilities else None
+                self.results.append(
+                    Answer(
+                        result.request_id,
+                        result.model_version,
+                        str(result.prediction),
+                        result.error or "",
+                        confidence,
+                    )
+                )
             elif name == "lifecycle":
                 event = LIFECYCLE.validate_json(raw)
                 if isinstance(event, ModelPromoted):
@@ -123,6 +147,7 @@ class Watcher:
                     self.drift_arrivals.append(time.monotonic())
                 else:
                     self.distribution.append(drift)
+                    self.distribution_arrivals.append(time.monotonic())
 
     @classmethod
     async def tail(cls, bootstrap: str, topics: Topics) -> Watcher:
@@ -234,13 +259,14 @@ async def _play(
         f"{s.feedback_delay_s}s)",
         flush=True,
     )
-    stream = datasets.conform(
-        spec,
-        datasets.abrupt(
-            datasets.synthetic(s.dataset, s.concept_before, s.seed + 1),
-            datasets.synthetic(s.dataset, s.concept_after, s.seed + 2),
-            s.before,
-        ),
+    after = datasets.conform(spec, datasets.synthetic(s.dataset, s.concept_after, s.seed + 2))
+    if s.shift == "uncertain":
+        history = datasets.conform(spec, datasets.synthetic(s.dataset, s.concept_before, s.seed))
+        after = uncertain(spec, list(itertools.islice(history, s.history)), after)
+    elif s.shift:
+        raise ValueError(f"unknown shift {s.shift!r}; known: uncertain")
+    stream = datasets.abrupt(
+        datasets.conform(spec, datasets.synthetic(s.dataset, s.concept_before, s.seed + 1)), after, s.before
     )
     served, onset_version = await _traffic(
         s, topics, timeline, watcher, producer, stream, run_id, first.version
@@ -250,10 +276,43 @@ async def _play(
     summary = _summarise(s, spec, timeline, watcher, served, onset_version, run_id)
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     with (out_dir / "answers.csv").open("w", encoding="utf-8") as fh:
-        fh.write("request,version,correct\n")
-        fh.writelines(f"{r.index},{r.version},{int(r.correct)}\n" for r in served)
+        fh.write("request,version,correct,confidence\n")
+        fh.writelines(
+            f"{r.index},{r.version},{int(r.correct)},{'' if r.confidence is None else r.confidence}\n"
+            for r in served
+        )
     _plot(s, served, summary, out_dir / "demo.png")
     return summary
+
+
+UNCERTAIN_SHARE = 0.1  # the "uncertain" shift's inputs: like this share of the history, the least sure
+
+
+def uncertain(
+    spec: ModelSpec,
+    history: list[tuple[dict[str, Any], Any]],
+    rows: Iterator[tuple[dict[str, Any], Any]],
+    share: float = UNCERTAIN_SHARE,
+) -> Iterator[tuple[dict[str, Any], Any]]:
+    """A covariate shift that hurts, for any dataset: of `rows` (the same concept), only those a
+    model of the history (the spec's candidate) is least sure of: a top-class probability at most
+    that of the `share` least sure history rows. The concept does not change; the inputs move to
+    where it is hardest."""
+    from driftloop.features import FeatureSet
+    from driftloop.fitting import train_candidate
+
+    features = FeatureSet(spec)
+
+    def encoded(chunk: list[tuple[dict[str, Any], Any]]) -> np.ndarray:
+        X, valid, _ = features.encode_many([x for x, _ in chunk])
+        assert len(valid) == len(chunk), "the dataset's rows fit its spec"
+        return X
+
+    model = train_candidate(spec, encoded(history), [y for _, y in history]).estimator
+    cut = float(np.quantile(model.predict_proba(encoded(history)).max(axis=1), share))
+    while chunk := list(itertools.islice(rows, 2_000)):
+        sure = model.predict_proba(encoded(chunk)).max(axis=1)
+        yield from (row for row, p in zip(chunk, sure, strict=True) if p <= cut)
 
 
 async def _traffic(
@@ -302,11 +361,12 @@ async def _traffic(
             feedback.append(Feedback(request_id=request_id, model=model, label=label))
         await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
         while watcher.results:
-            request_id, version, prediction, _ = watcher.results.popleft()
-            if request_id not in truth:
+            answer = watcher.results.popleft()
+            if answer.request_id not in truth:
                 continue  # not ours, or a redelivered answer already counted
-            i, y = truth.pop(request_id)
-            served.append(Served(i, version, prediction == str(y)))
+            i, y = truth.pop(answer.request_id)
+            version = answer.version
+            served.append(Served(i, version, answer.prediction == str(y), answer.confidence))
             if i < s.before:  # a false alarm may have retrained the model before the drift
                 onset_version = max(onset_version, version)
             elif version > onset_version:
@@ -366,6 +426,12 @@ def _summarise(
     detection, detected_at = next(
         ((d, i) for arrived, i, d in concept if i is not None and arrived >= onset), (None, None)
     )
+    estimates = [
+        (arrived, d)
+        for arrived, d in zip(watcher.distribution_arrivals, watcher.distribution, strict=True)
+        if d.model == spec.name and d.kind == "estimate"
+    ]
+    estimate_alarm = next((arrived for arrived, _ in estimates if arrived >= onset), None)
     after_promotions = [p for p in watcher.promotions if p.version > first_version]
     new_version = after_promotions[0].version if after_promotions else None
     first_new = next((r.index for r in served if new_version and r.version >= new_version), None)
@@ -378,6 +444,7 @@ def _summarise(
         "to_first_promotion": marks.get("first_promotion"),
         "onset_to_detection": _diff(marks, "drift_detected", "drift_onset"),
         "onset_to_new_version_serving": _diff(marks, "new_version_serving", "drift_onset"),
+        "onset_to_estimate_alarm": None if estimate_alarm is None else estimate_alarm - onset,
         "total": round(time.monotonic() - timeline.started, 2),
     }
     accuracy_before, accuracy_recovered = _accuracy(before), _accuracy(recovered)
@@ -405,7 +472,13 @@ def _summarise(
         "false_alarms": len(false_alarms),
         "distribution_alarms": {
             kind: sum(d.kind == kind and d.model == spec.name for d in watcher.distribution)
-            for kind in ("covariate", "prediction")
+            for kind in ("covariate", "prediction", "estimate")
+        },
+        "estimate_alarms_before_onset": sum(arrived < onset for arrived, _ in estimates),
+        "calibrations": {
+            str(p.version): p.calibration.model_dump(mode="json")
+            for p in watcher.promotions
+            if p.model == spec.name and p.calibration is not None
         },
         "wall_seconds": {k: None if v is None else round(v, 2) for k, v in seconds.items()},
     }

@@ -177,3 +177,21 @@ class RollingEstimate:
         if not len(self.right):
             return None
         return _band(self.right.mean, self.variance.mean, len(self.right), self.level)
+
+
+def window_errors(
+    confidence: np.ndarray, correct: np.ndarray, calibration: Calibration | None, window: int
+) -> list[float]:
+    """The estimate's error (estimated minus realised accuracy) on each run of `window` consecutive
+    predictions (a last, shorter run is left out): how far the estimate was from what the labels
+    then showed.
+
+    >>> window_errors(np.array([0.9] * 4), np.array([1, 1, 0, 1]), None, 2)
+    [-0.09999999999999998, 0.4]
+    """
+    p = chance_right(confidence, calibration)
+    correct = np.asarray(correct, dtype=np.float64)
+    return [
+        float(p[i : i + window].mean() - correct[i : i + window].mean())
+        for i in range(0, len(p) - window + 1, window)
+    ]

@@ -148,10 +148,10 @@ async def _traffic(
             feedback.append(Feedback(request_id=request_id, model=model, label=label))
         await send_all(producer, topics.predictions_feedback, feedback, key_of=lambda f: f.request_id)
         while watcher.results:
-            request_id, version, prediction, error = watcher.results.popleft()
-            if request_id in truth:
-                i, y = truth.pop(request_id)
-                answered[i] = (prediction == str(y), version, error)
+            answer = watcher.results.popleft()
+            if answer.request_id in truth:
+                i, y = truth.pop(answer.request_id)
+                answered[i] = (answer.prediction == str(y), answer.version, answer.error)
         if progress is not None:
             progress(row, len(answered))
         if time.monotonic() - started > timeout_s:

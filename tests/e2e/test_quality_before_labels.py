@@ -109,7 +109,7 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
                              "the estimate to fall below the floor")  # fmt: skip
         fell = next(d for d in watcher.distribution if d.kind == "estimate")
         assert fell.detector == "cbpe" and fell.version == promoted.version
-        assert fell.estimate is not None and fell.estimate.high < floor < before
+        assert fell.estimate is not None and fell.estimate.accuracy < floor < before
         assert fell.detected_request_id in {r.request_id for r in hard}
         assert metric(stack, "monitor", "driftloop_monitor_labelled_total") == 0, "no label came yet"
         assert len(own) == 600 and all(r.error is None and r.probabilities for r in [*own, *hard])

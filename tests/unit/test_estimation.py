@@ -44,7 +44,8 @@ def test_on_a_calibrated_model_the_estimate_is_unbiased_and_its_band_covers_at_t
     errors = np.array([e.accuracy - realised for e, realised in results])
     assert abs(errors.mean()) < 4 * errors.std(ddof=1) / np.sqrt(len(errors)) + 1e-3, "unbiased"
     covered = np.mean([e.covers(realised) for e, realised in results])
-    assert covered >= 0.92, f"a 95% band covered {covered:.1%} of the windows"  # 300 windows: 3 SE below
+    bound = 0.95 - 4 * np.sqrt(0.95 * 0.05 / len(results))  # 4 standard errors of 300 windows: 0.90
+    assert covered >= bound, f"a 95% band covered {covered:.1%} of the windows"
 
 
 @settings(max_examples=10, deadline=None)
@@ -151,7 +152,7 @@ def _results(n, top, start=0, version=1):
 
 async def test_the_monitor_estimates_each_version_and_says_once_when_the_champion_falls_below_the_floor():
     from driftloop.metrics import Tally
-    from driftloop_monitor.handlers import ESTIMATED, ESTIMATED_HIGH
+    from driftloop_monitor.handlers import ESTIMATED
 
     monitor, promoted = _monitor(floor=0.6)
     await monitor.on_lifecycle(promoted)
@@ -163,13 +164,15 @@ async def test_the_monitor_estimates_each_version_and_says_once_when_the_champio
     assert [e for e in feed(window, 0.9, 0) if e.kind == "estimate"] == []
     assert ESTIMATED.labels("sea", "1")._value.get() == 0.95  # through the calibration, not 0.9
     # inputs move to where the model is unsure: 55% right there, below the 0.6 floor once the window is
+    # mostly such answers
     fell = [
         e for start in range(window, 3 * window, 50) for e in feed(50, 0.6, start) if e.kind == "estimate"
     ]
     assert len(fell) == 1, "one event per fall"
     (event,) = fell
-    assert event.detector == "cbpe" and event.estimate is not None and event.estimate.high < 0.6
-    assert event.statistic == event.estimate.accuracy and ESTIMATED_HIGH.labels("sea", "1")._value.get() < 0.6
+    assert event.detector == "cbpe" and event.estimate is not None and event.estimate.accuracy < 0.6
+    assert event.statistic == event.estimate.accuracy < event.estimate.high
+    assert ESTIMATED.labels("sea", "1")._value.get() < 0.6
     # back above the floor, then down again: a second event
     assert not [e for e in feed(window, 0.9, 3 * window) if e.kind == "estimate"]
     assert len([e for e in feed(window, 0.6, 4 * window) if e.kind == "estimate"]) == 1

@@ -265,6 +265,7 @@ class PredictionMonitor(_Windowed):
         return shifted
 
 
+CLEAR_MARGIN = 0.01  # an estimate that fell below its floor counts as back this far above it
 WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3  # a watch's drift state (the metric's values)
 
 
@@ -353,9 +354,10 @@ class Watch:
         return max(limits) if limits else None
 
     def estimate_fell(self) -> Estimate | None:
-        """The champion's estimate, when its band has just fallen wholly below its floor (once per
-        fall: cleared when the estimate is back at the floor); None otherwise. Judged on a full
-        window only."""
+        """The champion's estimate, when it has just fallen below its floor (once per fall: cleared
+        when it is back a point above); None otherwise. Judged on a full window only. The expected
+        accuracy of a window of 500 moves by well under a point on steady traffic; the band is
+        where the labels' accuracy will fall around it, not how sure the expectation is."""
         if self.champion is None:
             return None
         floor = self.estimate_floor(self.champion)
@@ -365,9 +367,9 @@ class Watch:
         estimate = rolling.estimate()
         assert estimate is not None  # a full window
         if self.below_floor:
-            self.below_floor = estimate.accuracy < floor
+            self.below_floor = estimate.accuracy < floor + CLEAR_MARGIN
             return None
-        self.below_floor = estimate.high < floor
+        self.below_floor = estimate.accuracy < floor
         return estimate if self.below_floor else None
 
     def outcome(

@@ -120,7 +120,7 @@ ESTIMATED_LOW = Gauge(
 )
 ESTIMATED_HIGH = Gauge(
     "driftloop_monitor_estimated_accuracy_high",
-    "High end of that band (below the estimate floor: the estimate-below-floor alert).",
+    "High end of that band.",
     ["model", "version"],
 )
 ESTIMATE_ERROR = Gauge(
