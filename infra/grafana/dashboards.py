@@ -201,6 +201,23 @@ def model_quality() -> dict[str, Any]:
                 unit="percentunit",
             ),
             panel(
+                "Accuracy by slice: realised and estimated before labels (the champion)",
+                ("driftloop_monitor_slice_accuracy", "{{model}} {{input}}={{slice}}"),
+                ("driftloop_monitor_slice_estimated_accuracy", "{{model}} {{input}}={{slice}} estimated"),
+                unit="percentunit",
+            ),
+            panel(
+                "Gaps between slices (fairness) and their limits",
+                ("driftloop_monitor_slice_gap", "{{model}} {{input}} {{measure}}"),
+                ("driftloop_monitor_slice_gap_limit", "{{model}} {{measure}} limit"),
+            ),
+            panel(
+                "Positive rate and traffic by slice",
+                ("driftloop_monitor_slice_positive_rate", "{{model}} {{input}}={{slice}} positive rate"),
+                ("driftloop_monitor_slice_accuracy_drop", "{{model}} {{input}}={{slice}} accuracy drop"),
+                unit="percentunit",
+            ),
+            panel(
                 "Rolling log loss by model and version",
                 ("driftloop_monitor_log_loss", "{{model}} v{{version}}"),
             ),

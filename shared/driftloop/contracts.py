@@ -745,9 +745,10 @@ class DriftDetected(Message):
     model: str = Field(description="Model name.")
     version: int = Field(description="Champion version being monitored.")
     detector: str = Field(description="Detector that fired, e.g. `adwin`.")
-    kind: Literal["concept", "covariate", "prediction", "estimate"] = Field(
-        description="What drifted: the concept (errors), a request feature, the predicted-class mix, or "
-        "the accuracy estimated from served probabilities (below its floor before labels come)."
+    kind: Literal["concept", "covariate", "prediction", "estimate", "slice"] = Field(
+        description="What drifted: the concept (errors), a request feature, the predicted-class mix, "
+        "the accuracy estimated from served probabilities (below its floor before labels come), or the "
+        "gap between slices of an input (`feature`), the one behind named in `segment`."
     )
     samples_seen: int = Field(description="Labelled samples of this version seen when it fired.")
     change_point_sample: int = Field(description="Estimated first sample after the change.")
@@ -755,7 +756,13 @@ class DriftDetected(Message):
     detected_request_id: str = Field(description="Request whose feedback (or features) triggered it.")
     error_rate_before: float | None = Field(default=None, description="Error rate before the change.")
     error_rate_after: float | None = Field(default=None, description="Error rate after the change.")
-    feature: str | None = Field(default=None, description="Feature that drifted (covariate drift).")
+    feature: str | None = Field(
+        default=None, description="Feature that drifted (covariate drift), or the input sliced by (slice)."
+    )
+    segment: str | None = Field(
+        default=None,
+        description="The slice behind the others (slice drift): lowest accuracy, else lowest positive rate.",
+    )
     statistic: float | None = Field(default=None, description="Detector statistic, e.g. the PSI.")
     estimate: AccuracyEstimate | None = Field(
         default=None,

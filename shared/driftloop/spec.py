@@ -10,6 +10,7 @@ at once, alone: `read_specs` returns the valid specs of a directory and, for eac
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import re
@@ -584,6 +585,47 @@ class ServingSpec(SpecModel):
     canary_share: float = Field(default=0.1, ge=0, le=1, description="Share of requests for a canary.")
 
 
+class SliceSpec(SpecModel):
+    input: str = Field(description="A feature (as applications send it) or a time part to segment by.")
+    edges: list[float] | None = Field(
+        default=None,
+        min_length=1,
+        description="Increasing bucket edges: a slice per bucket (required for numeric features).",
+    )
+
+    @field_validator("edges")
+    @classmethod
+    def _increasing(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(b <= a for a, b in itertools.pairwise(value)):
+            raise ValueError(f"{value} is not strictly increasing")
+        return value
+
+
+class SlicesSpec(SpecModel):
+    """Segments of the traffic watched apart: quality per slice and the gaps between slices."""
+
+    by: list[SliceSpec] = Field(default_factory=list, description="Inputs to segment by.")
+    top: int = Field(
+        default=20, ge=1, le=200, description="Values of an input that are slices of their own, by volume; "
+        "the others share the slice `other`.",
+    )  # fmt: skip
+    window: int = Field(default=1_000, ge=50, description="Recent predictions (and labelled ones) per slice.")
+    min_rows: int = Field(
+        default=200, ge=1, description="Predictions (labelled, for accuracy) a slice needs in its window to "
+        "count in the gaps.",
+    )  # fmt: skip
+    max_accuracy_gap: float | None = Field(
+        default=0.15, gt=0, le=1, description="Raise `DriftDetected(kind=slice)` when the accuracy of two "
+        "slices of an input differs by more than this (null: never).",
+    )  # fmt: skip
+    max_positive_rate_gap: float | None = Field(
+        default=None, gt=0, le=1, description="... or their rate of the positive class (null: never).",
+    )  # fmt: skip
+    positive: int | str | None = Field(
+        default=None, description="The positive class for positive rates (default: the last class)."
+    )
+
+
 class ModelSpec(SpecModel):
     name: str = Field(description="Model name: lowercase letters, digits, `_` and `-`.")
     description: str = Field(default="", description="What the model predicts.")
@@ -601,6 +643,7 @@ class ModelSpec(SpecModel):
     drift: DriftSpec = Field(default_factory=DriftSpec)
     retrain: RetrainSpec = Field(default_factory=RetrainSpec)
     serving: ServingSpec = Field(default_factory=ServingSpec)
+    slices: SlicesSpec = Field(default_factory=SlicesSpec, description="Segments watched apart.")
 
     @model_validator(mode="before")
     @classmethod
@@ -659,6 +702,30 @@ class ModelSpec(SpecModel):
             raise SpecFieldError(f"drift.{problem.path}", problem.why)
         if "estimators" in builds and (problem := self.algorithm.build_problem()) is not None:
             raise SpecFieldError(f"algorithm.{problem.path}", problem.why)
+        return self
+
+    @model_validator(mode="after")
+    def _slices_known(self) -> ModelSpec:
+        kinds = {f.name: f.type for f in self.features} | {t.name: "time part" for t in self.time_parts}
+        for i, by in enumerate(self.slices.by):
+            kind = kinds.get(by.input)
+            if kind is None:
+                raise SpecFieldError(f"slices.by[{i}].input", f"{by.input!r} is not a feature or a time part")
+            if kind == "numeric" and not by.edges:
+                raise SpecFieldError(
+                    f"slices.by[{i}].edges", f"numeric feature {by.input!r} needs bucket edges"
+                )
+            if kind == "categorical" and by.edges:
+                raise SpecFieldError(
+                    f"slices.by[{i}].edges", f"categorical feature {by.input!r} takes no edges"
+                )
+        if len({by.input for by in self.slices.by}) != len(self.slices.by):
+            raise SpecFieldError("slices.by", "an input is named twice")
+        positive = self.slices.positive
+        if positive is not None and self.label_of(positive) is None:
+            raise SpecFieldError(
+                "slices.positive", f"{positive!r} is not one of the classes {self.label.classes}"
+            )
         return self
 
     @model_validator(mode="after")

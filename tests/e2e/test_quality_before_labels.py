@@ -18,23 +18,24 @@ import yaml
 
 from driftloop import live, localstack, streams
 from driftloop.client import PredictionClient, make_producer, send_all
-from driftloop.contracts import Feedback, ModelPromoted
+from driftloop.contracts import DriftDetected, Feedback, ModelPromoted
 from driftloop.demo import Watcher, wait_until
 from driftloop.estimation import Calibration, chance_right
 from driftloop.settings import Topics
 from tests.conftest import ROOT
-from tests.helpers import metric, served_versions
+from tests.helpers import collect, metric, served_versions
 
 
 @pytest.fixture
 def stack(tmp_path):
-    """The local stack with only the SEA spec (default estimate settings), a short covariate window
-    and no automatic retraining."""
+    """The local stack with only the SEA spec (default estimate settings), a short covariate window,
+    slices by x2 (the input the concept ignores) and no automatic retraining."""
     models = tmp_path / "models"
     models.mkdir()
     spec = yaml.safe_load((ROOT / "models" / "sea.yaml").read_text())
     spec["drift"]["covariate"] = {"window": 300, "every": 100}
     spec["retrain"] = {"trigger": "none"}  # v1 stays champion whatever its labels say
+    spec["slices"] = {"by": [{"input": "x2", "edges": [5]}]}  # SEA's noise input, cut in two
     (models / "sea.yaml").write_text(yaml.safe_dump(spec))
     running = localstack.up(tmp_path / "run", models)
     yield running
@@ -135,3 +136,28 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
     finally:
         await producer.stop()
         await watcher.close()
+
+
+@pytest.mark.slow
+async def test_a_slice_whose_concept_drifts_alone_is_flagged_as_that_slice(stack):
+    """After 3,000 labelled rows of concept 0, the labels of the requests with x2 < 5 are flipped
+    (that slice's concept changes) while the others keep it: the monitor names x2 < 5."""
+    epoch = datetime(1970, 1, 1, tzinfo=UTC)
+    rows = [
+        (x, y, epoch + timedelta(seconds=t))
+        for x, y, t in streams.stream("sea_abrupt", n=10_000).rows[:5_000]
+    ]
+    drifted = [(x, 1 - y if x["x2"] < 5 else y, t) for x, y, t in rows[3_000:]]
+    run = await live.play(stack.bootstrap, "sea", [*rows[:3_000], *drifted], 3_000, 50, 500.0, timeout_s=120)
+    assert set(run.errors) <= {"", "no_champion"}
+    drifts = await collect(stack.bootstrap, Topics().monitor_drift, DriftDetected, 100, 10,
+                           until=lambda d: d.kind == "slice")  # fmt: skip
+    (flagged,) = [d for d in drifts if d.kind == "slice"]
+    assert (flagged.feature, flagged.segment, flagged.detector) == ("x2", "< 5", "slice_gap")
+    assert flagged.statistic is not None and flagged.statistic > 0.15
+    below, above = (
+        metric(stack, "monitor", "driftloop_monitor_slice_accuracy", input="x2", slice=s)
+        for s in ("< 5", ">= 5")
+    )
+    assert below < 0.5 < 0.8 < above
+    assert metric(stack, "monitor", "driftloop_monitor_slice_gap", input="x2", measure="accuracy") > 0.15

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -19,6 +19,7 @@ from driftloop.estimation import Calibration, Estimate, RollingEstimate, chance_
 from driftloop.features import FeatureSet
 from driftloop.policy import RetrainPolicy, Step
 from driftloop.rolling import RollingMean
+from driftloop.slices import SliceBook
 from driftloop.spec import DistributionDriftSpec, ModelSpec
 
 
@@ -294,6 +295,9 @@ class Watch:
         self.calibrations = {} if calibrations is None else calibrations  # by version, from its events
         self.estimates: dict[int, RollingEstimate] = {}
         self.below_floor = False  # the champion's estimate fell below the floor and has not come back
+        self.slices: SliceBook | None = None  # the champion's, when the spec slices
+        self.slice_values: OrderedDict[str, dict[str, str]] = OrderedDict()  # by request id, awaiting results
+        self.unsliced: OrderedDict[str, tuple[str, float | None]] = OrderedDict()  # results awaiting requests
 
     def promoted(
         self,
@@ -314,12 +318,38 @@ class Watch:
         self.covariate, self.predictions = covariate, predictions
         self.state = WARMING_UP
         self.below_floor = False
+        self.slices = SliceBook(self.spec) if self.spec.slices.by else None
         self.retired.discard(version)
         if retired is not None:
             self.retired.add(retired)
             self.quality.pop(retired, None)
             self.estimates.pop(retired, None)
         return retired
+
+    def requested(self, request_id: str, values: dict[str, str]) -> tuple[str, float | None] | None:
+        """A request's slice values (kept until its result comes); its champion's answer if it came
+        first."""
+        _bounded_put(self.slice_values, request_id, values)
+        return self.unsliced.pop(request_id, None)
+
+    def answered(self, request_id: str, predicted: str, confidence: float | None) -> dict[str, str] | None:
+        """The champion answered a request: its slice values if its request came first (else the
+        answer waits for it)."""
+        values = self.slice_values.pop(request_id, None)
+        if values is None:
+            _bounded_put(self.unsliced, request_id, (predicted, confidence))
+        return values
+
+    def slice_served(
+        self, values: dict[str, str], predicted: str, confidence: float | None
+    ) -> list[tuple[str, str]]:
+        """A champion's answer in its slices (the chance it is right through the champion's calibration)."""
+        if self.slices is None or self.champion is None:
+            return []
+        chance = None
+        if confidence is not None:
+            chance = float(chance_right(np.array([confidence]), self.calibrations.get(self.champion))[0])
+        return self.slices.served(values, predicted, chance)
 
     def calibrated(self, version: int, calibration: Calibration | None) -> None:
         """The calibration a version's serving event carries (an estimate begun without it, from
@@ -398,6 +428,15 @@ class Watch:
         if step.detection is not None:
             self.state = DRIFT
         return step
+
+
+PAIRING = 100_000  # requests (or answers) kept per model while the other half is on its way
+
+
+def _bounded_put(held: OrderedDict[str, Any], key: str, value: Any) -> None:
+    held[key] = value
+    if len(held) > PAIRING:
+        held.popitem(last=False)
 
 
 class Joins(Protocol):

@@ -43,6 +43,7 @@ from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION, Tally
 from driftloop.policy import Detection, Retrain
 from driftloop.settings import Topics
+from driftloop.slices import Gap, SliceBook, slice_values
 from driftloop.spec import ModelSpec
 from driftloop.specbook import SpecBook
 from driftloop_monitor.domain import Joins, Shift, Watch, labelled_row_id
@@ -145,6 +146,44 @@ VERSIONED_GAUGES = (
     ESTIMATE_ERROR,
     ESTIMATE_FLOOR,
 )
+SLICE_PREDICTIONS = Counter(
+    "driftloop_monitor_slice_predictions_total",
+    "Champion answers by slice (spec `slices`: an input and one of its top values, `other`, `missing` "
+    "or `unknown`).",
+    ["model", "input", "slice"],
+)
+SLICE_ACCURACY = Gauge(
+    "driftloop_monitor_slice_accuracy",
+    "Realised accuracy of the champion's recent labelled answers, by slice.",
+    ["model", "input", "slice"],
+)
+SLICE_ESTIMATED = Gauge(
+    "driftloop_monitor_slice_estimated_accuracy",
+    "Accuracy of the champion's recent answers estimated before labels, by slice.",
+    ["model", "input", "slice"],
+)
+SLICE_POSITIVE_RATE = Gauge(
+    "driftloop_monitor_slice_positive_rate",
+    "Share of the champion's recent answers that are the positive class, by slice.",
+    ["model", "input", "slice"],
+)
+SLICE_DROP = Gauge(
+    "driftloop_monitor_slice_accuracy_drop",
+    "Accuracy a slice lost since its first full window under this champion (its drift score).",
+    ["model", "input", "slice"],
+)
+SLICE_GAP = Gauge(
+    "driftloop_monitor_slice_gap",
+    "Across the slices of an input with enough rows: highest minus lowest accuracy (measure=accuracy) "
+    "or positive rate (positive_rate), and lowest over highest positive rate (positive_rate_ratio).",
+    ["model", "input", "measure"],
+)
+SLICE_GAP_LIMIT = Gauge(
+    "driftloop_monitor_slice_gap_limit",
+    "The spec's largest allowed gap between slices (slices.max_accuracy_gap, max_positive_rate_gap).",
+    ["model", "measure"],
+)
+SLICE_GAUGES = (SLICE_ACCURACY, SLICE_ESTIMATED, SLICE_POSITIVE_RATE, SLICE_DROP)
 ESTIMATOR = "cbpe"  # confidence-based performance estimation: the detector named by estimate events
 UNLABELLED = Counter(
     "driftloop_monitor_unlabelled_total",
@@ -229,6 +268,14 @@ def _declare(model: str, spec: ModelSpec) -> None:
     if spec.gate.metric != "log_loss":
         ACCURACY_FLOOR.labels(model).set(spec.gate.floor)
     DETECTIONS.labels(model, ESTIMATOR, "estimate")
+    if spec.slices.by:
+        DETECTIONS.labels(model, "slice_gap", "slice")
+        for measure, limit in (
+            ("accuracy", spec.slices.max_accuracy_gap),
+            ("positive_rate", spec.slices.max_positive_rate_gap),
+        ):
+            if limit is not None:
+                SLICE_GAP_LIMIT.labels(model, measure).set(limit)
     DETECTIONS.labels(model, spec.drift.detector, "concept")
     DETECTIONS.labels(model, spec.drift.covariate.statistic, "covariate")
     DETECTIONS.labels(model, "psi", "prediction")
@@ -258,6 +305,8 @@ class Monitor:
         self.topics = topics
         self.watches = Watches(specs, quality_window)  # made again when a spec changes
         self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
+        self.sliced: set[str] = set()  # models whose slices moved this batch
+        self.batch_slices: dict[str, dict[str, str]] = {}  # this batch's requests' slice values
         self.checkpoint = Checkpoint(memo_limit=MEMORY)  # what each record taught, until committed
         for name in specs:
             self.watches.get(name)
@@ -276,6 +325,10 @@ class Monitor:
         if not isinstance(event, ModelPromoted | ModelRolledBack) or watch.champion == event.version:
             return
         self.watches.placed[event.model] = event
+        for name, value in watch.slices.stats if watch.slices is not None else ():  # the old champion's
+            for gauge in SLICE_GAUGES:
+                with contextlib.suppress(KeyError):
+                    gauge.remove(event.model, name, value)
         retired = watch.promoted(
             event.version, event.reference_stats, event.prediction_shares, event.command_id
         )
@@ -291,7 +344,10 @@ class Monitor:
         topic = record.topic
         if topic == self.topics.predictions_requests:
             request = read(PredictionRequest, record.value, plain_request)
-            moment(record.timestamp)  # its time becomes the labelled row's event time
+            at = moment(record.timestamp)  # its time becomes the labelled row's event time
+            watch = self.watches.get(request.model)
+            if watch is not None and watch.spec.slices.by:
+                self.batch_slices[request.request_id] = slice_values(watch.spec, request.features, at)
             body = orjson.dumps(
                 {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
             )
@@ -327,6 +383,8 @@ class Monitor:
         then mark the joins done (a crash in between re-sends them: consumers are idempotent by
         event and command id)."""
         self.scored.clear()  # this batch's, not those of one that failed half-way
+        self.sliced.clear()
+        self.batch_slices.clear()
         parts, dead = triage(SERVICE, records, self._part)
         out = Outbox(self.topics.events_dlq)
         out.dead_letters(dead)
@@ -351,14 +409,22 @@ class Monitor:
                 )
             memos.append(memo)
         self._export_quality()
+        gaps, flags = self._slice_gaps()
         # what a memo sends goes out with every batch holding it until one of them commits
         sends = [
             sent for memo in {id(m): m for m in memos}.values() if not memo.committed for sent in memo.value
         ]
+        sends += gaps
         for topic in (self.topics.events_raw, self.topics.monitor_drift, self.topics.training_requests):
             out.publish(topic, [message for to, message in sends if to == topic])
         done = list(complete)
-        return out.handled(then=lambda: self.joins.mark_done(done))
+
+        async def then() -> None:
+            for book, flagged in flags:  # judged once what they said is sent
+                book.flagged = flagged
+            await self.joins.mark_done(done)
+
+        return out.handled(then=then)
 
     def _export_quality(self) -> None:
         """The rolling quality of every version that got outcomes in this batch, retired ones aside."""
@@ -371,6 +437,75 @@ class Monitor:
                 LOG_LOSS.labels(model, str(version)).set(quality.log_loss)
             if (error := quality.estimate_error) is not None:
                 ESTIMATE_ERROR.labels(model, str(version)).set(error)
+
+    def _sliced(self, watch: Watch, keys: Sequence[tuple[str, str]], tally: Tally) -> None:
+        """Count a champion answer in its slices."""
+        for name, value in keys:
+            tally.inc(SLICE_PREDICTIONS.labels(watch.spec.name, name, value))
+        if keys:
+            self.sliced.add(watch.spec.name)
+
+    def _slice_gaps(self) -> tuple[Sends, list[tuple[SliceBook, set[str]]]]:
+        """Export the slices that moved this batch and their gaps; a `DriftDetected(kind="slice")`
+        per input whose gaps just went past the spec's limits, and the flags to keep once sent."""
+        sends: Sends = []
+        flags = []
+        for model in self.sliced:
+            watch = self.watches[model]
+            book = watch.slices
+            if book is None:
+                continue
+            for name, value in book.pruned:  # slices that left their input's top
+                for gauge in SLICE_GAUGES:
+                    with contextlib.suppress(KeyError):
+                        gauge.remove(model, name, value)
+            book.pruned.clear()
+            for (name, value), stats in book.stats.items():
+                labels = (model, name, value)
+                for gauge, figure in (
+                    (SLICE_ACCURACY, stats.accuracy),
+                    (SLICE_ESTIMATED, stats.estimated),
+                    (SLICE_POSITIVE_RATE, stats.positive_rate),
+                    (SLICE_DROP, stats.drop),
+                ):
+                    if figure is not None:
+                        gauge.labels(*labels).set(figure)
+            for name in book.tops:
+                gap = book.gap(name)
+                for measure, figure in (
+                    ("accuracy", gap.accuracy_gap),
+                    ("positive_rate", gap.positive_rate_gap),
+                    ("positive_rate_ratio", gap.positive_rate_ratio),
+                ):
+                    if figure is not None:
+                        SLICE_GAP.labels(model, name, measure).set(figure)
+            flagged, new = book.flags(book.tops)
+            flags.append((book, flagged))
+            for name, gap in new:
+                sends.append((self.topics.monitor_drift, self._slice_event(watch, name, gap)))
+        return sends, flags
+
+    def _slice_event(self, watch: Watch, name: str, gap: Gap) -> DriftDetected:
+        model = watch.spec.name
+        DETECTIONS.labels(model, "slice_gap", "slice").inc()
+        behind = gap.worst if gap.worst is not None else gap.lowest_positive
+        statistic = gap.accuracy_gap if gap.worst is not None else gap.positive_rate_gap
+        log.warning("slice gap on %s: %s=%s behind by %.3f", model, name, behind, statistic or 0.0)
+        stats = watch.slices.stats.get((name, behind or "")) if watch.slices is not None else None
+        return DriftDetected(
+            model=model,
+            version=watch.champion or 0,
+            detector="slice_gap",
+            kind="slice",
+            samples_seen=0 if stats is None else stats.volume,
+            change_point_sample=0,
+            change_point_time=datetime.now(UTC),
+            detected_request_id="",
+            feature=name,
+            segment=behind,
+            statistic=statistic,
+            estimate=_estimate(watch),
+        )
 
     def _learn_once(self, part: str, messages: Sequence[_M], learn: Any) -> list[Memo]:
         """Learn from the requests (or results) not learned from before, together (one memo for
@@ -418,6 +553,10 @@ class Monitor:
         events: Sends = []
         for model, batch in _by_model(requests, self.watches).items():
             watch = self.watches[model]
+            for request in batch:  # an answer that came before its request is counted now
+                values = self.batch_slices.get(request.request_id)
+                if values is not None and (answer := watch.requested(request.request_id, values)) is not None:
+                    self._sliced(watch, watch.slice_served(values, *answer), tally)
             monitor = watch.covariate
             if monitor is None:  # no champion yet
                 continue
@@ -471,6 +610,10 @@ class Monitor:
             if result.error is None and result.probabilities:
                 confidence.setdefault(result.model_version, []).append(max(result.probabilities.values()))
                 last[result.model_version] = result.request_id
+            if watch.slices is not None and result.error is None and result.model_version == watch.champion:
+                top = max(result.probabilities.values()) if result.probabilities else None
+                if (sliced := watch.answered(result.request_id, str(result.prediction), top)) is not None:
+                    self._sliced(watch, watch.slice_served(sliced, str(result.prediction), top), tally)
         for version, values in confidence.items():
             watch.served(version, values)
             if (estimate := watch.exported_estimate(version)) is not None:
@@ -509,6 +652,9 @@ class Monitor:
         confidence = max(probabilities.values()) if probabilities else None
         watch.outcome(version, correct, probabilities.get(str(label)), confidence)
         self.scored.add((model, version))
+        if watch.slices is not None and version == watch.champion:
+            watch.slices.labelled(slice_values(watch.spec, request["features"], requested_at), correct)
+            self.sliced.add(model)
         tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
         tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
         observation = Observation.model_construct(  # its parts were validated as they came
