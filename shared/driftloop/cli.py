@@ -593,6 +593,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     features = features_of(_spec(args, args.model), args.features)
+    if args.explain and args.http:
+        raise UserError("--explain is served on the Kafka path only (drop --http)", code=2)
 
     async def ask() -> Any:
         from driftloop.client import HttpPredictionClient, PredictionClient
@@ -603,6 +605,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             client = PredictionClient(_bootstrap(args), _topics(), timeout_s=args.timeout)
         async with client:
+            if isinstance(client, PredictionClient):
+                return await client.predict(args.model, features, args.entity, explain=args.explain)
             return await client.predict(args.model, features, args.entity)
 
     try:
@@ -926,6 +930,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ask the inference service's v2 HTTP API at URL (e.g. http://127.0.0.1:8005) instead of "
         "Kafka; a bearer token comes from DRIFTLOOP_HTTP_TOKEN",
+    )
+    predict.add_argument(
+        "--explain",
+        action="store_true",
+        help="ask for the explanation: each input's contribution to the predicted class (Kafka only)",
     )
     predict.set_defaults(func=cmd_predict)
 

@@ -94,9 +94,14 @@ class PredictionClient:
                         future.set_result(result)
 
     async def predict_many(
-        self, model: str, rows: Sequence[Mapping[str, Any]], entity_ids: Sequence[str | None] = ()
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, Any]],
+        entity_ids: Sequence[str | None] = (),
+        explain: bool = False,
     ) -> list[PredictionResult]:
-        """Results for many feature rows, in order; raises TimeoutError past the timeout."""
+        """Results for many feature rows, in order (with each answer's `explanation` when
+        `explain`); raises TimeoutError past the timeout."""
         assert self._producer is not None
         loop = asyncio.get_running_loop()
         requests = [
@@ -105,6 +110,7 @@ class PredictionClient:
                 model=model,
                 features=dict(row),
                 entity_id=entity_ids[i] if i < len(entity_ids) else None,
+                explain=explain,
             )
             for i, row in enumerate(rows)
         ]
@@ -125,10 +131,10 @@ class PredictionClient:
                 self._waiting.pop(request.request_id, None)
 
     async def predict(
-        self, model: str, features: Mapping[str, Any], entity_id: str | None = None
+        self, model: str, features: Mapping[str, Any], entity_id: str | None = None, explain: bool = False
     ) -> PredictionResult:
         """The result for one feature row."""
-        return (await self.predict_many(model, [features], [entity_id]))[0]
+        return (await self.predict_many(model, [features], [entity_id], explain))[0]
 
 
 class HttpPredictionClient:

@@ -148,6 +148,11 @@ class PredictionRequest(Message):
     entity_id: str | None = Field(
         default=None, description="Entity whose stored features complete the request."
     )
+    explain: bool = Field(
+        default=False,
+        description="Ask for the answer's explanation: each input's contribution to the predicted class's "
+        "probability (costs a model run over the inputs' background; only for requests that ask).",
+    )
 
 
 class PredictionResult(Message):
@@ -166,6 +171,11 @@ class PredictionResult(Message):
         description="The raw feature values served, when some came from the online store (entity "
         "requests); the monitor turns them into training rows when the label comes.",
     )
+    explanation: dict[str, float] | None = Field(
+        default=None,
+        description="When the request asked (`explain`): each input's contribution to the predicted class's "
+        "probability, by the version that answered (`driftloop.explain`).",
+    )
 
 
 def result_json(
@@ -176,6 +186,7 @@ def result_json(
     probabilities: dict[str, float] | None = None,
     error: str | None = None,
     features: dict[str, Any] | None = None,
+    explanation: dict[str, float] | None = None,
 ) -> dict[str, Any]:
     """A `PredictionResult` as its JSON-ready dict, without building the model: the hot path's
     encoder. A unit test holds it equal to `PredictionResult(...).model_dump(mode="json")`."""
@@ -188,6 +199,7 @@ def result_json(
         "probabilities": probabilities,
         "error": error,
         "features": features,
+        "explanation": explanation,
     }
 
 
@@ -202,6 +214,7 @@ def plain_request(data: dict[str, Any]) -> bool:
         and type(features) is dict
         and type(entity_id) in (str, type(None))
         and type(data.get("schema_version", 1)) is int
+        and type(data.get("explain", False)) is bool
         and set(map(type, features.values())) <= PLAIN_VALUES
     )
 
@@ -213,6 +226,7 @@ def plain_result(data: dict[str, Any]) -> bool:
     """Whether a decoded `PredictionResult` has every field of exactly its contract type (as the
     inference service writes them)."""
     probabilities, features = data.get("probabilities"), data.get("features")
+    explanation = data.get("explanation")
     return (
         type(data.get("request_id")) is str
         and type(data.get("model")) is str
@@ -226,6 +240,10 @@ def plain_result(data: dict[str, Any]) -> bool:
         )
         and (
             features is None or (type(features) is dict and set(map(type, features.values())) <= PLAIN_VALUES)
+        )
+        and (
+            explanation is None
+            or (type(explanation) is dict and set(map(type, explanation.values())) <= {float})
         )
     )
 
@@ -493,6 +511,11 @@ class ModelTrained(Message):
     )
     calibration: CalibrationTable | None = Field(
         default=None, description="Holdout calibration of the top-class probability (estimated accuracy)."
+    )
+    importance: dict[str, float] = Field(
+        default_factory=dict,
+        description="Global importance of each input: the accuracy lost on the holdout when its columns are "
+        "shuffled across rows (permutation importance on the ONNX model).",
     )
     code_version: str = Field(description="driftloop version that trained it.")
     spec_version: str | None = Field(

@@ -132,6 +132,7 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
         assert await served_versions(client, "sea", probe, {versions["initial"]}) == {versions["initial"]}
     markdown = driftloop("models", "show", "sea", str(versions["initial"]), "--markdown")
     assert "Status:** champion" in markdown and "note=pre-drift" in markdown and "## Calibration" in markdown
+    assert "## Feature importance" in markdown
 
     # Inputs move without labels: x0 leaves its training distribution (still inside the spec's
     # range), which also shifts what the model predicts. Both are flagged, and only x0 moved.

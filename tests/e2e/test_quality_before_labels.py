@@ -81,6 +81,12 @@ async def test_a_shift_to_where_the_model_is_unsure_is_flagged_before_its_labels
             assert await served_versions(client, "sea", probe, {promoted.version}, timeout=60) == {
                 promoted.version
             }
+            # an answer with its explanation, by the version that answered: x2 is noise to SEA
+            explained = await client.predict("sea", {"x0": 6.0, "x1": 6.0, "x2": 5.0}, explain=True)
+            assert explained.model_version == promoted.version and explained.explanation is not None
+            assert set(explained.explanation) == {"x0", "x1", "x2"}
+            assert min(explained.explanation["x0"], explained.explanation["x1"]) > 0.05
+            assert abs(explained.explanation["x2"]) < 0.05
             # its own traffic: the estimate settles near the holdout's accuracy
             own = await client.predict_many("sea", [{k: rng.uniform(0, 10) for k in ("x0", "x1", "x2")}
                                                     for _ in range(600)])  # fmt: skip

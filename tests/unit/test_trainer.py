@@ -3,6 +3,7 @@
 from datetime import UTC, datetime, timedelta
 
 import orjson
+import pytest
 from aiokafka import ConsumerRecord
 
 from driftloop.artifacts import ArtifactStore
@@ -143,3 +144,23 @@ async def test_a_command_its_training_fails_on_is_reported_not_trained_again(tmp
     (repeated,) = _sent(again, Topics().models_lifecycle, ModelTrainingFailed)
     assert (repeated.command_id, repeated.outcome, repeated.reason) == ("m1", "failed", failed.reason)
     assert calls == ["m1"]
+
+
+async def test_a_trained_version_carries_its_calibration_and_what_it_relies_on(tmp_path, sea_spec):
+    """SEA's label is a threshold on x0 + x1; x2 is noise: shuffling x2 costs (next to) nothing."""
+    trainer, _ = _trainer(tmp_path, sea_spec)
+    handled = await trainer.handle_commands(
+        [_record("training.requests", TrainModel(command_id="c", model="sea"))]
+    )
+    (trained,) = _sent(handled, Topics().models_trained, ModelTrained)
+    importance = trained.importance
+    assert set(importance) == {"x0", "x1", "x2"}
+    assert min(importance["x0"], importance["x1"]) > 0.1 > abs(importance["x2"])
+    calibration = trained.calibration
+    assert calibration is not None and calibration.rows == trained.dataset.holdout_rows
+    assert (
+        list(calibration.accuracy) == sorted(calibration.accuracy)
+        and len(calibration.edges) == len(calibration.accuracy) - 1
+    )
+    assert calibration.overall == pytest.approx(trained.candidate_metrics["accuracy"], abs=1e-9)
+    assert trained.durations_s["explain"] >= 0

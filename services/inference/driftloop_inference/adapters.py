@@ -16,6 +16,7 @@ from driftloop.contracts import (
     ModelRolledBack,
     ModelServingFailed,
 )
+from driftloop.explain import background, input_columns
 from driftloop.faults import is_transient
 from driftloop.features import FeatureSet
 from driftloop.metrics import MODEL_VERSION
@@ -110,4 +111,6 @@ class ModelHolder:
     ) -> ServingModel:
         classifier = OnnxClassifier(data, event.classes, event.feature_names)
         classifier.predict_proba(np.zeros((1, len(feature_set.names)), dtype=np.float32))  # warm it up
-        return ServingModel(event.model, event.version, classifier, feature_set)
+        inputs = input_columns(feature_set.spec, feature_set.names)
+        explained = background(inputs, feature_set.names, event.reference_stats)
+        return ServingModel(event.model, event.version, classifier, feature_set, explained)

@@ -13,6 +13,7 @@ import numpy as np
 
 from driftloop.artifacts import OnnxClassifier
 from driftloop.contracts import PredictionRequest, json_object, parse, plain_request, result_json
+from driftloop.explain import Background, contributions
 from driftloop.features import FeatureSet
 from driftloop.spec import ModelSpec
 
@@ -26,6 +27,7 @@ class Request:
     features: dict[str, Any]
     entity_id: str | None = None
     filled: bool = False  # some features came from the online store
+    explain: bool = False  # the result carries each input's contribution
 
 
 def read_request(raw: bytes | None) -> Request:
@@ -34,9 +36,14 @@ def read_request(raw: bytes | None) -> Request:
     or refuses it with a reason (`InvalidInput`). A property test holds both paths equal."""
     data = json_object(raw)
     if data is not None and plain_request(data):
-        return Request(data["request_id"], data["model"], data.get("features", {}), data.get("entity_id"))
+        return Request(
+            data["request_id"], data["model"], data.get("features", {}), data.get("entity_id"),
+            explain=data.get("explain", False),
+        )  # fmt: skip
     request = parse(PredictionRequest, raw)
-    return Request(request.request_id, request.model, dict(request.features), request.entity_id)
+    return Request(
+        request.request_id, request.model, dict(request.features), request.entity_id, explain=request.explain
+    )
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,7 @@ class ServingModel:
     version: int
     classifier: OnnxClassifier
     feature_set: FeatureSet
+    background: Background | None = None  # what explanations replace each input by (`driftloop.explain`)
 
 
 @dataclass(frozen=True)
@@ -77,6 +85,8 @@ def _answers(serving: ServingModel, X: np.ndarray, requests: Sequence[Request]) 
     proba = np.round(serving.classifier.predict_proba(X).astype(np.float64), 6)
     classes = serving.classifier.classes
     labels = [str(c) for c in classes]
+    predicted = proba.argmax(axis=1)
+    explanations = _explanations(serving, X, predicted, requests)
     return [
         result_json(
             request.request_id,
@@ -85,9 +95,22 @@ def _answers(serving: ServingModel, X: np.ndarray, requests: Sequence[Request]) 
             prediction=classes[best],
             probabilities=dict(zip(labels, p, strict=True)),
             features=request.features if request.filled else None,
+            explanation=explanations.get(i),
         )
-        for request, p, best in zip(requests, proba.tolist(), proba.argmax(axis=1).tolist(), strict=True)
+        for i, (request, p, best) in enumerate(zip(requests, proba.tolist(), predicted.tolist(), strict=True))
     ]
+
+
+def _explanations(
+    serving: ServingModel, X: np.ndarray, predicted: np.ndarray, requests: Sequence[Request]
+) -> dict[int, dict[str, float]]:
+    """Contributions for the requests that asked, by position (one more model run, theirs only)."""
+    asked = [i for i, request in enumerate(requests) if request.explain]
+    if not asked or serving.background is None:
+        return {}
+    proba = serving.classifier.predict_proba
+    found = contributions(proba, X[asked], predicted[asked], serving.background)
+    return dict(zip(asked, found, strict=True))
 
 
 def score(requests: Sequence[Request], specs: Mapping[str, ModelSpec], lineup: Lineup) -> Scored:

@@ -118,7 +118,6 @@ class ModelVersion:
         trained = self.trained
         return kind(
             **self._placed(reason, command_id, previous),
-            reference_stats=trained.reference_stats,
             prediction_shares=trained.prediction_shares,
             data_until=trained.dataset.last_event_time,
         )
@@ -140,6 +139,7 @@ class ModelVersion:
             "classes": trained.classes,
             "feature_names": trained.feature_names,
             "calibration": trained.calibration,
+            "reference_stats": trained.reference_stats,
             "previous_version": previous,
             "reason": reason,
             "command_id": command_id,
@@ -207,6 +207,31 @@ class RegistryRepository(Protocol):
     async def spec_events(self, model: str) -> list[dict[str, Any]]:
         """The model's spec events, oldest first."""
         ...
+
+
+def _importance_lines(importance: Mapping[str, float]) -> list[str]:
+    """The card's feature importance section, most relied-on input first.
+
+    >>> print("\\n".join(_importance_lines({"x2": 0.0, "x0": 0.21})))
+    <BLANKLINE>
+    ## Feature importance (accuracy lost on the holdout when the input is shuffled)
+    <BLANKLINE>
+    | input | importance |
+    |---|---|
+    | x0 | 0.2100 |
+    | x2 | 0.0000 |
+    """
+    if not importance:
+        return []
+    ranked = sorted(importance.items(), key=lambda item: (-item[1], item[0]))
+    return [
+        "",
+        "## Feature importance (accuracy lost on the holdout when the input is shuffled)",
+        "",
+        "| input | importance |",
+        "|---|---|",
+        *[f"| {markdown(name)} | {value:.4f} |" for name, value in ranked],
+    ]
 
 
 def _calibration_lines(table: Mapping[str, Any] | None) -> list[str]:
@@ -285,6 +310,7 @@ def render_card(record: Mapping[str, Any], state: str) -> str:
         f"- Features: {markdown(', '.join(trained['feature_names']))}; "
         f"classes {markdown(str(trained['classes']))}",
         *_calibration_lines(trained.get("calibration")),
+        *_importance_lines(trained.get("importance") or {}),
         "",
         "## Parameters",
         "",

@@ -31,6 +31,7 @@ from driftloop.contracts import (
     TrainModel,
     parse,
 )
+from driftloop.explain import input_columns, permutation_importance
 from driftloop.fastpath import Handled, Outbox
 from driftloop.faults import describe, is_transient
 from driftloop.features import FeatureSet
@@ -78,8 +79,10 @@ class Fitted:
     proba_sklearn: np.ndarray
     proba_onnx: np.ndarray
     params: dict[str, object]
+    importance: dict[str, float]  # the served model's, on the holdout (`driftloop.explain`)
     fit_s: float
     convert_s: float
+    explain_s: float
 
 
 @dataclass(frozen=True)
@@ -297,7 +300,13 @@ class Trainer:
         onnx = convert(served, X.shape[1])
         t2 = time.perf_counter()
         held, classes = X[candidate.cut :], domain.classes_of(served)
-        proba_onnx = OnnxClassifier(onnx, classes, self.feature_sets.of(spec).names).predict_proba(held)
+        names = self.feature_sets.of(spec).names
+        onnx_model = OnnxClassifier(onnx, classes, names)
+        proba_onnx = onnx_model.predict_proba(held)
+        t3 = time.perf_counter()
+        truth = np.array([[str(c) for c in classes].index(str(label)) for label in y[candidate.cut :]])
+        importance = permutation_importance(onnx_model.predict_proba, held, truth, input_columns(spec, names))
+        t4 = time.perf_counter()
         refit = {"refit_with_holdout": True} if spec.training.refit_with_holdout else {}
         return Fitted(
             classes=classes,
@@ -307,8 +316,10 @@ class Trainer:
             proba_sklearn=served.predict_proba(held),
             proba_onnx=proba_onnx,
             params={k: v for k, v in served.get_params().items() if _plain(v)} | candidate.params | refit,
+            importance=importance,
             fit_s=t1 - t0,
             convert_s=t2 - t1,
+            explain_s=t4 - t3,
         )
 
     async def _champion_at_hand(self, spec: ModelSpec) -> None:
@@ -402,8 +413,14 @@ class Trainer:
             reference_stats=domain.reference_stats(X[:cut], self.feature_sets.of(spec).names),
             prediction_shares=domain.prediction_shares(fitted.proba_onnx, fitted.classes),
             calibration=domain.calibration(fitted.evidence, fitted.classes, y[cut:]),
+            importance=fitted.importance,
             code_version=code_version(),
-            durations_s={"fit": fitted.fit_s, "convert": fitted.convert_s, "evaluate": evaluate_s},
+            durations_s={
+                "fit": fitted.fit_s,
+                "convert": fitted.convert_s,
+                "evaluate": evaluate_s,
+                "explain": fitted.explain_s,
+            },
         )
 
 
