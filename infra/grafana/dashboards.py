@@ -218,6 +218,12 @@ def model_quality() -> dict[str, Any]:
                 unit="percentunit",
             ),
             panel(
+                "Top drivers of each champion: accuracy lost on its holdout when an input is shuffled",
+                ("topk(10, driftloop_registry_champion_feature_importance)", "{{model}} {{input}}"),
+                kind="bargauge",
+                defaults={"min": 0},
+            ),
+            panel(
                 "Rolling log loss by model and version",
                 ("driftloop_monitor_log_loss", "{{model}} v{{version}}"),
             ),

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
 
 from aiokafka import ConsumerRecord
-from prometheus_client import Counter
+from prometheus_client import Counter, Gauge
 
 from driftloop.artifacts import ArtifactIntegrityError, ArtifactStore
 from driftloop.contracts import (
@@ -49,9 +49,27 @@ EVENTS = Counter(
     "Lifecycle events emitted, by model and event (ModelPromoted, ModelRejected, ...).",
     ["model", "event"],
 )
+IMPORTANCE = Gauge(
+    "driftloop_registry_champion_feature_importance",
+    "The champion's global importance of each input: accuracy lost on its holdout when the input is "
+    "shuffled (its top drivers), by model and input.",
+    ["model", "input"],
+)
 
 
 Command: TypeAlias = PromoteModel | ApproveModel | RollbackModel | TagModel  # what `execute` carries out
+
+
+_DRIVERS: dict[str, set[str]] = {}  # the inputs exported for each model's champion
+
+
+def _drivers(model: str, importance: Mapping[str, float]) -> None:
+    """Export a new champion's importance (the inputs of the one before it go)."""
+    for name in _DRIVERS.get(model, set()) - set(importance):
+        IMPORTANCE.remove(model, name)
+    for name, value in importance.items():
+        IMPORTANCE.labels(model, name).set(value)
+    _DRIVERS[model] = set(importance)
 
 
 class Registry:
@@ -253,6 +271,7 @@ class Registry:
             await self.repo.set_alias(model, "challenger", None)
         await self.repo.push_champion(model, version.version)
         MODEL_VERSION.labels(SERVICE, model).set(version.version)
+        _drivers(model, version.trained.importance)
         return event
 
     async def _commit(self, version: ModelVersion, event: LifecycleEvent, out: Outbox) -> None:
