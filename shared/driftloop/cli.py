@@ -593,8 +593,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
     features = features_of(_spec(args, args.model), args.features)
-    if args.explain and args.http:
-        raise UserError("--explain is served on the Kafka path only (drop --http)", code=2)
 
     async def ask() -> Any:
         from driftloop.client import HttpPredictionClient, PredictionClient
@@ -605,9 +603,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         else:
             client = PredictionClient(_bootstrap(args), _topics(), timeout_s=args.timeout)
         async with client:
-            if isinstance(client, PredictionClient):
-                return await client.predict(args.model, features, args.entity, explain=args.explain)
-            return await client.predict(args.model, features, args.entity)
+            return await client.predict(args.model, features, args.entity, explain=args.explain)
 
     try:
         result = asyncio.run(ask())
@@ -934,7 +930,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument(
         "--explain",
         action="store_true",
-        help="ask for the explanation: each input's contribution to the predicted class (Kafka only)",
+        help="ask for the explanation: each input's contribution to the predicted class",
     )
     predict.set_defaults(func=cmd_predict)
 

@@ -137,6 +137,9 @@ class PredictionClient:
         return (await self.predict_many(model, [features], [entity_id], explain))[0]
 
 
+ANSWERED = ("predict", "predict_proba", "model_version", "request_id")  # the v2 outputs a result reads
+
+
 class HttpPredictionClient:
     """Ask for predictions over the inference service's v2 HTTP API (the Open Inference Protocol),
     with `PredictionClient`'s methods and results. Rows that carry the same features go in one
@@ -165,10 +168,15 @@ class HttpPredictionClient:
             await self._client.aclose()
 
     async def predict_many(
-        self, model: str, rows: Sequence[Mapping[str, Any]], entity_ids: Sequence[str | None] = ()
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, Any]],
+        entity_ids: Sequence[str | None] = (),
+        explain: bool = False,
     ) -> list[PredictionResult]:
-        """Results for many feature rows, in order; raises TimeoutError past the timeout and
-        PermissionError when the service wants a (valid) token."""
+        """Results for many feature rows, in order (with each answer's `explanation` when
+        `explain`); raises TimeoutError past the timeout and PermissionError when the service
+        wants a (valid) token."""
         groups: dict[tuple[tuple[str, ...], bool], list[int]] = {}
         entities = [entity_ids[i] if i < len(entity_ids) else None for i in range(len(rows))]
         rows = [{k: v for k, v in row.items() if v is not None} for row in rows]  # None: absent
@@ -176,7 +184,10 @@ class HttpPredictionClient:
             groups.setdefault((tuple(sorted(row)), entities[i] is not None), []).append(i)
         results: list[PredictionResult | None] = [None] * len(rows)
         answers = await asyncio.gather(
-            *(self._infer(model, [rows[i] for i in at], [entities[i] for i in at]) for at in groups.values())
+            *(
+                self._infer(model, [rows[i] for i in at], [entities[i] for i in at], explain)
+                for at in groups.values()
+            )
         )
         for at, answered in zip(groups.values(), answers, strict=True):
             for i, result in zip(at, answered, strict=True):
@@ -184,13 +195,17 @@ class HttpPredictionClient:
         return [r for r in results if r is not None]
 
     async def predict(
-        self, model: str, features: Mapping[str, Any], entity_id: str | None = None
+        self, model: str, features: Mapping[str, Any], entity_id: str | None = None, explain: bool = False
     ) -> PredictionResult:
         """The result for one feature row."""
-        return (await self.predict_many(model, [features], [entity_id]))[0]
+        return (await self.predict_many(model, [features], [entity_id], explain))[0]
 
     async def _infer(
-        self, model: str, rows: Sequence[Mapping[str, Any]], entities: Sequence[str | None]
+        self,
+        model: str,
+        rows: Sequence[Mapping[str, Any]],
+        entities: Sequence[str | None],
+        explain: bool = False,
     ) -> list[PredictionResult]:
         import httpx
 
@@ -198,7 +213,9 @@ class HttpPredictionClient:
         inputs = [_tensor(name, [row[name] for row in rows]) for name in sorted(rows[0])]
         if entities[0] is not None:
             inputs.append(_tensor("entity_id", [str(e) for e in entities]))
-        body = {"id": request_id, "inputs": inputs}
+        body: dict[str, Any] = {"id": request_id, "inputs": inputs}
+        if explain:  # the explanation is an output asked for by name, beside the usual ones
+            body["outputs"] = [{"name": name} for name in (*ANSWERED, "explanation")]
         try:
             answer = await self._client.post(f"/v2/models/{model}/infer", content=orjson.dumps(body))
         except httpx.TimeoutException:
@@ -208,7 +225,10 @@ class HttpPredictionClient:
         if answer.status_code == 401:
             raise PermissionError(f"{self.url} wants a valid bearer token")
         if answer.status_code == 400 and len(rows) > 1:  # one row's fault: each row alone says which
-            alone = [self._infer(model, [row], [entity]) for row, entity in zip(rows, entities, strict=True)]
+            alone = [
+                self._infer(model, [row], [entity], explain)
+                for row, entity in zip(rows, entities, strict=True)
+            ]
             return [result for answered in await asyncio.gather(*alone) for result in answered]
         if answer.status_code != 200:
             try:
@@ -239,6 +259,8 @@ def _results(model: str, response: InferenceResponse) -> list[PredictionResult]:
     classes = orjson.loads(str((outputs["predict_proba"].parameters or {})["classes"]))
     proba = outputs["predict_proba"].data or []
     width = len(classes)
+    explained = outputs.get("explanation")
+    explanations = [orjson.loads(str(e)) for e in explained.data or []] if explained is not None else None
     return [
         PredictionResult(
             request_id=request_id,
@@ -248,6 +270,7 @@ def _results(model: str, response: InferenceResponse) -> list[PredictionResult]:
             probabilities={
                 str(c): p for c, p in zip(classes, proba[k * width : (k + 1) * width], strict=True)
             },
+            explanation=None if explanations is None else explanations[k],
         )
         for k, (request_id, version, prediction) in enumerate(
             zip(

@@ -27,6 +27,8 @@ from driftloop.artifacts import ArtifactStore
 from driftloop.client import HttpPredictionClient
 from driftloop.connections import object_store
 from driftloop.contracts import ModelAwaitingApproval, ModelPromoted, PredictionResult
+from driftloop.features import FeatureSet, check_features
+from driftloop.fitting import reference_stats
 from driftloop.localstack import free_port
 from driftloop.settings import ServiceSettings
 from driftloop.spec import load_spec
@@ -34,9 +36,10 @@ from driftloop_inference.app import create_app as inference_app
 from driftloop_inference.domain import to_canary
 from driftloop_inference.handlers import LOGGED
 from driftloop_inference.settings import InferenceSettings
-from driftloop_inference.v2 import OUTPUTS
+from driftloop_inference.v2 import ASKABLE
 from tests.conftest import ROOT, wait_for
 from tests.helpers import Publisher, apply_models, by_request_id, fitted_onnx, sea_onnx, sea_rows
+from tests.oracles import matrix
 
 SEA = load_spec(ROOT / "models" / "sea.yaml")
 AGRAWAL = load_spec(ROOT / "models" / "agrawal.yaml")
@@ -72,8 +75,11 @@ class Served:
 
     async def __aenter__(self):
         await apply_models(self.bootstrap, self.topics, self.models_dir)
+        training = {"sea": [x for x, _ in sea_rows(600)], "agrawal": [x for x, _ in AGRAWAL_ROWS]}
         for (model, version), (onnx, classes, names) in self.models.items():
             artifact = await self.store.put(onnx)
+            spec = SEA if model == "sea" else AGRAWAL
+            X = matrix(FeatureSet(spec), [check_features(spec, x) for x in training[model]])
             self.events[model, version] = ModelPromoted(
                 model=model,
                 version=version,
@@ -81,6 +87,7 @@ class Served:
                 classes=classes,
                 feature_names=names,
                 reason="t",
+                reference_stats=reference_stats(X, names),  # what explanations replace inputs by
             )
         self.bus = Publisher(self.bootstrap)
         await self.bus.start()
@@ -174,7 +181,7 @@ async def test_a_triton_client_reads_health_metadata_and_readiness(
         kinds = {t["name"]: t["datatype"] for t in about["inputs"]}
         assert kinds == {**{f.name: "BYTES" if f.type == "categorical" else "FP64" for f in AGRAWAL.features},
                          "entity_id": "BYTES"}  # fmt: skip
-        assert [t["name"] for t in about["outputs"]] == list(OUTPUTS)
+        assert [t["name"] for t in about["outputs"]] == list(ASKABLE)
         assert (await s.call("get_server_metadata"))["extensions"] == ["binary_tensor_data"]
         for missing in (("nosuch",), ("sea", "7")):
             with pytest.raises(InferenceServerException) as refused:
@@ -199,6 +206,16 @@ async def test_the_v2_answers_are_the_kafka_paths(kafka_bootstrap, redis_url, to
         by_kafka = await kafka_answers(s, "sea", rows)
         assert np.allclose(proba, [[r.probabilities["0"], r.probabilities["1"]] for r in by_kafka], atol=1e-5)
 
+        # explanations are asked for as an output, and are the Kafka path's (FP64 rows: the same input)
+        asked = [triton.InferRequestedOutput(name, binary_data=binary) for name in ("predict", "explanation")]
+        explained = await s.call("infer", "sea", sea_inputs(rows[:5], binary, np.float64), outputs=asked)
+        by_http = [orjson.loads(e) for e in explained.as_numpy("explanation").tolist()]
+        by_kafka = await kafka_answers(s, "sea", rows[:5], explain=True)
+        assert [set(e) for e in by_http] == [{"x0", "x1", "x2"}] * 5
+        for http_row, kafka_row in zip(by_http, by_kafka, strict=True):
+            assert kafka_row.explanation is not None
+            assert http_row == pytest.approx(kafka_row.explanation, abs=1e-6)
+
         rows = [x for x, _ in AGRAWAL_ROWS[:40]]
         as_bytes = await s.call("infer", "agrawal", agrawal_inputs(rows, binary))
         as_codes = await s.call("infer", "agrawal", agrawal_inputs(rows, binary, categorical_as_int=True))
@@ -208,11 +225,11 @@ async def test_the_v2_answers_are_the_kafka_paths(kafka_bootstrap, redis_url, to
         assert np.allclose(as_codes.as_numpy("predict_proba"), expected, atol=1e-6)
 
 
-async def kafka_answers(s, model, rows):
+async def kafka_answers(s, model, rows, explain=False):
     """The Kafka path's answers to `rows` (its results, in row order)."""
     ids = [f"k-{uuid.uuid4().hex[:8]}-{i}" for i in range(len(rows))]
     for request_id, row in zip(ids, rows, strict=True):
-        body = orjson.dumps({"request_id": request_id, "model": model, "features": row})
+        body = orjson.dumps({"request_id": request_id, "model": model, "features": row, "explain": explain})
         await s.bus.producer.send(s.topics.predictions_requests, body, key=request_id.encode())
     await s.bus.producer.flush()
     found = await results_of(s.bootstrap, s.topics.predictions_results, ids)
@@ -402,7 +419,11 @@ async def test_the_http_client_and_the_cli_ask_over_http(kafka_bootstrap, redis_
         mixed = [rows[0], {**rows[1], "x2": None}, {"x0": 1.0}, {**rows[3], "x1": "nine"}, rows[2]]
         async with HttpPredictionClient(f"http://{s.url}") as client:
             results = await client.predict_many("sea", mixed)
-        assert [r.model_version for r in results] == [1, 0, 0, 0, 1]
+            explained = await client.predict("sea", rows[0], explain=True)
+        assert [r.model_version for r in results] == [1, 0, 0, 0, 1] and results[0].explanation is None
+        assert explained.explanation == pytest.approx(
+            (await kafka_answers(s, "sea", rows[:1], explain=True))[0].explanation, abs=1e-6
+        )
         assert results[1].error.startswith("missing_feature") and results[2].error.startswith(
             "missing_feature"
         )
@@ -412,11 +433,15 @@ async def test_the_http_client_and_the_cli_ask_over_http(kafka_bootstrap, redis_
         )
         cli = await asyncio.create_subprocess_exec(
             str(ROOT / ".venv" / "bin" / "driftloop"), "predict", "sea", "x0=9", "x1=9", "x2=1", "--http",
-            f"http://{s.url}", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            f"http://{s.url}", "--explain", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         out, err = await cli.communicate()
         assert cli.returncode == 0, err.decode()
-        assert orjson.loads(out)["model_version"] == 1
+        assert orjson.loads(out)["model_version"] == 1 and set(orjson.loads(out)["explanation"]) == {
+            "x0",
+            "x1",
+            "x2",
+        }
         cli = await asyncio.create_subprocess_exec(
             str(ROOT / ".venv" / "bin" / "driftloop"), "predict", "stagger", "size=small", "color=red",
             "shape=circle", "--http", f"http://{s.url}", stdout=asyncio.subprocess.PIPE,

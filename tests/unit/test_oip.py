@@ -29,6 +29,7 @@ from driftloop.spec import load_spec
 from driftloop_inference.domain import Lineup, Request, Scored
 from driftloop_inference.http import Coalescer
 from driftloop_inference.v2 import (
+    ASKABLE,
     OUTPUTS,
     metadata,
     plain_requests,
@@ -189,7 +190,7 @@ def test_metadata_lists_the_specs_features_and_the_outputs():
     about = metadata(AGRAWAL, [3, 4])
     kinds = {t.name: t.datatype for t in about.inputs}
     assert kinds["elevel"] == "BYTES" and kinds["salary"] == "FP64" and kinds["entity_id"] == "BYTES"
-    assert about.versions == ["3", "4"] and [t.name for t in about.outputs] == list(OUTPUTS)
+    assert about.versions == ["3", "4"] and [t.name for t in about.outputs] == list(ASKABLE)
     assert about.outputs[1].shape == [-1, 2]
 
 

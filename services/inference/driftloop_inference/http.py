@@ -13,6 +13,7 @@ answered in its last `http_log_linger_ms` (the answers themselves were given).
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import logging
 import time
@@ -36,6 +37,7 @@ from driftloop_inference.domain import Lineup, Request, Scored, ServingModel
 from driftloop_inference.handlers import LOGGED, PREDICTIONS, count, error_reason
 from driftloop_inference.settings import InferenceSettings
 from driftloop_inference.v2 import (
+    EXPLANATION,
     metadata,
     plain_requests,
     response,
@@ -467,7 +469,10 @@ class V2Api:
             if rows > limit:
                 raise HttpError(413, f"{rows} rows is over the limit of {limit} rows a request")
             wanted, binary = wanted_outputs(request)
-            return request.id, to_requests(spec, request, binaries, row_ids(request.id, rows)), wanted, binary
+            requests = to_requests(spec, request, binaries, row_ids(request.id, rows))
+            if wanted is not None and EXPLANATION in wanted:  # asked for: the rows are explained
+                requests = [dataclasses.replace(r, explain=True) for r in requests]
+            return request.id, requests, wanted, binary
         except ValidationError as exc:
             raise HttpError(400, f"invalid_request: {_first_error(exc)}") from None
         except TensorError as exc:

@@ -31,7 +31,9 @@ from driftloop.spec import ModelSpec
 from driftloop_inference.domain import Request
 
 ENTITY = "entity_id"
-OUTPUTS = ("predict", "predict_proba", "model_version", "request_id")
+OUTPUTS = ("predict", "predict_proba", "model_version", "request_id")  # answered when none are asked
+EXPLANATION = "explanation"  # on request only: each row's contributions, a JSON object per row (BYTES)
+ASKABLE = (*OUTPUTS, EXPLANATION)
 PLATFORM = "onnxruntime_onnx"
 
 
@@ -56,6 +58,7 @@ def metadata(spec: ModelSpec, versions: Sequence[int]) -> ModelMetadata:
             MetadataTensor(name="predict_proba", datatype="FP64", shape=[-1, classes]),
             MetadataTensor(name="model_version", datatype="INT64", shape=[-1]),
             MetadataTensor(name="request_id", datatype="BYTES", shape=[-1]),
+            MetadataTensor(name=EXPLANATION, datatype="BYTES", shape=[-1]),
         ],
     )
 
@@ -219,6 +222,9 @@ def response(
         ),
         "model_version": lambda: output("model_version", "INT64", [n], [r["model_version"] for r in results]),
         "request_id": lambda: output("request_id", "BYTES", [n], [r["request_id"] for r in results]),
+        EXPLANATION: lambda: output(
+            EXPLANATION, "BYTES", [n], [orjson.dumps(r.get("explanation") or {}).decode() for r in results]
+        ),
     }
     answer: dict[str, Any] = {"model_name": spec.name, "model_version": ",".join(map(str, versions))}
     if request_id is not None:
@@ -234,8 +240,8 @@ def wanted_outputs(request: InferenceRequest) -> tuple[list[str] | None, list[st
         return None, list(OUTPUTS) if everything_binary else []
     names, binary = [], []
     for asked in request.outputs:
-        if asked.name not in OUTPUTS:
-            raise TensorError(f"output {asked.name!r:.80} is not one of {', '.join(OUTPUTS)}")
+        if asked.name not in ASKABLE:
+            raise TensorError(f"output {asked.name!r:.80} is not one of {', '.join(ASKABLE)}")
         names.append(asked.name)
         if (asked.parameters or {}).get("binary_data", everything_binary) is True:
             binary.append(asked.name)
@@ -251,7 +257,7 @@ def openapi() -> dict[str, Any]:
         schema = contract.model_json_schema(ref_template="#/components/schemas/{model}")
         schemas.update(schema.pop("$defs", {}))
         schemas[contract.__name__] = schema
-    schemas["RequestOutput"]["properties"]["name"]["enum"] = list(OUTPUTS)
+    schemas["RequestOutput"]["properties"]["name"]["enum"] = list(ASKABLE)
 
     def answers(ok: str | None, *errors: int, description: str = "OK") -> dict[str, Any]:
         out: dict[str, Any] = {"200": {"description": description}}
