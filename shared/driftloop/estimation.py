@@ -16,6 +16,7 @@ made monotone. Pure numpy: training fits it, the monitor applies it.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
 from dataclasses import dataclass
@@ -128,6 +129,18 @@ def estimate_accuracy(
     if len(p) == 0:
         return None
     return _band(float(p.mean()), float((p * (1.0 - p)).mean()), len(p), level)
+
+
+def chance_of(confidence: float, calibration: Calibration | None) -> float:
+    """`chance_right` of one prediction, without numpy (the monitor's per-record path).
+
+    >>> c = Calibration((0.75,), (0.5, 1.0), 4)
+    >>> chance_of(0.8, c), chance_of(0.75, c), chance_of(0.6, None), chance_of(1.2, None)
+    (1.0, 1.0, 0.6, 1.0)
+    """
+    if calibration is None:
+        return min(max(confidence, 0.0), 1.0)
+    return calibration.accuracy[bisect.bisect_right(calibration.edges, confidence)]
 
 
 def chance_right(confidence: np.ndarray, calibration: Calibration | None) -> np.ndarray:

@@ -17,14 +17,16 @@ values holds a few hundred counters, never 100,000.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from driftloop.features import time_parts
 from driftloop.rolling import RollingMean
-from driftloop.spec import ModelSpec, SliceSpec
+from driftloop.spec import ModelSpec
 
 OTHER = "other"  # the slice every value outside an input's top shares
 MISSING = "missing"  # the slice of requests without the input
@@ -34,54 +36,60 @@ CAPACITY_PER_TOP = 10  # counters kept per slice of an input's top
 REFRESH = 500  # values counted between two refreshes of an input's top
 
 
-def bucket(value: float, edges: Sequence[float]) -> str:
-    """The label of the bucket a number falls in.
+def buckets(edges: Sequence[float]) -> list[str]:
+    """The labels of the buckets `edges` cut the numbers into, lowest first.
 
-    >>> [bucket(v, [2.5, 5.0]) for v in (1, 2.5, 4.9, 7)]
-    ['< 2.5', '2.5 .. 5', '2.5 .. 5', '>= 5']
+    >>> buckets([2.5, 5.0])
+    ['< 2.5', '2.5 .. 5', '>= 5']
     """
-    at = bisect.bisect_right(edges, value)
-    if at == 0:
-        return f"< {edges[0]:g}"
-    if at == len(edges):
-        return f">= {edges[-1]:g}"
-    return f"{edges[at - 1]:g} .. {edges[at]:g}"
+    inner = [f"{low:g} .. {high:g}" for low, high in itertools.pairwise(edges)]
+    return [f"< {edges[0]:g}", *inner, f">= {edges[-1]:g}"]
 
 
-def slice_values(spec: ModelSpec, features: Mapping[str, Any], at: datetime | None) -> dict[str, str]:
-    """The value each slice input of `spec` takes for a request: its features as sent (time parts
-    from `at`, the request's time), bucketed where the spec gives edges. Pure: what a request is
-    sliced by does not depend on the traffic before it (`SliceBook` maps values to slices).
+class Slicer:
+    """The value each slice input of a spec takes for a request: its features as sent (time parts
+    from the request's time), bucketed where the spec gives edges, a category outside the spec's
+    list `unknown`, an absent or unusable one `missing`. Pure: what a request is sliced by does not
+    depend on the traffic before it (`SliceBook` maps values to slices).
 
     >>> spec = ModelSpec.model_validate({"name": "m", "features": [{"name": "x", "type": "numeric"},
     ...     {"name": "c", "type": "categorical", "categories": ["red", "blue"]}],
     ...     "label": {"classes": [0, 1]}, "algorithm": {"name": "logistic_regression"},
     ...     "slices": {"by": [{"input": "x", "edges": [0.5]}, {"input": "c"}]}})
-    >>> slice_values(spec, {"x": 0.7, "c": "red"}, None), slice_values(spec, {"x": "?", "c": "teal"}, None)
+    >>> slicer = Slicer(spec)
+    >>> slicer({"x": 0.7, "c": "red"}, None), slicer({"x": "?", "c": "teal"}, None)
     ({'x': '>= 0.5', 'c': 'red'}, {'x': 'missing', 'c': 'unknown'})
     """
-    from driftloop.features import time_parts
 
-    parts = time_parts(spec, at) if at is not None and spec.time_parts else {}
-    categories = {f.name: set(f.categories or ()) for f in spec.features if f.type == "categorical"}
-    out = {}
-    for by in spec.slices.by:
-        value = _value(by, parts.get(by.input, features.get(by.input)))
-        known = categories.get(by.input)
-        out[by.input] = UNKNOWN if known is not None and value != MISSING and value not in known else value
-    return out
+    def __init__(self, spec: ModelSpec) -> None:
+        self.spec = spec
+        categories = {f.name: frozenset(f.categories or ()) for f in spec.features if f.type == "categorical"}
+        # (input, its edges and their bucket labels, or its categories)
+        self.inputs = [
+            (by.input, by.edges, buckets(by.edges) if by.edges else None, categories.get(by.input))
+            for by in spec.slices.by
+        ]
+        self.timed = bool({t.name for t in spec.time_parts} & {by.input for by in spec.slices.by})
+
+    def __call__(self, features: Mapping[str, Any], at: datetime | None) -> dict[str, str]:
+        parts = time_parts(self.spec, at) if at is not None and self.timed else {}
+        out = {}
+        for name, edges, labels, known in self.inputs:
+            value = parts.get(name, features.get(name))
+            if value is None or type(value) in _UNUSABLE:
+                out[name] = MISSING
+            elif labels is not None and edges is not None:  # a numeric input cut at its edges
+                number = type(value) in (int, float) and math.isfinite(value)
+                out[name] = labels[bisect.bisect_right(edges, value)] if number else MISSING
+            else:
+                if type(value) is float and value.is_integer():
+                    value = int(value)  # a time part, or a category sent as a number
+                text = value if type(value) is str else str(value)
+                out[name] = UNKNOWN if known is not None and text not in known else text[:64]
+        return out
 
 
-def _value(by: SliceSpec, value: Any) -> str:
-    if value is None or isinstance(value, bool | dict | list):
-        return MISSING
-    if by.edges:
-        if not isinstance(value, int | float) or not math.isfinite(value):
-            return MISSING
-        return bucket(float(value), by.edges)
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)  # a time part, or a category sent as a number
-    return str(value)[:64]
+_UNUSABLE = (bool, dict, list)
 
 
 class TopValues:

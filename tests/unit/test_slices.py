@@ -18,7 +18,7 @@ from driftloop.contracts import (
     result_json,
 )
 from driftloop.settings import Topics
-from driftloop.slices import CAPACITY_PER_TOP, MISSING, OTHER, SliceBook, slice_values
+from driftloop.slices import CAPACITY_PER_TOP, MISSING, OTHER, SliceBook, Slicer
 from driftloop.spec import ModelSpec, SpecFieldError, load_spec
 from tests.conftest import ROOT
 from tests.helpers import records
@@ -131,16 +131,17 @@ def test_cardinality_is_bounded_under_100000_distinct_values_and_the_heavy_value
     assert book.stats[("elevel", OTHER)].volume == pytest.approx(50_000, rel=0.02)
 
 
-def test_slice_values_bucket_numbers_use_time_parts_and_bound_categories():
+def test_a_slicer_buckets_numbers_uses_time_parts_and_bounds_categories():
     from datetime import UTC, datetime
 
     spec = spec_with(
         {"by": [{"input": "salary", "edges": [50_000]}, {"input": "elevel"}, {"input": "hour"}]},
         time_parts=[{"name": "hour", "part": "hour"}],
     )
-    values = slice_values(spec, {"salary": 70_000, "elevel": "3"}, datetime(2026, 1, 1, 17, tzinfo=UTC))
+    slicer = Slicer(spec)
+    values = slicer({"salary": 70_000, "elevel": "3"}, datetime(2026, 1, 1, 17, tzinfo=UTC))
     assert values == {"salary": ">= 50000", "elevel": "3", "hour": "17"}
-    assert slice_values(spec, {"elevel": "x" * 1000}, None) == {
+    assert slicer({"elevel": "x" * 1000}, None) == {
         "salary": MISSING,
         "elevel": "unknown",
         "hour": MISSING,

@@ -90,18 +90,7 @@ def to_requests(
         if rows_of(tensor) != rows:
             raise TensorError(f"input {tensor.name!r:.80} has {tensor.shape[0]} rows, the first input {rows}")
         columns[tensor.name] = _values(tensor, binaries.get(tensor.name), kinds.get(tensor.name))
-    entities = columns.pop(ENTITY, None)
-    names, model = list(columns), spec.name
-    table: Iterable[tuple[Any, ...]] = zip(*columns.values(), strict=True) if names else [()] * rows
-    if entities is None:
-        return [
-            Request(i, model, dict(zip(names, values, strict=True)))
-            for i, values in zip(request_ids, table, strict=True)
-        ]
-    return [
-        Request(i, model, dict(zip(names, values, strict=True)), entity or None)
-        for i, values, entity in zip(request_ids, table, entities, strict=True)
-    ]
+    return _rows(spec.name, columns, request_ids)
 
 
 _FLOATS = {float}
@@ -149,17 +138,24 @@ def plain_requests(spec: ModelSpec, data: Any) -> tuple[str | None, list[Request
                 return None
     except (KeyError, TypeError, IndexError):  # not a dict, a missing key, an empty shape
         return None
+    return request_id, _rows(spec.name, columns, row_ids(request_id, rows))
+
+
+def _rows(model: str, columns: dict[str, list[Any]], request_ids: Sequence[str]) -> list[Request]:
+    """A request per row from columns by input name (the entity's column, when given, aside)."""
     entities = columns.pop(ENTITY, None)
-    names, model, ids = list(columns), spec.name, row_ids(request_id, rows)
-    table: Iterable[tuple[Any, ...]] = zip(*columns.values(), strict=True) if names else [()] * rows
+    names = list(columns)
+    table: Iterable[tuple[Any, ...]] = (
+        zip(*columns.values(), strict=True) if names else [()] * len(request_ids)
+    )
     if entities is None:
-        return request_id, [
+        return [
             Request(i, model, dict(zip(names, values, strict=True)))
-            for i, values in zip(ids, table, strict=True)
+            for i, values in zip(request_ids, table, strict=True)
         ]
-    return request_id, [
+    return [
         Request(i, model, dict(zip(names, values, strict=True)), entity or None)
-        for i, values, entity in zip(ids, table, entities, strict=True)
+        for i, values, entity in zip(request_ids, table, entities, strict=True)
     ]
 
 

@@ -15,11 +15,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from driftloop.contracts import FeatureStats
-from driftloop.estimation import Calibration, Estimate, RollingEstimate, chance_right
+from driftloop.estimation import Calibration, Estimate, RollingEstimate, chance_of
 from driftloop.features import FeatureSet
 from driftloop.policy import RetrainPolicy, Step
 from driftloop.rolling import RollingMean
-from driftloop.slices import SliceBook
+from driftloop.slices import SliceBook, Slicer
 from driftloop.spec import DistributionDriftSpec, ModelSpec
 
 
@@ -295,6 +295,7 @@ class Watch:
         self.calibrations = {} if calibrations is None else calibrations  # by version, from its events
         self.estimates: dict[int, RollingEstimate] = {}
         self.below_floor = False  # the champion's estimate fell below the floor and has not come back
+        self.slicer = Slicer(spec) if spec.slices.by else None  # a request's slice values
         self.slices: SliceBook | None = None  # the champion's, when the spec slices
         self.slice_values: OrderedDict[str, dict[str, str]] = OrderedDict()  # by request id, awaiting results
         self.unsliced: OrderedDict[str, tuple[str, float | None]] = OrderedDict()  # results awaiting requests
@@ -348,7 +349,7 @@ class Watch:
             return []
         chance = None
         if confidence is not None:
-            chance = float(chance_right(np.array([confidence]), self.calibrations.get(self.champion))[0])
+            chance = chance_of(confidence, self.calibrations.get(self.champion))
         return self.slices.served(values, predicted, chance)
 
     def calibrated(self, version: int, calibration: Calibration | None) -> None:
@@ -412,7 +413,7 @@ class Watch:
             quality = self.quality[version] = RollingQuality(self.quality_window)
         expected = None
         if confidence is not None:
-            expected = float(chance_right(np.array([confidence]), self.calibrations.get(version))[0])
+            expected = chance_of(confidence, self.calibrations.get(version))
         quality.update(correct, p_true, expected)
 
     def exported_quality(self, version: int) -> RollingQuality | None:

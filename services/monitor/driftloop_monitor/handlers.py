@@ -43,7 +43,7 @@ from driftloop.kafka import triage
 from driftloop.metrics import MODEL_VERSION, Tally
 from driftloop.policy import Detection, Retrain
 from driftloop.settings import Topics
-from driftloop.slices import Gap, SliceBook, slice_values
+from driftloop.slices import Gap, SliceBook
 from driftloop.spec import ModelSpec
 from driftloop.specbook import SpecBook
 from driftloop_monitor.domain import Joins, Shift, Watch, labelled_row_id
@@ -305,7 +305,7 @@ class Monitor:
         self.topics = topics
         self.watches = Watches(specs, quality_window)  # made again when a spec changes
         self.scored: set[tuple[str, int]] = set()  # (model, version) whose quality moved this batch
-        self.sliced: set[str] = set()  # models whose slices moved this batch
+        self.sliced: dict[str, str] = {}  # models whose slices moved this batch: the last request
         self.batch_slices: dict[str, dict[str, str]] = {}  # this batch's requests' slice values
         self.checkpoint = Checkpoint(memo_limit=MEMORY)  # what each record taught, until committed
         for name in specs:
@@ -345,12 +345,11 @@ class Monitor:
         if topic == self.topics.predictions_requests:
             request = read(PredictionRequest, record.value, plain_request)
             at = moment(record.timestamp)  # its time becomes the labelled row's event time
+            stored = {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
             watch = self.watches.get(request.model)
-            if watch is not None and watch.spec.slices.by:
-                self.batch_slices[request.request_id] = slice_values(watch.spec, request.features, at)
-            body = orjson.dumps(
-                {"features": request.features, "entity_id": request.entity_id, "ts": record.timestamp}
-            )
+            if watch is not None and watch.slicer is not None:  # kept with the join for its label
+                stored["slices"] = self.batch_slices[request.request_id] = watch.slicer(request.features, at)
+            body = orjson.dumps(stored)
             return Part(request.request_id, "request", body, self._book(request.model), request)
         if topic == self.topics.predictions_results:
             result, exact = read_exact(PredictionResult, record.value, plain_result)  # `_learn` trusts it
@@ -438,19 +437,19 @@ class Monitor:
             if (error := quality.estimate_error) is not None:
                 ESTIMATE_ERROR.labels(model, str(version)).set(error)
 
-    def _sliced(self, watch: Watch, keys: Sequence[tuple[str, str]], tally: Tally) -> None:
+    def _sliced(self, watch: Watch, keys: Sequence[tuple[str, str]], request_id: str, tally: Tally) -> None:
         """Count a champion answer in its slices."""
         for name, value in keys:
             tally.inc(SLICE_PREDICTIONS.labels(watch.spec.name, name, value))
         if keys:
-            self.sliced.add(watch.spec.name)
+            self.sliced[watch.spec.name] = request_id
 
     def _slice_gaps(self) -> tuple[Sends, list[tuple[SliceBook, set[str]]]]:
         """Export the slices that moved this batch and their gaps; a `DriftDetected(kind="slice")`
         per input whose gaps just went past the spec's limits, and the flags to keep once sent."""
         sends: Sends = []
         flags = []
-        for model in self.sliced:
+        for model, request_id in self.sliced.items():
             watch = self.watches[model]
             book = watch.slices
             if book is None:
@@ -482,10 +481,10 @@ class Monitor:
             flagged, new = book.flags(book.tops)
             flags.append((book, flagged))
             for name, gap in new:
-                sends.append((self.topics.monitor_drift, self._slice_event(watch, name, gap)))
+                sends.append((self.topics.monitor_drift, self._slice_event(watch, name, gap, request_id)))
         return sends, flags
 
-    def _slice_event(self, watch: Watch, name: str, gap: Gap) -> DriftDetected:
+    def _slice_event(self, watch: Watch, name: str, gap: Gap, request_id: str) -> DriftDetected:
         model = watch.spec.name
         DETECTIONS.labels(model, "slice_gap", "slice").inc()
         behind = gap.worst if gap.worst is not None else gap.lowest_positive
@@ -500,7 +499,7 @@ class Monitor:
             samples_seen=0 if stats is None else stats.volume,
             change_point_sample=0,
             change_point_time=datetime.now(UTC),
-            detected_request_id="",
+            detected_request_id=request_id,
             feature=name,
             segment=behind,
             statistic=statistic,
@@ -556,7 +555,7 @@ class Monitor:
             for request in batch:  # an answer that came before its request is counted now
                 values = self.batch_slices.get(request.request_id)
                 if values is not None and (answer := watch.requested(request.request_id, values)) is not None:
-                    self._sliced(watch, watch.slice_served(values, *answer), tally)
+                    self._sliced(watch, watch.slice_served(values, *answer), request.request_id, tally)
             monitor = watch.covariate
             if monitor is None:  # no champion yet
                 continue
@@ -606,14 +605,19 @@ class Monitor:
         model = watch.spec.name
         confidence: dict[int, list[float]] = {}
         last: dict[int, str] = {}
+        slicing = watch.slices is not None
         for result in results:
-            if result.error is None and result.probabilities:
-                confidence.setdefault(result.model_version, []).append(max(result.probabilities.values()))
+            if result.error is not None:
+                continue
+            top = max(result.probabilities.values()) if result.probabilities else None
+            if top is not None:
+                confidence.setdefault(result.model_version, []).append(top)
                 last[result.model_version] = result.request_id
-            if watch.slices is not None and result.error is None and result.model_version == watch.champion:
-                top = max(result.probabilities.values()) if result.probabilities else None
-                if (sliced := watch.answered(result.request_id, str(result.prediction), top)) is not None:
-                    self._sliced(watch, watch.slice_served(sliced, str(result.prediction), top), tally)
+            if not slicing or result.model_version != watch.champion:
+                continue
+            predicted = str(result.prediction)
+            if (found := watch.answered(result.request_id, predicted, top)) is not None:
+                self._sliced(watch, watch.slice_served(found, predicted, top), result.request_id, tally)
         for version, values in confidence.items():
             watch.served(version, values)
             if (estimate := watch.exported_estimate(version)) is not None:
@@ -652,9 +656,10 @@ class Monitor:
         confidence = max(probabilities.values()) if probabilities else None
         watch.outcome(version, correct, probabilities.get(str(label)), confidence)
         self.scored.add((model, version))
-        if watch.slices is not None and version == watch.champion:
-            watch.slices.labelled(slice_values(watch.spec, request["features"], requested_at), correct)
-            self.sliced.add(model)
+        if watch.slices is not None and watch.slicer is not None and version == watch.champion:
+            values = request.get("slices") or watch.slicer(request["features"], requested_at)
+            watch.slices.labelled(values, correct)
+            self.sliced[model] = request_id
         tally.observe(LABEL_DELAY.labels(model), max(0.0, (feedback["ts"] - request["ts"]) / 1000))
         tally.inc(LABELLED.labels(model, str(version), "correct" if correct else "wrong"))
         observation = Observation.model_construct(  # its parts were validated as they came
