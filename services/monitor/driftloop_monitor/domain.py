@@ -330,8 +330,10 @@ class Watch:
     def requested(self, request_id: str, values: dict[str, str]) -> tuple[str, float | None] | None:
         """A request's slice values (kept until its result comes); its champion's answer if it came
         first."""
-        _bounded_put(self.slice_values, request_id, values)
-        return self.unsliced.pop(request_id, None)
+        answer = self.unsliced.pop(request_id, None)
+        if answer is None:
+            _bounded_put(self.slice_values, request_id, values)
+        return answer
 
     def answered(self, request_id: str, predicted: str, confidence: float | None) -> dict[str, str] | None:
         """The champion answered a request: its slice values if its request came first (else the

@@ -408,7 +408,7 @@ class Monitor:
                 )
             memos.append(memo)
         self._export_quality()
-        gaps, flags = self._slice_gaps()
+        gaps, flags = self._slice_gaps(out.tally)
         # what a memo sends goes out with every batch holding it until one of them commits
         sends = [
             sent for memo in {id(m): m for m in memos}.values() if not memo.committed for sent in memo.value
@@ -444,7 +444,7 @@ class Monitor:
         if keys:
             self.sliced[watch.spec.name] = request_id
 
-    def _slice_gaps(self) -> tuple[Sends, list[tuple[SliceBook, set[str]]]]:
+    def _slice_gaps(self, tally: Tally) -> tuple[Sends, list[tuple[SliceBook, set[str]]]]:
         """Export the slices that moved this batch and their gaps; a `DriftDetected(kind="slice")`
         per input whose gaps just went past the spec's limits, and the flags to keep once sent."""
         sends: Sends = []
@@ -481,12 +481,13 @@ class Monitor:
             flagged, new = book.flags(book.tops)
             flags.append((book, flagged))
             for name, gap in new:
-                sends.append((self.topics.monitor_drift, self._slice_event(watch, name, gap, request_id)))
+                event = self._slice_event(watch, name, gap, request_id, tally)
+                sends.append((self.topics.monitor_drift, event))
         return sends, flags
 
-    def _slice_event(self, watch: Watch, name: str, gap: Gap, request_id: str) -> DriftDetected:
+    def _slice_event(self, watch: Watch, name: str, gap: Gap, request_id: str, tally: Tally) -> DriftDetected:
         model = watch.spec.name
-        DETECTIONS.labels(model, "slice_gap", "slice").inc()
+        tally.inc(DETECTIONS.labels(model, "slice_gap", "slice"))
         behind = gap.worst if gap.worst is not None else gap.lowest_positive
         statistic = gap.accuracy_gap if gap.worst is not None else gap.positive_rate_gap
         log.warning("slice gap on %s: %s=%s behind by %.3f", model, name, behind, statistic or 0.0)
