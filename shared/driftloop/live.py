@@ -11,6 +11,7 @@ be negative (some histories start before 1970) and ingest refuses event times in
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
 from collections import deque
@@ -110,6 +111,31 @@ async def first_model(
     )
     await send_all(producer, topics.training_requests, [command])
     await wait_until(lambda: any(p.model == model for p in watcher.promotions), timeout_s, "the first model")
+    await _serving(producer, watcher, topics, model, rows[0][0], run_id, timeout_s)
+
+
+async def _serving(
+    producer: Any,
+    watcher: Watcher,
+    topics: Topics,
+    model: str,
+    x: dict[str, Any],
+    run_id: str,
+    timeout_s: float,
+) -> None:
+    """Return once inference answers `model` (a promotion is announced before inference has loaded
+    the version): one unlabelled probe request every half second until one is answered."""
+    deadline = time.monotonic() + timeout_s
+    for n in itertools.count():
+        request_id = f"{run_id}-probe{n}"
+        probe = PredictionRequest(request_id=request_id, model=model, features=x)
+        await send_all(producer, topics.predictions_requests, [probe], key_of=lambda r: r.request_id)
+        for _ in range(10):
+            await asyncio.sleep(0.05)
+            if any(a.request_id == request_id and not a.error for a in watcher.results):
+                return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"inference did not serve {model} within {timeout_s:.0f}s of its promotion")
 
 
 async def _traffic(
