@@ -17,7 +17,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pydantic import BaseModel
 
 from driftloop.contracts import PredictionRequest, PredictionResult
-from driftloop.kafka import TruncationWatch, encode, producer, tail_from_end
+from driftloop.kafka import GapGuard, TruncationWatch, encode, producer, tail_from_end
 from driftloop.oip import InferenceResponse
 from driftloop.settings import Topics
 
@@ -80,8 +80,10 @@ class PredictionClient:
     async def _read(self) -> None:
         assert self._consumer is not None
         watch = TruncationWatch(self._consumer)  # the topic may be created again
+        gaps = GapGuard(self._consumer, name="prediction-client")
+        await gaps.from_positions()
         while True:
-            batches = await self._consumer.getmany(timeout_ms=500)
+            batches = await gaps.getmany(timeout_ms=500)
             await watch.fetched(sum(map(len, batches.values())))
             for records in batches.values():
                 for record in records:

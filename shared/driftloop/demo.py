@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
 
 from driftloop import datasets
 from driftloop.client import make_producer, send_all
@@ -34,7 +34,7 @@ from driftloop.contracts import (
     PredictionResult,
     TrainModel,
 )
-from driftloop.kafka import tail_from_end
+from driftloop.kafka import GapGuard, tail_from_end
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec, load_specs
 
@@ -121,33 +121,40 @@ class Watcher:
         self.tasks = [asyncio.create_task(self._read(name)) for name in consumers]
 
     async def _read(self, name: str) -> None:
-        async for record in self.consumers[name]:
-            raw = record.value or b""
-            if name == "results":
-                result = PredictionResult.model_validate_json(raw)
-                probabilities = result.probabilities
-                confidence = max(probabilities.values()) if probabilities else None
-                self.results.append(
-                    Answer(
-                        result.request_id,
-                        result.model_version,
-                        str(result.prediction),
-                        result.error or "",
-                        confidence,
-                    )
+        gaps = GapGuard(self.consumers[name], name=f"watcher-{name}")
+        await gaps.from_positions()
+        while True:
+            for records in (await gaps.getmany(timeout_ms=500)).values():
+                for record in records:
+                    self._take(name, record)
+
+    def _take(self, name: str, record: ConsumerRecord) -> None:
+        raw = record.value or b""
+        if name == "results":
+            result = PredictionResult.model_validate_json(raw)
+            probabilities = result.probabilities
+            confidence = max(probabilities.values()) if probabilities else None
+            self.results.append(
+                Answer(
+                    result.request_id,
+                    result.model_version,
+                    str(result.prediction),
+                    result.error or "",
+                    confidence,
                 )
-            elif name == "lifecycle":
-                event = LIFECYCLE.validate_json(raw)
-                if isinstance(event, ModelPromoted):
-                    self.promotions.append(event)
+            )
+        elif name == "lifecycle":
+            event = LIFECYCLE.validate_json(raw)
+            if isinstance(event, ModelPromoted):
+                self.promotions.append(event)
+        else:
+            drift = DriftDetected.model_validate_json(raw)
+            if drift.kind == "concept":  # the scenario drifts the concept, not the inputs
+                self.drifts.append(drift)
+                self.drift_arrivals.append(time.monotonic())
             else:
-                drift = DriftDetected.model_validate_json(raw)
-                if drift.kind == "concept":  # the scenario drifts the concept, not the inputs
-                    self.drifts.append(drift)
-                    self.drift_arrivals.append(time.monotonic())
-                else:
-                    self.distribution.append(drift)
-                    self.distribution_arrivals.append(time.monotonic())
+                self.distribution.append(drift)
+                self.distribution_arrivals.append(time.monotonic())
 
     @classmethod
     async def tail(cls, bootstrap: str, topics: Topics) -> Watcher:

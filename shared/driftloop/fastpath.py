@@ -47,7 +47,7 @@ from driftloop.checkpoint import Checkpoint
 from driftloop.connections import kafka_options
 from driftloop.contracts import DeadLetter
 from driftloop.faults import backoff_s, describe, is_transient
-from driftloop.kafka import TruncationWatch, dead_letter, encode
+from driftloop.kafka import GapGuard, TruncationWatch, dead_letter, encode
 from driftloop.metrics import (
     BATCH_FAILURES,
     BATCH_SECONDS,
@@ -338,6 +338,7 @@ class FastPath:
         self.linger_s = settings.kafka_background_linger_ms / 1000 if background else 0.0
         self._fetched = 0  # records the last fetch returned
         self.consumer: AIOKafkaConsumer
+        self.gaps: GapGuard  # reads again what a broker served out of order
         self.sender: BatchSender
         self._task: asyncio.Task[None] | None = None
         self._sending: _Batch | None = None
@@ -353,7 +354,7 @@ class FastPath:
     async def start(self, handle: Handler) -> None:
         """Connect (clients need the running event loop), join the group, start consuming."""
         settings, service = self.settings, self.service
-        self.consumer = kafka.consumer(
+        consumer = kafka.consumer(
             settings.kafka_bootstrap,
             kafka_options(settings),
             group_id=self.group_id,
@@ -366,13 +367,19 @@ class FastPath:
             session_timeout_ms=settings.kafka_session_timeout_ms,
             heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         )
-        self.sender = await BatchSender.connect(
+        sender = await BatchSender.connect(
             settings.kafka_bootstrap, f"driftloop-{service}-{self.name}", **kafka_options(settings)
         )
+        self.attach(consumer, sender)
         await self.consumer.start()
         self.consumer.subscribe(self.topics, listener=_DrainOnRevoke(self))
         tune_gc()
         self._task = asyncio.create_task(self._run(handle), name=f"stream-{self.name}")
+
+    def attach(self, consumer: AIOKafkaConsumer, sender: BatchSender) -> None:
+        """The clients this loop reads and writes with."""
+        self.consumer, self.sender = consumer, sender
+        self.gaps = GapGuard(consumer, self.settings.kafka_gap_rereads, self.name)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit, and leave the group."""
@@ -422,6 +429,7 @@ class FastPath:
                 self.committed[tp] = offset
         except Exception:  # the lag shows up after the first commit instead
             log.debug("%s: no committed offsets for the lag yet", self.name, exc_info=True)
+        self.gaps.expect(self.committed)
         self._progress = time.monotonic()
 
     async def settle(self) -> _Batch | None:
@@ -569,7 +577,7 @@ class FastPath:
 
     async def _step(self, handle: Handler, watch: TruncationWatch) -> None:
         """Fetch one batch and handle it (or settle the batch being sent, when nothing came)."""
-        fetched = await self.consumer.getmany(
+        fetched = await self.gaps.getmany(
             timeout_ms=self.settings.kafka_fetch_max_wait_ms, max_records=self.settings.kafka_max_records
         )
         fetched_at, fetched_clock = time.time(), time.perf_counter()

@@ -67,6 +67,14 @@ STALLED = Gauge(
     "service and consumer.",
     ["service", "consumer"],
 )
+OFFSET_GAPS = Counter(
+    "driftloop_consumer_offset_gaps_total",
+    "Fetches that began past the offset after the last record read of a partition, by consumer and "
+    "outcome: reread (the partition read again from there: a broker served a later batch before an "
+    "earlier one, as the embedded broker does when producers write one partition at once) or passed "
+    "(the gap held after `kafka_gap_rereads` reads: compaction or a transaction's marker).",
+    ["consumer", "outcome"],
+)
 BATCH_FAILURES = Counter(
     "driftloop_batch_failures_total",
     "Failed attempts to handle and commit a batch, by service, consumer and kind: transient (an "

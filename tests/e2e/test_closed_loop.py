@@ -276,14 +276,19 @@ async def test_three_models_drifting_at_different_times_are_retrained_and_swappe
             stack.bootstrap, model, rows, INITIAL, DELAY_ROWS, 300.0, timeout_s=240, shift=False
         )
 
-    try:
+    try:  # three producers write the request topic at once: see `driftloop.kafka.GapGuard`
         runs = dict(zip(plays, await asyncio.gather(*map(play, plays)), strict=True))
     except TimeoutError as exc:  # say whether the unanswered were answered on the topic after all
         missing = set(str(exc).split("(e.g. ")[-1].rstrip(")").split(", "))
-        answers = await collect(stack.bootstrap, Topics().predictions_results, PredictionResult, 100_000, 10)
-        dead = await collect(stack.bootstrap, Topics().events_dlq, DeadLetter, 10_000, 5)
+        topics = Topics()
+        answers = await collect(stack.bootstrap, topics.predictions_results, PredictionResult, 100_000, 10)
+        dead = await collect(stack.bootstrap, topics.events_dlq, DeadLetter, 10_000, 5)
+        requests = await collect(stack.bootstrap, topics.predictions_requests, PredictionRequest, 100_000, 10)
         found = [(r.request_id, r.model_version, r.error) for r in answers if r.request_id in missing]
-        raise AssertionError(f"{exc}; on the results topic: {found}; dead letters: {dead[:5]}") from exc
+        asked = [r.request_id for r in requests if r.request_id in missing]
+        raise AssertionError(
+            f"{exc}; on the results topic: {found}; on the requests topic: {asked}; dead letters: {dead[:5]}"
+        ) from exc
 
     def served(run: live.LiveRun, rows: int | None = None) -> list[int]:
         """The versions that answered the first `rows` rows. A row may fail only as `no_champion`: it

@@ -105,7 +105,7 @@ async def test_every_record_is_sent_before_its_offset_is_committed(fail_on, hand
     resets = []
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
     loop.checkpoint.on_rewind(lambda: resets.append(1))
-    loop.consumer, loop.sender = log, Sender(log, fail_on)  # type: ignore[assignment]
+    loop.attach(log, Sender(log, fail_on))  # type: ignore[arg-type]
     calls = 0
 
     async def handle(records: list[ConsumerRecord]) -> list[Output]:
@@ -141,7 +141,7 @@ async def test_a_commit_waits_for_the_effect_alongside_and_its_failure_brings_th
 
     log.commit = commit  # type: ignore[method-assign]
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    loop.attach(log, Sender(log, set()))  # type: ignore[arg-type]
     calls = 0
 
     async def write(records: list[ConsumerRecord], fail: bool) -> None:
@@ -169,7 +169,7 @@ async def test_a_batch_from_before_a_reassignment_is_not_sought_back(monkeypatch
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, fail_on={1})  # type: ignore[assignment]
+    loop.attach(log, Sender(log, fail_on={1}))  # type: ignore[arg-type]
     calls = 0
 
     async def handle(records: list[ConsumerRecord]) -> list[Output]:
@@ -209,7 +209,7 @@ async def test_a_stop_while_the_loop_waits_idle_commits_the_batch_being_sent():
     # outputs went out, so the offsets must be committed, or the next owner answers them again.
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=30), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, set(), ack_s=0.05)  # type: ignore[assignment]
+    loop.attach(log, Sender(log, set(), ack_s=0.05))  # type: ignore[arg-type]
 
     async def handle(records: list[ConsumerRecord]) -> list[Output]:
         return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
@@ -342,7 +342,7 @@ async def test_a_record_that_fails_alone_is_dead_lettered_and_every_other_record
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
     sender = Sender(log, send_fails_on)
-    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    loop.attach(log, sender)  # type: ignore[arg-type]
     counted: dict = {}
     attempts: list[list[tuple[int, int]]] = []
 
@@ -379,7 +379,7 @@ async def test_every_record_is_counted_once_by_topic_and_outcome(send_fails_on, 
     log = Log()
     service = f"counting-{len(send_fails_on)}"
     loop = FastPath(ServiceSettings(kafka_max_records=6), service, TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, send_fails_on)  # type: ignore[assignment]
+    loop.attach(log, Sender(log, send_fails_on))  # type: ignore[arg-type]
 
     async def handle(records: list[ConsumerRecord]) -> Handled:
         if POISON in [(r.partition, r.offset) for r in records]:
@@ -424,7 +424,7 @@ async def test_an_infrastructure_fault_is_retried_until_it_heals_and_never_dead_
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6, stall_after_s=0.001), "test", TOPIC, "group")
     sender = Sender(log, set())
-    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    loop.attach(log, sender)  # type: ignore[arg-type]
     calls, health = 0, []
 
     async def handle(records: list[ConsumerRecord]) -> list[Output]:
@@ -474,7 +474,7 @@ async def test_a_fetch_that_raises_is_retried_and_the_loop_never_ends(monkeypatc
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6, stall_after_s=0.001), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    loop.attach(log, Sender(log, set()))  # type: ignore[arg-type]
     real_getmany, fails, seen = log.getmany, [0], []
 
     async def getmany(timeout_ms: int, max_records: int) -> dict:
@@ -503,7 +503,7 @@ async def test_a_batch_fetched_before_a_rebalance_is_not_handled_or_committed(mo
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, fail_on={1}, ack_s=0.01)  # type: ignore[assignment]
+    loop.attach(log, Sender(log, fail_on={1}, ack_s=0.01))  # type: ignore[arg-type]
     from driftloop.kafka import TruncationWatch
 
     real_fetched, fetches = TruncationWatch.fetched, [0]
@@ -543,7 +543,7 @@ async def test_a_failure_after_the_commit_does_not_bring_the_batch_back(monkeypa
     monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
-    loop.consumer, loop.sender = log, Sender(log, set())  # type: ignore[assignment]
+    loop.attach(log, Sender(log, set()))  # type: ignore[arg-type]
     counted: dict = {}
 
     class Broken:
@@ -571,7 +571,7 @@ async def test_a_rebalance_stops_the_search_for_a_bad_record_and_the_rest_comes_
     log = Log()
     loop = FastPath(ServiceSettings(kafka_max_records=6), "test", TOPIC, "group")
     sender = Sender(log, set())
-    loop.consumer, loop.sender = log, sender  # type: ignore[assignment]
+    loop.attach(log, sender)  # type: ignore[arg-type]
     calls, revoked = 0, []
 
     async def revoke() -> None:  # what _DrainOnRevoke does: flag, then wait for the lock
@@ -619,3 +619,60 @@ def test_observe_many_counts_like_observing_each_value():
     one_sum, many_sum = samples["one"].pop(("_sum", None)), samples["many"].pop(("_sum", None))
     assert samples["many"] == samples["one"] and samples["many"][("_count", None)] == 21
     assert many_sum == pytest.approx(one_sum) == pytest.approx(3 * sum(values))
+
+
+class LateLog(Log):
+    """A log that serves records `late` of partition 0 only from the `after`-th fetch on, and the
+    records past them before that, as the embedded broker does when producers write one partition
+    at once (a consumer that takes them moves past the late ones)."""
+
+    def __init__(self, late: range, after: int) -> None:
+        super().__init__()
+        self.late, self.after, self.fetches = late, after, 0
+
+    async def getmany(self, timeout_ms: int, max_records: int) -> dict:
+        self.fetches += 1
+        tp = PARTITIONS[0]
+        if self.fetches < self.after and self.positions[tp] == self.late.start:
+            self.positions[tp] = self.late.stop  # the late records are not readable yet
+        return await super().getmany(timeout_ms, max_records)
+
+
+@pytest.mark.parametrize(
+    ("after", "rereads", "skipped"), [(3, 2, False), (4, 2, False), (9, 2, True), (9, 0, True)]
+)
+async def test_records_a_broker_serves_late_are_read_again_before_the_ones_after_them(
+    after, rereads, skipped, monkeypatch
+):
+    """A fetch that begins past the offset expected reads the partition again from there, up to
+    `kafka_gap_rereads` times; a gap that holds (compaction, a transaction marker) is passed."""
+    monkeypatch.setattr(asyncio, "sleep", _fast_sleep(asyncio.sleep))
+    log = LateLog(range(2, 5), after)  # two records a partition a fetch: offset 2 is the 2nd fetch's
+    loop = FastPath(ServiceSettings(kafka_max_records=4, kafka_gap_rereads=rereads), "test", TOPIC, "group")
+    loop.attach(log, Sender(log, set()))  # type: ignore[arg-type]
+    handled: list[tuple[int, int]] = []
+
+    async def handle(records: list[ConsumerRecord]) -> list[Output]:
+        handled.extend((r.partition, r.offset) for r in records)
+        return [Output("out", None, b"%d:%d" % (r.partition, r.offset)) for r in records]
+
+    if skipped:  # the records passed over are never sent: the fake log's commit would refuse them
+        log.sent.update((0, o) for o in log.late)
+    gaps = {outcome: _gaps(loop.name, outcome) for outcome in ("reread", "passed")}
+    await _run_until_committed(loop, log, handle)
+
+    first = [o for p, o in handled if p == 0]
+    assert first == sorted(first), "partition 0 was handled out of order"
+    expected = [o for o in range(PER_PARTITION) if not skipped or o not in log.late]
+    assert first == expected
+    assert sorted(o for p, o in handled if p == 1) == list(range(PER_PARTITION))
+    early = after - 2  # fetches at offset 2 before the late records are readable (the 2nd fetch on)
+    assert _gaps(loop.name, "reread") - gaps["reread"] == min(early, rereads)
+    assert _gaps(loop.name, "passed") - gaps["passed"] == skipped
+
+
+def _gaps(consumer: str, outcome: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "driftloop_consumer_offset_gaps_total", {"consumer": consumer, "outcome": outcome}
+    )
+    return value or 0.0
