@@ -40,7 +40,7 @@ LOADS = [  # (records, records per send) to another topic: large sends make few 
     (30_000, 3),
 ]
 
-RACE_PRODUCERS, RACE_RECORDS, RACE_RATE, RACE_ROUNDS = 3, 6_000, 600, 4
+RACE_PRODUCERS, RACE_RECORDS, RACE_RATE, RACE_ROUNDS = 3, 6_000, 600, 6
 
 
 async def hop(sender: BatchSender, reader: Reader, broker: int, tag: str) -> dict[str, float]:

@@ -22,6 +22,7 @@ import numpy as np
 
 from driftloop import fitting
 from driftloop.contracts import Label
+from driftloop.estimation import Calibration, FloorAlarm, chance_of, estimate_floor
 from driftloop.gate import Evidence, gate
 from driftloop.policy import Detection, Retrain, RetrainPolicy
 from driftloop.spec import ModelSpec
@@ -99,6 +100,8 @@ class Result:
     requests: list[Retrain] = field(default_factory=list)  # every retrain the policy asked for
     train_cpu_s: float = 0.0
     replay_cpu_s: float = 0.0
+    chance: np.ndarray = field(default_factory=lambda: np.zeros(0))  # per served row, before its label
+    calibrations: dict[int, Calibration] = field(default_factory=dict)  # by version, from its holdout
 
     @property
     def accuracy(self) -> float:
@@ -149,12 +152,63 @@ class Result:
             "stale_rows": stale,
         }
 
+    def estimate_figures(self, window: int, max_drop: float | None, floor: float | None) -> dict[str, Any]:
+        """How the accuracy estimated before labels (each version's holdout calibration applied to
+        its served probabilities, over its newest `window` rows, as the monitor does) compares with
+        the accuracy the labels then showed on the same rows: the error, and the estimate's alarms
+        (below the version's floor: `estimation.estimate_floor`) against the labels' falls below
+        the same floor. An alarm is confirmed when the labels fell within `window` rows of it; a
+        fall is caught when an alarm came within `window` rows of it."""
+        n = len(self.correct)
+        if n < window or len(self.chance) != n:
+            return {"window": window, "max_drop": max_drop, "rows": 0}
+        estimated, realised = _rolling(self.chance, window), _rolling(self.correct, window)
+        versions = self.versions[window - 1 :]
+        whole = versions == self.versions[: n - window + 1]  # one version served the whole window
+        errors = (estimated - realised)[whole]
+        alarms: list[int] = []
+        falls: list[int] = []
+        current, by_estimate, by_labels = -1, FloorAlarm(), FloorAlarm()
+        est, real, served = estimated.tolist(), realised.tolist(), versions.tolist()
+        for i in np.flatnonzero(whole).tolist():
+            if served[i] != current:  # a new champion: the monitor starts its alarm afresh
+                current, by_estimate, by_labels = served[i], FloorAlarm(), FloorAlarm()
+                limit = estimate_floor(floor, self.calibrations.get(current), max_drop)
+            if limit is None:
+                continue
+            if by_estimate.fell(est[i], limit):
+                alarms.append(i)
+            if by_labels.fell(real[i], limit):
+                falls.append(i)
+        confirmed = sum(any(abs(a - f) <= window for f in falls) for a in alarms)
+        caught = sum(any(abs(a - f) <= window for a in alarms) for f in falls)
+        return {
+            "window": window,
+            "max_drop": max_drop,
+            "rows": int(whole.sum()),
+            "mean_abs_error": float(np.abs(errors).mean()) if len(errors) else None,
+            "bias": float(errors.mean()) if len(errors) else None,
+            "alarms": len(alarms),
+            "confirmed": confirmed,
+            "falls": len(falls),
+            "caught": caught,
+        }
+
+
+def _rolling(values: np.ndarray, window: int) -> np.ndarray:
+    """Means of every run of `window` consecutive values (the k-th ends at value k + window - 1)."""
+    sums = np.cumsum(np.concatenate([[0.0], np.asarray(values, dtype=np.float64)]))
+    return (sums[window:] - sums[:-window]) / window
+
 
 class _Champion:
     """The serving model and its predictions, computed a chunk of rows at a time."""
 
-    def __init__(self, estimator: Any, version: int, trained_until: int, X: np.ndarray) -> None:
+    def __init__(
+        self, estimator: Any, version: int, trained_until: int, X: np.ndarray, calibration: Calibration
+    ) -> None:
         self.estimator, self.version, self.trained_until, self.X = estimator, version, trained_until, X
+        self.calibration = calibration  # of its top-class probability, on its holdout
         self.start, self.proba = 0, np.empty((0, 0))
 
     def probabilities(self, rows: slice) -> np.ndarray:
@@ -193,8 +247,8 @@ class Backtest:
         due = self.delay.due(history)
         arrivals = np.argsort(due, kind="stable")  # rows in the order their labels arrive
         policy = RetrainPolicy(spec)
-        estimator, cpu = self._fit(0, start)
-        champion = _Champion(estimator, 1, start, history.X)
+        estimator, cpu, calibration = self._fit(0, start)
+        champion = _Champion(estimator, 1, start, history.X, calibration)
         policy.promoted(1)
         result = Result(
             self.name,
@@ -205,10 +259,12 @@ class Backtest:
             versions=np.zeros(n - start, dtype=np.int32),
             trained_until=np.zeros(n - start, dtype=np.int64),
             train_cpu_s=cpu,
+            chance=np.zeros(n - start),
+            calibrations={1: calibration},
         )
         labelled = start  # rows [0, labelled) in arrival order have their label (history: at once)
         served_by = np.zeros(n, dtype=np.int32)
-        waiting: list[tuple[int, Any, int, str]] = []  # (serves from row, estimator, trained until, command)
+        waiting: list[tuple[int, Any, int, Calibration, str]] = []  # (serves from row, its model, command)
         next_version = 2
         for row in range(start, n):
             while labelled < n and due[arrivals[labelled]] <= row:
@@ -227,8 +283,9 @@ class Backtest:
                     else:
                         waiting.append((row + self.deploy_rows, *outcome, retrain.command_id))
             while waiting and waiting[0][0] <= row:
-                _, estimator, until, command_id = waiting.pop(0)
-                champion = _Champion(estimator, next_version, until, history.X)
+                _, estimator, until, calibration, command_id = waiting.pop(0)
+                champion = _Champion(estimator, next_version, until, history.X, calibration)
+                result.calibrations[next_version] = calibration
                 policy.promoted(next_version, command_id)
                 next_version += 1
             proba = champion.at(row)
@@ -239,6 +296,7 @@ class Backtest:
             result.p_true[row - start] = next(
                 (p for c, p in zip(classes, proba, strict=True) if str(c) == truth), 0.0
             )
+            result.chance[row - start] = chance_of(float(proba[picked]), champion.calibration)
             result.versions[row - start] = champion.version
             result.trained_until[row - start] = champion.trained_until
             served_by[row] = champion.version
@@ -260,8 +318,9 @@ class Backtest:
 
     def _retrain(
         self, retrain: Any, labelled: np.ndarray, champion: _Champion, row: int, result: Result
-    ) -> tuple[Any, int] | None:
-        """Train and gate a candidate; the estimator and its newest row when blessed and promoted."""
+    ) -> tuple[Any, int, Calibration] | None:
+        """Train and gate a candidate; the estimator, its newest row and its calibration when
+        blessed and promoted."""
         spec = self.spec
         rows = self._window(labelled, retrain.since, retrain.until, retrain.last_n)
         t0 = time.process_time()
@@ -271,13 +330,13 @@ class Backtest:
         if isinstance(outcome, str):
             result.trainings.append(Training(row, retrain.reason, len(rows), False, outcome, cpu))
             return None
-        estimator, evidence = outcome
+        estimator, evidence, calibration = outcome
         decision = gate(spec, evidence)
         promoted = decision.blessed and spec.gate.auto_promote
         result.trainings.append(Training(row, retrain.reason, len(rows), promoted, decision.reason, cpu))
-        return (estimator, int(rows[-1]) + 1) if promoted else None
+        return (estimator, int(rows[-1]) + 1, calibration) if promoted else None
 
-    def _candidate(self, rows: np.ndarray, champion: _Champion) -> tuple[Any, Evidence] | str:
+    def _candidate(self, rows: np.ndarray, champion: _Champion) -> tuple[Any, Evidence, Calibration] | str:
         """As the trainer: fit on the window's older rows, score it and the champion on the newest."""
         spec, history = self.spec, self.history
         if len(rows) < spec.training.min_rows:
@@ -297,19 +356,21 @@ class Backtest:
             spec.gate.metric, y[cut:], candidate.proba, incumbent, candidate.classes, unseen
         )
         evidence = Evidence(scores, champion_scores, champion.version, len(rows) - cut, comparison)
+        calibration = fitting.holdout_calibration(candidate.proba, candidate.classes, y[cut:])
         if spec.training.refit_with_holdout:
-            return fitting.refit(spec, candidate, X, y), evidence
-        return candidate.estimator, evidence
+            return fitting.refit(spec, candidate, X, y), evidence, calibration
+        return candidate.estimator, evidence, calibration
 
-    def _fit(self, first: int, end: int) -> tuple[Any, float]:
-        """The first champion, as the trainer makes it from the same rows."""
+    def _fit(self, first: int, end: int) -> tuple[Any, float, Calibration]:
+        """The first champion, as the trainer makes it from the same rows, and its calibration."""
         t0 = time.process_time()
         X, y = self.history.X[first:end], list(self.history.y[first:end])
         candidate = fitting.train_candidate(self.spec, X, y)
         estimator = (
             fitting.refit(self.spec, candidate, X, y) if self.spec.training.refit_with_holdout else None
         )
-        return estimator or candidate.estimator, time.process_time() - t0
+        calibration = fitting.holdout_calibration(candidate.proba, candidate.classes, y[candidate.cut :])
+        return estimator or candidate.estimator, time.process_time() - t0, calibration
 
 
 def variant(spec: ModelSpec, **sections: dict[str, Any]) -> ModelSpec:

@@ -241,6 +241,7 @@ def summary(
         "max_retrains": max_retrains,
         "recommended": chosen.name,
         "recommended_changes": policy_changes(chosen.spec, spec),
+        "estimate": estimate(chosen),
         "policies": [
             {
                 "name": r.name,
@@ -259,6 +260,25 @@ def summary(
             for r in results
         ],
     }
+
+
+def estimate(result: Result) -> dict[str, Any]:
+    """How the accuracy estimated before labels would have tracked under `result`'s policy, with
+    its spec's `drift.estimate` settings (`Result.estimate_figures`)."""
+    settings = result.spec.drift.estimate
+    return result.estimate_figures(settings.window, settings.max_drop, result.spec.estimate_floor)
+
+
+def estimate_line(figures: dict[str, Any]) -> str:
+    """The estimate's figures in a sentence."""
+    if not figures.get("rows") or figures["mean_abs_error"] is None:
+        return f"estimated accuracy: no full window of {figures['window']} rows served by one version"
+    return (
+        f"estimated accuracy before labels (windows of {figures['window']} rows): off by "
+        f"{100 * figures['mean_abs_error']:.2f} points on average (bias {100 * figures['bias']:+.2f}); "
+        f"{figures['alarms']} alarms below the floor, {figures['confirmed']} confirmed by the labels; "
+        f"{figures['caught']} of {figures['falls']} falls the labels showed were caught"
+    )
 
 
 def table(report: dict[str, Any]) -> str:
@@ -374,6 +394,7 @@ def main(
     budget = "" if max_retrains is None else f" within {max_retrains} retrains"
     print(f"\nrecommended{budget}: {chosen.name} (accuracy {chosen.accuracy:.4f}); in the spec:\n")
     print(spec_sections(chosen.spec, spec))
+    print(estimate_line(report["estimate"]))
     print(
         f"CPU: training {train:.1f} s, replay {replay:.1f} s ({replay / max(1e-9, train + replay):.0%}); "
         f"wall {time.perf_counter() - wall:.1f} s. Wrote {out / 'backtest.json'} and {out / 'backtest.png'}"

@@ -28,6 +28,7 @@ import numpy as np
 from driftloop.rolling import RollingMean
 
 BINS = 20  # equal-count bins of the holdout: a version's map has at most this many knots
+CLEAR_MARGIN = 0.01  # an estimate that fell below its floor counts as back this far above it
 
 
 @dataclass(frozen=True)
@@ -190,6 +191,41 @@ class RollingEstimate:
         if not len(self.right):
             return None
         return _band(self.right.mean, self.variance.mean, len(self.right), self.level)
+
+
+def estimate_floor(
+    floor: float | None, calibration: Calibration | None, max_drop: float | None
+) -> float | None:
+    """The estimated accuracy a version is held to: `floor` (the spec's), or the version's holdout
+    accuracy less `max_drop`, whichever is higher (None: neither applies).
+
+    >>> estimate_floor(0.6, Calibration((0.75,), (0.5, 1.0), 4, overall=0.9), 0.05)
+    0.85
+    """
+    limits = [] if floor is None else [floor]
+    if max_drop is not None and calibration is not None and calibration.overall is not None:
+        limits.append(calibration.overall - max_drop)
+    return max(limits) if limits else None
+
+
+class FloorAlarm:
+    """Says when an estimate has just fallen below its floor: once per fall, cleared when the
+    estimate is back `CLEAR_MARGIN` above the floor (the monitor's alarm, and the backtest's).
+
+    >>> alarm = FloorAlarm()
+    >>> [alarm.fell(a, 0.8) for a in (0.85, 0.79, 0.75, 0.805, 0.78, 0.82, 0.7)]
+    [False, True, False, False, False, False, True]
+    """
+
+    def __init__(self) -> None:
+        self.below = False  # fell and not back yet
+
+    def fell(self, accuracy: float, floor: float) -> bool:
+        if self.below:
+            self.below = accuracy < floor + CLEAR_MARGIN
+            return False
+        self.below = accuracy < floor
+        return self.below
 
 
 def window_errors(

@@ -257,18 +257,22 @@ def prediction_shares(proba: np.ndarray, classes: Sequence[Label]) -> dict[str, 
     return {str(c): float(share) for c, share in zip(classes, counts, strict=True)}
 
 
-def calibration(proba: np.ndarray, classes: Sequence[Label], y: Sequence[Label]) -> CalibrationTable:
+def holdout_calibration(proba: np.ndarray, classes: Sequence[Label], y: Sequence[Label]) -> Calibration:
     """The calibration of the top-class probability on a holdout (probabilities of a model that
     did not see it; columns in `classes` order).
 
-    >>> table = calibration(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1], [0, 0])
-    >>> table.accuracy, table.rows
-    ([0.0, 1.0], 2)
+    >>> fitted = holdout_calibration(np.array([[0.9, 0.1], [0.2, 0.8]]), [0, 1], [0, 0])
+    >>> fitted.accuracy, fitted.rows, fitted.overall
+    ((0.0, 1.0), 2, 0.5)
     """
     predicted = [str(classes[i]) for i in proba.argmax(axis=1)]
     correct = np.array([p == str(label) for p, label in zip(predicted, y, strict=True)])
-    fitted = Calibration.fit(proba.max(axis=1), correct)
-    return CalibrationTable.model_validate(fitted.as_dict())
+    return Calibration.fit(proba.max(axis=1), correct)
+
+
+def calibration(proba: np.ndarray, classes: Sequence[Label], y: Sequence[Label]) -> CalibrationTable:
+    """`holdout_calibration` as it goes on the events and the card."""
+    return CalibrationTable.model_validate(holdout_calibration(proba, classes, y).as_dict())
 
 
 def dataset_hash(rows: Sequence[FeatureRow]) -> str:

@@ -240,6 +240,22 @@ async def moved_back(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
 Fetched = dict[TopicPartition, list[ConsumerRecord]]
 
 
+def _gap(records: Sequence[ConsumerRecord], expected: int) -> int | None:
+    """The index of the first record past a gap in offsets (0: the first is past `expected`), or
+    None when the records follow on from `expected` without one (or go back: a rewind).
+
+    >>> from types import SimpleNamespace as R
+    >>> [_gap([R(offset=o) for o in offsets], 3) for offsets in ([3, 4], [5, 6], [3, 4, 7], [1, 2])]
+    [None, 0, 2, None]
+    """
+    first = records[0].offset
+    if first > expected:
+        return 0
+    if records[-1].offset - first + 1 == len(records):  # one run: the usual case, without a loop
+        return None
+    return next((i for i in range(1, len(records)) if records[i].offset > records[i - 1].offset + 1), None)
+
+
 class GapGuard:
     """Reads a consumer's partitions without skipping records that a broker made readable late.
 
@@ -269,23 +285,30 @@ class GapGuard:
         self.expect({tp: await self.consumer.position(tp) for tp in self.consumer.assignment()})
 
     def checked(self, fetched: Fetched) -> Fetched:
-        """`fetched` without the partitions to read again (sought back to the offset expected)."""
+        """`fetched` up to the first gap of each partition; a partition with a gap is sought back to
+        where the gap begins (a fetch may hold several of the broker's batches, so a gap can come
+        after records, not only before them)."""
         kept: Fetched = {}
         for tp, records in fetched.items():
             if not records:
                 continue
-            expected = self.expected.get(tp)
-            if expected is not None and records[0].offset > expected:
-                offset, reads = self._rereads.get(tp, (expected, 0))
-                reads = reads if offset == expected else 0
+            expected = self.expected.get(tp, records[0].offset)
+            cut = _gap(records, expected)
+            if cut is not None:
+                offset = expected if cut == 0 else records[cut - 1].offset + 1
+                where, reads = self._rereads.get(tp, (offset, 0))
+                reads = reads if where == offset else 0
                 if reads < self.rereads:
-                    self._rereads[tp] = (expected, reads + 1)
-                    self.consumer.seek(tp, expected)
+                    self._rereads[tp] = (offset, reads + 1)
+                    self.consumer.seek(tp, offset)
                     OFFSET_GAPS.labels(self.name, "reread").inc()
+                    if cut:
+                        kept[tp] = records[:cut]
+                    self.expected[tp] = offset
                     continue
                 OFFSET_GAPS.labels(self.name, "passed").inc()
-                log.info("%s: offsets %d-%d of %s are not there; going on", self.name, expected,
-                         records[0].offset - 1, tp)  # fmt: skip
+                log.info("%s: offsets %d-%d of %s are not there; going on", self.name, offset,
+                         records[cut].offset - 1, tp)  # fmt: skip
             self._rereads.pop(tp, None)
             self.expected[tp] = records[-1].offset + 1
             kept[tp] = records

@@ -21,6 +21,7 @@ from driftloop.backtest import (
 )
 from driftloop.backtesting import encode, load, parse_delay
 from driftloop.cli import main
+from driftloop.estimation import Calibration
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -183,3 +184,33 @@ def test_a_history_loads_from_a_stream_a_parquet_file_and_the_offline_store(tmp_
     since = T0 + timedelta(seconds=200)
     stored = load(str(tmp_path / "offline"), sea_spec, since=since)
     assert len(stored.history) == 1300 and stored.history.times[0] == since
+
+
+def _served(chance, correct, versions, overall):
+    n = len(correct)
+    result = Result("r", None, 0, np.array(correct, dtype=bool), np.zeros(n), np.array(versions), np.zeros(n))
+    result.chance = np.array(chance, dtype=np.float64)
+    result.calibrations = {v: Calibration((), (overall,), 1000, overall=overall) for v in set(versions)}
+    return result
+
+
+def test_the_estimate_figures_set_each_alarm_beside_what_the_labels_showed():
+    rng = np.random.default_rng(3)
+    steady = rng.random(2_000) < 0.9
+    # a concept drift: the labels fall to 60% while the model stays as sure as before
+    concept = _served([0.9] * 4_000, [*steady, *(rng.random(2_000) < 0.6)], [1] * 4_000, 0.9)
+    figures = concept.estimate_figures(window=200, max_drop=0.05, floor=None)
+    assert figures["rows"] == 4_000 - 199 and figures["alarms"] == 0
+    assert figures["falls"] >= 1 and figures["caught"] == 0
+    assert 0.1 < figures["mean_abs_error"] < 0.2 and figures["bias"] > 0  # estimated too high after
+    # inputs move to where the model is unsure: the estimate falls with the labels
+    unsure = _served([0.9] * 2_000 + [0.6] * 2_000, concept.correct, [1] * 4_000, 0.9)
+    figures = unsure.estimate_figures(window=200, max_drop=0.05, floor=None)
+    assert figures["alarms"] == 1 and figures["confirmed"] == 1 and figures["caught"] >= 1
+    assert figures["mean_abs_error"] < 0.06
+    # a new version starts its windows afresh: windows across the swap are not judged
+    swapped = _served([0.9] * 4_000, concept.correct, [1] * 2_000 + [2] * 2_000, 0.9)
+    assert swapped.estimate_figures(window=200, max_drop=0.05, floor=None)["rows"] == 4_000 - 2 * 199
+    # nothing to hold the estimate to: no alarms, the error still measured
+    free = unsure.estimate_figures(window=200, max_drop=None, floor=None)
+    assert free["alarms"] == free["falls"] == 0 and free["mean_abs_error"] is not None

@@ -15,7 +15,14 @@ from typing import Any, Protocol
 import numpy as np
 
 from driftloop.contracts import FeatureStats
-from driftloop.estimation import Calibration, Estimate, RollingEstimate, chance_of
+from driftloop.estimation import (
+    Calibration,
+    Estimate,
+    FloorAlarm,
+    RollingEstimate,
+    chance_of,
+    estimate_floor,
+)
 from driftloop.features import FeatureSet
 from driftloop.policy import RetrainPolicy, Step
 from driftloop.rolling import RollingMean
@@ -266,7 +273,6 @@ class PredictionMonitor(_Windowed):
         return shifted
 
 
-CLEAR_MARGIN = 0.01  # an estimate that fell below its floor counts as back this far above it
 WATCHING, WARMING_UP, WARNING, DRIFT = 0, 1, 2, 3  # a watch's drift state (the metric's values)
 
 
@@ -294,7 +300,7 @@ class Watch:
         self.retired: set[int] = set()  # versions replaced as champion: their quality is not exported
         self.calibrations = {} if calibrations is None else calibrations  # by version, from its events
         self.estimates: dict[int, RollingEstimate] = {}
-        self.below_floor = False  # the champion's estimate fell below the floor and has not come back
+        self.floor_alarm = FloorAlarm()  # the champion's estimate against its floor
         self.slicer = Slicer(spec) if spec.slices.by else None  # a request's slice values
         self.slices: SliceBook | None = None  # the champion's, when the spec slices
         self.slice_values: OrderedDict[str, dict[str, str]] = OrderedDict()  # by request id, awaiting results
@@ -318,7 +324,7 @@ class Watch:
         self.policy.promoted(version, command_id)
         self.covariate, self.predictions = covariate, predictions
         self.state = WARMING_UP
-        self.below_floor = False
+        self.floor_alarm = FloorAlarm()
         self.slices = SliceBook(self.spec) if self.spec.slices.by else None
         self.retired.discard(version)
         if retired is not None:
@@ -378,13 +384,9 @@ class Watch:
         return None if estimate is None else estimate.estimate()
 
     def estimate_floor(self, version: int) -> float | None:
-        """The estimated accuracy `version` is held to: the spec's floor, or the version's holdout
-        accuracy less `drift.estimate.max_drop`, whichever is higher (None: neither applies)."""
-        limits = [] if self.spec.estimate_floor is None else [self.spec.estimate_floor]
-        calibration, drop = self.calibrations.get(version), self.spec.drift.estimate.max_drop
-        if drop is not None and calibration is not None and calibration.overall is not None:
-            limits.append(calibration.overall - drop)
-        return max(limits) if limits else None
+        """The estimated accuracy `version` is held to (`driftloop.estimation.estimate_floor`)."""
+        estimate = self.spec.drift.estimate
+        return estimate_floor(self.spec.estimate_floor, self.calibrations.get(version), estimate.max_drop)
 
     def estimate_fell(self) -> Estimate | None:
         """The champion's estimate, when it has just fallen below its floor (once per fall: cleared
@@ -399,11 +401,7 @@ class Watch:
             return None
         estimate = rolling.estimate()
         assert estimate is not None  # a full window
-        if self.below_floor:
-            self.below_floor = estimate.accuracy < floor + CLEAR_MARGIN
-            return None
-        self.below_floor = estimate.accuracy < floor
-        return estimate if self.below_floor else None
+        return estimate if self.floor_alarm.fell(estimate.accuracy, floor) else None
 
     def outcome(
         self, version: int, correct: bool, p_true: float | None, confidence: float | None = None
