@@ -15,12 +15,13 @@ help: ## list the targets
 
 install: system-deps $(VENV)/.installed ## install everything: system packages (apt) and the uv workspace
 
-system-deps: ## apt-get install redis-server, prometheus, docker-compose, stunnel4 where missing
+system-deps: ## apt-get install redis-server, prometheus, docker-compose, stunnel4, chromium where missing
 	@missing=""; \
 	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
 	command -v prometheus >/dev/null || missing="$$missing prometheus"; \
 	command -v docker-compose >/dev/null || missing="$$missing docker-compose"; \
 	command -v stunnel >/dev/null || missing="$$missing stunnel4"; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing system packages:$$missing"; \
 		$(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \

@@ -83,9 +83,8 @@ def estimate_summary(reports: list[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
     for k, (window, drop) in enumerate((w, d) for w in ESTIMATE_WINDOWS for d in ESTIMATE_DROPS):
         for kind in ("real", "synthetic"):
-            cells = [
-                r["estimate_grid"][k] for r in reports if r["kind"] == kind and r["estimate_grid"][k]["rows"]
-            ]
+            grid = [r["estimate_grid"][k] for r in reports if (r["kind"] == "real") == (kind == "real")]
+            cells = [c for c in grid if c["rows"]]  # streams with a full window served by one version
             if not cells:
                 continue
             totals = {key: sum(c[key] for c in cells) for key in ("alarms", "confirmed", "falls", "caught")}

@@ -470,6 +470,55 @@ class DatasetRef(Message):
     )
 
 
+class FeatureProfile(Message):
+    """One input of a dataset version: its distribution, and how it compares with the data the
+    champion of the time was trained on."""
+
+    name: str = Field(description="Input name (a feature, an aggregate or a time part).")
+    kind: Literal["numeric", "categorical"] = Field(description="Value type.")
+    mean: float | None = Field(default=None, description="Mean (numeric, after the spec's transform).")
+    std: float | None = Field(default=None, description="Standard deviation (numeric).")
+    min: float | None = Field(default=None, description="Smallest value (numeric).")
+    max: float | None = Field(default=None, description="Largest value (numeric).")
+    edges: list[float] = Field(default_factory=list, description="Histogram bin edges (numeric).")
+    counts: list[int] = Field(default_factory=list, description="Rows in each histogram bin (numeric).")
+    shares: dict[str, float] = Field(
+        default_factory=dict,
+        description="Share of rows of each category, `__unknown__` for those the spec does not list "
+        "(categorical).",
+    )
+    at_default: int | None = Field(
+        default=None,
+        description="Rows whose value is the input's default: absent in the observation (or sent as "
+        "the default); None when the input has no default, or a transform hides it.",
+    )
+    out_of_range: int | None = Field(
+        default=None,
+        description="Rows outside the range of the champion's training data (numeric; None: no champion).",
+    )
+    unknown: int | None = Field(
+        default=None, description="Rows of a category the spec does not list (categorical)."
+    )
+    shift: float | None = Field(
+        default=None,
+        description="PSI of this input against the champion's training data over its deciles "
+        "(categorical: over its categories); None without a champion.",
+    )
+
+
+class DatasetProfile(Message):
+    """A dataset version's profile, computed by the trainer as it builds the dataset: per input its
+    distribution, rows at their default and out of range, the label balance, and the shift from
+    the data the champion was trained on."""
+
+    rows: int = Field(description="Rows profiled (the whole window: fitted and held out).")
+    labels: dict[str, int] = Field(description="Rows of each label.")
+    features: list[FeatureProfile] = Field(description="One per model input, in the spec's order.")
+    compared_with: int | None = Field(
+        default=None, description="The champion version whose training data the shifts are measured against."
+    )
+
+
 class PairedComparison(Message):
     """Candidate against champion on the same holdout rows, row by row, in the gate metric."""
 
@@ -516,6 +565,9 @@ class ModelTrained(Message):
         default_factory=dict,
         description="Global importance of each input: the accuracy lost on the holdout when its columns are "
         "shuffled across rows (permutation importance on the ONNX model).",
+    )
+    profile: DatasetProfile | None = Field(
+        default=None, description="The dataset version's profile (exploratory data analysis)."
     )
     code_version: str = Field(description="driftloop version that trained it.")
     spec_version: str | None = Field(

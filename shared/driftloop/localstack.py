@@ -191,6 +191,11 @@ def service_env(stack: Stack, service: str) -> dict[str, str]:
         "DRIFTLOOP_DATA_DIR": str(var / service),
         "DRIFTLOOP_OFFLINE_DIR": str(var / "offline"),
         "DRIFTLOOP_TRAINING_DIR": str(var / "training"),
+        **(
+            {"DRIFTLOOP_PROMETHEUS_URL": f"http://127.0.0.1:{stack.ports['prometheus']}"}
+            if service == "registry"
+            else {}
+        ),
     }
 
 

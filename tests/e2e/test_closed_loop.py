@@ -21,6 +21,7 @@ from driftloop.client import HttpPredictionClient, PredictionClient, make_produc
 from driftloop.contracts import DeadLetter, DriftDetected, PredictionRequest, PredictionResult, TrainModel
 from driftloop.settings import Topics
 from driftloop.spec import read_specs
+from tests.browser import check_console
 from tests.conftest import ROOT, wait_for
 from tests.helpers import by_request_id, collect, served_versions
 
@@ -194,6 +195,9 @@ async def test_the_loop_closes_on_an_abrupt_drift(stack, tmp_path):
                         return body["status"] == "success" and bool(body["data"]["result"])
 
                     await wait_for(has_data, timeout=40, what=f"data for {path.stem}: {panel['title']!r}")
+
+    # the registry's console in a real browser, over what this loop left: versions, reasons, lineage
+    await check_console(stack.url("registry"), stack.bootstrap, "sea", live=bool(shutil.which("prometheus")))
 
 
 # The backtest decides as the live loop does: one synthetic stream with a known abrupt drift,

@@ -7,7 +7,7 @@ import pytest
 from aiokafka import ConsumerRecord
 
 from driftloop.artifacts import ArtifactStore
-from driftloop.contracts import FeatureRow, ModelTrained, ModelTrainingFailed, TrainModel
+from driftloop.contracts import FeatureRow, ModelPromoted, ModelTrained, ModelTrainingFailed, TrainModel
 from driftloop.features import FeatureSet, check_features
 from driftloop.fitting import fit
 from driftloop.kafka import encode
@@ -164,3 +164,37 @@ async def test_a_trained_version_carries_its_calibration_and_what_it_relies_on(t
     )
     assert calibration.overall == pytest.approx(trained.candidate_metrics["accuracy"], abs=1e-9)
     assert trained.durations_s["explain"] >= 0
+
+
+async def test_a_trained_version_carries_its_dataset_profile_and_its_shift_from_the_champions_data(
+    tmp_path, sea_spec
+):
+    trainer, _ = _trainer(tmp_path, sea_spec)
+    first = await trainer.handle_commands(
+        [_record("training.requests", TrainModel(command_id="a", model="sea"))]
+    )
+    (trained,) = _sent(first, Topics().models_trained, ModelTrained)
+    profile = trained.profile
+    assert profile is not None and profile.rows == trained.dataset.rows and profile.compared_with is None
+    assert sum(profile.labels.values()) == profile.rows and set(profile.labels) <= {"0", "1"}
+    assert [f.name for f in profile.features] == ["x0", "x1", "x2"]
+    for feature in profile.features:
+        assert feature.kind == "numeric" and sum(feature.counts) == profile.rows
+        assert len(feature.edges) == len(feature.counts) + 1 and feature.edges[0] == feature.min
+        assert 0 <= feature.min <= feature.mean <= feature.max <= 10  # SEA's inputs
+        assert feature.shift is None and feature.out_of_range is None  # no champion yet
+    # once it is the champion, the next dataset (the same rows) is measured against its data
+    promoted = ModelPromoted(
+        model="sea", version=1, reason="test", artifact=trained.artifact, classes=trained.classes,
+        feature_names=trained.feature_names, reference_stats=trained.reference_stats,
+    )  # fmt: skip
+    await trainer.on_lifecycle(promoted)
+    again = await trainer.handle_commands(
+        [_record("training.requests", TrainModel(command_id="b", model="sea"))]
+    )
+    (retrained,) = _sent(again, Topics().models_trained, ModelTrained)
+    assert retrained.profile is not None and retrained.profile.compared_with == 1
+    for feature in retrained.profile.features:  # the same rows as the champion's (its holdout too)
+        assert feature.shift is not None and feature.shift < 0.05
+        assert feature.out_of_range is not None and feature.out_of_range <= 0.25 * retrained.profile.rows
+    assert retrained.durations_s["profile"] >= 0

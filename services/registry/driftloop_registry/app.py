@@ -1,5 +1,5 @@
 """Wiring of the registry: `models.trained` → gate → `models.lifecycle`; `models.commands` (promote,
-approve, rollback, tag) → `models.lifecycle`; read-only JSON API."""
+approve, rollback, tag) → `models.lifecycle`; read-only JSON API and web console (`/ui`)."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from driftloop_registry.adapters import CardWriter, RedisRegistryRepository
 from driftloop_registry.domain import render_card
 from driftloop_registry.handlers import SERVICE, Registry
 from driftloop_registry.settings import RegistrySettings
+from driftloop_registry.web import Console
 
 
 def _query(scope: Any) -> dict[str, str]:
@@ -108,6 +109,7 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
             ("/v1/card", card),
             ("/v1/specs", specs_of),
         ],
+        mounts=[("/ui", Console(registry, settings.prometheus_url))],
     )
 
 

@@ -326,6 +326,19 @@ class Registry:
             )
         return out
 
+    async def records(self, model: str) -> list[dict[str, Any]]:
+        """Every version's full record with its current status, oldest first (the console's)."""
+        aliases = await self.repo.aliases(model)
+        history = await self.repo.champion_history(model)
+        return [
+            {
+                **v.record(),
+                "status": v.status(aliases, history),
+                "aliases": [a for a, n in aliases.items() if n == v.version],
+            }
+            for v in await self.repo.versions(model)
+        ]
+
     async def card(self, model: str, number: int) -> dict[str, Any] | None:
         """A version's full record (lineage, decision, tags, event history) and current status."""
         version = await self.repo.get(model, number)

@@ -36,6 +36,7 @@ from driftloop.fastpath import Handled, Outbox
 from driftloop.faults import describe, is_transient
 from driftloop.features import FeatureSet
 from driftloop.kafka import triage
+from driftloop.profile import profile
 from driftloop.runtime import code_version
 from driftloop.settings import Topics
 from driftloop.spec import ModelSpec
@@ -376,6 +377,12 @@ class Trainer:
             spec.gate.metric, y[cut:], fitted.evidence, champion_proba, fitted.classes, unseen
         )
         evaluate_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        serving = self.champions.get(spec.name)  # shifts from its training data
+        same_columns = serving is not None and serving.event.feature_names == self.feature_sets.of(spec).names
+        reference = serving.event.reference_stats if serving is not None and same_columns else None
+        described = profile(spec, X, y, reference, serving.version if serving is not None else None)
+        profile_s = time.perf_counter() - t0
         artifact = await self.artifacts.put(fitted.onnx)
         dataset = DatasetRef(
             version=digest[:16],
@@ -414,12 +421,14 @@ class Trainer:
             prediction_shares=domain.prediction_shares(fitted.proba_onnx, fitted.classes),
             calibration=domain.calibration(fitted.evidence, fitted.classes, y[cut:]),
             importance=fitted.importance,
+            profile=described,
             code_version=code_version(),
             durations_s={
                 "fit": fitted.fit_s,
                 "convert": fitted.convert_s,
                 "evaluate": evaluate_s,
                 "explain": fitted.explain_s,
+                "profile": profile_s,
             },
         )
 
