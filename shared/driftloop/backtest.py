@@ -180,8 +180,12 @@ class Result:
                 alarms.append(i)
             if by_labels.fell(real[i], limit):
                 falls.append(i)
-        confirmed = sum(any(abs(a - f) <= window for f in falls) for a in alarms)
-        caught = sum(any(abs(a - f) <= window for a in alarms) for f in falls)
+
+        def near(i: int, others: list[int]) -> bool:  # within a window, and by the same version
+            return any(abs(i - j) <= window and served[i] == served[j] for j in others)
+
+        confirmed = sum(near(a, falls) for a in alarms)
+        caught = sum(near(f, alarms) for f in falls)
         return {
             "window": window,
             "max_drop": max_drop,

@@ -271,7 +271,7 @@ def _print_stack(stack: Stack) -> None:
     if "prometheus" in stack.pids:
         print(f"  prometheus  http://127.0.0.1:{stack.ports['prometheus']}")
     for service in localstack.SERVICES:
-        extra = " /v2: predictions over HTTP" if service == "inference" else ""
+        extra = {"inference": " /v2: predictions over HTTP", "registry": " /ui: the console"}.get(service, "")
         print(f"  {service:<11} {stack.url(service)}  (/metrics /healthz /readyz{extra})")
     print(f"  logs        {stack.run_dir}/logs/")
 

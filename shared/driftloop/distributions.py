@@ -42,14 +42,18 @@ class Reference:
         counts = np.bincount(np.searchsorted(self.edges, values, side="right"), minlength=len(self.edges) + 1)
         return np.clip(counts / max(1, len(values)), 1e-4, None)
 
+    def psi(self, values: np.ndarray) -> float:
+        """The population stability index of `values` over the reference's deciles."""
+        observed = self._binned(values)
+        return float(np.sum((observed - self.shares) * np.log(observed / self.shares)))
+
     def distances(self, values: np.ndarray) -> dict[str, float]:
         """psi, ks and wasserstein of `values` against the reference."""
-        observed = self._binned(values)
         points = np.union1d(self.sample, values)
         cdf_ref = np.searchsorted(self.sample, points, side="right") / len(self.sample)
         cdf_obs = np.searchsorted(np.sort(values), points, side="right") / max(1, len(values))
         return {
-            "psi": float(np.sum((observed - self.shares) * np.log(observed / self.shares))),
+            "psi": self.psi(values),
             "ks": float(np.abs(cdf_obs - cdf_ref).max()),
             "wasserstein": float(np.abs(np.quantile(values, _MID) - self.sample).mean() / self.scale),
         }

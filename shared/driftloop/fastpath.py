@@ -236,6 +236,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: object) -> None:
         self.loop.generation += 1  # positions now come from the group: older batches are not rewound
+        self.loop.gaps.reset()  # before any await: fetches of the new assignment may come meanwhile
         await self.loop.assigned(list(assigned))  # type: ignore[call-overload]
         log.info("%s assigned %s", self.loop.group_id, sorted(str(tp) for tp in assigned))  # type: ignore[attr-defined]
 
@@ -379,7 +380,9 @@ class FastPath:
     def attach(self, consumer: AIOKafkaConsumer, sender: BatchSender) -> None:
         """The clients this loop reads and writes with."""
         self.consumer, self.sender = consumer, sender
-        self.gaps = GapGuard(consumer, self.settings.kafka_gap_rereads, self.name)
+        topics = self.settings.topics
+        compacted = [t for t in self.topics if topics.configs(t).get("cleanup.policy") == "compact"]
+        self.gaps = GapGuard(consumer, self.settings.kafka_gap_wait_ms / 1000, self.name, compacted)
 
     async def stop(self) -> None:
         """Finish the batch in flight, commit, and leave the group."""
@@ -421,14 +424,17 @@ class FastPath:
         """Learn where newly assigned partitions resume (for the lag): the group's committed
         offset, else the log's start (`auto_offset_reset=earliest`)."""
         self.committed = {}
+        found = {}
         try:
             for tp in partitions:
                 offset = await self.consumer.committed(tp)
                 if offset is None:
                     offset = (await self.consumer.beginning_offsets([tp]))[tp]
-                self.committed[tp] = offset
+                found[tp] = offset
         except Exception:  # the lag shows up after the first commit instead
             log.debug("%s: no committed offsets for the lag yet", self.name, exc_info=True)
+        for tp, offset in found.items():  # a batch may have been committed meanwhile: it is newer
+            self.committed.setdefault(tp, offset)
         self.gaps.expect(self.committed)
         self._progress = time.monotonic()
 

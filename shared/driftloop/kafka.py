@@ -10,7 +10,7 @@ import base64
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 
 import orjson
@@ -240,83 +240,123 @@ async def moved_back(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
 Fetched = dict[TopicPartition, list[ConsumerRecord]]
 
 
-def _gap(records: Sequence[ConsumerRecord], expected: int) -> int | None:
-    """The index of the first record past a gap in offsets (0: the first is past `expected`), or
-    None when the records follow on from `expected` without one (or go back: a rewind).
+def _gap(records: Sequence[ConsumerRecord], expected: int, start: int = 0) -> int | None:
+    """The index (from `start`) of the first record past a gap in offsets (`start` itself: that
+    record is past `expected`), or None when the records follow on from `expected` without one
+    (or go back: a rewind).
 
     >>> from types import SimpleNamespace as R
     >>> [_gap([R(offset=o) for o in offsets], 3) for offsets in ([3, 4], [5, 6], [3, 4, 7], [1, 2])]
     [None, 0, 2, None]
+    >>> _gap([R(offset=o) for o in (3, 6, 7, 9)], 6, start=1)
+    3
     """
-    first = records[0].offset
+    first = records[start].offset
     if first > expected:
-        return 0
-    if records[-1].offset - first + 1 == len(records):  # one run: the usual case, without a loop
+        return start
+    if records[-1].offset - first + 1 == len(records) - start:  # one run: the usual case, no loop
         return None
-    return next((i for i in range(1, len(records)) if records[i].offset > records[i - 1].offset + 1), None)
+    return next(
+        (i for i in range(start + 1, len(records)) if records[i].offset > records[i - 1].offset + 1), None
+    )
 
 
 class GapGuard:
     """Reads a consumer's partitions without skipping records that a broker made readable late.
 
     A partition's offsets follow one another on a topic without compaction or transactions, so a
-    fetch that begins past the offset after the last record read skipped some. tansu 0.6 (the
-    embedded broker) does that when producers append to one partition at once: it can serve a
-    later batch before an earlier one is readable, and a consumer that takes it never sees the
-    earlier one (`make bench-broker` counts them). Such a partition's records are set aside and it
-    is read again from the offset expected, up to `rereads` times for one gap; a gap that holds is
-    real (compaction, a transaction's marker) and is passed. Going back (a rewind, a topic read
-    again from its start) is no gap; after a new assignment, `expect` where partitions resume."""
+    fetch that begins past the offset after the last record read, or has a hole among its records
+    (a fetch holds several of the broker's batches), skipped some. tansu 0.6 (the embedded broker)
+    does that when producers append to one partition at once: it can serve a later batch before an
+    earlier one is readable, and a consumer that takes it never sees the earlier one (`make
+    bench-broker` counts them). The records from the hole on are set aside and the partition is
+    read again from the hole, for up to `wait_s` (with `pause_s` between reads); a hole that
+    outlasts it is real (a transaction's marker on Apache Kafka) and is passed with a warning.
+    Topics in `compacted` have holes by design: not checked. Going back (a rewind, a topic read
+    again from its start) is no hole. After a new assignment: `reset`, then `expect` where the
+    partitions resume."""
 
-    def __init__(self, consumer: AIOKafkaConsumer, rereads: int = 2, name: str = "") -> None:
+    def __init__(
+        self,
+        consumer: AIOKafkaConsumer,
+        wait_s: float = 0.25,
+        name: str = "",
+        compacted: Collection[str] = (),
+        pause_s: float = 0.005,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.consumer = consumer
-        self.rereads = rereads
+        self.wait_s = wait_s
         self.name = name  # the consumer's label in `driftloop_consumer_offset_gaps_total`
+        self.compacted = frozenset(compacted)
+        self.pause_s = pause_s
+        self.clock = clock
         self.expected: dict[TopicPartition, int] = {}  # the offset after the last record read
-        self._rereads: dict[TopicPartition, tuple[int, int]] = {}  # (offset expected, reads again)
+        self._holes: dict[TopicPartition, tuple[int, float]] = {}  # (offset, first seen) of a hole
+
+    def reset(self) -> None:
+        """Forget where every partition was (its assignment changes)."""
+        self.expected.clear()
+        self._holes.clear()
 
     def expect(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Partitions resume at `positions` (a new assignment): what lies before is no gap."""
-        self.expected = dict(positions)
-        self._rereads.clear()
+        """Partitions resume at `positions` (what lies before is no hole), unless read since the
+        `reset`: a fetch may come before the assignment's positions are known."""
+        for tp, offset in positions.items():
+            self.expected.setdefault(tp, offset)
 
     async def from_positions(self) -> None:
         """Expect every assigned partition at the consumer's position (a reader about to start)."""
         self.expect({tp: await self.consumer.position(tp) for tp in self.consumer.assignment()})
 
-    def checked(self, fetched: Fetched) -> Fetched:
-        """`fetched` up to the first gap of each partition; a partition with a gap is sought back to
-        where the gap begins (a fetch may hold several of the broker's batches, so a gap can come
-        after records, not only before them)."""
+    def checked(self, fetched: Fetched) -> tuple[Fetched, bool]:
+        """`fetched` up to the first hole of each partition that may still fill (the partition
+        sought back to it), and whether any was sought back."""
         kept: Fetched = {}
+        sought = False
         for tp, records in fetched.items():
             if not records:
                 continue
-            expected = self.expected.get(tp, records[0].offset)
-            cut = _gap(records, expected)
-            if cut is not None:
-                offset = expected if cut == 0 else records[cut - 1].offset + 1
-                where, reads = self._rereads.get(tp, (offset, 0))
-                reads = reads if where == offset else 0
-                if reads < self.rereads:
-                    self._rereads[tp] = (offset, reads + 1)
-                    self.consumer.seek(tp, offset)
-                    OFFSET_GAPS.labels(self.name, "reread").inc()
-                    if cut:
-                        kept[tp] = records[:cut]
-                    self.expected[tp] = offset
-                    continue
-                OFFSET_GAPS.labels(self.name, "passed").inc()
-                log.info("%s: offsets %d-%d of %s are not there; going on", self.name, offset,
-                         records[cut].offset - 1, tp)  # fmt: skip
-            self._rereads.pop(tp, None)
-            self.expected[tp] = records[-1].offset + 1
-            kept[tp] = records
-        return kept
+            if tp.topic in self.compacted:
+                kept[tp] = records
+                continue
+            upto = self._check(tp, records)
+            sought |= upto < len(records)
+            if upto:
+                kept[tp] = records[:upto]
+        return kept, sought
+
+    def _check(self, tp: TopicPartition, records: list[ConsumerRecord]) -> int:
+        """How many of a partition's records to keep (all, or up to a hole sought back to)."""
+        expected, start = self.expected.get(tp, records[0].offset), 0
+        while (cut := _gap(records, expected, start)) is not None:
+            hole = expected if cut == start else records[cut - 1].offset + 1
+            where, since = self._holes.get(tp, (hole, self.clock()))
+            since = since if where == hole else self.clock()
+            if self.clock() - since < self.wait_s:
+                self._holes[tp] = (hole, since)
+                self.consumer.seek(tp, hole)
+                self.expected[tp] = hole
+                OFFSET_GAPS.labels(self.name, "reread").inc()
+                return cut
+            OFFSET_GAPS.labels(self.name, "passed").inc()
+            log.warning("%s: offsets %d-%d of %s did not come in %.2f s; going on", self.name, hole,
+                        records[cut].offset - 1, tp, self.wait_s)  # fmt: skip
+            self._holes.pop(tp, None)
+            expected, start = records[cut].offset, cut
+        self._holes.pop(tp, None)
+        self.expected[tp] = records[-1].offset + 1
+        return len(records)
 
     async def getmany(self, timeout_ms: int, max_records: int | None = None) -> Fetched:
-        """The consumer's `getmany`, checked."""
-        return self.checked(await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records))
+        """The consumer's `getmany`, checked; a short pause when a partition is read again (the
+        broker answers at once, with the later batch, until the earlier one is readable)."""
+        kept, sought = self.checked(
+            await self.consumer.getmany(timeout_ms=timeout_ms, max_records=max_records)
+        )
+        if sought and self.pause_s:
+            await asyncio.sleep(self.pause_s)
+        return kept
 
 
 class TruncationWatch:
@@ -362,6 +402,8 @@ class TopicFollower:
     topic the broker lost (emptied, created again) is read anew from its start and `truncated`
     is told. Subclasses: the lifecycle and the spec followers."""
 
+    compacted = False  # a compacted topic has holes in its offsets by design (`GapGuard`)
+
     def __init__(
         self, bootstrap: str, topic: str, options: Mapping[str, Any] | None = None, fetch_wait_ms: int = 50
     ) -> None:
@@ -371,17 +413,22 @@ class TopicFollower:
         self.fetch_wait_ms = fetch_wait_ms  # such topics are quiet: a long wait spares the broker fetches
         self._consumer: AIOKafkaConsumer | None = None  # the replay's, until handed over
         self._following: Following | None = None  # `start`: following this topic alone
+        self._guard: GapGuard | None = None  # the replay's
 
     async def take(self, record: ConsumerRecord) -> None:
         """Handle one record."""
         raise NotImplementedError
 
+    def guarded_not(self) -> list[str]:
+        """The topics a `GapGuard` must not check: this one when it is compacted."""
+        return [self.topic] if self.compacted else []
+
     async def truncated(self) -> None:
         """The broker lost the topic; it is being read again from its start."""
 
     async def _drain(self, timeout_ms: int) -> int:
-        assert self._consumer is not None
-        batches = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=500)
+        assert self._guard is not None
+        batches = await self._guard.getmany(timeout_ms=timeout_ms, max_records=500)
         count = 0
         for records in batches.values():
             for record in records:
@@ -392,6 +439,8 @@ class TopicFollower:
     async def catch_up(self) -> None:
         """Replay every record already on the topic, then return."""
         self._consumer = await read_from_start(self.bootstrap, self.topic, self.fetch_wait_ms, self.options)
+        self._guard = GapGuard(self._consumer, name=f"follow {self.topic}", compacted=self.guarded_not())
+        await self._guard.from_positions()
         partitions = list(self._consumer.assignment())
         end = await self._consumer.end_offsets(partitions)
         while any([await self._consumer.position(tp) < end[tp] for tp in partitions]):
@@ -414,7 +463,7 @@ class TopicFollower:
         """Stop this follower's own consumer (the replay's), if it has one."""
         if self._consumer is not None:
             await self._consumer.stop()
-            self._consumer = None
+            self._consumer, self._guard = None, None
 
     async def stop(self) -> None:
         if self._following is not None:
@@ -456,18 +505,21 @@ class Following:
         except BaseException:
             await self.stop()
             raise
-        self._task = asyncio.create_task(
-            self._follow(), name="follow " + ", ".join(f.topic for f in self.followers)
+        name = "follow " + ", ".join(f.topic for f in self.followers)
+        guard = GapGuard(
+            self._consumer, name=name, compacted=[t for f in self.followers for t in f.guarded_not()]
         )
+        guard.expect(positions)
+        self._task = asyncio.create_task(self._follow(guard), name=name)
 
-    async def _follow(self) -> None:
+    async def _follow(self, guard: GapGuard) -> None:
         assert self._consumer is not None
         by_topic = {f.topic: f for f in self.followers}
         wait = min(f.fetch_wait_ms for f in self.followers)
         watch = TruncationWatch(self._consumer)  # one topic may be lost while the other flows
         while True:
             try:
-                batches = await self._consumer.getmany(timeout_ms=wait, max_records=500)
+                batches = await guard.getmany(timeout_ms=wait, max_records=500)
                 for tp, records in batches.items():
                     for record in records:
                         await by_topic[tp.topic].take(record)

@@ -72,7 +72,7 @@ OFFSET_GAPS = Counter(
     "Fetches that began past the offset after the last record read of a partition, by consumer and "
     "outcome: reread (the partition read again from there: a broker served a later batch before an "
     "earlier one, as the embedded broker does when producers write one partition at once) or passed "
-    "(the gap held after `kafka_gap_rereads` reads: compaction or a transaction's marker).",
+    "(the gap outlasted `kafka_gap_wait_ms`: a transaction's marker on Apache Kafka).",
     ["consumer", "outcome"],
 )
 BATCH_FAILURES = Counter(

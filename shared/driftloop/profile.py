@@ -43,7 +43,7 @@ def profile(
     first = 0
     for feature in spec.inputs:
         columns = feature.columns
-        block = X[:, first : first + len(columns)].astype(np.float64)
+        block = X[:, first : first + len(columns)]
         first += len(columns)
         if feature.type == "numeric":
             features.append(_numeric(feature, block[:, 0], reference.get(feature.name)))
@@ -59,18 +59,19 @@ def profile(
 
 
 def _numeric(feature: FeatureSpec, values: np.ndarray, reference: FeatureStats | None) -> FeatureProfile:
+    values = values if np.issubdtype(values.dtype, np.floating) else values.astype(np.float64)
     low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 0.0)
     counts, edges = np.histogram(
         values, bins=BINS if high > low else 1, range=(low, high) if high > low else None
     )
     default = feature.default
     at_default = None
-    if feature.transform == "none" and isinstance(default, int | float):
-        at_default = int((values == float(default)).sum())
+    if feature.transform == "none" and isinstance(default, int | float):  # in the matrix's precision
+        at_default = int((values == values.dtype.type(default)).sum())
     out_of_range = shift = None
     if reference is not None and len(values):
         out_of_range = int(((values < reference.min) | (values > reference.max)).sum())
-        shift = Reference(reference).distances(values)["psi"]
+        shift = Reference(reference).psi(values.astype(np.float64))
     return FeatureProfile(
         name=feature.name,
         kind="numeric",
@@ -91,7 +92,9 @@ def _categorical(
 ) -> FeatureProfile:
     categories = [*(feature.categories or []), UNKNOWN]
     rows = len(block)
-    counts = [int(n) for n in np.rint(block.sum(axis=0) if rows else np.zeros(len(columns)))]
+    counts = [
+        int(n) for n in np.rint(block.sum(axis=0, dtype=np.float64) if rows else np.zeros(len(columns)))
+    ]
     shares = {c: n / rows if rows else 0.0 for c, n in zip(categories, counts, strict=True)}
     default = feature.default if isinstance(feature.default, str) else None
     at_default = None

@@ -70,12 +70,12 @@ class ServiceSettings(BaseSettings):
         "as soon as records arrive; the embedded broker (tansu) answers after up to half of it.",
     )
     kafka_max_records: int = Field(default=2000, description="Max records per consumed batch.")
-    kafka_gap_rereads: int = Field(
-        default=2,
+    kafka_gap_wait_ms: int = Field(
+        default=250,
         ge=0,
-        description="Times a consumer reads a partition again from the offset it expected when a "
-        "fetch begins past it (`driftloop.kafka.GapGuard`): the embedded broker can serve a later "
-        "batch before an earlier one when producers write one partition at once. 0 turns it off.",
+        description="How long a consumer reads a partition again when a fetch skips offsets, waiting "
+        "for them (`driftloop.kafka.GapGuard`): the embedded broker can serve a later batch before an "
+        "earlier one when producers write one partition at once. 0 turns it off.",
     )
     kafka_background_linger_ms: int = Field(
         default=100,

@@ -210,6 +210,8 @@ class SpecFollower(TopicFollower):
     listed by `/readyz`; the model's previous version stays in force. (The registry reads the topic
     in a consumer group too: it keeps every version and dead-letters a refused record, once.)"""
 
+    compacted = True
+
     def __init__(
         self,
         bootstrap: str,

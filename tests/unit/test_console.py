@@ -154,6 +154,7 @@ async def test_every_page_answers_with_the_registry_data_escaped_and_a_strict_po
         "/ui/models/sea/compare?a=1&b=9",
         "/ui/models/sea/compare?a=1",
         "/ui/models/Bad%20Name",
+        "/ui/models/sea\n",
         "/ui/elsewhere",
         "/ui/models/sea/versions/1/more",
     ],
@@ -173,7 +174,9 @@ async def test_a_declared_model_without_a_version_has_a_page_that_says_so(regist
 
 async def test_the_console_only_reads(registry):
     status, headers, _ = await _get(Console(registry), "/ui/models/sea", method="POST")
-    assert status == 405 and headers["allow"] == "GET"
+    assert status == 405 and headers["allow"] == "GET, HEAD"
+    status, headers, body = await _get(Console(registry), "/ui/models/sea", method="HEAD")
+    assert status == 200 and body == "" and int(headers["content-length"]) > 1000
 
 
 async def test_live_figures_are_the_champions_and_absent_without_prometheus(registry):

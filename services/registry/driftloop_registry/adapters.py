@@ -66,6 +66,9 @@ class RedisRegistryRepository:
         raw = await self.redis.hgetall(f"registry:{model}:versions")
         return sorted((ModelVersion.from_record(orjson.loads(v)) for v in raw.values()), key=_number)
 
+    async def numbers(self, model: str) -> list[int]:
+        return sorted(int(k) for k in await self.redis.hkeys(f"registry:{model}:versions"))
+
     async def set_alias(self, model: str, alias: str, version: int | None) -> None:
         if version is None:
             await self.redis.hdel(f"registry:{model}:aliases", alias)
@@ -130,6 +133,9 @@ class InMemoryRegistryRepository:
     async def versions(self, model: str) -> list[ModelVersion]:
         stored = self.records.get(model, {})
         return [ModelVersion.from_record(orjson.loads(stored[v])) for v in sorted(stored)]
+
+    async def numbers(self, model: str) -> list[int]:
+        return sorted(self.records.get(model, {}))
 
     async def set_alias(self, model: str, alias: str, version: int | None) -> None:
         aliases = self.alias.setdefault(model, {})

@@ -70,14 +70,14 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
     @get(description="Versions of `?model=`, oldest first, with status, metrics and tags.")
     async def versions(scope: Any) -> AsgiResponse:
         model = _query(scope).get("model", "")
-        if not MODEL_NAME.match(model):
+        if not MODEL_NAME.fullmatch(model):
             return json_response({"error": "model must be a model name"}, 400)
         return json_response(await registry.list_versions(model))
 
     @get(description="Spec versions and retirements of `?model=`, oldest first, the one in force marked.")
     async def specs_of(scope: Any) -> AsgiResponse:
         model = _query(scope).get("model", "")
-        if not MODEL_NAME.match(model):
+        if not MODEL_NAME.fullmatch(model):
             return json_response({"error": "model must be a model name"}, 400)
         return json_response(await registry.spec_history(model))
 
@@ -85,7 +85,7 @@ def create_app(settings: RegistrySettings) -> ServiceApp:
     async def card(scope: Any) -> AsgiResponse:
         query = _query(scope)
         model = query.get("model", "")
-        if not MODEL_NAME.match(model):
+        if not MODEL_NAME.fullmatch(model):
             return json_response({"error": "model must be a model name"}, 400)
         version = query.get("version", "")
         if not (version.isascii() and version.isdigit() and 0 < len(version) <= 9):

@@ -4,6 +4,7 @@ no I/O, no HTML (the templates place these; Jinja escapes every value)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -109,7 +110,8 @@ def gate_chart(records: Sequence[Mapping[str, Any]]) -> Chart | None:
                        bool(record["blessed"])))  # fmt: skip
     if not points:
         return None
-    metric = points[-1][1]
+    metric = points[-1][1]  # the newest version's; versions judged on another metric are left out
+    points = [p for p in points if p[1] == metric]
     values = [p[2] for p in points] + [p[3] for p in points if p[3] is not None]
     low, high = min(values), max(values)
     span = max(high - low, 0.02)
@@ -270,6 +272,7 @@ def overview(
     in_force = next((s.get("version") for s in specs if s.get("in_force")), None)
     name = model["model"]
     state = live.get("drift_state", {}).get(name)
+    state = state if state is not None and math.isfinite(state) else None
     return Overview(
         name,
         model["declared"],

@@ -291,12 +291,11 @@ class Registry:
     async def list_models(self) -> list[dict[str, Any]]:
         out = []
         for model in sorted(set(await self.repo.models()) | set(self.specs)):
-            versions = await self.repo.versions(model)
             out.append(
                 {
                     "model": model,
                     "aliases": await self.repo.aliases(model),
-                    "versions": len(versions),
+                    "versions": len(await self.repo.numbers(model)),
                     "declared": model in self.specs,
                 }
             )
@@ -325,6 +324,14 @@ class Registry:
                 }
             )
         return out
+
+    async def numbers(self, model: str) -> list[int]:
+        """The model's version numbers, ascending."""
+        return await self.repo.numbers(model)
+
+    async def known(self, model: str) -> bool:
+        """Declared by a spec, or has versions."""
+        return model in self.specs or bool(await self.repo.numbers(model))
 
     async def records(self, model: str) -> list[dict[str, Any]]:
         """Every version's full record with its current status, oldest first (the console's)."""

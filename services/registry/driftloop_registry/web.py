@@ -28,7 +28,6 @@ HEADERS = [
      b"form-action 'self'; base-uri 'none'; frame-ancestors 'none'"),
     (b"x-content-type-options", b"nosniff"),
     (b"referrer-policy", b"no-referrer"),
-    (b"cache-control", b"no-store"),
 ]  # fmt: skip
 STATIC = {  # name: (bytes, content type)
     name: (resources.files("driftloop_registry").joinpath(f"static/{name}").read_bytes(), kind)
@@ -47,6 +46,10 @@ class Store(Protocol):
     async def list_models(self) -> list[dict[str, Any]]: ...
 
     async def records(self, model: str) -> list[dict[str, Any]]: ...
+
+    async def numbers(self, model: str) -> list[int]: ...
+
+    async def known(self, model: str) -> bool: ...
 
     async def card(self, model: str, number: int) -> dict[str, Any] | None: ...
 
@@ -76,12 +79,14 @@ class Console:
         query = {
             k: v[0] for k, v in parse_qs(scope.get("query_string", b"").decode("utf-8", "replace")).items()
         }
-        if scope["method"] != "GET":
-            await _send(send, 405, b"method not allowed", "text/plain", [(b"allow", b"GET")])
+        head = scope["method"] == "HEAD"  # as GET, without the body
+        if scope["method"] not in ("GET", "HEAD"):
+            await _send(send, 405, b"method not allowed", "text/plain", [(b"allow", b"GET, HEAD")])
             return
         try:
             if len(parts) == 2 and parts[0] == "static" and parts[1] in STATIC:
-                await _send(send, 200, *STATIC[parts[1]])
+                cached = [(b"cache-control", b"public, max-age=3600")]
+                await _send(send, 200, *STATIC[parts[1]], cached, head)
                 return
             body = await self._page(parts, query)
             status = 200
@@ -90,7 +95,9 @@ class Console:
         except Exception:
             log.exception("console %s failed", scope["path"])
             body, status = self._render("error.html", status=500, message="internal error"), 500
-        await _send(send, status, body.encode(), "text/html; charset=utf-8")
+        await _send(
+            send, status, body.encode(), "text/html; charset=utf-8", [(b"cache-control", b"no-store")], head
+        )
 
     async def _page(self, parts: list[str], query: dict[str, str]) -> str:
         if not parts:
@@ -98,7 +105,7 @@ class Console:
         if parts[0] != "models" or len(parts) < 2:
             raise NotFound("no such page")
         model = parts[1]
-        if not MODEL_NAME.match(model):
+        if not MODEL_NAME.fullmatch(model):
             raise NotFound("no such model")
         rest = parts[2:]
         if not rest:
@@ -114,18 +121,17 @@ class Console:
     async def _models(self) -> str:
         models = await self.store.list_models()
         live = await self._live(models)
-        rows = [
-            console.overview(
-                m, await self.store.records(m["model"]), await self.store.spec_history(m["model"]), live
-            )
-            for m in models
-        ]
+        rows = []
+        for m in models:  # the newest version only: a model's page has the rest
+            newest = await self.store.card(m["model"], m["versions"]) if m["versions"] else None
+            specs = await self.store.spec_history(m["model"])
+            rows.append(console.overview(m, [newest] if newest else [], specs, live))
         return self._render("models.html", models=rows, live=self.prometheus_url is not None)
 
     async def _model(self, model: str) -> str:
-        records = await self.store.records(model)
-        if not records and model not in {m["model"] for m in await self.store.list_models()}:
+        if not await self.store.known(model):
             raise NotFound(f"no model {model}")
+        records = await self.store.records(model)
         return self._render(
             "model.html",
             model=model,
@@ -139,7 +145,7 @@ class Console:
         record = await self.store.card(model, number)
         if record is None:
             raise NotFound(f"no version {number} of {model}")
-        others = [r["version"] for r in await self.store.records(model) if r["version"] != number]
+        others = [n for n in await self.store.numbers(model) if n != number]
         return self._render(
             "version.html",
             model=model,
@@ -231,7 +237,12 @@ def _number(text: str) -> int:
 
 
 async def _send(
-    send: Any, status: int, body: bytes, kind: str, extra: Sequence[tuple[bytes, bytes]] = ()
+    send: Any,
+    status: int,
+    body: bytes,
+    kind: str,
+    extra: Sequence[tuple[bytes, bytes]] = (),
+    head: bool = False,
 ) -> None:
     headers = [
         (b"content-type", kind.encode()),
@@ -240,4 +251,4 @@ async def _send(
         *extra,
     ]
     await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": "http.response.body", "body": b"" if head else body})

@@ -381,7 +381,8 @@ class Trainer:
         serving = self.champions.get(spec.name)  # shifts from its training data
         same_columns = serving is not None and serving.event.feature_names == self.feature_sets.of(spec).names
         reference = serving.event.reference_stats if serving is not None and same_columns else None
-        described = profile(spec, X, y, reference, serving.version if serving is not None else None)
+        compared_with = serving.version if serving is not None else None
+        described = await asyncio.to_thread(profile, spec, X, y, reference, compared_with)
         profile_s = time.perf_counter() - t0
         artifact = await self.artifacts.put(fitted.onnx)
         dataset = DatasetRef(
