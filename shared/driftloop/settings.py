@@ -75,7 +75,8 @@ class ServiceSettings(BaseSettings):
         ge=0,
         description="How long a consumer reads a partition again when a fetch skips offsets, waiting "
         "for them (`driftloop.kafka.GapGuard`): the embedded broker can serve a later batch before an "
-        "earlier one when producers write one partition at once. 0 turns it off.",
+        "earlier one when producers write one partition at once. 0: a hole is passed at once (still "
+        "counted and logged).",
     )
     kafka_background_linger_ms: int = Field(
         default=100,
